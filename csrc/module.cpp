@@ -1,0 +1,35 @@
+// The pybind11 module swaa_ext._C: importing it registers the swaa ops
+// (TORCH_LIBRARY blocks in the other translation units) and exposes what this
+// build contains.
+#include <string>
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#ifndef SWAA_VERSION
+#define SWAA_VERSION "0.0.0"
+#endif
+#ifndef SWAA_CUDA_ARCHS
+#define SWAA_CUDA_ARCHS ""
+#endif
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "swaa_ext compiled kernels (ops are registered under torch.ops.swaa)";
+  m.def("build_info", []() {
+    py::dict info;
+    info["version"] = SWAA_VERSION;
+#ifdef SWAA_WITH_CUDA
+    info["cuda"] = true;
+    info["cuda_archs"] = std::string(SWAA_CUDA_ARCHS);
+#else
+    info["cuda"] = false;
+    info["cuda_archs"] = std::string();
+#endif
+#ifdef SWAA_CUDA_BUILD_REASON
+    info["cuda_reason"] = std::string(SWAA_CUDA_BUILD_REASON);
+#endif
+    return info;
+  });
+}

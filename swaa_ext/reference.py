@@ -1,0 +1,68 @@
+"""Plain explicit-mask attention: the reference every kernel is tested against.
+
+Deliberately simple (materialises the full Lq x Lk score matrix); used by the
+tests and as the ``sdpa_mask`` competitor of the benchmarks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+__all__ = ["visibility_mask", "reference_attention"]
+
+
+def visibility_mask(
+    q_len: int,
+    k_len: int,
+    *,
+    window: Optional[int] = None,
+    sink: int = 0,
+    full_from: Union[None, int, torch.Tensor] = None,
+    batch: int = 1,
+    device=None,
+) -> torch.Tensor:
+    """Boolean mask (batch, 1, q_len, k_len), True where key j is visible to
+    query i (at position k_len - q_len + i):
+    ``j <= p and (window is None or p - j < window or j < sink or p >= full_from)``.
+    """
+    p = torch.arange(k_len - q_len, k_len, device=device).view(1, q_len, 1)
+    j = torch.arange(k_len, device=device).view(1, 1, k_len)
+    if full_from is None:
+        full = torch.zeros(batch, 1, 1, dtype=torch.bool, device=device)
+    else:
+        f = torch.as_tensor(full_from, device=device).reshape(-1, 1, 1)
+        full = p >= f
+    visible = (j <= p) & ((p - j < window if window is not None else True) | (j < sink) | full)
+    return visible.expand(batch, q_len, k_len).unsqueeze(1)
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    window: Optional[int] = None,
+    sink: int = 0,
+    full_from: Union[None, int, torch.Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    return_lse: bool = False,
+    compute_dtype: torch.dtype = torch.float64,
+):
+    """Attention with an explicit visibility mask, computed in ``compute_dtype``
+    and returned in q.dtype (lse in float32)."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+    group = Hq // Hkv
+    qc, kc, vc = (t.to(compute_dtype) for t in (q, k, v))
+    kc = kc.repeat_interleave(group, dim=1)
+    vc = vc.repeat_interleave(group, dim=1)
+    scores = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+    mask = visibility_mask(Lq, Lk, window=window, sink=sink, full_from=full_from, batch=B,
+                           device=q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.matmul(torch.softmax(scores, dim=-1), vc).to(q.dtype)
+    return (out, lse.float()) if return_lse else out
