@@ -6,6 +6,7 @@ Hugging Face integration.  See ../shared/API.md for the contract.
 """
 from . import _C
 from .ops import swa_attention
+from .config import SWAAConfig
 
 __version__ = _C.build_info()["version"]
 
@@ -15,4 +16,13 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["swa_attention", "build_info", "__version__"]
+def __getattr__(name):
+    # the Hugging Face integration imports transformers: load it only when asked for
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module 'swaa_ext' has no attribute {name!r}")
+
+
+__all__ = ["swa_attention", "SWAAConfig", "build_info", "__version__"]
