@@ -1,0 +1,538 @@
+"""Hugging Face transformers integration: run an SWAA recipe on a causal LM.
+
+    from swaa_ext import SWAAConfig, hf
+    model = hf.apply_swaa(model, SWAAConfig.preset("sink+fa_decode", window=2048))
+    cache = hf.SWAACache(model)
+    out = model.generate(ids, past_key_values=cache, max_new_tokens=64)
+    hf.remove_swaa(model)
+
+How it hooks in (transformers' own extension points only, all reversible):
+
+* ``"swaa"`` is registered in ``AttentionInterface`` (the attention function) and in
+  ``AttentionMaskInterface`` (the mask function) and the model is switched to it with
+  ``set_attn_implementation``.  The per-layer plan lives in a table keyed by the attention module
+  (found by its ``layer_idx``); no module class or function of transformers is replaced.
+* The mask function does not build an Lq x Lk mask: it hands the 2D padding mask through, tagged
+  with each row's number of left-padding tokens.  The attention function then works in *real*
+  positions per row: the keys of a row with ``pad`` left pads are ``key[..., pad:, :]`` (so sink
+  tokens are the row's first real tokens, and padding is never attended), and rows with the same
+  padding are served by one kernel call.  Trailing (right) padding needs nothing: causal queries
+  never see later keys.  Holes in the mask are refused.
+* Prompt and generated tokens: in a call on an empty cache (or without a cache) every token is a
+  prompt token; in a later call every token is a generated one.  ``swaa_prompt_len=N`` passed to
+  the model's forward overrides this (tokens at padded index >= N are generated), so one call over
+  prompt + answer computes exactly what prefill + decode would.  FA decode and ``full_tail`` map onto
+  the kernel's ``full_from``: a layer with FA decode uses ``full_from = prompt_end - full_tail``.
+* :class:`SWAACache` keeps a ring buffer of ``sink + window`` slots for layers that are SWA in both
+  prefill and decode and a growing cache for the others.  Its ring layers return only the new keys
+  from ``update``; the attention function (which must be ``"swaa"``) sends the queries to the ring.
+
+Not supported (refused with a message): attention dropout, softcapping, learned sink logits,
+non-causal attention, 4D custom masks, beam search and cropping with ring layers, torch.compile of
+the ring path.  Packed sequences (several documents in one row told apart only by ``position_ids``)
+are not detected: use a padding mask or one row per document.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+from transformers.masking_utils import AttentionMaskInterface
+
+from .config import LayerPlan, SWAAConfig
+from .ops import swa_attention
+
+try:  # the ring-buffer cache of swaa_ext (branch `ring`)
+    from .cache import RingKVCache as _RingKVCache
+except ImportError:  # pragma: no cover - depends on which branches are merged
+    _RingKVCache = None
+
+__all__ = ["apply_swaa", "remove_swaa", "SWAACache", "is_swaa_applied", "ATTN_IMPLEMENTATION"]
+
+logger = logging.getLogger(__name__)
+
+ATTN_IMPLEMENTATION = "swaa"
+
+# attention module -> its LayerPlan; model -> state needed to undo apply_swaa
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, LayerPlan]" = weakref.WeakKeyDictionary()
+_APPLIED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+# ---------------------------------------------------------------------------------------------
+# padding
+def _left_padding(attention_mask: torch.Tensor) -> List[int]:
+    """Left pads per row of a 2D (B, T) mask; raises on holes (a 0 after the row's first 1 that is
+    followed by a 1 again)."""
+    mask = attention_mask.to(torch.bool)
+    B, T = mask.shape
+    idx = torch.arange(T, device=mask.device)
+    has_token = mask.any(-1)
+    first = torch.where(has_token, mask.to(torch.int8).argmax(-1), torch.full_like(has_token, T,
+                                                                                   dtype=torch.long))
+    last = torch.where(has_token, T - 1 - mask.flip(-1).to(torch.int8).argmax(-1),
+                       torch.full_like(first, -1))
+    expected = (idx >= first[:, None]) & (idx <= last[:, None])
+    if not torch.equal(mask, expected):
+        raise ValueError("swaa attention: attention_mask may only pad on the left (and on the "
+                         "right); it has zeros between real tokens, which is not supported")
+    return first.tolist()
+
+
+def _swaa_mask(batch_size=None, q_length=None, kv_length=None, *args, attention_mask=None,
+               **kwargs):
+    """Mask function registered as AttentionMaskInterface["swaa"]: returns None without padding,
+    else the 2D padding mask tagged with the left pads of each row (``_swaa_left_pad``)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2:
+        raise ValueError("swaa attention: only a 2D padding attention_mask is supported, got "
+                         f"shape {tuple(attention_mask.shape)}")
+    pads = _left_padding(attention_mask)
+    if not any(pads):
+        return None
+    tagged = attention_mask.view_as(attention_mask)
+    tagged._swaa_left_pad = pads
+    return tagged
+
+
+def _pads_of(attention_mask, batch: int) -> List[int]:
+    if attention_mask is None:
+        return [0] * batch
+    pads = getattr(attention_mask, "_swaa_left_pad", None)
+    if pads is None:
+        if attention_mask.dim() != 2:
+            raise ValueError("swaa attention: got a prepared attention mask of shape "
+                             f"{tuple(attention_mask.shape)}; only 2D padding masks are supported")
+        pads = _left_padding(attention_mask)
+    if len(pads) != batch:
+        raise ValueError(f"swaa attention: attention_mask has {len(pads)} rows, batch is {batch}")
+    return pads
+
+
+def _groups(pads: List[int]) -> List[Tuple[int, Optional[torch.Tensor]]]:
+    """[(pad, rows)] with rows None when every row has that pad."""
+    distinct = sorted(set(pads))
+    if len(distinct) == 1:
+        return [(distinct[0], None)]
+    return [(p, torch.tensor([b for b, x in enumerate(pads) if x == p])) for p in distinct]
+
+
+# ---------------------------------------------------------------------------------------------
+# the attention computation in real positions
+def _segments(plan: LayerPlan, key_len: int, q_len: int, prompt_end: int):
+    """Kernel calls for queries at positions key_len-q_len .. key_len-1 (keys at 0 .. key_len-1),
+    prompt tokens before ``prompt_end``: [(q_begin, q_end, window, sink, full_from)]."""
+    q0 = key_len - q_len
+    if plan.prefill == "full":
+        return [(q0, key_len, None, 0, None)]
+    W, S, tail = plan.window, plan.sink, plan.full_tail
+    if plan.decode == "full":
+        return [(q0, key_len, W, S, max(prompt_end - tail, 0))]
+    if tail == 0 or prompt_end <= q0:  # no prompt tail among these queries
+        return [(q0, key_len, W, S, None)]
+    split = min(max(prompt_end, q0), key_len)
+    calls = [(q0, split, W, S, max(prompt_end - tail, 0))]
+    if split < key_len:
+        calls.append((split, key_len, W, S, None))
+    return calls
+
+
+def _attend_real(q, k, v, plan: LayerPlan, prompt_end: int, scale: float) -> torch.Tensor:
+    """q (b, H, lq, D) at the last lq of the key positions 0 .. Lk-1 of k, v (no padding)."""
+    key_len, q_len = k.shape[2], q.shape[2]
+    parts = []
+    for begin, end, window, sink, full_from in _segments(plan, key_len, q_len, prompt_end):
+        qs = q[:, :, begin - (key_len - q_len): end - (key_len - q_len)]
+        parts.append(swa_attention(qs, k[:, :, :end], v[:, :, :end], window=window, sink=sink,
+                                   full_from=full_from, softmax_scale=scale))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def _check_supported(module, dropout, kwargs):
+    if dropout:
+        raise ValueError(f"swaa attention: attention dropout ({dropout}) is not supported; set "
+                         "config.attention_dropout=0 or call model.eval()")
+    for name in ("softcap", "s_aux", "sinks"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"swaa attention: {name} is not supported by the swaa kernels")
+    if kwargs.get("is_causal") is False or getattr(module, "is_causal", True) is False:
+        raise ValueError("swaa attention: only causal (decoder) self-attention is supported")
+
+
+def _swaa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                    scaling: Optional[float] = None, dropout: float = 0.0, **kwargs):
+    """AttentionInterface["swaa"]. Returns (out (B, Lq, Hq, D), None)."""
+    plan = _PLANS.get(module)
+    if plan is None:
+        raise RuntimeError(f"swaa attention: {type(module).__name__} has no SWAA plan; use "
+                           "swaa_ext.hf.apply_swaa(model, cfg) instead of setting the attention "
+                           "implementation by hand")
+    _check_supported(module, dropout, kwargs)
+    scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
+    pads = _pads_of(attention_mask, query.shape[0])
+    prompt_len = kwargs.get("swaa_prompt_len")
+
+    ring = getattr(key, "_swaa_ring", None)
+    if ring is not None:
+        if ring.plan != plan:
+            raise RuntimeError(f"SWAACache layer {plan.layer} was built for another SWAA plan; "
+                               "create a new SWAACache after apply_swaa")
+        out = ring.attend(query, key, value, pads, prompt_len, scale)
+        return out.transpose(1, 2), None
+
+    B, Lq, Lk = query.shape[0], query.shape[2], key.shape[2]
+    if Lq > Lk:
+        raise ValueError(f"swaa attention: {Lq} queries but only {Lk} keys")
+    prompt_end = prompt_len if prompt_len is not None else (Lk if Lq == Lk else Lk - Lq)
+    out = query.new_zeros(query.shape) if any(pads) else None
+    for pad, rows in _groups(pads):
+        q_begin = max(0, pad - (Lk - Lq))  # queries on padding stay zero
+        if q_begin >= Lq:
+            continue
+        q, k, v = (query, key, value) if rows is None else (query[rows], key[rows], value[rows])
+        o = _attend_real(q[:, :, q_begin:], k[:, :, pad:], v[:, :, pad:], plan,
+                         prompt_end - pad, scale)
+        if out is None:
+            out = o
+        elif rows is None:
+            out[:, :, q_begin:] = o
+        else:
+            out[rows, :, q_begin:] = o
+    return out.transpose(1, 2), None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, _swaa_attention)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _swaa_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# apply / remove
+def _text_config(model):
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def _attention_modules(model) -> Dict[int, List[nn.Module]]:
+    found: Dict[int, List[nn.Module]] = {}
+    for module in model.modules():
+        idx = getattr(module, "layer_idx", None)
+        if isinstance(idx, int) and not isinstance(idx, bool) and "Attention" in type(module).__name__:
+            found.setdefault(idx, []).append(module)
+    return found
+
+
+def _refusal(model) -> Optional[str]:
+    """Why apply_swaa cannot serve this model, or None."""
+    if not isinstance(model, PreTrainedModel):
+        return f"{type(model).__name__} is not a transformers PreTrainedModel"
+    if getattr(model.config, "is_encoder_decoder", False):
+        return "encoder-decoder models are not supported (SWAA adapts causal decoder LMs)"
+    can_set = getattr(model, "_can_set_attn_implementation", None)
+    if can_set is not None and not can_set():
+        return (f"{type(model).__name__} does not route its attention through transformers' "
+                "AttentionInterface, so its attention cannot be replaced")
+    if not _attention_modules(model):
+        return (f"{type(model).__name__} has no attention modules with a layer_idx "
+                "(no *Attention module that goes through AttentionInterface)")
+    return None
+
+
+def is_swaa_applied(model) -> bool:
+    return model in _APPLIED
+
+
+def apply_swaa(model, cfg: SWAAConfig):
+    """Switch ``model`` (in place) to SWAA attention following ``cfg.plan(num_layers)``; returns
+    the model.  Applying again replaces the plan; :func:`remove_swaa` undoes it exactly.  The
+    model's own sliding-window settings (``config.sliding_window``, ``config.layer_types``) are
+    set aside while SWAA is on, since the plan decides every layer's window."""
+    if not isinstance(cfg, SWAAConfig):
+        raise TypeError(f"apply_swaa: cfg must be an SWAAConfig, got {type(cfg).__name__}")
+    why = _refusal(model)
+    if why is not None:
+        raise ValueError(f"apply_swaa: cannot serve this model: {why}")
+    text_config = _text_config(model)
+    num_layers = getattr(text_config, "num_hidden_layers", None)
+    if not isinstance(num_layers, int):
+        raise ValueError("apply_swaa: cannot serve this model: its config has no num_hidden_layers")
+    plans = cfg.plan(num_layers)
+    modules = _attention_modules(model)
+    outside = sorted(i for i in modules if not 0 <= i < num_layers)
+    if outside:
+        raise ValueError(f"apply_swaa: cannot serve this model: attention modules with layer_idx "
+                         f"{outside} outside 0 .. {num_layers - 1}")
+    for mods in modules.values():
+        for module in mods:
+            if getattr(module, "is_causal", True) is False:
+                raise ValueError(f"apply_swaa: cannot serve this model: {type(module).__name__} "
+                                 "is not causal attention")
+
+    if model not in _APPLIED:
+        saved = {"attn": model.config._attn_implementation, "text_config": {}}
+        for name in ("sliding_window", "layer_types", "use_sliding_window"):
+            if name in text_config.__dict__:
+                saved["text_config"][name] = text_config.__dict__[name]
+        _APPLIED[model] = saved
+        if getattr(text_config, "sliding_window", None) is not None:
+            logger.info("apply_swaa: the model's own sliding_window=%s is set aside while SWAA is on",
+                        text_config.sliding_window)
+        if "sliding_window" in text_config.__dict__:
+            text_config.sliding_window = None
+        if isinstance(text_config.__dict__.get("layer_types"), list):
+            text_config.layer_types = ["full_attention"] * len(text_config.layer_types)
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        if model.config._attn_implementation != ATTN_IMPLEMENTATION:
+            _restore(model)
+            raise ValueError("apply_swaa: cannot serve this model: transformers refused to switch "
+                             f"its attention implementation to {ATTN_IMPLEMENTATION!r}")
+    for idx, mods in modules.items():
+        for module in mods:
+            _PLANS[module] = plans[idx]
+    model._swaa_config = cfg
+    return model
+
+
+def _restore(model):
+    saved = _APPLIED.pop(model)
+    text_config = _text_config(model)
+    for name, value in saved["text_config"].items():
+        setattr(text_config, name, value)
+    model.set_attn_implementation(saved["attn"])
+
+
+def remove_swaa(model):
+    """Undo :func:`apply_swaa`: the previous attention implementation and config values come back."""
+    if model not in _APPLIED:
+        raise ValueError("remove_swaa: SWAA is not applied to this model")
+    for mods in _attention_modules(model).values():
+        for module in mods:
+            _PLANS.pop(module, None)
+    _restore(model)
+    if "_swaa_config" in model.__dict__:
+        del model._swaa_config
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# ring buffer and cache
+class _TorchRing:
+    """Minimal ring-buffer KV cache in plain torch, used only while swaa_ext.cache.RingKVCache is
+    not available (temporary; same interface and semantics as swaa_ext.RingKVCache: slot of
+    position t is t if t < sink else sink + (t - sink) % window)."""
+
+    def __init__(self, batch, kv_heads, head_dim, *, window, sink=0, dtype=torch.float32,
+                 device="cpu"):
+        self.window, self.sink = window, sink
+        shape = (batch, kv_heads, sink + window, head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self._seen = 0
+
+    @property
+    def seqlens(self):
+        return torch.full((self.k_cache.shape[0],), self._seen, dtype=torch.int64,
+                          device=self.k_cache.device)
+
+    @property
+    def nbytes(self):
+        return self.k_cache.nbytes + self.v_cache.nbytes
+
+    def reset(self):
+        self._seen = 0
+
+    def _slot(self, pos: torch.Tensor) -> torch.Tensor:
+        return torch.where(pos < self.sink, pos, self.sink + (pos - self.sink) % self.window)
+
+    def append(self, k, v):
+        t, n = self._seen, k.shape[2]
+        pos = torch.arange(t, t + n, device=self.k_cache.device)
+        keep = (pos < self.sink) | (pos >= t + n - self.window)
+        slots = self._slot(pos[keep])
+        self.k_cache[:, :, slots] = k[:, :, keep]
+        self.v_cache[:, :, slots] = v[:, :, keep]
+        self._seen = t + n
+
+    def attend(self, q, k, v, softmax_scale=None):
+        t = self._seen
+        dev = self.k_cache.device
+        # history kept for these queries, gap between sinks and window removed: positions keep
+        # their distances inside the window, and sinks stay at 0 .. sink-1
+        hist = torch.cat([torch.arange(0, min(self.sink, t), device=dev),
+                          torch.arange(min(max(self.sink, t - self.window), t), t, device=dev)])
+        slots = self._slot(hist)
+        keys = torch.cat([self.k_cache[:, :, slots], k], dim=2)
+        values = torch.cat([self.v_cache[:, :, slots], v], dim=2)
+        out = swa_attention(q, keys, values, window=self.window, sink=self.sink,
+                            softmax_scale=softmax_scale)
+        self.append(k, v)
+        return out
+
+
+def _make_ring(batch, kv_heads, head_dim, *, window, sink, dtype, device):
+    cls = _RingKVCache if _RingKVCache is not None else _TorchRing
+    return cls(batch, kv_heads, head_dim, window=window, sink=sink, dtype=dtype, device=device)
+
+
+class SWAARingLayer(CacheLayerMixin):
+    """Cache layer of an SWA-only layer: one ring buffer of ``sink + window`` slots per group of
+    rows with the same left padding.  ``update`` returns only the new keys/values (tagged); the
+    ``"swaa"`` attention function then calls :meth:`attend`."""
+
+    is_sliding = True
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, plan: LayerPlan):
+        super().__init__()
+        self.plan = plan
+        self.rings: List[Tuple[int, Optional[torch.Tensor], object]] = []
+        self.cumulative_length = 0
+        self._pending = False
+
+    def lazy_initialization(self, key_states, value_states):
+        self.device, self.dtype = key_states.device, key_states.dtype
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self._pending:
+            raise RuntimeError(f"SWAACache layer {self.plan.layer}: the keys of the previous step were "
+                               "never attended; the model's attention implementation must be 'swaa' "
+                               "(use swaa_ext.hf.apply_swaa)")
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.cumulative_length += key_states.shape[-2]
+        self._pending = True
+        key_states = key_states.view_as(key_states)
+        key_states._swaa_ring = self
+        return key_states, value_states
+
+    def attend(self, query, key, value, pads, prompt_len, scale):
+        """Append key, value (B, Hkv, Lc, D) and attend query (B, Hq, Lc, D) over the history."""
+        self._pending = False
+        first = not self.rings
+        n = key.shape[2]
+        if first:
+            B, Hkv, _, D = key.shape
+            for pad, rows in _groups(pads):
+                size = B if rows is None else len(rows)
+                ring = _make_ring(size, Hkv, D, window=self.plan.window, sink=self.plan.sink,
+                                  dtype=key.dtype, device=key.device)
+                self.rings.append((pad, rows, ring))
+        elif prompt_len is not None and prompt_len > self.cumulative_length - n and self.plan.full_tail:
+            raise NotImplementedError(f"SWAACache layer {self.plan.layer}: a full_tail prompt split "
+                                      "over several calls cannot be served by a ring buffer")
+        single = len(self.rings) == 1 and self.rings[0][1] is None and not (first and self.rings[0][0])
+        out = None if single else query.new_zeros(query.shape)
+        for pad, rows, ring in self.rings:
+            q, k, v = (query, key, value) if rows is None else (query[rows], key[rows], value[rows])
+            start = pad if first else 0
+            q, k, v = q[:, :, start:], k[:, :, start:], v[:, :, start:]
+            if k.shape[2] == 0:
+                continue
+            prompt_end = (prompt_len if prompt_len is not None else n) - pad
+            if first and self.plan.full_tail and prompt_end > 0:
+                # the tail sees the whole prompt: compute from the chunk, then fill the ring
+                o = _attend_real(q, k, v, self.plan, prompt_end, scale)
+                if hasattr(ring, "append"):
+                    ring.append(k, v)
+                else:
+                    ring.attend(q, k, v, softmax_scale=scale)
+            else:
+                o = ring.attend(q, k, v, softmax_scale=scale)
+            if single:
+                return o
+            if rows is None:
+                out[:, :, start:] = o
+            else:
+                out[rows, :, start:] = o
+        return out
+
+    # --- transformers Cache layer protocol
+    def get_seq_length(self) -> int:
+        return self.cumulative_length
+
+    def get_mask_sizes(self, query_length: int) -> Tuple[int, int]:
+        return self.cumulative_length + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def get_max_cache_shape(self) -> int:
+        return -1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ring.nbytes for _, _, ring in self.rings)
+
+    def reset(self) -> None:
+        self.rings = []
+        self.cumulative_length = 0
+        self._pending = False
+        self.is_initialized = False
+
+    def offload(self):
+        pass
+
+    def prefetch(self):
+        pass
+
+    def _refuse(self, what):
+        raise NotImplementedError(f"SWAACache: {what} is not supported with ring-buffer layers "
+                                  f"(layer {self.plan.layer}); use greedy search or sampling, or "
+                                  "a DynamicCache")
+
+    def reorder_cache(self, beam_idx):
+        self._refuse("beam search (reordering the cache)")
+
+    def crop(self, tokens_to_remove):
+        if tokens_to_remove:
+            self._refuse("cropping the cache (assisted generation)")
+
+    def batch_repeat_interleave(self, repeats):
+        if self.rings:
+            self._refuse("expanding the batch of a filled cache")
+
+    def batch_select_indices(self, indices):
+        if self.rings:
+            self._refuse("selecting rows of a filled cache")
+
+
+class SWAACache(Cache):
+    """KV cache for a model under :func:`apply_swaa`: a ring buffer of ``sink + window`` slots per
+    layer whose plan is SWA in prefill and decode, a growing full cache for the others."""
+
+    def __init__(self, model):
+        if model not in _APPLIED:
+            raise ValueError("SWAACache: call swaa_ext.hf.apply_swaa(model, cfg) first")
+        num_layers = _text_config(model).num_hidden_layers
+        modules = _attention_modules(model)
+        missing = [i for i in range(num_layers) if i not in modules]
+        if missing:
+            raise ValueError(f"SWAACache: layers {missing} have no attention module (hybrid or "
+                             "linear-attention layers); use the model's own cache")
+        self.plan = [_PLANS[modules[i][0]] for i in range(num_layers)]
+        layers = [SWAARingLayer(p) if p.ring else DynamicLayer() for p in self.plan]
+        super().__init__(layers=layers)
+
+    @property
+    def ring_layers(self) -> List[int]:
+        return [p.layer for p in self.plan if p.ring]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of K/V storage held now (ring layers: their fixed slots; full layers: the keys
+        seen so far)."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, SWAARingLayer):
+                total += layer.nbytes
+            elif layer.is_initialized and layer.keys is not None:
+                total += layer.keys.nbytes + layer.values.nbytes
+        return total
