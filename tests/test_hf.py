@@ -1,0 +1,326 @@
+"""Hugging Face integration on tiny float32 models built from configs (CPU)."""
+import math
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import (AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM,  # noqa: E402
+                          MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
+from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
+
+from swaa_ext import SWAAConfig, hf  # noqa: E402
+from swaa_ext.reference import visibility_mask  # noqa: E402
+
+VOCAB = 101
+NUM_LAYERS = 4
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=NUM_LAYERS,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+ARCHS = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
+}
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def tiny_model(arch="llama", seed=0, attn="sdpa", **overrides):
+    config_cls, model_cls, extra = ARCHS[arch]
+    config = config_cls(**{**COMMON, **extra, **overrides})
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    # generated tokens must not stop early on eos
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def random_ids(batch, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=g)
+
+
+def generate(model, ids, cache=None, attention_mask=None, new=6, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = model.generate(ids, attention_mask=attention_mask, past_key_values=cache,
+                             max_new_tokens=new, min_new_tokens=new, do_sample=kw.pop("do_sample", False),
+                             pad_token_id=0, return_dict_in_generate=True, output_logits=True, **kw)
+    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# an independent reference: explicit masks from the plan, no cache, the whole sequence each step
+_REF = {"cfg": None, "prompt_len": None}
+
+
+def _reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                         **kwargs):
+    plan = _REF["cfg"].plan(NUM_LAYERS)[module.layer_idx]
+    B, Hq, L, D = query.shape
+    assert key.shape[2] == L, "the reference runs without cache"
+    pads = [0] * B if attention_mask is None else (L - attention_mask.sum(-1)).tolist()
+    P = _REF["prompt_len"] if _REF["prompt_len"] is not None else L
+    mask = torch.zeros(B, 1, L, L, dtype=torch.bool)
+    for b, pad in enumerate(pads):
+        n, prompt = L - pad, P - pad
+        if plan.prefill == "full":
+            prompt_vis = visibility_mask(n, n)
+        else:
+            tail_from = prompt - plan.full_tail if plan.full_tail else None
+            prompt_vis = visibility_mask(n, n, window=plan.window, sink=plan.sink, full_from=tail_from)
+        if plan.decode == "full":
+            gen_vis = visibility_mask(n, n)
+        else:
+            gen_vis = visibility_mask(n, n, window=plan.window, sink=plan.sink)
+        is_gen = (torch.arange(n) >= prompt).view(1, 1, n, 1)
+        mask[b, :, pad:, pad:] = torch.where(is_gen, gen_vis, prompt_vis)[0]
+        mask[b, 0, range(pad), range(pad)] = True  # padding queries: anything finite
+    group = Hq // key.shape[1]
+    k = key.repeat_interleave(group, 1).double()
+    v = value.repeat_interleave(group, 1).double()
+    scores = query.double() @ k.transpose(-1, -2) * (scaling or 1 / math.sqrt(D))
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return (probs @ v).to(query.dtype).transpose(1, 2), None
+
+
+AttentionInterface.register("swaa_test_ref", _reference_attention)
+AttentionMaskInterface.register("swaa_test_ref", lambda *a, attention_mask=None, **k: attention_mask)
+
+
+def reference_generate(model, cfg, ids, attention_mask=None, new=6):
+    """Greedy decoding with the explicit-mask reference; returns (tokens, logits per step)."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("swaa_test_ref")
+    _REF.update(cfg=cfg, prompt_len=ids.shape[1])
+    mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+    seq, logits = ids, []
+    try:
+        with torch.no_grad():
+            for _ in range(new):
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                step = model(seq, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
+                logits.append(step)
+                nxt = step.argmax(-1, keepdim=True)
+                seq = torch.cat([seq, nxt], 1)
+                mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+    finally:
+        model.set_attn_implementation(previous)
+        _REF.update(cfg=None, prompt_len=None)
+    return seq[:, ids.shape[1]:], torch.stack(logits, 1)
+
+
+def small_preset(name, window=5):
+    return SWAAConfig.preset(name, window=window, sink=2 if "sink" in name else None)
+
+
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_long_window_equals_unpatched_and_remove_restores(arch):
+    model = tiny_model(arch)
+    ids = random_ids(2, 23, seed=1)
+    with torch.no_grad():
+        before = model(ids).logits
+        hf.apply_swaa(model, SWAAConfig(window=64))
+        assert model.config._attn_implementation == "swaa"
+        patched = model(ids).logits
+        hf.remove_swaa(model)
+        after = model(ids).logits
+    torch.testing.assert_close(patched, before, atol=1e-5, rtol=1e-5)
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.equal(after, before)
+    assert not hf.is_swaa_applied(model)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_swa_changes_logits_beyond_the_window(arch):
+    model = tiny_model(arch)
+    ids = random_ids(1, 20, seed=2)
+    with torch.no_grad():
+        full = model(ids).logits
+        hf.apply_swaa(model, SWAAConfig(window=4))
+        swa = model(ids).logits
+    torch.testing.assert_close(swa[:, :4], full[:, :4], atol=1e-5, rtol=1e-5)
+    assert (swa[:, 4:] - full[:, 4:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_all_layers_swa_equals_hf_sliding_window(attn):
+    W = 6
+    model = tiny_model("mistral", attn=attn, sliding_window=W)
+    ids = random_ids(2, 25, seed=3)
+    with torch.no_grad():
+        hf_swa = model(ids).logits
+        hf.apply_swaa(model, SWAAConfig(window=W))
+        assert model.config.sliding_window is None   # set aside while SWAA decides the windows
+        ours = model(ids).logits
+        hf.remove_swaa(model)
+    torch.testing.assert_close(ours, hf_swa, atol=1e-5, rtol=1e-5)
+    assert model.config.sliding_window == W and model.config._attn_implementation == attn
+
+
+@pytest.mark.parametrize("name", list(SWAAConfig.presets()))
+def test_every_preset_matches_explicit_mask_reference(name):
+    model = tiny_model("llama")
+    cfg = small_preset(name)
+    ids = random_ids(2, 21, seed=4)
+    ref_tokens, ref_logits = reference_generate(model, cfg, ids)
+    hf.apply_swaa(model, cfg)
+    cache = hf.SWAACache(model)
+    tokens, logits = generate(model, ids, cache)
+    torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=1e-4)
+    assert torch.equal(tokens, ref_tokens)
+    # the plan decides which layers got a ring buffer
+    assert cache.ring_layers == [p.layer for p in cfg.plan(NUM_LAYERS) if p.ring]
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("cfg", [SWAAConfig(window=4, sink=2, full_decode=True, full_layers=(1,)),
+                                 SWAAConfig(window=5, sink=1, full_tail=3)],
+                         ids=["fa_decode", "full_tail"])
+def test_architectures_match_reference(arch, cfg):
+    model = tiny_model(arch)
+    ids = random_ids(1, 17, seed=5)
+    ref_tokens, ref_logits = reference_generate(model, cfg, ids, new=4)
+    hf.apply_swaa(model, cfg)
+    tokens, logits = generate(model, ids, hf.SWAACache(model), new=4)
+    torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=1e-4)
+    assert torch.equal(tokens, ref_tokens)
+
+
+@pytest.mark.parametrize("cfg", [SWAAConfig(window=4, sink=2, full_tail=3, full_decode=(0, 2)),
+                                 SWAAConfig(window=4, full_tail=2, full_layers="1::2")])
+def test_full_tail_with_dynamic_cache_and_with_prompt_len(cfg):
+    """The same plan through SWAACache, through a DynamicCache, and in one forward pass over
+    prompt + answer told where the prompt ends (swaa_prompt_len) gives the same logits."""
+    model = tiny_model("qwen2")
+    ids = random_ids(1, 19, seed=6)
+    ref_tokens, ref_logits = reference_generate(model, cfg, ids, new=5)
+    hf.apply_swaa(model, cfg)
+    tokens, logits = generate(model, ids, hf.SWAACache(model), new=5)
+    dyn_tokens, dyn_logits = generate(model, ids, DynamicCache(), new=5)
+    assert torch.equal(tokens, ref_tokens) and torch.equal(dyn_tokens, ref_tokens)
+    torch.testing.assert_close(dyn_logits, ref_logits, atol=2e-5, rtol=1e-4)
+    with torch.no_grad():
+        seq = torch.cat([ids, tokens], 1)
+        one_pass = model(seq, swaa_prompt_len=ids.shape[1]).logits[:, ids.shape[1] - 1:-1]
+    torch.testing.assert_close(one_pass, ref_logits, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sink", "sink+fa_decode", "half_full", "fa_decode+quarter_full"])
+def test_cache_memory_is_as_predicted(name):
+    model = tiny_model("llama")
+    cfg = small_preset(name, window=4)
+    hf.apply_swaa(model, cfg)
+    B, L, new = 3, 22, 5
+    cache = hf.SWAACache(model)
+    generate(model, random_ids(B, L, seed=7), cache, new=new)
+    plan = cfg.plan(NUM_LAYERS)
+    rings = sum(p.ring for p in plan)
+    per_slot = 2 * B * model.config.num_key_value_heads * 16 * 4  # K and V, head_dim 16, float32
+    length = L + new - 1  # the last generated token is never fed back
+    expected = per_slot * (rings * (cfg.sink + cfg.window) + (NUM_LAYERS - rings) * length)
+    assert cache.nbytes == expected
+    assert cache.get_seq_length() == length
+
+
+@pytest.mark.parametrize("arch,name", [("llama", "naive"), ("llama", "sink+fa_decode"),
+                                       ("llama", "sink+half_full"), ("mistral", "sink"),
+                                       ("qwen3", "fa_decode+quarter_full")])
+def test_left_padded_batch_equals_one_by_one(arch, name):
+    model = tiny_model(arch)
+    cfg = small_preset(name, window=4)
+    hf.apply_swaa(model, cfg)
+    lengths = [15, 9, 12, 15]
+    rows = [random_ids(1, n, seed=10 + i)[0] for i, n in enumerate(lengths)]
+    L = max(lengths)
+    ids = torch.zeros(len(rows), L, dtype=torch.long)
+    mask = torch.zeros(len(rows), L, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, L - len(row):] = row
+        mask[b, L - len(row):] = 1
+    batch_tokens, batch_logits = generate(model, ids, hf.SWAACache(model), attention_mask=mask)
+    dyn_tokens, _ = generate(model, ids, DynamicCache(), attention_mask=mask)
+    assert torch.equal(dyn_tokens, batch_tokens)
+    for b, row in enumerate(rows):
+        tokens, logits = generate(model, row[None], hf.SWAACache(model))
+        assert torch.equal(batch_tokens[b], tokens[0]), f"row {b}"
+        torch.testing.assert_close(batch_logits[b], logits[0], atol=2e-5, rtol=1e-4)
+    ref_tokens, _ = reference_generate(model, cfg, ids, attention_mask=mask)
+    assert torch.equal(ref_tokens, batch_tokens)
+
+
+def test_sampling_with_swaa_cache_equals_dynamic_cache():
+    model = tiny_model("llama")
+    hf.apply_swaa(model, SWAAConfig(window=4, sink=1))
+    ids = random_ids(2, 16, seed=8)
+    torch.manual_seed(123)
+    ring_tokens, _ = generate(model, ids, hf.SWAACache(model), new=8, do_sample=True, top_k=20)
+    torch.manual_seed(123)
+    dyn_tokens, _ = generate(model, ids, DynamicCache(), new=8, do_sample=True, top_k=20)
+    assert torch.equal(ring_tokens, dyn_tokens)
+
+
+def test_beam_search_is_refused_with_ring_layers():
+    model = tiny_model("llama")
+    hf.apply_swaa(model, SWAAConfig(window=4))
+    with pytest.raises(NotImplementedError, match="beam search"):
+        generate(model, random_ids(1, 10, seed=9), hf.SWAACache(model), num_beams=2, new=3)
+
+
+def test_torch_ring_matches_kernel_over_history():
+    """The temporary pure-torch ring: chunked appends give what swa_attention gives over the
+    whole history (window, sink, chunk longer than the window)."""
+    g = torch.Generator().manual_seed(0)
+    B, Hq, Hkv, D, W, S = 2, 4, 2, 8, 5, 2
+    total = 23
+    q = torch.randn(B, Hq, total, D, generator=g)
+    k = torch.randn(B, Hkv, total, D, generator=g)
+    v = torch.randn(B, Hkv, total, D, generator=g)
+    ring = hf._TorchRing(B, Hkv, D, window=W, sink=S)
+    outs, t = [], 0
+    for n in (1, 7, 1, 1, 9, 4):
+        outs.append(ring.attend(q[:, :, t:t + n], k[:, :, t:t + n], v[:, :, t:t + n]))
+        t += n
+    from swaa_ext import swa_attention
+    torch.testing.assert_close(torch.cat(outs, 2), swa_attention(q, k, v, window=W, sink=S))
+    assert ring.nbytes == 2 * B * Hkv * (S + W) * D * 4 and ring.seqlens.tolist() == [total] * B
+
+
+def test_errors_name_the_reason():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="apply_swaa"):
+        hf.SWAACache(model)
+    with pytest.raises(ValueError, match="full_layers"):
+        hf.apply_swaa(model, SWAAConfig(window=4, full_layers=(7,)))
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="PreTrainedModel"):
+        hf.apply_swaa(torch.nn.Linear(2, 2), SWAAConfig())
+    with pytest.raises(TypeError, match="SWAAConfig"):
+        hf.apply_swaa(model, {"window": 4})
+    with pytest.raises(ValueError, match="not applied"):
+        hf.remove_swaa(model)
+    hf.apply_swaa(model, SWAAConfig(window=4))
+    hole = torch.ones(1, 10, dtype=torch.long)
+    hole[0, 4] = 0
+    with pytest.raises(ValueError, match="zeros between real tokens"):
+        model(random_ids(1, 10, seed=1), attention_mask=hole)
+    # a SWAACache left over from another plan is refused, not silently misused
+    stale = hf.SWAACache(model)
+    hf.apply_swaa(model, SWAAConfig(window=6))
+    with pytest.raises(RuntimeError, match="another SWAA plan"):
+        generate(model, random_ids(1, 8, seed=1), stale, new=2)
+
+
+def test_bert_is_refused():
+    from transformers import BertConfig, BertModel
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(ValueError, match="cannot serve"):
+        hf.apply_swaa(model, SWAAConfig(window=4))
+    assert model.config._attn_implementation != "swaa"
