@@ -6,6 +6,7 @@ Hugging Face integration.  See ../shared/API.md for the contract.
 """
 from . import _C
 from .ops import swa_attention
+from .cache import RingKVCache
 
 __version__ = _C.build_info()["version"]
 
@@ -15,4 +16,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["swa_attention", "build_info", "__version__"]
+__all__ = ["swa_attention", "RingKVCache", "build_info", "__version__"]
