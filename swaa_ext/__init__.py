@@ -6,6 +6,7 @@ Hugging Face integration.  See ../shared/API.md for the contract.
 """
 from . import _C
 from .ops import swa_attention
+from .cache import RingKVCache
 from .config import SWAAConfig
 
 __version__ = _C.build_info()["version"]
@@ -25,4 +26,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'swaa_ext' has no attribute {name!r}")
 
 
-__all__ = ["swa_attention", "SWAAConfig", "build_info", "__version__"]
+__all__ = ["swa_attention", "RingKVCache", "SWAAConfig", "build_info", "__version__"]

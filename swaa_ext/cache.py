@@ -1,0 +1,231 @@
+"""Ring-buffer KV cache: sliding-window attention with sink tokens in
+O(sink + window) memory per layer, for decode and streaming prefill.
+
+Each (batch row, KV head) keeps exactly ``sink + window`` slots.  Position
+``t`` lives in slot ``t`` if ``t < sink`` else ``sink + (t - sink) % window``;
+a new key overwrites the key ``window`` positions before it, which no later
+query can see.  Positions are per row and live on the device (``seqlens``), so
+rows may be at different positions and nothing in :meth:`RingKVCache.attend`
+synchronises with the host: a decode step can be captured in a CUDA graph.
+
+The kernels are the ``torch.ops.swaa.ring_*`` ops (csrc/ring_ops.cpp,
+csrc/cpu/ring.cpp, csrc/cuda/ring.cu).  See docs/ring_cache.md.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+from . import _C  # noqa: F401  (loads the library: registers torch.ops.swaa.ring_*)
+
+__all__ = ["RingKVCache"]
+
+
+def _check_positive_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"RingKVCache: {name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"RingKVCache: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+class RingKVCache:
+    """KV cache of one attention layer for sliding-window attention with sinks.
+
+    Args:
+        batch, kv_heads, head_dim: shape of the cached keys/values.
+        window: keys visible to each query, counting its own position (the
+            Hugging Face ``sliding_window`` convention), >= 1.
+        sink: number of first positions every query always sees, >= 0.
+        dtype, device: of the stored keys/values (and of q, k, v passed to
+            :meth:`attend`).
+
+    ``attend(q, k, v)`` appends the next ``Lc`` positions of every row and
+    returns exactly what ``swaa_ext.swa_attention(q, K, V, window=window,
+    sink=sink)`` returns for these queries over the row's whole history
+    ``K, V`` (any ``Lc >= 1``, also ``Lc > window``).
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        head_dim: int,
+        *,
+        window: int,
+        sink: int = 0,
+        dtype: torch.dtype = torch.bfloat16,
+        device: Union[str, torch.device] = "cuda",
+    ) -> None:
+        self.batch = _check_positive_int("batch", batch, 1)
+        self.kv_heads = _check_positive_int("kv_heads", kv_heads, 1)
+        self.head_dim = _check_positive_int("head_dim", head_dim, 1)
+        self.window = _check_positive_int("window", window, 1)
+        self.sink = _check_positive_int("sink", sink, 0)
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            raise ValueError(f"RingKVCache: dtype must be float32, float16, bfloat16 or float64, "
+                             f"got {dtype}")
+        self.dtype = dtype
+        self.device = torch.device(device)
+        shape = (batch, kv_heads, sink + window, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.values = torch.zeros(shape, dtype=dtype, device=self.device)
+        self._seqlens = torch.zeros(batch, dtype=torch.int64, device=self.device)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def seqlens(self) -> torch.Tensor:
+        """(B,) int64 on the cache device: positions each row has seen so far.
+        The live tensor (its address never changes, for CUDA graphs): do not
+        modify it; use :meth:`reset`."""
+        return self._seqlens
+
+    @property
+    def capacity(self) -> int:
+        """Slots per (row, KV head): sink + window."""
+        return self.sink + self.window
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of K/V storage: 2 * B * Hkv * (sink + window) * D * element_size."""
+        return self.keys.nbytes + self.values.nbytes
+
+    def reset(self, rows: Optional[torch.Tensor] = None) -> None:
+        """Forget the history of every row, or only of ``rows`` (a bool mask
+        (B,) or integer indices) so a finished row can take a new sequence.
+        Stored keys need no clearing: a row at position 0 sees none of them."""
+        if rows is None:
+            self._seqlens.zero_()
+            return
+        if not isinstance(rows, torch.Tensor):
+            rows = torch.as_tensor(rows)
+        rows = rows.to(self.device)
+        if rows.dtype == torch.bool:
+            if rows.shape != (self.batch,):
+                raise ValueError(f"RingKVCache.reset: rows mask must have shape ({self.batch},), "
+                                 f"got {tuple(rows.shape)}")
+            self._seqlens.masked_fill_(rows, 0)
+        else:
+            self._seqlens.index_fill_(0, rows.long().reshape(-1), 0)
+
+    # ------------------------------------------------------------------ attend
+    def _check(self, q, k, v, lengths) -> None:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"RingKVCache.attend: {name} must be a tensor, "
+                                f"got {type(t).__name__}")
+            if t.dim() != 4:
+                raise ValueError(f"RingKVCache.attend: {name} must have rank 4 "
+                                 f"({'B, Hq' if name == 'q' else 'B, Hkv'}, Lc, D), "
+                                 f"got shape {tuple(t.shape)}")
+            if t.dtype != self.dtype:
+                raise ValueError(f"RingKVCache.attend: {name} dtype {t.dtype} differs from the "
+                                 f"cache dtype {self.dtype}")
+            if t.device != self.device:
+                raise ValueError(f"RingKVCache.attend: {name} is on {t.device} but the cache is "
+                                 f"on {self.device}")
+            if t.shape[0] != self.batch:
+                raise ValueError(f"RingKVCache.attend: {name} batch size {t.shape[0]} differs "
+                                 f"from the cache batch size {self.batch}")
+            if t.shape[3] != self.head_dim:
+                raise ValueError(f"RingKVCache.attend: {name} head dim {t.shape[3]} differs "
+                                 f"from the cache head dim {self.head_dim}")
+        for name, t in (("k", k), ("v", v)):
+            if t.shape[1] != self.kv_heads:
+                raise ValueError(f"RingKVCache.attend: {name} has {t.shape[1]} heads but the "
+                                 f"cache has {self.kv_heads} KV heads")
+        if q.shape[1] % self.kv_heads != 0:
+            raise ValueError(f"RingKVCache.attend: q heads ({q.shape[1]}) must be a multiple of "
+                             f"the cache's KV heads ({self.kv_heads})")
+        lc = k.shape[2]
+        if lc < 1:
+            raise ValueError("RingKVCache.attend: k must hold at least one position (Lc >= 1)")
+        if v.shape[2] != lc or q.shape[2] != lc:
+            raise ValueError(f"RingKVCache.attend: q, k, v must have the same length Lc, got "
+                             f"q {q.shape[2]}, k {lc}, v {v.shape[2]}")
+        if lengths is not None:
+            if not isinstance(lengths, torch.Tensor):
+                raise TypeError("RingKVCache.attend: lengths must be an integer tensor (B,), "
+                                f"got {type(lengths).__name__}")
+            if lengths.shape != (self.batch,):
+                raise ValueError(f"RingKVCache.attend: lengths must have shape ({self.batch},), "
+                                 f"got {tuple(lengths.shape)}")
+            if lengths.dtype.is_floating_point or lengths.dtype in (torch.bool, torch.complex64,
+                                                                    torch.complex128):
+                raise ValueError(f"RingKVCache.attend: lengths must be an integer tensor, got "
+                                 f"{lengths.dtype}")
+            if lengths.device != self.device:
+                raise ValueError(f"RingKVCache.attend: lengths is on {lengths.device} but the "
+                                 f"cache is on {self.device}")
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        softmax_scale: Optional[float] = None,
+        *,
+        lengths: Optional[torch.Tensor] = None,
+        return_lse: bool = False,
+    ):
+        """Appends the next ``Lc`` positions and attends to the whole history.
+
+        q: (B, Hq, Lc, D), k, v: (B, Hkv, Lc, D), Hq % Hkv == 0, in the cache's
+        dtype and device.  Row b's queries sit at positions
+        ``seqlens[b] .. seqlens[b] + Lc - 1``.
+
+        lengths: optional (B,) integer tensor on the cache device: only the
+        first ``lengths[b]`` positions of row b are real (right padding, e.g.
+        prompts of different lengths in one batch); the rest are neither
+        stored nor attended to, their output is zero, and ``seqlens[b]``
+        advances by ``lengths[b]``.  Values must lie in [0, Lc] (checked on the
+        CPU; clamped on CUDA, where checking would need a host sync).
+
+        Returns out (B, Hq, Lc, D) in the cache dtype, and with ``return_lse``
+        also the float32 log-sum-exp (B, Hq, Lc) (-inf on padding).  A call that
+        raises leaves the cache unchanged.
+        """
+        self._check(q, k, v, lengths)
+        scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        scale = float(scale)
+        lc = k.shape[2]
+        if lc == 1:
+            out, lse = torch.ops.swaa.ring_decode(q, k, v, self.keys, self.values, self._seqlens,
+                                                  lengths, self.window, self.sink, scale, 0)
+        else:
+            out, lse = torch.ops.swaa.ring_chunk(q, k, v, self.keys, self.values, self._seqlens,
+                                                 lengths, self.window, self.sink, scale)
+            torch.ops.swaa.ring_append(self.keys, self.values, k, v, self._seqlens, lengths,
+                                       self.window, self.sink)
+        if lengths is None:
+            self._seqlens.add_(lc)
+        else:
+            self._seqlens.add_(lengths.to(torch.int64).clamp(0, lc))
+        return (out, lse) if return_lse else out
+
+    def __repr__(self) -> str:
+        return (f"RingKVCache(batch={self.batch}, kv_heads={self.kv_heads}, "
+                f"head_dim={self.head_dim}, window={self.window}, sink={self.sink}, "
+                f"dtype={self.dtype}, device={self.device})")
+
+
+# ---------------------------------------------------------------------------
+# fake kernels: shapes and dtypes only, for torch.compile / FakeTensor tracing
+@torch.library.register_fake("swaa::ring_append")
+def _ring_append_fake(k_cache, v_cache, k, v, seqlens, lengths, window, sink):
+    return None
+
+
+@torch.library.register_fake("swaa::ring_decode")
+def _ring_decode_fake(q, k, v, k_cache, v_cache, seqlens, lengths, window, sink, scale,
+                      num_splits=0):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), \
+        q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.register_fake("swaa::ring_chunk")
+def _ring_chunk_fake(q, k, v, k_cache, v_cache, seqlens, lengths, window, sink, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), \
+        q.new_empty(q.shape[:3], dtype=torch.float32)
