@@ -34,6 +34,7 @@ are not detected: use a padding mask or one row per document.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import weakref
@@ -45,13 +46,9 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
 
+from .cache import RingKVCache
 from .config import LayerPlan, SWAAConfig
 from .ops import swa_attention
-
-try:  # the ring-buffer cache of swaa_ext (branch `ring`)
-    from .cache import RingKVCache as _RingKVCache
-except ImportError:  # pragma: no cover - depends on which branches are merged
-    _RingKVCache = None
 
 __all__ = ["apply_swaa", "remove_swaa", "SWAACache", "is_swaa_applied", "ATTN_IMPLEMENTATION"]
 
@@ -187,25 +184,34 @@ def _swaa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
         out = ring.attend(query, key, value, pads, prompt_len, scale)
         return out.transpose(1, 2), None
 
-    B, Lq, Lk = query.shape[0], query.shape[2], key.shape[2]
+    Lq, Lk = query.shape[2], key.shape[2]
     if Lq > Lk:
         raise ValueError(f"swaa attention: {Lq} queries but only {Lk} keys")
     prompt_end = prompt_len if prompt_len is not None else (Lk if Lq == Lk else Lk - Lq)
+    return _attend_padded(query, key, value, pads, plan, prompt_end, scale).transpose(1, 2), None
+
+
+def _attend_padded(query, key, value, pads: List[int], plan: LayerPlan, prompt_end: int,
+                   scale: float) -> torch.Tensor:
+    """query (B, Hq, Lq, D) at the last Lq of the padded indices 0 .. Lk-1 of key/value, row b
+    starting with pads[b] padding positions; prompt tokens before padded index prompt_end.
+    Rows with the same padding share one kernel call; queries on padding give zeros."""
+    Lq, Lk = query.shape[2], key.shape[2]
     out = query.new_zeros(query.shape) if any(pads) else None
     for pad, rows in _groups(pads):
-        q_begin = max(0, pad - (Lk - Lq))  # queries on padding stay zero
+        q_begin = max(0, pad - (Lk - Lq))
         if q_begin >= Lq:
             continue
         q, k, v = (query, key, value) if rows is None else (query[rows], key[rows], value[rows])
         o = _attend_real(q[:, :, q_begin:], k[:, :, pad:], v[:, :, pad:], plan,
                          prompt_end - pad, scale)
         if out is None:
-            out = o
-        elif rows is None:
+            return o
+        if rows is None:
             out[:, :, q_begin:] = o
         else:
             out[rows, :, q_begin:] = o
-    return out.transpose(1, 2), None
+    return out
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, _swaa_attention)
@@ -322,68 +328,20 @@ def remove_swaa(model):
 
 # ---------------------------------------------------------------------------------------------
 # ring buffer and cache
-class _TorchRing:
-    """Minimal ring-buffer KV cache in plain torch, used only while swaa_ext.cache.RingKVCache is
-    not available (temporary; same interface and semantics as swaa_ext.RingKVCache: slot of
-    position t is t if t < sink else sink + (t - sink) % window)."""
-
-    def __init__(self, batch, kv_heads, head_dim, *, window, sink=0, dtype=torch.float32,
-                 device="cpu"):
-        self.window, self.sink = window, sink
-        shape = (batch, kv_heads, sink + window, head_dim)
-        self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
-        self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
-        self._seen = 0
-
-    @property
-    def seqlens(self):
-        return torch.full((self.k_cache.shape[0],), self._seen, dtype=torch.int64,
-                          device=self.k_cache.device)
-
-    @property
-    def nbytes(self):
-        return self.k_cache.nbytes + self.v_cache.nbytes
-
-    def reset(self):
-        self._seen = 0
-
-    def _slot(self, pos: torch.Tensor) -> torch.Tensor:
-        return torch.where(pos < self.sink, pos, self.sink + (pos - self.sink) % self.window)
-
-    def append(self, k, v):
-        t, n = self._seen, k.shape[2]
-        pos = torch.arange(t, t + n, device=self.k_cache.device)
-        keep = (pos < self.sink) | (pos >= t + n - self.window)
-        slots = self._slot(pos[keep])
-        self.k_cache[:, :, slots] = k[:, :, keep]
-        self.v_cache[:, :, slots] = v[:, :, keep]
-        self._seen = t + n
-
-    def attend(self, q, k, v, softmax_scale=None):
-        t = self._seen
-        dev = self.k_cache.device
-        # history kept for these queries, gap between sinks and window removed: positions keep
-        # their distances inside the window, and sinks stay at 0 .. sink-1
-        hist = torch.cat([torch.arange(0, min(self.sink, t), device=dev),
-                          torch.arange(min(max(self.sink, t - self.window), t), t, device=dev)])
-        slots = self._slot(hist)
-        keys = torch.cat([self.k_cache[:, :, slots], k], dim=2)
-        values = torch.cat([self.v_cache[:, :, slots], v], dim=2)
-        out = swa_attention(q, keys, values, window=self.window, sink=self.sink,
-                            softmax_scale=softmax_scale)
-        self.append(k, v)
-        return out
-
-
-def _make_ring(batch, kv_heads, head_dim, *, window, sink, dtype, device):
-    cls = _RingKVCache if _RingKVCache is not None else _TorchRing
-    return cls(batch, kv_heads, head_dim, window=window, sink=sink, dtype=dtype, device=device)
+def _shift_rows(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L, D): row b moved left by shift[b] (negative: right); vacated places hold
+    copies of an edge element (callers ignore them)."""
+    L = x.shape[2]
+    idx = (torch.arange(L, device=x.device)[None, :] + shift[:, None]).clamp(0, L - 1)
+    return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
 
 
 class SWAARingLayer(CacheLayerMixin):
-    """Cache layer of an SWA-only layer: one ring buffer of ``sink + window`` slots per group of
-    rows with the same left padding.  ``update`` returns only the new keys/values (tagged); the
-    ``"swaa"`` attention function then calls :meth:`attend`."""
+    """Cache layer of a layer that is SWA in prefill and decode: a
+    :class:`swaa_ext.RingKVCache` of ``sink + window`` slots per row.  ``update`` returns only the
+    new keys/values (tagged); the ``"swaa"`` attention function then calls :meth:`attend`.
+    Left-padded prompts enter the ring as right-padded rows with per-row ``lengths``, so each row's
+    positions (and sink tokens) are its real ones."""
 
     is_sliding = True
     is_compileable = False
@@ -392,7 +350,7 @@ class SWAARingLayer(CacheLayerMixin):
     def __init__(self, plan: LayerPlan):
         super().__init__()
         self.plan = plan
-        self.rings: List[Tuple[int, Optional[torch.Tensor], object]] = []
+        self.ring: Optional[RingKVCache] = None
         self.cumulative_length = 0
         self._pending = False
 
@@ -413,45 +371,37 @@ class SWAARingLayer(CacheLayerMixin):
         key_states._swaa_ring = self
         return key_states, value_states
 
-    def attend(self, query, key, value, pads, prompt_len, scale):
+    def attend(self, query, key, value, pads: List[int], prompt_len: Optional[int], scale: float):
         """Append key, value (B, Hkv, Lc, D) and attend query (B, Hq, Lc, D) over the history."""
         self._pending = False
-        first = not self.rings
         n = key.shape[2]
+        first = self.ring is None
         if first:
             B, Hkv, _, D = key.shape
-            for pad, rows in _groups(pads):
-                size = B if rows is None else len(rows)
-                ring = _make_ring(size, Hkv, D, window=self.plan.window, sink=self.plan.sink,
-                                  dtype=key.dtype, device=key.device)
-                self.rings.append((pad, rows, ring))
+            self.ring = RingKVCache(B, Hkv, D, window=self.plan.window, sink=self.plan.sink,
+                                    dtype=key.dtype, device=key.device)
         elif prompt_len is not None and prompt_len > self.cumulative_length - n and self.plan.full_tail:
             raise NotImplementedError(f"SWAACache layer {self.plan.layer}: a full_tail prompt split "
                                       "over several calls cannot be served by a ring buffer")
-        single = len(self.rings) == 1 and self.rings[0][1] is None and not (first and self.rings[0][0])
-        out = None if single else query.new_zeros(query.shape)
-        for pad, rows, ring in self.rings:
-            q, k, v = (query, key, value) if rows is None else (query[rows], key[rows], value[rows])
-            start = pad if first else 0
-            q, k, v = q[:, :, start:], k[:, :, start:], v[:, :, start:]
-            if k.shape[2] == 0:
-                continue
-            prompt_end = (prompt_len if prompt_len is not None else n) - pad
-            if first and self.plan.full_tail and prompt_end > 0:
-                # the tail sees the whole prompt: compute from the chunk, then fill the ring
-                o = _attend_real(q, k, v, self.plan, prompt_end, scale)
-                if hasattr(ring, "append"):
-                    ring.append(k, v)
-                else:
-                    ring.attend(q, k, v, softmax_scale=scale)
-            else:
-                o = ring.attend(q, k, v, softmax_scale=scale)
-            if single:
-                return o
-            if rows is None:
-                out[:, :, start:] = o
-            else:
-                out[rows, :, start:] = o
+        if first and any(pads):
+            shift = torch.tensor(pads, device=key.device)
+            lengths = n - shift
+            out = self.ring.attend(*(_shift_rows(t, shift) for t in (query, key, value)),
+                                   softmax_scale=scale, lengths=lengths)
+            out = _shift_rows(out, -shift)
+            keep = torch.arange(n, device=key.device)[None, :] >= shift[:, None]
+            out = out * keep[:, None, :, None].to(out.dtype)
+        else:
+            out = self.ring.attend(query, key, value, softmax_scale=scale)
+        tail = self.plan.full_tail
+        prompt_end = n if prompt_len is None else prompt_len
+        if first and tail and prompt_end > 0:
+            # the tail sees the whole prompt, which is all here: recompute its queries in full
+            begin = max(prompt_end - tail, 0)
+            full = dataclasses.replace(self.plan, prefill="full", decode="full")
+            out[:, :, begin:prompt_end] = _attend_padded(
+                query[:, :, begin:prompt_end], key[:, :, :prompt_end], value[:, :, :prompt_end],
+                pads, full, prompt_end, scale)
         return out
 
     # --- transformers Cache layer protocol
@@ -469,10 +419,10 @@ class SWAARingLayer(CacheLayerMixin):
 
     @property
     def nbytes(self) -> int:
-        return sum(ring.nbytes for _, _, ring in self.rings)
+        return 0 if self.ring is None else self.ring.nbytes
 
     def reset(self) -> None:
-        self.rings = []
+        self.ring = None
         self.cumulative_length = 0
         self._pending = False
         self.is_initialized = False
@@ -496,11 +446,11 @@ class SWAARingLayer(CacheLayerMixin):
             self._refuse("cropping the cache (assisted generation)")
 
     def batch_repeat_interleave(self, repeats):
-        if self.rings:
+        if self.ring is not None:
             self._refuse("expanding the batch of a filled cache")
 
     def batch_select_indices(self, indices):
-        if self.rings:
+        if self.ring is not None:
             self._refuse("selecting rows of a filled cache")
 
 

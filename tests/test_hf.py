@@ -231,10 +231,11 @@ def test_cache_memory_is_as_predicted(name):
 
 @pytest.mark.parametrize("arch,name", [("llama", "naive"), ("llama", "sink+fa_decode"),
                                        ("llama", "sink+half_full"), ("mistral", "sink"),
-                                       ("qwen3", "fa_decode+quarter_full")])
+                                       ("qwen3", "fa_decode+quarter_full"),
+                                       ("qwen2", SWAAConfig(window=4, sink=2, full_tail=3))])
 def test_left_padded_batch_equals_one_by_one(arch, name):
     model = tiny_model(arch)
-    cfg = small_preset(name, window=4)
+    cfg = name if isinstance(name, SWAAConfig) else small_preset(name, window=4)
     hf.apply_swaa(model, cfg)
     lengths = [15, 9, 12, 15]
     rows = [random_ids(1, n, seed=10 + i)[0] for i, n in enumerate(lengths)]
@@ -271,25 +272,6 @@ def test_beam_search_is_refused_with_ring_layers():
     hf.apply_swaa(model, SWAAConfig(window=4))
     with pytest.raises(NotImplementedError, match="beam search"):
         generate(model, random_ids(1, 10, seed=9), hf.SWAACache(model), num_beams=2, new=3)
-
-
-def test_torch_ring_matches_kernel_over_history():
-    """The temporary pure-torch ring: chunked appends give what swa_attention gives over the
-    whole history (window, sink, chunk longer than the window)."""
-    g = torch.Generator().manual_seed(0)
-    B, Hq, Hkv, D, W, S = 2, 4, 2, 8, 5, 2
-    total = 23
-    q = torch.randn(B, Hq, total, D, generator=g)
-    k = torch.randn(B, Hkv, total, D, generator=g)
-    v = torch.randn(B, Hkv, total, D, generator=g)
-    ring = hf._TorchRing(B, Hkv, D, window=W, sink=S)
-    outs, t = [], 0
-    for n in (1, 7, 1, 1, 9, 4):
-        outs.append(ring.attend(q[:, :, t:t + n], k[:, :, t:t + n], v[:, :, t:t + n]))
-        t += n
-    from swaa_ext import swa_attention
-    torch.testing.assert_close(torch.cat(outs, 2), swa_attention(q, k, v, window=W, sink=S))
-    assert ring.nbytes == 2 * B * Hkv * (S + W) * D * 4 and ring.seqlens.tolist() == [total] * B
 
 
 def test_errors_name_the_reason():
