@@ -1,0 +1,295 @@
+"""The ``swaa`` command.
+
+  swaa demo [--prompt-len N] [--new-tokens N] [--preset NAME ...] [--config FILE]
+            [--window W] [--sink S] [--device cpu|cuda] [--json FILE]
+      Runs one long prompt through the embedded model with full attention and with SWAA recipes
+      and prints: prefill time, decode ms/token, KV cache bytes, and how many generated tokens
+      agree with full attention.
+  swaa info
+      Build (version, CUDA kernels in or not), devices, the swaa ops and where they have kernels.
+  swaa bench NAME [args ...]
+      Runs bench/bench_NAME.py of the source checkout with the given arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .config import SWAAConfig
+
+__all__ = ["main"]
+
+DEFAULT_PRESETS = ("naive", "sink", "sink+fa_decode", "sink+half_full")
+
+
+class CliError(Exception):
+    """A user error: printed as ``swaa: error: ...`` with exit status 2."""
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- demo
+def _demo_configs(args) -> List[Tuple[str, SWAAConfig]]:
+    configs = []
+    try:
+        if args.config:
+            cfg = SWAAConfig.load(args.config)
+            changes = {k: v for k, v in (("window", args.window), ("sink", args.sink)) if v is not None}
+            if changes:
+                cfg = SWAAConfig.from_dict({**cfg.to_dict(), **changes})
+            configs.append((Path(args.config).stem, cfg))
+        names = args.preset or ([] if args.config else list(DEFAULT_PRESETS))
+        window = args.window if args.window is not None else 256
+        for name in names:
+            sink = args.sink if "sink" in name.split("+") else None
+            if sink is None and "sink" in name.split("+"):
+                sink = 16
+            configs.append((name, SWAAConfig.preset(name, window=window, sink=sink)))
+    except (ValueError, OSError) as e:
+        raise CliError(str(e)) from None
+    return configs
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed past_key_values -> cache in 5.2x; use what this version takes."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cache_bytes(cache) -> int:
+    if hasattr(cache, "nbytes"):
+        return int(cache.nbytes)
+    total = 0
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None:
+            total += layer.keys.nbytes + layer.values.nbytes
+    return total
+
+
+@torch.no_grad()
+def _run_greedy(model, ids: torch.Tensor, cache, new_tokens: int, label: str) -> dict:
+    device = ids.device
+    kw = _cache_kwarg(model)
+    _progress(f"  {label}: prefill {ids.shape[1]} tokens ...")
+    _sync(device)
+    t0 = time.perf_counter()
+    logits = model(ids, use_cache=True, **{kw: cache}).logits[:, -1]
+    _sync(device)
+    prefill_s = time.perf_counter() - t0
+    tokens = [int(logits.argmax(-1))]
+    t0 = time.perf_counter()
+    for i in range(new_tokens - 1):
+        nxt = torch.tensor([[tokens[-1]]], device=device)
+        logits = model(nxt, use_cache=True, **{kw: cache}).logits[:, -1]
+        tokens.append(int(logits.argmax(-1)))  # .item(): the greedy loop needs the token anyway
+        if (i + 1) % 64 == 0:
+            _progress(f"  {label}: decoded {i + 1}/{new_tokens - 1} tokens")
+    _sync(device)
+    decode_s = time.perf_counter() - t0
+    return {"prefill_s": prefill_s,
+            "decode_ms_per_token": 1e3 * decode_s / max(new_tokens - 1, 1),
+            "kv_cache_bytes": _cache_bytes(cache), "tokens": tokens}
+
+
+def _agreement(tokens: Sequence[int], ref: Sequence[int]) -> Tuple[float, int]:
+    same = sum(a == b for a, b in zip(tokens, ref))
+    prefix = next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b), len(ref))
+    return same / max(len(ref), 1), prefix
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _table(rows: List[dict]) -> str:
+    head = ["configuration", "prefill s", "decode ms/tok", "KV cache", "agree", "same prefix"]
+    body = [[r["name"], f"{r['prefill_s']:.3f}", f"{r['decode_ms_per_token']:.2f}",
+             _fmt_bytes(r["kv_cache_bytes"]), f"{100 * r['agreement']:.0f}%",
+             str(r["same_prefix"])] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def cmd_demo(args) -> int:
+    if args.prompt_len < 1 or args.new_tokens < 1:
+        raise CliError("--prompt-len and --new-tokens must be >= 1")
+    configs = _demo_configs(args)
+    try:
+        from transformers import DynamicCache
+
+        from . import hf
+        from .models import default_model
+    except ImportError as e:
+        raise CliError(f"swaa demo needs transformers (pip install 'swaa_ext[hf]'): {e}") from None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    overrides = {"num_hidden_layers": args.layers} if args.layers else {}
+    model = default_model(device, **overrides)
+    n_layers = model.config.num_hidden_layers
+    for name, cfg in configs:  # plan errors (layer indices) before any long work
+        try:
+            cfg.plan(n_layers)
+        except ValueError as e:
+            raise CliError(f"{name}: {e}") from None
+    g = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(3, model.config.vocab_size, (1, args.prompt_len), generator=g).to(device)
+    dtype = next(model.parameters()).dtype
+    _progress(f"swaa demo: embedded model ({n_layers} layers, {dtype}, {device}), prompt "
+              f"{args.prompt_len} tokens, {args.new_tokens} generated tokens, "
+              f"{len(configs) + 1} configurations")
+
+    rows = []
+    _progress(f"[1/{len(configs) + 1}] full attention")
+    full = _run_greedy(model, ids, DynamicCache(), args.new_tokens, "full attention")
+    rows.append({"name": "full attention", "config": None, **full})
+    for i, (name, cfg) in enumerate(configs, 2):
+        _progress(f"[{i}/{len(configs) + 1}] {name}: {cfg.to_dict()}")
+        hf.apply_swaa(model, cfg)
+        try:
+            res = _run_greedy(model, ids, hf.SWAACache(model), args.new_tokens, name)
+        finally:
+            hf.remove_swaa(model)
+        rows.append({"name": name, "config": cfg.to_dict(), **res})
+    for r in rows:
+        r["agreement"], r["same_prefix"] = _agreement(r["tokens"], full["tokens"])
+
+    print(f"swaa demo  device={device}  dtype={str(dtype).replace('torch.', '')}  "
+          f"prompt={args.prompt_len}  generated={args.new_tokens}  layers={n_layers}")
+    print(_table(rows))
+    print("agree: generated tokens equal to full attention's at the same step; same prefix: "
+          "tokens before the first difference.\nThe embedded model has random weights: agreement "
+          "only shows how far each recipe moves its greedy choices, not language quality.")
+    if args.json:
+        meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    import swaa_ext
+
+    info = swaa_ext.build_info()
+    print(f"swaa_ext {info['version']} ({Path(swaa_ext.__file__).parent})")
+    print(f"  CUDA kernels built: {info['cuda']}"
+          + (f" (archs {info['cuda_archs']})" if info.get("cuda") else
+             f" ({info.get('cuda_reason', 'not built')})"))
+    try:
+        import transformers
+        tf = transformers.__version__
+    except ImportError:
+        tf = "not installed (swaa demo and swaa_ext.hf need it)"
+    print(f"  torch {torch.__version__}, transformers {tf}, python {platform.python_version()}")
+    print("devices:")
+    print(f"  cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            print(f"  cuda:{i}: {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
+    else:
+        print("  cuda: none")
+    print("kernels (op: dispatch keys with a kernel):")
+    ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("swaa::"))
+    for op in ops:
+        keys = [k for k in ("CPU", "CUDA")
+                if torch._C._dispatch_has_kernel_for_dispatch_key(op, k)]
+        print(f"  {op}: {', '.join(keys) or 'none'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- bench
+def _bench_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "bench"
+
+
+def cmd_bench(args) -> int:
+    bench_dir = _bench_dir()
+    available = sorted(p.stem[len("bench_"):] for p in bench_dir.glob("bench_*.py"))
+    if not bench_dir.is_dir() or not available:
+        raise CliError(f"no benchmarks found: {bench_dir} does not exist or holds no bench_*.py "
+                       "(swaa bench runs from a source checkout, not an installed wheel)")
+    script = bench_dir / f"bench_{args.name}.py"
+    if not script.is_file():
+        raise CliError(f"no benchmark {args.name!r} (looked for {script}); available: "
+                       f"{', '.join(available)}")
+    env = dict(os.environ)
+    root = str(bench_dir.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return subprocess.call([sys.executable, str(script), *args.args], env=env)
+
+
+# ----------------------------------------------------------------------------------------- main
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="swaa", description="Sliding-window attention adaptation: "
+                                "kernels, ring KV cache and Hugging Face integration.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="compare full attention with SWAA recipes on the embedded "
+                          "model", description="Run one long prompt through the embedded model "
+                          "with full attention and SWAA recipes; print a table.")
+    demo.add_argument("--preset", action="append", metavar="NAME",
+                      help="SWAA preset to run (repeatable; default: "
+                      f"{', '.join(DEFAULT_PRESETS)}). Presets: "
+                      + ", ".join(SWAAConfig.presets()))
+    demo.add_argument("--config", metavar="FILE", help="SWAA config JSON (ours or the SWAA "
+                      "toolkit's keys) to run")
+    demo.add_argument("--window", type=int, help="sliding window (default 256; overrides --config)")
+    demo.add_argument("--sink", type=int, help="sink tokens for presets with 'sink' (default 16; "
+                      "overrides --config)")
+    demo.add_argument("--prompt-len", type=int, default=2048, help="prompt tokens (default 2048)")
+    demo.add_argument("--new-tokens", type=int, default=32, help="generated tokens (default 32)")
+    demo.add_argument("--layers", type=int, help="use only this many layers of the embedded model")
+    demo.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
+    demo.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    demo.set_defaults(func=cmd_demo)
+
+    info = sub.add_parser("info", help="build, devices and available kernels")
+    info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser("bench", help="run bench/bench_NAME.py of the source checkout")
+    bench.add_argument("name", help="benchmark name, e.g. attention")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        parser.exit(2, f"swaa: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from swaa_ext.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+TINY = ["demo", "--prompt-len", "40", "--new-tokens", "4", "--layers", "2", "--window", "8",
+        "--sink", "2"]
+
+
+def test_demo_tiny_table_and_json(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    assert main(TINY + ["--preset", "naive", "--preset", "sink+fa_decode", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    for word in ("configuration", "prefill s", "decode ms/tok", "KV cache", "agree",
+                 "full attention", "naive", "sink+fa_decode"):
+        assert word in captured.out
+    assert "prefill 40 tokens" in captured.err  # progress goes to stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["full attention"]["agreement"] == 1.0
+    assert all(len(r["tokens"]) == 4 for r in rows.values())
+    # embedded model: 2 KV heads of dim 32, float32; 2 layers; 40 + 3 positions cached
+    per_pos = 2 * 2 * 32 * 4
+    assert rows["full attention"]["kv_cache_bytes"] == 2 * 43 * per_pos
+    assert rows["naive"]["kv_cache_bytes"] == 2 * 8 * per_pos              # rings of 8 slots
+    assert rows["sink+fa_decode"]["kv_cache_bytes"] == 2 * 43 * per_pos     # FA decode: full cache
+
+
+def test_demo_with_config_file(tmp_path, capsys):
+    cfg = tmp_path / "mine.json"
+    cfg.write_text(json.dumps({"sliding_window_size": 6, "keep_first": 1, "force_fa_decode": False,
+                               "non_sliding_layers": [1]}))
+    assert main(["demo", "--prompt-len", "24", "--new-tokens", "2", "--layers", "2",
+                 "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "mine" in out and "naive" not in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (TINY + ["--preset", "nope"], "nope"),
+    (["demo", "--window", "0", "--prompt-len", "8"], "window"),
+    (["demo", "--preset", "sink", "--sink", "-1"], "sink"),
+    (["demo", "--config", "/nonexistent/cfg.json"], "nonexistent"),
+    (["demo", "--layers", "2", "--preset", "quarter_full", "--prompt-len", "8"], "full_layers"),
+    (["demo", "--prompt-len", "0"], "prompt-len"),
+    (["bench", "no_such_bench"], "attention"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_a_message(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "swaa_ext" in out and "CUDA kernels built" in out
+    assert "swaa::fwd: CPU" in out and "torch " + torch.__version__ in out
+
+
+def test_bench_runs_the_script_of_the_checkout():
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "swaa_ext.cli", "bench", "attention", "--help"],
+                          capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "bench_attention" in proc.stdout or "--preset" in proc.stdout
