@@ -55,6 +55,7 @@ __all__ = ["apply_swaa", "remove_swaa", "SWAACache", "is_swaa_applied", "ATTN_IM
 logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATION = "swaa"
+_ABSENT = object()
 
 # attention module -> its LayerPlan; model -> state needed to undo apply_swaa
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, LayerPlan]" = weakref.WeakKeyDictionary()
@@ -257,8 +258,9 @@ def is_swaa_applied(model) -> bool:
 def apply_swaa(model, cfg: SWAAConfig):
     """Switch ``model`` (in place) to SWAA attention following ``cfg.plan(num_layers)``; returns
     the model.  Applying again replaces the plan; :func:`remove_swaa` undoes it exactly.  The
-    model's own sliding-window settings (``config.sliding_window``, ``config.layer_types``) are
-    set aside while SWAA is on, since the plan decides every layer's window."""
+    model's own sliding-window layers (``config.sliding_window``, ``config.layer_types``) are set
+    aside while SWAA is on (``layer_types`` reads all "full_attention", so transformers' caches
+    keep every key), since the plan decides every layer's window."""
     if not isinstance(cfg, SWAAConfig):
         raise TypeError(f"apply_swaa: cfg must be an SWAAConfig, got {type(cfg).__name__}")
     why = _refusal(model)
@@ -281,18 +283,17 @@ def apply_swaa(model, cfg: SWAAConfig):
                                  "is not causal attention")
 
     if model not in _APPLIED:
-        saved = {"attn": model.config._attn_implementation, "text_config": {}}
-        for name in ("sliding_window", "layer_types", "use_sliding_window"):
-            if name in text_config.__dict__:
-                saved["text_config"][name] = text_config.__dict__[name]
-        _APPLIED[model] = saved
-        if getattr(text_config, "sliding_window", None) is not None:
-            logger.info("apply_swaa: the model's own sliding_window=%s is set aside while SWAA is on",
-                        text_config.sliding_window)
-        if "sliding_window" in text_config.__dict__:
-            text_config.sliding_window = None
-        if isinstance(text_config.__dict__.get("layer_types"), list):
-            text_config.layer_types = ["full_attention"] * len(text_config.layer_types)
+        # the model's own sliding-window layers would make transformers' caches drop keys that
+        # sink tokens and full layers need: while SWAA is on every layer counts as full attention
+        # for transformers (layer_types), and the plan alone decides the windows
+        _APPLIED[model] = {"attn": model.config._attn_implementation,
+                           "layer_types": text_config.__dict__.get("layer_types", _ABSENT)}
+        own = getattr(text_config, "layer_types", None)
+        if getattr(text_config, "sliding_window", None) is not None or (
+                own and any(t != "full_attention" for t in own)):
+            logger.info("apply_swaa: the model's own sliding-window layers are set aside while SWAA "
+                        "is on")
+        text_config.layer_types = ["full_attention"] * num_layers
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         if model.config._attn_implementation != ATTN_IMPLEMENTATION:
             _restore(model)
@@ -308,8 +309,10 @@ def apply_swaa(model, cfg: SWAAConfig):
 def _restore(model):
     saved = _APPLIED.pop(model)
     text_config = _text_config(model)
-    for name, value in saved["text_config"].items():
-        setattr(text_config, name, value)
+    if saved["layer_types"] is _ABSENT:
+        del text_config.layer_types
+    else:
+        text_config.layer_types = saved["layer_types"]
     model.set_attn_implementation(saved["attn"])
 
 

@@ -124,6 +124,7 @@ def small_preset(name, window=5):
 def test_long_window_equals_unpatched_and_remove_restores(arch):
     model = tiny_model(arch)
     ids = random_ids(2, 23, seed=1)
+    config_before = model.config.to_dict()
     with torch.no_grad():
         before = model(ids).logits
         hf.apply_swaa(model, SWAAConfig(window=64))
@@ -135,6 +136,7 @@ def test_long_window_equals_unpatched_and_remove_restores(arch):
     assert model.config._attn_implementation == "sdpa"
     assert torch.equal(after, before)
     assert not hf.is_swaa_applied(model)
+    assert model.config.to_dict() == config_before
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -157,11 +159,43 @@ def test_all_layers_swa_equals_hf_sliding_window(attn):
     with torch.no_grad():
         hf_swa = model(ids).logits
         hf.apply_swaa(model, SWAAConfig(window=W))
-        assert model.config.sliding_window is None   # set aside while SWAA decides the windows
+        # set aside while SWAA decides the windows: transformers' caches keep every key
+        assert model.config.layer_types == ["full_attention"] * NUM_LAYERS
         ours = model(ids).logits
         hf.remove_swaa(model)
     torch.testing.assert_close(ours, hf_swa, atol=1e-5, rtol=1e-5)
     assert model.config.sliding_window == W and model.config._attn_implementation == attn
+
+
+def test_model_with_own_sliding_window_generates_with_default_cache():
+    """transformers' default cache for a sliding-window Mistral would drop the keys that sink
+    tokens and full layers need; under apply_swaa it keeps them."""
+    model = tiny_model("mistral", sliding_window=4)
+    cfg = SWAAConfig(window=4, sink=2, full_layers=(1,), full_decode=(2,))
+    ids = random_ids(1, 18, seed=13)
+    ref_tokens, ref_logits = reference_generate(model, cfg, ids)
+    hf.apply_swaa(model, cfg)
+    tokens, logits = generate(model, ids, cache=None)
+    torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=1e-4)
+    assert torch.equal(tokens, ref_tokens)
+
+
+def test_qwen2_hybrid_sliding_layers_equal_the_matching_plan():
+    """Qwen2's own hybrid (sliding layers from max_window_layers on) is the plan with the other
+    layers in full_layers; its config comes back exactly after remove_swaa."""
+    W = 5
+    model = tiny_model("qwen2", use_sliding_window=True, sliding_window=W, max_window_layers=2)
+    full = tuple(i for i, t in enumerate(model.config.layer_types) if t == "full_attention")
+    assert 0 < len(full) < NUM_LAYERS
+    config_before = model.config.to_dict()
+    ids = random_ids(2, 19, seed=12)
+    with torch.no_grad():
+        hf_hybrid = model(ids).logits
+        hf.apply_swaa(model, SWAAConfig(window=W, full_layers=full))
+        ours = model(ids).logits
+        hf.remove_swaa(model)
+    torch.testing.assert_close(ours, hf_hybrid, atol=1e-5, rtol=1e-5)
+    assert model.config.to_dict() == config_before
 
 
 @pytest.mark.parametrize("name", list(SWAAConfig.presets()))
