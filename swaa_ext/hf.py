@@ -91,6 +91,8 @@ def _swaa_mask(batch_size=None, q_length=None, kv_length=None, *args, attention_
     if attention_mask.dim() != 2:
         raise ValueError("swaa attention: only a 2D padding attention_mask is supported, got "
                          f"shape {tuple(attention_mask.shape)}")
+    if bool(attention_mask.all()):
+        return None
     pads = _left_padding(attention_mask)
     if not any(pads):
         return None
@@ -113,12 +115,13 @@ def _pads_of(attention_mask, batch: int) -> List[int]:
     return pads
 
 
-def _groups(pads: List[int]) -> List[Tuple[int, Optional[torch.Tensor]]]:
+def _groups(pads: List[int], device) -> List[Tuple[int, Optional[torch.Tensor]]]:
     """[(pad, rows)] with rows None when every row has that pad."""
     distinct = sorted(set(pads))
     if len(distinct) == 1:
         return [(distinct[0], None)]
-    return [(p, torch.tensor([b for b, x in enumerate(pads) if x == p])) for p in distinct]
+    return [(p, torch.tensor([b for b, x in enumerate(pads) if x == p], device=device))
+            for p in distinct]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +202,7 @@ def _attend_padded(query, key, value, pads: List[int], plan: LayerPlan, prompt_e
     Rows with the same padding share one kernel call; queries on padding give zeros."""
     Lq, Lk = query.shape[2], key.shape[2]
     out = query.new_zeros(query.shape) if any(pads) else None
-    for pad, rows in _groups(pads):
+    for pad, rows in _groups(pads, query.device):
         q_begin = max(0, pad - (Lk - Lq))
         if q_begin >= Lq:
             continue

@@ -340,3 +340,17 @@ def test_bert_is_refused():
     with pytest.raises(ValueError, match="cannot serve"):
         hf.apply_swaa(model, SWAAConfig(window=4))
     assert model.config._attn_implementation != "swaa"
+
+
+def test_right_padding_in_a_forward_pass_leaves_real_tokens_alone():
+    model = tiny_model("llama")
+    hf.apply_swaa(model, SWAAConfig(window=4, sink=1))
+    a, b = random_ids(1, 14, seed=20), random_ids(1, 9, seed=21)
+    ids = torch.zeros(2, 14, dtype=torch.long)
+    mask = torch.zeros(2, 14, dtype=torch.long)
+    ids[0], mask[0] = a[0], 1
+    ids[1, :9], mask[1, :9] = b[0], 1
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask).logits
+        alone = model(b).logits
+    torch.testing.assert_close(batch[1, :9], alone[0], atol=1e-5, rtol=1e-5)
