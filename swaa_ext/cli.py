@@ -133,6 +133,21 @@ def _table(rows: List[dict]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
+def _load_model(path: str, device: torch.device, layers: Optional[int]):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        config = AutoConfig.from_pretrained(path)
+        if layers:
+            config.num_hidden_layers = layers
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--model {path}: cannot load it: {e}") from None
+    model.generation_config.eos_token_id = None
+    return model.to(device).eval()
+
+
 def cmd_demo(args) -> int:
     if args.prompt_len < 1 or args.new_tokens < 1:
         raise CliError("--prompt-len and --new-tokens must be >= 1")
@@ -147,8 +162,13 @@ def cmd_demo(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA device is available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    overrides = {"num_hidden_layers": args.layers} if args.layers else {}
-    model = default_model(device, **overrides)
+    if args.model:
+        model = _load_model(args.model, device, args.layers)
+        model_name = args.model
+    else:
+        overrides = {"num_hidden_layers": args.layers} if args.layers else {}
+        model = default_model(device, **overrides)
+        model_name = "embedded model"
     n_layers = model.config.num_hidden_layers
     for name, cfg in configs:  # plan errors (layer indices) before any long work
         try:
@@ -158,7 +178,7 @@ def cmd_demo(args) -> int:
     g = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(3, model.config.vocab_size, (1, args.prompt_len), generator=g).to(device)
     dtype = next(model.parameters()).dtype
-    _progress(f"swaa demo: embedded model ({n_layers} layers, {dtype}, {device}), prompt "
+    _progress(f"swaa demo: {model_name} ({n_layers} layers, {dtype}, {device}), prompt "
               f"{args.prompt_len} tokens, {args.new_tokens} generated tokens, "
               f"{len(configs) + 1} configurations")
 
@@ -177,12 +197,14 @@ def cmd_demo(args) -> int:
     for r in rows:
         r["agreement"], r["same_prefix"] = _agreement(r["tokens"], full["tokens"])
 
-    print(f"swaa demo  device={device}  dtype={str(dtype).replace('torch.', '')}  "
+    print(f"swaa demo  model={model_name}  device={device}  dtype={str(dtype).replace('torch.', '')}  "
           f"prompt={args.prompt_len}  generated={args.new_tokens}  layers={n_layers}")
     print(_table(rows))
     print("agree: generated tokens equal to full attention's at the same step; same prefix: "
-          "tokens before the first difference.\nThe embedded model has random weights: agreement "
-          "only shows how far each recipe moves its greedy choices, not language quality.")
+          "tokens before the first difference.")
+    if not args.model:
+        print("The embedded model has random weights: agreement only shows how far each recipe "
+              "moves its greedy choices, not language quality.")
     if args.json:
         meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -266,7 +288,9 @@ def _parser() -> argparse.ArgumentParser:
                       "overrides --config)")
     demo.add_argument("--prompt-len", type=int, default=2048, help="prompt tokens (default 2048)")
     demo.add_argument("--new-tokens", type=int, default=32, help="generated tokens (default 32)")
-    demo.add_argument("--layers", type=int, help="use only this many layers of the embedded model")
+    demo.add_argument("--layers", type=int, help="use only this many layers of the model")
+    demo.add_argument("--model", metavar="PATH", help="a transformers causal LM (local directory "
+                      "or hub name) instead of the embedded model; the prompt stays random tokens")
     demo.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
     demo.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
     demo.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

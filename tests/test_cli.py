@@ -72,3 +72,30 @@ def test_bench_runs_the_script_of_the_checkout():
                           capture_output=True, text=True, cwd=root, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "bench_attention" in proc.stdout or "--preset" in proc.stdout
+
+
+def test_demo_with_a_saved_model(tmp_path, capsys):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                         num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=1))
+    model.save_pretrained(tmp_path / "m")
+    assert main(["demo", "--model", str(tmp_path / "m"), "--prompt-len", "20", "--new-tokens",
+                 "3", "--preset", "sink", "--window", "4", "--sink", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "model=" + str(tmp_path / "m") in out and "random weights" not in out
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--model", str(tmp_path / "missing")])
+    assert e.value.code == 2 and "cannot load" in capsys.readouterr().err
+
+
+def test_importing_swaa_ext_does_not_import_transformers():
+    code = ("import sys, swaa_ext; assert 'transformers' not in sys.modules; "
+            "swaa_ext.SWAAConfig(window=4).plan(2); import swaa_ext.cli; "
+            "assert 'transformers' not in sys.modules; swaa_ext.hf.apply_swaa; "
+            "assert 'transformers' in sys.modules")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
