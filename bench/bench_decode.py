@@ -230,9 +230,9 @@ def main() -> None:
     out_path = Path(args.out) if args.out else \
         ROOT / "bench" / "results" / f"{args.name or 'decode_' + gpu.replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(run=args.run or datetime.datetime.utcnow().strftime("%Y%m%dT%H%M%SZ"), gpu=gpu,
+    meta = dict(run=args.run or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"), gpu=gpu,
                 torch=torch.__version__, commit=git_commit(),
-                date=datetime.datetime.utcnow().isoformat(timespec="seconds") + "Z",
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 copy_gbps=copy_bw / 1e9)
     print(f"{gpu}: copy bandwidth {copy_bw / 1e9:.0f} GB/s; Hq={Hq} Hkv={Hkv} D={D} W={W} S={S} "
           f"{dtype}")

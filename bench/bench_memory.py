@@ -152,9 +152,9 @@ def main() -> None:
     out_path = Path(args.out) if args.out else \
         ROOT / "bench" / "results" / f"{args.name or 'memory_' + gpu.replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(run=args.run or datetime.datetime.utcnow().strftime("%Y%m%dT%H%M%SZ"), gpu=gpu,
+    meta = dict(run=args.run or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"), gpu=gpu,
                 torch=torch.__version__, commit=git_commit(),
-                date=datetime.datetime.utcnow().isoformat(timespec="seconds") + "Z")
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     # Warm-up (kernel loading, allocator) outside the measurements.
     for impl in ("ring", "full"):
         stream(impl, 2 * chunk, chunk, B, Hq, Hkv, D, W, S, dtype, device)
@@ -166,11 +166,10 @@ def main() -> None:
                        W=W, S=S, dtype=str(dtype).replace("torch.", ""), bytes_held=held,
                        peak_bytes=peak, seconds=sec, tokens_per_s=T / sec, **meta)
             rows.append(row)
+            with open(out_path, "a") as f:  # row by row: a killed run keeps what it measured
+                f.write(json.dumps(row) + "\n")
             print(f"  {impl:5s} T={T:8d} held {held / 2**20:9.1f} MiB  peak "
                   f"{'-' if peak is None else f'{peak / 2**20:9.1f} MiB'}  {sec:8.3f} s")
-    with open(out_path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
     png = out_path.with_suffix(".png")
     try:
         plot(rows, png)
