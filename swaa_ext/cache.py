@@ -68,9 +68,9 @@ class RingKVCache:
             raise ValueError(f"RingKVCache: dtype must be float32, float16, bfloat16 or float64, "
                              f"got {dtype}")
         self.dtype = dtype
-        self.device = torch.device(device)
         shape = (batch, kv_heads, sink + window, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.device = self.keys.device  # "cuda" resolved to "cuda:<current>"
         self.values = torch.zeros(shape, dtype=dtype, device=self.device)
         self._seqlens = torch.zeros(batch, dtype=torch.int64, device=self.device)
 
@@ -159,6 +159,10 @@ class RingKVCache:
             if lengths.device != self.device:
                 raise ValueError(f"RingKVCache.attend: lengths is on {lengths.device} but the "
                                  f"cache is on {self.device}")
+            if lengths.device.type == "cpu" and lengths.numel() and (
+                    int(lengths.min()) < 0 or int(lengths.max()) > lc):
+                raise ValueError(f"RingKVCache.attend: lengths must lie in [0, Lc = {lc}], got "
+                                 f"{lengths.tolist()}")
 
     def attend(
         self,

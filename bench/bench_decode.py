@@ -1,0 +1,298 @@
+"""Decode step (append one token + attention) of RingKVCache against the caches
+a user would otherwise reach for.
+
+impls:
+  ring              swaa_ext.RingKVCache.attend (fused append + split decode kernel)
+  sdpa_contiguous   (a) copy the token into a contiguous (sink + window) cache, SDPA over it
+  hf_static_sliding (b) transformers' StaticSlidingWindowLayer.update, then SDPA
+  full_<L>          (c) a full cache of L positions, copy the token in, SDPA over all of it
+
+All SDPA calls fold the query heads of a KV head into query rows (Lq = Hq/Hkv,
+no mask: every cached key is visible to a decode query), the fastest way to
+run GQA decode through SDPA.  Each impl keeps several independent caches and
+steps them in turn so the working set exceeds the L2 cache; on CUDA one graph
+holds one step of every cache and its replays are timed with CUDA events
+(eager event timing where capture fails, recorded in `timing`).  ms is the
+median per step.  gbps = (K and V read once + the new token written) / ms;
+bw_fraction = gbps / device-to-device copy bandwidth measured in the same run.
+
+    python bench/bench_decode.py                 # GPU sizes (issue 4)
+    python bench/bench_decode.py --cpu --out /tmp/decode.jsonl   # small CPU smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from swaa_ext import RingKVCache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    if os.environ.get("SWAA_COMMIT"):
+        return os.environ["SWAA_COMMIT"]
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                       stderr=subprocess.DEVNULL, text=True).strip()
+    except Exception:  # noqa: BLE001  (no git on the device machine)
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(steps, device, budget_s: float, graph: bool):
+    """Median seconds of one call of each of `steps` (callables), run in turn."""
+    def run_all():
+        for s in steps:
+            s()
+
+    if device.type != "cuda":
+        run_all()
+        samples = []
+        t_end = time.perf_counter() + budget_s
+        while len(samples) < 5 or (time.perf_counter() < t_end and len(samples) < 200):
+            t0 = time.perf_counter()
+            run_all()
+            samples.append(time.perf_counter() - t0)
+        return statistics.median(samples) / len(steps), "wall"
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run_all()
+    torch.cuda.current_stream(device).wait_stream(side)
+    sync(device)
+    replay, mode = run_all, "eager"
+    if graph:
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                run_all()
+            g.replay()
+            sync(device)
+            replay, mode = g.replay, "graph"
+        except Exception as e:  # noqa: BLE001
+            print(f"    graph capture failed ({type(e).__name__}: {str(e)[:120]}); eager timing")
+            torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    replay()
+    end.record()
+    end.synchronize()
+    first = start.elapsed_time(end) / 1e3
+    reps = int(min(200, max(10, budget_s / max(first, 1e-6))))
+    samples = []
+    for _ in range(reps):
+        start.record()
+        replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(samples) / len(steps), mode
+
+
+def copy_bandwidth(device, nbytes: int) -> float:
+    """Bytes/s of a device-to-device copy (read + write counted)."""
+    x = torch.randn(nbytes // 4, device=device)
+    y = torch.empty_like(x)
+    sec, _ = time_steps([lambda: y.copy_(x)], device, 0.3, graph=False)
+    return 2 * x.nbytes / sec
+
+
+def grouped_sdpa(q, k, v):
+    """GQA decode through SDPA: the G query heads of a KV head become G rows."""
+    B, Hq, _, D = q.shape
+    Hkv = k.shape[1]
+    out = F.scaled_dot_product_attention(q.view(B, Hkv, Hq // Hkv, D), k, v)
+    return out.view(B, Hq, 1, D)
+
+
+def n_sets_for(bytes_per_set: int, l2: int) -> int:
+    return int(min(16, max(1, math.ceil(4 * l2 / max(bytes_per_set, 1)))))
+
+
+def make_ring(B, Hq, Hkv, D, W, S, dtype, device, n_sets):
+    steps = []
+    for _ in range(n_sets):
+        cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=dtype, device=device)
+        cache.keys.normal_()
+        cache.values.normal_()
+        cache.seqlens.fill_(S + W + 1000)  # a full ring: every slot is read
+        q = torch.randn(B, Hq, 1, D, dtype=dtype, device=device)
+        k = torch.randn(B, Hkv, 1, D, dtype=dtype, device=device)
+        v = torch.randn(B, Hkv, 1, D, dtype=dtype, device=device)
+        steps.append(lambda c=cache, q=q, k=k, v=v: c.attend(q, k, v))
+    return steps
+
+
+def make_contiguous(B, Hq, Hkv, D, length, dtype, device, n_sets, ring_of=None):
+    """A contiguous cache of `length` rows; the new token is copied to a slot
+    computed on the device (the ring slot for (a), pos % length for (c))."""
+    steps = []
+    for _ in range(n_sets):
+        K = torch.randn(B, Hkv, length, D, dtype=dtype, device=device)
+        V = torch.randn_like(K)
+        pos = torch.full((1,), length + 1000, dtype=torch.int64, device=device)
+        q = torch.randn(B, Hq, 1, D, dtype=dtype, device=device)
+        k = torch.randn(B, Hkv, 1, D, dtype=dtype, device=device)
+        v = torch.randn(B, Hkv, 1, D, dtype=dtype, device=device)
+
+        def step(K=K, V=V, pos=pos, q=q, k=k, v=v):
+            if ring_of is not None:
+                W, S = ring_of
+                slot = S + (pos - S) % W
+            else:
+                slot = pos % length
+            K.index_copy_(2, slot, k)
+            V.index_copy_(2, slot, v)
+            pos.add_(1)
+            return grouped_sdpa(q, K, V)
+        steps.append(step)
+    return steps
+
+
+def make_hf(B, Hq, Hkv, D, W, S, dtype, device, n_sets):
+    from transformers.cache_utils import StaticSlidingWindowLayer
+
+    steps = []
+    for _ in range(n_sets):
+        try:
+            layer = StaticSlidingWindowLayer(max_cache_len=S + W, sliding_window=S + W)
+        except TypeError:
+            layer = StaticSlidingWindowLayer(S + W, S + W)
+        # Fill the window (HF keeps sliding_window positions; no separate sinks).
+        layer.update(torch.randn(B, Hkv, S + W, D, dtype=dtype, device=device),
+                     torch.randn(B, Hkv, S + W, D, dtype=dtype, device=device))
+        q = torch.randn(B, Hq, 1, D, dtype=dtype, device=device)
+        k = torch.randn(B, Hkv, 1, D, dtype=dtype, device=device)
+        v = torch.randn(B, Hkv, 1, D, dtype=dtype, device=device)
+
+        def step(layer=layer, q=q, k=k, v=v):
+            keys, values = layer.update(k, v)
+            return grouped_sdpa(q, keys, values)
+        steps.append(step)
+    return steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--cpu", action="store_true", help="small sizes on the CPU (smoke test)")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes")
+    ap.add_argument("--full", default=None, help="comma-separated full-cache lengths")
+    ap.add_argument("--impls", default="ring,sdpa_contiguous,hf_static_sliding,full")
+    ap.add_argument("--budget", type=float, default=0.25, help="seconds of timing per row")
+    ap.add_argument("--name", default=None, help="results file bench/results/<name>.jsonl")
+    ap.add_argument("--out", default=None, help="explicit output path (overrides --name)")
+    ap.add_argument("--run", default=None, help="run label stored in every row")
+    args = ap.parse_args()
+
+    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    if device.type == "cuda":
+        Hq, Hkv, D, W, S, dtype = 32, 8, 128, 4096, 4, torch.bfloat16
+        batches = [1, 8, 64]
+        fulls = [32768, 131072]
+        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
+        copy_bw = copy_bandwidth(device, 1 << 30)
+    else:
+        Hq, Hkv, D, W, S, dtype = 4, 2, 64, 256, 4, torch.float32
+        batches = [1, 4]
+        fulls = [2048]
+        l2 = 1 << 20
+        copy_bw = copy_bandwidth(device, 64 << 20)
+    if args.batches:
+        batches = [int(x) for x in args.batches.split(",")]
+    if args.full:
+        fulls = [int(x) for x in args.full.split(",")]
+    impls = args.impls.split(",")
+    es = torch.empty((), dtype=dtype).element_size()
+    gpu = device_name(device)
+    out_path = Path(args.out) if args.out else \
+        ROOT / "bench" / "results" / f"{args.name or 'decode_' + gpu.replace(' ', '_')}.jsonl"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(run=args.run or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"), gpu=gpu,
+                torch=torch.__version__, commit=git_commit(),
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                copy_gbps=copy_bw / 1e9)
+    print(f"{gpu}: copy bandwidth {copy_bw / 1e9:.0f} GB/s; Hq={Hq} Hkv={Hkv} D={D} W={W} S={S} "
+          f"{dtype}")
+    rows = []
+    for B in batches:
+        ring_bytes = 2 * B * Hkv * (S + W) * D * es + 2 * B * Hkv * D * es
+        cases = []
+        if "ring" in impls:
+            cases.append(("ring", ring_bytes, lambda n: make_ring(B, Hq, Hkv, D, W, S, dtype,
+                                                                  device, n), True))
+        if "sdpa_contiguous" in impls:
+            cases.append(("sdpa_contiguous", ring_bytes,
+                          lambda n: make_contiguous(B, Hq, Hkv, D, S + W, dtype, device, n,
+                                                    ring_of=(W, S)), True))
+        if "full" in impls:
+            for L in fulls:
+                full_bytes = 2 * B * Hkv * L * D * es + 2 * B * Hkv * D * es
+                if device.type == "cuda" and 2.2 * full_bytes > torch.cuda.mem_get_info(device)[0]:
+                    print(f"  B={B} full_{L}: skipped (does not fit)")
+                    continue
+                cases.append((f"full_{L}", full_bytes,
+                              lambda n, L=L: make_contiguous(B, Hq, Hkv, D, L, dtype, device, n),
+                              True))
+        if "hf_static_sliding" in impls:  # last: its graph capture may fail
+            cases.append(("hf_static_sliding", ring_bytes,
+                          lambda n: make_hf(B, Hq, Hkv, D, W, S, dtype, device, n), True))
+        for impl, nbytes, build, graph in cases:
+            try:
+                steps = build(n_sets_for(nbytes, l2))
+                sec, mode = time_steps(steps, device, args.budget, graph)
+            except Exception as e:  # noqa: BLE001  (e.g. a transformers API change)
+                print(f"  B={B} {impl}: FAILED {type(e).__name__}: {str(e)[:200]}")
+                continue
+            finally:
+                steps = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            row = dict(bench="decode", impl=impl, B=B, Hq=Hq, Hkv=Hkv, W=W, S=S, D=D,
+                       dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,
+                       gbps=nbytes / sec / 1e9, bw_fraction=nbytes / sec / copy_bw, bytes=nbytes,
+                       timing=mode, **meta)
+            rows.append(row)
+            print(f"  B={B:3d} {impl:18s} {row['ms']:8.4f} ms {row['gbps']:8.1f} GB/s "
+                  f"bw_fraction {row['bw_fraction']:.2f} ({mode})")
+    with open(out_path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    # Goals of issue 4, side by side.
+    by = {(r["impl"], r["B"]): r for r in rows}
+    print("\nB    ring_ms  vs_sdpa_contiguous  vs_hf_static_sliding  ring_bw_fraction")
+    for B in batches:
+        ring = by.get(("ring", B))
+        if ring is None:
+            continue
+        a, b = by.get(("sdpa_contiguous", B)), by.get(("hf_static_sliding", B))
+        print(f"{B:<4d} {ring['ms']:8.4f}  {(ring['ms'] / a['ms']) if a else float('nan'):18.2f}x"
+              f"  {(b['ms'] / ring['ms']) if b else float('nan'):19.2f}x faster"
+              f"  {ring['bw_fraction']:.2f}")
+    print(f"rows appended to {out_path}")
+
+
+if __name__ == "__main__":
+    main()
