@@ -28,7 +28,7 @@ namespace swaa {
 namespace {
 
 constexpr int64_t kBlockQ = 64;
-constexpr int64_t kBlockK = 64;
+constexpr int64_t kBlockK = cpu::kTile;  // S tiles are kTile wide
 
 // A view of `rows` rows of a (L, D) matrix as acc_t: the input itself when it
 // is already acc_t, else a widened copy in `buffer`.
