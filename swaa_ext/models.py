@@ -1,7 +1,8 @@
 """The model built into the package, used by ``swaa demo`` when no model is given.
 
-A small Llama-style causal LM (8 layers, GQA 8/2 heads, RoPE) built from a fixed config and a fixed
-seed, so every machine gets the same weights without downloading anything.  Its weights are
+A small Llama-style causal LM (8 layers, 4 query / 2 KV heads of dim 64 so that the CUDA kernels
+serve it, RoPE) built from a fixed config and a fixed seed, so every machine gets the same weights
+without downloading anything.  Its weights are
 random: it shows speed and memory of the SWAA recipes, and how far their generations drift from
 full attention on this model, not language quality (a later issue replaces it with a trained
 model).  Needs ``transformers``.
@@ -20,9 +21,9 @@ DEFAULT_MODEL_CONFIG = dict(
     hidden_size=256,
     intermediate_size=688,
     num_hidden_layers=8,
-    num_attention_heads=8,
+    num_attention_heads=4,
     num_key_value_heads=2,
-    head_dim=32,
+    head_dim=64,
     max_position_embeddings=32768,
     rope_theta=10000.0,
     tie_word_embeddings=True,

@@ -25,8 +25,8 @@ def test_demo_tiny_table_and_json(tmp_path, capsys):
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["full attention"]["agreement"] == 1.0
     assert all(len(r["tokens"]) == 4 for r in rows.values())
-    # embedded model: 2 KV heads of dim 32, float32; 2 layers; 40 + 3 positions cached
-    per_pos = 2 * 2 * 32 * 4
+    # embedded model: 2 KV heads of dim 64, float32; 2 layers; 40 + 3 positions cached
+    per_pos = 2 * 2 * 64 * 4
     assert rows["full attention"]["kv_cache_bytes"] == 2 * 43 * per_pos
     assert rows["naive"]["kv_cache_bytes"] == 2 * 8 * per_pos              # rings of 8 slots
     assert rows["sink+fa_decode"]["kv_cache_bytes"] == 2 * 43 * per_pos     # FA decode: full cache
