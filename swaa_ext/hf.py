@@ -50,7 +50,8 @@ from .cache import RingKVCache
 from .config import LayerPlan, SWAAConfig
 from .ops import swa_attention
 
-__all__ = ["apply_swaa", "remove_swaa", "SWAACache", "is_swaa_applied", "ATTN_IMPLEMENTATION"]
+__all__ = ["apply_swaa", "remove_swaa", "SWAACache", "is_swaa_applied", "applied_config",
+           "ATTN_IMPLEMENTATION"]
 
 logger = logging.getLogger(__name__)
 
@@ -297,16 +298,27 @@ def apply_swaa(model, cfg: SWAAConfig):
             logger.info("apply_swaa: the model's own sliding-window layers are set aside while SWAA "
                         "is on")
         text_config.layer_types = ["full_attention"] * num_layers
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)
-        if model.config._attn_implementation != ATTN_IMPLEMENTATION:
+        try:
+            model.set_attn_implementation(ATTN_IMPLEMENTATION)
+            refused = model.config._attn_implementation != ATTN_IMPLEMENTATION
+            reason = "it kept " + repr(model.config._attn_implementation)
+        except (ValueError, KeyError, NotImplementedError) as e:
+            refused, reason = True, str(e)
+        if refused:
             _restore(model)
             raise ValueError("apply_swaa: cannot serve this model: transformers refused to switch "
-                             f"its attention implementation to {ATTN_IMPLEMENTATION!r}")
+                             f"its attention implementation to {ATTN_IMPLEMENTATION!r}: {reason}")
     for idx, mods in modules.items():
         for module in mods:
             _PLANS[module] = plans[idx]
-    model._swaa_config = cfg
+    _APPLIED[model]["cfg"] = cfg
     return model
+
+
+def applied_config(model) -> Optional[SWAAConfig]:
+    """The SWAAConfig applied to ``model``, or None."""
+    state = _APPLIED.get(model)
+    return None if state is None else state["cfg"]
 
 
 def _restore(model):
@@ -327,8 +339,6 @@ def remove_swaa(model):
         for module in mods:
             _PLANS.pop(module, None)
     _restore(model)
-    if "_swaa_config" in model.__dict__:
-        del model._swaa_config
     return model
 
 

@@ -129,13 +129,14 @@ def test_long_window_equals_unpatched_and_remove_restores(arch):
         before = model(ids).logits
         hf.apply_swaa(model, SWAAConfig(window=64))
         assert model.config._attn_implementation == "swaa"
+        assert hf.applied_config(model) == SWAAConfig(window=64)
         patched = model(ids).logits
         hf.remove_swaa(model)
         after = model(ids).logits
     torch.testing.assert_close(patched, before, atol=1e-5, rtol=1e-5)
     assert model.config._attn_implementation == "sdpa"
     assert torch.equal(after, before)
-    assert not hf.is_swaa_applied(model)
+    assert not hf.is_swaa_applied(model) and hf.applied_config(model) is None
     assert model.config.to_dict() == config_before
 
 
