@@ -267,7 +267,8 @@ def test_cache_memory_is_as_predicted(name):
 @pytest.mark.parametrize("arch,name", [("llama", "naive"), ("llama", "sink+fa_decode"),
                                        ("llama", "sink+half_full"), ("mistral", "sink"),
                                        ("qwen3", "fa_decode+quarter_full"),
-                                       ("qwen2", SWAAConfig(window=4, sink=2, full_tail=3))])
+                                       pytest.param("qwen2", SWAAConfig(window=4, sink=2, full_tail=3),
+                                                    id="qwen2-sink+full_tail")])
 def test_left_padded_batch_equals_one_by_one(arch, name):
     model = tiny_model(arch)
     cfg = name if isinstance(name, SWAAConfig) else small_preset(name, window=4)
