@@ -28,7 +28,7 @@ How it hooks in (transformers' own extension points only, all reversible):
   from ``update``; the attention function (which must be ``"swaa"``) sends the queries to the ring.
 
 Not supported (refused with a message): attention dropout, softcapping, learned sink logits,
-non-causal attention, 4D custom masks, beam search and cropping with ring layers, torch.compile of
+non-causal attention, 4D custom masks, cropping ring layers (assisted generation), torch.compile of
 the ring path.  Packed sequences (several documents in one row told apart only by ``position_ids``)
 are not detected: use a padding mask or one row per document.
 """
@@ -451,11 +451,19 @@ class SWAARingLayer(CacheLayerMixin):
 
     def _refuse(self, what):
         raise NotImplementedError(f"SWAACache: {what} is not supported with ring-buffer layers "
-                                  f"(layer {self.plan.layer}); use greedy search or sampling, or "
-                                  "a DynamicCache")
+                                  f"(layer {self.plan.layer}); use greedy search, sampling or "
+                                  "beam search, or a DynamicCache")
 
     def reorder_cache(self, beam_idx):
-        self._refuse("beam search (reordering the cache)")
+        """Beam search: row i continues from row beam_idx[i].  Beams of one prompt sit at the same
+        position, so only the ring contents move (in place: the buffers keep their addresses)."""
+        if self.ring is None:
+            return
+        beam_idx = beam_idx.to(self.ring.keys.device)
+        if not torch.equal(self.ring.seqlens.index_select(0, beam_idx), self.ring.seqlens):
+            self._refuse("reordering rows that sit at different positions")
+        self.ring.keys.copy_(self.ring.keys.index_select(0, beam_idx))
+        self.ring.values.copy_(self.ring.values.index_select(0, beam_idx))
 
     def crop(self, tokens_to_remove):
         if tokens_to_remove:

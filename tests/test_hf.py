@@ -46,12 +46,13 @@ def random_ids(batch, length, seed):
 
 
 def generate(model, ids, cache=None, attention_mask=None, new=6, **kw):
+    kw.setdefault("output_logits", True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = model.generate(ids, attention_mask=attention_mask, past_key_values=cache,
                              max_new_tokens=new, min_new_tokens=new, do_sample=kw.pop("do_sample", False),
-                             pad_token_id=0, return_dict_in_generate=True, output_logits=True, **kw)
-    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, 1)
+                             pad_token_id=0, return_dict_in_generate=True, **kw)
+    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, 1) if out.logits else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,11 +304,27 @@ def test_sampling_with_swaa_cache_equals_dynamic_cache():
     assert torch.equal(ring_tokens, dyn_tokens)
 
 
-def test_beam_search_is_refused_with_ring_layers():
+@pytest.mark.parametrize("padded", [False, True])
+def test_beam_search_with_swaa_cache_equals_dynamic_cache(padded):
+    model = tiny_model("llama")
+    hf.apply_swaa(model, SWAAConfig(window=4, sink=1, full_layers=(1,)))
+    ids = random_ids(2, 14, seed=9)
+    mask = torch.ones_like(ids)
+    if padded:
+        ids[1, :4], mask[1, :4] = 0, 0
+    kw = dict(num_beams=3, num_return_sequences=2, new=6, attention_mask=mask)
+    ring_tokens, _ = generate(model, ids, hf.SWAACache(model), **kw)
+    dyn_tokens, _ = generate(model, ids, DynamicCache(), **kw)
+    assert torch.equal(ring_tokens, dyn_tokens)
+
+
+def test_assisted_generation_cropping_is_refused():
     model = tiny_model("llama")
     hf.apply_swaa(model, SWAAConfig(window=4))
-    with pytest.raises(NotImplementedError, match="beam search"):
-        generate(model, random_ids(1, 10, seed=9), hf.SWAACache(model), num_beams=2, new=3)
+    cache = hf.SWAACache(model)
+    generate(model, random_ids(1, 10, seed=9), cache, new=2)
+    with pytest.raises(NotImplementedError, match="cropping"):
+        cache.crop(-1)
 
 
 def test_errors_name_the_reason():
