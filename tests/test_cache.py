@@ -407,3 +407,18 @@ def test_opcheck_cuda(case):
 
 def test_public_export():
     assert "RingKVCache" in swaa_ext.__all__ and swaa_ext.RingKVCache is RingKVCache
+
+
+def test_torch_compile_fullgraph_cpu():
+    # attend traces into one graph (the ops' schemas declare their writes) and
+    # the compiled calls update the cache exactly like eager ones.
+    torch.manual_seed(12)
+    compiled = RingKVCache(2, 2, 16, window=5, sink=1, dtype=torch.float32, device="cpu")
+    eager = RingKVCache(2, 2, 16, window=5, sink=1, dtype=torch.float32, device="cpu")
+    step = torch.compile(lambda q, k, v: compiled.attend(q, k, v), fullgraph=True,
+                         backend="aot_eager")
+    for lc in (7, 1, 1, 3):
+        q, k, v = torch.randn(2, 4, lc, 16), torch.randn(2, 2, lc, 16), torch.randn(2, 2, lc, 16)
+        torch.testing.assert_close(step(q, k, v), eager.attend(q, k, v), atol=0, rtol=0)
+    assert torch.equal(compiled.seqlens, eager.seqlens)
+    assert torch.equal(compiled.keys, eager.keys) and torch.equal(compiled.values, eager.values)
