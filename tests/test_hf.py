@@ -405,3 +405,58 @@ def test_training_gradients_match_reference():
     assert ref.keys() == ours.keys() and len(ours) > 10
     for name in ref:
         torch.testing.assert_close(ours[name], ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# low precision on an accelerator: the FlashAttention-style criterion at model level
+def _forced_logits(model, ids, mask, forced, cache):
+    """Prefill ids (left padded by mask), then feed the tokens of `forced` one by one; logits of
+    the last position of every call (B, 1 + forced, V) in float32 on the CPU."""
+    device = next(model.parameters()).device
+    ids, mask, forced = ids.to(device), mask.to(device), forced.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    outs = []
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        outs.append(out.logits[:, -1])
+        for t in range(forced.shape[1]):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = pos[:, -1:] + 1
+            out = model(forced[:, t:t + 1], attention_mask=mask, position_ids=pos,
+                        past_key_values=cache, use_cache=True)
+            outs.append(out.logits[:, -1])
+    return torch.stack(outs, 1).float().cpu()
+
+
+def _low_precision_check(name, device, dtype):
+    cfg = SWAAConfig.preset(name, window=16, sink=4 if "sink" in name else None)
+    ids = random_ids(2, 70, seed=40)
+    mask = torch.ones_like(ids)
+    ids[1, :9], mask[1, :9] = 0, 0
+    forced = random_ids(2, 5, seed=41)
+    gold_model = tiny_model("llama", hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
+                            head_dim=64)
+    full_gold = _forced_logits(gold_model, ids, mask, forced, DynamicCache())
+    hf.apply_swaa(gold_model, cfg)
+    gold = _forced_logits(gold_model, ids, mask, forced, hf.SWAACache(gold_model))
+
+    model = tiny_model("llama", hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
+                       head_dim=64).to(device=device, dtype=dtype)
+    # what torch itself loses in this dtype (unpatched sdpa model against its float32 self)
+    torch_err = (_forced_logits(model, ids, mask, forced, DynamicCache()) - full_gold).abs().max()
+    hf.apply_swaa(model, cfg)
+    for cache in (hf.SWAACache(model), DynamicCache()):
+        err = (_forced_logits(model, ids, mask, forced, cache) - gold).abs().max()
+        assert err <= 2 * torch_err + 1e-3, (type(cache).__name__, err, torch_err)
+
+
+@pytest.mark.parametrize("name", ["sink", "sink+fa_decode", "sink+half_full"])
+def test_bfloat16_cpu_within_torch_error(name):
+    _low_precision_check(name, "cpu", torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["naive", "sink", "sink+fa_decode", "sink+half_full"])
+def test_cuda_bfloat16_within_torch_error(name):
+    _low_precision_check(name, "cuda", torch.bfloat16)
