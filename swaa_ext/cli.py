@@ -53,9 +53,8 @@ def _demo_configs(args) -> List[Tuple[str, SWAAConfig]]:
         names = args.preset or ([] if args.config else list(DEFAULT_PRESETS))
         window = args.window if args.window is not None else 256
         for name in names:
-            sink = args.sink if "sink" in name.split("+") else None
-            if sink is None and "sink" in name.split("+"):
-                sink = 16
+            has_sink = "sink" in name.split("+")
+            sink = (args.sink if args.sink is not None else 16) if has_sink else None
             configs.append((name, SWAAConfig.preset(name, window=window, sink=sink)))
     except (ValueError, OSError) as e:
         raise CliError(str(e)) from None
