@@ -29,8 +29,8 @@ How it hooks in (transformers' own extension points only, all reversible):
 
 Not supported (refused with a message): attention dropout, softcapping, learned sink logits,
 non-causal attention, 4D custom masks, cropping ring layers (assisted generation), torch.compile of
-the ring path.  Packed sequences (several documents in one row told apart only by ``position_ids``)
-are not detected: use a padding mask or one row per document.
+the ring path, packed sequences (several documents in one row told apart only by ``position_ids``;
+use one row per document with a padding mask).
 """
 from __future__ import annotations
 
@@ -156,6 +156,17 @@ def _attend_real(q, k, v, plan: LayerPlan, prompt_end: int, scale: float) -> tor
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
+def _refuse_packed(position_ids: Optional[torch.Tensor]) -> None:
+    """Packed sequences (position_ids restarting inside a row, no padding mask) would need one
+    window per document; refuse them.  Checked once per position_ids tensor (once per forward)."""
+    if position_ids is None or getattr(position_ids, "_swaa_not_packed", False):
+        return
+    if position_ids.shape[-1] > 1 and not bool((position_ids.diff(dim=-1) == 1).all()):
+        raise ValueError("swaa attention: position_ids restart inside a row (packed sequences); "
+                         "this is not supported: pass one document per row with a padding mask")
+    position_ids._swaa_not_packed = True
+
+
 def _check_supported(module, dropout, kwargs):
     if dropout:
         raise ValueError(f"swaa attention: attention dropout ({dropout}) is not supported; set "
@@ -192,6 +203,8 @@ def _swaa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     Lq, Lk = query.shape[2], key.shape[2]
     if Lq > Lk:
         raise ValueError(f"swaa attention: {Lq} queries but only {Lk} keys")
+    if attention_mask is None and Lq == Lk > 1:
+        _refuse_packed(kwargs.get("position_ids"))
     prompt_end = prompt_len if prompt_len is not None else (Lk if Lq == Lk else Lk - Lq)
     return _attend_padded(query, key, value, pads, plan, prompt_end, scale).transpose(1, 2), None
 

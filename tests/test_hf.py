@@ -345,6 +345,11 @@ def test_errors_name_the_reason():
     hole[0, 4] = 0
     with pytest.raises(ValueError, match="zeros between real tokens"):
         model(random_ids(1, 10, seed=1), attention_mask=hole)
+    packed = torch.cat([torch.arange(5), torch.arange(5)])[None]
+    with pytest.raises(ValueError, match="packed sequences"):
+        model(random_ids(1, 10, seed=1), position_ids=packed)
+    with torch.no_grad():  # contiguous positions with an offset are fine
+        model(random_ids(1, 10, seed=1), position_ids=torch.arange(3, 13)[None])
     # a SWAACache left over from another plan is refused, not silently misused
     stale = hf.SWAACache(model)
     hf.apply_swaa(model, SWAAConfig(window=6))
