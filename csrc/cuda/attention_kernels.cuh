@@ -479,8 +479,8 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kDqThreads)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sdO = sQ + BM * D;
-  T* sK[2] = {sdO + BM * D, sdO + BM * D + BN * D};
-  T* sV = sdO + BM * D + 2 * BN * D;
+  T* sK0 = sdO + BM * D;  // two key buffers: tile `it` lives in sK0 + (it & 1) * BN * D
+  T* sV = sK0 + 2 * BN * D;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -502,7 +502,7 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kDqThreads)
 
   load_tile<T, BM, D, kThreads>(sQ, q, p.q_row_stride, row0, p.q_len);
   load_tile<T, BM, D, kThreads>(sdO, dout, p.do_row_stride, row0, p.q_len);
-  load_tile<T, BN, D, kThreads>(sK[0], k, p.k_row_stride, int64_t(tiles[0]) * BN, p.k_len);
+  load_tile<T, BN, D, kThreads>(sK0, k, p.k_row_stride, int64_t(tiles[0]) * BN, p.k_len);
   cp_async_commit();
 
   // Per-thread rows g and g + 8 of this warp: lse (log2 units) and delta;
@@ -524,7 +524,7 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kDqThreads)
 
   for (int it = 0; it < tiles.count; ++it) {
     const int64_t j0 = int64_t(tiles[it]) * BN;
-    const T* sKc = sK[it & 1];
+    const T* sKc = sK0 + (it & 1) * BN * D;
     load_tile<T, BN, D, kThreads>(sV, v, p.v_row_stride, j0, p.k_len);
     cp_async_commit();
 
@@ -538,7 +538,7 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kDqThreads)
     cp_async_wait_all();
     __syncthreads();  // V(it) landed; the other K buffer is free
     if (it + 1 < tiles.count) {
-      load_tile<T, BN, D, kThreads>(sK[(it + 1) & 1], k, p.k_row_stride,
+      load_tile<T, BN, D, kThreads>(sK0 + ((it + 1) & 1) * BN * D, k, p.k_row_stride,
                                     int64_t(tiles[it + 1]) * BN, p.k_len);
       cp_async_commit();
     }
@@ -576,8 +576,9 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kKvThreads)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + BN * D;
-  T* sQ[2] = {sV + BN * D, sV + BN * D + BM * D};
-  T* sdO[2] = {sV + BN * D + 2 * BM * D, sV + BN * D + 3 * BM * D};
+  // two buffers each: query tile `it` lives in sQ0 / sdO0 + (it & 1) * BM * D
+  T* sQ0 = sV + BN * D;
+  T* sdO0 = sQ0 + 2 * BM * D;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -619,9 +620,9 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kKvThreads)
   load_tile<T, BN, D, kThreads>(sV, v, p.v_row_stride, j_first, p.k_len);
   if (count > 0) {
     const int64_t h = tile_head(0);
-    load_tile<T, BM, D, kThreads>(sQ[0], q_b + h * p.q_head_stride, p.q_row_stride, tile_row0(0),
+    load_tile<T, BM, D, kThreads>(sQ0, q_b + h * p.q_head_stride, p.q_row_stride, tile_row0(0),
                                   p.q_len);
-    load_tile<T, BM, D, kThreads>(sdO[0], do_b + h * p.do_head_stride, p.do_row_stride,
+    load_tile<T, BM, D, kThreads>(sdO0, do_b + h * p.do_head_stride, p.do_row_stride,
                                   tile_row0(0), p.q_len);
   }
   cp_async_commit();
@@ -638,12 +639,14 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kKvThreads)
     const int buf = it & 1;
     if (it + 1 < count) {
       const int64_t h = tile_head(it + 1);
-      load_tile<T, BM, D, kThreads>(sQ[buf ^ 1], q_b + h * p.q_head_stride, p.q_row_stride,
+      load_tile<T, BM, D, kThreads>(sQ0 + (buf ^ 1) * BM * D, q_b + h * p.q_head_stride, p.q_row_stride,
                                     tile_row0(it + 1), p.q_len);
-      load_tile<T, BM, D, kThreads>(sdO[buf ^ 1], do_b + h * p.do_head_stride, p.do_row_stride,
+      load_tile<T, BM, D, kThreads>(sdO0 + (buf ^ 1) * BM * D, do_b + h * p.do_head_stride, p.do_row_stride,
                                     tile_row0(it + 1), p.q_len);
       cp_async_commit();
     }
+    const T* sQc = sQ0 + buf * BM * D;
+    const T* sdOc = sdO0 + buf * BM * D;
     const int64_t h = tile_head(it);
     const int64_t qrow0 = tile_row0(it);
     const int64_t pos0 = qrow0 + p.q_offset;
@@ -654,8 +657,8 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kKvThreads)
     float s[NT][4], dpt[NT][4];
     zero(s);
     zero(dpt);
-    gemm_abt<T, D, NT>(s, sK, warp * 16, sQ[buf], lane);
-    gemm_abt<T, D, NT>(dpt, sV, warp * 16, sdO[buf], lane);
+    gemm_abt<T, D, NT>(s, sK, warp * 16, sQc, lane);
+    gemm_abt<T, D, NT>(dpt, sV, warp * 16, sdOc, lane);
     scale_scores<NT>(s, scale_log2);
     if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
       mask_scores<NT>(s, vis, wj_first, pos0, p.k_len, lane, false);
@@ -673,8 +676,8 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kKvThreads)
     softmax_grad<NT>(
         s, dpt, [&](int nt, int e) { return lse2[nt][e & 1]; },
         [&](int nt, int e) { return dl[nt][e & 1]; });
-    gemm_pb<T, D, NT>(dv, s, sdO[buf], lane);
-    gemm_pb<T, D, NT>(dk, dpt, sQ[buf], lane);
+    gemm_pb<T, D, NT>(dv, s, sdOc, lane);
+    gemm_pb<T, D, NT>(dk, dpt, sQc, lane);
 
     cp_async_wait_all();
     __syncthreads();  // next tile landed; every warp is done with this one
