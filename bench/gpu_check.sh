@@ -31,7 +31,7 @@ python -c "import swaa_ext; print(swaa_ext.__file__, swaa_ext.build_info())"
 
 if [[ $STEP == all || $STEP == test ]]; then
   step "GPU tests (SWAA_POISON_OUTPUTS=1)"
-  SWAA_POISON_OUTPUTS=1 timeout 420 python -m pytest -q -x -m cuda tests/test_attention_cuda.py \
+  SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-420} python -m pytest -q -x -m cuda tests/test_attention_cuda.py \
     --junitxml="$OUT/pytest_cuda.xml" -p no:cacheprovider 2>&1 | tail -40 || status=1
 fi
 
@@ -39,7 +39,7 @@ if [[ $STEP == all || $STEP == sanitize ]]; then
   SAN=${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
-    timeout 240 "$SAN" --tool "$tool" --error-exitcode 3 \
+    timeout ${SAN_TIMEOUT:-240} "$SAN" --tool "$tool" --error-exitcode 3 \
       python bench/sanitize_case.py > "$OUT/sanitizer_$tool.log" 2>&1
     rc=$?
     tail -6 "$OUT/sanitizer_$tool.log"
