@@ -31,8 +31,8 @@ python -c "import swaa_ext; print(swaa_ext.__file__, swaa_ext.build_info())"
 
 if [[ $STEP == all || $STEP == test ]]; then
   step "GPU tests (SWAA_POISON_OUTPUTS=1)"
-  SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-420} python -m pytest -q -x -m cuda tests/test_attention_cuda.py \
-    --junitxml="$OUT/pytest_cuda.xml" -p no:cacheprovider 2>&1 | tail -40 || status=1
+  SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-420} python -m pytest -q --maxfail=10 -m cuda tests/test_attention_cuda.py \
+    --junitxml="$OUT/pytest_cuda.xml" -p no:cacheprovider 2>&1 | tail -60 || status=1
 fi
 
 if [[ $STEP == all || $STEP == sanitize ]]; then
