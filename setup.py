@@ -52,7 +52,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path};{pybind11.get_cmake_dir()}",
-            f"-DTORCH_ROOT={Path(torch.__file__).parent}",
+            f"-DSWAA_TORCH_DIR={Path(torch.__file__).parent}",
             f"-DSWAA_TORCH_CUDA={'ON' if torch.version.cuda else 'OFF'}",
             f"-DSWAA_ENABLE_CUDA={os.environ.get('SWAA_ENABLE_CUDA', 'AUTO')}",
             f"-DSWAA_CUDA_ARCHS={archs}",

@@ -35,6 +35,9 @@ endif()
 if(SWAA_WITH_CUDA)
   set(CMAKE_CUDA_COMPILER "${_swaa_nvcc}")
   set(CUDAToolkit_ROOT "${_swaa_cuda_root}")
+  # torch's CMake config still uses the legacy FindCUDA: point it at the same
+  # toolkit, or it may follow an nvcc wrapper on PATH to the wrong root.
+  set(CUDA_TOOLKIT_ROOT_DIR "${_swaa_cuda_root}" CACHE PATH "CUDA toolkit used by torch's config" FORCE)
   # torch's CMake config turns TORCH_CUDA_ARCH_LIST into -gencode flags.
   set(ENV{TORCH_CUDA_ARCH_LIST} "${SWAA_CUDA_ARCHS}")
   enable_language(CUDA)

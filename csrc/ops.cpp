@@ -11,6 +11,11 @@
 namespace swaa {
 namespace {
 
+// The kernels read rows of D contiguous elements; other strides are free.
+bool unit_last_stride(const at::Tensor& t) {
+  return t.numel() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1;
+}
+
 void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK_VALUE(q.dim() == 4, "swa_attention: q must have rank 4 (B, Hq, Lq, D), got rank ",
                     q.dim());
@@ -45,11 +50,11 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK_VALUE(k.size(3) == q.size(3) && v.size(3) == q.size(3),
                     "swa_attention: head dims differ: q ", q.size(3), ", k ", k.size(3), ", v ",
                     v.size(3));
-  TORCH_CHECK_VALUE(q.stride(3) == 1 || q.size(3) <= 1,
+  TORCH_CHECK_VALUE(unit_last_stride(q),
                     "swa_attention: q must be contiguous in its last dim (stride ", q.stride(3), ")");
-  TORCH_CHECK_VALUE(k.stride(3) == 1 || k.size(3) <= 1,
+  TORCH_CHECK_VALUE(unit_last_stride(k),
                     "swa_attention: k must be contiguous in its last dim (stride ", k.stride(3), ")");
-  TORCH_CHECK_VALUE(v.stride(3) == 1 || v.size(3) <= 1,
+  TORCH_CHECK_VALUE(unit_last_stride(v),
                     "swa_attention: v must be contiguous in its last dim (stride ", v.stride(3), ")");
 }
 
@@ -138,11 +143,11 @@ BwdCall prepare_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tenso
                     " must have q's shape ", q.sizes());
   TORCH_CHECK_VALUE(dout.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
                     "swa_attention backward: dout and out must have q's dtype");
-  TORCH_CHECK_VALUE(dout.stride(3) == 1 && out.stride(3) == 1,
+  TORCH_CHECK_VALUE(unit_last_stride(dout) && unit_last_stride(out),
                     "swa_attention backward: dout and out must be contiguous in the last dim");
   TORCH_CHECK_VALUE(lse.scalar_type() == at::kFloat && lse.dim() == 3 &&
                         lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
-                        lse.size(2) == q.size(2) && lse.stride(2) == 1,
+                        lse.size(2) == q.size(2) && (lse.numel() == 0 || lse.stride(2) == 1),
                     "swa_attention backward: lse must be float32 (B, Hq, Lq) with unit last stride");
   BwdCall call;
   call.full_from = check_full_from(full_from, q);

@@ -69,6 +69,13 @@ def swa_attention(
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"swa_attention: {name} must be a tensor, got {type(t).__name__}")
+    for name, t in (("k", k), ("v", v)):
+        # checked here too: a tensor on another device would route the whole
+        # call to that device's kernel (or to the fake kernel for meta)
+        if t.device != q.device:
+            raise ValueError(f"swa_attention: {name} is on {t.device} but q is on {q.device}")
+    if isinstance(full_from, torch.Tensor) and full_from.device != q.device:
+        raise ValueError(f"swa_attention: full_from is on {full_from.device} but q is on {q.device}")
     if q.dim() != 4:
         raise ValueError(f"swa_attention: q must have rank 4 (B, Hq, Lq, D), got rank {q.dim()}")
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1] or 1)

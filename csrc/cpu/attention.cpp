@@ -123,12 +123,10 @@ void fwd_kernel(const AttnParams& p) {
             for (int64_t c = 0; c < n; ++c) s[c] = 0;
             continue;
           }
-          const acc_t correction = std::exp(row_max[r] - new_max);
+          const acc_t correction = cpu::exp_fast(row_max[r] - new_max);
+          for (int64_t c = 0; c < n; ++c) s[c] = cpu::exp_fast(s[c] - new_max);  // vectorised
           acc_t sum = 0;
-          for (int64_t c = 0; c < n; ++c) {
-            s[c] = std::exp(s[c] - new_max);
-            sum += s[c];
-          }
+          for (int64_t c = 0; c < n; ++c) sum += s[c];
           row_sum[r] = row_sum[r] * correction + sum;
           row_max[r] = new_max;
           if (correction != acc_t(1))
@@ -158,7 +156,7 @@ void softmax_grad_tile(acc_t* s, acc_t* dp, int64_t ld, const float* lse, const 
                        int64_t p_first, int64_t j_first) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
-      acc_t prob = std::exp(s[r * ld + c] - static_cast<acc_t>(lse[r]));
+      acc_t prob = cpu::exp_fast(s[r * ld + c] - static_cast<acc_t>(lse[r]));
       if (masked && !vis.visible(p_first + r, j_first + c)) prob = 0;
       s[r * ld + c] = prob;
       dp[r * ld + c] = prob * (dp[r * ld + c] - delta[r]);
