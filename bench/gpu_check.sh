@@ -4,8 +4,11 @@
 # small case, then the attention benchmark (swaa vs flex vs sdpa).  Logs and
 # JSON go to $OUT (default ./gpu_out); the whole output is also in $OUT/log.
 #
-#   bash bench/gpu_check.sh [all|test|sanitize|bench]   (default: all)
-# Env: BENCH_ARGS overrides the benchmark's arguments (default: the shapes).
+#   bash bench/gpu_check.sh [all|test|sanitize|tune|bench]   (default: all)
+# Env: BENCH=lead (bench/bench_attention.py, default) or mine
+#      (bench/bench_cuda_kernels.py: inputs made on the GPU, SDPA timed once per
+#      (D, N), so the whole grid fits one short device call);
+#      BENCH_ARGS overrides the benchmark's arguments (default: the shapes).
 set -o pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -48,9 +51,14 @@ if [[ $STEP == all || $STEP == sanitize ]]; then
   done
 fi
 
+if [[ $STEP == all || $STEP == tune ]]; then
+  step "tuning knobs and per-kernel times"
+  timeout ${TUNE_TIMEOUT:-120} python bench/tune_cuda_kernels.py --out "$OUT/cuda_tuning.jsonl" || status=1
+fi
+
 if [[ $STEP == all || $STEP == bench ]]; then
   step "benchmark"
-  if [[ -f bench/bench_attention.py ]]; then
+  if [[ ${BENCH:-lead} == lead && -f bench/bench_attention.py ]]; then
     # The lead's benchmark with the shapes (gpu preset).
     timeout ${BENCH_TIMEOUT:-400} python bench/bench_attention.py ${BENCH_ARGS:---preset gpu} \
       --name cuda_kernels --plot "$OUT/attention.png" || status=1

@@ -240,9 +240,9 @@ __device__ __forceinline__ TileList tiles_of(const KeySpan& span, int tile) {
 // ---------------------------------------------------------------------------
 // Forward
 
-template <typename T, int D>
+template <typename T, int D, int WARPS>
 struct FwdConfig {
-  static constexpr int kWarps = 8;
+  static constexpr int kWarps = WARPS;
   static constexpr int kBlockM = 16 * kWarps;   // query rows per CTA
   static constexpr int kBlockN = D <= 64 ? 128 : 64;  // keys per tile
   static constexpr int kThreads = 32 * kWarps;
@@ -267,10 +267,10 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT][4], const Visibility&
     }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(FwdConfig<T, D>::kThreads)
+template <typename T, int D, int WARPS>
+__global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
     fwd_kernel(const AttnParams p) {
-  using Cfg = FwdConfig<T, D>;
+  using Cfg = FwdConfig<T, D, WARPS>;
   constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, NT = BN / 8, DT = D / 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -430,7 +430,7 @@ __global__ void bwd_delta_kernel(const AttnParams p, float* delta) {
   if (row < rows && sub == 0) delta[row] = sum;
 }
 
-template <typename T, int D>
+template <typename T, int D, int KV_BLOCK_M>
 struct BwdConfig {
   // dq kernel: 4 warps x 16 query rows, key tiles of 64.
   static constexpr int kDqWarps = 4;
@@ -441,7 +441,7 @@ struct BwdConfig {
   // dk/dv kernel: 8 warps x 16 key rows, query tiles of 64 (double-buffered).
   static constexpr int kKvWarps = 8;
   static constexpr int kKvBlockN = 16 * kKvWarps;
-  static constexpr int kKvBlockM = D <= 64 ? 64 : 32;
+  static constexpr int kKvBlockM = KV_BLOCK_M;
   static constexpr int kKvThreads = 32 * kKvWarps;
   static constexpr int kKvSmem = (2 * kKvBlockN + 4 * kKvBlockM) * D * static_cast<int>(sizeof(T));
 };
@@ -471,9 +471,9 @@ __device__ __forceinline__ void softmax_grad(float (&s)[NT][4], float (&dp)[NT][
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(BwdConfig<T, D>::kDqThreads)
+__global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
     bwd_dq_kernel(const AttnParams p, const float* delta) {
-  using Cfg = BwdConfig<T, D>;
+  using Cfg = BwdConfig<T, D, 64>;
   constexpr int BM = Cfg::kDqBlockM, BN = Cfg::kDqBlockN, NT = BN / 8, DT = D / 8;
   constexpr int kThreads = Cfg::kDqThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -567,10 +567,10 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kDqThreads)
   }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(BwdConfig<T, D>::kKvThreads)
+template <typename T, int D, int KV_BLOCK_M>
+__global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
     bwd_dkdv_kernel(const AttnParams p, const float* delta) {
-  using Cfg = BwdConfig<T, D>;
+  using Cfg = BwdConfig<T, D, KV_BLOCK_M>;
   constexpr int BN = Cfg::kKvBlockN, BM = Cfg::kKvBlockM, NT = BM / 8, DT = D / 8;
   constexpr int kThreads = Cfg::kKvThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];

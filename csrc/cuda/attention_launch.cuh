@@ -25,6 +25,8 @@ void run_bwd(const AttnParams& p, float* delta, cudaStream_t stream);
 #if defined(SWAA_INSTANTIATE_KERNELS)
 #include <c10/cuda/CUDAException.h>
 
+#include <cstdlib>
+
 #include "cuda/attention_kernels.cuh"
 
 namespace swaa {
@@ -32,16 +34,32 @@ namespace cuda {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Defaults of the tuning knobs below.
+constexpr int kFwdWarps = 8;
+template <int D>
+constexpr int kBwdKvBlockM = D <= 64 ? 64 : 32;
+
 template <typename Kernel>
 void set_smem(Kernel kernel, int bytes) {
   if (bytes > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
-template <typename T, int D>
-void run_fwd(const AttnParams& p, cudaStream_t stream) {
-  using Cfg = FwdConfig<T, D>;
-  auto kernel = fwd_kernel<T, D>;
+// Tuning knobs, read at every launch so one process can compare settings
+// (bench/tune_cuda_kernels.py): SWAA_FWD_WARPS = 4 or 8 (warps of 16 query
+// rows per forward CTA), SWAA_BWD_KV_BLOCK_M = 32 or 64 (query rows per tile
+// of the dk/dv kernel).  Other values are ignored.
+inline int knob(const char* name, int fallback, int a, int b) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return fallback;
+  const int v = std::atoi(env);
+  return v == a || v == b ? v : fallback;
+}
+
+template <typename T, int D, int WARPS>
+void launch_fwd(const AttnParams& p, cudaStream_t stream) {
+  using Cfg = FwdConfig<T, D, WARPS>;
+  auto kernel = fwd_kernel<T, D, WARPS>;
   static const bool configured = (set_smem(kernel, Cfg::kSmem), true);
   (void)configured;
   const dim3 grid(ceil_div(p.q_len, Cfg::kBlockM), p.q_heads, p.batch);
@@ -50,8 +68,16 @@ void run_fwd(const AttnParams& p, cudaStream_t stream) {
 }
 
 template <typename T, int D>
-void run_bwd(const AttnParams& p, float* delta, cudaStream_t stream) {
-  using Cfg = BwdConfig<T, D>;
+void run_fwd(const AttnParams& p, cudaStream_t stream) {
+  if (knob("SWAA_FWD_WARPS", kFwdWarps, 4, 8) == 4)
+    launch_fwd<T, D, 4>(p, stream);
+  else
+    launch_fwd<T, D, 8>(p, stream);
+}
+
+template <typename T, int D, int KV_BLOCK_M>
+void launch_bwd(const AttnParams& p, float* delta, cudaStream_t stream) {
+  using Cfg = BwdConfig<T, D, KV_BLOCK_M>;
   constexpr int kDeltaThreads = 256;
   const int64_t delta_threads = p.batch * p.q_heads * p.q_len * (D / 8);
   bwd_delta_kernel<T, D><<<ceil_div(delta_threads, kDeltaThreads), kDeltaThreads, 0, stream>>>(
@@ -59,7 +85,7 @@ void run_bwd(const AttnParams& p, float* delta, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   auto dq_kernel = bwd_dq_kernel<T, D>;
-  auto dkdv_kernel = bwd_dkdv_kernel<T, D>;
+  auto dkdv_kernel = bwd_dkdv_kernel<T, D, KV_BLOCK_M>;
   static const bool configured =
       (set_smem(dq_kernel, Cfg::kDqSmem), set_smem(dkdv_kernel, Cfg::kKvSmem), true);
   (void)configured;
@@ -69,6 +95,14 @@ void run_bwd(const AttnParams& p, float* delta, cudaStream_t stream) {
   const dim3 kv_grid(ceil_div(p.k_len, Cfg::kKvBlockN), p.kv_heads, p.batch);
   dkdv_kernel<<<kv_grid, Cfg::kKvThreads, Cfg::kKvSmem, stream>>>(p, delta);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int D>
+void run_bwd(const AttnParams& p, float* delta, cudaStream_t stream) {
+  if (knob("SWAA_BWD_KV_BLOCK_M", kBwdKvBlockM<D>, 32, 64) == 32)
+    launch_bwd<T, D, 32>(p, delta, stream);
+  else
+    launch_bwd<T, D, 64>(p, delta, stream);
 }
 
 }  // namespace cuda

@@ -1,9 +1,11 @@
-// CUDA implementations of swaa::fwd and swaa::bwd (launched on the current
-// stream, c10::cuda::getCurrentCUDAStream() = at::cuda::getCurrentCUDAStream()): the one place that maps
-// (dtype, head dim) to a compiled kernel variant (static_switch style).  The
-// kernels live in attention_kernels.cuh, instantiated per variant in
-// attention_<dtype>_hd<D>.cu; a build may leave variants out (CMake
-// SWAA_CUDA_DTYPES / SWAA_CUDA_HEAD_DIMS), which then raise a clear error.
+// CUDA implementations of swaa::fwd and swaa::bwd: the one place that maps
+// (dtype, head dim) to a compiled kernel variant (static_switch style).  Plain
+// C++ (no device code): the kernels live in attention_kernels.cuh and are
+// instantiated per variant in attention_<dtype>_hd<D>.cu; a build may leave
+// variants out (CMake SWAA_CUDA_DTYPES / SWAA_CUDA_HEAD_DIMS), which then
+// raise a clear error.  Launches go on the current stream
+// (c10::cuda::getCurrentCUDAStream(), what at::cuda::getCurrentCUDAStream()
+// returns; the c10 header avoids the cuBLAS/cuSPARSE headers of ATen/cuda).
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -54,25 +56,32 @@ std::string supported_variants() {
   return s.empty() ? std::string("none (built without CUDA variants)") : s;
 }
 
-// Calls fn.template operator()<T, D>() for the variant of (dtype, head_dim),
-// or raises naming what is supported: never a silent fallback.
-template <typename Fn>
-void dispatch_variant(at::ScalarType dtype, int64_t head_dim, const char* op, Fn&& fn) {
-#define SWAA_CASE(FLAG, DT, T, D)                  \
-  if constexpr (FLAG) {                            \
-    if (dtype == DT && head_dim == D) {            \
-      fn.template operator()<T, D>();              \
-      return;                                      \
-    }                                              \
-  }
-  SWAA_CASE(kBf16Hd64, at::kBFloat16, __nv_bfloat16, 64)
-  SWAA_CASE(kBf16Hd128, at::kBFloat16, __nv_bfloat16, 128)
-  SWAA_CASE(kFp16Hd64, at::kHalf, __half, 64)
-  SWAA_CASE(kFp16Hd128, at::kHalf, __half, 128)
-#undef SWAA_CASE
-  TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": CUDA kernels support (dtype/head dim) ",
+enum class Variant { kNone, kBf16Hd64, kBf16Hd128, kFp16Hd64, kFp16Hd128 };
+
+// The compiled variant for (dtype, head_dim), or an error naming what is
+// supported: never a silent fallback.  Checked before anything is allocated.
+Variant variant_of(at::ScalarType dtype, int64_t head_dim, const char* op) {
+  Variant v = Variant::kNone;
+  if (dtype == at::kBFloat16 && head_dim == 64 && kBf16Hd64) v = Variant::kBf16Hd64;
+  if (dtype == at::kBFloat16 && head_dim == 128 && kBf16Hd128) v = Variant::kBf16Hd128;
+  if (dtype == at::kHalf && head_dim == 64 && kFp16Hd64) v = Variant::kFp16Hd64;
+  if (dtype == at::kHalf && head_dim == 128 && kFp16Hd128) v = Variant::kFp16Hd128;
+  TORCH_CHECK_NOT_IMPLEMENTED(v != Variant::kNone, op, ": CUDA kernels support (dtype/head dim) ",
                               supported_variants(), "; got q dtype ", dtype, " and head dim ",
                               head_dim, ". Use the CPU op or cast (no fallback is taken).");
+  return v;
+}
+
+// Calls fn.template operator()<T, D>() for a variant (static_switch style).
+template <typename Fn>
+void with_variant(Variant v, Fn&& fn) {
+  switch (v) {
+    case Variant::kBf16Hd64: if constexpr (kBf16Hd64) fn.template operator()<__nv_bfloat16, 64>(); break;
+    case Variant::kBf16Hd128: if constexpr (kBf16Hd128) fn.template operator()<__nv_bfloat16, 128>(); break;
+    case Variant::kFp16Hd64: if constexpr (kFp16Hd64) fn.template operator()<__half, 64>(); break;
+    case Variant::kFp16Hd128: if constexpr (kFp16Hd128) fn.template operator()<__half, 128>(); break;
+    case Variant::kNone: break;
+  }
 }
 
 // cp.async moves 16-byte chunks: rows must start 16-byte aligned.  Inputs
@@ -92,9 +101,10 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q_in, const at::Te
   if (q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.numel() > 0 && k.numel() > 0) {
     q = aligned(q), k = aligned(k), v = aligned(v);
   }
-  FwdCall call = prepare_fwd(q, k, v, window, sink, full_from, scale);
-  dispatch_variant(q.scalar_type(), q.size(3), "swaa::fwd", [&]<typename T, int D>() {
-    if (q.numel() == 0) return;
+  FwdCall call = prepare_fwd(q, k, v, window, sink, full_from, scale);  // argument checks first
+  const Variant variant = variant_of(q.scalar_type(), q.size(3), "swaa::fwd");
+  if (q.numel() == 0) return {call.out, call.lse};
+  with_variant(variant, [&]<typename T, int D>() {
     cuda::run_fwd<T, D>(call.params, c10::cuda::getCurrentCUDAStream());
   });
   return {call.out, call.lse};
@@ -111,13 +121,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
       q.numel() > 0 && k.numel() > 0) {
     q = aligned(q), k = aligned(k), v = aligned(v), dout = aligned(dout), out = aligned(out);
   }
-  BwdCall call = prepare_bwd(dout, q, k, v, out, lse, window, sink, full_from, scale);
-  dispatch_variant(q.scalar_type(), q.size(3), "swaa::bwd", [&]<typename T, int D>() {
-    if (q.numel() == 0 || k.numel() == 0) {  // no query rows: nothing flows to the keys
-      call.dk.zero_();
-      call.dv.zero_();
-      return;
-    }
+  BwdCall call = prepare_bwd(dout, q, k, v, out, lse, window, sink, full_from, scale);  // argument checks first
+  const Variant variant = variant_of(q.scalar_type(), q.size(3), "swaa::bwd");
+  if (q.numel() == 0 || k.numel() == 0) {  // no query rows: nothing flows to the keys
+    call.dk.zero_();
+    call.dv.zero_();
+    return {call.dq, call.dk, call.dv};
+  }
+  with_variant(variant, [&]<typename T, int D>() {
     at::Tensor delta = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
     cuda::run_bwd<T, D>(call.params, delta.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
   });
