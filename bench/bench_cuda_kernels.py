@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import itertools
 import json
+import os
 import statistics
 import subprocess
 from pathlib import Path
@@ -73,13 +74,21 @@ def main() -> None:
     args = ap.parse_args()
 
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    # one compiled graph per (shape, mask): allow many recompiles, or dynamo falls
+    # back to the unfused (full-matrix) flex_attention after 8
+    for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                 "accumulated_recompile_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 1024)
     flex = torch.compile(flex_attention, dynamic=False)
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
+    commit = os.environ.get("SWAA_GIT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True).stdout.strip() or "unknown"
+        except OSError:
+            commit = "unknown"
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, commit=commit,
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 run=dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S"))

@@ -40,7 +40,7 @@ def main() -> None:
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     rows = []
-    for D, N, W, S in [(128, 32768, 4096, 4), (64, 32768, 4096, 4), (128, 8192, 1024, 128)]:
+    for D, N, W, S in [(128, 32768, 4096, 4), (64, 32768, 4096, 4), (128, 8192, 1024, 128), (128, 131072, 1024, 4)]:
         g = torch.Generator(device="cuda").manual_seed(0)
         q = torch.randn(1, 32, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
         k = torch.randn(1, 8, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -59,12 +59,15 @@ def main() -> None:
                              S=S, ms=round(ms, 4), tflops=round(fwd_flop / ms / 1e9, 1),
                              equal_to_default=same))
         os.environ.pop("SWAA_FWD_WARPS")
-        for bm in ("32", "64"):
+        for bm, stage in (("32", "1"), ("64", "1"), ("64", "0")):
             os.environ["SWAA_BWD_KV_BLOCK_M"] = bm
+            os.environ["SWAA_BWD_STAGE"] = stage
             ms = median_ms(lambda: torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, None, scale))
-            rows.append(dict(meta, what="bwd", knob=f"SWAA_BWD_KV_BLOCK_M={bm}", D=D, N=N, W=W,
-                             S=S, ms=round(ms, 4), tflops=round(2.5 * fwd_flop / ms / 1e9, 1)))
+            rows.append(dict(meta, what="bwd", knob=f"SWAA_BWD_KV_BLOCK_M={bm},SWAA_BWD_STAGE={stage}",
+                             D=D, N=N, W=W, S=S, ms=round(ms, 4),
+                             tflops=round(2.5 * fwd_flop / ms / 1e9, 1)))
         os.environ.pop("SWAA_BWD_KV_BLOCK_M")
+        os.environ.pop("SWAA_BWD_STAGE")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             torch.ops.swaa.fwd(q, k, v, W, S, None, scale)
             torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, None, scale)
@@ -75,7 +78,7 @@ def main() -> None:
                 name = e.key.split("(")[0].split("<")[0].replace("void swaa::cuda::", "")
                 kernels[name] = round(e.device_time_total / 1000, 3)
         rows.append(dict(meta, what="kernel_ms", D=D, N=N, W=W, S=S, kernels=kernels))
-        for r in rows[-5:]:
+        for r in rows[-6:]:
             print(json.dumps(r), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:

@@ -242,13 +242,43 @@ def test_poisoned_outputs_are_all_written():
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
 
 
-@pytest.mark.parametrize("dtype,D,needle", [(torch.float32, 64, "got q dtype Float"),
-                                            (torch.float64, 64, "got q dtype Double"),
-                                            (torch.bfloat16, 96, "head dim 96")])
-def test_unsupported_inputs_raise(dtype, D, needle):
+@pytest.mark.parametrize("dtype,D,error,needle", [
+    (torch.float32, 64, TypeError, "got q dtype Float"),
+    (torch.float64, 128, TypeError, "got q dtype Double"),
+    (torch.bfloat16, 96, ValueError, "got head dim 96"),
+    (torch.float16, 256, ValueError, "got head dim 256"),
+])
+def test_unsupported_inputs_raise(dtype, D, error, needle):
+    """No silent fallback: a clear error naming what the CUDA kernels support."""
     q = torch.randn(1, 2, 8, D, device="cuda", dtype=dtype)
-    with pytest.raises(NotImplementedError) as info:
-        torch.ops.swaa.fwd(q, q, q, 4, 0, None, 1.0)
-    msg = str(info.value)
-    assert "bfloat16/D=128" in msg and "head dim" in msg
-    assert needle.lower() in msg.lower()
+    for call in (lambda: torch.ops.swaa.fwd(q, q, q, 4, 0, None, 1.0),
+                 lambda: torch.ops.swaa.bwd(q, q, q, q, q, torch.zeros(1, 2, 8, device="cuda"), 4, 0,
+                                         None, 1.0)):
+        with pytest.raises(error) as info:
+            call()
+        msg = str(info.value)
+        assert needle in msg
+        assert "bfloat16" in msg and ("head dim 64 and 128" in msg or "float16" in msg)
+
+
+def test_bad_arguments_raise_value_error_on_cuda():
+    q = torch.randn(1, 2, 8, 64, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="window"):
+        torch.ops.swaa.fwd(q, q, q, 0, 0, None, 1.0)
+    with pytest.raises(ValueError, match="Lq"):
+        torch.ops.swaa.fwd(q, q[:, :, :4], q[:, :, :4], 4, 0, None, 1.0)
+
+
+@pytest.mark.parametrize("knobs", [{"SWAA_BWD_STAGE": "0"}, {"SWAA_BWD_KV_BLOCK_M": "32"},
+                                   {"SWAA_FWD_WARPS": "4"}, {"SWAA_FWD_WARPS": "8"}],
+                         ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_tuning_knobs_give_the_same_values(knobs, monkeypatch):
+    """Every tile setting the launcher can pick is correct (knobs read per launch)."""
+    for key, val in knobs.items():
+        monkeypatch.setenv(key, val)
+    for D, dtype in ((64, torch.bfloat16), (128, torch.float16)):
+        B, Hq, Hkv, L = 2, 8, 2, 1025
+        kw = dict(window=100, sink=4, full_from=full_from_arg("per", B, L))
+        q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, dtype, seed=21)
+        assert_flash_tolerance(run_ours(q, k, v, dout, **kw), run_torch_lowp(q, k, v, dout, **kw),
+                               run_reference(q, k, v, dout, torch.float64, **kw))

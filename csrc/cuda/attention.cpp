@@ -59,16 +59,26 @@ std::string supported_variants() {
 enum class Variant { kNone, kBf16Hd64, kBf16Hd128, kFp16Hd64, kFp16Hd128 };
 
 // The compiled variant for (dtype, head_dim), or an error naming what is
-// supported: never a silent fallback.  Checked before anything is allocated.
+// supported: never a silent fallback.  TypeError for a dtype the CUDA kernels
+// do not have, ValueError for a head dim, RuntimeError for a variant this
+// build left out.
 Variant variant_of(at::ScalarType dtype, int64_t head_dim, const char* op) {
+  TORCH_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf, op,
+                   ": the CUDA kernels support bfloat16 and float16 (variants built: ",
+                   supported_variants(), "); got q dtype ", dtype,
+                   ". Cast q, k, v or use the CPU op (no fallback is taken).");
+  TORCH_CHECK_VALUE(head_dim == 64 || head_dim == 128, op,
+                    ": the CUDA kernels support head dim 64 and 128 (variants built: ",
+                    supported_variants(), "); got head dim ", head_dim,
+                    " (no fallback is taken).");
   Variant v = Variant::kNone;
   if (dtype == at::kBFloat16 && head_dim == 64 && kBf16Hd64) v = Variant::kBf16Hd64;
   if (dtype == at::kBFloat16 && head_dim == 128 && kBf16Hd128) v = Variant::kBf16Hd128;
   if (dtype == at::kHalf && head_dim == 64 && kFp16Hd64) v = Variant::kFp16Hd64;
   if (dtype == at::kHalf && head_dim == 128 && kFp16Hd128) v = Variant::kFp16Hd128;
-  TORCH_CHECK_NOT_IMPLEMENTED(v != Variant::kNone, op, ": CUDA kernels support (dtype/head dim) ",
-                              supported_variants(), "; got q dtype ", dtype, " and head dim ",
-                              head_dim, ". Use the CPU op or cast (no fallback is taken).");
+  TORCH_CHECK(v != Variant::kNone, op, ": this build left out the CUDA kernels for q dtype ",
+              dtype, " and head dim ", head_dim, " (variants built: ", supported_variants(),
+              "; rebuild with SWAA_CUDA_DTYPES / SWAA_CUDA_HEAD_DIMS covering it).");
   return v;
 }
 

@@ -47,6 +47,12 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(src_bytes));
 }
+// 4-byte async copy global -> shared; zero-fills when !valid.
+__device__ __forceinline__ void cp_async_4(void* dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
@@ -443,7 +449,8 @@ struct BwdConfig {
   static constexpr int kKvBlockN = 16 * kKvWarps;
   static constexpr int kKvBlockM = KV_BLOCK_M;
   static constexpr int kKvThreads = 32 * kKvWarps;
-  static constexpr int kKvSmem = (2 * kKvBlockN + 4 * kKvBlockM) * D * static_cast<int>(sizeof(T));
+  static constexpr int kKvSmem = (2 * kKvBlockN + 4 * kKvBlockM) * D * static_cast<int>(sizeof(T)) +
+                                 4 * kKvBlockM * static_cast<int>(sizeof(float));  // lse, delta x2
 };
 
 // Scores to log2 units (s *= scale * log2(e)); masking comes after this.
@@ -567,7 +574,12 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
   }
 }
 
-template <typename T, int D, int KV_BLOCK_M>
+// STAGED (the default): lse and delta of each query tile come into shared
+// memory with the tile (cp.async), and a warp whose 16 keys no query of the
+// tile can see skips the tile's math (e.g. the non-sink keys of a sink block
+// against the far query rows).  !STAGED reads them from global memory per
+// element and always computes (kept for comparison, SWAA_BWD_STAGE=0).
+template <typename T, int D, int KV_BLOCK_M, bool STAGED>
 __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
     bwd_dkdv_kernel(const AttnParams p, const float* delta) {
   using Cfg = BwdConfig<T, D, KV_BLOCK_M>;
@@ -579,6 +591,8 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
   // two buffers each: query tile `it` lives in sQ0 / sdO0 + (it & 1) * BM * D
   T* sQ0 = sV + BN * D;
   T* sdO0 = sQ0 + 2 * BM * D;
+  // per buffer: BM lse values then BM delta values
+  float* sCols0 = reinterpret_cast<float*>(sdO0 + 2 * BM * D);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -618,12 +632,27 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
 
   load_tile<T, BN, D, kThreads>(sK, k, p.k_row_stride, j_first, p.k_len);
   load_tile<T, BN, D, kThreads>(sV, v, p.v_row_stride, j_first, p.k_len);
+  // lse and delta of query rows [row0, row0 + BM) of head h into buffer buf.
+  auto load_cols = [&](int buf, int64_t h, int64_t row0) {
+    if constexpr (STAGED) {
+      static_assert(2 * BM <= kThreads, "one thread per staged value");
+      const int i = threadIdx.x;
+      if (i < 2 * BM) {
+        const int64_t row = row0 + (i % BM);
+        const bool valid = row < p.q_len;
+        const float* src = i < BM ? lse_b + h * p.lse_head_stride + (valid ? row : 0)
+                                  : delta_b + h * p.q_len + (valid ? row : 0);
+        cp_async_4(sCols0 + buf * 2 * BM + i, src, valid);
+      }
+    }
+  };
   if (count > 0) {
     const int64_t h = tile_head(0);
     load_tile<T, BM, D, kThreads>(sQ0, q_b + h * p.q_head_stride, p.q_row_stride, tile_row0(0),
                                   p.q_len);
     load_tile<T, BM, D, kThreads>(sdO0, do_b + h * p.do_head_stride, p.do_row_stride,
                                   tile_row0(0), p.q_len);
+    load_cols(0, h, tile_row0(0));
   }
   cp_async_commit();
   cp_async_wait_all();
@@ -643,6 +672,7 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
                                     tile_row0(it + 1), p.q_len);
       load_tile<T, BM, D, kThreads>(sdO0 + (buf ^ 1) * BM * D, do_b + h * p.do_head_stride, p.do_row_stride,
                                     tile_row0(it + 1), p.q_len);
+      load_cols(buf ^ 1, h, tile_row0(it + 1));
       cp_async_commit();
     }
     const T* sQc = sQ0 + buf * BM * D;
@@ -653,31 +683,48 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
     const float* lse_h = lse_b + h * p.lse_head_stride;
     const float* delta_h = delta_b + h * p.q_len;
 
-    // Transposed scores: rows = this warp's keys, columns = the tile's queries.
-    float s[NT][4], dpt[NT][4];
-    zero(s);
-    zero(dpt);
-    gemm_abt<T, D, NT>(s, sK, warp * 16, sQc, lane);
-    gemm_abt<T, D, NT>(dpt, sV, warp * 16, sdOc, lane);
-    scale_scores<NT>(s, scale_log2);
-    if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
-      mask_scores<NT>(s, vis, wj_first, pos0, p.k_len, lane, false);
-    // Column values: lse (log2 units, +inf past q_len) and delta of the queries.
-    float lse2[NT][2], dl[NT][2];
+    // Does any query of the tile see any of this warp's 16 keys?
+    bool active = true;
+    if constexpr (STAGED) {
+      const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
+      const int64_t wj_last = wj_first + 15;
+      active = (wj_first < seen.head.end && wj_last >= seen.head.begin) ||
+               (wj_first < seen.body.end && wj_last >= seen.body.begin);
+    }
+    if (active) {
+      // Transposed scores: rows = this warp's keys, columns = the tile's queries.
+      float s[NT][4], dpt[NT][4];
+      zero(s);
+      zero(dpt);
+      gemm_abt<T, D, NT>(s, sK, warp * 16, sQc, lane);
+      gemm_abt<T, D, NT>(dpt, sV, warp * 16, sdOc, lane);
+      scale_scores<NT>(s, scale_log2);
+      if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
+        mask_scores<NT>(s, vis, wj_first, pos0, p.k_len, lane, false);
+      // Column values: lse (log2 units, +inf past q_len) and delta of the queries.
+      float lse2[NT][2], dl[NT][2];
+      const float* cols = sCols0 + buf * 2 * BM;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+      for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int64_t row = qrow0 + nt * 8 + 2 * t + c;
-        const bool valid = row < p.q_len;
-        lse2[nt][c] = valid ? lse_h[row] * kLog2e : INFINITY;
-        dl[nt][c] = valid ? delta_h[row] : 0.f;
-      }
-    softmax_grad<NT>(
-        s, dpt, [&](int nt, int e) { return lse2[nt][e & 1]; },
-        [&](int nt, int e) { return dl[nt][e & 1]; });
-    gemm_pb<T, D, NT>(dv, s, sdOc, lane);
-    gemm_pb<T, D, NT>(dk, dpt, sQc, lane);
+        for (int c = 0; c < 2; ++c) {
+          const int col = nt * 8 + 2 * t + c;
+          const int64_t row = qrow0 + col;
+          const bool valid = row < p.q_len;
+          if constexpr (STAGED) {
+            lse2[nt][c] = valid ? cols[col] * kLog2e : INFINITY;
+            dl[nt][c] = valid ? cols[BM + col] : 0.f;
+          } else {
+            lse2[nt][c] = valid ? lse_h[row] * kLog2e : INFINITY;
+            dl[nt][c] = valid ? delta_h[row] : 0.f;
+          }
+        }
+      softmax_grad<NT>(
+          s, dpt, [&](int nt, int e) { return lse2[nt][e & 1]; },
+          [&](int nt, int e) { return dl[nt][e & 1]; });
+      gemm_pb<T, D, NT>(dv, s, sdOc, lane);
+      gemm_pb<T, D, NT>(dk, dpt, sQc, lane);
+    }
 
     cp_async_wait_all();
     __syncthreads();  // next tile landed; every warp is done with this one

@@ -34,10 +34,11 @@ namespace cuda {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Defaults of the tuning knobs below.
-constexpr int kFwdWarps = 8;
+// Defaults of the tuning knobs below (measured on an H200, docs/cuda_kernels.md).
 template <int D>
-constexpr int kBwdKvBlockM = D <= 64 ? 64 : 32;
+constexpr int kFwdWarps = D <= 64 ? 4 : 8;
+constexpr int kBwdKvBlockM = 64;
+constexpr int kBwdStaged = 1;
 
 template <typename Kernel>
 void set_smem(Kernel kernel, int bytes) {
@@ -48,7 +49,9 @@ void set_smem(Kernel kernel, int bytes) {
 // Tuning knobs, read at every launch so one process can compare settings
 // (bench/tune_cuda_kernels.py): SWAA_FWD_WARPS = 4 or 8 (warps of 16 query
 // rows per forward CTA), SWAA_BWD_KV_BLOCK_M = 32 or 64 (query rows per tile
-// of the dk/dv kernel).  Other values are ignored.
+// of the dk/dv kernel), SWAA_BWD_STAGE = 0 or 1 (dk/dv kernel: lse/delta
+// staged in shared memory + per-warp skipping of invisible tiles).  Other
+// values are ignored.
 inline int knob(const char* name, int fallback, int a, int b) {
   const char* env = std::getenv(name);
   if (env == nullptr) return fallback;
@@ -69,13 +72,13 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
 
 template <typename T, int D>
 void run_fwd(const AttnParams& p, cudaStream_t stream) {
-  if (knob("SWAA_FWD_WARPS", kFwdWarps, 4, 8) == 4)
+  if (knob("SWAA_FWD_WARPS", kFwdWarps<D>, 4, 8) == 4)
     launch_fwd<T, D, 4>(p, stream);
   else
     launch_fwd<T, D, 8>(p, stream);
 }
 
-template <typename T, int D, int KV_BLOCK_M>
+template <typename T, int D, int KV_BLOCK_M, bool STAGED>
 void launch_bwd(const AttnParams& p, float* delta, cudaStream_t stream) {
   using Cfg = BwdConfig<T, D, KV_BLOCK_M>;
   constexpr int kDeltaThreads = 256;
@@ -85,7 +88,7 @@ void launch_bwd(const AttnParams& p, float* delta, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   auto dq_kernel = bwd_dq_kernel<T, D>;
-  auto dkdv_kernel = bwd_dkdv_kernel<T, D, KV_BLOCK_M>;
+  auto dkdv_kernel = bwd_dkdv_kernel<T, D, KV_BLOCK_M, STAGED>;
   static const bool configured =
       (set_smem(dq_kernel, Cfg::kDqSmem), set_smem(dkdv_kernel, Cfg::kKvSmem), true);
   (void)configured;
@@ -99,10 +102,14 @@ void launch_bwd(const AttnParams& p, float* delta, cudaStream_t stream) {
 
 template <typename T, int D>
 void run_bwd(const AttnParams& p, float* delta, cudaStream_t stream) {
-  if (knob("SWAA_BWD_KV_BLOCK_M", kBwdKvBlockM<D>, 32, 64) == 32)
-    launch_bwd<T, D, 32>(p, delta, stream);
-  else
-    launch_bwd<T, D, 64>(p, delta, stream);
+  const bool staged = knob("SWAA_BWD_STAGE", kBwdStaged, 0, 1) == 1;
+  if (knob("SWAA_BWD_KV_BLOCK_M", kBwdKvBlockM, 32, 64) == 32) {
+    if (staged) launch_bwd<T, D, 32, true>(p, delta, stream);
+    else launch_bwd<T, D, 32, false>(p, delta, stream);
+  } else {
+    if (staged) launch_bwd<T, D, 64, true>(p, delta, stream);
+    else launch_bwd<T, D, 64, false>(p, delta, stream);
+  }
 }
 
 }  // namespace cuda
