@@ -6,6 +6,8 @@ Environment knobs:
   SWAA_BUILD_DIR    CMake build folder (default: build/cmake)
   SWAA_CPU_MARCH    -march of the CPU kernels (default: native; "" for a generic build)
   MAX_JOBS          parallel compile jobs (default: number of CPUs)
+  SWAA_CUDA_DTYPES / SWAA_CUDA_HEAD_DIMS  CUDA attention variants to build, e.g. "bf16" / "128"
+                    (default: all: "bf16;fp16" / "64;128")
 """
 import os
 import subprocess
@@ -58,6 +60,9 @@ class CMakeBuild(build_ext):
             f"-DSWAA_VERSION={VERSION}",
             f"-DSWAA_CPU_MARCH={os.environ.get('SWAA_CPU_MARCH', 'native')}",
         ]
+        for knob in ("SWAA_CUDA_DTYPES", "SWAA_CUDA_HEAD_DIMS"):
+            if os.environ.get(knob):
+                args.append(f"-D{knob}={os.environ[knob]}")
         subprocess.run(["cmake", *args], check=True)
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)

@@ -3,6 +3,9 @@
 // family, each ending in its TORCH_LIBRARY_IMPL block.
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <limits>
+
 #include "attention.h"
 
 namespace swaa {
@@ -69,6 +72,17 @@ at::Tensor check_full_from(const std::optional<at::Tensor>& full_from, const at:
   return f.to(at::kLong).contiguous();
 }
 
+// Debug knob for tests: SWAA_POISON_OUTPUTS=1 fills every output with NaN
+// before the kernel runs, so elements a kernel forgets to write show up.
+// Read once per process.
+bool poison_outputs() {
+  static const bool poison = [] {
+    const char* env = std::getenv("SWAA_POISON_OUTPUTS");
+    return env != nullptr && env[0] != '\0' && env[0] != '0';
+  }();
+  return poison;
+}
+
 void fill_common(AttnParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                  std::optional<int64_t> window, int64_t sink, const at::Tensor& full_from,
                  double scale) {
@@ -106,6 +120,10 @@ FwdCall prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   fill_common(call.params, q, k, v, window, sink, call.full_from, scale);
   call.out = at::empty(q.sizes(), q.options());
   call.lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  if (poison_outputs()) {
+    call.out.fill_(std::numeric_limits<double>::quiet_NaN());
+    call.lse.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
   AttnParams& p = call.params;
   p.out = call.out.data_ptr();
   p.lse = call.lse.data_ptr<float>();
@@ -145,6 +163,10 @@ BwdCall prepare_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tenso
   call.dq = at::empty(q.sizes(), q.options());
   call.dk = at::empty(k.sizes(), k.options());
   call.dv = at::empty(v.sizes(), v.options());
+  if (poison_outputs()) {
+    for (at::Tensor* t : {&call.dq, &call.dk, &call.dv})
+      t->fill_(std::numeric_limits<double>::quiet_NaN());
+  }
   p.dq = call.dq.data_ptr();
   p.dk = call.dk.data_ptr();
   p.dv = call.dv.data_ptr();

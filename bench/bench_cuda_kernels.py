@@ -1,0 +1,168 @@
+"""Is swaa's CUDA sliding-window attention faster than FlexAttention and SDPA?
+
+A minimal side-by-side timer for the CUDA kernels (issue 3), used by
+bench/gpu_check.sh until/alongside the lead's bench/bench_attention.py.
+Same process, same inputs, same GPU:
+  swaa  swaa_ext.swa_attention (window W, sink S)
+  flex  FlexAttention compiled, block mask of causal and (q - k < W or k < S)
+  sdpa  torch SDPA full causal (does more work: every causal pair)
+Times are the median of CUDA-event timings over --reps runs that rotate over
+two input sets (so L2 does not hold one set).  Effective TFLOP/s count the
+visible (query, key) pairs of the SWA mask only, 4*D flops per pair forward and
+3.5x that for forward+backward, for every implementation (sdpa included: its
+number says how fast it delivers the SWA result).
+
+  python bench/bench_cuda_kernels.py --out bench/results/cuda_kernels.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import os
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import swaa_ext
+
+
+def visible_pairs(n: int, window: int, sink: int) -> int:
+    if window >= n:
+        return n * (n + 1) // 2
+    pairs = window * (window + 1) // 2 + (n - window) * window
+    # rows p >= window also see sink keys j < min(sink, p - window + 1)
+    for p in range(window, min(n, window + sink)):
+        pairs += min(sink, p - window + 1)
+    pairs += max(0, n - (window + sink)) * sink
+    return pairs
+
+
+def time_ms(fn, sets, warmup: int, reps: int) -> float:
+    for i in range(warmup):
+        fn(*sets[i % len(sets)])
+    torch.cuda.synchronize()
+    times = []
+    for i in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        args = sets[i % len(sets)]
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--D", type=int, nargs="+", default=[128, 64])
+    ap.add_argument("--N", type=int, nargs="+", default=[8192, 32768, 131072])
+    ap.add_argument("--W", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--S", type=int, nargs="+", default=[0, 4, 128])
+    ap.add_argument("--Hq", type=int, default=32)
+    ap.add_argument("--Hkv", type=int, default=8)
+    ap.add_argument("--impls", nargs="+", default=["swaa", "flex", "sdpa"])
+    ap.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"])
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_kernels.jsonl"))
+    args = ap.parse_args()
+
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    # one compiled graph per (shape, mask): allow many recompiles, or dynamo falls
+    # back to the unfused (full-matrix) flex_attention after 8
+    for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                 "accumulated_recompile_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 1024)
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    commit = os.environ.get("SWAA_GIT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True).stdout.strip() or "unknown"
+        except OSError:
+            commit = "unknown"
+    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, commit=commit,
+                date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                run=dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    dtype = torch.bfloat16
+    B = 1
+    sdpa_done = {}
+    for D, N, W, S in itertools.product(args.D, args.N, args.W, args.S):
+        scale = D ** -0.5
+        sets = []
+        for seed in range(2):
+            g = torch.Generator(device="cuda").manual_seed(seed)
+            q = torch.randn(B, args.Hq, N, D, device="cuda", dtype=dtype, generator=g)
+            k = torch.randn(B, args.Hkv, N, D, device="cuda", dtype=dtype, generator=g)
+            v = torch.randn(B, args.Hkv, N, D, device="cuda", dtype=dtype, generator=g)
+            do = torch.randn_like(q)
+            sets.append((q, k, v, do))
+        pairs = visible_pairs(N, W, S) * B * args.Hq
+        fwd_flop = 4 * D * pairs
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (kv_idx <= q_idx) & ((q_idx - kv_idx < W) | (kv_idx < S))
+
+        block_mask = None
+        if "flex" in args.impls:
+            # _compile: build the block mask tile by tile (the dense N x N mask of
+            # N = 131072 would need 128 GiB)
+            block_mask = create_block_mask(mask_mod, None, None, N, N, device="cuda", _compile=True)
+
+        def run(impl, q, k, v):
+            if impl == "swaa":
+                return swaa_ext.swa_attention(q, k, v, window=W, sink=S, softmax_scale=scale)
+            if impl == "flex":
+                return flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                  enable_gqa=True)
+
+        outs = {}
+        for impl in args.impls:
+            with torch.no_grad():
+                outs[impl] = run(impl, *sets[0][:3])[:, :, -512:].float()
+        ref_impl = "flex" if "flex" in outs else None
+        for impl in args.impls:
+            for pass_ in args.passes:
+                if impl == "sdpa" and (D, N, pass_) in sdpa_done:
+                    ms = sdpa_done[(D, N, pass_)]  # independent of W, S
+                elif pass_ == "fwd":
+                    def fn(q, k, v, do, impl=impl):
+                        with torch.no_grad():
+                            run(impl, q, k, v)
+                    ms = time_ms(fn, sets, args.warmup, args.reps)
+                else:
+                    grad_sets = [tuple(t.detach().requires_grad_(True) for t in s[:3]) + (s[3],)
+                                 for s in sets]
+
+                    def fn(q, k, v, do, impl=impl):
+                        q.grad = k.grad = v.grad = None
+                        run(impl, q, k, v).backward(do)
+                    ms = time_ms(fn, grad_sets, args.warmup, args.reps)
+                if impl == "sdpa":
+                    sdpa_done[(D, N, pass_)] = ms
+                flop = fwd_flop * (1.0 if pass_ == "fwd" else 3.5)
+                row = dict(meta, impl=impl, **{"pass": pass_}, B=B, Hq=args.Hq, Hkv=args.Hkv,
+                           D=D, N=N, W=W, S=S, dtype="bfloat16", ms=round(ms, 4),
+                           tflops=round(flop / ms / 1e9, 1))
+                if ref_impl and impl != ref_impl and impl != "sdpa":
+                    row["max_diff_vs_flex_last512"] = round(
+                        (outs[impl] - outs[ref_impl]).abs().max().item(), 5)
+                print(json.dumps(row), flush=True)
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+        del sets, outs, block_mask
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

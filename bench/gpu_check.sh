@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# One call on the GPU machine for the CUDA kernels (issue 3): build once, GPU
+# tests (outputs poisoned with NaN), compute-sanitizer memcheck + racecheck on a
+# small case, then the attention benchmark (swaa vs flex vs sdpa).  Logs and
+# JSON go to $OUT (default ./gpu_out); the whole output is also in $OUT/log.
+#
+#   bash bench/gpu_check.sh [all|test|sanitize|tune|bench]   (default: all)
+# Env: BENCH=lead (bench/bench_attention.py, default) or mine
+#      (bench/bench_cuda_kernels.py: inputs made on the GPU, SDPA timed once per
+#      (D, N), so the issue's whole grid fits one short device call);
+#      BENCH_ARGS overrides the benchmark's arguments (default: the issue's shapes).
+set -o pipefail
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+STEP=${1:-all}
+export PYTHONUNBUFFERED=1
+exec > >(tee -a "$OUT/log") 2>&1
+cd "$(dirname "$0")/.."
+status=0
+step() { echo "=== $(date -u +%H:%M:%S) $*"; }
+
+step "GPU"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
+python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+
+step "build (MAX_JOBS=16)"
+t0=$SECONDS
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} SWAA_ENABLE_CUDA=ON SWAA_CUDA_ARCHS=${SWAA_CUDA_ARCHS:-9.0} \
+  MAX_JOBS=16 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || {
+  tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
+echo "build took $((SECONDS - t0)) s"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+python -c "import swaa_ext; print(swaa_ext.__file__, swaa_ext.build_info())"
+
+if [[ $STEP == all || $STEP == test ]]; then
+  step "GPU tests (SWAA_POISON_OUTPUTS=1)"
+  SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-420} python -m pytest -q --maxfail=10 -m cuda tests/test_attention_cuda.py \
+    --junitxml="$OUT/pytest_cuda.xml" -p no:cacheprovider 2>&1 | tail -60 || status=1
+fi
+
+if [[ $STEP == all || $STEP == sanitize ]]; then
+  SAN=${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool"
+    timeout ${SAN_TIMEOUT:-240} "$SAN" --tool "$tool" --error-exitcode 3 \
+      python bench/sanitize_case.py > "$OUT/sanitizer_$tool.log" 2>&1
+    rc=$?
+    tail -6 "$OUT/sanitizer_$tool.log"
+    echo "$tool exit code $rc"
+    [[ $rc == 0 ]] || status=1
+  done
+fi
+
+if [[ $STEP == all || $STEP == tune ]]; then
+  step "tuning knobs and per-kernel times"
+  timeout ${TUNE_TIMEOUT:-120} python bench/tune_cuda_kernels.py --out "$OUT/cuda_tuning.jsonl" || status=1
+fi
+
+if [[ $STEP == all || $STEP == bench ]]; then
+  step "benchmark"
+  if [[ ${BENCH:-lead} == lead && -f bench/bench_attention.py ]]; then
+    # The lead's benchmark with the issue's shapes (gpu preset).
+    timeout ${BENCH_TIMEOUT:-400} python bench/bench_attention.py ${BENCH_ARGS:---preset gpu} \
+      --name cuda_kernels --plot "$OUT/attention.png" || status=1
+    cp bench/results/cuda_kernels.jsonl "$OUT/" 2>/dev/null || true
+  else
+    timeout ${BENCH_TIMEOUT:-400} python bench/bench_cuda_kernels.py ${BENCH_ARGS:-} \
+      --out "$OUT/cuda_kernels.jsonl" || status=1
+  fi
+fi
+step "done, status $status"
+exit $status

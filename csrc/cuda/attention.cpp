@@ -1,0 +1,154 @@
+// CUDA implementations of swaa::fwd and swaa::bwd: the one place that maps
+// (dtype, head dim) to a compiled kernel variant (static_switch style).  Plain
+// C++ (no device code): the kernels live in attention_kernels.cuh and are
+// instantiated per variant in attention_<dtype>_hd<D>.cu; a build may leave
+// variants out (CMake SWAA_CUDA_DTYPES / SWAA_CUDA_HEAD_DIMS), which then
+// raise a clear error.  Launches go on the current stream
+// (c10::cuda::getCurrentCUDAStream(), what at::cuda::getCurrentCUDAStream()
+// returns; the c10 header avoids the cuBLAS/cuSPARSE headers of ATen/cuda).
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "attention.h"
+#include "cuda/attention_launch.cuh"
+
+namespace swaa {
+namespace {
+
+// Which variants this build contains (SWAA_CUDA_<DTYPE>_HD<D> from CMake).
+#if defined(SWAA_CUDA_BF16_HD64)
+constexpr bool kBf16Hd64 = true;
+#else
+constexpr bool kBf16Hd64 = false;
+#endif
+#if defined(SWAA_CUDA_BF16_HD128)
+constexpr bool kBf16Hd128 = true;
+#else
+constexpr bool kBf16Hd128 = false;
+#endif
+#if defined(SWAA_CUDA_FP16_HD64)
+constexpr bool kFp16Hd64 = true;
+#else
+constexpr bool kFp16Hd64 = false;
+#endif
+#if defined(SWAA_CUDA_FP16_HD128)
+constexpr bool kFp16Hd128 = true;
+#else
+constexpr bool kFp16Hd128 = false;
+#endif
+
+std::string supported_variants() {
+  std::string s;
+  auto add = [&](bool on, const char* name) {
+    if (!on) return;
+    if (!s.empty()) s += ", ";
+    s += name;
+  };
+  add(kBf16Hd64, "bfloat16/D=64");
+  add(kBf16Hd128, "bfloat16/D=128");
+  add(kFp16Hd64, "float16/D=64");
+  add(kFp16Hd128, "float16/D=128");
+  return s.empty() ? std::string("none (built without CUDA variants)") : s;
+}
+
+enum class Variant { kNone, kBf16Hd64, kBf16Hd128, kFp16Hd64, kFp16Hd128 };
+
+// The compiled variant for (dtype, head_dim), or an error naming what is
+// supported: never a silent fallback.  TypeError for a dtype the CUDA kernels
+// do not have, ValueError for a head dim, RuntimeError for a variant this
+// build left out.
+Variant variant_of(at::ScalarType dtype, int64_t head_dim, const char* op) {
+  TORCH_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf, op,
+                   ": the CUDA kernels support bfloat16 and float16 (variants built: ",
+                   supported_variants(), "); got q dtype ", dtype,
+                   ". Cast q, k, v or use the CPU op (no fallback is taken).");
+  TORCH_CHECK_VALUE(head_dim == 64 || head_dim == 128, op,
+                    ": the CUDA kernels support head dim 64 and 128 (variants built: ",
+                    supported_variants(), "); got head dim ", head_dim,
+                    " (no fallback is taken).");
+  Variant v = Variant::kNone;
+  if (dtype == at::kBFloat16 && head_dim == 64 && kBf16Hd64) v = Variant::kBf16Hd64;
+  if (dtype == at::kBFloat16 && head_dim == 128 && kBf16Hd128) v = Variant::kBf16Hd128;
+  if (dtype == at::kHalf && head_dim == 64 && kFp16Hd64) v = Variant::kFp16Hd64;
+  if (dtype == at::kHalf && head_dim == 128 && kFp16Hd128) v = Variant::kFp16Hd128;
+  TORCH_CHECK(v != Variant::kNone, op, ": this build left out the CUDA kernels for q dtype ",
+              dtype, " and head dim ", head_dim, " (variants built: ", supported_variants(),
+              "; rebuild with SWAA_CUDA_DTYPES / SWAA_CUDA_HEAD_DIMS covering it).");
+  return v;
+}
+
+// Calls fn.template operator()<T, D>() for a variant (static_switch style).
+template <typename Fn>
+void with_variant(Variant v, Fn&& fn) {
+  switch (v) {
+    case Variant::kBf16Hd64: if constexpr (kBf16Hd64) fn.template operator()<__nv_bfloat16, 64>(); break;
+    case Variant::kBf16Hd128: if constexpr (kBf16Hd128) fn.template operator()<__nv_bfloat16, 128>(); break;
+    case Variant::kFp16Hd64: if constexpr (kFp16Hd64) fn.template operator()<__half, 64>(); break;
+    case Variant::kFp16Hd128: if constexpr (kFp16Hd128) fn.template operator()<__half, 128>(); break;
+    case Variant::kNone: break;
+  }
+}
+
+// cp.async moves 16-byte chunks: rows must start 16-byte aligned.  Inputs
+// whose pointer or batch/head/row strides break that are copied (contiguous).
+at::Tensor aligned(const at::Tensor& t) {
+  const bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.stride(0) % 8 == 0 &&
+                  t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0;
+  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
+std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
+                                            const at::Tensor& v_in, std::optional<int64_t> window,
+                                            int64_t sink, const std::optional<at::Tensor>& full_from,
+                                            double scale) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  at::Tensor q = q_in, k = k_in, v = v_in;
+  if (q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.numel() > 0 && k.numel() > 0) {
+    q = aligned(q), k = aligned(k), v = aligned(v);
+  }
+  FwdCall call = prepare_fwd(q, k, v, window, sink, full_from, scale);  // argument checks first
+  const Variant variant = variant_of(q.scalar_type(), q.size(3), "swaa::fwd");
+  if (q.numel() == 0) return {call.out, call.lse};
+  with_variant(variant, [&]<typename T, int D>() {
+    cuda::run_fwd<T, D>(call.params, c10::cuda::getCurrentCUDAStream());
+  });
+  return {call.out, call.lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
+    const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse,
+    std::optional<int64_t> window, int64_t sink, const std::optional<at::Tensor>& full_from,
+    double scale) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  at::Tensor dout = dout_in, q = q_in, k = k_in, v = v_in, out = out_in;
+  if (q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && dout.dim() == 4 && out.dim() == 4 &&
+      q.numel() > 0 && k.numel() > 0) {
+    q = aligned(q), k = aligned(k), v = aligned(v), dout = aligned(dout), out = aligned(out);
+  }
+  BwdCall call = prepare_bwd(dout, q, k, v, out, lse, window, sink, full_from, scale);  // argument checks first
+  const Variant variant = variant_of(q.scalar_type(), q.size(3), "swaa::bwd");
+  if (q.numel() == 0 || k.numel() == 0) {  // no query rows: nothing flows to the keys
+    call.dk.zero_();
+    call.dv.zero_();
+    return {call.dq, call.dk, call.dv};
+  }
+  with_variant(variant, [&]<typename T, int D>() {
+    at::Tensor delta = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+    cuda::run_bwd<T, D>(call.params, delta.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  });
+  return {call.dq, call.dk, call.dv};
+}
+
+}  // namespace
+}  // namespace swaa
+
+TORCH_LIBRARY_IMPL(swaa, CUDA, m) {
+  m.impl("fwd", &swaa::fwd_cuda);
+  m.impl("bwd", &swaa::bwd_cuda);
+}
