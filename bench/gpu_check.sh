@@ -5,6 +5,7 @@
 # JSON go to $OUT (default ./gpu_out); the whole output is also in $OUT/log.
 #
 #   bash bench/gpu_check.sh [all|test|sanitize|tune|bench]   (default: all)
+# test: the whole test suite (CPU and GPU tests), one process per file.
 # Env: BENCH=lead (bench/bench_attention.py, default) or mine
 #      (bench/bench_cuda_kernels.py: inputs made on the GPU, SDPA timed once per
 #      (D, N), so the issue's whole grid fits one short device call);
@@ -33,9 +34,18 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python -c "import swaa_ext; print(swaa_ext.__file__, swaa_ext.build_info())"
 
 if [[ $STEP == all || $STEP == test ]]; then
-  step "GPU tests (SWAA_POISON_OUTPUTS=1)"
-  SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-420} python -m pytest -q --maxfail=10 -m cuda tests/test_attention_cuda.py \
-    --junitxml="$OUT/pytest_cuda.xml" -p no:cacheprovider 2>&1 | tail -60 || status=1
+  # Every test file (CPU and GPU tests) in its own process, with faulthandler,
+  # so a crash names its file and test; outputs poisoned with NaN.
+  for f in tests/test_*.py; do
+    step "tests: $f (SWAA_POISON_OUTPUTS=1)"
+    SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-300} python -X faulthandler -m pytest -q -ra \
+      --maxfail=10 -p no:cacheprovider "$f" \
+      > "$OUT/pytest_$(basename "$f" .py).log" 2>&1
+    rc=$?
+    tail -15 "$OUT/pytest_$(basename "$f" .py).log"
+    echo "$f exit code $rc"
+    [[ $rc == 0 ]] || status=1
+  done
 fi
 
 if [[ $STEP == all || $STEP == sanitize ]]; then

@@ -25,9 +25,9 @@
 // Nothing here synchronises with the host: seqlens and lengths are read on
 // the device, so a decode step can be captured in a CUDA graph.
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <torch/library.h>
@@ -525,12 +525,24 @@ void check_cuda_support(const char* op, const at::Tensor& k_cache, const at::Ten
     }                                         \
   }()
 
+// Multiprocessors of the current device, read once per device.  (Not through
+// ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers a minimal CUDA
+// toolkit, as on CI, lacks.)
+int64_t multiprocessor_count() {
+  static int counts[64] = {};
+  const int device = c10::cuda::current_device();
+  if (device >= 64) return 132;
+  if (counts[device] == 0)
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
+  return counts[device];
+}
+
 // Splits of the window for decode, from static sizes only: about three blocks
 // per SM in all, each split at least 128 keys.
 int64_t decode_splits(const RingParams& p, int64_t head_chunks, int64_t requested) {
   const int64_t max_splits = std::max<int64_t>(1, (p.ring.capacity() + 1 + 127) / 128);
   if (requested > 0) return std::min(requested, max_splits);
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = multiprocessor_count();
   const int64_t blocks = p.batch * p.kv_heads * head_chunks;
   return std::clamp<int64_t>((3 * sms + blocks - 1) / blocks, 1, max_splits);
 }
@@ -545,7 +557,7 @@ void ring_append_cuda(const at::Tensor& k_cache, const at::Tensor& v_cache, cons
   const int64_t total = p.batch * p.kv_heads * p.chunk_len * p.head_dim;
   if (total == 0) return;
   const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65536));
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, k_cache.scalar_type(),
                                   "swaa_ring_append_cuda", [&] {
     using T = typename Native<scalar_t>::type;
@@ -567,7 +579,7 @@ std::tuple<at::Tensor, at::Tensor> ring_chunk_cuda(const at::Tensor& q_in, const
   c10::cuda::CUDAGuard guard(k_cache.device());
   const RingParams& p = call.params;
   const dim3 grid((p.chunk_len + kChunkBlockQ - 1) / kChunkBlockQ, p.q_heads, p.batch);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, k_cache.scalar_type(),
                                   "swaa_ring_chunk_cuda", [&] {
     using T = typename Native<scalar_t>::type;
@@ -596,7 +608,7 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cuda(
   c10::cuda::CUDAGuard guard(k_cache.device());
   const RingParams& p = call.params;
   const int64_t group = p.group();
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, k_cache.scalar_type(),
                                   "swaa_ring_decode_cuda", [&] {
     using T = typename Native<scalar_t>::type;
