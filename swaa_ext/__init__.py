@@ -4,6 +4,8 @@ Kernels (CPU and CUDA) for sliding-window attention with sink tokens and
 per-sequence full attention, a ring-buffer KV cache, SWAA schedules and the
 Hugging Face integration.  See ../shared/API.md for the contract.
 """
+import torch  # noqa: F401  (before _C: torch must load its libraries first)
+
 from . import _C
 from .ops import swa_attention
 from .cache import RingKVCache
