@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh hf
-python bench/bench_attention.py "$@"
+swaa demo "$@"

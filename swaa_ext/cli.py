@@ -218,6 +218,7 @@ def cmd_demo(args) -> int:
               "moves its greedy choices, not language quality.")
     if args.json:
         meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "dtype": str(dtype).replace("torch.", ""),
                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

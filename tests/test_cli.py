@@ -11,7 +11,7 @@ from swaa_ext.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 TINY = ["demo", "--prompt-len", "40", "--new-tokens", "4", "--layers", "2", "--window", "8",
-        "--sink", "2"]
+        "--sink", "2", "--device", "cpu"]
 
 
 def test_demo_tiny_table_and_json(tmp_path, capsys):
@@ -30,6 +30,20 @@ def test_demo_tiny_table_and_json(tmp_path, capsys):
     assert rows["full attention"]["kv_cache_bytes"] == 2 * 43 * per_pos
     assert rows["naive"]["kv_cache_bytes"] == 2 * 8 * per_pos              # rings of 8 slots
     assert rows["sink+fa_decode"]["kv_cache_bytes"] == 2 * 43 * per_pos     # FA decode: full cache
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_demo_tiny_on_cuda(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    argv = [a for a in TINY if a not in ("--device", "cpu")] + ["--device", "cuda"]
+    assert main(argv + ["--preset", "naive", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    elsize = torch.empty(0, dtype=getattr(torch, result["meta"]["dtype"])).element_size()
+    per_pos = 2 * 2 * 64 * elsize
+    assert rows["full attention"]["kv_cache_bytes"] == 2 * 43 * per_pos
+    assert rows["naive"]["kv_cache_bytes"] == 2 * 8 * per_pos
 
 
 def test_demo_with_config_file(tmp_path, capsys):
@@ -81,8 +95,9 @@ def test_demo_with_a_saved_model(tmp_path, capsys):
                                          num_hidden_layers=2, num_attention_heads=2,
                                          num_key_value_heads=1))
     model.save_pretrained(tmp_path / "m")
+    # head dim 16: the CUDA ring kernels take 64 or 128 only, so this runs on the CPU
     assert main(["demo", "--model", str(tmp_path / "m"), "--prompt-len", "20", "--new-tokens",
-                 "3", "--preset", "sink", "--window", "4", "--sink", "1"]) == 0
+                 "3", "--preset", "sink", "--window", "4", "--sink", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "model=" + str(tmp_path / "m") in out and "random weights" not in out
     with pytest.raises(SystemExit) as e:
