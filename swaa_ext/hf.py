@@ -23,6 +23,9 @@ How it hooks in (transformers' own extension points only, all reversible):
   the model's forward overrides this (tokens at padded index >= N are generated), so one call over
   prompt + answer computes exactly what prefill + decode would.  FA decode and ``full_tail`` map onto
   the kernel's ``full_from``: a layer with FA decode uses ``full_from = prompt_end - full_tail``.
+  ``swaa_prompt_len`` may also be a (B,) int tensor, one prompt end per row (training on
+  prompt/answer pairs, :mod:`swaa_ext.train`): the kernel's per-sequence ``full_from`` then serves
+  the whole batch in one call (not with SWAACache ring layers).
 * :class:`SWAACache` keeps a ring buffer of ``sink + window`` slots for layers that are SWA in both
   prefill and decode and a growing cache for the others.  Its ring layers return only the new keys
   from ``update``; the attention function (which must be ``"swaa"``) sends the queries to the ring.
@@ -145,8 +148,32 @@ def _segments(plan: LayerPlan, key_len: int, q_len: int, prompt_end: int):
     return calls
 
 
-def _attend_real(q, k, v, plan: LayerPlan, prompt_end: int, scale: float) -> torch.Tensor:
-    """q (b, H, lq, D) at the last lq of the key positions 0 .. Lk-1 of k, v (no padding)."""
+def _attend_real_per_row(q, k, v, plan: LayerPlan, prompt_end: torch.Tensor,
+                         scale: float) -> torch.Tensor:
+    """:func:`_attend_real` with one prompt end per row (``prompt_end`` (b,) int tensor): the
+    per-row ``full_from`` of the kernel serves the whole batch in one call (two when the plan has
+    a ``full_tail`` and SWA decode: the tail queries then take the full_from call's rows)."""
+    if plan.prefill == "full":
+        return swa_attention(q, k, v, window=None, softmax_scale=scale)
+    W, S, tail = plan.window, plan.sink, plan.full_tail
+    full_from = (prompt_end.to(device=q.device, dtype=torch.int64) - tail).clamp_min(0)
+    if plan.decode == "full":
+        return swa_attention(q, k, v, window=W, sink=S, full_from=full_from, softmax_scale=scale)
+    swa = swa_attention(q, k, v, window=W, sink=S, softmax_scale=scale)
+    if tail == 0:
+        return swa
+    with_tail = swa_attention(q, k, v, window=W, sink=S, full_from=full_from, softmax_scale=scale)
+    key_len, q_len = k.shape[2], q.shape[2]
+    pos = torch.arange(key_len - q_len, key_len, device=q.device)
+    in_prompt = pos[None, :] < prompt_end.to(q.device)[:, None]  # (b, lq)
+    return torch.where(in_prompt[:, None, :, None], with_tail, swa)
+
+
+def _attend_real(q, k, v, plan: LayerPlan, prompt_end, scale: float) -> torch.Tensor:
+    """q (b, H, lq, D) at the last lq of the key positions 0 .. Lk-1 of k, v (no padding).
+    ``prompt_end``: an int, or a (b,) int tensor (one prompt end per row)."""
+    if isinstance(prompt_end, torch.Tensor):
+        return _attend_real_per_row(q, k, v, plan, prompt_end, scale)
     key_len, q_len = k.shape[2], q.shape[2]
     parts = []
     for begin, end, window, sink, full_from in _segments(plan, key_len, q_len, prompt_end):
@@ -191,9 +218,18 @@ def _swaa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
     pads = _pads_of(attention_mask, query.shape[0])
     prompt_len = kwargs.get("swaa_prompt_len")
+    if isinstance(prompt_len, torch.Tensor):
+        if prompt_len.dim() != 1 or prompt_len.shape[0] != query.shape[0] or \
+                prompt_len.is_floating_point():
+            raise ValueError("swaa attention: swaa_prompt_len must be an int or an int tensor of "
+                             f"shape (B,) = ({query.shape[0]},), got {prompt_len.dtype} tensor of "
+                             f"shape {tuple(prompt_len.shape)}")
 
     ring = getattr(key, "_swaa_ring", None)
     if ring is not None:
+        if isinstance(prompt_len, torch.Tensor):
+            raise ValueError("swaa attention: a per-row swaa_prompt_len tensor is not supported "
+                             "with SWAACache ring layers; pass an int or use no cache")
         if ring.plan != plan:
             raise RuntimeError(f"SWAACache layer {plan.layer} was built for another SWAA plan; "
                                "create a new SWAACache after apply_swaa")
@@ -221,8 +257,10 @@ def _attend_padded(query, key, value, pads: List[int], plan: LayerPlan, prompt_e
         if q_begin >= Lq:
             continue
         q, k, v = (query, key, value) if rows is None else (query[rows], key[rows], value[rows])
+        row_end = prompt_end[rows] if isinstance(prompt_end, torch.Tensor) and rows is not None \
+            else prompt_end
         o = _attend_real(q[:, :, q_begin:], k[:, :, pad:], v[:, :, pad:], plan,
-                         prompt_end - pad, scale)
+                         row_end - pad, scale)
         if out is None:
             return o
         if rows is None:
