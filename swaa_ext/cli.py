@@ -9,6 +9,8 @@
       Build (version, CUDA kernels in or not), devices, the swaa ops and where they have kernels.
   swaa bench NAME [args ...]
       Runs bench/bench_NAME.py of the source checkout with the given arguments.
+  swaa finetune --data FILE --out DIR [--model PATH] [--preset NAME] [--window W] [--answer-full] ...
+      LoRA fine-tuning with the SWAA plan active (swaa_ext.train); under torchrun with DDP.
 """
 from __future__ import annotations
 
@@ -280,6 +282,110 @@ def cmd_bench(args) -> int:
     return subprocess.call([sys.executable, str(script), *args.args], env=env)
 
 
+# ------------------------------------------------------------------------------------- finetune
+def _finetune_config(args) -> Optional[SWAAConfig]:
+    if args.full_attention:
+        if args.preset or args.config:
+            raise CliError("--full-attention excludes --preset and --config")
+        return None
+    try:
+        if args.config:
+            if args.preset:
+                raise CliError("give --preset or --config, not both")
+            cfg = SWAAConfig.load(args.config)
+            changes = {k: v for k, v in (("window", args.window), ("sink", args.sink)) if v is not None}
+            return SWAAConfig.from_dict({**cfg.to_dict(), **changes}) if changes else cfg
+        name = args.preset or "sink"
+        has_sink = "sink" in name.split("+")
+        return SWAAConfig.preset(name, window=args.window if args.window is not None else 2048,
+                                 sink=args.sink if has_sink else None)
+    except (ValueError, OSError) as e:
+        raise CliError(str(e)) from None
+
+
+def _finetune_model(args, device: torch.device):
+    if not args.model:
+        from .models import default_model
+
+        return default_model(device, torch.float32)
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--model {args.model}: cannot load it: {e}") from None
+    return model.to(device)
+
+
+def _finetune_tokenizer(args):
+    from . import train
+
+    spec = args.tokenizer
+    if spec is None and args.model and (Path(args.model) / "tokenizer_config.json").is_file():
+        spec = args.model
+    try:
+        return train.load_tokenizer(spec)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--tokenizer {spec}: cannot load it: {e}") from None
+
+
+def cmd_finetune(args) -> int:
+    try:
+        from . import train
+    except ImportError as e:
+        raise CliError(f"swaa finetune needs transformers and peft (pip install "
+                       f"'swaa_ext[train]'): {e}") from None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available")
+    use_cuda = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
+    device = torch.device("cpu")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if args.merge_adapter:
+        model = _finetune_model(args, device)
+        merged = train.merge_adapter(train.load_adapter(model, args.merge_adapter), args.out)
+        _progress(f"swaa finetune: merged {args.merge_adapter} into "
+                  f"{args.model or 'the embedded model'}: {args.out}")
+        del merged
+        return 0
+    if not args.data:
+        raise CliError("--data is required (JSONL of prompt/answer pairs or chat messages)")
+    cfg = _finetune_config(args)
+    try:
+        examples = train.load_examples(args.data)
+    except (ValueError, OSError) as e:
+        raise CliError(str(e)) from None
+    lora = train.LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                             rslora=not args.no_rslora,
+                             target_modules=tuple(args.target_modules.split(",")))
+    opts = train.TrainOptions(
+        out_dir=args.out, answer_full=args.answer_full, epochs=args.epochs,
+        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_ratio=args.warmup_ratio, max_len=args.max_len,
+        gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
+        merge=args.merge, progress=not args.no_progress, rank_summary=args.rank_summary, lora=lora)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        model = _finetune_model(args, device)
+        tokenizer = _finetune_tokenizer(args)
+        try:
+            result = train.finetune(model, tokenizer, examples, cfg, opts)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank == 0:
+            print(f"swaa finetune: {result.steps} steps, {world} process(es), final loss "
+                  f"{result.losses[-1]:.4f}; adapter: {result.adapter_dir}"
+                  + (f"; merged model: {result.merged_dir}" if result.merged_dir else ""))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swaa", description="Sliding-window attention adaptation: "
@@ -315,6 +421,55 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("name", help="benchmark name, e.g. attention")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=cmd_bench)
+
+    ft = sub.add_parser("finetune", help="LoRA fine-tuning with an SWAA plan active (runs under "
+                        "torchrun too)", description="LoRA fine-tuning (PEFT, q/k/v) of a causal LM "
+                        "with the SWAA plan active; the loss covers answer tokens only. Under "
+                        "torchrun it trains with DDP. With --merge-adapter DIR it only merges a "
+                        "saved adapter into --model and writes the result to --out.")
+    ft.add_argument("--data", metavar="FILE", help="JSONL: {\"prompt\", \"answer\"} or "
+                    "{\"messages\": [{\"role\", \"content\"}, ...]} (last message = answer)")
+    ft.add_argument("--out", metavar="DIR", required=True, help="adapter directory (or merged "
+                    "model with --merge-adapter)")
+    ft.add_argument("--model", metavar="PATH", help="transformers causal LM directory (default: "
+                    "the embedded model)")
+    ft.add_argument("--tokenizer", metavar="PATH", help="'bytes' (built-in byte tokenizer) or a "
+                    "transformers tokenizer; default: the model directory's, else bytes")
+    ft.add_argument("--preset", metavar="NAME", help="SWAA preset trained with (default sink). "
+                    "Presets: " + ", ".join(SWAAConfig.presets()))
+    ft.add_argument("--config", metavar="FILE", help="SWAA config JSON (ours or the SWAA toolkit's)")
+    ft.add_argument("--full-attention", action="store_true", help="no SWAA plan (full-attention "
+                    "baseline fine-tuning)")
+    ft.add_argument("--window", type=int, help="sliding window (default 2048; overrides --config)")
+    ft.add_argument("--sink", type=int, help="sink tokens for presets with 'sink' (default 100)")
+    ft.add_argument("--answer-full", action="store_true", help="answer tokens attend to the whole "
+                    "context (FA decode on every SWA layer), prompt tokens use SWA")
+    ft.add_argument("--epochs", type=int, default=1)
+    ft.add_argument("--max-steps", type=int, help="train this many optimizer steps (overrides --epochs)")
+    ft.add_argument("--batch-size", type=int, default=1, help="examples per process and step")
+    ft.add_argument("--lr", type=float, default=1e-4)
+    ft.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warm-up share, then "
+                    "linear decay (default 0.05)")
+    ft.add_argument("--max-len", type=int, help="truncate examples to this many tokens")
+    ft.add_argument("--lora-r", type=int, default=16)
+    ft.add_argument("--lora-alpha", type=int, default=32)
+    ft.add_argument("--lora-dropout", type=float, default=0.1)
+    ft.add_argument("--no-rslora", action="store_true", help="plain LoRA scaling alpha/r instead "
+                    "of rsLoRA's alpha/sqrt(r)")
+    ft.add_argument("--target-modules", default="q_proj,k_proj,v_proj",
+                    help="comma-separated module names that get LoRA (default q_proj,k_proj,v_proj)")
+    ft.add_argument("--gradient-checkpointing", action="store_true")
+    ft.add_argument("--bf16", action="store_true", help="base weights in bfloat16, adapters in "
+                    "float32")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--merge", action="store_true", help="also write the merged model to OUT/merged")
+    ft.add_argument("--merge-adapter", metavar="DIR", help="merge this saved adapter into --model "
+                    "and write the merged model to --out (no training)")
+    ft.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ft.add_argument("--rank-summary", action="store_true", help="each rank writes OUT/rankR.json "
+                    "(losses, sums of the trained weights)")
+    ft.set_defaults(func=cmd_finetune)
     return p
 
 

@@ -28,6 +28,7 @@ Needs ``peft`` (``pip install 'swaa_ext[train]'``); ``import swaa_ext`` does not
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -241,7 +242,7 @@ class TrainOptions:
     out_dir: Optional[str] = None     # adapter (+ merged model with merge) written here
     answer_full: bool = False         # answer tokens attend to the whole context (FA decode)
     epochs: int = 1
-    max_steps: Optional[int] = None   # stop after this many optimizer steps
+    max_steps: Optional[int] = None   # this many optimizer steps (overrides epochs)
     batch_size: int = 1               # per process
     lr: float = 1e-4
     warmup_ratio: float = 0.05        # linear warm-up over this share of the steps, then linear decay
@@ -411,7 +412,8 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
         log = open(Path(opts.out_dir) / "train_log.jsonl", "w")
     step = 0
     try:
-        for epoch in range(opts.epochs):
+        epochs = itertools.count() if opts.max_steps is not None else range(opts.epochs)
+        for epoch in epochs:
             for rows in _batches(encoded, opts.batch_size, rank, world, opts.seed, epoch):
                 if step >= total:
                     break
