@@ -298,7 +298,7 @@ def _finetune_config(args) -> Optional[SWAAConfig]:
         name = args.preset or "sink"
         has_sink = "sink" in name.split("+")
         return SWAAConfig.preset(name, window=args.window if args.window is not None else 2048,
-                                 sink=args.sink if has_sink else None)
+                                 sink=args.sink if has_sink or args.sink is not None else None)
     except (ValueError, OSError) as e:
         raise CliError(str(e)) from None
 

@@ -1,0 +1,472 @@
+"""SWA-aware LoRA fine-tuning (swaa_ext/train.py, swaa finetune) on tiny float32 CPU models."""
+import json
+import math
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
+
+from swaa_ext import SWAAConfig, hf, train  # noqa: E402
+from swaa_ext.cli import main as cli_main  # noqa: E402
+from swaa_ext.reference import visibility_mask  # noqa: E402
+
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning")]
+
+ROOT = Path(__file__).resolve().parent.parent
+NUM_LAYERS = 2
+TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=NUM_LAYERS,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+NO_DROPOUT = train.LoraOptions(dropout=0.0)
+TOK = train.ByteTokenizer()
+
+
+def tiny_base(seed=0):
+    config = LlamaConfig(**TINY)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def random_text(rng, n):
+    return "".join(rng.choice("abcdefghij klmnop,.0123456789") for _ in range(n))
+
+
+def random_examples(n, seed=0, prompt=(12, 30), answer=(3, 9)):
+    rng = random.Random(seed)
+    return [train.Example(prompt=random_text(rng, rng.randint(*prompt)),
+                          answer=random_text(rng, rng.randint(*answer))) for _ in range(n)]
+
+
+def lora_model(cfg, answer_full=False, seed=0, lora=NO_DROPOUT, **kw):
+    """Tiny base + SWAA plan + LoRA with random (nonzero) B, so every LoRA weight gets a gradient."""
+    torch.manual_seed(100)
+    model = train.prepare_model(tiny_base(seed), cfg, lora, answer_full=answer_full, **kw)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.train()
+
+
+# ------------------------------------------------------------------------------------------------
+# an independent reference: explicit masks per row from the plan and the row's prompt length
+_REF = {"cfg": None}
+
+
+def _reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                         **kwargs):
+    plan = _REF["cfg"].plan(NUM_LAYERS)[module.layer_idx]
+    B, Hq, L, D = query.shape
+    prompt_len = kwargs["swaa_prompt_len"]
+    mask = torch.zeros(B, 1, L, L, dtype=torch.bool)
+    for b in range(B):
+        P = int(prompt_len[b])
+        if plan.prefill == "full":
+            prompt_vis = visibility_mask(L, L)
+        else:
+            tail_from = P - plan.full_tail if plan.full_tail else None
+            prompt_vis = visibility_mask(L, L, window=plan.window, sink=plan.sink, full_from=tail_from)
+        if plan.decode == "full":
+            answer_vis = visibility_mask(L, L)
+        else:
+            answer_vis = visibility_mask(L, L, window=plan.window, sink=plan.sink)
+        is_answer = (torch.arange(L) >= P).view(1, 1, L, 1)
+        mask[b] = torch.where(is_answer, answer_vis, prompt_vis)[0]
+    group = Hq // key.shape[1]
+    k = key.repeat_interleave(group, 1).double()
+    v = value.repeat_interleave(group, 1).double()
+    scores = query.double() @ k.transpose(-1, -2) * (scaling or 1 / math.sqrt(D))
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return (probs @ v).to(query.dtype).transpose(1, 2), None
+
+
+AttentionInterface.register("swaa_train_ref", _reference_attention)
+AttentionMaskInterface.register("swaa_train_ref", lambda *a, attention_mask=None, **k: attention_mask)
+
+
+def reference_twin(model, cfg, answer_full=False, seed=0):
+    """Same weights as ``model`` (LoRA included), attention by the explicit-mask reference."""
+    torch.manual_seed(100)
+    twin = train.prepare_model(tiny_base(seed), None, NO_DROPOUT)
+    twin.load_state_dict(model.state_dict())
+    twin.base_model.model.set_attn_implementation("swaa_train_ref")
+    _REF["cfg"] = train.training_config(cfg, answer_full)
+    return twin.train()
+
+
+def full_attention_twin(model, seed=0):
+    torch.manual_seed(100)
+    twin = train.prepare_model(tiny_base(seed), None, NO_DROPOUT)
+    twin.load_state_dict(model.state_dict())
+    return twin.train()
+
+
+def batch_of(examples):
+    return train.collate([train.encode_example(e, TOK) for e in examples], TOK.pad_token_id)
+
+
+def logits_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                swaa_prompt_len=batch["prompt_len"], use_cache=False)
+    loss, count = train.answer_loss(out.logits, batch["labels"])
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach(), loss.detach(), grads
+
+
+def assert_grads_close(a, b, atol=1e-5, rtol=1e-4):
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=rtol, msg=name)
+
+
+def real_positions(batch):
+    return batch["attention_mask"].bool()
+
+
+# ------------------------------------------------------------------------------------------------
+def test_import_swaa_ext_does_not_import_peft():
+    code = ("import sys, swaa_ext; assert 'peft' not in sys.modules, 'peft'; "
+            "assert 'swaa_ext.train' not in sys.modules, 'train'")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_byte_tokenizer_round_trip():
+    text = "naïve 漢字 ok"
+    ids = TOK.encode(text)
+    assert len(ids) == len(text.encode("utf-8")) and min(ids) >= 3 and max(ids) < TOK.vocab_size
+    assert TOK.decode(ids) == text
+    assert TOK.decode([TOK.bos_token_id] + ids + [TOK.eos_token_id, 0]) == text
+
+
+def test_load_examples_formats_and_errors(tmp_path):
+    path = tmp_path / "d.jsonl"
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"}]
+    path.write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n\n"
+                    + json.dumps({"messages": msgs}) + "\n")
+    ex = train.load_examples(path)
+    assert ex[0] == train.Example(answer="a", prompt="p")
+    assert ex[1].answer == "4" and [m["role"] for m in ex[1].messages] == ["system", "user"]
+    ids, n_prompt = train.encode_example(ex[1], TOK)
+    assert TOK.decode(ids[1:n_prompt]) == "system: be brief\nuser: 2+2?\nassistant: "
+    assert ids[n_prompt:] == TOK.encode("4") + [TOK.eos_token_id] and ids[0] == TOK.bos_token_id
+
+    bad = {"not json": "not valid JSON",
+           json.dumps({"messages": msgs[:2]}): "role 'assistant'",
+           json.dumps({"prompt": "p"}): "'prompt' and 'answer'",
+           json.dumps({"messages": [{"role": "user"}]}): "messages[0]"}
+    for line, why in bad.items():
+        path.write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n" + line + "\n")
+        with pytest.raises(ValueError, match=re.escape(why)) as err:
+            train.load_examples(path)
+        assert f"{path}:2" in str(err.value)
+
+
+def test_truncation_keeps_bos_and_answer():
+    ex = train.Example(prompt="abcdefghij", answer="xyz")
+    ids, n_prompt = train.encode_example(ex, TOK, max_len=8)
+    assert len(ids) == 8 and ids[0] == TOK.bos_token_id
+    assert TOK.decode(ids[1:n_prompt]) == "hij" and TOK.decode(ids[n_prompt:]) == "xyz"
+    ids, n_prompt = train.encode_example(ex, TOK, max_len=3)
+    assert ids == [TOK.bos_token_id] + TOK.encode("xy") and n_prompt == 1
+
+
+def test_loss_covers_answer_tokens_only():
+    examples = random_examples(3, seed=1)
+    encoded = [train.encode_example(e, TOK) for e in examples]
+    batch = train.collate(encoded, TOK.pad_token_id)
+    B, T = batch["input_ids"].shape
+    for b, (ids, n_prompt) in enumerate(encoded):
+        labels = batch["labels"][b]
+        assert (labels[:n_prompt] == -100).all() and (labels[len(ids):] == -100).all()
+        assert labels[n_prompt:len(ids)].tolist() == ids[n_prompt:]
+        assert batch["attention_mask"][b].sum() == len(ids) and batch["prompt_len"][b] == n_prompt
+    logits = torch.randn(B, T, TOK.vocab_size, requires_grad=True)
+    total, count = train.answer_loss(logits, batch["labels"])
+    expected = sum(torch.nn.functional.cross_entropy(logits[b, t - 1], batch["input_ids"][b, t],
+                                                     reduction="sum")
+                   for b, (ids, n_prompt) in enumerate(encoded) for t in range(n_prompt, len(ids)))
+    assert count == sum(len(ids) - n for ids, n in encoded)
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    touched = logits.grad.abs().sum(-1) > 0
+    for b, (ids, n_prompt) in enumerate(encoded):
+        assert touched[b].tolist() == [n_prompt - 1 <= t < len(ids) - 1 for t in range(T)]
+
+
+def test_lora_targets_qkv_with_paper_defaults():
+    model = train.prepare_model(tiny_base(), SWAAConfig(window=4), train.LoraOptions())
+    lora_cfg = model.peft_config["default"]
+    assert (lora_cfg.r, lora_cfg.lora_alpha, lora_cfg.lora_dropout, lora_cfg.use_rslora) == \
+        (16, 32, 0.1, True)
+    trained = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in model.named_parameters()
+               if p.requires_grad}
+    assert trained == {"q_proj", "k_proj", "v_proj"}
+    with pytest.raises(ValueError, match="target modules"):
+        train.prepare_model(tiny_base(), None, train.LoraOptions(target_modules=("qkv",)))
+
+
+def test_training_forward_goes_through_swaa_attention(monkeypatch):
+    cfg = SWAAConfig(window=4, sink=1)
+    model = lora_model(cfg)
+    base = model.base_model.model
+    assert hf.is_swaa_applied(base) and base.config._attn_implementation == "swaa"
+    batch = batch_of(random_examples(3, seed=2))
+    calls = []
+    real = hf.swa_attention
+    monkeypatch.setattr(hf, "swa_attention", lambda *a, **k: calls.append(k) or real(*a, **k))
+    logits, loss, grads = logits_and_grads(model, batch)
+    assert len(calls) == NUM_LAYERS
+    monkeypatch.undo()
+
+    ref_logits, ref_loss, ref_grads = logits_and_grads(reference_twin(model, cfg), batch)
+    real_tok = real_positions(batch)
+    torch.testing.assert_close(logits[real_tok], ref_logits[real_tok], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-4, rtol=1e-5)
+    assert_grads_close(grads, ref_grads)
+
+    full_logits, full_loss, full_grads = logits_and_grads(full_attention_twin(model), batch)
+    assert (full_logits[real_tok] - logits[real_tok]).abs().max() > 1e-2
+    assert max((full_grads[n] - grads[n]).abs().max() for n in grads) > 1e-3
+
+
+@pytest.mark.parametrize("preset", ["naive", "sink+half_full", "fa_decode"])
+def test_answer_full_matches_reference_and_differs(preset):
+    cfg = SWAAConfig.preset(preset, window=5, sink=2 if "sink" in preset else None)
+    batch = batch_of(random_examples(3, seed=3))
+    real_tok = real_positions(batch)
+    results = {}
+    for answer_full in (False, True):
+        model = lora_model(cfg, answer_full=answer_full)
+        logits, loss, grads = logits_and_grads(model, batch)
+        ref_logits, ref_loss, ref_grads = logits_and_grads(
+            reference_twin(model, cfg, answer_full), batch)
+        torch.testing.assert_close(logits[real_tok], ref_logits[real_tok], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(loss, ref_loss, atol=1e-4, rtol=1e-5)
+        assert_grads_close(grads, ref_grads)
+        results[answer_full] = logits
+    prompt_tok = torch.arange(batch["input_ids"].shape[1])[None] < batch["prompt_len"][:, None]
+    answer_tok = real_tok & ~prompt_tok
+    # prompt tokens use SWA either way; answer tokens see the whole context only with answer_full
+    torch.testing.assert_close(results[False][prompt_tok], results[True][prompt_tok])
+    diff = (results[False][answer_tok] - results[True][answer_tok]).abs().max()
+    if preset == "fa_decode":  # the plan already has FA decode: answer_full changes nothing
+        assert diff < 1e-5
+    else:
+        assert diff > 1e-3
+
+
+@pytest.mark.parametrize("answer_full", [False, True])
+def test_padded_batch_equals_each_sequence_alone(answer_full, monkeypatch):
+    cfg = SWAAConfig(window=6, sink=2, full_tail=3)
+    model = lora_model(cfg, answer_full=answer_full)
+    examples = random_examples(4, seed=4, prompt=(5, 40), answer=(1, 12))
+    batch = batch_of(examples)
+    assert len(set(batch["attention_mask"].sum(-1).tolist())) > 1  # really padded
+    calls = []
+    real = hf.swa_attention
+    monkeypatch.setattr(hf, "swa_attention", lambda *a, **k: calls.append(k) or real(*a, **k))
+    _, loss, grads = logits_and_grads(model, batch)
+    # one kernel call per layer for the whole padded batch (two with a full_tail and SWA decode)
+    assert len(calls) == NUM_LAYERS * (1 if answer_full else 2)
+    per_row = [k for k in calls if isinstance(k.get("full_from"), torch.Tensor)]
+    assert len(per_row) == NUM_LAYERS and all(k["full_from"].shape == (4,) for k in per_row)
+    monkeypatch.undo()
+    loss_alone = 0.0
+    grads_alone = {n: torch.zeros_like(g) for n, g in grads.items()}
+    for ex in examples:
+        _, l_one, g_one = logits_and_grads(model, batch_of([ex]))
+        loss_alone = loss_alone + l_one
+        for n in grads_alone:
+            grads_alone[n] += g_one[n]
+    torch.testing.assert_close(loss, loss_alone, atol=1e-4, rtol=1e-5)
+    assert_grads_close(grads, grads_alone)
+    # and with the tail (answer_full off) the reference agrees too
+    ref_logits, ref_loss, ref_grads = logits_and_grads(reference_twin(model, cfg, answer_full), batch)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-4, rtol=1e-5)
+    assert_grads_close(grads, ref_grads)
+
+
+def test_per_row_prompt_len_is_checked():
+    model = lora_model(SWAAConfig(window=4)).eval()
+    batch = batch_of(random_examples(2, seed=5))
+    for bad in (batch["prompt_len"][:1], batch["prompt_len"].float()):
+        with pytest.raises(ValueError, match="swaa_prompt_len"):
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  swaa_prompt_len=bad, use_cache=False)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    cfg = SWAAConfig(window=4, sink=1)
+    batch = batch_of(random_examples(3, seed=6))
+    plain = lora_model(cfg, answer_full=True)
+    ckpt = lora_model(cfg, answer_full=True, gradient_checkpointing=True)
+    assert any(getattr(m, "gradient_checkpointing", False) is True for m in ckpt.modules())
+    assert not any(getattr(m, "gradient_checkpointing", False) is True for m in plain.modules())
+    _, loss_a, grads_a = logits_and_grads(plain, batch)
+    _, loss_b, grads_b = logits_and_grads(ckpt, batch)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert_grads_close(grads_a, grads_b, atol=1e-6, rtol=1e-5)
+
+
+def test_lr_schedule_linear_warmup_then_decay():
+    f = train.lr_lambda(100, 0.05)
+    assert [f(s) for s in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert f(5) == pytest.approx(95 / 95) and f(50) == pytest.approx(50 / 95) and f(100) == 0.0
+    assert all(f(s) >= f(s + 1) for s in range(4, 100))
+
+
+def _write_data(path, n=12, seed=0):
+    with open(path, "w") as fh:
+        for ex in random_examples(n, seed=seed):
+            fh.write(json.dumps({"prompt": ex.prompt, "answer": ex.answer}) + "\n")
+    return path
+
+
+def test_finetune_saves_adapter_loads_and_merges(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = SWAAConfig(window=5, sink=1)
+    examples = random_examples(12, seed=7)
+    model = tiny_base()
+    opts = train.TrainOptions(out_dir=str(tmp_path / "ad"), answer_full=True, max_steps=8,
+                              batch_size=3, lr=2e-2, merge=False, progress=False)
+    result = train.finetune(model, TOK, examples, cfg, opts)
+    assert result.steps == 8 and len(result.losses) == 8  # max_steps runs past one epoch (4)
+    assert all(math.isfinite(x) for x in result.losses) and result.losses[-1] < result.losses[0]
+    log = [json.loads(line) for line in open(tmp_path / "ad" / "train_log.jsonl")]
+    assert [r["lr"] for r in log][:2] == pytest.approx([2e-2, 2e-2 * 6 / 7])  # 1 warm-up step
+    weights = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))
+    assert weights and all("lora_" in k for k in weights)
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in weights} == {"q_proj", "k_proj", "v_proj"}
+    saved = SWAAConfig.load(str(tmp_path / "ad" / "swaa_config.json"))
+    assert saved.full_decode is True and saved.window == 5
+
+    batch = batch_of(random_examples(3, seed=8))
+    kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              swaa_prompt_len=batch["prompt_len"], use_cache=False)
+    real_tok = real_positions(batch)
+    with torch.no_grad():
+        adapted = result.model.eval()(**kw).logits
+        loaded = train.load_adapter(tiny_base(), str(tmp_path / "ad"))(**kw).logits
+        torch.testing.assert_close(loaded[real_tok], adapted[real_tok])
+        base_logits = tiny_base()(input_ids=batch["input_ids"]).logits
+        assert (base_logits - adapted).abs().max() > 1e-3  # the adapter changed something
+        merged = train.merge_adapter(result.model, str(tmp_path / "merged"))
+        assert hf.is_swaa_applied(merged) and not any("lora" in n for n, _ in merged.named_parameters())
+        torch.testing.assert_close(merged(**kw).logits[real_tok], adapted[real_tok],
+                                   atol=1e-5, rtol=1e-5)
+        reloaded = LlamaForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+        assert reloaded.config._attn_implementation != "swaa"
+        assert (tmp_path / "merged" / "model.safetensors").is_file()
+        hf.apply_swaa(reloaded, saved)
+        torch.testing.assert_close(reloaded(**kw).logits[real_tok], adapted[real_tok],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_training_runs_with_float32_adapters():
+    cfg = SWAAConfig(window=5, sink=1)
+    examples = random_examples(6, seed=9)
+    results = {}
+    for bf16 in (False, True):
+        opts = train.TrainOptions(max_steps=2, batch_size=3, lr=1e-3, bf16=bf16, progress=False,
+                                  lora=NO_DROPOUT, answer_full=True)
+        results[bf16] = train.finetune(tiny_base(), TOK, examples, cfg, opts)
+    model = results[True].model
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n)
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if "lora_" not in n)
+    assert results[True].losses[0] == pytest.approx(results[False].losses[0], rel=2e-2)
+    assert all(math.isfinite(x) for x in results[True].losses)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tiny_base().save_pretrained(str(path))
+    return path
+
+
+def test_cli_finetune_merge_and_merge_adapter(tmp_path, tiny_model_dir, capsys):
+    data = _write_data(tmp_path / "d.jsonl")
+    out = tmp_path / "ad"
+    rc = cli_main(["finetune", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+                   "--preset", "sink", "--window", "6", "--sink", "2", "--answer-full",
+                   "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2", "--merge",
+                   "--no-progress", "--device", "cpu"])
+    assert rc == 0 and "3 steps" in capsys.readouterr().out
+    assert (out / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
+    rc = cli_main(["finetune", "--merge-adapter", str(out), "--model", str(tiny_model_dir),
+                   "--out", str(tmp_path / "m2"), "--device", "cpu"])
+    assert rc == 0
+    from safetensors.torch import load_file
+
+    a = load_file(str(out / "merged" / "model.safetensors"))
+    b = load_file(str(tmp_path / "m2" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--out", "x"], "--data is required"),
+    (["--out", "x", "--data", "missing.jsonl"], "missing.jsonl"),
+    (["--out", "x", "--data", "DATA", "--preset", "nope"], "nope"),
+    (["--out", "x", "--data", "DATA", "--preset", "naive", "--sink", "4"], "sink"),
+    (["--out", "x", "--data", "DATA", "--full-attention", "--preset", "sink"], "--full-attention"),
+])
+def test_cli_finetune_bad_arguments(argv, message, tmp_path, capsys):
+    data = _write_data(tmp_path / "d.jsonl", n=2)
+    argv = [str(data) if a == "DATA" else str(tmp_path / a) if a == "x" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        cli_main(["finetune", *argv, "--device", "cpu"])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_process_gloo_ddp(tmp_path, tiny_model_dir):
+    data = _write_data(tmp_path / "d.jsonl", n=10, seed=11)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "swaa_ext.cli", "finetune", "--model", str(tiny_model_dir), "--data", str(data),
+           "--out", str(out), "--preset", "sink", "--window", "6", "--sink", "2", "--answer-full",
+           "--max-steps", "4", "--batch-size", "2", "--lr", "1e-2", "--device", "cpu",
+           "--no-progress", "--rank-summary"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 steps, 2 process(es)" in proc.stdout
+    r0 = json.loads((out / "rank0.json").read_text())
+    r1 = json.loads((out / "rank1.json").read_text())
+    assert (r0["world"], r1["world"], r0["steps"], r1["steps"]) == (2, 2, 4, 4)
+    assert r0["losses"] == r1["losses"] and all(math.isfinite(x) for x in r0["losses"])
+    assert r0["weights"].keys() == r1["weights"].keys() and r0["weights"] == r1["weights"]
+    # the weights moved: lora_B starts at zero
+    assert any(abs(v) > 0 for k, v in r0["weights"].items() if "lora_B" in k)
+    assert (out / "adapter_model.safetensors").is_file()
