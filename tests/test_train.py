@@ -470,3 +470,45 @@ def test_torchrun_two_process_gloo_ddp(tmp_path, tiny_model_dir):
     # the weights moved: lora_B starts at zero
     assert any(abs(v) > 0 for k, v in r0["weights"].items() if "lora_B" in k)
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_per_row_prompt_len_with_left_padding_equals_int():
+    """hf's per-row swaa_prompt_len also works on left-padded rows (grouped by padding)."""
+    model = lora_model(SWAAConfig(window=4, sink=1, full_decode=True)).eval()
+    ids = torch.randint(3, 300, (3, 20), generator=torch.Generator().manual_seed(12))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    mask[2, :2] = 0
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask, swaa_prompt_len=14, use_cache=False).logits
+        b = model(input_ids=ids, attention_mask=mask, swaa_prompt_len=torch.full((3,), 14),
+                  use_cache=False).logits
+        c = model(input_ids=ids, attention_mask=mask, swaa_prompt_len=20, use_cache=False).logits
+    real = mask.bool()
+    torch.testing.assert_close(a[real], b[real])
+    assert (a[real] - c[real]).abs().max() > 1e-3  # the prompt end matters
+
+
+def test_hf_tokenizer_with_chat_template(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "user:", "assistant:", "hello", "there", "hi", "[U]", "[A]"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    fast.save_pretrained(str(tmp_path / "plain"))
+    tok = train.load_tokenizer(str(tmp_path / "plain"))
+    ex = train.Example(answer="hi", messages=({"role": "user", "content": "hello there"},))
+    ids, n_prompt = train.encode_example(ex, tok)
+    # no chat template: the plain rendering "user: hello there\nassistant: "
+    assert ids == [1, 4, 6, 7, 5, 8, 2] and n_prompt == 5
+    fast.chat_template = ("{% for m in messages %}{{ '[U] ' if m['role'] == 'user' else '[A] ' }}"
+                          "{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}[A] {% endif %}")
+    fast.save_pretrained(str(tmp_path / "chat"))
+    tok = train.load_tokenizer(str(tmp_path / "chat"))
+    ids, n_prompt = train.encode_example(ex, tok)
+    assert ids == [1, 9, 6, 7, 10, 8, 2] and n_prompt == 5
+    assert train.collate([(ids, n_prompt)], tok.pad_token_id)["labels"][0].tolist() == \
+        [-100] * 5 + [8, 2]
