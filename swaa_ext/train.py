@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import random
+import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -411,6 +412,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
         os.makedirs(opts.out_dir, exist_ok=True)
         log = open(Path(opts.out_dir) / "train_log.jsonl", "w")
     step = 0
+    start = time.perf_counter()
     try:
         epochs = itertools.count() if opts.max_steps is not None else range(opts.epochs)
         for epoch in epochs:
@@ -437,7 +439,10 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 if log is not None:
                     log.write(json.dumps({"step": step, "epoch": epoch, "loss": losses[-1],
-                                          "lr": scheduler.get_last_lr()[0]}) + "\n")
+                                          "lr": scheduler.get_last_lr()[0],
+                                          "tokens": int(batch["attention_mask"].sum()),
+                                          "elapsed_s": round(time.perf_counter() - start, 4)})
+                              + "\n")
             if step >= total:
                 break
     finally:
