@@ -285,8 +285,8 @@ def cmd_bench(args) -> int:
 # ------------------------------------------------------------------------------------- finetune
 def _finetune_config(args) -> Optional[SWAAConfig]:
     if args.full_attention:
-        if args.preset or args.config:
-            raise CliError("--full-attention excludes --preset and --config")
+        if args.preset or args.config or args.window is not None or args.sink is not None:
+            raise CliError("--full-attention excludes --preset, --config, --window and --sink")
         return None
     try:
         if args.config:
