@@ -362,7 +362,9 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
     """LoRA fine-tuning of ``model`` (a transformers causal LM, modified in place: SWAA applied,
     LoRA layers inserted) on ``examples`` with the SWAA plan ``cfg`` active.  Under torchrun
     (torch.distributed initialised) the model is wrapped in DDP and each rank takes its share of
-    every batch round.  Writes the adapter (safetensors) to ``options.out_dir`` on rank 0."""
+    every batch round; the loss is the mean over the round's answer tokens on all ranks, so
+    ``world`` processes with ``batch_size`` b compute what one process with ``world * b`` computes
+    (without dropout).  Writes the adapter (safetensors) to ``options.out_dir`` on rank 0."""
     opts = options or TrainOptions()
     if opts.batch_size < 1 or opts.epochs < 1:
         raise ValueError("finetune: batch_size and epochs must be >= 1")
@@ -421,7 +423,12 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
                     break
                 batch = collate(rows, tokenizer.pad_token_id)
                 loss_sum, count = forward_loss(trained, batch, device)
-                loss = loss_sum / count.clamp_min(1)
+                # mean over the answer tokens of the whole round (all ranks): DDP averages the
+                # gradients over ranks, hence the factor world
+                round_count = count.detach().float().reshape(1)
+                if world > 1:
+                    dist.all_reduce(round_count)
+                loss = loss_sum * world / round_count.clamp_min(1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if opts.max_grad_norm:
@@ -429,11 +436,10 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                value = loss.detach().float().reshape(1)
+                value = loss_sum.detach().float().reshape(1)
                 if world > 1:
                     dist.all_reduce(value)
-                    value /= world
-                losses.append(float(value))
+                losses.append(float(value / round_count.clamp_min(1)))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
