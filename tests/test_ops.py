@@ -248,3 +248,37 @@ def test_build_info():
         assert info["cuda_reason"]
     else:
         assert info["cuda_archs"]
+
+
+def test_module_exports_only_its_init_function():
+    """swaa_ext._C must not export weak copies of c10/torch inline functions:
+    they can interpose on torch's own (seen as crashes when a C++ exception
+    reached torch, with torch 2.11 on the GPU machine)."""
+    import shutil
+    import subprocess
+
+    import swaa_ext._C as ext
+
+    nm = shutil.which("nm")
+    assert nm, "binutils' nm is needed for this check"
+    symbols = subprocess.run([nm, "-D", "--defined-only", ext.__file__], capture_output=True,
+                             text=True, check=True).stdout.split()
+    exported = [s for s in symbols[2::3]]
+    assert exported == ["PyInit__C"], exported[:10]
+
+
+def test_import_before_torch_and_cpp_errors_reach_python():
+    """A fresh interpreter that imports swaa_ext first, then has the C++ op
+    raise: the error arrives as ValueError and the process lives on."""
+    import subprocess
+    import sys
+
+    code = ("import swaa_ext, torch\n"
+            "q = torch.randn(1, 2, 4, 8); k = torch.randn(1, 2, 4, 8)\n"
+            "try:\n"
+            "    torch.ops.swaa.fwd(q, k, k[:, :1], 2, 0, None, 1.0)\n"
+            "except ValueError as e:\n"
+            "    print('caught', 'v has 1' in str(e))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "caught True"
