@@ -72,6 +72,26 @@ void for_each_key_tile(const KeySpan& span, Fn&& fn) {
       fn(j, std::min(kBlockK, range.end - j));
 }
 
+// One task of the forward and of the dq pass: a block of up to kBlockQ query
+// rows of one (batch, query head), and where its rows sit.
+struct QueryBlock {
+  int64_t b, h, kvh;     // batch, query head, the KV head it reads
+  int64_t row0, rows;    // first query row, number of rows
+  int64_t p_first;       // absolute position of row0
+  Visibility vis;
+
+  QueryBlock(const AttnParams& p, int64_t task, int64_t n_qblocks)
+      : b(task / (n_qblocks * p.q_heads)),
+        h((task / n_qblocks) % p.q_heads),
+        kvh(h / p.group()),
+        row0((task % n_qblocks) * kBlockQ),
+        rows(std::min(kBlockQ, p.q_len - row0)),
+        p_first(row0 + p.q_offset),
+        vis(p.visibility(b)) {}
+
+  KeySpan keys() const { return visible_keys(vis, p_first, p_first + rows - 1); }
+};
+
 template <typename scalar_t>
 void fwd_kernel(const AttnParams& p) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -89,14 +109,8 @@ void fwd_kernel(const AttnParams& p) {
     std::vector<acc_t> scores(kBlockQ * kBlockK), acc(kBlockQ * D);
     std::vector<acc_t> row_max(kBlockQ), row_sum(kBlockQ);
     for (int64_t w = begin; w < end; ++w) {
-      const int64_t qb = w % n_qblocks;
-      const int64_t h = (w / n_qblocks) % p.q_heads;
-      const int64_t b = w / (n_qblocks * p.q_heads);
-      const int64_t kvh = h / p.group();
-      const int64_t row0 = qb * kBlockQ;
-      const int64_t rows = std::min(kBlockQ, p.q_len - row0);
-      const int64_t p_first = row0 + p.q_offset;
-      const Visibility vis = p.visibility(b);
+      const QueryBlock blk(p, w, n_qblocks);
+      const auto [b, h, kvh, row0, rows, p_first, vis] = blk;
 
       const scalar_t* q = q_base + b * p.q_batch_stride + h * p.q_head_stride + row0 * p.q_row_stride;
       const scalar_t* k = k_base + b * p.k_batch_stride + kvh * p.k_head_stride;
@@ -106,7 +120,7 @@ void fwd_kernel(const AttnParams& p) {
       std::fill(row_max.begin(), row_max.end(), kNegInf);
       std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
 
-      for_each_key_tile(visible_keys(vis, p_first, p_first + rows - 1), [&](int64_t j0, int64_t n) {
+      for_each_key_tile(blk.keys(), [&](int64_t j0, int64_t n) {
         const auto kr = load_rows<scalar_t, acc_t>(k + j0 * p.k_row_stride, p.k_row_stride, n, D, k_buf);
         const auto vr = load_rows<scalar_t, acc_t>(v + j0 * p.v_row_stride, p.v_row_stride, n, D, v_buf);
         cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), qr.ptr, qr.ld, kr.ptr, kr.ld,
@@ -197,14 +211,8 @@ void bwd_kernel(const AttnParams& p) {
     std::vector<acc_t> q_buf, k_buf, v_buf, do_buf, scratch;
     std::vector<acc_t> s(kBlockQ * kBlockK), dp(kBlockQ * kBlockK), dq_acc(kBlockQ * D);
     for (int64_t w = begin; w < end; ++w) {
-      const int64_t qb = w % n_qblocks;
-      const int64_t h = (w / n_qblocks) % p.q_heads;
-      const int64_t b = w / (n_qblocks * p.q_heads);
-      const int64_t kvh = h / p.group();
-      const int64_t row0 = qb * kBlockQ;
-      const int64_t rows = std::min(kBlockQ, p.q_len - row0);
-      const int64_t p_first = row0 + p.q_offset;
-      const Visibility vis = p.visibility(b);
+      const QueryBlock blk(p, w, n_qblocks);
+      const auto [b, h, kvh, row0, rows, p_first, vis] = blk;
       const float* lse = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + row0;
       const acc_t* dlt = delta.data() + (b * p.q_heads + h) * p.q_len + row0;
       const auto qr = load_rows<scalar_t, acc_t>(
@@ -217,7 +225,7 @@ void bwd_kernel(const AttnParams& p) {
       const scalar_t* v = v_base + b * p.v_batch_stride + kvh * p.v_head_stride;
       std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
 
-      for_each_key_tile(visible_keys(vis, p_first, p_first + rows - 1), [&](int64_t j0, int64_t n) {
+      for_each_key_tile(blk.keys(), [&](int64_t j0, int64_t n) {
         const auto kr = load_rows<scalar_t, acc_t>(k + j0 * p.k_row_stride, p.k_row_stride, n, D, k_buf);
         const auto vr = load_rows<scalar_t, acc_t>(v + j0 * p.v_row_stride, p.v_row_stride, n, D, v_buf);
         cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), qr.ptr, qr.ld, kr.ptr, kr.ld, s.data(), kBlockK, scratch);
