@@ -282,3 +282,30 @@ def test_import_before_torch_and_cpp_errors_reach_python():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "caught True"
+
+
+def test_head_dim_zero_is_rejected():
+    q, k = torch.randn(1, 2, 3, 0), torch.randn(1, 1, 5, 0)
+    with pytest.raises(ValueError, match="head dim"):
+        swaa_ext.swa_attention(q, k, k, window=2)
+
+
+def test_huge_ints_mean_unlimited():
+    """window / sink / full_from beyond int64 range clamp to 'unlimited'."""
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = _inputs(2, 2, 1, 20, 30, 8, torch.float32, gen)
+    full = swaa_ext.swa_attention(q, k, v)
+    torch.testing.assert_close(swaa_ext.swa_attention(q, k, v, window=2**70), full)
+    torch.testing.assert_close(swaa_ext.swa_attention(q, k, v, window=3, sink=2**70), full)
+    torch.testing.assert_close(swaa_ext.swa_attention(q, k, v, window=3, full_from=-2**70), full)
+    torch.testing.assert_close(swaa_ext.swa_attention(q, k, v, window=3, full_from=2**70),
+                               swaa_ext.swa_attention(q, k, v, window=3))
+
+
+def test_nan_inputs_give_nan_rows_not_garbage():
+    q = torch.randn(1, 1, 8, 16)
+    k = torch.randn(1, 1, 8, 16)
+    q[0, 0, 5] = float("nan")
+    out = swaa_ext.swa_attention(q, k, k, window=3)
+    assert torch.isnan(out[0, 0, 5]).all()
+    assert torch.isfinite(out[0, 0, :5]).all() and torch.isfinite(out[0, 0, 6:]).all()

@@ -32,14 +32,14 @@ constexpr int64_t kBlockK = cpu::kTile;  // S tiles are kTile wide
 
 // A view of `rows` rows of a (L, D) matrix as acc_t: the input itself when it
 // is already acc_t, else a widened copy in `buffer`.
-template <typename scalar_t, typename acc_t>
+template <typename acc_t>
 struct Rows {
   const acc_t* ptr;
   int64_t ld;
 };
 
 template <typename scalar_t, typename acc_t>
-Rows<scalar_t, acc_t> load_rows(const scalar_t* src, int64_t row_stride, int64_t rows,
+Rows<acc_t> load_rows(const scalar_t* src, int64_t row_stride, int64_t rows,
                                 int64_t dim, std::vector<acc_t>& buffer) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return {src, row_stride};
