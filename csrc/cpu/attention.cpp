@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "cpu/online_softmax.h"
 #include "cpu/tile_gemm.h"
 
 namespace swaa {
@@ -102,12 +103,10 @@ void fwd_kernel(const AttnParams& p) {
   const auto* k_base = static_cast<const scalar_t*>(p.k);
   const auto* v_base = static_cast<const scalar_t*>(p.v);
   auto* o_base = static_cast<scalar_t*>(p.out);
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
 
   at::parallel_for(0, work, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> q_buf, k_buf, v_buf, scratch;
-    std::vector<acc_t> scores(kBlockQ * kBlockK), acc(kBlockQ * D);
-    std::vector<acc_t> row_max(kBlockQ), row_sum(kBlockQ);
+    std::vector<acc_t> q_buf, k_buf, v_buf, scratch, scores(kBlockQ * kBlockK);
+    cpu::OnlineSoftmax<acc_t> softmax;
     for (int64_t w = begin; w < end; ++w) {
       const QueryBlock blk(p, w, n_qblocks);
       const auto [b, h, kvh, row0, rows, p_first, vis] = blk;
@@ -116,9 +115,7 @@ void fwd_kernel(const AttnParams& p) {
       const scalar_t* k = k_base + b * p.k_batch_stride + kvh * p.k_head_stride;
       const scalar_t* v = v_base + b * p.v_batch_stride + kvh * p.v_head_stride;
       const auto qr = load_rows<scalar_t, acc_t>(q, p.q_row_stride, rows, D, q_buf);
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      std::fill(row_max.begin(), row_max.end(), kNegInf);
-      std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
+      softmax.reset(rows, D);
 
       for_each_key_tile(blk.keys(), [&](int64_t j0, int64_t n) {
         const auto kr = load_rows<scalar_t, acc_t>(k + j0 * p.k_row_stride, p.k_row_stride, n, D, k_buf);
@@ -127,36 +124,17 @@ void fwd_kernel(const AttnParams& p) {
                              scores.data(), kBlockK, scratch);
         if (!vis.tile_fully_visible(p_first, p_first + rows - 1, j0, j0 + n - 1))
           mask_tile(scores.data(), kBlockK, vis, p_first, rows, j0, n);
-        // Online softmax: rescale what was accumulated when the row max grows.
-        for (int64_t r = 0; r < rows; ++r) {
-          acc_t* s = scores.data() + r * kBlockK;
-          acc_t tile_max = kNegInf;
-          for (int64_t c = 0; c < n; ++c) tile_max = std::max(tile_max, s[c]);
-          const acc_t new_max = std::max(row_max[r], tile_max);
-          if (new_max == kNegInf) {  // nothing visible to this row yet
-            for (int64_t c = 0; c < n; ++c) s[c] = 0;
-            continue;
-          }
-          const acc_t correction = cpu::exp_fast(row_max[r] - new_max);
-          for (int64_t c = 0; c < n; ++c) s[c] = cpu::exp_fast(s[c] - new_max);  // vectorised
-          acc_t sum = 0;
-          for (int64_t c = 0; c < n; ++c) sum += s[c];
-          row_sum[r] = row_sum[r] * correction + sum;
-          row_max[r] = new_max;
-          if (correction != acc_t(1))
-            for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= correction;
-        }
-        cpu::gemm_pb<acc_t>(rows, n, D, acc_t(1), scores.data(), kBlockK, vr.ptr, vr.ld, acc.data(), D);
+        softmax.update(scores.data(), kBlockK, n, vr.ptr, vr.ld);
       });
 
       scalar_t* o = o_base + b * p.o_batch_stride + h * p.o_head_stride + row0 * p.o_row_stride;
       float* lse = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + row0;
       for (int64_t r = 0; r < rows; ++r) {
-        // Every query sees at least itself, so row_sum > 0.
-        const acc_t inv = acc_t(1) / row_sum[r];
+        // Every query sees at least itself, so the sum is > 0.
+        const acc_t inv = acc_t(1) / softmax.sum[r];
         for (int64_t d = 0; d < D; ++d)
-          o[r * p.o_row_stride + d] = static_cast<scalar_t>(acc[r * D + d] * inv);
-        lse[r] = static_cast<float>(row_max[r] + std::log(row_sum[r]));
+          o[r * p.o_row_stride + d] = static_cast<scalar_t>(softmax.acc[r * D + d] * inv);
+        lse[r] = static_cast<float>(softmax.lse(r));
       }
     }
   });
