@@ -178,7 +178,10 @@ def plot(rows, path: Path) -> None:
                 pts = sorted((r["N"], r["tflops"]) for r in rows
                              if (r["impl"], r["pass"], r["D"], r["W"], r["S"]) == (impl, pas, d, w, s))
                 if pts and (impl != "sdpa" or s == min(x[3] for x in keys)):
-                    label = impl if impl == "sdpa" else f"{impl} W={w} S={s}"
+                    # sdpa computes full causal attention; its TFLOP/s count the
+                    # pairs the SWA mask keeps, i.e. the useful work at that W
+                    label = (f"sdpa causal (useful at W={w})" if impl == "sdpa"
+                             else f"{impl} W={w} S={s}")
                     ax.plot(*zip(*pts), marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sequence length N")
@@ -206,7 +209,11 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="attention", help="results file bench/results/NAME.jsonl")
     ap.add_argument("--no-save", action="store_true", help="print only, append no rows")
     ap.add_argument("--plot", type=Path, help="write a PNG of TFLOP/s vs N")
+    ap.add_argument("--plot-from", type=Path, metavar="JSONL",
+                    help="measure nothing: plot rows of an earlier run (filtered by --D/--W/--S)")
     args = ap.parse_args(argv)
+    if args.plot_from:
+        return plot_saved(args)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     preset = dict(PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu")])
@@ -238,6 +245,22 @@ def main(argv=None) -> int:
         print(f"{len(rows)} rows appended to {path}")
     if args.plot:
         plot(rows, args.plot)
+    return 0
+
+
+def plot_saved(args) -> int:
+    """Plot the rows of a results file (e.g. a GPU run) without measuring."""
+    import json
+
+    rows = [json.loads(line) for line in args.plot_from.read_text().splitlines() if line.strip()]
+    for key in ("D", "W", "S"):
+        wanted = getattr(args, key)
+        if wanted:
+            rows = [r for r in rows if r[key] in wanted]
+    if not rows or not args.plot:
+        print("nothing to plot (no rows left, or no --plot PATH)")
+        return 1
+    plot(rows, args.plot)
     return 0
 
 

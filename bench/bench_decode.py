@@ -22,12 +22,9 @@ bw_fraction = gbps / device-to-device copy bandwidth measured in the same run.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
 import statistics
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,23 +33,10 @@ import torch.nn.functional as F
 
 from swaa_ext import RingKVCache
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def git_commit() -> str:
-    if os.environ.get("SWAA_COMMIT"):
-        return os.environ["SWAA_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                       stderr=subprocess.DEVNULL, text=True).strip()
-    except Exception:  # noqa: BLE001  (no git on the device machine)
-        return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"
 
 
 def sync(device):
@@ -226,14 +210,14 @@ def main() -> None:
         fulls = [int(x) for x in args.full.split(",")]
     impls = args.impls.split(",")
     es = torch.empty((), dtype=dtype).element_size()
-    gpu = device_name(device)
+    meta = common.run_metadata(device)
+    if args.run:
+        meta["run"] = args.run
+    gpu = meta["gpu"]
     out_path = Path(args.out) if args.out else \
         ROOT / "bench" / "results" / f"{args.name or 'decode_' + gpu.replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(run=args.run or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"), gpu=gpu,
-                torch=torch.__version__, commit=git_commit(),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                copy_gbps=copy_bw / 1e9)
+    meta["copy_gbps"] = copy_bw / 1e9
     print(f"{gpu}: copy bandwidth {copy_bw / 1e9:.0f} GB/s; Hq={Hq} Hkv={Hkv} D={D} W={W} S={S} "
           f"{dtype}")
     rows = []
@@ -277,9 +261,7 @@ def main() -> None:
             rows.append(row)
             print(f"  B={B:3d} {impl:18s} {row['ms']:8.4f} ms {row['gbps']:8.1f} GB/s "
                   f"bw_fraction {row['bw_fraction']:.2f} ({mode})")
-    with open(out_path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    common.append_rows(out_path, rows)
     # Goals of issue 4, side by side.
     by = {(r["impl"], r["B"]): r for r in rows}
     print("\nB    ring_ms  vs_sdpa_contiguous  vs_hf_static_sliding  ring_bw_fraction")

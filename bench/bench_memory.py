@@ -19,8 +19,7 @@ it, and a Markdown table is printed.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,10 +28,8 @@ import torch.nn.functional as F
 
 from swaa_ext import RingKVCache
 
-try:
-    from bench_decode import device_name, git_commit  # run as a script from bench/
-except ImportError:  # pragma: no cover
-    from bench.bench_decode import device_name, git_commit
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,13 +145,13 @@ def main() -> None:
     if args.heads:
         Hq, Hkv, D = (int(x) for x in args.heads.split(","))
     B = 1
-    gpu = device_name(device)
+    meta = common.run_metadata(device)
+    if args.run:
+        meta["run"] = args.run
+    gpu = meta["gpu"]
     out_path = Path(args.out) if args.out else \
         ROOT / "bench" / "results" / f"{args.name or 'memory_' + gpu.replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(run=args.run or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"), gpu=gpu,
-                torch=torch.__version__, commit=git_commit(),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     # Warm-up (kernel loading, allocator) outside the measurements.
     for impl in ("ring", "full"):
         stream(impl, 2 * chunk, chunk, B, Hq, Hkv, D, W, S, dtype, device)
@@ -166,8 +163,7 @@ def main() -> None:
                        W=W, S=S, dtype=str(dtype).replace("torch.", ""), bytes_held=held,
                        peak_bytes=peak, seconds=sec, tokens_per_s=T / sec, **meta)
             rows.append(row)
-            with open(out_path, "a") as f:  # row by row: a killed run keeps what it measured
-                f.write(json.dumps(row) + "\n")
+            common.append_rows(out_path, [row])  # row by row: a killed run keeps what it measured
             print(f"  {impl:5s} T={T:8d} held {held / 2**20:9.1f} MiB  peak "
                   f"{'-' if peak is None else f'{peak / 2**20:9.1f} MiB'}  {sec:8.3f} s")
     png = out_path.with_suffix(".png")

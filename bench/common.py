@@ -27,11 +27,14 @@ def run_metadata(device: torch.device) -> dict:
         hw = torch.cuda.get_device_name(device)
     else:
         hw = "cpu"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    # SWAA_COMMIT: for machines that get the tree without its .git (the GPU machine)
+    commit = os.environ.get("SWAA_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
     now = _dt.datetime.now(_dt.timezone.utc)
     return {
         "run": f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",

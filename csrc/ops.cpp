@@ -47,6 +47,7 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
                     " differs from v length ", v.size(2));
   TORCH_CHECK_VALUE(q.size(2) <= k.size(2), "swa_attention: q length (Lq = ", q.size(2),
                     ") must not exceed k length (Lk = ", k.size(2), ")");
+  TORCH_CHECK_VALUE(q.size(3) >= 1, "swa_attention: head dim (D) must be >= 1, got ", q.size(3));
   TORCH_CHECK_VALUE(k.size(3) == q.size(3) && v.size(3) == q.size(3),
                     "swa_attention: head dims differ: q ", q.size(3), ", k ", k.size(3), ", v ",
                     v.size(3));

@@ -50,6 +50,10 @@ RingCall prepare_ring(RingOp op, const at::Tensor& q, const at::Tensor& k, const
   const char* name = op_name(op);
   TORCH_CHECK_VALUE(window >= 1, name, ": window must be >= 1, got ", window);
   TORCH_CHECK_VALUE(sink >= 0, name, ": sink must be >= 0, got ", sink);
+  // bounded so that sink + window and every position stay far from overflow
+  TORCH_CHECK_VALUE(window <= kNoWindow && sink <= kNoWindow, name,
+                    ": window and sink must be at most 2^60, got window = ", window, ", sink = ",
+                    sink);
 
   // The cache fixes batch, KV heads, head dim, dtype and device.
   check_rank4_unit_stride(name, "k_cache", k_cache, "(B, Hkv, sink + window, D)");
@@ -109,6 +113,13 @@ RingCall prepare_ring(RingOp op, const at::Tensor& q, const at::Tensor& k, const
   TORCH_CHECK_VALUE(seqlens.device() == device, name, ": seqlens is on ", seqlens.device(),
                     " but the cache is on ", device);
   TORCH_CHECK_VALUE(seqlens.is_contiguous(), name, ": seqlens must be contiguous");
+  if (device.is_cpu()) {
+    // A negative position would index before the cache.  Checked where it
+    // costs no device sync; the CUDA kernels treat negative positions as 0.
+    const int64_t* pos = seqlens.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b)
+      TORCH_CHECK_VALUE(pos[b] >= 0, name, ": seqlens[", b, "] = ", pos[b], " must be >= 0");
+  }
 
   RingCall call;
   if (lengths.has_value()) {

@@ -107,8 +107,15 @@ class RingKVCache:
                 raise ValueError(f"RingKVCache.reset: rows mask must have shape ({self.batch},), "
                                  f"got {tuple(rows.shape)}")
             self._seqlens.masked_fill_(rows, 0)
-        else:
-            self._seqlens.index_fill_(0, rows.long().reshape(-1), 0)
+            return
+        if rows.is_floating_point() or rows.is_complex():
+            raise ValueError(f"RingKVCache.reset: rows must be a bool mask or integer row indices, "
+                             f"got {rows.dtype}")
+        rows = rows.long().reshape(-1)
+        if rows.numel() and (rows.min() < 0 or rows.max() >= self.batch):  # reads the device once
+            raise ValueError(f"RingKVCache.reset: rows must lie in [0, {self.batch}), "
+                             f"got {rows.tolist()}")
+        self._seqlens.index_fill_(0, rows, 0)
 
     # ------------------------------------------------------------------ attend
     def _check(self, q, k, v, lengths) -> None:

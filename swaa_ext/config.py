@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -84,6 +85,8 @@ def _parse_slice(field: str, text: str) -> Tuple[int, Optional[int], int]:
     if start < 0 or step < 1 or (end is not None and end < 0):
         raise ValueError(f"SWAAConfig: {field} shorthand needs offset >= 0, end >= 0 and step >= 1, "
                          f"got {text!r}")
+    if end is not None and end <= start:
+        raise ValueError(f"SWAAConfig: {field} shorthand {text!r} selects no layer (end <= offset)")
     return start, end, step
 
 
@@ -96,13 +99,25 @@ def _normalise_layers(field: str, value) -> LayerSet:
                          f"'offset::step' string, got {value!r}")
     indices = tuple(value)
     for idx in indices:
-        if isinstance(idx, bool) or not isinstance(idx, int):
+        if isinstance(idx, bool) or not isinstance(idx, numbers.Integral):
             raise ValueError(f"SWAAConfig: {field} must hold int layer indices, got {idx!r}")
+    indices = tuple(int(idx) for idx in indices)  # numpy / torch integers become ints
+    for idx in indices:
         if idx < 0:
             raise ValueError(f"SWAAConfig: {field} layer indices must be >= 0, got {idx}")
     if len(set(indices)) != len(indices):
         raise ValueError(f"SWAAConfig: {field} has duplicate layer indices: {indices}")
     return indices
+
+
+def _swaa_layers(value) -> tuple:
+    """The toolkit's ``non_sliding_layers``: a list of indices; missing or None = none."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("SWAAConfig: non_sliding_layers must be a list of layer indices, got "
+                         f"{value!r}")
+    return tuple(value)
 
 
 def _resolve_layers(field: str, layers: LayerSet, num_layers: int) -> frozenset:
@@ -215,7 +230,7 @@ class SWAAConfig:
         if not isinstance(force, bool):
             raise ValueError(f"SWAAConfig: force_fa_decode must be a bool, got {force!r}")
         return cls(window=d["sliding_window_size"], sink=d.get("keep_first", 0),
-                   full_layers=tuple(d.get("non_sliding_layers") or ()), full_decode=force)
+                   full_layers=_swaa_layers(d.get("non_sliding_layers")), full_decode=force)
 
     def to_swaa_dict(self) -> dict:
         """The published toolkit's keys; raises when the recipe has no equivalent there."""

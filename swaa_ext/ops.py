@@ -18,15 +18,23 @@ __all__ = ["swa_attention"]
 FullFrom = Union[None, int, torch.Tensor]
 
 
-def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
+# Positions and lengths beyond this mean "unlimited" / "never" to the kernels
+# (kNoWindow, kNever in csrc/include/swaa/visibility.h); larger Python ints
+# are clamped to it so they never overflow the op's int64 arguments.
+_UNLIMITED = 1 << 60
+
+
+def _check_int(name: str, value, minimum: int, allow_none: bool = False):
+    """Validates an int argument and returns it clamped to _UNLIMITED."""
     if value is None and allow_none:
-        return
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"swa_attention: {name} must be an int{' or None' if allow_none else ''}, "
                         f"got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"swa_attention: {name} must be >= {minimum}"
                          f"{' or None' if allow_none else ''}, got {value}")
+    return min(value, _UNLIMITED)
 
 
 def _full_from_tensor(full_from: FullFrom, q: torch.Tensor) -> Optional[torch.Tensor]:
@@ -40,6 +48,7 @@ def _full_from_tensor(full_from: FullFrom, q: torch.Tensor) -> Optional[torch.Te
     if isinstance(full_from, bool) or not isinstance(full_from, int):
         raise TypeError("swa_attention: full_from must be None, an int or an int tensor of shape "
                         f"(B,), got {type(full_from).__name__}")
+    full_from = max(-_UNLIMITED, min(full_from, _UNLIMITED))
     return torch.full((q.shape[0],), full_from, dtype=torch.int64, device=q.device)
 
 
@@ -64,8 +73,8 @@ def swa_attention(
     float32 log-sum-exp (B, Hq, Lq) of the scaled scores (no gradient flows
     through lse).
     """
-    _check_int("window", window, 1, allow_none=True)
-    _check_int("sink", sink, 0)
+    window = _check_int("window", window, 1, allow_none=True)
+    sink = _check_int("sink", sink, 0)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"swa_attention: {name} must be a tensor, got {type(t).__name__}")

@@ -250,9 +250,9 @@ def test_poisoned_outputs_are_all_written():
 ])
 def test_unsupported_inputs_raise(dtype, D, error, needle):
     """No silent fallback: a clear error naming what the CUDA kernels support.
-    Run in a subprocess: on the H200 machine (torch 2.11) one of these error
-    paths once took the whole process down with a segfault (see
-    docs/cuda_kernels.md); a crash must fail this test, not the suite."""
+    Run in a subprocess, so that a crash fails this test and not the suite (a
+    symbol-export bug once made such error paths segfault on torch 2.11; see
+    docs/cuda_kernels.md)."""
     script = textwrap.dedent(f"""
         import torch, swaa_ext
         q = torch.randn(1, 2, 8, {D}, device="cuda", dtype=torch.{dtype})

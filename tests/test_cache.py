@@ -177,6 +177,10 @@ def test_reset_cpu():
     assert cache.seqlens.tolist() == [9, 0]
     cache.reset()
     assert cache.seqlens.tolist() == [0, 0]
+    for bad, message in ((torch.tensor([0.0]), "bool mask or integer"), ([-1], "lie in \\[0, 2\\)"),
+                         ([2], "lie in \\[0, 2\\)"), (torch.tensor([True]), "shape \\(2,\\)")):
+        with pytest.raises(ValueError, match=message):
+            cache.reset(bad)
     q, k, v = torch.randn(2, 2, 3, 8), torch.randn(2, 1, 3, 8), torch.randn(2, 1, 3, 8)
     torch.testing.assert_close(cache.attend(q, k, v), swa_attention(q, k, v, window=4, sink=1),
                                atol=2e-5, rtol=2e-5)
@@ -249,6 +253,10 @@ def test_op_argument_checks_name_the_argument_cpu():
         torch.ops.swaa.ring_append(kc, vc, k, k[:, :1], seq, None, 4, 2)
     with pytest.raises(ValueError, match="q must hold exactly one position"):
         torch.ops.swaa.ring_decode(torch.randn(2, 2, 3, 8), k, k, kc, vc, seq, None, 4, 2, 1.0, 0)
+    with pytest.raises(ValueError, match="seqlens\\[1\\] = -3 must be >= 0"):
+        torch.ops.swaa.ring_append(kc, vc, k, k, torch.tensor([0, -3]), None, 4, 2)
+    with pytest.raises(ValueError, match="window and sink must be at most"):
+        torch.ops.swaa.ring_append(kc, vc, k, k, seq, None, 2**62, 2)
     with pytest.raises(ValueError, match="window must be >= 1"):
         RingKVCache(1, 1, 8, window=0, device="cpu")
     with pytest.raises(ValueError, match="sink must be >= 0"):

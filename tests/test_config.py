@@ -48,6 +48,7 @@ def test_full_tail_only_on_swa_layers():
     ({"full_layers": (-1,)}, "full_layers"), ({"full_layers": (1, 1)}, "full_layers"),
     ({"full_layers": "x::2"}, "full_layers"), ({"full_layers": "1::0"}, "full_layers"),
     ({"full_layers": 3}, "full_layers"), ({"full_decode": ("a",)}, "full_decode"),
+    ({"full_layers": "3:2:1"}, "full_layers"), ({"full_layers": "0:0:1"}, "full_layers"),
 ])
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -94,6 +95,17 @@ def test_swaa_toolkit_dict(tmp_path):
         SWAAConfig.from_swaa_dict({"sliding_window_size": 8, "force_fa_decode": "yes"})
     with pytest.raises(ValueError, match="window"):
         SWAAConfig.from_swaa_dict({"sliding_window_size": 0})
+    # non_sliding_layers must be a list: 0 or 3 or "1::2" are not silently read
+    for bad in (0, 3, "1::2", False):
+        with pytest.raises(ValueError, match="non_sliding_layers"):
+            SWAAConfig.from_swaa_dict({"sliding_window_size": 8, "non_sliding_layers": bad})
+    assert SWAAConfig.from_swaa_dict({"sliding_window_size": 8,
+                                      "non_sliding_layers": None}).full_layers == ()
+
+
+def test_numpy_layer_indices_are_accepted():
+    np = pytest.importorskip("numpy")
+    assert SWAAConfig(full_layers=np.array([1, 3])).full_layers == (1, 3)
 
 
 def test_presets():

@@ -248,3 +248,64 @@ def test_build_info():
         assert info["cuda_reason"]
     else:
         assert info["cuda_archs"]
+
+
+def test_module_exports_only_its_init_function():
+    """swaa_ext._C must not export weak copies of c10/torch inline functions:
+    they can interpose on torch's own (seen as crashes when a C++ exception
+    reached torch, with torch 2.11 on the GPU machine)."""
+    import shutil
+    import subprocess
+
+    import swaa_ext._C as ext
+
+    nm = shutil.which("nm")
+    assert nm, "binutils' nm is needed for this check"
+    symbols = subprocess.run([nm, "-D", "--defined-only", ext.__file__], capture_output=True,
+                             text=True, check=True).stdout.split()
+    exported = [s for s in symbols[2::3]]
+    assert exported == ["PyInit__C"], exported[:10]
+
+
+def test_import_before_torch_and_cpp_errors_reach_python():
+    """A fresh interpreter that imports swaa_ext first, then has the C++ op
+    raise: the error arrives as ValueError and the process lives on."""
+    import subprocess
+    import sys
+
+    code = ("import swaa_ext, torch\n"
+            "q = torch.randn(1, 2, 4, 8); k = torch.randn(1, 2, 4, 8)\n"
+            "try:\n"
+            "    torch.ops.swaa.fwd(q, k, k[:, :1], 2, 0, None, 1.0)\n"
+            "except ValueError as e:\n"
+            "    print('caught', 'v has 1' in str(e))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "caught True"
+
+
+def test_head_dim_zero_is_rejected():
+    q, k = torch.randn(1, 2, 3, 0), torch.randn(1, 1, 5, 0)
+    with pytest.raises(ValueError, match="head dim"):
+        swaa_ext.swa_attention(q, k, k, window=2)
+
+
+def test_huge_ints_mean_unlimited():
+    """window / sink / full_from beyond int64 range clamp to 'unlimited'."""
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = _inputs(2, 2, 1, 20, 30, 8, torch.float32, gen)
+    full = swaa_ext.swa_attention(q, k, v)
+    torch.testing.assert_close(swaa_ext.swa_attention(q, k, v, window=2**70), full)
+    torch.testing.assert_close(swaa_ext.swa_attention(q, k, v, window=3, sink=2**70), full)
+    torch.testing.assert_close(swaa_ext.swa_attention(q, k, v, window=3, full_from=-2**70), full)
+    torch.testing.assert_close(swaa_ext.swa_attention(q, k, v, window=3, full_from=2**70),
+                               swaa_ext.swa_attention(q, k, v, window=3))
+
+
+def test_nan_inputs_give_nan_rows_not_garbage():
+    q = torch.randn(1, 1, 8, 16)
+    k = torch.randn(1, 1, 8, 16)
+    q[0, 0, 5] = float("nan")
+    out = swaa_ext.swa_attention(q, k, k, window=3)
+    assert torch.isnan(out[0, 0, 5]).all()
+    assert torch.isfinite(out[0, 0, :5]).all() and torch.isfinite(out[0, 0, 6:]).all()

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "cpu/online_softmax.h"
 #include "cpu/tile_gemm.h"
 
 namespace swaa {
@@ -32,14 +33,14 @@ constexpr int64_t kBlockK = cpu::kTile;  // S tiles are kTile wide
 
 // A view of `rows` rows of a (L, D) matrix as acc_t: the input itself when it
 // is already acc_t, else a widened copy in `buffer`.
-template <typename scalar_t, typename acc_t>
+template <typename acc_t>
 struct Rows {
   const acc_t* ptr;
   int64_t ld;
 };
 
 template <typename scalar_t, typename acc_t>
-Rows<scalar_t, acc_t> load_rows(const scalar_t* src, int64_t row_stride, int64_t rows,
+Rows<acc_t> load_rows(const scalar_t* src, int64_t row_stride, int64_t rows,
                                 int64_t dim, std::vector<acc_t>& buffer) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return {src, row_stride};
@@ -72,6 +73,26 @@ void for_each_key_tile(const KeySpan& span, Fn&& fn) {
       fn(j, std::min(kBlockK, range.end - j));
 }
 
+// One task of the forward and of the dq pass: a block of up to kBlockQ query
+// rows of one (batch, query head), and where its rows sit.
+struct QueryBlock {
+  int64_t b, h, kvh;     // batch, query head, the KV head it reads
+  int64_t row0, rows;    // first query row, number of rows
+  int64_t p_first;       // absolute position of row0
+  Visibility vis;
+
+  QueryBlock(const AttnParams& p, int64_t task, int64_t n_qblocks)
+      : b(task / (n_qblocks * p.q_heads)),
+        h((task / n_qblocks) % p.q_heads),
+        kvh(h / p.group()),
+        row0((task % n_qblocks) * kBlockQ),
+        rows(std::min(kBlockQ, p.q_len - row0)),
+        p_first(row0 + p.q_offset),
+        vis(p.visibility(b)) {}
+
+  KeySpan keys() const { return visible_keys(vis, p_first, p_first + rows - 1); }
+};
+
 template <typename scalar_t>
 void fwd_kernel(const AttnParams& p) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -82,67 +103,38 @@ void fwd_kernel(const AttnParams& p) {
   const auto* k_base = static_cast<const scalar_t*>(p.k);
   const auto* v_base = static_cast<const scalar_t*>(p.v);
   auto* o_base = static_cast<scalar_t*>(p.out);
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
 
   at::parallel_for(0, work, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> q_buf, k_buf, v_buf, scratch;
-    std::vector<acc_t> scores(kBlockQ * kBlockK), acc(kBlockQ * D);
-    std::vector<acc_t> row_max(kBlockQ), row_sum(kBlockQ);
+    std::vector<acc_t> q_buf, k_buf, v_buf, scratch, scores(kBlockQ * kBlockK);
+    cpu::OnlineSoftmax<acc_t> softmax;
     for (int64_t w = begin; w < end; ++w) {
-      const int64_t qb = w % n_qblocks;
-      const int64_t h = (w / n_qblocks) % p.q_heads;
-      const int64_t b = w / (n_qblocks * p.q_heads);
-      const int64_t kvh = h / p.group();
-      const int64_t row0 = qb * kBlockQ;
-      const int64_t rows = std::min(kBlockQ, p.q_len - row0);
-      const int64_t p_first = row0 + p.q_offset;
-      const Visibility vis = p.visibility(b);
+      const QueryBlock blk(p, w, n_qblocks);
+      const auto [b, h, kvh, row0, rows, p_first, vis] = blk;
 
       const scalar_t* q = q_base + b * p.q_batch_stride + h * p.q_head_stride + row0 * p.q_row_stride;
       const scalar_t* k = k_base + b * p.k_batch_stride + kvh * p.k_head_stride;
       const scalar_t* v = v_base + b * p.v_batch_stride + kvh * p.v_head_stride;
       const auto qr = load_rows<scalar_t, acc_t>(q, p.q_row_stride, rows, D, q_buf);
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      std::fill(row_max.begin(), row_max.end(), kNegInf);
-      std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
+      softmax.reset(rows, D);
 
-      for_each_key_tile(visible_keys(vis, p_first, p_first + rows - 1), [&](int64_t j0, int64_t n) {
+      for_each_key_tile(blk.keys(), [&](int64_t j0, int64_t n) {
         const auto kr = load_rows<scalar_t, acc_t>(k + j0 * p.k_row_stride, p.k_row_stride, n, D, k_buf);
         const auto vr = load_rows<scalar_t, acc_t>(v + j0 * p.v_row_stride, p.v_row_stride, n, D, v_buf);
         cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), qr.ptr, qr.ld, kr.ptr, kr.ld,
                              scores.data(), kBlockK, scratch);
         if (!vis.tile_fully_visible(p_first, p_first + rows - 1, j0, j0 + n - 1))
           mask_tile(scores.data(), kBlockK, vis, p_first, rows, j0, n);
-        // Online softmax: rescale what was accumulated when the row max grows.
-        for (int64_t r = 0; r < rows; ++r) {
-          acc_t* s = scores.data() + r * kBlockK;
-          acc_t tile_max = kNegInf;
-          for (int64_t c = 0; c < n; ++c) tile_max = std::max(tile_max, s[c]);
-          const acc_t new_max = std::max(row_max[r], tile_max);
-          if (new_max == kNegInf) {  // nothing visible to this row yet
-            for (int64_t c = 0; c < n; ++c) s[c] = 0;
-            continue;
-          }
-          const acc_t correction = cpu::exp_fast(row_max[r] - new_max);
-          for (int64_t c = 0; c < n; ++c) s[c] = cpu::exp_fast(s[c] - new_max);  // vectorised
-          acc_t sum = 0;
-          for (int64_t c = 0; c < n; ++c) sum += s[c];
-          row_sum[r] = row_sum[r] * correction + sum;
-          row_max[r] = new_max;
-          if (correction != acc_t(1))
-            for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= correction;
-        }
-        cpu::gemm_pb<acc_t>(rows, n, D, acc_t(1), scores.data(), kBlockK, vr.ptr, vr.ld, acc.data(), D);
+        softmax.update(scores.data(), kBlockK, n, vr.ptr, vr.ld);
       });
 
       scalar_t* o = o_base + b * p.o_batch_stride + h * p.o_head_stride + row0 * p.o_row_stride;
       float* lse = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + row0;
       for (int64_t r = 0; r < rows; ++r) {
-        // Every query sees at least itself, so row_sum > 0.
-        const acc_t inv = acc_t(1) / row_sum[r];
+        // Every query sees at least itself, so the sum is > 0.
+        const acc_t inv = acc_t(1) / softmax.sum[r];
         for (int64_t d = 0; d < D; ++d)
-          o[r * p.o_row_stride + d] = static_cast<scalar_t>(acc[r * D + d] * inv);
-        lse[r] = static_cast<float>(row_max[r] + std::log(row_sum[r]));
+          o[r * p.o_row_stride + d] = static_cast<scalar_t>(softmax.acc[r * D + d] * inv);
+        lse[r] = static_cast<float>(softmax.lse(r));
       }
     }
   });
@@ -197,14 +189,8 @@ void bwd_kernel(const AttnParams& p) {
     std::vector<acc_t> q_buf, k_buf, v_buf, do_buf, scratch;
     std::vector<acc_t> s(kBlockQ * kBlockK), dp(kBlockQ * kBlockK), dq_acc(kBlockQ * D);
     for (int64_t w = begin; w < end; ++w) {
-      const int64_t qb = w % n_qblocks;
-      const int64_t h = (w / n_qblocks) % p.q_heads;
-      const int64_t b = w / (n_qblocks * p.q_heads);
-      const int64_t kvh = h / p.group();
-      const int64_t row0 = qb * kBlockQ;
-      const int64_t rows = std::min(kBlockQ, p.q_len - row0);
-      const int64_t p_first = row0 + p.q_offset;
-      const Visibility vis = p.visibility(b);
+      const QueryBlock blk(p, w, n_qblocks);
+      const auto [b, h, kvh, row0, rows, p_first, vis] = blk;
       const float* lse = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + row0;
       const acc_t* dlt = delta.data() + (b * p.q_heads + h) * p.q_len + row0;
       const auto qr = load_rows<scalar_t, acc_t>(
@@ -217,7 +203,7 @@ void bwd_kernel(const AttnParams& p) {
       const scalar_t* v = v_base + b * p.v_batch_stride + kvh * p.v_head_stride;
       std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
 
-      for_each_key_tile(visible_keys(vis, p_first, p_first + rows - 1), [&](int64_t j0, int64_t n) {
+      for_each_key_tile(blk.keys(), [&](int64_t j0, int64_t n) {
         const auto kr = load_rows<scalar_t, acc_t>(k + j0 * p.k_row_stride, p.k_row_stride, n, D, k_buf);
         const auto vr = load_rows<scalar_t, acc_t>(v + j0 * p.v_row_stride, p.v_row_stride, n, D, v_buf);
         cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), qr.ptr, qr.ld, kr.ptr, kr.ld, s.data(), kBlockK, scratch);

@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/online_softmax.h"
 #include "cpu/tile_gemm.h"
 #include "ring_ops.h"
 
@@ -97,49 +98,6 @@ void load_queries(const scalar_t* q, int64_t row_stride, int64_t rows, int64_t D
 }
 
 // Running softmax state of `rows` query rows: max, sum and unnormalised output.
-template <typename acc_t>
-struct OnlineSoftmax {
-  int64_t rows, dim;
-  std::vector<acc_t> max, sum, acc;
-
-  void reset(int64_t r, int64_t d) {
-    rows = r, dim = d;
-    max.assign(r, -std::numeric_limits<acc_t>::infinity());
-    sum.assign(r, acc_t(0));
-    acc.assign(r * d, acc_t(0));
-  }
-  // Folds in a tile of scores (rows x n, leading dim lds; -inf = masked) and
-  // the tile's values (n x dim).  Overwrites the scores with probabilities.
-  void update(acc_t* scores, int64_t lds, int64_t n, const acc_t* values) {
-    constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-    for (int64_t r = 0; r < rows; ++r) {
-      acc_t* s = scores + r * lds;
-      acc_t tile_max = kNegInf;
-      for (int64_t c = 0; c < n; ++c) tile_max = std::max(tile_max, s[c]);
-      const acc_t new_max = std::max(max[r], tile_max);
-      if (new_max == kNegInf) {  // nothing visible to this row yet
-        std::fill(s, s + n, acc_t(0));
-        continue;
-      }
-      const acc_t correction = std::exp(max[r] - new_max);
-      acc_t tile_sum = 0;
-      for (int64_t c = 0; c < n; ++c) {
-        s[c] = std::exp(s[c] - new_max);
-        tile_sum += s[c];
-      }
-      sum[r] = sum[r] * correction + tile_sum;
-      max[r] = new_max;
-      if (correction != acc_t(1))
-        for (int64_t d = 0; d < dim; ++d) acc[r * dim + d] *= correction;
-    }
-    cpu::gemm_pb<acc_t>(rows, n, dim, acc_t(1), scores, lds, values, dim, acc.data(), dim);
-  }
-  // Natural-log log-sum-exp of row r; -inf when the row saw nothing.
-  acc_t lse(int64_t r) const {
-    return sum[r] > 0 ? max[r] + std::log(sum[r]) : -std::numeric_limits<acc_t>::infinity();
-  }
-};
-
 template <typename scalar_t>
 void append_kernel(const RingParams& p) {
   const int64_t D = p.head_dim;
@@ -171,7 +129,7 @@ void chunk_kernel(const RingParams& p) {
   const Visibility vis = p.ring.visibility();
   at::parallel_for(0, p.batch * p.q_heads * n_qblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> q_rows, k_tile, v_tile, scratch, scores(kBlockQ * kBlockK);
-    OnlineSoftmax<acc_t> state;
+    cpu::OnlineSoftmax<acc_t> state;
     for (int64_t w = begin; w < end; ++w) {
       const int64_t qb = w % n_qblocks;
       const int64_t h = (w / n_qblocks) % p.q_heads;
@@ -200,7 +158,7 @@ void chunk_kernel(const RingParams& p) {
                 for (int64_t c = 0; c < n; ++c)
                   if (!vis.visible(p_first + r, j0 + c))
                     scores[r * kBlockK + c] = -std::numeric_limits<acc_t>::infinity();
-            state.update(scores.data(), kBlockK, n, v_tile.data());
+            state.update(scores.data(), kBlockK, n, v_tile.data(), D);
           }
         }
       }
@@ -238,7 +196,7 @@ void decode_kernel(const RingParams& p, int64_t splits) {
 
   at::parallel_for(0, p.batch * p.kv_heads * splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> q_rows, k_tile, v_tile, scratch, scores(G * kBlockK);
-    OnlineSoftmax<acc_t> state;
+    cpu::OnlineSoftmax<acc_t> state;
     for (int64_t w = begin; w < end; ++w) {
       const int64_t split = w % splits;
       const int64_t kvh = (w / splits) % p.kv_heads;
@@ -265,7 +223,7 @@ void decode_kernel(const RingParams& p, int64_t splits) {
                                      v_tile);
         cpu::gemm_abt<acc_t>(G, n, D, acc_t(p.scale), q_rows.data(), D, k_tile.data(), D,
                              scores.data(), kBlockK, scratch);
-        state.update(scores.data(), kBlockK, n, v_tile.data());
+        state.update(scores.data(), kBlockK, n, v_tile.data(), D);
       }
       for (int64_t g = 0; g < G; ++g) {
         const int64_t slot = ((b * p.q_heads + kvh * G + g) * splits + split);

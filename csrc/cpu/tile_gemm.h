@@ -121,8 +121,10 @@ void gemm_ptb(int64_t m, int64_t n, int64_t d, T alpha, const T* p, int64_t ldp,
 // polynomial (relative error about 1.5e-7, a couple of ulp).  Inputs below -88
 // (masked scores are -inf) give exactly 0.
 inline float exp_fast(float x) {
+  const float in = x;
   x = x < -88.0f ? -88.0f : x;
   x = x > 88.0f ? 88.0f : x;
+  x = x == x ? x : 0.0f;  // NaN: keep the integer conversion below defined
   const float t = x * 1.44269504088896341f;
   // round to nearest by adding and removing 1.5 * 2^23 (plain float adds, so
   // the loop vectorises; std::floor may become a libm call)
@@ -136,7 +138,8 @@ inline float exp_fast(float x) {
   p = p * f + 1.0f;
   p = p * f + 1.0f;
   const int32_t biased = static_cast<int32_t>(n) + 127;  // 0 for n = -127 -> result 0
-  return p * std::bit_cast<float>(biased << 23);
+  const float result = p * std::bit_cast<float>(biased << 23);
+  return in == in ? result : in;  // NaN in, NaN out
 }
 inline double exp_fast(double x) { return std::exp(x); }
 

@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) ring_decode_kernel(const RingParams 
   const int col = threadIdx.x % S::kLanes;  // which kElems-slice of the row
   const int row = threadIdx.x / S::kLanes;  // which key of each pass
 
-  const int64_t written = p.seqlens[b];  // the query's position
+  const int64_t written = max_of<int64_t>(p.seqlens[b], 0);  // the query's position
   const bool active = p.valid(b) > 0;
   const OldKeys old = OldKeys::of(p.ring, written, written);
   const int64_t n_old = old.count();
@@ -335,7 +335,7 @@ __global__ void __launch_bounds__(kThreads) ring_chunk_kernel(const RingParams p
     for (int64_t i = threadIdx.x; i < rows_total; i += kThreads) lse[i] = -std::numeric_limits<float>::infinity();
     return;
   }
-  const int64_t written = p.seqlens[b];
+  const int64_t written = max_of<int64_t>(p.seqlens[b], 0);
   const int64_t p_first = written + row0, p_last = p_first + rows - 1;
   const Visibility vis = p.ring.visibility();
   const KeySpan span = visible_keys(vis, p_first, p_last);
@@ -459,7 +459,7 @@ __global__ void __launch_bounds__(kThreads) ring_append_kernel(const RingParams 
     const int64_t b = i / (p.head_dim * p.chunk_len * p.kv_heads);
     const int64_t valid = p.valid(b);
     if (r >= valid) continue;
-    const int64_t written = p.seqlens[b];
+    const int64_t written = max_of<int64_t>(p.seqlens[b], 0);
     const int64_t pos = written + r;
     if (!p.ring.survives(pos, written + valid)) continue;  // overwritten later in this chunk
     const int64_t slot = p.ring.slot_of(pos);
