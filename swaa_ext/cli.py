@@ -362,7 +362,7 @@ def cmd_finetune(args) -> int:
                              target_modules=tuple(args.target_modules.split(",")))
     opts = train.TrainOptions(
         out_dir=args.out, answer_full=args.answer_full, epochs=args.epochs,
-        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         warmup_ratio=args.warmup_ratio, max_len=args.max_len,
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
         merge=args.merge, progress=not args.no_progress, rank_summary=args.rank_summary, lora=lora)
@@ -446,7 +446,10 @@ def _parser() -> argparse.ArgumentParser:
                     "context (FA decode on every SWA layer), prompt tokens use SWA")
     ft.add_argument("--epochs", type=int, default=1)
     ft.add_argument("--max-steps", type=int, help="train this many optimizer steps (overrides --epochs)")
-    ft.add_argument("--batch-size", type=int, default=1, help="examples per process and step")
+    ft.add_argument("--batch-size", type=int, default=1, help="examples per process and "
+                    "micro-batch")
+    ft.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step "
+                    "(gradient accumulation)")
     ft.add_argument("--lr", type=float, default=1e-4)
     ft.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warm-up share, then "
                     "linear decay (default 0.05)")

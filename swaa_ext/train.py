@@ -27,6 +27,7 @@ Needs ``peft`` (``pip install 'swaa_ext[train]'``); ``import swaa_ext`` does not
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -244,7 +245,8 @@ class TrainOptions:
     answer_full: bool = False         # answer tokens attend to the whole context (FA decode)
     epochs: int = 1
     max_steps: Optional[int] = None   # this many optimizer steps (overrides epochs)
-    batch_size: int = 1               # per process
+    batch_size: int = 1               # per process and micro-batch
+    grad_accum: int = 1               # micro-batches per optimizer step (gradient accumulation)
     lr: float = 1e-4
     warmup_ratio: float = 0.05        # linear warm-up over this share of the steps, then linear decay
     weight_decay: float = 0.0
@@ -328,20 +330,24 @@ def _dist_info() -> Tuple[int, int]:
     return 0, 1
 
 
-def _batches(encoded, batch_size: int, rank: int, world: int, seed: int, epoch: int):
-    """This rank's batches of one epoch: a seeded shuffle shared by all ranks, every rank gets the
-    same number of batches (the last incomplete round of batches is dropped when world > 1)."""
+def _rounds(encoded, batch_size: int, accum: int, rank: int, world: int, seed: int, epoch: int):
+    """This rank's micro-batches of each optimizer step of one epoch: a seeded shuffle shared by
+    all ranks, cut into rounds of ``batch_size * accum * world`` examples; each rank takes its
+    slice, split into ``accum`` micro-batches.  With world > 1 the last incomplete round is
+    dropped (every rank then has the same number of micro-batches)."""
     order = list(range(len(encoded)))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    per_round = batch_size * world
-    rounds = len(order) // per_round if world > 1 else math.ceil(len(order) / batch_size)
-    for r in range(rounds):
-        chunk = order[r * per_round: (r + 1) * per_round]
-        yield [encoded[i] for i in chunk[rank * batch_size: (rank + 1) * batch_size]]
+    per_rank = batch_size * accum
+    per_round = per_rank * world
+    for r in range(_steps_per_epoch(len(order), batch_size, accum, world)):
+        mine = order[r * per_round: (r + 1) * per_round][rank * per_rank: (rank + 1) * per_rank]
+        yield [[encoded[i] for i in mine[m: m + batch_size]]
+               for m in range(0, len(mine), batch_size)]
 
 
-def _steps_per_epoch(n: int, batch_size: int, world: int) -> int:
-    return n // (batch_size * world) if world > 1 else math.ceil(n / batch_size)
+def _steps_per_epoch(n: int, batch_size: int, accum: int, world: int) -> int:
+    per_round = batch_size * accum * world
+    return n // per_round if world > 1 else math.ceil(n / per_round)
 
 
 def forward_loss(model, batch: Dict[str, torch.Tensor], device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -362,12 +368,12 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
     """LoRA fine-tuning of ``model`` (a transformers causal LM, modified in place: SWAA applied,
     LoRA layers inserted) on ``examples`` with the SWAA plan ``cfg`` active.  Under torchrun
     (torch.distributed initialised) the model is wrapped in DDP and each rank takes its share of
-    every batch round; the loss is the mean over the round's answer tokens on all ranks, so
-    ``world`` processes with ``batch_size`` b compute what one process with ``world * b`` computes
-    (without dropout).  Writes the adapter (safetensors) to ``options.out_dir`` on rank 0."""
+    every batch round; the loss is the mean over the round's answer tokens (all micro-batches of
+    ``grad_accum``, all ranks), so ``world`` processes with ``batch_size`` b and ``grad_accum`` a
+    compute what one process with ``world * b * a`` examples per batch computes (without dropout).  Writes the adapter (safetensors) to ``options.out_dir`` on rank 0."""
     opts = options or TrainOptions()
-    if opts.batch_size < 1 or opts.epochs < 1:
-        raise ValueError("finetune: batch_size and epochs must be >= 1")
+    if opts.batch_size < 1 or opts.epochs < 1 or opts.grad_accum < 1:
+        raise ValueError("finetune: batch_size, grad_accum and epochs must be >= 1")
     if opts.max_steps is not None and opts.max_steps < 1:
         raise ValueError(f"finetune: max_steps must be >= 1, got {opts.max_steps}")
     rank, world = _dist_info()
@@ -378,10 +384,11 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
         raise ValueError(f"finetune: the tokenizer has {tok_vocab} tokens but the model's "
                          f"embedding only {vocab}")
     encoded = [encode_example(ex, tokenizer, opts.max_len) for ex in examples]
-    per_epoch = _steps_per_epoch(len(encoded), opts.batch_size, world)
+    per_epoch = _steps_per_epoch(len(encoded), opts.batch_size, opts.grad_accum, world)
     if per_epoch == 0:
         raise ValueError(f"finetune: {len(encoded)} examples are fewer than one batch round "
-                         f"({opts.batch_size} per process x {world} processes)")
+                         f"({opts.batch_size} per micro-batch x {opts.grad_accum} micro-batches x "
+                         f"{world} processes)")
     total = per_epoch * opts.epochs if opts.max_steps is None else opts.max_steps
 
     if opts.bf16:
@@ -418,25 +425,33 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
     try:
         epochs = itertools.count() if opts.max_steps is not None else range(opts.epochs)
         for epoch in epochs:
-            for rows in _batches(encoded, opts.batch_size, rank, world, opts.seed, epoch):
+            for micro in _rounds(encoded, opts.batch_size, opts.grad_accum, rank, world,
+                                 opts.seed, epoch):
                 if step >= total:
                     break
-                batch = collate(rows, tokenizer.pad_token_id)
-                loss_sum, count = forward_loss(trained, batch, device)
-                # mean over the answer tokens of the whole round (all ranks): DDP averages the
-                # gradients over ranks, hence the factor world
-                round_count = count.detach().float().reshape(1)
+                batches = [collate(rows, tokenizer.pad_token_id) for rows in micro]
+                # the loss is the mean over the answer tokens of the whole round (all micro-batches,
+                # all ranks; counts are known from the labels before any forward); DDP averages
+                # the gradients over ranks, hence the factor world
+                round_count = torch.tensor(
+                    [float(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))],
+                    device=device)
                 if world > 1:
                     dist.all_reduce(round_count)
-                loss = loss_sum * world / round_count.clamp_min(1)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_total = torch.zeros(1, device=device)
+                for i, batch in enumerate(batches):
+                    sync = world == 1 or i == len(batches) - 1
+                    with contextlib.nullcontext() if sync else trained.no_sync():
+                        loss_sum, _ = forward_loss(trained, batch, device)
+                        (loss_sum * world / round_count.clamp_min(1)).backward()
+                    loss_total += loss_sum.detach().float()
                 if opts.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                value = loss_sum.detach().float().reshape(1)
+                value = loss_total
                 if world > 1:
                     dist.all_reduce(value)
                 losses.append(float(value / round_count.clamp_min(1)))
@@ -446,7 +461,8 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
                 if log is not None:
                     log.write(json.dumps({"step": step, "epoch": epoch, "loss": losses[-1],
                                           "lr": scheduler.get_last_lr()[0],
-                                          "tokens": int(batch["attention_mask"].sum()),
+                                          "tokens": sum(int(b["attention_mask"].sum())
+                                                        for b in batches),
                                           "elapsed_s": round(time.perf_counter() - start, 4)})
                               + "\n")
             if step >= total:

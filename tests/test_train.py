@@ -458,7 +458,8 @@ def test_torchrun_two_process_gloo_ddp(tmp_path, tiny_model_dir):
             "--lora-dropout", "0", "--device", "cpu", "--no-progress", "--rank-summary"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "swaa_ext.cli", "finetune", *args, "--out", str(out), "--batch-size", "2"]
+           "-m", "swaa_ext.cli", "finetune", *args, "--out", str(out), "--batch-size", "1",
+           "--grad-accum", "2"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 steps, 2 process(es)" in proc.stdout
@@ -470,13 +471,16 @@ def test_torchrun_two_process_gloo_ddp(tmp_path, tiny_model_dir):
     # the weights moved: lora_B starts at zero
     assert any(abs(v) > 0 for k, v in r0["weights"].items() if "lora_B" in k)
     assert (out / "adapter_model.safetensors").is_file()
-    # 2 processes x batch 2 == 1 process x batch 4 (same rounds, token-weighted loss, no dropout)
-    assert cli_main(["finetune", *args, "--out", str(tmp_path / "one"), "--batch-size", "4"]) == 0
-    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
-    assert one["world"] == 1 and one["losses"] == pytest.approx(r0["losses"], rel=1e-5)
-    assert one["weights"].keys() == r0["weights"].keys()
-    for k in one["weights"]:
-        assert one["weights"][k] == pytest.approx(r0["weights"][k], rel=1e-4, abs=1e-6), k
+    # 2 processes x 2 micro-batches of 1 == 1 process x batch 4 == 1 process x 2 micro-batches
+    # of 2 (same rounds, loss weighted by answer tokens over the round, no dropout)
+    for name, extra in (("one", ["--batch-size", "4"]),
+                        ("accum", ["--batch-size", "2", "--grad-accum", "2"])):
+        assert cli_main(["finetune", *args, "--out", str(tmp_path / name), *extra]) == 0
+        one = json.loads((tmp_path / name / "rank0.json").read_text())
+        assert one["world"] == 1 and one["losses"] == pytest.approx(r0["losses"], rel=1e-5)
+        assert one["weights"].keys() == r0["weights"].keys()
+        for k in one["weights"]:
+            assert one["weights"][k] == pytest.approx(r0["weights"][k], rel=1e-4, abs=1e-6), k
 
 
 def test_per_row_prompt_len_with_left_padding_equals_int():
