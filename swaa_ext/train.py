@@ -370,7 +370,8 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
     (torch.distributed initialised) the model is wrapped in DDP and each rank takes its share of
     every batch round; the loss is the mean over the round's answer tokens (all micro-batches of
     ``grad_accum``, all ranks), so ``world`` processes with ``batch_size`` b and ``grad_accum`` a
-    compute what one process with ``world * b * a`` examples per batch computes (without dropout).  Writes the adapter (safetensors) to ``options.out_dir`` on rank 0."""
+    compute what one process with ``world * b * a`` examples per batch computes (without
+    dropout).  Writes the adapter (safetensors) to ``options.out_dir`` on rank 0."""
     opts = options or TrainOptions()
     if opts.batch_size < 1 or opts.epochs < 1 or opts.grad_accum < 1:
         raise ValueError("finetune: batch_size, grad_accum and epochs must be >= 1")
@@ -384,6 +385,12 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
         raise ValueError(f"finetune: the tokenizer has {tok_vocab} tokens but the model's "
                          f"embedding only {vocab}")
     encoded = [encode_example(ex, tokenizer, opts.max_len) for ex in examples]
+    if opts.max_len is not None and rank == 0:
+        long_ = sum(len(encode_example(ex, tokenizer)[0]) > opts.max_len for ex in examples)
+        if long_:
+            logger.warning("finetune: %d of %d examples are longer than max_len=%d and were "
+                           "truncated (the prompt loses its start first)", long_, len(examples),
+                           opts.max_len)
     per_epoch = _steps_per_epoch(len(encoded), opts.batch_size, opts.grad_accum, world)
     if per_epoch == 0:
         raise ValueError(f"finetune: {len(encoded)} examples are fewer than one batch round "

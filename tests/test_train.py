@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -523,3 +522,20 @@ def test_hf_tokenizer_with_chat_template(tmp_path):
     assert ids == [1, 9, 6, 7, 10, 8, 2] and n_prompt == 5
     assert train.collate([(ids, n_prompt)], tok.pad_token_id)["labels"][0].tolist() == \
         [-100] * 5 + [8, 2]
+
+
+def test_finetune_checks_and_truncation_warning(caplog):
+    cfg = SWAAConfig(window=4)
+    examples = [train.Example(prompt="x" * 50, answer="yes"), train.Example(prompt="ab", answer="c")]
+    opts = dict(max_steps=1, batch_size=2, progress=False)
+    with caplog.at_level("WARNING", logger="swaa_ext.train"):
+        result = train.finetune(tiny_base(), TOK, examples, cfg, train.TrainOptions(max_len=20, **opts))
+    assert result.steps == 1
+    assert "1 of 2 examples are longer than max_len=20" in caplog.text
+    with pytest.raises(ValueError, match="fewer than one batch round"):
+        train.finetune(tiny_base(), TOK, [], cfg, train.TrainOptions(**opts))
+    with pytest.raises(ValueError, match="grad_accum"):
+        train.finetune(tiny_base(), TOK, examples, cfg, train.TrainOptions(grad_accum=0))
+    small = LlamaForCausalLM(LlamaConfig(**{**TINY, "vocab_size": 200}))
+    with pytest.raises(ValueError, match="tokenizer has 259 tokens"):
+        train.finetune(small, TOK, examples, cfg, train.TrainOptions(**opts))
