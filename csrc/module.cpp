@@ -27,6 +27,11 @@ PYBIND11_MODULE(_C, m) {
     info["cuda"] = false;
     info["cuda_archs"] = std::string();
 #endif
+#ifdef _OPENMP
+    info["openmp"] = true;  // at::parallel_for in our kernels runs on torch's threads
+#else
+    info["openmp"] = false;
+#endif
 #ifdef SWAA_CUDA_BUILD_REASON
     info["cuda_reason"] = std::string(SWAA_CUDA_BUILD_REASON);
 #endif

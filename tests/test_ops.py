@@ -240,6 +240,13 @@ def test_bad_input_names_the_argument(case):
         swaa_ext.swa_attention(q, k, v, **kw)
 
 
+def test_cpu_kernels_are_built_with_torch_s_parallel_backend():
+    """at::parallel_for is a header template: with torch's OpenMP backend our
+    kernels run on one thread unless they are compiled with OpenMP too."""
+    if "OpenMP" in torch.__config__.parallel_info():
+        assert swaa_ext.build_info()["openmp"] is True
+
+
 def test_build_info():
     info = swaa_ext.build_info()
     assert info["version"] == swaa_ext.__version__
