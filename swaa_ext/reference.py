@@ -10,7 +10,7 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["visibility_mask", "reference_attention"]
+__all__ = ["visibility_mask", "reference_attention", "plan_mask", "masked_attention"]
 
 
 def visibility_mask(
@@ -66,3 +66,35 @@ def reference_attention(
     lse = torch.logsumexp(scores, dim=-1)
     out = torch.matmul(torch.softmax(scores, dim=-1), vc).to(q.dtype)
     return (out, lse.float()) if return_lse else out
+
+
+def plan_mask(plan, length: int, prompt_len: int, device=None) -> torch.Tensor:
+    """Boolean (length, length) visibility that one layer's plan (an entry of
+    ``SWAAConfig.plan``) gives a sequence whose positions >= ``prompt_len`` are
+    generated (or answer) tokens: prompt rows follow ``plan.prefill`` (with the
+    last ``plan.full_tail`` prompt tokens seeing everything), later rows follow
+    ``plan.decode``."""
+    def rule(mode, full_from=None):
+        if mode == "full":
+            return visibility_mask(length, length, device=device)[0, 0]
+        return visibility_mask(length, length, window=plan.window, sink=plan.sink,
+                               full_from=full_from, device=device)[0, 0]
+
+    tail_from = prompt_len - plan.full_tail if plan.full_tail else None
+    prompt_rows = rule(plan.prefill, tail_from)
+    generated_rows = rule(plan.decode)
+    is_generated = (torch.arange(length, device=device) >= prompt_len).view(length, 1)
+    return torch.where(is_generated, generated_rows, prompt_rows)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                     scale: Optional[float] = None,
+                     compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Attention with any boolean mask broadcastable to (B, Hq, Lq, Lk), GQA by
+    repeating K/V, computed in ``compute_dtype`` and returned in q.dtype."""
+    group = q.shape[1] // k.shape[1]
+    kc = k.to(compute_dtype).repeat_interleave(group, 1)
+    vc = v.to(compute_dtype).repeat_interleave(group, 1)
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = q.to(compute_dtype) @ kc.transpose(-1, -2) * scale
+    return (scores.masked_fill(~mask, float("-inf")).softmax(-1) @ vc).to(q.dtype)

@@ -126,3 +126,22 @@ def test_presets():
         SWAAConfig.preset("naive", sink=4)
     with pytest.raises(ValueError, match="window"):
         SWAAConfig.preset("naive", window=0)
+
+
+def test_plan_mask_reference_follows_the_plan():
+    """swaa_ext.reference.plan_mask: the explicit mask the HF and training tests compare with."""
+    import torch
+
+    from swaa_ext.reference import plan_mask
+
+    plan = SWAAConfig(window=2, sink=1, full_tail=1).plan(1)[0]  # SWA prefill and decode
+    got = plan_mask(plan, 6, prompt_len=4).int().tolist()
+    assert got == [[1, 0, 0, 0, 0, 0],
+                   [1, 1, 0, 0, 0, 0],
+                   [1, 1, 1, 0, 0, 0],
+                   [1, 1, 1, 1, 0, 0],   # last prompt token (full_tail=1): everything
+                   [1, 0, 0, 1, 1, 0],   # generated: sink + window
+                   [1, 0, 0, 0, 1, 1]]
+    full_decode = SWAAConfig(window=2, full_decode=True).plan(1)[0]
+    assert plan_mask(full_decode, 5, prompt_len=3)[3:].all(dim=0)[:4].all()
+    assert torch.equal(plan_mask(full_decode, 5, prompt_len=3)[4], torch.ones(5, dtype=torch.bool))

@@ -12,7 +12,7 @@ from transformers import (AttentionInterface, DynamicCache, LlamaConfig, LlamaFo
 from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
 
 from swaa_ext import SWAAConfig, hf  # noqa: E402
-from swaa_ext.reference import visibility_mask  # noqa: E402
+from swaa_ext.reference import masked_attention, plan_mask  # noqa: E402
 
 VOCAB = 101
 NUM_LAYERS = 4
@@ -70,24 +70,10 @@ def _reference_attention(module, query, key, value, attention_mask, scaling=None
     mask = torch.zeros(B, 1, L, L, dtype=torch.bool)
     for b, pad in enumerate(pads):
         n, prompt = L - pad, P - pad
-        if plan.prefill == "full":
-            prompt_vis = visibility_mask(n, n)
-        else:
-            tail_from = prompt - plan.full_tail if plan.full_tail else None
-            prompt_vis = visibility_mask(n, n, window=plan.window, sink=plan.sink, full_from=tail_from)
-        if plan.decode == "full":
-            gen_vis = visibility_mask(n, n)
-        else:
-            gen_vis = visibility_mask(n, n, window=plan.window, sink=plan.sink)
-        is_gen = (torch.arange(n) >= prompt).view(1, 1, n, 1)
-        mask[b, :, pad:, pad:] = torch.where(is_gen, gen_vis, prompt_vis)[0]
+        mask[b, 0, pad:, pad:] = plan_mask(plan, n, prompt)
         mask[b, 0, range(pad), range(pad)] = True  # padding queries: anything finite
-    group = Hq // key.shape[1]
-    k = key.repeat_interleave(group, 1).double()
-    v = value.repeat_interleave(group, 1).double()
-    scores = query.double() @ k.transpose(-1, -2) * (scaling or 1 / math.sqrt(D))
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-    return (probs @ v).to(query.dtype).transpose(1, 2), None
+    out = masked_attention(query, key, value, mask, scaling or 1 / math.sqrt(D))
+    return out.transpose(1, 2), None
 
 
 AttentionInterface.register("swaa_test_ref", _reference_attention)

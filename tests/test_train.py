@@ -19,7 +19,7 @@ from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
 
 from swaa_ext import SWAAConfig, hf, train  # noqa: E402
 from swaa_ext.cli import main as cli_main  # noqa: E402
-from swaa_ext.reference import visibility_mask  # noqa: E402
+from swaa_ext.reference import masked_attention, plan_mask  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -72,26 +72,9 @@ def _reference_attention(module, query, key, value, attention_mask, scaling=None
     plan = _REF["cfg"].plan(NUM_LAYERS)[module.layer_idx]
     B, Hq, L, D = query.shape
     prompt_len = kwargs["swaa_prompt_len"]
-    mask = torch.zeros(B, 1, L, L, dtype=torch.bool)
-    for b in range(B):
-        P = int(prompt_len[b])
-        if plan.prefill == "full":
-            prompt_vis = visibility_mask(L, L)
-        else:
-            tail_from = P - plan.full_tail if plan.full_tail else None
-            prompt_vis = visibility_mask(L, L, window=plan.window, sink=plan.sink, full_from=tail_from)
-        if plan.decode == "full":
-            answer_vis = visibility_mask(L, L)
-        else:
-            answer_vis = visibility_mask(L, L, window=plan.window, sink=plan.sink)
-        is_answer = (torch.arange(L) >= P).view(1, 1, L, 1)
-        mask[b] = torch.where(is_answer, answer_vis, prompt_vis)[0]
-    group = Hq // key.shape[1]
-    k = key.repeat_interleave(group, 1).double()
-    v = value.repeat_interleave(group, 1).double()
-    scores = query.double() @ k.transpose(-1, -2) * (scaling or 1 / math.sqrt(D))
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-    return (probs @ v).to(query.dtype).transpose(1, 2), None
+    mask = torch.stack([plan_mask(plan, L, int(prompt_len[b])) for b in range(B)]).unsqueeze(1)
+    out = masked_attention(query, key, value, mask, scaling or 1 / math.sqrt(D))
+    return out.transpose(1, 2), None
 
 
 AttentionInterface.register("swaa_train_ref", _reference_attention)
