@@ -4,7 +4,9 @@
 # small case, then the attention benchmark (swaa vs flex vs sdpa).  Logs and
 # JSON go to $OUT (default ./gpu_out); the whole output is also in $OUT/log.
 #
-#   bash bench/gpu_check.sh [all|test|sanitize|tune|bench]   (default: all)
+#   bash bench/gpu_check.sh [all|test|sanitize|tune|bench|ring]   (default: all)
+# The GPU machine gets the tree without .git: pass SWAA_COMMIT=<hash> so the
+# benchmark rows name their commit.
 # test: the whole test suite (CPU and GPU tests), one process per file.
 # Env: BENCH=lead (bench/bench_attention.py, default) or mine
 #      (bench/bench_cuda_kernels.py: inputs made on the GPU, SDPA timed once per
@@ -78,5 +80,11 @@ if [[ $STEP == all || $STEP == bench ]]; then
       --out "$OUT/cuda_kernels.jsonl" || status=1
   fi
 fi
+if [[ $STEP == all || $STEP == ring ]]; then
+  step "ring cache: decode step and streaming memory"
+  timeout ${RING_TIMEOUT:-300} python bench/bench_decode.py --out "$OUT/decode.jsonl" || status=1
+  timeout ${RING_TIMEOUT:-300} python bench/bench_memory.py --out "$OUT/memory.jsonl" || status=1
+fi
+
 step "done, status $status"
 exit $status
