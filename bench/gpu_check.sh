@@ -87,4 +87,7 @@ if [[ $STEP == all || $STEP == ring ]]; then
 fi
 
 step "done, status $status"
+# The device tool returns at most 8 files: keep the log, pack everything else.
+(cd "$OUT" && find . -type f ! -name log ! -name results.tgz | tar czf results.tgz -T - \
+  && find . -type f ! -name log ! -name results.tgz -delete && echo "packed into $OUT/results.tgz")
 exit $status
