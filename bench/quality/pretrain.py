@@ -208,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             scheduler.step()
             meta["tokens"] += ids.numel()
             meta["steps"] = step + 1
-            row = {"step": step + 1, "seq_len": length, "batch": batch, "loss": float(loss),
+            row = {"step": step + 1, "seq_len": length, "batch": batch, "loss": float(loss.detach()),
                    "lm_loss": float(lm_loss), "answer_loss": float(answer_loss),
                    "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
                    "elapsed_s": round(time.perf_counter() - start, 3)}
