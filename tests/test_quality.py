@@ -259,3 +259,18 @@ def test_swaa_bench_quality_lists_configs():
     expected = ["full", "naive-swa"] + [n for n in SWAAConfig.presets() if n != "naive"] + ["full_tail"]
     assert names == expected
     assert "'full_layers': '1::2'" in proc.stdout and "'full_tail': 64" in proc.stdout
+
+
+def test_curriculum_and_time_budget_progress():
+    from bench.quality import pretrain
+
+    stages = pretrain.curriculum(100, 512, 8192)
+    assert [L for _, L in stages] == [512, 1024, 2048, 4096, 8192]
+    assert [s for s, _ in stages] == [0, 20, 40, 60, 80]
+    assert pretrain.length_at(stages, 0) == 512 and pretrain.length_at(stages, 99) == 8192
+    assert pretrain.curriculum(10, 512, 300) == [(0, 300)]
+    # no budget: steps decide; with a budget, whichever is further along
+    assert pretrain.progress_step(10, 100, 50.0, None) == 10
+    assert pretrain.progress_step(10, 100, 50.0, 100.0) == 50
+    assert pretrain.progress_step(60, 100, 10.0, 100.0) == 60
+    assert pretrain.progress_step(10, 100, 500.0, 100.0) == 99

@@ -1,6 +1,6 @@
 """Full-attention pretraining of the quality benchmark's small model.
 
-    python bench/quality/pretrain.py --out runs/quality_model --max-steps 6000 --seq-len 8192
+    python bench/quality/pretrain.py --out runs/quality_model --max-steps 3000 --seq-len 8192
 
 Data: a mix of (a) windows of real text (train split of :mod:`bench.quality.data`) and (b)
 retrieval documents whose answer ends the sequence ([bos] prompt answer [eos]).  The loss is
@@ -55,6 +55,15 @@ def curriculum(total_steps: int, min_len: int, max_len: int) -> List[Tuple[int, 
 
 def length_at(stages: Sequence[Tuple[int, int]], step: int) -> int:
     return [L for start, L in stages if start <= step][-1]
+
+
+def progress_step(step: int, max_steps: int, elapsed_s: float, budget_s: Optional[float]) -> int:
+    """The step the curriculum and the learning rate follow: ``step``, or further along when a
+    time budget is set and time runs out faster than steps (so a run stopped by the budget has
+    still gone through every stage and the decay)."""
+    if not budget_s:
+        return step
+    return max(step, min(max_steps - 1, int(max_steps * elapsed_s / budget_s)))
 
 
 def encode(text: str) -> List[int]:
@@ -125,10 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="export directory (checkpoints under OUT/checkpoint)")
     p.add_argument("--config", default="quality",
                    help="'quality' (default), 'tiny', or a JSON file of LlamaConfig fields")
-    p.add_argument("--max-steps", type=int, default=6000, help="optimizer steps")
+    p.add_argument("--max-steps", type=int, default=3000, help="optimizer steps")
     p.add_argument("--seq-len", type=int, default=8192, help="longest sequence (last stage)")
     p.add_argument("--min-seq-len", type=int, default=512, help="first curriculum stage")
-    p.add_argument("--batch-tokens", type=int, default=65536, help="tokens per optimizer step")
+    p.add_argument("--batch-tokens", type=int, default=32768, help="tokens per optimizer step")
     p.add_argument("--retrieval-frac", type=float, default=0.5,
                    help="share of sequences that are retrieval documents")
     p.add_argument("--answer-weight", type=float, default=4.0)
@@ -140,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="bf16 autocast (default: on for CUDA)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="stop (and export) after this many seconds of training; the curriculum "
+                   "and the learning rate then follow elapsed time when it runs ahead of steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--root", action="append", help="directory of *.py files (default: site-packages)")
     p.add_argument("--max-corpus-chars", type=int, default=300_000_000)
@@ -176,8 +188,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 50)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, args.max_steps, warmup))
     stages = curriculum(args.max_steps, args.min_seq_len, args.seq_len)
     rng = random.Random(f"pretrain:{args.seed}")
 
@@ -193,7 +203,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         for step in range(args.max_steps):
-            length = length_at(stages, step)
+            elapsed = time.perf_counter() - start
+            if args.time_budget_s and elapsed >= args.time_budget_s:
+                print(f"pretrain: time budget {args.time_budget_s} s reached after {step} steps",
+                      flush=True)
+                break
+            at = progress_step(step, args.max_steps, elapsed, args.time_budget_s)
+            length = length_at(stages, at)
+            lr = args.lr * lr_factor(at, args.max_steps, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             batch = max(1, args.batch_tokens // length)
             ids, weights = make_batch(rng, corpus, length, batch, args.retrieval_frac,
                                       args.answer_weight)
@@ -205,12 +224,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            scheduler.step()
             meta["tokens"] += ids.numel()
             meta["steps"] = step + 1
             row = {"step": step + 1, "seq_len": length, "batch": batch, "loss": float(loss.detach()),
                    "lm_loss": float(lm_loss), "answer_loss": float(answer_loss),
-                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "lr": lr,
                    "elapsed_s": round(time.perf_counter() - start, 3)}
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -225,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bar.close()
         log.close()
     meta["elapsed_s"] = round(time.perf_counter() - start, 3)
-    meta["final_loss"] = row["loss"] if args.max_steps else None
+    meta["final_loss"] = row["loss"] if meta["steps"] else float("nan")
     export(model, out, {**meta, "final": True})
     print(f"pretrain: {meta['steps']} steps, {meta['tokens']} tokens, {meta['elapsed_s']:.1f} s; "
           f"final loss {meta['final_loss']:.4f}; exported to {out}", flush=True)
