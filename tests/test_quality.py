@@ -209,8 +209,14 @@ def test_evaluate_smoke_writes_complete_rows(pretrained, corpus_root, tmp_path, 
     assert {(r["config"], r["finetuned"]) for r in rows} == {
         ("full", False), ("naive-swa", False), ("full", True), ("naive-swa", True)}
     assert len({r["run"] for r in rows}) == 1
-    depth_rows = (tmp_path / "q_depth.jsonl").read_text().splitlines()
+    depth_rows = [json.loads(line) for line in (tmp_path / "q_depth.jsonl").read_text().splitlines()]
     assert len(depth_rows) == 2 * len(rows)
+    for r in rows:  # a context's accuracy is the mean of its depths' (equal counts)
+        cells = [d for d in depth_rows if (d["config"], d["finetuned"], d["context"]) ==
+                 (r["config"], r["finetuned"], r["context"])]
+        assert [d["depth"] for d in cells] == [0.25, 0.75] and all(d["n"] == 2 for d in cells)
+        assert r["accuracy"] == pytest.approx(sum(d["accuracy"] for d in cells) / 2)
+    assert "| full | " in evaluate.depth_table(depth_rows)
     # SWA with the window over every token computes full attention: same answers, same ppl
     rc = evaluate.main(common_args + ["--configs", "full,naive-swa", "--window", "4096",
                                       "--name", "wide", "--no-plot"])

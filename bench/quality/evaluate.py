@@ -229,6 +229,23 @@ def summary_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def depth_table(depth_rows: List[dict]) -> str:
+    """Markdown table: accuracy by depth of the asked fact (pooled over contexts), one line per
+    (configuration, finetuned)."""
+    depths = sorted({r["depth"] for r in depth_rows})
+    keys = list(dict.fromkeys((r["config"], r["finetuned"]) for r in depth_rows))
+    head = ["config"] + [f"depth {d:g}" for d in depths]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cfg, ft in keys:
+        cells = [cfg + (" FT" if ft else "")]
+        for d in depths:
+            sel = [r for r in depth_rows if (r["config"], r["finetuned"], r["depth"]) == (cfg, ft, d)]
+            n = sum(r["n"] for r in sel)
+            cells.append("-" if not n else f"{100 * sum(r['accuracy'] * r['n'] for r in sel) / n:.0f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def goal_ratios(rows: List[dict]) -> dict:
     """The issue's goals at contexts >= 4x the window: mean accuracy over those contexts of each
     configuration, as a share of full attention's (untrained)."""
@@ -445,6 +462,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 del model
     print(f"quality: rows appended to {out_path} (run {meta['run']}), per depth to {depth_path}")
     rows = read_rows(out_path, meta["run"])
+    depth_rows = [r for r in (json.loads(line) for line in depth_path.read_text().splitlines()
+                              if line.strip()) if r["run"] == meta["run"]]
+    print("retrieval accuracy by depth of the asked fact (all contexts):")
+    print(depth_table(depth_rows))
     report(rows, None if args.no_plot else out_path.with_suffix(".png"))
     return 0
 
