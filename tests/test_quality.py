@@ -280,3 +280,21 @@ def test_curriculum_and_time_budget_progress():
     assert pretrain.progress_step(10, 100, 50.0, 100.0) == 50
     assert pretrain.progress_step(60, 100, 10.0, 100.0) == 60
     assert pretrain.progress_step(10, 100, 500.0, 100.0) == 99
+
+
+def test_pretrain_batches_mark_answer_and_value(corpus):
+    from bench.quality import pretrain
+
+    ids, weights, values = pretrain.make_batch(random.Random(3), corpus, 400, 3, 1.0, 4.0)
+    tok = train.ByteTokenizer()
+    assert ids.shape == weights.shape == values.shape == (3, 400)
+    for row, w, v in zip(ids.tolist(), weights, values):
+        text = tok.decode(row)
+        answer = re.search(r"answer: (the value of key k(\d+) is (\d+)\.)$", text)
+        assert answer and row[0] == tok.bos_token_id and row[-1] == tok.eos_token_id
+        digits = tok.decode(r for r, m in zip(row, v.tolist()) if m)
+        assert digits == answer.group(3)
+        n_answer = len(answer.group(1)) + 1  # + eos
+        assert (w[-n_answer:] == 4.0).all() and (w[:-n_answer] == 1.0).all()
+    ids, weights, values = pretrain.make_batch(random.Random(3), corpus, 300, 2, 0.0, 4.0)
+    assert (weights == 1).all() and not values.any()

@@ -71,8 +71,9 @@ def encode(text: str) -> List[int]:
 
 
 def sample_sequence(rng: random.Random, corpus: qdata.Corpus, length: int,
-                    retrieval_frac: float) -> Tuple[List[int], int]:
-    """(token ids of exactly ``length`` tokens, index where the answer starts or ``length``)."""
+                    retrieval_frac: float) -> Tuple[List[int], int, int]:
+    """(token ids of exactly ``length`` tokens, index where the answer starts, index where the
+    value's digits start; both ``length`` for a text sequence)."""
     answer_len = len(qdata.ANSWER_TEMPLATE.format(key=1000, value=10000)) + 1  # + eos
     if rng.random() < retrieval_frac and length >= 160 + answer_len:
         # distractor facts (about 36 tokens each) take at most half of a short sequence
@@ -80,31 +81,37 @@ def sample_sequence(rng: random.Random, corpus: qdata.Corpus, length: int,
         ex = qdata.make_retrieval(rng, corpus, length - answer_len, rng.random(),
                                   n_distractors=rng.randrange(0, most + 1))
         ids = [TOK.bos_token_id] + encode(ex.prompt) + encode(ex.answer) + [TOK.eos_token_id]
-        return ids, ex.context
-    return [TOK.bos_token_id] + encode(corpus.stream(rng, length - 1)), length
+        return ids, ex.context, ex.context + ex.answer.rindex(str(ex.value))
+    return [TOK.bos_token_id] + encode(corpus.stream(rng, length - 1)), length, length
 
 
 def make_batch(rng: random.Random, corpus: qdata.Corpus, length: int, batch: int,
                retrieval_frac: float, answer_weight: float):
-    ids, weights = [], []
+    """(ids, per-token loss weights, mask of the value digits) of ``batch`` sequences."""
+    ids, weights, values = [], [], []
     for _ in range(batch):
-        seq, answer_start = sample_sequence(rng, corpus, length, retrieval_frac)
+        seq, answer_start, value_start = sample_sequence(rng, corpus, length, retrieval_frac)
         assert len(seq) == length
         w = torch.ones(length)
         w[answer_start:] = answer_weight
+        v = torch.zeros(length, dtype=torch.bool)
+        v[value_start: length - 2] = True  # the digits, before "." and eos
         ids.append(torch.tensor(seq))
         weights.append(w)
-    return torch.stack(ids), torch.stack(weights)
+        values.append(v)
+    return torch.stack(ids), torch.stack(weights), torch.stack(values)
 
 
-def weighted_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor):
-    """Weighted mean next-token cross-entropy, and the plain mean over answer tokens (or nan)."""
+def weighted_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+                  values: torch.Tensor):
+    """Weighted mean next-token cross-entropy; the plain means over all tokens and over the value
+    digits (nan without retrieval sequences; ln 10 = 2.30 is guessing, 0 is retrieval)."""
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1),
                                             ids[:, 1:].flatten(), reduction="none")
     w = weights[:, 1:].flatten().to(nll.device)
-    answer = w > 1
-    answer_nll = nll[answer].mean() if bool(answer.any()) else torch.tensor(float("nan"))
-    return (nll * w).sum() / w.sum(), nll.mean(), answer_nll
+    v = values[:, 1:].flatten().to(nll.device)
+    value_nll = nll.detach()[v].mean() if bool(v.any()) else torch.tensor(float("nan"))
+    return (nll * w).sum() / w.sum(), nll.detach().mean(), value_nll
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -214,12 +221,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = max(1, args.batch_tokens // length)
-            ids, weights = make_batch(rng, corpus, length, batch, args.retrieval_frac,
-                                      args.answer_weight)
+            ids, weights, values = make_batch(rng, corpus, length, batch, args.retrieval_frac,
+                                              args.answer_weight)
             ids = ids.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(input_ids=ids, use_cache=False).logits
-            loss, lm_loss, answer_loss = weighted_loss(logits, ids, weights)
+            loss, lm_loss, value_loss = weighted_loss(logits, ids, weights, values)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -227,14 +234,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             meta["tokens"] += ids.numel()
             meta["steps"] = step + 1
             row = {"step": step + 1, "seq_len": length, "batch": batch, "loss": float(loss.detach()),
-                   "lm_loss": float(lm_loss), "answer_loss": float(answer_loss),
+                   "lm_loss": float(lm_loss), "value_loss": float(value_loss),
                    "grad_norm": float(grad_norm), "lr": lr,
                    "elapsed_s": round(time.perf_counter() - start, 3)}
             log.write(json.dumps(row) + "\n")
             log.flush()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(L=length, loss=f"{row['loss']:.3f}", ans=f"{row['answer_loss']:.3f}")
+                bar.set_postfix(L=length, loss=f"{row['loss']:.3f}", val=f"{row['value_loss']:.3f}")
             if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 \
                     and step + 1 < args.max_steps:
                 export(model, out / "checkpoint", {**meta, "final": False})
