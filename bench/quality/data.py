@@ -26,7 +26,7 @@ import re
 import site
 import sysconfig
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 __all__ = ["Corpus", "RetrievalExample", "default_roots", "split_of", "load_corpus",
            "make_retrieval", "retrieval_set", "text_windows", "write_jsonl", "extract_value",

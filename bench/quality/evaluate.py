@@ -26,7 +26,6 @@ window, sink, accuracy, ppl, run, gpu, commit, date``; the per-depth accuracies 
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import json
 import math

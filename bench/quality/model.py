@@ -8,8 +8,6 @@ are exported in (:func:`weight_bytes` checks it; the issue caps the shipped weig
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 __all__ = ["QUALITY_CONFIG", "TINY_CONFIG", "WEIGHT_LIMIT_BYTES", "make_config", "build_model",
