@@ -285,16 +285,31 @@ def test_curriculum_and_time_budget_progress():
 def test_pretrain_batches_mark_answer_and_value(corpus):
     from bench.quality import pretrain
 
-    ids, weights, values = pretrain.make_batch(random.Random(3), corpus, 400, 3, 1.0, 4.0)
     tok = train.ByteTokenizer()
+    ids, weights, values = pretrain.make_batch(random.Random(3), corpus, 400, 3, 1.0, 4.0,
+                                               dense_frac=0.0)
     assert ids.shape == weights.shape == values.shape == (3, 400)
     for row, w, v in zip(ids.tolist(), weights, values):
         text = tok.decode(row)
         answer = re.search(r"answer: (the value of key k(\d+) is (\d+)\.)$", text)
         assert answer and row[0] == tok.bos_token_id and row[-1] == tok.eos_token_id
-        digits = tok.decode(r for r, m in zip(row, v.tolist()) if m)
-        assert digits == answer.group(3)
+        facts = dict(FACT_RE.findall(text))
+        assert facts[answer.group(2)] == answer.group(3)
+        assert tok.decode(r for r, m in zip(row, v.tolist()) if m) == answer.group(3)
         n_answer = len(answer.group(1)) + 1  # + eos
         assert (w[-n_answer:] == 4.0).all() and (w[:-n_answer] == 1.0).all()
+    # dense form: several questions, each answered from its fact; masks on answers and digits
+    ids, weights, values = pretrain.make_batch(random.Random(4), corpus, 2048, 4, 1.0, 4.0,
+                                               dense_frac=1.0)
+    for row, w, v in zip(ids.tolist(), weights, values):
+        text = tok.decode(row)
+        assert len(row) == 2048 and row[0] == tok.bos_token_id
+        facts = dict(FACT_RE.findall(text))
+        qa = re.findall(r"question: what is the value of key k(\d+)\?\nanswer: "
+                        r"the value of key k(\d+) is (\d+)\.\n", text)
+        assert len(qa) >= 1 and text.endswith(".\n") and len(facts) >= len(qa)
+        assert all(k == k2 and facts[k] == val for k, k2, val in qa)
+        assert tok.decode(r for r, m in zip(row, v.tolist()) if m) == "".join(val for _, _, val in qa)
+        assert int((w == 4.0).sum()) == len(qa) * len("the value of key k1234 is 12345.\n")
     ids, weights, values = pretrain.make_batch(random.Random(3), corpus, 300, 2, 0.0, 4.0)
     assert (weights == 1).all() and not values.any()

@@ -70,35 +70,85 @@ def encode(text: str) -> List[int]:
     return TOK.encode(text)
 
 
-def sample_sequence(rng: random.Random, corpus: qdata.Corpus, length: int,
-                    retrieval_frac: float) -> Tuple[List[int], int, int]:
-    """(token ids of exactly ``length`` tokens, index where the answer starts, index where the
-    value's digits start; both ``length`` for a text sequence)."""
+def _spans_mask(length: int, spans: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    mask = torch.zeros(length, dtype=torch.bool)
+    for a, b in spans:
+        mask[a:b] = True
+    return mask
+
+
+def single_retrieval(rng: random.Random, corpus: qdata.Corpus, length: int):
+    """The evaluation's format: [bos] document + question, answer, [eos]; ``length`` tokens.
+    Returns (ids, answer spans, value-digit spans)."""
     answer_len = len(qdata.ANSWER_TEMPLATE.format(key=1000, value=10000)) + 1  # + eos
-    if rng.random() < retrieval_frac and length >= 160 + answer_len:
-        # distractor facts (about 36 tokens each) take at most half of a short sequence
-        most = max(0, min(6, (length - answer_len) // 80))
-        ex = qdata.make_retrieval(rng, corpus, length - answer_len, rng.random(),
-                                  n_distractors=rng.randrange(0, most + 1))
-        ids = [TOK.bos_token_id] + encode(ex.prompt) + encode(ex.answer) + [TOK.eos_token_id]
-        return ids, ex.context, ex.context + ex.answer.rindex(str(ex.value))
-    return [TOK.bos_token_id] + encode(corpus.stream(rng, length - 1)), length, length
+    # distractor facts (about 36 tokens each) take at most half of a short sequence
+    most = max(0, min(6, (length - answer_len) // 80))
+    ex = qdata.make_retrieval(rng, corpus, length - answer_len, rng.random(),
+                              n_distractors=rng.randrange(0, most + 1))
+    ids = [TOK.bos_token_id] + encode(ex.prompt) + encode(ex.answer) + [TOK.eos_token_id]
+    value_at = ex.context + ex.answer.rindex(str(ex.value))
+    return ids, [(ex.context, length)], [(value_at, value_at + len(str(ex.value)))]
+
+
+def dense_retrieval(rng: random.Random, corpus: qdata.Corpus, length: int):
+    """A denser training variant: many facts (up to a third of the tokens) at random places and
+    several questions answered one after the other at the end, so one sequence carries several
+    retrieval targets.  Same fact / question / answer strings as the evaluation.  Returns (ids,
+    answer spans, value-digit spans); ``length`` tokens, no eos."""
+    fact_len = len(qdata.FACT_TEMPLATE.format(key=1000, value=10000))
+    qa_len = len(qdata.QUESTION_TEMPLATE.format(key=1000)) + \
+        len(qdata.ANSWER_TEMPLATE.format(key=1000, value=10000)) + 1
+    n_questions = rng.randint(1, max(1, min(8, length // (6 * qa_len))))
+    n_facts = rng.randint(n_questions, max(n_questions, (length // 3) // fact_len))
+    keys = rng.sample(range(1000, 10000), n_facts)
+    facts = [(k, rng.randrange(10000, 100000)) for k in keys]
+    filler_len = length - 1 - n_facts * fact_len - n_questions * qa_len
+    if filler_len < 0:
+        return single_retrieval(rng, corpus, length)
+    filler = corpus.stream(rng, filler_len)
+    cuts = sorted(rng.randrange(filler_len + 1) for _ in facts)
+    parts, prev = [], 0
+    for cut, (k, v) in zip(cuts, facts):
+        parts += [filler[prev:cut], qdata.FACT_TEMPLATE.format(key=k, value=v)]
+        prev = cut
+    parts.append(filler[prev:])
+    text = "".join(parts)
+    answers, values = [], []
+    for k, v in rng.sample(facts, n_questions):
+        text += qdata.QUESTION_TEMPLATE.format(key=k)
+        answer = qdata.ANSWER_TEMPLATE.format(key=k, value=v) + "\n"
+        start = 1 + len(text)  # + bos
+        answers.append((start, start + len(answer)))
+        at = start + answer.rindex(str(v))
+        values.append((at, at + len(str(v))))
+        text += answer
+    ids = [TOK.bos_token_id] + encode(text)
+    return ids, answers, values
+
+
+def sample_sequence(rng: random.Random, corpus: qdata.Corpus, length: int,
+                    retrieval_frac: float, dense_frac: float = 0.5):
+    """(token ids of exactly ``length`` tokens, answer mask, value-digit mask): text, or with
+    probability ``retrieval_frac`` a retrieval document (``dense_frac`` of them dense)."""
+    if rng.random() < retrieval_frac and length >= 200:
+        make = dense_retrieval if rng.random() < dense_frac else single_retrieval
+        ids, answers, values = make(rng, corpus, length)
+        return ids, _spans_mask(length, answers), _spans_mask(length, values)
+    ids = [TOK.bos_token_id] + encode(corpus.stream(rng, length - 1))
+    none = torch.zeros(length, dtype=torch.bool)
+    return ids, none, none
 
 
 def make_batch(rng: random.Random, corpus: qdata.Corpus, length: int, batch: int,
-               retrieval_frac: float, answer_weight: float):
+               retrieval_frac: float, answer_weight: float, dense_frac: float = 0.5):
     """(ids, per-token loss weights, mask of the value digits) of ``batch`` sequences."""
     ids, weights, values = [], [], []
     for _ in range(batch):
-        seq, answer_start, value_start = sample_sequence(rng, corpus, length, retrieval_frac)
+        seq, answer, value = sample_sequence(rng, corpus, length, retrieval_frac, dense_frac)
         assert len(seq) == length
-        w = torch.ones(length)
-        w[answer_start:] = answer_weight
-        v = torch.zeros(length, dtype=torch.bool)
-        v[value_start: length - 2] = True  # the digits, before "." and eos
         ids.append(torch.tensor(seq))
-        weights.append(w)
-        values.append(v)
+        weights.append(torch.where(answer, answer_weight, 1.0))
+        values.append(value)
     return torch.stack(ids), torch.stack(weights), torch.stack(values)
 
 
@@ -147,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-tokens", type=int, default=32768, help="tokens per optimizer step")
     p.add_argument("--retrieval-frac", type=float, default=0.5,
                    help="share of sequences that are retrieval documents")
+    p.add_argument("--dense-frac", type=float, default=0.5,
+                   help="share of retrieval documents in the dense multi-question form")
     p.add_argument("--answer-weight", type=float, default=4.0)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
@@ -222,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 group["lr"] = lr
             batch = max(1, args.batch_tokens // length)
             ids, weights, values = make_batch(rng, corpus, length, batch, args.retrieval_frac,
-                                              args.answer_weight)
+                                              args.answer_weight, args.dense_frac)
             ids = ids.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(input_ids=ids, use_cache=False).logits
