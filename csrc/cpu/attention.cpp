@@ -24,54 +24,16 @@
 #include "attention.h"
 #include "cpu/online_softmax.h"
 #include "cpu/tile_gemm.h"
+#include "cpu/tiles.h"
 
 namespace swaa {
 namespace {
 
-constexpr int64_t kBlockQ = 64;
-constexpr int64_t kBlockK = cpu::kTile;  // S tiles are kTile wide
-
-// A view of `rows` rows of a (L, D) matrix as acc_t: the input itself when it
-// is already acc_t, else a widened copy in `buffer`.
-template <typename acc_t>
-struct Rows {
-  const acc_t* ptr;
-  int64_t ld;
-};
-
-template <typename scalar_t, typename acc_t>
-Rows<acc_t> load_rows(const scalar_t* src, int64_t row_stride, int64_t rows,
-                                int64_t dim, std::vector<acc_t>& buffer) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return {src, row_stride};
-  } else {
-    buffer.resize(rows * dim);
-    for (int64_t r = 0; r < rows; ++r) {
-      const scalar_t* in = src + r * row_stride;
-      acc_t* out = buffer.data() + r * dim;
-      for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<acc_t>(in[d]);
-    }
-    return {buffer.data(), dim};
-  }
-}
-
-// Sets masked scores of a tile to -inf (only called on boundary tiles).
-template <typename acc_t>
-void mask_tile(acc_t* s, int64_t lds, const Visibility& vis, int64_t p_first, int64_t rows,
-               int64_t j_first, int64_t cols) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c)
-      if (!vis.visible(p_first + r, j_first + c))
-        s[r * lds + c] = -std::numeric_limits<acc_t>::infinity();
-}
-
-// Calls fn(j_first, n) for each key tile of the visible ranges of a query block.
-template <typename Fn>
-void for_each_key_tile(const KeySpan& span, Fn&& fn) {
-  for (const Range& range : {span.head, span.body})
-    for (int64_t j = range.begin; j < range.end; j += kBlockK)
-      fn(j, std::min(kBlockK, range.end - j));
-}
+using cpu::for_each_key_tile;
+using cpu::kBlockK;
+using cpu::kBlockQ;
+using cpu::load_rows;
+using cpu::mask_tile;
 
 // One task of the forward and of the dq pass: a block of up to kBlockQ query
 // rows of one (batch, query head), and where its rows sit.

@@ -25,13 +25,17 @@
 
 #include "cpu/online_softmax.h"
 #include "cpu/tile_gemm.h"
+#include "cpu/tiles.h"
 #include "ring_ops.h"
 
 namespace swaa {
 namespace {
 
-constexpr int64_t kBlockQ = 64;
-constexpr int64_t kBlockK = 64;
+using cpu::for_each_key_tile;
+using cpu::kBlockK;
+using cpu::kBlockQ;
+using cpu::load_rows;
+using cpu::mask_tile;
 
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -88,16 +92,6 @@ void gather_tile(const KeySource<scalar_t>& src, int64_t n, int64_t D, PosAt&& p
   }
 }
 
-// Query rows (rows x D) widened to acc_t.
-template <typename scalar_t, typename acc_t>
-void load_queries(const scalar_t* q, int64_t row_stride, int64_t rows, int64_t D,
-                  std::vector<acc_t>& out) {
-  out.resize(rows * D);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < D; ++d) out[r * D + d] = static_cast<acc_t>(q[r * row_stride + d]);
-}
-
-// Running softmax state of `rows` query rows: max, sum and unnormalised output.
 template <typename scalar_t>
 void append_kernel(const RingParams& p) {
   const int64_t D = p.head_dim;
@@ -143,24 +137,18 @@ void chunk_kernel(const RingParams& p) {
 
       state.reset(rows, D);
       if (rows > 0) {
-        load_queries(static_cast<const scalar_t*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
-                         row0 * p.q_row_stride,
-                     p.q_row_stride, rows, D, q_rows);
-        const KeySpan span = visible_keys(vis, p_first, p_last);
-        for (const Range& range : {span.head, span.body}) {
-          for (int64_t j0 = range.begin; j0 < range.end; j0 += kBlockK) {
-            const int64_t n = std::min(kBlockK, range.end - j0);
-            gather_tile<scalar_t, acc_t>(src, n, D, [&](int64_t c) { return j0 + c; }, k_tile, v_tile);
-            cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), q_rows.data(), D, k_tile.data(), D,
-                                 scores.data(), kBlockK, scratch);
-            if (!vis.tile_fully_visible(p_first, p_last, j0, j0 + n - 1))
-              for (int64_t r = 0; r < rows; ++r)
-                for (int64_t c = 0; c < n; ++c)
-                  if (!vis.visible(p_first + r, j0 + c))
-                    scores[r * kBlockK + c] = -std::numeric_limits<acc_t>::infinity();
-            state.update(scores.data(), kBlockK, n, v_tile.data(), D);
-          }
-        }
+        const auto qr = load_rows<scalar_t, acc_t>(
+            static_cast<const scalar_t*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
+                row0 * p.q_row_stride,
+            p.q_row_stride, rows, D, q_rows);
+        for_each_key_tile(visible_keys(vis, p_first, p_last), [&](int64_t j0, int64_t n) {
+          gather_tile<scalar_t, acc_t>(src, n, D, [&](int64_t c) { return j0 + c; }, k_tile, v_tile);
+          cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), qr.ptr, qr.ld, k_tile.data(), D,
+                               scores.data(), kBlockK, scratch);
+          if (!vis.tile_fully_visible(p_first, p_last, j0, j0 + n - 1))
+            mask_tile(scores.data(), kBlockK, vis, p_first, rows, j0, n);
+          state.update(scores.data(), kBlockK, n, v_tile.data(), D);
+        });
       }
       auto* out = static_cast<scalar_t*>(p.out) + ((b * p.q_heads + h) * p.chunk_len + row0) * D;
       float* lse = p.lse + (b * p.q_heads + h) * p.chunk_len + row0;
@@ -214,14 +202,15 @@ void decode_kernel(const RingParams& p, int64_t splits) {
       };
 
       state.reset(G, D);
-      load_queries(static_cast<const scalar_t*>(p.q) + b * p.q_batch_stride +
-                       kvh * G * p.q_head_stride,
-                   p.q_head_stride, G, D, q_rows);
+      // the G query heads of this KV head, one row each
+      const auto qr = load_rows<scalar_t, acc_t>(
+          static_cast<const scalar_t*>(p.q) + b * p.q_batch_stride + kvh * G * p.q_head_stride,
+          p.q_head_stride, G, D, q_rows);
       for (int64_t i0 = key_begin; i0 < key_end; i0 += kBlockK) {
         const int64_t n = std::min(kBlockK, key_end - i0);
         gather_tile<scalar_t, acc_t>(src, n, D, [&](int64_t c) { return pos_at(i0 + c); }, k_tile,
                                      v_tile);
-        cpu::gemm_abt<acc_t>(G, n, D, acc_t(p.scale), q_rows.data(), D, k_tile.data(), D,
+        cpu::gemm_abt<acc_t>(G, n, D, acc_t(p.scale), qr.ptr, qr.ld, k_tile.data(), D,
                              scores.data(), kBlockK, scratch);
         state.update(scores.data(), kBlockK, n, v_tile.data(), D);
       }
