@@ -33,6 +33,7 @@ Models that do not have it are refused.  See docs/generate.md.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Callable, List, Optional, Sequence, Union
@@ -331,12 +332,12 @@ def _run_layers(dec: _Decoder, ids: torch.Tensor, positions: torch.Tensor,
     return h
 
 
-def _full_from(lengths: torch.Tensor, tail: int, uniform: bool):
+def _full_from(lengths: torch.Tensor, first_length: int, tail: int, uniform: bool):
     """Per-row ``full_from`` of a layer whose last ``tail`` prompt tokens see everything."""
     if tail == 0:
         return None
     if uniform:
-        return max(int(lengths[0]) - tail, 0)
+        return max(first_length - tail, 0)
     return (lengths - tail).clamp_min(0)
 
 
@@ -345,15 +346,16 @@ class _Prefill:
     keys/values into the layer's cache.  Prompts sit right-padded at positions 0 .. L-1."""
 
     def __init__(self, plans: List[LayerPlan], caches: List[RingKVCache], full_cache: List[bool],
-                 scaling: List[float], lengths: torch.Tensor, uniform: bool):
+                 scaling: List[float], lengths: torch.Tensor, lengths_list: List[int]):
         self.plans, self.caches, self.full_cache = plans, caches, full_cache
-        self.scaling, self.lengths, self.uniform = scaling, lengths, uniform
+        self.scaling, self.lengths, self.lengths_list = scaling, lengths, lengths_list
+        self.uniform = len(set(lengths_list)) == 1
         self.start = 0
         self.chunk_lengths: Optional[torch.Tensor] = None
 
     def set_chunk(self, start: int, size: int) -> None:
         self.start = start
-        if self.uniform and int(self.lengths[0]) >= start + size:
+        if min(self.lengths_list) >= start + size:
             self.chunk_lengths = None  # every row fills the chunk
         else:
             self.chunk_lengths = (self.lengths - start).clamp(0, size)
@@ -368,8 +370,8 @@ class _Prefill:
         plan, cache, s = self.plans[i], self.caches[i], self.start
         window = None if plan.prefill == "full" else plan.window
         sink = 0 if plan.prefill == "full" else plan.sink
-        full_from = None if plan.prefill == "full" else _full_from(self.lengths, plan.full_tail,
-                                                                   self.uniform)
+        full_from = None if plan.prefill == "full" else _full_from(self.lengths, self.lengths_list[0],
+                                                                   plan.full_tail, self.uniform)
         n = k.shape[2]
         if s == 0:
             out = swa_attention(q, k, v, window=window, sink=sink, full_from=full_from,
@@ -472,7 +474,6 @@ def generate(
 
     # prompts right-padded: row b's real tokens at 0 .. n_b - 1
     Lp = max(lengths_list)
-    uniform = len(set(lengths_list)) == 1
     gather = (torch.tensor(first_list)[:, None] + torch.arange(Lp)[None, :]).clamp_max(L - 1)
     prompt = ids_in.gather(1, gather.to(device))
     lengths = torch.tensor(lengths_list, dtype=torch.int64, device=device)
@@ -494,7 +495,7 @@ def generate(
 
         # ---- prefill
         t0 = time.perf_counter()
-        prefill = _Prefill(plans, caches, full_cache, dec.scaling, lengths, uniform)
+        prefill = _Prefill(plans, caches, full_cache, dec.scaling, lengths, lengths_list)
         last = torch.zeros(B, dec.embed.embedding_dim, dtype=dtype, device=device)
         rows = torch.arange(B, device=device)
         for s in range(0, Lp, chunk):
@@ -540,7 +541,7 @@ def generate(
         if steps and cuda_graph:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), _sync_check(device):
                 decode_step()  # warm-up: the first decode step, run eagerly
             torch.cuda.current_stream(device).wait_stream(side)
             done = 1
@@ -554,10 +555,11 @@ def generate(
         while done < steps:
             if eos_t is not None and done % eos_check_every == 0 and bool(finished.all()):
                 break
-            if graph is not None:
-                graph.replay()
-            else:
-                decode_step()
+            with _sync_check(device):
+                if graph is not None:
+                    graph.replay()
+                else:
+                    decode_step()
             done += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -576,6 +578,24 @@ def generate(
                             decode_ms_per_token=1000.0 * decode_s / done if done else 0.0,
                             kv_bytes=kv_bytes, peak_bytes=int(peak), capture_s=capture_s,
                             cuda_graph=graph is not None)
+
+
+# tests set this to True: every decode step on CUDA (eager or replay) then runs under
+# torch.cuda.set_sync_debug_mode("error"), so a host synchronisation inside a step raises
+_CHECK_STEP_SYNC = False
+
+
+@contextlib.contextmanager
+def _sync_check(device: torch.device):
+    if not _CHECK_STEP_SYNC or device.type != "cuda":
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
 
 
 def _decode_attend(caches: List[RingKVCache], scaling: List[float]) -> Attend:
