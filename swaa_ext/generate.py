@@ -469,8 +469,10 @@ def generate(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    seed = int(torch.randint(0, 1 << 62, (1,), generator=generator,
-                             device=generator.device if generator is not None else "cpu"))
+    seed = 0
+    if do_sample:  # greedy decoding leaves the random generators alone
+        seed = int(torch.randint(0, 1 << 62, (1,), generator=generator,
+                                 device=generator.device if generator is not None else "cpu"))
 
     # prompts right-padded: row b's real tokens at 0 .. n_b - 1
     Lp = max(lengths_list)
