@@ -1,0 +1,291 @@
+"""swaa_ext.generate: static caches + one CUDA graph per decode step.
+
+CPU: tiny float32 models from configs; greedy tokens equal transformers' generate (stock, and with
+our SWAACache for the same SWAAConfig), padded batches, chunked prefill, sampling, eos, errors.
+CUDA (marker ``cuda``): graph tokens equal eager tokens in bfloat16, no host sync in a step.
+"""
+import math
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+from swaa_ext import RingKVCache, SWAAConfig, hf, swa_attention  # noqa: E402
+from swaa_ext import generate as gen_module  # noqa: E402
+from swaa_ext.generate import GenerationOutput, generate  # noqa: E402
+
+from test_hf import random_ids, tiny_model  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+PRESETS = ["naive", "fa_decode", "half_full", "sink", "sink+fa_decode+quarter_full"]
+WINDOW = 5
+
+
+def cfg_of(name, window=WINDOW):
+    return SWAAConfig.preset(name, window=window, sink=2 if "sink" in name else None)
+
+
+def hf_tokens(model, ids, new, cfg=None, attention_mask=None, **kw):
+    """transformers' generate: stock (cfg None) or with apply_swaa + SWAACache."""
+    cache = None
+    if cfg is not None:
+        hf.apply_swaa(model, cfg)
+        cache = hf.SWAACache(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = model.generate(ids, attention_mask=attention_mask, past_key_values=cache,
+                                 max_new_tokens=new, do_sample=False, **kw)
+    finally:
+        if cfg is not None:
+            hf.remove_swaa(model)
+    return out[:, ids.shape[1]:]
+
+
+def right_aligned(ids, lengths):
+    """Left-padded ids/mask with the given real lengths (pad id 0)."""
+    B, L = ids.shape
+    mask = torch.zeros_like(ids)
+    for b, n in enumerate(lengths):
+        mask[b, L - n:] = 1
+    return ids * mask, mask
+
+
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen2", "mistral"])
+def test_no_swaa_equals_stock_generate(arch):
+    model = tiny_model(arch)
+    ids = random_ids(2, 13, seed=3)
+    out = generate(model, ids, 7)
+    assert isinstance(out, GenerationOutput)
+    assert out.sequences.shape == (2, 20)
+    assert torch.equal(out.sequences[:, :13], ids)
+    assert torch.equal(out.sequences[:, 13:], hf_tokens(model, ids, 7))
+    assert out.peak_bytes == 0 and not out.cuda_graph and out.prefill_s > 0 and out.decode_s > 0
+    assert out.decode_ms_per_token == pytest.approx(1000 * out.decode_s / 6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_equal_generate_with_swaa_cache(arch, name):
+    model = tiny_model(arch)
+    ids = random_ids(2, 13, seed=4)  # longer than the window: the rings wrap
+    cfg = cfg_of(name)
+    ref = hf_tokens(model, ids, 7, cfg)
+    out = generate(model, ids, 7, swaa=cfg)
+    assert torch.equal(out.sequences[:, 13:], ref)
+    # chunked prefill (chunks shorter than the window and longer) computes the same
+    for chunk in (3, 7):
+        assert torch.equal(generate(model, ids, 7, swaa=cfg, prefill_chunk=chunk).sequences,
+                           out.sequences)
+
+
+def test_kv_bytes_ring_and_full_caches():
+    model = tiny_model("llama")  # 4 layers, 2 KV heads, head dim 16, float32
+    B, L, new = 2, 11, 6
+    per_slot = 2 * B * 2 * 16 * 4  # keys + values of one position, all rows and heads
+    ids = random_ids(B, L, seed=5)
+    assert generate(model, ids, new).kv_bytes == 4 * (L + new) * per_slot
+    cfg = SWAAConfig(window=4, sink=2, full_layers=(1,))
+    assert generate(model, ids, new, swaa=cfg).kv_bytes == (3 * (2 + 4) + (L + new)) * per_slot
+    # a window as long as everything needs no ring: a full cache of L + new positions
+    assert generate(model, ids, new, swaa=SWAAConfig(window=L + new)).kv_bytes == \
+        4 * (L + new) * per_slot
+
+
+def test_ring_as_full_cache_never_wraps():
+    """The full-attention caches are rings of window >= every position and sink 0: position t
+    stays in slot t, and attention over them equals full causal attention."""
+    torch.manual_seed(0)
+    B, H, D, L, new = 2, 2, 16, 9, 5
+    total = L + new
+    cache = RingKVCache(B, H, D, window=total, sink=0, dtype=torch.float32, device="cpu")
+    k = torch.randn(B, H, total, D)
+    v = torch.randn(B, H, total, D)
+    q = torch.randn(B, 2 * H, total, D)
+    torch.ops.swaa.ring_append(cache.keys, cache.values, k[:, :, :L], v[:, :, :L], cache.seqlens,
+                               None, cache.window, cache.sink)
+    cache.seqlens.add_(L)
+    outs = [cache.attend(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1])
+            for t in range(L, total)]
+    assert torch.equal(cache.keys, k) and torch.equal(cache.values, v)
+    full = swa_attention(q, k, v, window=None)[:, :, L:]
+    torch.testing.assert_close(torch.cat(outs, 2), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [None, cfg_of("sink+fa_decode"), cfg_of("naive"),
+                                 SWAAConfig(window=4, sink=1, full_tail=3),
+                                 SWAAConfig(window=4, full_layers=(1,), full_decode=True,
+                                            full_tail=2)],
+                         ids=["none", "sink+fa_decode", "naive", "tail", "tail+fa_decode"])
+def test_padded_batch_equals_generate_with_swaa_cache(cfg):
+    model = tiny_model("llama")
+    lengths = [14, 10, 5]
+    ids, mask = right_aligned(random_ids(3, 14, seed=6), lengths)
+    ref = hf_tokens(model, ids, 6, cfg, attention_mask=mask, pad_token_id=0)
+    out = generate(model, ids, 6, swaa=cfg, attention_mask=mask)
+    assert torch.equal(out.sequences[:, :14], ids)
+    assert torch.equal(out.sequences[:, 14:], ref)
+    # the same prompts right-padded give the same new tokens
+    right = torch.zeros_like(ids)
+    for b, n in enumerate(lengths):
+        right[b, :n] = ids[b, 14 - n:]
+    right_mask = mask.flip(-1)
+    assert torch.equal(generate(model, right, 6, swaa=cfg, attention_mask=right_mask)
+                       .sequences[:, 14:], ref)
+    if cfg is None or not cfg.full_tail:
+        assert torch.equal(generate(model, ids, 6, swaa=cfg, attention_mask=mask, prefill_chunk=3)
+                           .sequences, out.sequences)
+
+
+def test_sampling_reproducible_with_a_seed():
+    model = tiny_model("qwen3")
+    ids = random_ids(3, 9, seed=7)
+    kw = dict(do_sample=True, temperature=0.9, top_k=30, top_p=0.9, swaa=cfg_of("sink"))
+    a = generate(model, ids, 10, generator=torch.Generator().manual_seed(1), **kw).sequences
+    b = generate(model, ids, 10, generator=torch.Generator().manual_seed(1), **kw).sequences
+    c = generate(model, ids, 10, generator=torch.Generator().manual_seed(2), **kw).sequences
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(3)
+    d = generate(model, ids, 10, **kw).sequences
+    torch.manual_seed(3)
+    assert torch.equal(generate(model, ids, 10, **kw).sequences, d)
+    # top_k = 1 leaves only the argmax
+    greedy = generate(model, ids, 10, swaa=cfg_of("sink")).sequences
+    assert torch.equal(generate(model, ids, 10, do_sample=True, top_k=1,
+                                swaa=cfg_of("sink")).sequences, greedy)
+
+
+def test_sampler_frequencies_follow_the_distribution():
+    V, steps = 6, 12000
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    temperature = 0.7
+    sampler = gen_module._Sampler(True, temperature, None, None, seed=12345, batch=1, vocab=V,
+                                  device="cpu")
+    counts = torch.zeros(V)
+    for s in range(steps):
+        counts[sampler(logits, torch.tensor([s]))] += 1
+    probs = (logits[0] / temperature).softmax(-1)
+    # binomial standard error: 5 sigma
+    sigma = (probs * (1 - probs) / steps).sqrt()
+    assert ((counts / steps - probs).abs() <= 5 * sigma + 1e-3).all(), (counts / steps, probs)
+    # top-k 2 and top-p: only the allowed tokens appear, in the renormalised proportions
+    sampler = gen_module._Sampler(True, 1.0, 2, None, seed=7, batch=1, vocab=V, device="cpu")
+    picks = torch.stack([sampler(logits, torch.tensor([s])) for s in range(3000)]).flatten()
+    assert set(picks.tolist()) == {0, 1}
+    p0 = math.exp(2) / (math.exp(2) + math.exp(1))
+    assert abs((picks == 0).float().mean().item() - p0) < 5 * math.sqrt(p0 * (1 - p0) / 3000)
+    sampler = gen_module._Sampler(True, 1.0, None, 0.5, seed=7, batch=1, vocab=V, device="cpu")
+    picks = torch.stack([sampler(logits, torch.tensor([s])) for s in range(500)]).flatten()
+    assert set(picks.tolist()) == {0}  # token 0 alone holds > 0.5 of the mass
+
+
+def test_eos_stops_like_stock_generate():
+    model = tiny_model("llama")
+    ids = random_ids(3, 8, seed=8)
+    free = generate(model, ids, 10).sequences[:, 8:]
+    eos = [int(free[0, 2]), int(free[1, 3]), int(free[2, 4])]  # every row stops by token 4
+    ref = hf_tokens(model, ids, 10, eos_token_id=eos, pad_token_id=0)
+    assert ref.shape[1] <= 5
+    for every in (1, 3, 32):
+        out = generate(model, ids, 10, eos_token_id=eos, pad_token_id=0, eos_check_every=every)
+        assert torch.equal(out.sequences[:, 8:], ref)
+    # stopped early; a row that finished emits pad afterwards
+    assert out.sequences.shape[1] == 8 + ref.shape[1]
+    assert (out.sequences[0, 8 + 3:] == 0).all()
+
+
+def test_errors_name_the_argument():
+    model = tiny_model("llama")
+    ids = random_ids(2, 6, seed=9)
+    cases = [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(input_ids=ids[0]), "input_ids"),
+        (dict(input_ids=ids.float()), "input_ids"),
+        (dict(input_ids=ids + 1000), "input_ids"),
+        (dict(attention_mask=torch.ones(2, 5, dtype=torch.long)), "attention_mask"),
+        (dict(attention_mask=torch.tensor([[1, 1, 0, 1, 1, 1]] * 2)), "attention_mask"),
+        (dict(attention_mask=torch.tensor([[0] * 6, [1] * 6])), "attention_mask"),
+        (dict(swaa=3), "swaa"),
+        (dict(swaa="no_such_preset"), "preset"),
+        (dict(swaa=SWAAConfig(window=4, full_layers=(9,))), "full_layers"),
+        (dict(cuda_graph=True), "cuda_graph"),
+        (dict(do_sample=True, temperature=0.0), "temperature"),
+        (dict(do_sample=True, top_k=0), "top_k"),
+        (dict(do_sample=True, top_p=1.5), "top_p"),
+        (dict(prefill_chunk=0), "prefill_chunk"),
+        (dict(swaa=SWAAConfig(window=2, full_tail=2), prefill_chunk=3), "prefill_chunk"),
+        (dict(eos_token_id="x"), "eos_token_id"),
+    ]
+    for kw, word in cases:
+        args = dict(input_ids=ids, max_new_tokens=3)
+        args.update(kw)
+        with pytest.raises(ValueError, match=word):
+            generate(model, args.pop("input_ids"), args.pop("max_new_tokens"), **args)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).eval()
+    with pytest.raises(ValueError, match="model GPT2LMHeadModel is not supported"):
+        generate(gpt2, ids % 50, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda_model(layers=4):
+    from swaa_ext.models import default_model  # head dim 64: served by the CUDA kernels
+    return default_model("cuda", torch.bfloat16, num_hidden_layers=layers)
+
+
+def cuda_ids(batch, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 2048, (batch, length), generator=g).cuda()
+
+
+@pytest.fixture
+def no_sync_in_steps(monkeypatch):
+    monkeypatch.setattr(gen_module, "_CHECK_STEP_SYNC", True)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("swaa", [None, "naive", "sink+fa_decode", "sink+half_full"])
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_cuda_graph_tokens_equal_eager(batch, swaa, do_sample, no_sync_in_steps):
+    model = cuda_model()
+    cfg = None if swaa is None else SWAAConfig.preset(swaa, window=64,
+                                                      sink=4 if "sink" in swaa else None)
+    ids = cuda_ids(batch, 200, seed=batch)  # prompt longer than the window
+    kw = dict(swaa=cfg, do_sample=do_sample, top_k=50, top_p=0.95, temperature=0.8)
+    eager = generate(model, ids, 40, cuda_graph=False,
+                     generator=torch.Generator().manual_seed(5), **kw)
+    graph = generate(model, ids, 40, generator=torch.Generator().manual_seed(5), **kw)
+    assert graph.cuda_graph and not eager.cuda_graph
+    assert torch.equal(graph.sequences, eager.sequences)
+    assert graph.peak_bytes > 0 and graph.decode_ms_per_token > 0
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_padded_batch_chunked_prefill_and_eos(no_sync_in_steps):
+    model = cuda_model()
+    cfg = SWAAConfig.preset("sink+fa_decode", window=64, sink=4)
+    ids = cuda_ids(4, 150, seed=11)
+    mask = torch.ones_like(ids)
+    for b, pad in enumerate([0, 30, 77, 149]):
+        mask[b, :pad] = 0
+    eager = generate(model, ids, 24, swaa=cfg, attention_mask=mask, cuda_graph=False)
+    graph = generate(model, ids, 24, swaa=cfg, attention_mask=mask)
+    assert torch.equal(graph.sequences, eager.sequences)
+    chunked = generate(model, ids, 24, swaa=cfg, attention_mask=mask, prefill_chunk=64)
+    assert torch.equal(chunked.sequences, graph.sequences)
+    eos = int(graph.sequences[1, 150 + 5])
+    stop = generate(model, ids, 24, swaa=cfg, attention_mask=mask, eos_token_id=eos,
+                    pad_token_id=0, eos_check_every=4)
+    stop_eager = generate(model, ids, 24, swaa=cfg, attention_mask=mask, eos_token_id=eos,
+                          pad_token_id=0, eos_check_every=4, cuda_graph=False)
+    assert torch.equal(stop.sequences, stop_eager.sequences)
