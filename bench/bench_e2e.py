@@ -97,7 +97,10 @@ OURS = {
     "swa+full-decode+half-full": "fa_decode+half_full",
 }
 HF = ("hf-sdpa", "hf-swa", "hf-static-compile")
-DEFERRED = ("hf-swa",)  # run after every other configuration of the model (see _plan_runs)
+DEFERRED = ("hf-swa",)
+# configurations computing the same attention: their greedy tokens are compared (information)
+SAME_ATTENTION = {"full": "hf-sdpa", "hf-sdpa": "full", "hf-static-compile": "hf-sdpa",
+                  "hf-swa": "swa"}  # run after every other configuration of the model (see _plan_runs)
 # run order: the baselines first (speedups of later rows are known when they are written), the
 # costly HF variants last (a run cut short loses the least)
 CONFIGS = ["full", "hf-sdpa", "swa", "swa+half-full", "swa+full-decode",
@@ -537,6 +540,8 @@ def load_rows(path: Path, run: str | None) -> list[dict]:
             raise ValueError(f"--plot-from {path} holds {len(runs)} runs: pick one with --run "
                              f"({', '.join(runs)})")
         return rows
+    if run == "latest" and runs:
+        run = runs[-1]  # run ids start with their UTC time
     picked = [r for r in rows if r["run"] == run]
     if not picked:
         raise ValueError(f"--run {run!r} not found in {path} (runs: {', '.join(runs) or 'none'})")
@@ -592,7 +597,7 @@ def parse_args(argv=None):
     ap.add_argument("--plot-from", type=Path, metavar="ROWS",
                     help="measure nothing: table, goals and --plot from saved rows")
     ap.add_argument("--run", help="with --plot-from: the run to report (needed when the file "
-                    "holds several)")
+                    "holds several; 'latest': the newest)")
     ap.add_argument("--estimate-only", action="store_true", help="print the plan and the "
                     "runtime estimate, run nothing")
     args = ap.parse_args(argv)
@@ -637,6 +642,12 @@ def _plan_runs(args) -> list[tuple]:
                 (later if config in DEFERRED else runs).append((key, prompt, batch, config))
         runs += sorted(later, key=lambda r: (r[1] * r[2], r[1]))
     return runs
+
+
+def leading_agreement(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Number of leading generated tokens on which a and b (B, n) agree in every row."""
+    differ = (a != b).any(0).nonzero()
+    return int(differ[0]) if len(differ) else a.shape[1]
 
 
 def _row(name: str, prompt: int, batch: int, new: int, config: str, res: dict, peak: float,
@@ -686,7 +697,7 @@ def main(argv=None) -> int:
           f"{str(dtype).replace('torch.', '')}; rows -> {out_path}", flush=True)
 
     start = time.perf_counter()
-    all_rows, failed = [], []
+    all_rows, failed, tokens = [], [], {}
     max_positions = max(131072, max(p for p, _ in args.plan["shapes"])) + new
     model = runner = None
     shape = ids = warm_ids = None
@@ -722,6 +733,7 @@ def main(argv=None) -> int:
             continue
         peak = _peak_gb(device)
         all_rows.append(_row(name, prompt, batch, new, config, res, peak, meta))
+        tokens[(key, prompt, batch, config)] = res["sequences"][:, prompt:].cpu()
         res = None
         row = all_rows[-1] = add_speedups(all_rows)[-1]
         common.append_rows(out_path, [{k: row[k] for k in ROW_FIELDS}])
@@ -732,6 +744,12 @@ def main(argv=None) -> int:
               f"KV {row['kv_bytes'] / 1e9:6.2f} GB  peak {peak:5.1f} GB"
               + (f"  {sv:.2f}x vs full" if sv else "")
               + f"  ({time.perf_counter() - t_cfg:.0f} s with warm-up)", flush=True)
+        other = SAME_ATTENTION.get(config)
+        if other is not None and (key, prompt, batch, other) in tokens:
+            same = leading_agreement(tokens[(key, prompt, batch, config)],
+                                     tokens[(key, prompt, batch, other)])
+            print(f"    same attention as {other}: the first {same} of {new} greedy tokens agree "
+                  f"in every row (random weights: near-ties flip with rounding)", flush=True)
     if runner is not None:
         runner.close()
     runner = model = ids = warm_ids = None
