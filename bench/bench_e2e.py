@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -97,10 +96,10 @@ OURS = {
     "swa+full-decode+half-full": "fa_decode+half_full",
 }
 HF = ("hf-sdpa", "hf-swa", "hf-static-compile")
-DEFERRED = ("hf-swa",)
+DEFERRED = ("hf-swa",)  # run after every other configuration of the model (see _plan_runs)
 # configurations computing the same attention: their greedy tokens are compared (information)
 SAME_ATTENTION = {"full": "hf-sdpa", "hf-sdpa": "full", "hf-static-compile": "hf-sdpa",
-                  "hf-swa": "swa"}  # run after every other configuration of the model (see _plan_runs)
+                  "hf-swa": "swa"}
 # run order: the baselines first (speedups of later rows are known when they are written), the
 # costly HF variants last (a run cut short loses the least)
 CONFIGS = ["full", "hf-sdpa", "swa", "swa+half-full", "swa+full-decode",
@@ -289,7 +288,8 @@ def run_ours(model, ids: torch.Tensor, new_tokens: int, swaa) -> dict:
         raise RuntimeError(f"generate returned {out.sequences.shape[1] - ids.shape[1]} new "
                            f"tokens, asked for {new_tokens}")
     return dict(prefill_s=float(out.prefill_s), decode_ms_per_token=float(out.decode_ms_per_token),
-                total_s=t1 - t0, kv_bytes=int(out.kv_bytes), sequences=out.sequences)
+                total_s=t1 - t0, kv_bytes=int(out.kv_bytes), sequences=out.sequences,
+                capture_s=float(getattr(out, "capture_s", 0.0)))
 
 
 class Runner:
@@ -345,7 +345,15 @@ class Runner:
                       "step", flush=True)
             cache.reset()
             free_memory(self.device)
-            return run_hf(self.model, ids, new, cache)
+            try:
+                return run_hf(self.model, ids, new, cache)
+            finally:
+                # the compiled step (its CUDA graph pool, guards on the cache tensors) would keep
+                # memory that the next configurations need
+                cache = None
+                if hasattr(self.model, "_compiled_call"):
+                    del self.model._compiled_call
+                torch._dynamo.reset()
         raise ValueError(f"unknown configuration {config!r}")
 
 
@@ -444,7 +452,8 @@ def markdown_table(rows: list[dict]) -> str:
             paper = PAPER_SPEEDUP.get(r["config"])
             lines.append(
                 f"| {r['config']} | {_f(r['speedup_vs_full'], '.2f')}x | "
-                f"{_f(r['speedup_vs_hf_sdpa'], '.2f')}x | {_f(paper, '.2f') + 'x' if paper else ''} | "
+                f"{_f(r['speedup_vs_hf_sdpa'], '.2f')}x | "
+                f"{_f(paper, '.2f') + 'x' if paper else ''} | "
                 f"{r['prefill_s']:.3f} | {r['decode_ms_per_token']:.2f} | {r['total_s']:.2f} | "
                 f"{r['kv_bytes'] / 1e9:.3f} | {r['peak_gb']:.1f} |")
     return "\n".join(lines).replace("-x |", "- |")
@@ -461,7 +470,8 @@ def goal_checks(rows: list[dict], goal_prompt: int = GOAL_PROMPT) -> list[str]:
         return [f"goals: no rows at prompt {goal_prompt} (the goals are checked there)"]
     for (model, prompt, batch, new) in sorted({_key(r) for r in at}):
         group = {r["config"]: r for r in at if _key(r) == (model, prompt, batch, new)}
-        lines.append(f"goals, {model} prompt {prompt} batch {batch} ({next(iter(group.values()))['gpu']}):")
+        gpu = next(iter(group.values()))["gpu"]
+        lines.append(f"goals, {model} prompt {prompt} batch {batch} ({gpu}):")
         full = group.get("full")
         for config, paper in PAPER_SPEEDUP.items():
             r = group.get(config)
@@ -482,7 +492,8 @@ def goal_checks(rows: list[dict], goal_prompt: int = GOAL_PROMPT) -> list[str]:
                          f"for SWA decode) {verdict}")
         hf = group.get("hf-sdpa")
         if full is not None and hf is not None:
-            lines.append(f"  full vs hf-sdpa                 {hf['total_s'] / full['total_s']:6.2f}x "
+            ratio = hf["total_s"] / full["total_s"]
+            lines.append(f"  full vs hf-sdpa                 {ratio:6.2f}x "
                          f"(goal >= 1) {'MET' if full['total_s'] <= hf['total_s'] else 'MISSED'}")
     return lines
 
@@ -717,7 +728,8 @@ def main(argv=None) -> int:
         if shape != (key, prompt, batch):
             shape = (key, prompt, batch)
             gen = torch.Generator().manual_seed(args.seed)
-            ids = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=gen).to(device)
+            ids = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=gen)
+            ids = ids.to(device)
             warm_ids = ids[:, : min(prompt, 2 * args.window + 64)].contiguous()
         free_memory(device)
         t_cfg = time.perf_counter()
@@ -734,6 +746,7 @@ def main(argv=None) -> int:
         peak = _peak_gb(device)
         all_rows.append(_row(name, prompt, batch, new, config, res, peak, meta))
         tokens[(key, prompt, batch, config)] = res["sequences"][:, prompt:].cpu()
+        capture = res.get("capture_s", 0.0)
         res = None
         row = all_rows[-1] = add_speedups(all_rows)[-1]
         common.append_rows(out_path, [{k: row[k] for k in ROW_FIELDS}])
@@ -743,6 +756,7 @@ def main(argv=None) -> int:
               f"{row['decode_ms_per_token']:7.2f} ms/tok  total {row['total_s']:7.2f} s  "
               f"KV {row['kv_bytes'] / 1e9:6.2f} GB  peak {peak:5.1f} GB"
               + (f"  {sv:.2f}x vs full" if sv else "")
+              + (f"  graph capture {capture:.2f} s" if capture else "")
               + f"  ({time.perf_counter() - t_cfg:.0f} s with warm-up)", flush=True)
         other = SAME_ATTENTION.get(config)
         if other is not None and (key, prompt, batch, other) in tokens:
