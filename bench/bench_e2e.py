@@ -115,6 +115,10 @@ PRESETS = {
     # 128k first: the goals are checked there
     "quick": dict(models=["qwen3-4b"], shapes=[(131072, 1), (32768, 1)], configs=CONFIGS,
                   new_tokens=512),
+    # issue 7's decode comparison: ours against HF sdpa and HF static cache + torch.compile
+    "decode": dict(models=["qwen3-4b"], shapes=[(32768, 1), (32768, 8)],
+                   configs=["full", "hf-sdpa", "swa", "swa+full-decode", "hf-static-compile"],
+                   new_tokens=512),
     "full": dict(models=["qwen3-4b", "llama-3.1-8b"],
                  shapes=[(131072, 1), (32768, 1), (32768, 8)], configs=CONFIGS, new_tokens=512),
 }
@@ -588,8 +592,9 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="quick: Qwen3-4B, 128k and 32k, batch 1, all configs, 512 new tokens; "
-                    "full: + Llama-3.1-8B and batch 8 at 32k (default quick; the flags below "
-                    "override its fields)")
+                    "decode: Qwen3-4B, 32k, batch 1 and 8, full / hf-sdpa / swa / "
+                    "swa+full-decode / hf-static-compile; full: quick + Llama-3.1-8B + batch 8 "
+                    "at 32k (default quick; the flags below override its fields)")
     ap.add_argument("--models", type=_csv(str, list(MODELS)), help=f"comma-separated, of "
                     f"{', '.join(MODELS)}")
     ap.add_argument("--prompts", type=_csv(int), help="comma-separated prompt lengths")
