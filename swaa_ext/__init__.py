@@ -21,10 +21,11 @@ def build_info() -> dict:
 
 def __getattr__(name):
     # the Hugging Face integration imports transformers: load it only when asked for
-    if name == "hf":
+    # (generate: the CUDA-graph decode loop for Hugging Face models, swaa_ext/generate.py)
+    if name in ("hf", "generate"):
         import importlib
 
-        return importlib.import_module(".hf", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'swaa_ext' has no attribute {name!r}")
 
 

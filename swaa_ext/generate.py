@@ -54,7 +54,7 @@ class GenerationOutput:
     sequences: (B, L + n) int64, the prompt as given followed by ``n`` new tokens (``n`` =
         ``max_new_tokens``, or fewer when every row met ``eos_token_id``); finished rows hold
         ``pad_token_id`` after their eos.
-    prefill_s: wall time of the prefill (synchronised), seconds.
+    prefill_s: wall time of the cache allocation, the prefill and the first token (synchronised), s.
     decode_s: wall time of the decode loop (synchronised): the ``new_tokens - 1`` decode steps
         (the first new token comes from the prefill), the graph capture excluded (``capture_s``).
     decode_ms_per_token: ``decode_s`` per decode step, milliseconds (0 when there is none).
@@ -173,14 +173,22 @@ def _plans(decoder: _Decoder, swaa) -> List[LayerPlan]:
 
 # ---------------------------------------------------------------------------------------------
 # arguments
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _describe(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
 def _check_args(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k, top_p,
                 prefill_chunk, eos_token_id, pad_token_id, eos_check_every):
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.numel() == 0:
         raise ValueError("generate: input_ids must be a non-empty (batch, length) tensor, got "
-                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+                         f"{_describe(input_ids)}")
     if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
         raise ValueError(f"generate: input_ids must hold integer token ids, got {input_ids.dtype}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not _is_int(max_new_tokens, 1):
         raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
@@ -191,23 +199,22 @@ def _check_args(input_ids, attention_mask, max_new_tokens, do_sample, temperatur
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or \
                 not temperature > 0:
             raise ValueError(f"generate: temperature must be > 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        if top_k is not None and not _is_int(top_k, 1):
             raise ValueError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
         if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool)
                                   or not 0 < top_p <= 1):
             raise ValueError(f"generate: top_p must be None or in (0, 1], got {top_p!r}")
-    if prefill_chunk is not None and (isinstance(prefill_chunk, bool) or
-                                      not isinstance(prefill_chunk, int) or prefill_chunk < 1):
-        raise ValueError(f"generate: prefill_chunk must be None or an int >= 1, got {prefill_chunk!r}")
-    if isinstance(eos_check_every, bool) or not isinstance(eos_check_every, int) or eos_check_every < 1:
+    if prefill_chunk is not None and not _is_int(prefill_chunk, 1):
+        raise ValueError("generate: prefill_chunk must be None or an int >= 1, got "
+                         f"{prefill_chunk!r}")
+    if not _is_int(eos_check_every, 1):
         raise ValueError(f"generate: eos_check_every must be an int >= 1, got {eos_check_every!r}")
     ids = [] if eos_token_id is None else (
         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ids):
+    if not all(_is_int(t, 0) for t in ids):
         raise ValueError(f"generate: eos_token_id must be None, a token id or a list of token ids, "
                          f"got {eos_token_id!r}")
-    if pad_token_id is not None and (isinstance(pad_token_id, bool) or
-                                     not isinstance(pad_token_id, int) or pad_token_id < 0):
+    if pad_token_id is not None and not _is_int(pad_token_id, 0):
         raise ValueError(f"generate: pad_token_id must be None or a token id, got {pad_token_id!r}")
     return ids
 
@@ -370,8 +377,8 @@ class _Prefill:
         plan, cache, s = self.plans[i], self.caches[i], self.start
         window = None if plan.prefill == "full" else plan.window
         sink = 0 if plan.prefill == "full" else plan.sink
-        full_from = None if plan.prefill == "full" else _full_from(self.lengths, self.lengths_list[0],
-                                                                   plan.full_tail, self.uniform)
+        full_from = None if plan.prefill == "full" else _full_from(
+            self.lengths, self.lengths_list[0], plan.full_tail, self.uniform)
         n = k.shape[2]
         if s == 0:
             out = swa_attention(q, k, v, window=window, sink=sink, full_from=full_from,
@@ -469,8 +476,10 @@ def generate(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    seed = int(torch.randint(0, 1 << 62, (1,), generator=generator,
-                             device=generator.device if generator is not None else "cpu"))
+    seed = 0
+    if do_sample:  # greedy decoding leaves the random generators alone
+        seed = int(torch.randint(0, 1 << 62, (1,), generator=generator,
+                                 device=generator.device if generator is not None else "cpu"))
 
     # prompts right-padded: row b's real tokens at 0 .. n_b - 1
     Lp = max(lengths_list)
@@ -480,6 +489,7 @@ def generate(
     total = Lp + max_new_tokens
 
     with torch.no_grad():
+        t0 = time.perf_counter()  # prefill time includes allocating the caches
         caches, full_cache = [], []
         for plan in plans:
             swa_decode = plan.decode == "swa" and plan.window < total
@@ -494,7 +504,6 @@ def generate(
                              "the ring has dropped); drop prefill_chunk or full_tail")
 
         # ---- prefill
-        t0 = time.perf_counter()
         prefill = _Prefill(plans, caches, full_cache, dec.scaling, lengths, lengths_list)
         last = torch.zeros(B, dec.embed.embedding_dim, dtype=dtype, device=device)
         rows = torch.arange(B, device=device)

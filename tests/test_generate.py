@@ -69,6 +69,16 @@ def test_no_swaa_equals_stock_generate(arch):
     assert out.decode_ms_per_token == pytest.approx(1000 * out.decode_s / 6)
 
 
+def test_no_swaa_serves_the_models_own_sliding_window():
+    model = tiny_model("mistral", sliding_window=5)
+    ids = random_ids(2, 13, seed=3)
+    ref = hf_tokens(model, ids, 7)
+    assert torch.equal(generate(model, ids, 7).sequences[:, 13:], ref)
+    # and it matters here: full attention gives other tokens
+    model.config.sliding_window = None
+    assert not torch.equal(generate(model, ids, 7).sequences[:, 13:], ref)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 @pytest.mark.parametrize("name", PRESETS)
 def test_presets_equal_generate_with_swaa_cache(arch, name):
