@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark (issue 7) on the GPU machine, in one device call.  The extension must
+# be built already (the lead's build step); this only runs the benchmark:
+#   bench/bench_e2e.py --preset quick   (Qwen3-4B, prompts 128k and 32k, batch 1, 512 new tokens,
+#                                        all configurations)
+# then redoes table, goals and plot from the saved rows, so that they exist even when the
+# benchmark is cut short by the time limit (rows are appended after each configuration).
+#
+#   OUT=/some/dir bash bench/e2e_gpu.sh                  # default OUT: ./gpu_out
+# Env: E2E_ARGS   replaces "--preset quick" (e.g. "--preset full --models llama-3.1-8b")
+#      E2E_TIMEOUT seconds for the benchmark (default 540)
+#      SWAA_COMMIT  the commit to record in the rows (the GPU machine has no .git)
+# Output in $OUT: log (everything), e2e_<gpu>.jsonl (rows), e2e.png (plot), e2e_table.md.
+set -o pipefail
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+exec > >(tee -a "$OUT/log") 2>&1
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export SWAA_RESULTS_DIR=$OUT
+status=0
+
+echo "=== $(date -u +%H:%M:%S) e2e benchmark"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+python -c "import swaa_ext, torch, transformers; print('swaa_ext', swaa_ext.__file__, swaa_ext.build_info()); print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+  || { echo "swaa_ext does not import: build it first"; exit 1; }
+# shellcheck disable=SC2086
+timeout --signal=TERM --kill-after=10 "${E2E_TIMEOUT:-540}" \
+  python bench/bench_e2e.py ${E2E_ARGS:---preset quick} --plot "$OUT/e2e.png" || status=$?
+echo "benchmark exit code $status"
+
+echo "=== $(date -u +%H:%M:%S) table, goals and plot from the saved rows"
+for rows in "$OUT"/e2e_*.jsonl; do
+  [[ -f $rows ]] || { echo "no rows written"; status=1; break; }
+  python bench/bench_e2e.py --plot-from "$rows" --run latest --plot "$OUT/e2e.png" | tee "$OUT/e2e_table.md" \
+    || status=1
+done
+echo "=== $(date -u +%H:%M:%S) done, status $status"
+exit $status
