@@ -376,11 +376,11 @@ def test_decode_split_kernel_cuda(dtype, head_dim, window, sink, q_heads, kv_hea
     # many times, and one padded row (lengths = 0); capacity (sink + window)
     # is not a multiple of the 64-key tile; num_splits 8 leaves trailing
     # splits empty for the short rows; G = 3 and 24 (two CTAs of 16 and 8
-    # heads) cover partial head groups.
+    # heads) cover partial head groups.  A negative position counts as 0.
     torch.manual_seed(head_dim + window + q_heads + num_splits)
-    B, D, W, S = 4, head_dim, window, sink
-    positions = [0, 70, 10 * W + 17, 400]
-    lengths = torch.tensor([1, 1, 1, 0], device="cuda")
+    B, D, W, S = 5, head_dim, window, sink
+    positions = [0, 70, 10 * W + 17, 400, -3]
+    lengths = torch.tensor([1, 1, 1, 0, 1], device="cuda")
     mk = lambda *s: torch.randn(*s, dtype=dtype, device="cuda")  # noqa: E731
     kc, vc = mk(B, kv_heads, S + W, D), mk(B, kv_heads, S + W, D)
     q, k, v = mk(B, q_heads, 1, D), mk(B, kv_heads, 1, D), mk(B, kv_heads, 1, D)
@@ -395,7 +395,7 @@ def test_decode_split_kernel_cuda(dtype, head_dim, window, sink, q_heads, kv_hea
                                             num_splits)
     assert torch.equal(out, out1) and torch.equal(lse, lse1)
     assert torch.equal(kc, kc1) and torch.equal(vc, vc1)
-    for b, position in enumerate(positions):
+    for b, position in enumerate(max(x, 0) for x in positions):
         if lengths[b] == 0:  # padding: zero output, -inf lse, nothing written
             assert torch.all(out[b] == 0) and torch.all(torch.isneginf(lse[b]))
             assert torch.equal(kc[b], kc0[b]) and torch.equal(vc[b], vc0[b])
