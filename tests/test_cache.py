@@ -346,6 +346,141 @@ def test_decode_many_splits_cuda():
             bf16_check(W, S)(out, q, torch.cat(ks, 2), torch.cat(vs, 2))
 
 
+def ring_slot(t, W, S):
+    return t if t < S else S + (t - S) % W
+
+
+def decode_reference(q, k, v, k_cache, v_cache, position, W, S, scale):
+    """Attention of row b's single query at `position` over the keys it sees,
+    gathered from their ring slots (float64): (out (Hq, D), lse (Hq,))."""
+    visible = [j for j in range(position) if j < S or position - j < W]
+    slots = [ring_slot(j, W, S) for j in visible]
+    K = torch.cat([k_cache[:, slots], k[:, 0:1]], 1).double()  # (Hkv, n, D)
+    V = torch.cat([v_cache[:, slots], v[:, 0:1]], 1).double()
+    group = q.shape[0] // K.shape[0]
+    K, V = K.repeat_interleave(group, 0), V.repeat_interleave(group, 0)
+    scores = (q.double() @ K.transpose(1, 2)).squeeze(1) * scale  # (Hq, n)
+    return torch.softmax(scores, -1).unsqueeze(1).matmul(V).squeeze(1), torch.logsumexp(scores, -1)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("window,sink", [(150, 3), (700, 5)])
+@pytest.mark.parametrize("q_heads,kv_heads", [(2, 2), (3, 1), (32, 2), (24, 1)])
+@pytest.mark.parametrize("num_splits", [0, 1, 3, 8])
+def test_decode_split_kernel_cuda(dtype, head_dim, window, sink, q_heads, kv_heads, num_splits):
+    # The split decode kernel (bf16/fp16) straight through the op, on a ring
+    # filled at random: rows at position 0, inside the first window, wrapped
+    # many times, and one padded row (lengths = 0); capacity (sink + window)
+    # is not a multiple of the 64-key tile; num_splits 8 leaves trailing
+    # splits empty for the short rows; G = 3 and 24 (two CTAs of 16 and 8
+    # heads) cover partial head groups.  A negative position counts as 0.
+    torch.manual_seed(head_dim + window + q_heads + num_splits)
+    B, D, W, S = 5, head_dim, window, sink
+    positions = [0, 70, 10 * W + 17, 400, -3]
+    lengths = torch.tensor([1, 1, 1, 0, 1], device="cuda")
+    mk = lambda *s: torch.randn(*s, dtype=dtype, device="cuda")  # noqa: E731
+    kc, vc = mk(B, kv_heads, S + W, D), mk(B, kv_heads, S + W, D)
+    q, k, v = mk(B, q_heads, 1, D), mk(B, kv_heads, 1, D), mk(B, kv_heads, 1, D)
+    seqlens = torch.tensor(positions, dtype=torch.int64, device="cuda")
+    scale = 1 / math.sqrt(D)
+    kc0, vc0 = kc.clone(), vc.clone()
+    out, lse = torch.ops.swaa.ring_decode(q, k, v, kc, vc, seqlens, lengths, W, S, scale,
+                                          num_splits)
+    # Same call again: bit-identical (fixed split order), and the append is idempotent.
+    kc1, vc1 = kc0.clone(), vc0.clone()
+    out1, lse1 = torch.ops.swaa.ring_decode(q, k, v, kc1, vc1, seqlens, lengths, W, S, scale,
+                                            num_splits)
+    assert torch.equal(out, out1) and torch.equal(lse, lse1)
+    assert torch.equal(kc, kc1) and torch.equal(vc, vc1)
+    for b, position in enumerate(max(x, 0) for x in positions):
+        if lengths[b] == 0:  # padding: zero output, -inf lse, nothing written
+            assert torch.all(out[b] == 0) and torch.all(torch.isneginf(lse[b]))
+            assert torch.equal(kc[b], kc0[b]) and torch.equal(vc[b], vc0[b])
+            continue
+        ref, ref_lse = decode_reference(q[b], k[b], v[b], kc0[b], vc0[b], position, W, S, scale)
+        err = (out[b, :, 0].double() - ref).abs().max().item()
+        # bf16 / fp16 output rounding plus probabilities rounded for the tensor cores
+        tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+        assert math.isfinite(err) and err <= tol, (b, err)
+        torch.testing.assert_close(lse[b, :, 0].double(), ref_lse, atol=1e-4, rtol=1e-4)
+        slot = ring_slot(position, W, S)  # the new key, written in place
+        assert torch.equal(kc[b, :, slot], k[b, :, 0]) and torch.equal(vc[b, :, slot], v[b, :, 0])
+        others = [i for i in range(S + W) if i != slot]
+        assert torch.equal(kc[b, :, others], kc0[b, :, others])
+
+
+LEGACY_DECODE_SCRIPT = """
+import sys, torch
+import swaa_ext  # noqa: F401
+case = torch.load(sys.argv[1])
+out, lse = torch.ops.swaa.ring_decode(*case)
+torch.save((out.cpu(), lse.cpu(), case[3].cpu()), sys.argv[2])
+"""
+
+
+@pytest.mark.cuda
+@cuda
+def test_decode_legacy_kernel_agrees_cuda(tmp_path):
+    # SWAA_RING_DECODE=legacy (read once per process, hence the subprocess)
+    # runs the previous CUDA-core kernel on bf16: same inputs, both kernels
+    # close to each other and to the reference, same slot write.
+    import os
+    import subprocess
+    import sys
+    torch.manual_seed(14)
+    B, Hq, Hkv, D, W, S = 2, 8, 2, 128, 1000, 4
+    mk = lambda *s: torch.randn(*s, dtype=torch.bfloat16, device="cuda")  # noqa: E731
+    kc, vc = mk(B, Hkv, S + W, D), mk(B, Hkv, S + W, D)
+    positions = [3 * W + 11, 517]
+    case = (mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D), kc, vc,
+            torch.tensor(positions, device="cuda"), None, W, S, 1 / math.sqrt(D), 0)
+    torch.save(tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in case),
+               tmp_path / "case.pt")
+    env = dict(os.environ, SWAA_RING_DECODE="legacy")
+    subprocess.run([sys.executable, "-c", LEGACY_DECODE_SCRIPT, str(tmp_path / "case.pt"),
+                    str(tmp_path / "legacy.pt")], env=env, check=True)
+    legacy_out, legacy_lse, legacy_kc = torch.load(tmp_path / "legacy.pt")
+    kc0, vc0 = kc.clone(), vc.clone()
+    out, lse = torch.ops.swaa.ring_decode(*case)
+    assert torch.equal(kc.cpu(), legacy_kc)
+    for b, position in enumerate(positions):
+        ref, ref_lse = decode_reference(case[0][b], case[1][b], case[2][b], kc0[b], vc0[b],
+                                        position, W, S, 1 / math.sqrt(D))
+        for o, l in ((out.cpu(), lse.cpu()), (legacy_out, legacy_lse)):
+            assert (o[b, :, 0].double() - ref.cpu()).abs().max().item() <= 2e-2
+            torch.testing.assert_close(l[b, :, 0].double(), ref_lse.cpu(), atol=1e-4, rtol=1e-4)
+    assert (out.cpu().float() - legacy_out.float()).abs().max().item() <= 2e-2
+
+
+@pytest.mark.cuda
+@cuda
+def test_decode_large_batch_cuda():
+    # More (row, KV head) pairs than the GPU holds CTAs at once (several waves),
+    # rows at different positions, through RingKVCache.attend.
+    torch.manual_seed(13)
+    B, Hq, Hkv, D, W, S = 96, 8, 4, 128, 300, 4
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+    cache.keys.normal_()
+    cache.values.normal_()
+    positions = torch.randint(0, 5 * W, (B,), device="cuda")
+    positions[:3] = torch.tensor([0, 1, W + S], device="cuda")
+    cache.seqlens.copy_(positions)
+    kc0, vc0 = cache.keys.clone(), cache.values.clone()
+    q = torch.randn(B, Hq, 1, D, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(B, Hkv, 1, D, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn(B, Hkv, 1, D, dtype=torch.bfloat16, device="cuda")
+    out = cache.attend(q, k, v)
+    assert torch.equal(cache.seqlens, positions + 1)
+    for b in range(B):
+        ref, _ = decode_reference(q[b], k[b], v[b], kc0[b], vc0[b], int(positions[b]), W, S,
+                                  1 / math.sqrt(D))
+        err = (out[b, :, 0].double() - ref).abs().max().item()
+        assert math.isfinite(err) and err <= 2e-2, (b, err)
+
+
 @pytest.mark.cuda
 @cuda
 def test_rows_at_different_positions_cuda():

@@ -1,21 +1,25 @@
 // CUDA kernels of the ring-buffer KV cache ops (schemas: csrc/ring_ops.cpp).
 //
-// ring_decode (Lc == 1), flash-decoding:
-//   grid (splits, Hkv * head_chunks, B), 128 threads.  A block serves up to
-//   kHeads query heads that share one KV head, so every K/V row it reads is
-//   read once for all of them.  The visible keys of the row (OldKeys: sink
-//   keys and window keys in the ring, then the new key from k) are cut into
-//   `splits` contiguous parts, one per block; splits is chosen on the host
-//   from static sizes only (batch, heads, capacity, SM count) so the launch
-//   shape never depends on device data.  Threads: groups of kLanes lanes own
-//   one key row (16-byte loads, kUnroll rows in flight per thread), reduce
-//   the q.k products with shuffles and keep an online softmax per head; the
-//   row groups are merged in shared memory.  With one split the block writes
-//   the output; otherwise it writes (normalised output, lse) and a combine
-//   kernel merges the splits through their log-sum-exp.  Split 0 also writes
-//   the new key/value into slot_of(seqlens[b]): that slot held position
-//   seqlens[b] - window, which the new query cannot see, so no block of the
-//   launch reads it (no race).
+// ring_decode (Lc == 1), flash-decoding.  Both kernels cut the visible keys of
+// a row (OldKeys: sink keys and window keys in the ring, then the new key read
+// from k) into `splits` contiguous parts, one CTA each; splits is chosen on
+// the host from static sizes only (batch, heads, capacity, SM count, resident
+// CTAs per SM) so the launch shape never depends on device data.  Split 0
+// also writes the new key/value into slot_of(seqlens[b]): that slot held
+// position seqlens[b] - window, which the new query cannot see, so no CTA of
+// the launch reads it (no race).
+//   bf16 / fp16 on sm_90+ (ring_decode_split_kernel): bandwidth-bound.  A CTA
+//     serves up to 16 query heads of one KV head as the 16 rows of mma.sync,
+//     gathers 64-key K/V tiles from the ring slots with cp.async, 3-4 stages
+//     deep, and the splits of one (row, KV head) form a thread-block cluster
+//     that combines its partial results through distributed shared memory, in
+//     split order: one launch, deterministic.
+//   float32 / float64 (and bf16 / fp16 before sm_90, or with
+//     SWAA_RING_DECODE=legacy): grid (splits, Hkv * head_chunks, B), 128
+//     threads, up to kHeads heads per block, CUDA cores: groups of kLanes
+//     lanes own one key row (16-byte loads, kUnroll rows per thread), reduce
+//     q.k with shuffles and keep an online softmax per head; with several
+//     splits a combine kernel merges them through their log-sum-exp.
 // ring_chunk (Lc >= 1): grid (query blocks of 16, Hq, B), 128 threads; key
 //   tiles of 32 gathered into shared memory from the ring (positions before
 //   seqlens[b]) or from the chunk, one key per lane for q.k, one online
@@ -28,14 +32,18 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <type_traits>
 
+#include "attention_kernels.cuh"  // cp.async, ldmatrix, mma.sync wrappers, swizzle
 #include "ring_ops.h"
 
 namespace swaa {
@@ -305,6 +313,304 @@ __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
   if (threadIdx.x == 0) p.lse[bh] = static_cast<float>((m + log2_of(weight_sum)) * acc_t(kLn2));
 }
 
+
+// ------------------------------------------------------- decode, bf16 / fp16
+// The bandwidth-bound decode kernel (sm_90: thread-block clusters).
+//   grid (splits, Hkv * head_chunks, B), cluster (splits, 1, 1), 128 threads.
+// One CTA reads one contiguous part (whole 64-key tiles) of the visible keys of
+// one (row, KV head) and serves up to 16 query heads of its GQA group: the
+// heads are the 16 rows of mma.sync m16n8k16, so each K/V row is read from
+// memory once.  K and V tiles are gathered from the ring slots with 16-byte
+// cp.async into XOR-swizzled shared memory, kStages deep, so the loads of the
+// next tiles are in flight while the tensor cores work on the current one.
+// Each warp owns 16 keys of a tile and keeps its own online softmax; the four
+// warps are merged in shared memory at the end.  The splits of a (row, KV
+// head) form one cluster: after a cluster barrier every CTA combines a slice
+// of the outputs from all splits' shared memory (distributed shared memory),
+// in split order, so the result is deterministic and no second kernel runs.
+template <typename T, int kDim>
+struct SplitDecode {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kTileKeys = 16 * kWarps;  // 16 keys per warp
+  static constexpr int kHeads = 16;              // query heads per CTA: the mma rows
+  static constexpr int kStages = kDim == 128 ? 3 : 4;
+  static constexpr int kTileElems = kTileKeys * kDim;
+  static constexpr int kStageBytes = 2 * kTileElems * int(sizeof(T));  // K tile + V tile
+  static constexpr int kChunksPerRow = kDim / 8;                       // 16-byte chunks
+  static constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+  static constexpr int kPasses = kTileKeys / kRowsPerPass;
+  static constexpr int kMaxSplits = 8;  // portable cluster size
+  // After the key loop the pipeline buffers hold, as float: the warps'
+  // partial results (o [kWarps][kHeads][kDim], m and l [kWarps][kHeads]) and
+  // the CTA's result (o [kHeads][kDim] normalised, lse [kHeads] in log2 units).
+  static constexpr int kMergeFloats = kWarps * kHeads * (kDim + 2) + kHeads * (kDim + 1);
+  static constexpr int kSmemBytes =
+      kStages * kStageBytes > 4 * kMergeFloats ? kStages * kStageBytes : 4 * kMergeFloats;
+  static_assert(kPasses * kRowsPerPass == kTileKeys, "tile rows must split over the threads");
+  static_assert(kChunksPerRow >= 8, "the swizzle needs rows of at least 8 chunks");
+};
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait_pending() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+template <typename T, int kDim>
+__global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
+    ring_decode_split_kernel(const RingParams p, int head_chunks) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using C = SplitDecode<T, kDim>;
+  using Mma = cuda::MmaOp<T>;
+  namespace cg = cooperative_groups;
+  extern __shared__ __align__(128) unsigned char decode_smem[];
+  T* tiles = reinterpret_cast<T*>(decode_smem);
+
+  cg::cluster_group cluster = cg::this_cluster();
+  const int splits = static_cast<int>(gridDim.x);  // the cluster: all splits of (b, kvh)
+  const int split = static_cast<int>(blockIdx.x);  // == cluster.block_rank()
+  const int64_t kvh = blockIdx.y / head_chunks;
+  const int head_chunk = static_cast<int>(blockIdx.y % head_chunks);
+  const int64_t b = blockIdx.z;
+  const int group = static_cast<int>(p.group());
+  const int64_t h0 = kvh * group + head_chunk * C::kHeads;
+  const int n_heads = min(C::kHeads, group - head_chunk * C::kHeads);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  const int64_t written = max_of<int64_t>(p.seqlens[b], 0);  // the query's position
+  const bool active = p.valid(b) > 0;
+  const OldKeys old = OldKeys::of(p.ring, written, written);
+  const int64_t n_old = old.count();
+  const int64_t n_keys = active ? n_old + 1 : 0;  // + the new key, read from k / v
+  // Contiguous parts of whole tiles; trailing splits may be short or empty.
+  const int64_t per_split =
+      ((n_keys + splits - 1) / splits + C::kTileKeys - 1) / C::kTileKeys * C::kTileKeys;
+  const int64_t key_begin = min_of<int64_t>(n_keys, split * per_split);
+  const int64_t key_end = min_of<int64_t>(n_keys, key_begin + per_split);
+  const int n_tiles = static_cast<int>((key_end - key_begin + C::kTileKeys - 1) / C::kTileKeys);
+
+  const T* k_cache = static_cast<const T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride;
+  const T* v_cache = static_cast<const T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride;
+  const T* k_new = static_cast<const T*>(p.k) + b * p.k_batch_stride + kvh * p.k_head_stride;
+  const T* v_new = static_cast<const T*>(p.v) + b * p.v_batch_stride + kvh * p.v_head_stride;
+  const int64_t ring_first = max_of(old.body_begin, p.ring.sink);
+  const RingCursor cursor = RingCursor::at(p.ring, ring_first);
+
+  // The new key/value go to their slot (split 0 of the first head chunk).
+  // That slot held position written - window, which this query cannot see:
+  // no CTA of the launch reads it.
+  if (active && split == 0 && head_chunk == 0) {
+    constexpr int kChunks = kDim * int(sizeof(T)) / 16;
+    const int64_t slot = p.ring.slot_of(written);
+    T* kc = static_cast<T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride + slot * p.kc_row_stride;
+    T* vc = static_cast<T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride + slot * p.vc_row_stride;
+    for (int i = threadIdx.x; i < 2 * kChunks; i += C::kThreads) {
+      if (i < kChunks)
+        reinterpret_cast<uint4*>(kc)[i] = reinterpret_cast<const uint4*>(k_new)[i];
+      else
+        reinterpret_cast<uint4*>(vc)[i - kChunks] = reinterpret_cast<const uint4*>(v_new)[i - kChunks];
+    }
+  }
+
+  // Gathers tile `tile` of the split (keys key_begin + tile * kTileKeys ..)
+  // into stage `stage`; keys past key_end become zeros.
+  const int chunk = threadIdx.x % C::kChunksPerRow;
+  const int row_of_thread = threadIdx.x / C::kChunksPerRow;
+  auto load_tile = [&](int tile, int stage) {
+    T* k_tile = tiles + stage * 2 * C::kTileElems;
+    T* v_tile = k_tile + C::kTileElems;
+    const int64_t first = key_begin + int64_t(tile) * C::kTileKeys;
+#pragma unroll
+    for (int i = 0; i < C::kPasses; ++i) {
+      const int r = row_of_thread + i * C::kRowsPerPass;
+      const int64_t index = first + r;
+      const bool valid = index < key_end;
+      const T* k_row = k_new;  // index == n_old: the new key
+      const T* v_row = v_new;
+      if (valid && index < n_old) {
+        const int64_t pos = old.position(index);
+        const int64_t slot = pos < p.ring.sink ? pos : cursor.slot(pos - ring_first);
+        k_row = k_cache + slot * p.kc_row_stride;
+        v_row = v_cache + slot * p.vc_row_stride;
+      }
+      const int at = cuda::swizzle<kDim>(r, chunk * 8);
+      cuda::cp_async_16(k_tile + at, k_row + chunk * 8, valid);
+      cuda::cp_async_16(v_tile + at, v_row + chunk * 8, valid);
+    }
+  };
+
+  // Start the pipeline before anything else waits on memory.
+#pragma unroll
+  for (int s = 0; s < C::kStages - 1; ++s) {
+    if (s < n_tiles) load_tile(s, s);
+    cuda::cp_async_commit();
+  }
+
+  // A fragments of the queries: row r = head (lane / 4) and (lane / 4 + 8).
+  uint32_t qa[kDim / 16][4];
+  {
+    const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch_stride + h0 * p.q_head_stride;
+    const int col = 2 * (lane % 4);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int head = lane / 4 + 8 * half;
+      const T* q_row = q_base + head * p.q_head_stride;
+#pragma unroll
+      for (int kk = 0; kk < kDim / 16; ++kk) {
+        uint32_t lo = 0, hi = 0;
+        if (head < n_heads) {
+          lo = *reinterpret_cast<const uint32_t*>(q_row + 16 * kk + col);
+          hi = *reinterpret_cast<const uint32_t*>(q_row + 16 * kk + 8 + col);
+        }
+        qa[kk][half] = lo;      // a0 (row r), a1 (row r + 8): k 0..7
+        qa[kk][2 + half] = hi;  // a2, a3: k 8..15
+      }
+    }
+  }
+
+  // Online softmax of the warp's keys; scores in log2 units.  Row `half`
+  // (0: head lane / 4, 1: head lane / 4 + 8) is in elements 2 half, 2 half + 1
+  // of every C fragment.
+  const float score_scale = p.scale * kLog2e;
+  float run_max[2] = {lowest_max<float>(), lowest_max<float>()};
+  float run_sum[2] = {0.f, 0.f};  // this lane's columns only; quad-summed at the end
+  float o[kDim / 8][4];
+  cuda::zero(o);
+
+  for (int t = 0; t < n_tiles; ++t) {
+    cp_async_wait_pending<C::kStages - 2>();  // tile t has landed (this thread's copies)
+    __syncthreads();                          // ... everyone's; stage of tile t - 1 is free
+    {
+      const int next = t + C::kStages - 1;
+      if (next < n_tiles) load_tile(next, next % C::kStages);
+      cuda::cp_async_commit();
+    }
+    const T* k_tile = tiles + (t % C::kStages) * 2 * C::kTileElems;
+    const T* v_tile = k_tile + C::kTileElems;
+
+    float s[2][4] = {};  // scores of keys warp*16 + 0..7 and 8..15
+#pragma unroll
+    for (int kk = 0; kk < kDim / 16; ++kk) {
+      uint32_t bk[4];
+      cuda::load_b<kDim>(bk, k_tile, warp * 16, kk * 16, lane);
+      Mma::run(s[0], qa[kk], bk[0], bk[1]);
+      Mma::run(s[1], qa[kk], bk[2], bk[3]);
+    }
+    const int64_t key0 = key_begin + int64_t(t) * C::kTileKeys + warp * 16 + 2 * (lane % 4);
+    const bool full_tile = key_begin + int64_t(t + 1) * C::kTileKeys <= key_end;
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[j][e] = full_tile || key0 + 8 * j + (e & 1) < key_end ? s[j][e] * score_scale
+                                                                 : neg_inf<float>();
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float tile_max = max(max(s[0][2 * half], s[0][2 * half + 1]),
+                           max(s[1][2 * half], s[1][2 * half + 1]));
+      tile_max = max(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = max(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float new_max = max(run_max[half], tile_max);
+      const float correction = exp2f(run_max[half] - new_max);
+      run_max[half] = new_max;
+      run_sum[half] *= correction;
+#pragma unroll
+      for (int nd = 0; nd < kDim / 8; ++nd) {
+        o[nd][2 * half] *= correction;
+        o[nd][2 * half + 1] *= correction;
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 2 * half; e < 2 * half + 2; ++e) {
+          s[j][e] = exp2f(s[j][e] - new_max);  // 0 for masked keys
+          run_sum[half] += s[j][e];
+        }
+    }
+    // o += P V: the C fragments of the scores are the A fragment of P.
+    const uint32_t pa[4] = {Mma::pack(s[0][0], s[0][1]), Mma::pack(s[0][2], s[0][3]),
+                            Mma::pack(s[1][0], s[1][1]), Mma::pack(s[1][2], s[1][3])};
+#pragma unroll
+    for (int dp = 0; dp < kDim / 16; ++dp) {
+      uint32_t bv[4];
+      cuda::load_b_trans<kDim>(bv, v_tile, warp * 16, dp * 16, lane);
+      Mma::run(o[2 * dp], pa, bv[0], bv[1]);
+      Mma::run(o[2 * dp + 1], pa, bv[2], bv[3]);
+    }
+  }
+  cuda::cp_async_wait_all();
+  __syncthreads();  // the pipeline buffers become the merge area
+
+  // Merge the four warps of the CTA.
+  float* warp_o = reinterpret_cast<float*>(decode_smem);  // [kWarps][kHeads][kDim]
+  float* warp_max = warp_o + C::kWarps * C::kHeads * kDim;  // [kWarps][kHeads]
+  float* warp_sum = warp_max + C::kWarps * C::kHeads;       // [kWarps][kHeads]
+  float* cta_o = warp_sum + C::kWarps * C::kHeads;          // [kHeads][kDim]
+  float* cta_lse = cta_o + C::kHeads * kDim;                // [kHeads]
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int head = lane / 4 + 8 * half;
+    float sum = run_sum[half];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    if (lane % 4 == 0) {
+      warp_max[warp * C::kHeads + head] = run_max[half];
+      warp_sum[warp * C::kHeads + head] = sum;
+    }
+    float* row = warp_o + (warp * C::kHeads + head) * kDim + 2 * (lane % 4);
+#pragma unroll
+    for (int nd = 0; nd < kDim / 8; ++nd) {
+      row[8 * nd] = o[nd][2 * half];
+      row[8 * nd + 1] = o[nd][2 * half + 1];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < n_heads * kDim; i += C::kThreads) {
+    const int head = i / kDim;
+    float m = lowest_max<float>();
+#pragma unroll
+    for (int w = 0; w < C::kWarps; ++w) m = max(m, warp_max[w * C::kHeads + head]);
+    float sum = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < C::kWarps; ++w) {
+      const float weight = exp2f(warp_max[w * C::kHeads + head] - m);
+      sum += warp_sum[w * C::kHeads + head] * weight;
+      acc += warp_o[w * C::kHeads * kDim + i] * weight;
+    }
+    const bool seen = sum > 0.f;
+    cta_o[i] = seen ? acc / sum : 0.f;
+    if (i % kDim == 0) cta_lse[head] = seen ? m + log2f(sum) : neg_inf<float>();
+  }
+
+  // Combine the splits of the cluster: CTA `split` writes a slice of the
+  // outputs, reading every split's result in split order.
+  cluster.sync();
+  for (int i = split * C::kThreads + threadIdx.x; i < n_heads * kDim; i += splits * C::kThreads) {
+    const int head = i / kDim;
+    float m = neg_inf<float>();
+    for (int r = 0; r < splits; ++r) m = max(m, cluster.map_shared_rank(cta_lse, r)[head]);
+    const int64_t bh = b * p.q_heads + h0 + head;
+    T* out = static_cast<T*>(p.out) + bh * kDim + i % kDim;
+    if (m == neg_inf<float>()) {  // padded row: nothing attended
+      *out = from_acc<T>(0.f);
+      if (i % kDim == 0) p.lse[bh] = -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    float sum = 0.f, acc = 0.f;
+    for (int r = 0; r < splits; ++r) {
+      const float weight = exp2f(cluster.map_shared_rank(cta_lse, r)[head] - m);
+      sum += weight;
+      if (weight > 0.f) acc += weight * cluster.map_shared_rank(cta_o, r)[i];
+    }
+    *out = from_acc<T>(acc / sum);
+    if (i % kDim == 0) p.lse[bh] = (m + log2f(sum)) * kLn2;
+  }
+  cluster.sync();  // no CTA leaves while another still reads its shared memory
+#else
+  __trap();  // launched only on sm_90 and newer (see ring_decode_cuda)
+#endif
+}
+
 // ------------------------------------------------------------------ chunk
 constexpr int kChunkRowsPerWarp = 4;
 constexpr int kChunkBlockQ = kChunkRowsPerWarp * (kThreads / 32);  // 16 queries
@@ -547,6 +853,100 @@ int64_t decode_splits(const RingParams& p, int64_t head_chunks, int64_t requeste
   return std::clamp<int64_t>((3 * sms + blocks - 1) / blocks, 1, max_splits);
 }
 
+// Debug knob of the tests (as for swaa::fwd): SWAA_POISON_OUTPUTS=1 fills the
+// decode outputs with NaN before the kernels run.  Read once per process.
+bool poison_decode_outputs() {
+  static const bool poison = [] {
+    const char* env = std::getenv("SWAA_POISON_OUTPUTS");
+    return env != nullptr && env[0] != '\0' && env[0] != '0';
+  }();
+  return poison;
+}
+
+// SWAA_RING_DECODE=legacy forces the previous (CUDA-core) decode kernel for
+// every dtype: a same-run baseline for bench/bench_decode.py.  Read once.
+bool legacy_decode_requested() {
+  static const bool legacy = [] {
+    const char* env = std::getenv("SWAA_RING_DECODE");
+    return env != nullptr && std::string(env) == "legacy";
+  }();
+  return legacy;
+}
+
+// Compute capability (major) of the current device, read once per device.
+int compute_major() {
+  static int majors[64] = {};
+  const int device = c10::cuda::current_device();
+  if (device >= 64) return 0;
+  if (majors[device] == 0)
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&majors[device], cudaDevAttrComputeCapabilityMajor, device));
+  return majors[device];
+}
+
+// CTAs of ring_decode_split_kernel that fit on the device at once (SM count x
+// resident CTAs per SM), read once per device; also lifts the kernel's
+// dynamic shared-memory limit.
+template <typename T, int kDim>
+int64_t split_decode_slots() {
+  using C = SplitDecode<T, kDim>;
+  static int per_sm[64] = {};
+  const int device = c10::cuda::current_device();
+  auto kernel = ring_decode_split_kernel<T, kDim>;
+  if (device >= 64 || per_sm[device] == 0) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        C::kSmemBytes));
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, C::kThreads,
+                                                                 C::kSmemBytes));
+    if (device >= 64) return multiprocessor_count() * std::max(blocks, 1);
+    per_sm[device] = std::max(blocks, 1);
+  }
+  return multiprocessor_count() * per_sm[device];
+}
+
+// Splits (= cluster size) of the split decode, from static sizes only: the
+// fewest splits that minimise (waves of CTAs) x (tiles per CTA + 2), the 2
+// standing for a CTA's pipeline start-up.  At most one split per tile of the
+// full ring and at most kMaxSplits (portable cluster size).
+int64_t split_decode_splits(int64_t ctas_per_split, int64_t capacity, int64_t slots,
+                            int64_t tile_keys, int64_t max_cluster, int64_t requested) {
+  const int64_t tiles = (capacity + 1 + tile_keys - 1) / tile_keys;  // + the new key
+  const int64_t max_splits = std::max<int64_t>(1, std::min(max_cluster, tiles));
+  if (requested > 0) return std::min(requested, max_splits);
+  int64_t best = 1, best_cost = std::numeric_limits<int64_t>::max();
+  for (int64_t s = 1; s <= max_splits; ++s) {
+    const int64_t waves = (ctas_per_split * s + slots - 1) / slots;
+    const int64_t cost = waves * ((tiles + s - 1) / s + 2);
+    if (cost < best_cost) best = s, best_cost = cost;
+  }
+  return best;
+}
+
+template <typename T, int kDim>
+void launch_split_decode(const RingParams& p, int64_t num_splits, cudaStream_t stream) {
+  using C = SplitDecode<T, kDim>;
+  if (p.batch == 0) return;
+  const int64_t head_chunks = (p.group() + C::kHeads - 1) / C::kHeads;
+  const int64_t pairs = p.batch * p.kv_heads * head_chunks;
+  const int64_t splits = split_decode_splits(pairs, p.ring.capacity(), split_decode_slots<T, kDim>(),
+                                             C::kTileKeys, C::kMaxSplits, num_splits);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
+                        static_cast<unsigned>(p.batch));
+  config.blockDim = dim3(C::kThreads);
+  config.dynamicSmemBytes = C::kSmemBytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(splits);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim>, p,
+                                    static_cast<int>(head_chunks)));
+}
+
 void ring_append_cuda(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
                       const at::Tensor& v, const at::Tensor& seqlens,
                       const std::optional<at::Tensor>& lengths, int64_t window, int64_t sink) {
@@ -606,9 +1006,27 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cuda(
   check_cuda_support("ring_decode", k_cache, v_cache, true);
   TORCH_CHECK_VALUE(num_splits >= 0, "ring_decode: num_splits must be >= 0, got ", num_splits);
   c10::cuda::CUDAGuard guard(k_cache.device());
+  if (poison_decode_outputs()) {  // outputs a kernel forgets to write show up as NaN
+    call.out.fill_(std::numeric_limits<double>::quiet_NaN());
+    call.lse.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
   const RingParams& p = call.params;
   const int64_t group = p.group();
   auto stream = c10::cuda::getCurrentCUDAStream();
+  // bf16 / fp16 on sm_90+: the bandwidth-bound split kernel (one launch).
+  const auto dtype = k_cache.scalar_type();
+  if ((dtype == at::kBFloat16 || dtype == at::kHalf) && compute_major() >= 9 &&
+      !legacy_decode_requested()) {
+    SWAA_HEAD_DIM_SWITCH(p.head_dim, [&] {
+      if (dtype == at::kBFloat16)
+        launch_split_decode<__nv_bfloat16, kDim>(p, num_splits, stream);
+      else
+        launch_split_decode<__half, kDim>(p, num_splits, stream);
+    });
+    return {call.out, call.lse};
+  }
+  // float32 / float64 (and bf16 / fp16 before sm_90): CUDA-core kernel plus
+  // a combine kernel.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, k_cache.scalar_type(),
                                   "swaa_ring_decode_cuda", [&] {
     using T = typename Native<scalar_t>::type;
