@@ -68,7 +68,7 @@ def main() -> None:
     # (D, N, W, S, full_from)
     for D, N, W, S, F in [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
                           (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
-                          (128, 32768, 4096, 4, 16384), (128, 131072, 1024, 4, None)]:
+                          (128, 32768, 4096, 4, 24576), (128, 131072, 1024, 4, None)]:
         g = torch.Generator(device="cuda").manual_seed(0)
         q = torch.randn(1, 32, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
         k = torch.randn(1, 8, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
