@@ -2,7 +2,8 @@
 backward spend its time?  Times swaa::fwd under SWAA_FWD_WARPS = 4 / 8 and
 SWAA_FWD_ORDER = 0 / 1, and swaa::bwd under SWAA_BWD_KV_BLOCK_M = 32 / 64,
 SWAA_BWD_SPLIT = 0 / 1 (split of the sink key blocks' dk/dv work) and
-SWAA_BWD_ORDER = 0 / 1 (CTA order) (knobs read at each launch, so one process
+SWAA_BWD_ORDER = 0 / 1 (CTA order), SWAA_WARP_SKIP = 0 / 1 (forward and dq
+warps skip key tiles their rows cannot see) (knobs read at each launch, so one process
 compares them on the same inputs), then prints the per-kernel CUDA time of one
 backward with the defaults (torch.profiler).  JSON rows to --out.
 """
@@ -55,13 +56,14 @@ def main() -> None:
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     rows = []
-    fwd_settings = [{"SWAA_FWD_WARPS": "4"}, {"SWAA_FWD_WARPS": "8"},
-                    {"SWAA_FWD_ORDER": "0"}]  # the last one with the default warps
+    fwd_settings = [{"SWAA_FWD_WARPS": "4"}, {"SWAA_FWD_WARPS": "8"},  # the rest: default warps
+                    {"SWAA_FWD_ORDER": "0"}, {"SWAA_WARP_SKIP": "0"}]
     bwd_settings = [  # first: the defaults; second: the v3 kernels' layout
         {},
         {"SWAA_BWD_SPLIT": "0", "SWAA_BWD_ORDER": "0"},
         {"SWAA_BWD_SPLIT": "0"},
         {"SWAA_BWD_ORDER": "0"},
+        {"SWAA_WARP_SKIP": "0"},
         {"SWAA_BWD_KV_BLOCK_M": "32"},
     ]
     knobs = {k for st in fwd_settings + bwd_settings for k in st}

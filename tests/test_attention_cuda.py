@@ -286,6 +286,7 @@ def test_bad_arguments_raise_value_error_on_cuda():
                                    {"SWAA_FWD_WARPS": "4"}, {"SWAA_FWD_WARPS": "8"},
                                    {"SWAA_BWD_SPLIT": "0"}, {"SWAA_BWD_SPLIT": "5"},
                                    {"SWAA_FWD_ORDER": "0", "SWAA_BWD_ORDER": "0"},
+                                   {"SWAA_WARP_SKIP": "0"},
                                    {"SWAA_BWD_KV_BLOCK_M": "32", "SWAA_BWD_SPLIT": "3"}],
                          ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
 def test_tuning_knobs_give_the_same_values(knobs, monkeypatch):
@@ -361,20 +362,25 @@ def test_split_is_deterministic_and_agrees_with_unsplit(monkeypatch):
             assert err <= 2e-2 * b.abs().max().item(), f"{name}: split {split} vs unsplit err {err:.3g}"
 
 
-def test_cta_order_does_not_change_results(monkeypatch):
-    """SWAA_FWD_ORDER / SWAA_BWD_ORDER only reorder the CTAs: bitwise equal
-    outputs and gradients (batch 2, GQA, per-sequence full_from)."""
-    B, Hq, Hkv, L, D = 2, 8, 2, 1025, 64
-    kw = (100, 4, full_from_arg("per", B, L), 0.125)
+@pytest.mark.parametrize("D", [64, 128])
+def test_scheduling_knobs_do_not_change_results(D, monkeypatch):
+    """SWAA_FWD_ORDER / SWAA_BWD_ORDER only reorder the CTAs, SWAA_WARP_SKIP
+    only skips tiles a warp's rows cannot see (they would add exact zeros):
+    bitwise equal outputs and gradients (batch 2, GQA, per-sequence
+    full_from, a window that is not a multiple of the tiles)."""
+    B, Hq, Hkv, L = 2, 8, 2, 1025
     q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, torch.bfloat16, seed=17)
-    res = []
-    for order in ("0", "1"):
-        monkeypatch.setenv("SWAA_FWD_ORDER", order)
-        monkeypatch.setenv("SWAA_BWD_ORDER", order)
-        out, lse = torch.ops.swaa.fwd(q, k, v, *kw)
-        res.append((out, lse, *torch.ops.swaa.bwd(dout, q, k, v, out, lse, *kw)))
-    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), *res):
-        assert torch.equal(a, b), f"{name} depends on the CTA order"
+    for kw in ((100, 4, full_from_arg("per", B, L), 0.125), (1000, 0, None, 0.1)):
+        res = []
+        for order, skip in (("0", "0"), ("1", "0"), ("1", "1"), ("0", "1")):
+            monkeypatch.setenv("SWAA_FWD_ORDER", order)
+            monkeypatch.setenv("SWAA_BWD_ORDER", order)
+            monkeypatch.setenv("SWAA_WARP_SKIP", skip)
+            out, lse = torch.ops.swaa.fwd(q, k, v, *kw)
+            res.append((out, lse, *torch.ops.swaa.bwd(dout, q, k, v, out, lse, *kw)))
+        for other in res[1:]:
+            for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), res[0], other):
+                assert torch.equal(a, b), f"{name} depends on the CTA order or warp skipping"
 
 
 def _ran_reduce_kernel(args):

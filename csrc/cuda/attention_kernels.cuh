@@ -243,6 +243,31 @@ __device__ __forceinline__ TileList tiles_of(const KeySpan& span, int tile) {
   return list;
 }
 
+// The key tiles (width `tile`) one warp's rows need: tiles [0, head_end) and
+// [body_first, body_end), as ints.  A CTA walks the union over its warps; a
+// warp skips the tiles it does not need (a fully masked tile adds exactly
+// nothing: probabilities 0, so skipping it is bitwise neutral).  Rows past
+// the last key position (query rows past q_len) need no tile.
+struct WarpTiles {
+  int head_end;
+  int body_first;
+  int body_end;
+  __device__ __forceinline__ bool needs(int tile_index) const {
+    return tile_index < head_end || (tile_index >= body_first && tile_index < body_end);
+  }
+};
+
+__device__ __forceinline__ WarpTiles warp_tiles(const Visibility& vis, int64_t wp_first,
+                                                int64_t k_len, int tile) {
+  if (wp_first > k_len - 1) return WarpTiles{0, 0, 0};
+  const KeySpan span = visible_keys(vis, wp_first, min_of<int64_t>(wp_first + 15, k_len - 1));
+  WarpTiles w;
+  w.head_end = span.head.empty() ? 0 : static_cast<int>((span.head.end + tile - 1) / tile);
+  w.body_first = static_cast<int>(span.body.begin / tile);
+  w.body_end = span.body.empty() ? 0 : static_cast<int>((span.body.end + tile - 1) / tile);
+  return w;
+}
+
 // Position of this CTA in a linear grid of n_units x n_slices CTAs (a slice is
 // one (batch, head) pair).  slices_inner: consecutive CTAs take the same unit
 // of every slice before the next unit, so the longest units (ordered first by
@@ -291,7 +316,7 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT][4], const Visibility&
 
 template <typename T, int D, int WARPS>
 __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
-    fwd_kernel(const AttnParams p, bool heads_inner) {
+    fwd_kernel(const AttnParams p, bool heads_inner, bool skip_idle_warps) {
   using Cfg = FwdConfig<T, D, WARPS>;
   constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, NT = BN / 8, DT = D / 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -328,6 +353,7 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
   for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qa[kk], sQ, warp * 16, kk * 16, lane);
 
   const int64_t wp_first = p_first + warp * 16;  // position of the warp's first row
+  const WarpTiles needed = warp_tiles(vis, wp_first, p.k_len, BN);
   const float scale_log2 = p.scale * kLog2e;
   float o[DT][4];
   zero(o);
@@ -339,25 +365,28 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
     load_tile<T, BN, D, Cfg::kThreads>(sV, v, p.v_row_stride, j0, p.k_len);
     cp_async_commit();
 
+    const bool active = !skip_idle_warps || needed.needs(tiles[it]);
     float s[NT][4];
     zero(s);
+    if (active) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
+      for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t bf[4];
-        load_b<D>(bf, sK, np * 16, kk * 16, lane);
-        MmaOp<T>::run(s[2 * np], qa[kk], bf[0], bf[1]);
-        MmaOp<T>::run(s[2 * np + 1], qa[kk], bf[2], bf[3]);
+        for (int np = 0; np < NT / 2; ++np) {
+          uint32_t bf[4];
+          load_b<D>(bf, sK, np * 16, kk * 16, lane);
+          MmaOp<T>::run(s[2 * np], qa[kk], bf[0], bf[1]);
+          MmaOp<T>::run(s[2 * np + 1], qa[kk], bf[2], bf[3]);
+        }
       }
+      // Scores in log2 units, then the mask (boundary tiles only).
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] *= scale_log2;
+      if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
+        mask_scores<NT>(s, vis, wp_first, j0, p.k_len, lane, true);
     }
-    // Scores in log2 units, then the mask (boundary tiles only).
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] *= scale_log2;
-    if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
-      mask_scores<NT>(s, vis, wp_first, j0, p.k_len, lane, true);
 
     cp_async_wait_all();
     __syncthreads();  // V(it) landed; every warp is done with K(it)
@@ -369,7 +398,7 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
 
     // Online softmax, two rows per thread (g and g + 8).
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < 2 && active; ++r) {
       float mx = row_max[r];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
@@ -392,7 +421,7 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
         o[dt][2 * r + 1] *= correction;
       }
     }
-    gemm_pb<T, D, NT>(o, s, sV, lane);
+    if (active) gemm_pb<T, D, NT>(o, s, sV, lane);
 
     cp_async_wait_all();
     __syncthreads();  // K(it + 1) landed; every warp is done with V(it)
@@ -498,7 +527,8 @@ __device__ __forceinline__ void softmax_grad(float (&s)[NT][4], float (&dp)[NT][
 
 template <typename T, int D>
 __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
-    bwd_dq_kernel(const AttnParams p, const float* delta, bool heads_inner) {
+    bwd_dq_kernel(const AttnParams p, const float* delta, bool heads_inner,
+                  bool skip_idle_warps) {
   using Cfg = BwdConfig<T, D, 64>;
   constexpr int BM = Cfg::kDqBlockM, BN = Cfg::kDqBlockN, NT = BN / 8, DT = D / 8;
   constexpr int kThreads = Cfg::kDqThreads;
@@ -547,6 +577,7 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
   __syncthreads();
 
   const int64_t wp_first = p_first + warp * 16;
+  const WarpTiles needed = warp_tiles(vis, wp_first, p.k_len, BN);
   const float scale_log2 = p.scale * kLog2e;
   float dq[DT][4];
   zero(dq);
@@ -557,12 +588,15 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
     load_tile<T, BN, D, kThreads>(sV, v, p.v_row_stride, j0, p.k_len);
     cp_async_commit();
 
+    const bool active = !skip_idle_warps || needed.needs(tiles[it]);
     float s[NT][4];
     zero(s);
-    gemm_abt<T, D, NT>(s, sQ, warp * 16, sKc, lane);
-    scale_scores<NT>(s, scale_log2);
-    if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
-      mask_scores<NT>(s, vis, wp_first, j0, p.k_len, lane, true);
+    if (active) {
+      gemm_abt<T, D, NT>(s, sQ, warp * 16, sKc, lane);
+      scale_scores<NT>(s, scale_log2);
+      if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
+        mask_scores<NT>(s, vis, wp_first, j0, p.k_len, lane, true);
+    }
 
     cp_async_wait_all();
     __syncthreads();  // V(it) landed; the other K buffer is free
@@ -571,13 +605,15 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
                                     int64_t(tiles[it + 1]) * BN, p.k_len);
       cp_async_commit();
     }
-    float dp[NT][4];
-    zero(dp);
-    gemm_abt<T, D, NT>(dp, sdO, warp * 16, sV, lane);
-    softmax_grad<NT>(
-        s, dp, [&](int, int e) { return lse2[e >> 1]; },
-        [&](int, int e) { return dl[e >> 1]; });
-    gemm_pb<T, D, NT>(dq, dp, sKc, lane);
+    if (active) {
+      float dp[NT][4];
+      zero(dp);
+      gemm_abt<T, D, NT>(dp, sdO, warp * 16, sV, lane);
+      softmax_grad<NT>(
+          s, dp, [&](int, int e) { return lse2[e >> 1]; },
+          [&](int, int e) { return dl[e >> 1]; });
+      gemm_pb<T, D, NT>(dq, dp, sKc, lane);
+    }
 
     cp_async_wait_all();
     __syncthreads();  // K(it + 1) landed; every warp is done with V(it)

@@ -54,6 +54,7 @@ constexpr int kBwdStaged = 1;
 constexpr int kBwdSplit = 1;
 constexpr int kFwdOrder = 1;
 constexpr int kBwdOrder = 1;
+constexpr int kWarpSkip = 1;  // SWAA_WARP_SKIP: fwd and dq warps skip tiles their rows cannot see
 // At most this many split pieces per launch (all slices and split blocks
 // together): about two waves of CTAs on an H100/H200, and a bounded workspace
 // (256 x 2 x 128 x D floats: 32 MB at D=128).
@@ -74,7 +75,9 @@ void set_smem(Kernel kernel, int bytes) {
 // or key block in a row, longest blocks first; 0: the heads one after the
 // other), SWAA_BWD_SPLIT = 0 (sink key blocks in one CTA), 1 (split, piece
 // count from the sizes) or k >= 2 (exactly k pieces per sink block, for
-// tests).  Other values are ignored.
+// tests), SWAA_WARP_SKIP = 0 or 1 (forward and dq: a warp skips the key
+// tiles none of its 16 rows can see; bitwise neutral).  Other values are
+// ignored.
 inline int knob(const char* name, int fallback, int a, int b) {
   const char* env = std::getenv(name);
   if (env == nullptr) return fallback;
@@ -133,8 +136,9 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
   static const bool configured = (set_smem(kernel, Cfg::kSmem), true);
   (void)configured;
   const bool heads_inner = knob("SWAA_FWD_ORDER", kFwdOrder, 0, 1) == 1;
+  const bool skip_idle_warps = knob("SWAA_WARP_SKIP", kWarpSkip, 0, 1) == 1;
   const int64_t grid = ceil_div(p.q_len, Cfg::kBlockM) * p.q_heads * p.batch;
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, heads_inner);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, heads_inner, skip_idle_warps);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -163,7 +167,9 @@ void launch_bwd(const AttnParams& p, float* delta, const Workspace& workspace,
   (void)configured;
   const bool heads_inner = knob("SWAA_BWD_ORDER", kBwdOrder, 0, 1) == 1;
   const int64_t dq_grid = ceil_div(p.q_len, Cfg::kDqBlockM) * p.q_heads * p.batch;
-  dq_kernel<<<dq_grid, Cfg::kDqThreads, Cfg::kDqSmem, stream>>>(p, delta, heads_inner);
+  const bool skip_idle_warps = knob("SWAA_WARP_SKIP", kWarpSkip, 0, 1) == 1;
+  dq_kernel<<<dq_grid, Cfg::kDqThreads, Cfg::kDqSmem, stream>>>(p, delta, heads_inner,
+                                                                 skip_idle_warps);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   DkdvSchedule sched = plan_dkdv<Cfg::kKvBlockN, Cfg::kKvBlockM>(p, split_knob(), heads_inner);
