@@ -1,8 +1,11 @@
 """Which tile settings of the CUDA kernels are fastest, and where does the
 backward spend its time?  Times swaa::fwd under SWAA_FWD_WARPS = 4 / 8 and
-swaa::bwd under SWAA_BWD_KV_BLOCK_M = 32 / 64 (knobs read at each launch, so
-one process compares them on the same inputs), then prints the per-kernel
-CUDA time of one backward (torch.profiler).  JSON rows to --out.
+SWAA_FWD_ORDER = 0 / 1, and swaa::bwd under SWAA_BWD_KV_BLOCK_M = 32 / 64,
+SWAA_BWD_SPLIT = 0 / 1 (split of the sink key blocks' dk/dv work) and
+SWAA_BWD_ORDER = 0 / 1 (CTA order), SWAA_WARP_SKIP = 0 / 1 (forward and dq
+warps skip key tiles their rows cannot see) (knobs read at each launch, so one process
+compares them on the same inputs), then prints the per-kernel CUDA time of one
+backward with the defaults (torch.profiler).  JSON rows to --out.
 """
 from __future__ import annotations
 
@@ -33,6 +36,19 @@ def median_ms(fn, reps=10, warmup=3):
     return statistics.median(times)
 
 
+def visible_pairs(N, W, S, F=None):
+    """(query, key) pairs the mask keeps (square, causal), float64-safe in Python ints."""
+    p = torch.arange(N, dtype=torch.int64)
+    n = torch.minimum(p + 1, torch.tensor(W)) + (p + 1 - W).clamp(min=0).clamp(max=S)
+    if F is not None:
+        n = torch.where(p >= F, p + 1, n)
+    return int(n.sum())
+
+
+def label(setting):
+    return ",".join(f"{k}={v}" for k, v in setting.items()) or "defaults"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_tuning.jsonl"))
@@ -40,46 +56,67 @@ def main() -> None:
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     rows = []
-    for D, N, W, S in [(128, 32768, 4096, 4), (64, 32768, 4096, 4), (128, 8192, 1024, 128), (128, 131072, 1024, 4)]:
+    fwd_settings = [{"SWAA_FWD_WARPS": "4"}, {"SWAA_FWD_WARPS": "8"},  # the rest: default warps
+                    {"SWAA_FWD_ORDER": "0"}, {"SWAA_WARP_SKIP": "0"}]
+    bwd_settings = [  # first: the defaults; second: the v3 kernels' layout
+        {},
+        {"SWAA_BWD_SPLIT": "0", "SWAA_BWD_ORDER": "0"},
+        {"SWAA_BWD_SPLIT": "0"},
+        {"SWAA_BWD_ORDER": "0"},
+        {"SWAA_WARP_SKIP": "0"},
+        {"SWAA_BWD_KV_BLOCK_M": "32"},
+    ]
+    knobs = {k for st in fwd_settings + bwd_settings for k in st}
+    # (D, N, W, S, full_from)
+    for D, N, W, S, F in [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
+                          (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
+                          (128, 32768, 4096, 4, 24576), (128, 131072, 1024, 4, None)]:
         g = torch.Generator(device="cuda").manual_seed(0)
         q = torch.randn(1, 32, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
         k = torch.randn(1, 8, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
         v = torch.randn(1, 8, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
         do = torch.randn_like(q)
         scale = D ** -0.5
-        pairs = W * (W + 1) // 2 + (N - W) * W + max(0, N - W - S) * S
-        fwd_flop = 4 * D * pairs * 32
-        out, lse = torch.ops.swaa.fwd(q, k, v, W, S, None, scale)
-        for warps in ("4", "8"):
-            os.environ["SWAA_FWD_WARPS"] = warps
-            o2, _ = torch.ops.swaa.fwd(q, k, v, W, S, None, scale)
-            same = torch.equal(o2, out) if warps != "8" else None
-            ms = median_ms(lambda: torch.ops.swaa.fwd(q, k, v, W, S, None, scale))
-            rows.append(dict(meta, what="fwd", knob=f"SWAA_FWD_WARPS={warps}", D=D, N=N, W=W,
-                             S=S, ms=round(ms, 4), tflops=round(fwd_flop / ms / 1e9, 1),
-                             equal_to_default=same))
-        os.environ.pop("SWAA_FWD_WARPS")
-        for bm, stage in (("32", "1"), ("64", "1"), ("64", "0")):
-            os.environ["SWAA_BWD_KV_BLOCK_M"] = bm
-            os.environ["SWAA_BWD_STAGE"] = stage
-            ms = median_ms(lambda: torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, None, scale))
-            rows.append(dict(meta, what="bwd", knob=f"SWAA_BWD_KV_BLOCK_M={bm},SWAA_BWD_STAGE={stage}",
-                             D=D, N=N, W=W, S=S, ms=round(ms, 4),
-                             tflops=round(2.5 * fwd_flop / ms / 1e9, 1)))
-        os.environ.pop("SWAA_BWD_KV_BLOCK_M")
-        os.environ.pop("SWAA_BWD_STAGE")
+        fwd_flop = 4 * D * visible_pairs(N, W, S, F) * 32
+        ff = None if F is None else torch.full((1,), F, dtype=torch.int64, device="cuda")
+        shape = dict(D=D, N=N, W=W, S=S, full_from=F)
+        for key in knobs:
+            os.environ.pop(key, None)
+        out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+        for setting in fwd_settings:
+            os.environ.update(setting)
+            o2, _ = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+            ms = median_ms(lambda: torch.ops.swaa.fwd(q, k, v, W, S, ff, scale))
+            rows.append(dict(meta, what="fwd", knob=label(setting), **shape, ms=round(ms, 4),
+                             tflops=round(fwd_flop / ms / 1e9, 1),
+                             equal_to_default=torch.equal(o2, out)))
+            for key in setting:
+                os.environ.pop(key)
+        ref = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
+        for setting in bwd_settings:
+            os.environ.update(setting)
+            grads = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
+            # the split changes the summation order of the sink keys' dk/dv only
+            diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads, ref))
+            ms = median_ms(lambda: torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale))
+            rows.append(dict(meta, what="bwd", knob=label(setting), **shape, ms=round(ms, 4),
+                             tflops=round(2.5 * fwd_flop / ms / 1e9, 1),
+                             max_diff_to_default=diff))
+            for key in setting:
+                os.environ.pop(key)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            torch.ops.swaa.fwd(q, k, v, W, S, None, scale)
-            torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, None, scale)
+            torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+            torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
             torch.cuda.synchronize()
         kernels = {}
         for e in prof.key_averages():
             if "swaa" in e.key:
                 name = e.key.split("(")[0].split("<")[0].replace("void swaa::cuda::", "")
                 kernels[name] = round(e.device_time_total / 1000, 3)
-        rows.append(dict(meta, what="kernel_ms", D=D, N=N, W=W, S=S, kernels=kernels))
-        for r in rows[-6:]:
+        rows.append(dict(meta, what="kernel_ms", **shape, kernels=kernels))
+        for r in rows[-(len(fwd_settings) + len(bwd_settings) + 1):]:
             print(json.dumps(r), flush=True)
+        del q, k, v, do, out, lse, ref, grads
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
         for r in rows:

@@ -283,7 +283,11 @@ def test_bad_arguments_raise_value_error_on_cuda():
 
 
 @pytest.mark.parametrize("knobs", [{"SWAA_BWD_STAGE": "0"}, {"SWAA_BWD_KV_BLOCK_M": "32"},
-                                   {"SWAA_FWD_WARPS": "4"}, {"SWAA_FWD_WARPS": "8"}],
+                                   {"SWAA_FWD_WARPS": "4"}, {"SWAA_FWD_WARPS": "8"},
+                                   {"SWAA_BWD_SPLIT": "0"}, {"SWAA_BWD_SPLIT": "5"},
+                                   {"SWAA_FWD_ORDER": "0", "SWAA_BWD_ORDER": "0"},
+                                   {"SWAA_WARP_SKIP": "0"},
+                                   {"SWAA_BWD_KV_BLOCK_M": "32", "SWAA_BWD_SPLIT": "3"}],
                          ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
 def test_tuning_knobs_give_the_same_values(knobs, monkeypatch):
     """Every tile setting the launcher can pick is correct (knobs read per launch)."""
@@ -295,3 +299,111 @@ def test_tuning_knobs_give_the_same_values(knobs, monkeypatch):
         q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, dtype, seed=21)
         assert_flash_tolerance(run_ours(q, k, v, dout, **kw), run_torch_lowp(q, k, v, dout, **kw),
                                run_reference(q, k, v, dout, torch.float64, **kw))
+
+
+# --- Split sink key blocks (dk/dv): the key blocks holding sink keys are seen by
+# every later query; their work is cut into pieces (SWAA_BWD_SPLIT: 0 off, 1
+# automatic, k >= 2 exactly k pieces) whose float32 partials are summed in a
+# fixed order.  N >> W so the automatic split engages (it needs the sink
+# block's ~N/64 query tiles to exceed the window's ~(W + 128)/64).
+
+SPLIT_CASES = [  # (B, Hq, Hkv, Lq, Lk, window, sink, full_from)
+    (2, 8, 2, 1500, 1500, 64, 4, None),      # GQA 4
+    (1, 4, 1, 700, 1100, 48, 1, None),       # MQA, Lq < Lk
+    (2, 4, 2, 1500, 1500, 64, 200, None),    # sink > 128: two split key blocks
+    (2, 8, 2, 1500, 1500, 64, 4, "per"),     # sink + per-sequence full_from
+    (1, 4, 4, 1300, 1300, 100, 3, "mid"),    # sink + full_from, GQA 1
+]
+
+
+@pytest.mark.parametrize("split", ["1", "2", "7", "64"])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_split_sink_blocks_match_reference(case, split, monkeypatch):
+    """Every piece count gives the reference result: automatic (1), 2, 7 and 64
+    pieces (64 leaves the last pieces of every split block with an empty item
+    range: they must contribute zeros, not garbage)."""
+    B, Hq, Hkv, Lq, Lk, window, sink, ff = case
+    monkeypatch.setenv("SWAA_BWD_SPLIT", split)
+    kw = dict(window=window, sink=sink, full_from=full_from_arg(ff, B, Lk))
+    for D, dtype in ((128, torch.bfloat16), (64, torch.float16)):
+        q, k, v, dout = make_inputs(B, Hq, Hkv, Lq, Lk, D, dtype, seed=Lq + sink + D)
+        assert_flash_tolerance(run_ours(q, k, v, dout, **kw),
+                               run_torch_lowp(q, k, v, dout, **kw),
+                               run_reference(q, k, v, dout, torch.float64, **kw))
+
+
+def test_split_is_deterministic_and_agrees_with_unsplit(monkeypatch):
+    """With the split engaged dk/dv are bitwise equal across runs (fixed-order
+    reduce), and within float rounding of the one-CTA-per-block result."""
+    B, Hq, Hkv, L, D = 1, 8, 2, 4097, 128
+    window, sink = 128, 4
+    q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, torch.bfloat16, seed=41)
+    scale = D ** -0.5
+    out, lse = torch.ops.swaa.fwd(q, k, v, window, sink, None, scale)
+    results = {}
+    for split in ("0", "1", "5"):
+        monkeypatch.setenv("SWAA_BWD_SPLIT", split)
+        first = torch.ops.swaa.bwd(dout, q, k, v, out, lse, window, sink, None, scale)
+        again = torch.ops.swaa.bwd(dout, q, k, v, out, lse, window, sink, None, scale)
+        for name, a, b in zip(("dq", "dk", "dv"), first, again):
+            assert torch.equal(a, b), f"{name} differs between two runs with SWAA_BWD_SPLIT={split}"
+        results[split] = first
+    unsplit = results["0"]
+    for split in ("1", "5"):
+        dq, dk, dv = results[split]
+        assert torch.equal(dq, unsplit[0])  # dq does not depend on the dk/dv layout
+        # keys outside the sink blocks are computed exactly as without the split
+        assert torch.equal(dk[:, :, 128:], unsplit[1][:, :, 128:])
+        assert torch.equal(dv[:, :, 128:], unsplit[2][:, :, 128:])
+        for name, a, b in (("dk", dk, unsplit[1]), ("dv", dv, unsplit[2])):
+            a, b = a[:, :, :128].float(), b[:, :, :128].float()
+            assert not torch.equal(a, torch.zeros_like(a))
+            err = (a - b).abs().max().item()
+            assert err <= 2e-2 * b.abs().max().item(), f"{name}: split {split} vs unsplit err {err:.3g}"
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_scheduling_knobs_do_not_change_results(D, monkeypatch):
+    """SWAA_FWD_ORDER / SWAA_BWD_ORDER only reorder the CTAs, SWAA_WARP_SKIP
+    only skips tiles a warp's rows cannot see (they would add exact zeros):
+    bitwise equal outputs and gradients (batch 2, GQA, per-sequence
+    full_from, a window that is not a multiple of the tiles)."""
+    B, Hq, Hkv, L = 2, 8, 2, 1025
+    q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, torch.bfloat16, seed=17)
+    for kw in ((100, 4, full_from_arg("per", B, L), 0.125), (1000, 0, None, 0.1)):
+        res = []
+        for order, skip in (("0", "0"), ("1", "0"), ("1", "1"), ("0", "1")):
+            monkeypatch.setenv("SWAA_FWD_ORDER", order)
+            monkeypatch.setenv("SWAA_BWD_ORDER", order)
+            monkeypatch.setenv("SWAA_WARP_SKIP", skip)
+            out, lse = torch.ops.swaa.fwd(q, k, v, *kw)
+            res.append((out, lse, *torch.ops.swaa.bwd(dout, q, k, v, out, lse, *kw)))
+        for other in res[1:]:
+            for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), res[0], other):
+                assert torch.equal(a, b), f"{name} depends on the CTA order or warp skipping"
+
+
+def _ran_reduce_kernel(args):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        torch.ops.swaa.bwd(*args)
+        torch.cuda.synchronize()
+    return any("bwd_dkdv_reduce_kernel" in e.key for e in prof.key_averages())
+
+
+def test_split_engages_only_where_it_should(monkeypatch):
+    """The automatic split runs (reduce kernel launched) for a sink with N >> W,
+    not without a sink, not when the window covers the sequence, not with
+    SWAA_BWD_SPLIT=0: the split tests above exercise the path they claim to."""
+    monkeypatch.delenv("SWAA_BWD_SPLIT", raising=False)
+    B, Hq, Hkv, L, D = 1, 4, 1, 2048, 64
+    q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, torch.bfloat16, seed=2)
+
+    def args(window, sink):
+        out, lse = torch.ops.swaa.fwd(q, k, v, window, sink, None, 0.125)
+        return (dout, q, k, v, out, lse, window, sink, None, 0.125)
+
+    assert _ran_reduce_kernel(args(64, 4))
+    assert not _ran_reduce_kernel(args(64, 0))
+    assert not _ran_reduce_kernel(args(4096, 4))
+    monkeypatch.setenv("SWAA_BWD_SPLIT", "0")
+    assert not _ran_reduce_kernel(args(64, 4))

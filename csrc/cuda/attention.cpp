@@ -140,7 +140,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
   }
   with_variant(variant, [&]<typename T, int D>() {
     at::Tensor delta = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-    cuda::run_bwd<T, D>(call.params, delta.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+    at::Tensor partial;  // partial dk/dv of split key blocks, freed after the launches (stream-ordered)
+    const cuda::Workspace workspace = [&](int64_t n) {
+      partial = at::empty({n}, q.options().dtype(at::kFloat));
+      return partial.data_ptr<float>();
+    };
+    cuda::run_bwd<T, D>(call.params, delta.data_ptr<float>(), workspace,
+                        c10::cuda::getCurrentCUDAStream());
   });
   return {call.dq, call.dk, call.dv};
 }

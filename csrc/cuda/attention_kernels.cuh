@@ -243,6 +243,47 @@ __device__ __forceinline__ TileList tiles_of(const KeySpan& span, int tile) {
   return list;
 }
 
+// The key tiles (width `tile`) one warp's rows need: tiles [0, head_end) and
+// [body_first, body_end), as ints.  A CTA walks the union over its warps; a
+// warp skips the tiles it does not need (a fully masked tile adds exactly
+// nothing: probabilities 0, so skipping it is bitwise neutral).  Rows past
+// the last key position (query rows past q_len) need no tile.
+struct WarpTiles {
+  int head_end;
+  int body_first;
+  int body_end;
+  __device__ __forceinline__ bool needs(int tile_index) const {
+    return tile_index < head_end || (tile_index >= body_first && tile_index < body_end);
+  }
+};
+
+__device__ __forceinline__ WarpTiles warp_tiles(const Visibility& vis, int64_t wp_first,
+                                                int64_t k_len, int tile) {
+  if (wp_first > k_len - 1) return WarpTiles{0, 0, 0};
+  const KeySpan span = visible_keys(vis, wp_first, min_of<int64_t>(wp_first + 15, k_len - 1));
+  WarpTiles w;
+  w.head_end = span.head.empty() ? 0 : static_cast<int>((span.head.end + tile - 1) / tile);
+  w.body_first = static_cast<int>(span.body.begin / tile);
+  w.body_end = span.body.empty() ? 0 : static_cast<int>((span.body.end + tile - 1) / tile);
+  return w;
+}
+
+// Position of this CTA in a linear grid of n_units x n_slices CTAs (a slice is
+// one (batch, head) pair).  slices_inner: consecutive CTAs take the same unit
+// of every slice before the next unit, so the longest units (ordered first by
+// the caller) of every head start in the first wave instead of trailing behind
+// the other heads; otherwise the units of one slice are consecutive (the grid
+// order of v1-v3).
+struct GridPos {
+  int unit;
+  int slice;
+};
+__device__ __forceinline__ GridPos grid_pos(int n_units, int n_slices, bool slices_inner) {
+  const int cta = static_cast<int>(blockIdx.x);
+  if (slices_inner) return GridPos{cta / n_slices, cta % n_slices};
+  return GridPos{cta % n_units, cta / n_units};
+}
+
 // ---------------------------------------------------------------------------
 // Forward
 
@@ -275,7 +316,7 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT][4], const Visibility&
 
 template <typename T, int D, int WARPS>
 __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
-    fwd_kernel(const AttnParams p) {
+    fwd_kernel(const AttnParams p, bool heads_inner, bool skip_idle_warps) {
   using Cfg = FwdConfig<T, D, WARPS>;
   constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, NT = BN / 8, DT = D / 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -284,8 +325,11 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
   T* sV = sK + BN * D;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int m_block = gridDim.x - 1 - blockIdx.x;  // longest rows first (full attention)
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int n_m = static_cast<int>((p.q_len + BM - 1) / BM);
+  const GridPos pos = grid_pos(n_m, static_cast<int>(p.batch * p.q_heads), heads_inner);
+  const int m_block = n_m - 1 - pos.unit;  // longest rows first (full attention)
+  const int q_heads = static_cast<int>(p.q_heads);  // 32-bit index math
+  const int h = pos.slice % q_heads, b = pos.slice / q_heads;
   const int64_t kvh = h / (p.q_heads / p.kv_heads);
   const int64_t row0 = static_cast<int64_t>(m_block) * BM;
   const int64_t p_first = row0 + p.q_offset;
@@ -309,6 +353,7 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
   for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qa[kk], sQ, warp * 16, kk * 16, lane);
 
   const int64_t wp_first = p_first + warp * 16;  // position of the warp's first row
+  const WarpTiles needed = warp_tiles(vis, wp_first, p.k_len, BN);
   const float scale_log2 = p.scale * kLog2e;
   float o[DT][4];
   zero(o);
@@ -320,25 +365,28 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
     load_tile<T, BN, D, Cfg::kThreads>(sV, v, p.v_row_stride, j0, p.k_len);
     cp_async_commit();
 
+    const bool active = !skip_idle_warps || needed.needs(tiles[it]);
     float s[NT][4];
     zero(s);
+    if (active) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
+      for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t bf[4];
-        load_b<D>(bf, sK, np * 16, kk * 16, lane);
-        MmaOp<T>::run(s[2 * np], qa[kk], bf[0], bf[1]);
-        MmaOp<T>::run(s[2 * np + 1], qa[kk], bf[2], bf[3]);
+        for (int np = 0; np < NT / 2; ++np) {
+          uint32_t bf[4];
+          load_b<D>(bf, sK, np * 16, kk * 16, lane);
+          MmaOp<T>::run(s[2 * np], qa[kk], bf[0], bf[1]);
+          MmaOp<T>::run(s[2 * np + 1], qa[kk], bf[2], bf[3]);
+        }
       }
+      // Scores in log2 units, then the mask (boundary tiles only).
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] *= scale_log2;
+      if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
+        mask_scores<NT>(s, vis, wp_first, j0, p.k_len, lane, true);
     }
-    // Scores in log2 units, then the mask (boundary tiles only).
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] *= scale_log2;
-    if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
-      mask_scores<NT>(s, vis, wp_first, j0, p.k_len, lane, true);
 
     cp_async_wait_all();
     __syncthreads();  // V(it) landed; every warp is done with K(it)
@@ -350,7 +398,7 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
 
     // Online softmax, two rows per thread (g and g + 8).
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < 2 && active; ++r) {
       float mx = row_max[r];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
@@ -373,7 +421,7 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
         o[dt][2 * r + 1] *= correction;
       }
     }
-    gemm_pb<T, D, NT>(o, s, sV, lane);
+    if (active) gemm_pb<T, D, NT>(o, s, sV, lane);
 
     cp_async_wait_all();
     __syncthreads();  // K(it + 1) landed; every warp is done with V(it)
@@ -479,7 +527,8 @@ __device__ __forceinline__ void softmax_grad(float (&s)[NT][4], float (&dp)[NT][
 
 template <typename T, int D>
 __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
-    bwd_dq_kernel(const AttnParams p, const float* delta) {
+    bwd_dq_kernel(const AttnParams p, const float* delta, bool heads_inner,
+                  bool skip_idle_warps) {
   using Cfg = BwdConfig<T, D, 64>;
   constexpr int BM = Cfg::kDqBlockM, BN = Cfg::kDqBlockN, NT = BN / 8, DT = D / 8;
   constexpr int kThreads = Cfg::kDqThreads;
@@ -491,8 +540,11 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int n_m = static_cast<int>((p.q_len + BM - 1) / BM);
+  const GridPos pos = grid_pos(n_m, static_cast<int>(p.batch * p.q_heads), heads_inner);
+  const int m_block = n_m - 1 - pos.unit;  // longest rows first (full attention)
+  const int q_heads = static_cast<int>(p.q_heads);  // 32-bit index math
+  const int h = pos.slice % q_heads, b = pos.slice / q_heads;
   const int64_t kvh = h / (p.q_heads / p.kv_heads);
   const int64_t row0 = static_cast<int64_t>(m_block) * BM;
   const int64_t p_first = row0 + p.q_offset;
@@ -525,6 +577,7 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
   __syncthreads();
 
   const int64_t wp_first = p_first + warp * 16;
+  const WarpTiles needed = warp_tiles(vis, wp_first, p.k_len, BN);
   const float scale_log2 = p.scale * kLog2e;
   float dq[DT][4];
   zero(dq);
@@ -535,12 +588,15 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
     load_tile<T, BN, D, kThreads>(sV, v, p.v_row_stride, j0, p.k_len);
     cp_async_commit();
 
+    const bool active = !skip_idle_warps || needed.needs(tiles[it]);
     float s[NT][4];
     zero(s);
-    gemm_abt<T, D, NT>(s, sQ, warp * 16, sKc, lane);
-    scale_scores<NT>(s, scale_log2);
-    if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
-      mask_scores<NT>(s, vis, wp_first, j0, p.k_len, lane, true);
+    if (active) {
+      gemm_abt<T, D, NT>(s, sQ, warp * 16, sKc, lane);
+      scale_scores<NT>(s, scale_log2);
+      if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
+        mask_scores<NT>(s, vis, wp_first, j0, p.k_len, lane, true);
+    }
 
     cp_async_wait_all();
     __syncthreads();  // V(it) landed; the other K buffer is free
@@ -549,13 +605,15 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
                                     int64_t(tiles[it + 1]) * BN, p.k_len);
       cp_async_commit();
     }
-    float dp[NT][4];
-    zero(dp);
-    gemm_abt<T, D, NT>(dp, sdO, warp * 16, sV, lane);
-    softmax_grad<NT>(
-        s, dp, [&](int, int e) { return lse2[e >> 1]; },
-        [&](int, int e) { return dl[e >> 1]; });
-    gemm_pb<T, D, NT>(dq, dp, sKc, lane);
+    if (active) {
+      float dp[NT][4];
+      zero(dp);
+      gemm_abt<T, D, NT>(dp, sdO, warp * 16, sV, lane);
+      softmax_grad<NT>(
+          s, dp, [&](int, int e) { return lse2[e >> 1]; },
+          [&](int, int e) { return dl[e >> 1]; });
+      gemm_pb<T, D, NT>(dq, dp, sKc, lane);
+    }
 
     cp_async_wait_all();
     __syncthreads();  // K(it + 1) landed; every warp is done with V(it)
@@ -574,6 +632,29 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
   }
 }
 
+// How the dk/dv work is laid out over CTAs (filled by the launcher from static
+// sizes).  A key block's work is its list of (query head, query tile) items;
+// the first `n_split_blocks` key blocks (those holding sink keys: every later
+// query sees them, so their list is ~Lq/BM items per head against ~W/BM for
+// the others) are cut into `n_split` pieces of `chunk` consecutive items, one
+// CTA each, that write float32 partial dk/dv (dk unscaled) to `partial`;
+// bwd_dkdv_reduce_kernel sums the pieces in piece order (deterministic) and
+// writes dk/dv.  A piece past the end of its block's list writes zeros.
+// Unit order per (batch, kv head): the pieces of the split blocks, then the
+// other key blocks in increasing order (roughly longest first: rows past
+// full_from see every earlier key); slices_inner interleaves the (batch, kv
+// head) slices per unit.
+struct DkdvSchedule {
+  int n_blocks;        // key blocks of BN keys
+  int n_split_blocks;  // leading key blocks whose work is split (0: none)
+  int n_split;         // pieces per split block (>= 2 when n_split_blocks > 0)
+  int chunk;           // items per piece
+  bool slices_inner;
+  float* partial;      // (batch, kv_heads, n_split_blocks, n_split, 2, BN, D) float32
+
+  __host__ __device__ int n_units() const { return n_blocks + n_split_blocks * (n_split - 1); }
+};
+
 // STAGED (the default): lse and delta of each query tile come into shared
 // memory with the tile (cp.async), and a warp whose 16 keys no query of the
 // tile can see skips the tile's math (e.g. the non-sink keys of a sink block
@@ -581,7 +662,7 @@ __global__ void __launch_bounds__(BwdConfig<T, D, 64>::kDqThreads)
 // element and always computes (kept for comparison, SWAA_BWD_STAGE=0).
 template <typename T, int D, int KV_BLOCK_M, bool STAGED>
 __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
-    bwd_dkdv_kernel(const AttnParams p, const float* delta) {
+    bwd_dkdv_kernel(const AttnParams p, const float* delta, const DkdvSchedule sched) {
   using Cfg = BwdConfig<T, D, KV_BLOCK_M>;
   constexpr int BN = Cfg::kKvBlockN, BM = Cfg::kKvBlockM, NT = BM / 8, DT = D / 8;
   constexpr int kThreads = Cfg::kKvThreads;
@@ -596,8 +677,14 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int n_block = blockIdx.x;
-  const int kvh = blockIdx.y, b = blockIdx.z;
+  const GridPos pos =
+      grid_pos(sched.n_units(), static_cast<int>(p.batch * p.kv_heads), sched.slices_inner);
+  const int kv_heads = static_cast<int>(p.kv_heads);  // 32-bit index math
+  const int kvh = pos.slice % kv_heads, b = pos.slice / kv_heads;
+  const int n_pieces = sched.n_split_blocks * sched.n_split;  // units that are pieces
+  const int n_block = pos.unit < n_pieces ? pos.unit / sched.n_split
+                                          : pos.unit - n_pieces + sched.n_split_blocks;
+  const int piece = pos.unit < n_pieces ? pos.unit % sched.n_split : -1;  // -1: whole block
   const int64_t group = p.q_heads / p.kv_heads;
   const int64_t j_first = static_cast<int64_t>(n_block) * BN;
   const int64_t j_last = min_of<int64_t>(j_first + BN - 1, p.k_len - 1);
@@ -616,7 +703,10 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
   const int n_near = near_end - near_first;
   const int n_far = far_end > far_first ? far_end - far_first : 0;
   const int per_head = n_near + n_far;
-  const int count = per_head * static_cast<int>(group);
+  const int n_items = per_head * static_cast<int>(group);
+  // This CTA's items [first, end): the whole list, or one piece of it.
+  const int first = piece < 0 ? 0 : min_of(n_items, piece * sched.chunk);
+  const int end = piece < 0 ? n_items : min_of(n_items, first + sched.chunk);
   auto tile_head = [&](int i) { return static_cast<int64_t>(kvh) * group + i / per_head; };
   auto tile_row0 = [&](int i) {
     const int w = i % per_head;
@@ -639,20 +729,25 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
       const int i = threadIdx.x;
       if (i < 2 * BM) {
         const int64_t row = row0 + (i % BM);
-        const bool valid = row < p.q_len;
-        const float* src = i < BM ? lse_b + h * p.lse_head_stride + (valid ? row : 0)
-                                  : delta_b + h * p.q_len + (valid ? row : 0);
-        cp_async_4(sCols0 + buf * 2 * BM + i, src, valid);
+        float* dst = sCols0 + buf * 2 * BM + i;
+        if (row < p.q_len) {
+          cp_async_4(dst, i < BM ? lse_b + h * p.lse_head_stride + row : delta_b + h * p.q_len + row,
+                     true);
+        } else {
+          // rows past q_len: lse = +inf (probability 0), delta = 0; a plain
+          // store, visible after the __syncthreads that publishes the tile
+          *dst = i < BM ? INFINITY : 0.f;
+        }
       }
     }
   };
-  if (count > 0) {
-    const int64_t h = tile_head(0);
-    load_tile<T, BM, D, kThreads>(sQ0, q_b + h * p.q_head_stride, p.q_row_stride, tile_row0(0),
-                                  p.q_len);
+  if (first < end) {
+    const int64_t h = tile_head(first);
+    load_tile<T, BM, D, kThreads>(sQ0, q_b + h * p.q_head_stride, p.q_row_stride,
+                                  tile_row0(first), p.q_len);
     load_tile<T, BM, D, kThreads>(sdO0, do_b + h * p.do_head_stride, p.do_row_stride,
-                                  tile_row0(0), p.q_len);
-    load_cols(0, h, tile_row0(0));
+                                  tile_row0(first), p.q_len);
+    load_cols(0, h, tile_row0(first));
   }
   cp_async_commit();
   cp_async_wait_all();
@@ -664,9 +759,9 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
   zero(dk);
   zero(dv);
 
-  for (int it = 0; it < count; ++it) {
-    const int buf = it & 1;
-    if (it + 1 < count) {
+  for (int it = first; it < end; ++it) {
+    const int buf = (it - first) & 1;
+    if (it + 1 < end) {
       const int64_t h = tile_head(it + 1);
       load_tile<T, BM, D, kThreads>(sQ0 + (buf ^ 1) * BM * D, q_b + h * p.q_head_stride, p.q_row_stride,
                                     tile_row0(it + 1), p.q_len);
@@ -702,26 +797,28 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
       if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
         mask_scores<NT>(s, vis, wj_first, pos0, p.k_len, lane, false);
       // Column values: lse (log2 units, +inf past q_len) and delta of the queries.
-      float lse2[NT][2], dl[NT][2];
-      const float* cols = sCols0 + buf * 2 * BM;
+      if constexpr (STAGED) {
+        // Read from shared memory where used (no 4 * NT registers held across
+        // the products; lanes with the same t read the same word: broadcast).
+        const float* cols = sCols0 + buf * 2 * BM + 2 * t;
+        softmax_grad<NT>(
+            s, dpt, [&](int nt, int e) { return cols[nt * 8 + (e & 1)] * kLog2e; },
+            [&](int nt, int e) { return cols[BM + nt * 8 + (e & 1)]; });
+      } else {
+        float lse2[NT][2], dl[NT][2];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int col = nt * 8 + 2 * t + c;
-          const int64_t row = qrow0 + col;
-          const bool valid = row < p.q_len;
-          if constexpr (STAGED) {
-            lse2[nt][c] = valid ? cols[col] * kLog2e : INFINITY;
-            dl[nt][c] = valid ? cols[BM + col] : 0.f;
-          } else {
+          for (int c = 0; c < 2; ++c) {
+            const int64_t row = qrow0 + nt * 8 + 2 * t + c;
+            const bool valid = row < p.q_len;
             lse2[nt][c] = valid ? lse_h[row] * kLog2e : INFINITY;
             dl[nt][c] = valid ? delta_h[row] : 0.f;
           }
-        }
-      softmax_grad<NT>(
-          s, dpt, [&](int nt, int e) { return lse2[nt][e & 1]; },
-          [&](int nt, int e) { return dl[nt][e & 1]; });
+        softmax_grad<NT>(
+            s, dpt, [&](int nt, int e) { return lse2[nt][e & 1]; },
+            [&](int nt, int e) { return dl[nt][e & 1]; });
+      }
       gemm_pb<T, D, NT>(dv, s, sdOc, lane);
       gemm_pb<T, D, NT>(dk, dpt, sQc, lane);
     }
@@ -730,6 +827,26 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
     __syncthreads();  // next tile landed; every warp is done with this one
   }
 
+  if (piece >= 0) {
+    // Partial sums of a piece, float32, every key row of the block (the reduce
+    // skips rows past k_len); dk stays unscaled, like the accumulator.
+    // Pieces of a slice are its first n_pieces units (block-major, then piece).
+    float* dk_part =
+        sched.partial + (static_cast<int64_t>(pos.slice) * n_pieces + pos.unit) * 2 * BN * D;
+    float* dv_part = dk_part + BN * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp * 16 + g + r * 8;
+#pragma unroll
+      for (int dt = 0; dt < DT; ++dt) {
+        *reinterpret_cast<float2*>(dk_part + row * D + dt * 8 + 2 * t) =
+            make_float2(dk[dt][2 * r], dk[dt][2 * r + 1]);
+        *reinterpret_cast<float2*>(dv_part + row * D + dt * 8 + 2 * t) =
+            make_float2(dv[dt][2 * r], dv[dt][2 * r + 1]);
+      }
+    }
+    return;
+  }
   T* dk_out = static_cast<T*>(p.dk) + b * p.dk_batch_stride + kvh * p.dk_head_stride;
   T* dv_out = static_cast<T*>(p.dv) + b * p.dv_batch_stride + kvh * p.dv_head_stride;
 #pragma unroll
@@ -746,6 +863,43 @@ __global__ void __launch_bounds__(BwdConfig<T, D, KV_BLOCK_M>::kKvThreads)
           MmaOp<T>::pack(dv[dt][2 * r], dv[dt][2 * r + 1]);
     }
   }
+}
+
+// dk, dv of the split key blocks: the sum of their pieces' partials in piece
+// order (a fixed order: bitwise reproducible), dk times the softmax scale.
+// One thread per 4 consecutive elements of a (key, head dim) row.
+template <typename T, int D, int BN>
+__global__ void bwd_dkdv_reduce_kernel(const AttnParams p, const DkdvSchedule sched) {
+  constexpr int kVec = 4;
+  const int64_t per_block = int64_t(BN) * D / kVec;  // threads per (batch, kv head, block)
+  const int64_t total = p.batch * p.kv_heads * sched.n_split_blocks * per_block;
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= total) return;
+  const int64_t in_block = idx % per_block;
+  const int64_t blk = idx / per_block;  // ((b * kv_heads + kvh) * n_split_blocks + n_block)
+  const int64_t n_block = blk % sched.n_split_blocks;
+  const int64_t kvh = (blk / sched.n_split_blocks) % p.kv_heads;
+  const int64_t b = blk / (sched.n_split_blocks * p.kv_heads);
+  const int row = static_cast<int>(in_block / (D / kVec));
+  const int col = static_cast<int>(in_block % (D / kVec)) * kVec;
+  const int64_t key = n_block * BN + row;
+  if (key >= p.k_len) return;
+  const float* part = sched.partial + blk * sched.n_split * 2 * BN * D + row * D + col;
+  float4 dk = make_float4(0.f, 0.f, 0.f, 0.f), dv = dk;
+  for (int s = 0; s < sched.n_split; ++s) {
+    const float4 a = *reinterpret_cast<const float4*>(part + int64_t(s) * 2 * BN * D);
+    const float4 c = *reinterpret_cast<const float4*>(part + int64_t(s) * 2 * BN * D + BN * D);
+    dk.x += a.x, dk.y += a.y, dk.z += a.z, dk.w += a.w;
+    dv.x += c.x, dv.y += c.y, dv.z += c.z, dv.w += c.w;
+  }
+  T* dk_row = static_cast<T*>(p.dk) + b * p.dk_batch_stride + kvh * p.dk_head_stride +
+              key * p.dk_row_stride + col;
+  T* dv_row = static_cast<T*>(p.dv) + b * p.dv_batch_stride + kvh * p.dv_head_stride +
+              key * p.dv_row_stride + col;
+  reinterpret_cast<uint32_t*>(dk_row)[0] = MmaOp<T>::pack(dk.x * p.scale, dk.y * p.scale);
+  reinterpret_cast<uint32_t*>(dk_row)[1] = MmaOp<T>::pack(dk.z * p.scale, dk.w * p.scale);
+  reinterpret_cast<uint32_t*>(dv_row)[0] = MmaOp<T>::pack(dv.x, dv.y);
+  reinterpret_cast<uint32_t*>(dv_row)[1] = MmaOp<T>::pack(dv.z, dv.w);
 }
 
 }  // namespace cuda
