@@ -34,7 +34,8 @@ from .config import SWAAConfig
 __all__ = ["main"]
 
 DEFAULT_PRESETS = ("naive", "sink", "sink+fa_decode", "sink+half_full")  # --task agree
-RETRIEVAL_PRESETS = ("naive", "sink", "half_full", "fa_decode", "sink+fa_decode")
+RETRIEVAL_PRESETS = ("naive", "sink", "half_full", "quarter_full", "fa_decode", "sink+fa_decode",
+                     "sink+fa_decode+half_full")
 
 
 class CliError(Exception):
@@ -273,10 +274,10 @@ def _demo_retrieval(args, model, model_name, configs, device, dtype) -> dict:
     print(_retrieval_table(rows))
     print("accuracy: documents whose answer gives the asked value; ms/doc: prefill + generation "
           "time per document (one batch).")
-    if window is not None and not args.model:
-        print(f"With a window of {window} the question cannot see the fact: naive SWA (and sinks or "
-              "interleaved full layers alone) answer with a wrong value; with FA decode the "
-              "generated answer tokens attend to the whole prompt and copy the value.")
+    if window is not None and 4 * window <= args.prompt_len and not args.model:
+        print(f"With a window of {window} the question cannot see most facts: naive SWA (and "
+              "sinks or interleaved full layers alone) answer with a wrong value; with FA decode "
+              "the generated answer tokens attend to the whole prompt and copy the value.")
     return {"task": "retrieval", "rows": rows,
             "documents": [{"depth": d.depth, "key": d.key, "value": d.value} for d in docs]}
 
@@ -557,8 +558,8 @@ def _parser() -> argparse.ArgumentParser:
                       "overrides --config)")
     demo.add_argument("--prompt-len", type=int, default=2048, help="prompt tokens (retrieval: "
                       "tokens per document; default 2048)")
-    demo.add_argument("--docs", type=int, default=4, help="retrieval documents, the asked fact of "
-                      "document i at depth (i + 0.5) / docs (default 4)")
+    demo.add_argument("--docs", type=int, default=5, help="retrieval documents, the asked fact of "
+                      "document i at depth (i + 0.5) / docs (default 5)")
     demo.add_argument("--new-tokens", type=int, help="generated tokens at most (default: "
                       "retrieval: the answer's length + 4; agree: 32)")
     demo.add_argument("--layers", type=int, help="use only this many layers of the model")
