@@ -161,5 +161,6 @@ def test_demo_retrieval_needs_a_byte_level_model(tmp_path, capsys):
                                          num_key_value_heads=1))
     model.save_pretrained(tmp_path / "m")
     with pytest.raises(SystemExit) as e:
-        main(["demo", "--model", str(tmp_path / "m"), "--task", "retrieval", "--device", "cpu"])
+        main(["demo", "--model", str(tmp_path / "m"), "--task", "retrieval", "--preset", "naive",
+              "--device", "cpu"])
     assert e.value.code == 2 and "--task" in capsys.readouterr().err
