@@ -11,23 +11,11 @@
 # rows in bench/results/quality_H200.jsonl), DDP_STEPS (default 100).
 # Writes to $OUT: log, build.log, the rows (quality_<GPU>.jsonl, quality_<GPU>_depth.jsonl) or the
 # DDP run (ddp/rank0.json, ddp/rank1.json, ddp.txt).  Append the rows to bench/results/ of the branch.
-set -o pipefail
 MODE=${1:?usage: gpu_next.sh finetune|ddp}
-OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/log") 2>&1
-cd "$(dirname "$0")/../.."
-step() { echo "=== $(date -u +%H:%M:%S) $*"; }
+source "$(dirname "$0")/../gpu_lib.sh"
+gpu_setup
 step "GPU"; nvidia-smi --query-gpu=name,memory.total --format=csv
-
-if [[ -z ${SKIP_BUILD:-} ]]; then
-  step "build"
-  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} SWAA_ENABLE_CUDA=ON SWAA_CUDA_ARCHS=${SWAA_CUDA_ARCHS:-9.0} \
-    MAX_JOBS=16 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 \
-    || { tail -30 "$OUT/build.log"; echo BUILD FAILED; exit 1; }
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+gpu_build
 MODEL=swaa_ext/data/demo_model   # the packaged model = recipe b of session 2 (pretrain.json)
 
 case $MODE in
