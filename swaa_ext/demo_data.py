@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import List, Optional
 
 __all__ = ["FACT_TEMPLATE", "QUESTION_TEMPLATE", "ANSWER_TEMPLATE", "BOS_TOKENS", "Corpus",
-           "RetrievalExample", "to_ascii", "make_retrieval", "extract_value", "stdlib_corpus"]
+           "RetrievalExample", "to_ascii", "read_source", "make_retrieval", "extract_value",
+           "stdlib_corpus"]
 
 FACT_TEMPLATE = "\nthe value of key k{key} is {value}.\n"
 QUESTION_TEMPLATE = "\nquestion: what is the value of key k{key}?\nanswer: "
@@ -36,6 +37,16 @@ def to_ascii(text: str) -> str:
     """``text`` without non-ASCII characters and with ``\\n`` line ends: one character = one
     byte token."""
     return text.encode("ascii", "ignore").decode("ascii").replace("\r\n", "\n")
+
+
+def read_source(path: Path, min_chars: int, max_chars: int) -> Optional[str]:
+    """The ASCII text of the source file ``path`` (:func:`to_ascii`), or ``None`` when it cannot be
+    read or its length lies outside ``[min_chars, max_chars]``."""
+    try:
+        text = to_ascii(path.read_text(encoding="utf-8", errors="ignore"))
+    except OSError:
+        return None
+    return text if min_chars <= len(text) <= max_chars else None
 
 
 @dataclasses.dataclass
@@ -145,11 +156,8 @@ def stdlib_corpus(max_chars: int = 2_000_000, *, min_file_chars: int = 2000,
     base = Path(root if root is not None else sysconfig.get_paths()["stdlib"])
     paths, texts, total = [], [], 0
     for path in sorted(base.glob("*.py")):
-        try:
-            text = to_ascii(path.read_text(encoding="utf-8", errors="ignore"))
-        except OSError:
-            continue
-        if not min_file_chars <= len(text) <= max_file_chars:
+        text = read_source(path, min_file_chars, max_file_chars)
+        if text is None:
             continue
         paths.append(path.name)
         texts.append(text)

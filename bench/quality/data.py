@@ -30,7 +30,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from swaa_ext.demo_data import (ANSWER_TEMPLATE, BOS_TOKENS, FACT_TEMPLATE,  # noqa: F401
                                 QUESTION_TEMPLATE, Corpus, RetrievalExample, extract_value,
-                                make_retrieval, to_ascii)
+                                make_retrieval, read_source)
 
 __all__ = ["Corpus", "RetrievalExample", "default_roots", "split_of", "load_corpus",
            "make_retrieval", "retrieval_set", "text_windows", "write_jsonl", "extract_value",
@@ -69,11 +69,8 @@ def load_corpus(split: str, roots: Optional[Sequence[os.PathLike]] = None, *,
             rel = path.relative_to(root).as_posix()
             if split_of(rel, heldout_percent) != split:
                 continue
-            try:
-                text = to_ascii(path.read_text(encoding="utf-8", errors="ignore"))
-            except OSError:
-                continue
-            if not min_file_chars <= len(text) <= max_file_chars:
+            text = read_source(path, min_file_chars, max_file_chars)
+            if text is None:
                 continue
             paths.append(rel)
             texts.append(text)
