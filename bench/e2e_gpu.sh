@@ -17,20 +17,19 @@ gpu_build
 export SWAA_RESULTS_DIR=$OUT
 status=0
 
-echo "=== $(date -u +%H:%M:%S) e2e benchmark"
+step "e2e benchmark"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python -c "import swaa_ext, torch, transformers; print('swaa_ext', swaa_ext.__file__, swaa_ext.build_info()); print('torch', torch.__version__, 'transformers', transformers.__version__)" \
-  || { echo "swaa_ext does not import: build it first"; exit 1; }
+python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 # shellcheck disable=SC2086
 timeout --signal=TERM --kill-after=10 "${E2E_TIMEOUT:-540}" \
   python bench/bench_e2e.py ${E2E_ARGS:---preset quick} --plot "$OUT/e2e.png" || status=$?
 echo "benchmark exit code $status"
 
-echo "=== $(date -u +%H:%M:%S) table, goals and plot from the saved rows"
+step "table, goals and plot from the saved rows"
 for rows in "$OUT"/e2e_*.jsonl; do
   [[ -f $rows ]] || { echo "no rows written"; status=1; break; }
   python bench/bench_e2e.py --plot-from "$rows" --run latest --plot "$OUT/e2e.png" | tee "$OUT/e2e_table.md" \
     || status=1
 done
-echo "=== $(date -u +%H:%M:%S) done, status $status"
+step "done, status $status"
 exit $status

@@ -192,7 +192,7 @@ def _demo_model(args, device: torch.device):
     return model, "demo model (trained)"
 
 
-def _retrieval_docs(args, tok) -> list:
+def _retrieval_docs(args) -> list:
     """``--docs`` retrieval documents of ``--prompt-len`` tokens, the asked fact of document i at
     depth (i + 0.5) / docs, filler from the standard library's Python files."""
     import random
@@ -235,7 +235,7 @@ def _demo_retrieval(args, model, model_name, configs, device, dtype) -> dict:
         raise CliError(f"--task retrieval needs a model with the byte vocabulary of "
                        f"swaa_ext.train.ByteTokenizer ({tok.vocab_size} tokens); --model has "
                        f"{model.config.vocab_size} (use --task agree)")
-    docs = _retrieval_docs(args, tok)
+    docs = _retrieval_docs(args)
     ids = torch.tensor([[tok.bos_token_id] + tok.encode(d.prompt) for d in docs], device=device)
     new_tokens = args.new_tokens or len(docs[0].answer) + 2
     stop_ids = (tok.eos_token_id, *tok.encode("\n"))  # the answer is one line
@@ -323,8 +323,10 @@ def _demo_agree(args, model, model_name, configs, device, dtype) -> dict:
 
 
 def cmd_demo(args) -> int:
-    if args.prompt_len < 1 or (args.new_tokens is not None and args.new_tokens < 1):
-        raise CliError("--prompt-len and --new-tokens must be >= 1")
+    if args.prompt_len < 1:
+        raise CliError(f"--prompt-len must be >= 1, got {args.prompt_len}")
+    if args.new_tokens is not None and args.new_tokens < 1:
+        raise CliError(f"--new-tokens must be >= 1, got {args.new_tokens}")
     if args.docs < 1:
         raise CliError("--docs must be >= 1")
     task = args.task or ("agree" if args.model else "retrieval")
@@ -561,7 +563,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--docs", type=int, default=5, help="retrieval documents, the asked fact of "
                       "document i at depth (i + 0.5) / docs (default 5)")
     demo.add_argument("--new-tokens", type=int, help="generated tokens at most (default: "
-                      "retrieval: the answer's length + 4; agree: 32)")
+                      "retrieval: the answer's length + 2; agree: 32)")
     demo.add_argument("--layers", type=int, help="use only this many layers of the model")
     demo.add_argument("--model", metavar="PATH", help="a transformers causal LM (local directory "
                       "or hub name) instead of the packaged trained model, or 'random': the "

@@ -16,6 +16,7 @@ source "$(dirname "$0")/../gpu_lib.sh"
 gpu_setup
 step "GPU"; nvidia-smi --query-gpu=name,memory.total --format=csv
 gpu_build
+status=0
 MODEL=swaa_ext/data/demo_model   # the packaged model = recipe b of session 2 (pretrain.json)
 
 case $MODE in
@@ -27,7 +28,9 @@ finetune)
   SWAA_RESULTS_DIR=$OUT timeout "${FT_S:-480}" python bench/quality/evaluate.py --model "$MODEL" \
     --window 512 --per-cell 4 --finetune --no-untrained --ft-steps 200 \
     --ft-contexts 2048,4096,8192 --configs "$CONFIGS" --no-progress --no-plot
-  echo "evaluate exit $?"
+  rc=$?
+  echo "evaluate exit $rc (124: the time limit; rows are appended per configuration)"
+  [[ $rc == 0 || $rc == 124 ]] || status=1
   ;;
 ddp)
   step "DDP: 2 processes, $(nvidia-smi -L | wc -l) GPUs"
@@ -36,7 +39,9 @@ ddp)
     --tokenizer bytes --data "$OUT/ft.jsonl" --out "$OUT/ddp" --preset sink+fa_decode \
     --window 512 --max-steps "${DDP_STEPS:-100}" --batch-size 1 --grad-accum 2 --bf16 \
     --no-progress --rank-summary 2>&1 | tee "$OUT/ddp.txt"
-  echo "torchrun exit $?"
+  rc=$?
+  echo "torchrun exit $rc"
+  [[ $rc == 0 ]] || status=1
   python - "$OUT/ddp" <<'PY'
 import json, sys
 from pathlib import Path
@@ -50,3 +55,4 @@ PY
 *) echo "unknown mode $MODE (finetune or ddp)"; exit 2 ;;
 esac
 step "done"
+exit $status
