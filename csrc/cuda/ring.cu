@@ -13,7 +13,10 @@
 //     gathers 64-key K/V tiles from the ring slots with cp.async, 3-4 stages
 //     deep, and the splits of one (row, KV head) form a thread-block cluster
 //     that combines its partial results through distributed shared memory, in
-//     split order: one launch, deterministic.
+//     split order: one launch, deterministic.  Long rows (full-attention
+//     layers) and small batches can need more splits than a cluster holds
+//     (8): then the CTAs write fp32 partials to a workspace and
+//     ring_decode_combine_kernel merges them in split order (plan_split_decode).
 //   float32 / float64 (and bf16 / fp16 before sm_90, or with
 //     SWAA_RING_DECODE=legacy): grid (splits, Hkv * head_chunks, B), 128
 //     threads, up to kHeads heads per block, CUDA cores: groups of kLanes
@@ -38,9 +41,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <mutex>
+#include <set>
 #include <string>
 #include <type_traits>
 
@@ -994,6 +1000,15 @@ const SplitDecodeOccupancy& split_decode_occupancy() {
   return occ;
 }
 
+// True the first time this process sees `key` (the verbose plan printout
+// names each distinct plan once, not every launch of a benchmark loop).
+bool first_time_seen(const std::array<int64_t, 8>& key) {
+  static std::mutex mutex;
+  static std::set<std::array<int64_t, 8>> seen;
+  std::lock_guard<std::mutex> lock(mutex);
+  return seen.insert(key).second;
+}
+
 struct SplitDecodePlan {
   int64_t splits = 1;
   bool global_combine = false;  // workspace + combine kernel instead of a cluster
@@ -1051,7 +1066,9 @@ void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tens
       requested, decode_combine_knob(),
       decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20));
   const int64_t splits = plan.splits;
-  if (decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 1) == 1)
+  if (decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 1) == 1 &&
+      first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
+                       plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim}))
     std::fprintf(stderr, "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s combine\n",
                  static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
                  static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
