@@ -8,6 +8,7 @@
 #   combine_cluster  SWAA_DECODE_COMBINE=cluster (<= 8 splits, one launch;
 #                    the session-2 kernel, now planned from real cluster occupancy)
 #   combine_global   SWAA_DECODE_COMBINE=global  (fp32 partials + combine kernel)
+#   global_pdl       the same with the combine as a programmatic dependent launch
 #   splits_66/132    B = 1 only, 2 and 4 waves of CTAs on 132 SMs x 2 at Hkv = 8
 # SWAA_DECODE_VERBOSE=1 logs each distinct plan (splits, combine) once.
 # Everything goes to $OUT (default ./gpu_out); the whole output also to $OUT/log.
@@ -68,6 +69,7 @@ bench() {  # bench <run label> <env assignments...> -- <bench_decode.py args...>
 bench decode2_auto --
 bench decode2_combine_cluster SWAA_DECODE_COMBINE=cluster -- --impls ring,ring_full --batches 1,8,64
 bench decode2_combine_global SWAA_DECODE_COMBINE=global -- --impls ring,ring_full --batches 1,8,64
+bench decode2_global_pdl SWAA_DECODE_COMBINE=global SWAA_DECODE_PDL=1 -- --impls ring,ring_full --batches 1,8
 bench decode2_splits_66 SWAA_DECODE_SPLITS=66 -- --impls ring,ring_full --batches 1
 bench decode2_splits_132 SWAA_DECODE_SPLITS=132 -- --impls ring,ring_full --batches 1
 

@@ -513,12 +513,15 @@ def test_decode_global_combine_cuda(splits, monkeypatch):
 
 @pytest.mark.cuda
 @cuda
-def test_cuda_graph_long_ring_global_combine(monkeypatch):
+@pytest.mark.parametrize("pdl", ["0", "1"])
+def test_cuda_graph_long_ring_global_combine(pdl, monkeypatch):
     # A long never-wrapping ring (full-attention layer) decoded through the
     # global combine inside a CUDA graph: replays equal an eager twin bit for
-    # bit, across the ring's end (the ring starts to wrap).
+    # bit, across the ring's end (the ring starts to wrap).  pdl = 1 launches
+    # the combine kernel as a programmatic dependent (SWAA_DECODE_PDL).
     torch.manual_seed(15)
     B, Hq, Hkv, D, W = 2, 16, 2, 128, 20000
+    monkeypatch.setenv("SWAA_DECODE_PDL", pdl)
     monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
     monkeypatch.setenv("SWAA_DECODE_SPLITS", "48")
     caches = [RingKVCache(B, Hkv, D, window=W, sink=0, dtype=torch.bfloat16, device="cuda")

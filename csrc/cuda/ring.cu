@@ -297,6 +297,11 @@ template <typename T, int kDim>
 __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
     const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse) {
   using acc_t = acc_of<T>;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent (SWAA_DECODE_PDL=1): wait until the
+  // split kernel has finished and its partials are visible.  A no-op otherwise.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
   const int64_t bh = blockIdx.x;
   const acc_t* lse_s = part_lse + bh * splits;
   acc_t m = neg_inf<acc_t>();
@@ -449,6 +454,10 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
       cuda::cp_async_16(v_tile + at, v_row + chunk * 8, valid);
     }
   };
+
+  // With SWAA_DECODE_PDL=1 the combine kernel may be scheduled now; it waits
+  // (griddepcontrol.wait) for this grid to finish.  A no-op otherwise.
+  if constexpr (kGlobalCombine) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 
   // Start the pipeline before anything else waits on memory.
 #pragma unroll
@@ -913,6 +922,9 @@ int compute_major() {
 //                              memory (one launch, at most 8 splits) or through
 //                              a float workspace and a second kernel (any
 //                              number of splits); unset: chosen by cost;
+//   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
+//                              dependent of the split kernel (off by default:
+//                              unmeasured);
 //   SWAA_DECODE_VERBOSE=1      print each plan (shape, splits, combine) to stderr.
 // Unparsable values are ignored.
 int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
@@ -1084,9 +1096,27 @@ void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tens
     ring_decode_split_kernel<T, kDim, true><<<grid, C::kThreads, C::kSmemBytes, stream>>>(
         p, static_cast<int>(head_chunks), part_out.data_ptr<float>(), part_lse.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    ring_decode_combine_kernel<T, kDim><<<p.batch * p.q_heads, kThreads, 0, stream>>>(
-        p, static_cast<int>(splits), part_out.data_ptr<float>(), part_lse.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (decode_env_int("SWAA_DECODE_PDL", 0, 0, 1) == 1) {
+      // Programmatic dependent launch: the combine's launch overlaps the
+      // split kernel's tail instead of following its completion.
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(static_cast<unsigned>(p.batch * p.q_heads));
+      config.blockDim = dim3(kThreads);
+      config.stream = stream;
+      cudaLaunchAttribute attribute[1];
+      attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attribute[0].val.programmaticStreamSerializationAllowed = 1;
+      config.attrs = attribute;
+      config.numAttrs = 1;
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_combine_kernel<T, kDim>, p,
+                                        static_cast<int>(splits),
+                                        static_cast<const float*>(part_out.data_ptr<float>()),
+                                        static_cast<const float*>(part_lse.data_ptr<float>())));
+    } else {
+      ring_decode_combine_kernel<T, kDim><<<p.batch * p.q_heads, kThreads, 0, stream>>>(
+          p, static_cast<int>(splits), part_out.data_ptr<float>(), part_lse.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     return;
   }
   cudaLaunchConfig_t config = {};
