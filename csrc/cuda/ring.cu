@@ -922,10 +922,13 @@ int compute_major() {
 //                              memory (one launch, at most 8 splits) or through
 //                              a float workspace and a second kernel (any
 //                              number of splits); unset: chosen by cost;
+//   SWAA_DECODE_COMBINE_COST=N the global combine's cost in the plan, in tile
+//                              units (default kGlobalCombineCost);
 //   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
 //                              dependent of the split kernel (off by default:
 //                              unmeasured);
-//   SWAA_DECODE_VERBOSE=1      print each plan (shape, splits, combine) to stderr.
+//   SWAA_DECODE_VERBOSE=1      print each distinct plan (shape, splits, combine)
+//                              once to stderr; 2: at every launch.
 // Unparsable values are ignored.
 int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   const char* env = std::getenv(name);
@@ -1029,15 +1032,17 @@ struct SplitDecodePlan {
 // The split count and combine of the split decode, from static sizes only
 // (batch, heads, ring capacity, occupancy): never from seqlens, so a captured
 // graph stays valid.  Cost of a plan = waves of CTAs x (64-key tiles per CTA +
-// kCtaOverhead), + kGlobalCombineCost for the global combine; the capacity
-// (+ the new key) stands for the row length.  Cluster plans use 1..8 splits,
-// global plans 2..min(tiles, SWAA_DECODE_SPLITS_MAX); the cheapest wins, ties
-// going to fewer splits and to the cluster (one launch).  `requested` (the
-// op's num_splits, else SWAA_DECODE_SPLITS) fixes the count: a cluster when it
-// is <= 8 unless SWAA_DECODE_COMBINE=global.
+// kCtaOverhead), + combine_cost (kGlobalCombineCost unless
+// SWAA_DECODE_COMBINE_COST is set) for the global combine; the capacity (+ the
+// new key) stands for the row length.  Cluster plans use 1..8 splits, global
+// plans 2..min(tiles, SWAA_DECODE_SPLITS_MAX); the cheapest wins, ties going
+// to fewer splits and to the cluster (one launch).  `requested` (the op's
+// num_splits, else SWAA_DECODE_SPLITS) fixes the count: a cluster when it is
+// <= 8 unless SWAA_DECODE_COMBINE=global.
 SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacity, int64_t tile_keys,
                                   int64_t max_cluster, const SplitDecodeOccupancy& occ,
-                                  int64_t requested, DecodeCombine combine, int64_t splits_max) {
+                                  int64_t requested, DecodeCombine combine, int64_t splits_max,
+                                  int64_t combine_cost) {
   const int64_t tiles = (capacity + 1 + tile_keys - 1) / tile_keys;  // + the new key
   const int64_t cluster_max = std::max<int64_t>(1, std::min(max_cluster, tiles));
   const int64_t global_max = std::max<int64_t>(1, std::min(tiles, splits_max));
@@ -1053,7 +1058,7 @@ SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacity, int6
   auto consider = [&](int64_t s, bool global) {
     const int64_t slots = std::max<int64_t>(1, global ? occ.global_slots : occ.cluster_slots[s]);
     const int64_t waves = (ctas_per_split * s + slots - 1) / slots;
-    const int64_t cost = waves * ((tiles + s - 1) / s + kCtaOverhead) + (global ? kGlobalCombineCost : 0);
+    const int64_t cost = waves * ((tiles + s - 1) / s + kCtaOverhead) + (global ? combine_cost : 0);
     if (cost < best_cost) best_cost = cost, plan.splits = s, plan.global_combine = global;
   };
   if (combine != DecodeCombine::kGlobal)
@@ -1076,12 +1081,16 @@ void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tens
   const SplitDecodePlan plan = plan_split_decode(
       pairs, p.ring.capacity(), C::kTileKeys, C::kMaxSplits, split_decode_occupancy<T, kDim>(),
       requested, decode_combine_knob(),
-      decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20));
+      decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20),
+      decode_env_int("SWAA_DECODE_COMBINE_COST", kGlobalCombineCost, 0, 1 << 20));
   const int64_t splits = plan.splits;
-  if (decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 1) == 1 &&
-      first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
-                       plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim}))
-    std::fprintf(stderr, "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s combine\n",
+  const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
+  if (verbose == 2 ||
+      (verbose == 1 && first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
+                                        plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim})))
+    std::fprintf(stderr,
+                 "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
+                 "combine\n",
                  static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
                  static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
                  static_cast<long long>(splits), plan.global_combine ? "global" : "cluster");
