@@ -93,6 +93,23 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t lowest_max() { return acc_t(-1e30); }
 
 // ------------------------------------------------------------------ decode
+// The new token's key and value (one row of kDim elements each) go to the ring slot of position
+// `written` of row b, KV head kvh; every thread of the one CTA that owns the write calls this.
+template <typename T, int kDim, int kThreads>
+__device__ __forceinline__ void store_new_token(const RingParams& p, int64_t b, int64_t kvh,
+                                                int64_t written, const T* k_new, const T* v_new) {
+  constexpr int kChunks = kDim * int(sizeof(T)) / 16;
+  const int64_t slot = p.ring.slot_of(written);
+  T* kc = static_cast<T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride + slot * p.kc_row_stride;
+  T* vc = static_cast<T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride + slot * p.vc_row_stride;
+  for (int i = threadIdx.x; i < 2 * kChunks; i += kThreads) {
+    if (i < kChunks)
+      reinterpret_cast<uint4*>(kc)[i] = reinterpret_cast<const uint4*>(k_new)[i];
+    else
+      reinterpret_cast<uint4*>(vc)[i - kChunks] = reinterpret_cast<const uint4*>(v_new)[i - kChunks];
+  }
+}
+
 template <typename T, int kDim, int kHeads>
 struct DecodeShape {
   static constexpr int kRowBytes = kDim * int(sizeof(T));
@@ -143,18 +160,8 @@ __global__ void __launch_bounds__(kThreads) ring_decode_kernel(const RingParams 
   const RingCursor cursor = RingCursor::at(p.ring, ring_first);
 
   // The new key/value go to their slot (split 0 of the first head chunk).
-  if (active && split == 0 && head_chunk == 0) {
-    constexpr int kChunks = kDim * int(sizeof(T)) / 16;
-    const int64_t slot = p.ring.slot_of(written);
-    T* kc = static_cast<T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride + slot * p.kc_row_stride;
-    T* vc = static_cast<T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride + slot * p.vc_row_stride;
-    for (int i = threadIdx.x; i < 2 * kChunks; i += kThreads) {
-      if (i < kChunks)
-        reinterpret_cast<uint4*>(kc)[i] = reinterpret_cast<const uint4*>(k_new)[i];
-      else
-        reinterpret_cast<uint4*>(vc)[i - kChunks] = reinterpret_cast<const uint4*>(v_new)[i - kChunks];
-    }
-  }
+  if (active && split == 0 && head_chunk == 0)
+    store_new_token<T, kDim, kThreads>(p, b, kvh, written, k_new, v_new);
 
   // Queries of the block's heads, pre-scaled so that scores are in log2 units.
   acc_t q[kHeads][S::kElems];
@@ -415,18 +422,8 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
   // The new key/value go to their slot (split 0 of the first head chunk).
   // That slot held position written - window, which this query cannot see:
   // no CTA of the launch reads it.
-  if (active && split == 0 && head_chunk == 0) {
-    constexpr int kChunks = kDim * int(sizeof(T)) / 16;
-    const int64_t slot = p.ring.slot_of(written);
-    T* kc = static_cast<T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride + slot * p.kc_row_stride;
-    T* vc = static_cast<T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride + slot * p.vc_row_stride;
-    for (int i = threadIdx.x; i < 2 * kChunks; i += C::kThreads) {
-      if (i < kChunks)
-        reinterpret_cast<uint4*>(kc)[i] = reinterpret_cast<const uint4*>(k_new)[i];
-      else
-        reinterpret_cast<uint4*>(vc)[i - kChunks] = reinterpret_cast<const uint4*>(v_new)[i - kChunks];
-    }
-  }
+  if (active && split == 0 && head_chunk == 0)
+    store_new_token<T, kDim, C::kThreads>(p, b, kvh, written, k_new, v_new);
 
   // Gathers tile `tile` of the split (keys key_begin + tile * kTileKeys ..)
   // into stage `stage`; keys past key_end become zeros.
