@@ -6,6 +6,13 @@ impls:
   sdpa_contiguous   (a) copy the token into a contiguous (sink + window) cache, SDPA over it
   hf_static_sliding (b) transformers' StaticSlidingWindowLayer.update, then SDPA
   full_<L>          (c) a full cache of L positions, copy the token in, SDPA over all of it
+  ring_full_<L>     RingKVCache with window L, sink 0 (how swaa_ext.generate decodes a
+                    full-attention layer), query at position L - 1: every slot is read,
+                    the ring never wraps; same bytes as full_<L>
+
+Knobs of the decode kernel (SWAA_DECODE_SPLITS, SWAA_DECODE_SPLITS_MAX,
+SWAA_DECODE_COMBINE; see csrc/cuda/ring.cu) are read at every launch and stored
+in each row as `knobs`; SWAA_DECODE_VERBOSE=1 prints the plan of each shape.
 
 All SDPA calls fold the query heads of a KV head into query rows (Lq = Hq/Hkv,
 no mask: every cached key is visible to a decode query), the fastest way to
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -130,6 +138,25 @@ def make_ring(B, Hq, Hkv, D, W, S, dtype, device, n_sets):
     return steps
 
 
+def make_ring_full(B, Hq, Hkv, D, L, dtype, device, n_sets):
+    """A ring as long as the history (window L, no sink), query at position
+    L - 1: the decode of a full-attention layer in swaa_ext.generate."""
+    steps = []
+    for _ in range(n_sets):
+        cache = RingKVCache(B, Hkv, D, window=L, sink=0, dtype=dtype, device=device)
+        cache.keys.normal_()
+        cache.values.normal_()
+        q = torch.randn(B, Hq, 1, D, dtype=dtype, device=device)
+        k = torch.randn(B, Hkv, 1, D, dtype=dtype, device=device)
+        v = torch.randn(B, Hkv, 1, D, dtype=dtype, device=device)
+
+        def step(cache=cache, q=q, k=k, v=v):
+            cache.seqlens.fill_(L - 1)  # every replay reads all L slots, never wraps
+            return cache.attend(q, k, v)
+        steps.append(step)
+    return steps
+
+
 def make_contiguous(B, Hq, Hkv, D, length, dtype, device, n_sets, ring_of=None):
     """A contiguous cache of `length` rows; the new token is copied to a slot
     computed on the device (the ring slot for (a), pos % length for (c))."""
@@ -184,7 +211,7 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="small sizes on the CPU (smoke test)")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes")
     ap.add_argument("--full", default=None, help="comma-separated full-cache lengths")
-    ap.add_argument("--impls", default="ring,sdpa_contiguous,hf_static_sliding,full")
+    ap.add_argument("--impls", default="ring,sdpa_contiguous,hf_static_sliding,full,ring_full")
     ap.add_argument("--budget", type=float, default=0.25, help="seconds of timing per row")
     ap.add_argument("--name", default=None, help="results file bench/results/<name>.jsonl")
     ap.add_argument("--out", default=None, help="explicit output path (overrides --name)")
@@ -218,6 +245,8 @@ def main() -> None:
         ROOT / "bench" / "results" / f"{args.name or 'decode_' + gpu.replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     meta["copy_gbps"] = copy_bw / 1e9
+    meta["knobs"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("SWAA_DECODE_")
+                     or k == "SWAA_RING_DECODE"}
     print(f"{gpu}: copy bandwidth {copy_bw / 1e9:.0f} GB/s; Hq={Hq} Hkv={Hkv} D={D} W={W} S={S} "
           f"{dtype}")
     rows = []
@@ -239,6 +268,15 @@ def main() -> None:
                     continue
                 cases.append((f"full_{L}", full_bytes,
                               lambda n, L=L: make_contiguous(B, Hq, Hkv, D, L, dtype, device, n),
+                              True))
+        if "ring_full" in impls:
+            for L in fulls:
+                full_bytes = 2 * B * Hkv * L * D * es + 2 * B * Hkv * D * es
+                if device.type == "cuda" and 2.2 * full_bytes > torch.cuda.mem_get_info(device)[0]:
+                    print(f"  B={B} ring_full_{L}: skipped (does not fit)")
+                    continue
+                cases.append((f"ring_full_{L}", full_bytes,
+                              lambda n, L=L: make_ring_full(B, Hq, Hkv, D, L, dtype, device, n),
                               True))
         if "hf_static_sliding" in impls:  # last: its graph capture may fail
             cases.append(("hf_static_sliding", ring_bytes,
@@ -273,6 +311,13 @@ def main() -> None:
         print(f"{B:<4d} {ring['ms']:8.4f}  {(ring['ms'] / a['ms']) if a else float('nan'):18.2f}x"
               f"  {(b['ms'] / ring['ms']) if b else float('nan'):19.2f}x faster"
               f"  {ring['bw_fraction']:.2f}")
+    pairs = [(r, by.get((r["impl"][len("ring_"):], r["B"]))) for r in rows
+             if r["impl"].startswith("ring_full_")]
+    if pairs:
+        print("\nB    impl               ms      vs SDPA full  bw_fraction")
+        for r, f in pairs:
+            print(f"{r['B']:<4d} {r['impl']:18s} {r['ms']:7.4f}  "
+                  f"{(f['ms'] / r['ms']) if f else float('nan'):8.2f}x faster  {r['bw_fraction']:.2f}")
     print(f"rows appended to {out_path}")
 
 

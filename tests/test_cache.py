@@ -409,7 +409,7 @@ def decode_reference(q, k, v, k_cache, v_cache, position, W, S, scale):
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("window,sink", [(150, 3), (700, 5)])
 @pytest.mark.parametrize("q_heads,kv_heads", [(2, 2), (3, 1), (32, 2), (24, 1)])
-@pytest.mark.parametrize("num_splits", [0, 1, 3, 8])
+@pytest.mark.parametrize("num_splits", [0, 1, 3, 8, 20])
 def test_decode_split_kernel_cuda(dtype, head_dim, window, sink, q_heads, kv_heads, num_splits):
     # The split decode kernel (bf16/fp16) straight through the op, on a ring
     # filled at random: rows at position 0, inside the first window, wrapped
@@ -417,6 +417,7 @@ def test_decode_split_kernel_cuda(dtype, head_dim, window, sink, q_heads, kv_hea
     # is not a multiple of the 64-key tile; num_splits 8 leaves trailing
     # splits empty for the short rows; G = 3 and 24 (two CTAs of 16 and 8
     # heads) cover partial head groups.  A negative position counts as 0.
+    # num_splits 20 (> 8, a cluster's limit) takes the global combine.
     torch.manual_seed(head_dim + window + q_heads + num_splits)
     B, D, W, S = 5, head_dim, window, sink
     positions = [0, 70, 10 * W + 17, 400, -3]
@@ -450,6 +451,149 @@ def test_decode_split_kernel_cuda(dtype, head_dim, window, sink, q_heads, kv_hea
         assert torch.equal(kc[b, :, slot], k[b, :, 0]) and torch.equal(vc[b, :, slot], v[b, :, 0])
         others = [i for i in range(S + W) if i != slot]
         assert torch.equal(kc[b, :, others], kc0[b, :, others])
+
+
+def decode_plans(text):
+    """The (splits, combine) plans SWAA_DECODE_VERBOSE printed, in order."""
+    plans = []
+    for line in text.splitlines():
+        if line.startswith("swaa ring_decode:"):
+            tail = line.split("->")[1].split()
+            plans.append((int(tail[0]), tail[2]))
+    return plans
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("capacity", [20000, 70000])
+@pytest.mark.parametrize("sink", [0, 4])
+def test_decode_long_rows_many_splits_cuda(capacity, sink, monkeypatch, capfd):
+    # B = 1 over a long ring: the automatic plan takes more splits than a
+    # cluster holds (global fp32 partials + combine kernel).  sink = 0 is the
+    # never-wrapping ring of a full-attention layer (window = capacity, query
+    # at the last slot or a few before); sink = 4 a ring wrapped several
+    # times.  Checked against the float64 reference, bit-identical on repeat,
+    # and close to the cluster plan (<= 8 splits) on the same inputs.
+    torch.manual_seed(capacity + sink)
+    B, Hq, Hkv, D = 1, 8, 2, 128
+    W, S = capacity - sink, sink
+    positions = [capacity - 1, capacity - 7] if sink == 0 else [3 * capacity + 123]
+    scale = 1 / math.sqrt(D)
+    mk = lambda *s: torch.randn(*s, dtype=torch.bfloat16, device="cuda")  # noqa: E731
+    kc0, vc0 = mk(B, Hkv, S + W, D), mk(B, Hkv, S + W, D)
+    monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")  # the plan of every launch on stderr
+    for position in positions:
+        q, k, v = mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D)
+        seqlens = torch.tensor([position], device="cuda")
+        results = []
+        for combine in ("", "", "cluster"):
+            monkeypatch.setenv("SWAA_DECODE_COMBINE", combine)
+            kc, vc = kc0.clone(), vc0.clone()
+            capfd.readouterr()
+            out, lse = torch.ops.swaa.ring_decode(q, k, v, kc, vc, seqlens, None, W, S, scale, 0)
+            torch.cuda.synchronize()
+            plans = decode_plans(capfd.readouterr().err)
+            assert len(plans) == 1
+            splits, kind = plans[0]
+            if combine == "cluster":
+                assert kind == "cluster" and splits <= 8
+            else:
+                assert kind == "global" and splits > 8, plans
+            results.append((out, lse, kc, vc))
+        (out, lse, kc, vc), (out1, lse1, kc1, vc1), (out_c, lse_c, _, _) = results
+        assert torch.equal(out, out1) and torch.equal(lse, lse1)
+        assert torch.equal(kc, kc1) and torch.equal(vc, vc1)
+        ref, ref_lse = decode_reference(q[0], k[0], v[0], kc0[0], vc0[0], position, W, S, scale)
+        err = (out[0, :, 0].double() - ref).abs().max().item()
+        assert math.isfinite(err) and err <= 2e-2, err
+        torch.testing.assert_close(lse[0, :, 0].double(), ref_lse, atol=1e-4, rtol=1e-4)
+        assert (out.float() - out_c.float()).abs().max().item() <= 2e-2
+        torch.testing.assert_close(lse, lse_c, atol=1e-4, rtol=1e-4)
+        slot = ring_slot(position, W, S)
+        assert torch.equal(kc[0, :, slot], k[0, :, 0]) and torch.equal(vc[0, :, slot], v[0, :, 0])
+        others = torch.ones(S + W, dtype=torch.bool, device="cuda")
+        others[slot] = False
+        assert torch.equal(kc[0][:, others], kc0[0][:, others])
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("splits", ["3", "40"])
+def test_decode_global_combine_cuda(splits, monkeypatch):
+    # The global combine at a split count a cluster could also take (3) and
+    # past it (40), with rows at different positions and a padded row: right
+    # against the reference and within rounding of the cluster plan.
+    torch.manual_seed(int(splits))
+    B, Hq, Hkv, D, W, S = 4, 32, 2, 64, 3000, 4
+    positions = [0, 700, 7 * W + 5, 2000]
+    lengths = torch.tensor([1, 1, 1, 0], device="cuda")
+    mk = lambda *s: torch.randn(*s, dtype=torch.float16, device="cuda")  # noqa: E731
+    kc0, vc0 = mk(B, Hkv, S + W, D), mk(B, Hkv, S + W, D)
+    q, k, v = mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D)
+    seqlens = torch.tensor(positions, device="cuda")
+    scale = 1 / math.sqrt(D)
+    monkeypatch.setenv("SWAA_DECODE_SPLITS", splits)
+    outs = {}
+    for combine in ("global", "cluster"):
+        monkeypatch.setenv("SWAA_DECODE_COMBINE", combine)
+        kc, vc = kc0.clone(), vc0.clone()
+        outs[combine] = torch.ops.swaa.ring_decode(q, k, v, kc, vc, seqlens, lengths, W, S, scale,
+                                                   0)
+    out, lse = outs["global"]
+    for b, position in enumerate(positions):
+        if b == 3:
+            assert torch.all(out[b] == 0) and torch.all(torch.isneginf(lse[b]))
+            continue
+        ref, ref_lse = decode_reference(q[b], k[b], v[b], kc0[b], vc0[b], position, W, S, scale)
+        err = (out[b, :, 0].double() - ref).abs().max().item()
+        assert math.isfinite(err) and err <= 3e-3, (b, err)
+        torch.testing.assert_close(lse[b, :, 0].double(), ref_lse, atol=1e-4, rtol=1e-4)
+    assert (out.float() - outs["cluster"][0].float()).abs().max().item() <= 3e-3
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("pdl", ["0", "1"])
+def test_cuda_graph_long_ring_global_combine(pdl, monkeypatch):
+    # A long never-wrapping ring (full-attention layer) decoded through the
+    # global combine inside a CUDA graph: replays equal an eager twin bit for
+    # bit, across the ring's end (the ring starts to wrap).  pdl = 1 launches
+    # the combine kernel as a programmatic dependent (SWAA_DECODE_PDL).
+    torch.manual_seed(15)
+    B, Hq, Hkv, D, W = 2, 16, 2, 128, 20000
+    monkeypatch.setenv("SWAA_DECODE_PDL", pdl)
+    monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
+    monkeypatch.setenv("SWAA_DECODE_SPLITS", "48")
+    caches = [RingKVCache(B, Hkv, D, window=W, sink=0, dtype=torch.bfloat16, device="cuda")
+              for _ in range(2)]
+    for c in caches:
+        torch.manual_seed(16)
+        c.keys.normal_()
+        c.values.normal_()
+        c.seqlens.copy_(torch.tensor([W - 20, 9000], device="cuda"))
+    graph_cache, eager_cache = caches
+    static = [torch.randn(B, h, 1, D, dtype=torch.bfloat16, device="cuda") for h in (Hq, Hkv, Hkv)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        warm = [t.clone() for t in static]
+        graph_cache.attend(*warm)
+        eager_cache.attend(*warm)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = graph_cache.attend(*static)
+    for step in range(40):
+        new = [torch.randn_like(t) for t in static]
+        for s, n in zip(static, new):
+            s.copy_(n)
+        graph.replay()
+        eager_out = eager_cache.attend(*new)
+        assert torch.equal(static_out, eager_out), step
+        assert torch.isfinite(eager_out.float()).all()
+    assert graph_cache.seqlens.tolist() == [W - 20 + 41, 9000 + 41]
+    assert torch.equal(graph_cache.keys, eager_cache.keys)
+    assert torch.equal(graph_cache.values, eager_cache.values)
 
 
 LEGACY_DECODE_SCRIPT = """

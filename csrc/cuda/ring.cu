@@ -13,7 +13,10 @@
 //     gathers 64-key K/V tiles from the ring slots with cp.async, 3-4 stages
 //     deep, and the splits of one (row, KV head) form a thread-block cluster
 //     that combines its partial results through distributed shared memory, in
-//     split order: one launch, deterministic.
+//     split order: one launch, deterministic.  Long rows (full-attention
+//     layers) and small batches can need more splits than a cluster holds
+//     (8): then the CTAs write fp32 partials to a workspace and
+//     ring_decode_combine_kernel merges them in split order (plan_split_decode).
 //   float32 / float64 (and bf16 / fp16 before sm_90, or with
 //     SWAA_RING_DECODE=legacy): grid (splits, Hkv * head_chunks, B), 128
 //     threads, up to kHeads heads per block, CUDA cores: groups of kLanes
@@ -38,8 +41,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <mutex>
+#include <set>
 #include <string>
 #include <type_traits>
 
@@ -86,6 +93,23 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t lowest_max() { return acc_t(-1e30); }
 
 // ------------------------------------------------------------------ decode
+// The new token's key and value (one row of kDim elements each) go to the ring slot of position
+// `written` of row b, KV head kvh; every thread of the one CTA that owns the write calls this.
+template <typename T, int kDim, int kThreads>
+__device__ __forceinline__ void store_new_token(const RingParams& p, int64_t b, int64_t kvh,
+                                                int64_t written, const T* k_new, const T* v_new) {
+  constexpr int kChunks = kDim * int(sizeof(T)) / 16;
+  const int64_t slot = p.ring.slot_of(written);
+  T* kc = static_cast<T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride + slot * p.kc_row_stride;
+  T* vc = static_cast<T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride + slot * p.vc_row_stride;
+  for (int i = threadIdx.x; i < 2 * kChunks; i += kThreads) {
+    if (i < kChunks)
+      reinterpret_cast<uint4*>(kc)[i] = reinterpret_cast<const uint4*>(k_new)[i];
+    else
+      reinterpret_cast<uint4*>(vc)[i - kChunks] = reinterpret_cast<const uint4*>(v_new)[i - kChunks];
+  }
+}
+
 template <typename T, int kDim, int kHeads>
 struct DecodeShape {
   static constexpr int kRowBytes = kDim * int(sizeof(T));
@@ -136,18 +160,8 @@ __global__ void __launch_bounds__(kThreads) ring_decode_kernel(const RingParams 
   const RingCursor cursor = RingCursor::at(p.ring, ring_first);
 
   // The new key/value go to their slot (split 0 of the first head chunk).
-  if (active && split == 0 && head_chunk == 0) {
-    constexpr int kChunks = kDim * int(sizeof(T)) / 16;
-    const int64_t slot = p.ring.slot_of(written);
-    T* kc = static_cast<T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride + slot * p.kc_row_stride;
-    T* vc = static_cast<T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride + slot * p.vc_row_stride;
-    for (int i = threadIdx.x; i < 2 * kChunks; i += kThreads) {
-      if (i < kChunks)
-        reinterpret_cast<uint4*>(kc)[i] = reinterpret_cast<const uint4*>(k_new)[i];
-      else
-        reinterpret_cast<uint4*>(vc)[i - kChunks] = reinterpret_cast<const uint4*>(v_new)[i - kChunks];
-    }
-  }
+  if (active && split == 0 && head_chunk == 0)
+    store_new_token<T, kDim, kThreads>(p, b, kvh, written, k_new, v_new);
 
   // Queries of the block's heads, pre-scaled so that scores are in log2 units.
   acc_t q[kHeads][S::kElems];
@@ -290,6 +304,11 @@ template <typename T, int kDim>
 __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
     const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse) {
   using acc_t = acc_of<T>;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent (SWAA_DECODE_PDL=1): wait until the
+  // split kernel has finished and its partials are visible.  A no-op otherwise.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
   const int64_t bh = blockIdx.x;
   const acc_t* lse_s = part_lse + bh * splits;
   acc_t m = neg_inf<acc_t>();
@@ -356,9 +375,14 @@ __device__ __forceinline__ void cp_async_wait_pending() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-template <typename T, int kDim>
+// kGlobalCombine: launched without clusters, any number of splits; every CTA
+// writes its normalised result and log2-lse to part_out / part_lse (float,
+// [B * Hq][splits][kDim] and [B * Hq][splits]) and ring_decode_combine_kernel
+// merges them in split order (long rows: more splits than a cluster holds).
+template <typename T, int kDim, bool kGlobalCombine>
 __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
-    ring_decode_split_kernel(const RingParams p, int head_chunks) {
+    ring_decode_split_kernel(const RingParams p, int head_chunks, float* part_out,
+                             float* part_lse) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = SplitDecode<T, kDim>;
   using Mma = cuda::MmaOp<T>;
@@ -366,9 +390,8 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
   extern __shared__ __align__(128) unsigned char decode_smem[];
   T* tiles = reinterpret_cast<T*>(decode_smem);
 
-  cg::cluster_group cluster = cg::this_cluster();
-  const int splits = static_cast<int>(gridDim.x);  // the cluster: all splits of (b, kvh)
-  const int split = static_cast<int>(blockIdx.x);  // == cluster.block_rank()
+  const int splits = static_cast<int>(gridDim.x);  // all splits of (b, kvh): the cluster
+  const int split = static_cast<int>(blockIdx.x);  // == cluster.block_rank() with clusters
   const int64_t kvh = blockIdx.y / head_chunks;
   const int head_chunk = static_cast<int>(blockIdx.y % head_chunks);
   const int64_t b = blockIdx.z;
@@ -399,18 +422,8 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
   // The new key/value go to their slot (split 0 of the first head chunk).
   // That slot held position written - window, which this query cannot see:
   // no CTA of the launch reads it.
-  if (active && split == 0 && head_chunk == 0) {
-    constexpr int kChunks = kDim * int(sizeof(T)) / 16;
-    const int64_t slot = p.ring.slot_of(written);
-    T* kc = static_cast<T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride + slot * p.kc_row_stride;
-    T* vc = static_cast<T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride + slot * p.vc_row_stride;
-    for (int i = threadIdx.x; i < 2 * kChunks; i += C::kThreads) {
-      if (i < kChunks)
-        reinterpret_cast<uint4*>(kc)[i] = reinterpret_cast<const uint4*>(k_new)[i];
-      else
-        reinterpret_cast<uint4*>(vc)[i - kChunks] = reinterpret_cast<const uint4*>(v_new)[i - kChunks];
-    }
-  }
+  if (active && split == 0 && head_chunk == 0)
+    store_new_token<T, kDim, C::kThreads>(p, b, kvh, written, k_new, v_new);
 
   // Gathers tile `tile` of the split (keys key_begin + tile * kTileKeys ..)
   // into stage `stage`; keys past key_end become zeros.
@@ -438,6 +451,10 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
       cuda::cp_async_16(v_tile + at, v_row + chunk * 8, valid);
     }
   };
+
+  // With SWAA_DECODE_PDL=1 the combine kernel may be scheduled now; it waits
+  // (griddepcontrol.wait) for this grid to finish.  A no-op otherwise.
+  if constexpr (kGlobalCombine) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 
   // Start the pipeline before anything else waits on memory.
 #pragma unroll
@@ -578,12 +595,21 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
       acc += warp_o[w * C::kHeads * kDim + i] * weight;
     }
     const bool seen = sum > 0.f;
-    cta_o[i] = seen ? acc / sum : 0.f;
-    if (i % kDim == 0) cta_lse[head] = seen ? m + log2f(sum) : neg_inf<float>();
+    const float lse2 = seen ? m + log2f(sum) : neg_inf<float>();
+    if constexpr (kGlobalCombine) {
+      const int64_t part = (b * p.q_heads + h0 + head) * splits + split;
+      part_out[part * kDim + i % kDim] = seen ? acc / sum : 0.f;
+      if (i % kDim == 0) part_lse[part] = lse2;
+    } else {
+      cta_o[i] = seen ? acc / sum : 0.f;
+      if (i % kDim == 0) cta_lse[head] = lse2;
+    }
   }
+  if constexpr (kGlobalCombine) return;  // ring_decode_combine_kernel finishes
 
   // Combine the splits of the cluster: CTA `split` writes a slice of the
   // outputs, reading every split's result in split order.
+  cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
   for (int i = split * C::kThreads + threadIdx.x; i < n_heads * kDim; i += splits * C::kThreads) {
     const int head = i / kDim;
@@ -883,56 +909,224 @@ int compute_major() {
   return majors[device];
 }
 
-// CTAs of ring_decode_split_kernel that fit on the device at once (SM count x
-// resident CTAs per SM), read once per device; also lifts the kernel's
-// dynamic shared-memory limit.
+// Knobs of the split decode, read at every launch (host code only: a captured
+// graph keeps the plan it was captured with), for A/B runs in one process
+// (bench/decode2_gpu.sh):
+//   SWAA_DECODE_SPLITS=N       exactly N splits (the op's num_splits > 0 wins);
+//   SWAA_DECODE_SPLITS_MAX=N   at most N splits in the automatic choice;
+//   SWAA_DECODE_COMBINE=cluster | global
+//                              combine the splits through distributed shared
+//                              memory (one launch, at most 8 splits) or through
+//                              a float workspace and a second kernel (any
+//                              number of splits); unset: chosen by cost;
+//   SWAA_DECODE_COMBINE_COST=N the global combine's cost in the plan, in tile
+//                              units (default kGlobalCombineCost);
+//   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
+//                              dependent of the split kernel (off by default:
+//                              unmeasured);
+//   SWAA_DECODE_VERBOSE=1      print each distinct plan (shape, splits, combine)
+//                              once to stderr; 2: at every launch.
+// Unparsable values are ignored.
+int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || env[0] == '\0') return fallback;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  return end != env && *end == '\0' && v >= lo && v <= hi ? v : fallback;
+}
+
+enum class DecodeCombine { kAuto, kCluster, kGlobal };
+
+DecodeCombine decode_combine_knob() {
+  const char* env = std::getenv("SWAA_DECODE_COMBINE");
+  if (env == nullptr) return DecodeCombine::kAuto;
+  const std::string v(env);
+  return v == "cluster" ? DecodeCombine::kCluster
+         : v == "global" ? DecodeCombine::kGlobal
+                         : DecodeCombine::kAuto;
+}
+
+// Largest split count of the automatic choice: one wave of 132 SMs x 2 CTAs
+// covers a 131k-key row with 33 splits per (row, KV head) at B = 1, Hkv = 8;
+// 1024 leaves room for B = 1 with one KV head.
+constexpr int64_t kDecodeSplitsMax = 1024;
+// Cost of the second kernel of the global combine (launch + reading the
+// partial results), in units of one 64-key tile of one CTA (~2 us when the
+// GPU streams at full bandwidth).
+constexpr int64_t kGlobalCombineCost = 2;
+// Cost of a CTA besides its tiles: pipeline start-up (first tiles in flight,
+// query fragments) and the merge of warps and splits.
+constexpr int64_t kCtaOverhead = 2;
+
+// Occupancy of ring_decode_split_kernel, per device, read once: CTAs per SM
+// without clusters, and for each cluster size s (1..8) the CTAs that fit at
+// once in clusters of s.  Clusters are placed inside one GPC, so on parts
+// whose GPCs have unequal SM counts (H100 / H200: 132 SMs) fewer than
+// SMs x CTAs-per-SM cluster CTAs may be resident; the plan uses the real
+// count.  Also lifts the kernels' dynamic shared-memory limit.
+struct SplitDecodeOccupancy {
+  int64_t global_slots = 0;
+  int64_t cluster_slots[9] = {};
+};
+
 template <typename T, int kDim>
-int64_t split_decode_slots() {
+const SplitDecodeOccupancy& split_decode_occupancy() {
   using C = SplitDecode<T, kDim>;
-  static int per_sm[64] = {};
+  static SplitDecodeOccupancy per_device[64];
+  static SplitDecodeOccupancy fallback;
   const int device = c10::cuda::current_device();
-  auto kernel = ring_decode_split_kernel<T, kDim>;
-  if (device >= 64 || per_sm[device] == 0) {
+  SplitDecodeOccupancy& occ = device < 64 ? per_device[device] : fallback;
+  if (occ.global_slots > 0) return occ;
+  auto cluster_kernel = ring_decode_split_kernel<T, kDim, false>;
+  auto global_kernel = ring_decode_split_kernel<T, kDim, true>;
+  for (auto kernel : {cluster_kernel, global_kernel})
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         C::kSmemBytes));
-    int blocks = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, C::kThreads,
-                                                                 C::kSmemBytes));
-    if (device >= 64) return multiprocessor_count() * std::max(blocks, 1);
-    per_sm[device] = std::max(blocks, 1);
+  const int64_t sms = multiprocessor_count();
+  int blocks = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, global_kernel, C::kThreads,
+                                                               C::kSmemBytes));
+  const int64_t per_sm_slots = sms * std::max(blocks, 1);
+  for (int s = 1; s <= C::kMaxSplits; ++s) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(s), 1, 1);
+    config.blockDim = dim3(C::kThreads);
+    config.dynamicSmemBytes = C::kSmemBytes;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = static_cast<unsigned>(s);
+    attribute[0].val.clusterDim.y = 1;
+    attribute[0].val.clusterDim.z = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, cluster_kernel, &config) != cudaSuccess ||
+        clusters <= 0) {
+      (void)cudaGetLastError();  // not fatal: fall back to the per-SM count
+      occ.cluster_slots[s] = per_sm_slots;
+    } else {
+      occ.cluster_slots[s] = std::min<int64_t>(per_sm_slots, int64_t(clusters) * s);
+    }
   }
-  return multiprocessor_count() * per_sm[device];
+  occ.global_slots = per_sm_slots;
+  return occ;
 }
 
-// Splits (= cluster size) of the split decode, from static sizes only: the
-// fewest splits that minimise (waves of CTAs) x (tiles per CTA + 2), the 2
-// standing for a CTA's pipeline start-up.  At most one split per tile of the
-// full ring and at most kMaxSplits (portable cluster size).
-int64_t split_decode_splits(int64_t ctas_per_split, int64_t capacity, int64_t slots,
-                            int64_t tile_keys, int64_t max_cluster, int64_t requested) {
+// True the first time this process sees `key` (the verbose plan printout
+// names each distinct plan once, not every launch of a benchmark loop).
+bool first_time_seen(const std::array<int64_t, 8>& key) {
+  static std::mutex mutex;
+  static std::set<std::array<int64_t, 8>> seen;
+  std::lock_guard<std::mutex> lock(mutex);
+  return seen.insert(key).second;
+}
+
+struct SplitDecodePlan {
+  int64_t splits = 1;
+  bool global_combine = false;  // workspace + combine kernel instead of a cluster
+};
+
+// The split count and combine of the split decode, from static sizes only
+// (batch, heads, ring capacity, occupancy): never from seqlens, so a captured
+// graph stays valid.  Cost of a plan = waves of CTAs x (64-key tiles per CTA +
+// kCtaOverhead), + combine_cost (kGlobalCombineCost unless
+// SWAA_DECODE_COMBINE_COST is set) for the global combine; the capacity (+ the
+// new key) stands for the row length.  Cluster plans use 1..8 splits, global
+// plans 2..min(tiles, SWAA_DECODE_SPLITS_MAX); the cheapest wins, ties going
+// to fewer splits and to the cluster (one launch).  `requested` (the op's
+// num_splits, else SWAA_DECODE_SPLITS) fixes the count: a cluster when it is
+// <= 8 unless SWAA_DECODE_COMBINE=global.
+SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacity, int64_t tile_keys,
+                                  int64_t max_cluster, const SplitDecodeOccupancy& occ,
+                                  int64_t requested, DecodeCombine combine, int64_t splits_max,
+                                  int64_t combine_cost) {
   const int64_t tiles = (capacity + 1 + tile_keys - 1) / tile_keys;  // + the new key
-  const int64_t max_splits = std::max<int64_t>(1, std::min(max_cluster, tiles));
-  if (requested > 0) return std::min(requested, max_splits);
-  int64_t best = 1, best_cost = std::numeric_limits<int64_t>::max();
-  for (int64_t s = 1; s <= max_splits; ++s) {
-    const int64_t waves = (ctas_per_split * s + slots - 1) / slots;
-    const int64_t cost = waves * ((tiles + s - 1) / s + 2);
-    if (cost < best_cost) best = s, best_cost = cost;
+  const int64_t cluster_max = std::max<int64_t>(1, std::min(max_cluster, tiles));
+  const int64_t global_max = std::max<int64_t>(1, std::min(tiles, splits_max));
+  SplitDecodePlan plan;
+  if (requested > 0) {
+    const bool global = combine == DecodeCombine::kGlobal ||
+                        (combine == DecodeCombine::kAuto && requested > max_cluster);
+    plan.global_combine = global;
+    plan.splits = std::max<int64_t>(1, std::min(requested, global ? tiles : cluster_max));
+    return plan;
   }
-  return best;
+  int64_t best_cost = std::numeric_limits<int64_t>::max();
+  auto consider = [&](int64_t s, bool global) {
+    const int64_t slots = std::max<int64_t>(1, global ? occ.global_slots : occ.cluster_slots[s]);
+    const int64_t waves = (ctas_per_split * s + slots - 1) / slots;
+    const int64_t cost = waves * ((tiles + s - 1) / s + kCtaOverhead) + (global ? combine_cost : 0);
+    if (cost < best_cost) best_cost = cost, plan.splits = s, plan.global_combine = global;
+  };
+  if (combine != DecodeCombine::kGlobal)
+    for (int64_t s = 1; s <= cluster_max; ++s) consider(s, false);
+  if (combine != DecodeCombine::kCluster)
+    for (int64_t s = combine == DecodeCombine::kGlobal ? 1 : 2; s <= global_max; ++s)
+      consider(s, true);
+  return plan;
 }
 
 template <typename T, int kDim>
-void launch_split_decode(const RingParams& p, int64_t num_splits, cudaStream_t stream) {
+void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tensor& like,
+                         cudaStream_t stream) {
   using C = SplitDecode<T, kDim>;
   if (p.batch == 0) return;
   const int64_t head_chunks = (p.group() + C::kHeads - 1) / C::kHeads;
   const int64_t pairs = p.batch * p.kv_heads * head_chunks;
-  const int64_t splits = split_decode_splits(pairs, p.ring.capacity(), split_decode_slots<T, kDim>(),
-                                             C::kTileKeys, C::kMaxSplits, num_splits);
+  const int64_t requested =
+      num_splits > 0 ? num_splits : decode_env_int("SWAA_DECODE_SPLITS", 0, 1, 1 << 20);
+  const SplitDecodePlan plan = plan_split_decode(
+      pairs, p.ring.capacity(), C::kTileKeys, C::kMaxSplits, split_decode_occupancy<T, kDim>(),
+      requested, decode_combine_knob(),
+      decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20),
+      decode_env_int("SWAA_DECODE_COMBINE_COST", kGlobalCombineCost, 0, 1 << 20));
+  const int64_t splits = plan.splits;
+  const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
+  if (verbose == 2 ||
+      (verbose == 1 && first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
+                                        plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim})))
+    std::fprintf(stderr,
+                 "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
+                 "combine\n",
+                 static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
+                 static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
+                 static_cast<long long>(splits), plan.global_combine ? "global" : "cluster");
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
+                  static_cast<unsigned>(p.batch));
+  if (plan.global_combine) {
+    // Partial results per (row, query head, split); from the caching
+    // allocator, so a captured graph owns them.
+    const auto opts = like.options().dtype(at::kFloat);
+    at::Tensor part_out = at::empty({p.batch * p.q_heads * splits * kDim}, opts);
+    at::Tensor part_lse = at::empty({p.batch * p.q_heads * splits}, opts);
+    ring_decode_split_kernel<T, kDim, true><<<grid, C::kThreads, C::kSmemBytes, stream>>>(
+        p, static_cast<int>(head_chunks), part_out.data_ptr<float>(), part_lse.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (decode_env_int("SWAA_DECODE_PDL", 0, 0, 1) == 1) {
+      // Programmatic dependent launch: the combine's launch overlaps the
+      // split kernel's tail instead of following its completion.
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(static_cast<unsigned>(p.batch * p.q_heads));
+      config.blockDim = dim3(kThreads);
+      config.stream = stream;
+      cudaLaunchAttribute attribute[1];
+      attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attribute[0].val.programmaticStreamSerializationAllowed = 1;
+      config.attrs = attribute;
+      config.numAttrs = 1;
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_combine_kernel<T, kDim>, p,
+                                        static_cast<int>(splits),
+                                        static_cast<const float*>(part_out.data_ptr<float>()),
+                                        static_cast<const float*>(part_lse.data_ptr<float>())));
+    } else {
+      ring_decode_combine_kernel<T, kDim><<<p.batch * p.q_heads, kThreads, 0, stream>>>(
+          p, static_cast<int>(splits), part_out.data_ptr<float>(), part_lse.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return;
+  }
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
-                        static_cast<unsigned>(p.batch));
+  config.gridDim = grid;
   config.blockDim = dim3(C::kThreads);
   config.dynamicSmemBytes = C::kSmemBytes;
   config.stream = stream;
@@ -943,8 +1137,9 @@ void launch_split_decode(const RingParams& p, int64_t num_splits, cudaStream_t s
   attribute[0].val.clusterDim.z = 1;
   config.attrs = attribute;
   config.numAttrs = 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim>, p,
-                                    static_cast<int>(head_chunks)));
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
+                                    static_cast<int>(head_chunks), static_cast<float*>(nullptr),
+                                    static_cast<float*>(nullptr)));
 }
 
 void ring_append_cuda(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
@@ -1019,9 +1214,9 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cuda(
       !legacy_decode_requested()) {
     SWAA_HEAD_DIM_SWITCH(p.head_dim, [&] {
       if (dtype == at::kBFloat16)
-        launch_split_decode<__nv_bfloat16, kDim>(p, num_splits, stream);
+        launch_split_decode<__nv_bfloat16, kDim>(p, num_splits, call.out, stream);
       else
-        launch_split_decode<__half, kDim>(p, num_splits, stream);
+        launch_split_decode<__half, kDim>(p, num_splits, call.out, stream);
     });
     return {call.out, call.lse};
   }
