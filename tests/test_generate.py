@@ -360,21 +360,24 @@ def test_cuda_padded_batch_chunked_prefill_and_eos(no_sync_in_steps):
     assert torch.equal(stop.sequences, stop_eager.sequences)
 
 
-def _equal_until_near_tie(a: GenerationOutput, b: GenerationOutput, prompt: int, tie: float):
-    """Rows of a and b (with scores) pick the same tokens, except from a step where a's best two
-    scores lie within ``tie`` (there rounding may pick either; the sequences may part from
-    there).  Returns the number of steps compared."""
-    top2 = a.scores.topk(2, dim=-1).values
-    margin = top2[..., 0] - top2[..., 1]
+def _equal_but_explained_flips(a: GenerationOutput, b: GenerationOutput, prompt: int,
+                               atol: float) -> int:
+    """a, b with scores, row by row, step by step while the row's tokens agree: b's scores lie
+    within atol of a's, and a different token is allowed only where a's best two scores lie within
+    twice the largest score difference of that step (rounding explains it; the row is not
+    compared further).  Returns the number of (row, step) pairs that agreed."""
     new_a, new_b = a.sequences[:, prompt:], b.sequences[:, prompt:]
-    compared = 0
+    agreed = 0
     for row in range(new_a.shape[0]):
         for t in range(new_a.shape[1]):
-            if float(margin[row, t]) < tie:
+            diff = float((a.scores[row, t] - b.scores[row, t]).abs().max())
+            assert diff <= atol, (row, t, diff, atol)
+            if int(new_a[row, t]) != int(new_b[row, t]):
+                best = a.scores[row, t].topk(2).values
+                assert float(best[0] - best[1]) <= 2 * diff, (row, t, diff)
                 break
-            assert int(new_a[row, t]) == int(new_b[row, t]), (row, t, float(margin[row, t]))
-            compared += 1
-    return compared
+            agreed += 1
+    return agreed
 
 
 @pytest.mark.cuda
@@ -384,13 +387,13 @@ def _equal_until_near_tie(a: GenerationOutput, b: GenerationOutput, prompt: int,
 def test_cuda_compiled_graph_equals_graph(swaa, do_sample, no_sync_in_steps):
     """compile=True (inductor, captured in our CUDA graph) against the uncompiled graph, bfloat16:
     inductor fuses the norms and RoPE in float32 where eager rounds each op to bfloat16, so
-    bitwise equality is not expected: the first step's scores are close, and the tokens are equal
-    up to a near-tie of the scores (random weights have some)."""
+    bitwise equality is not expected: the scores are close, and the tokens are equal except where
+    a near-tie of the scores explains a different pick.  (top-k / top-p are left out here: a
+    filter boundary could differ the same way; the CPU test covers them.)"""
     model = cuda_model()
     cfg = None if swaa is None else SWAAConfig.preset(swaa, window=64, sink=4)
     ids = cuda_ids(4, 200, seed=13)
-    kw = dict(swaa=cfg, do_sample=do_sample, top_k=50, top_p=0.95, temperature=0.8,
-              output_scores=True)
+    kw = dict(swaa=cfg, do_sample=do_sample, temperature=0.8, output_scores=True)
     plain = generate(model, ids, 32, generator=torch.Generator().manual_seed(5), **kw)
     comp = generate(model, ids, 32, generator=torch.Generator().manual_seed(5), compile=True,
                     **kw)
@@ -398,12 +401,9 @@ def test_cuda_compiled_graph_equals_graph(swaa, do_sample, no_sync_in_steps):
     assert comp.compile_s > 0 and comp.decode_ms_per_token > 0
     # the first new token comes from the (eager) prefill: identical
     assert torch.equal(comp.sequences[:, :201], plain.sequences[:, :201])
-    # the first decode step of each: same inputs, scores close
-    first_p, first_c = plain.scores[:, 1], comp.scores[:, 1]
-    finite = torch.isfinite(first_p) & torch.isfinite(first_c)
-    scale = float(first_p[finite].abs().max())
-    torch.testing.assert_close(first_c[finite], first_p[finite], rtol=0, atol=0.05 * scale)
-    assert _equal_until_near_tie(plain, comp, 200, tie=0.02 * scale) >= 4 * 4
+    assert torch.equal(comp.scores[:, 0], plain.scores[:, 0])
+    scale = float(plain.scores[:, 1].abs().max())
+    assert _equal_but_explained_flips(plain, comp, 200, atol=0.05 * scale) >= 4 * 8
     # replays of the same compiled graphs give the same tokens again
     again = generate(model, ids, 32, generator=torch.Generator().manual_seed(5), compile=True,
                      **kw)
