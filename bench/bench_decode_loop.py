@@ -7,6 +7,8 @@ impls (per batch size):
                      (--compile) generate(compile=True): the step's tensor code through
                      torch.compile (inductor, no cudagraphs of its own), captured in our graph;
                      compile_s = the first call's compile time (later calls reuse the graphs)
+  ours-graph-compiled-step-<cfg>
+                     (--compile --compile-scope step|both) the whole step as one compiled graph
   hf-sdpa            stock model.generate, DynamicCache, attn_implementation="sdpa"
   hf-static-compile  model.generate(cache_implementation="static"): transformers compiles the
                      decode step with torch.compile (its default compile_config)
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from swaa_ext import SWAAConfig  # noqa: E402
+from swaa_ext import generate as gen_module  # noqa: E402
 from swaa_ext.generate import generate  # noqa: E402
 
 QWEN3_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
@@ -117,6 +120,10 @@ def main():
     ap.add_argument("--no-hf-compile", action="store_true")
     ap.add_argument("--compile", action="store_true",
                     help="also ours-graph-compiled-<cfg>: generate(compile=True)")
+    ap.add_argument("--compile-scope", choices=["layer", "step", "both"], default="layer",
+                    help="with --compile: one compiled layer function reused by every layer "
+                    "(generate's default; impl ours-graph-compiled-<cfg>), the whole step as one "
+                    "graph (ours-graph-compiled-step-<cfg>), or both")
     ap.add_argument("--only-ours", action="store_true", help="skip the transformers rows")
     ap.add_argument("--out", type=Path, default=common.default_results_path("decode_loop"))
     args = ap.parse_args()
@@ -139,13 +146,19 @@ def main():
             modes = [False] if args.cpu else ([True, False] if name == "full" else [True])
             variants = [("graph" if graph else "eager", graph, False) for graph in modes]
             if args.compile:
-                variants.append(("graph-compiled" if not args.cpu else "eager-compiled",
-                                 not args.cpu, True))
+                kind = "graph-compiled" if not args.cpu else "eager-compiled"
+                if args.compile_scope in ("layer", "both"):
+                    variants.append((kind, not args.cpu, "layer"))
+                if args.compile_scope in ("step", "both"):
+                    variants.append((kind + "-step", not args.cpu, "step"))
             for label, graph, compiled in variants:
                 t0 = time.perf_counter()
+                gen_module._COMPILE_SCOPE = compiled or "layer"
                 try:
                     row = {**base, "impl": f"ours-{label}-{name}",
-                           **ours(model, ids, args.new, args.reps, cfg, graph, compiled)}
+                           **ours(model, ids, args.new, args.reps, cfg, graph, bool(compiled))}
+                    if compiled:
+                        row["compile_scope"] = compiled
                 except Exception as e:  # noqa: BLE001  (record why it did not run, go on)
                     if not compiled:
                         raise

@@ -602,7 +602,7 @@ def generate(
             position.add_(1)
 
         embed_fn, layer_fn, finish_fn = _embed, _decode_layer, finish
-        if compile_mode is not None:
+        if compile_mode is not None and _COMPILE_SCOPE == "layer":
             embed_fn, layer_fn, finish_fn = (_compiled(f, compile_mode)
                                              for f in (_embed, _decode_layer, finish))
 
@@ -611,6 +611,9 @@ def generate(
             for i, layer in enumerate(dec.layers):
                 h = layer_fn(layer, dec.head_dim, caches[i], dec.scaling[i], h, cos, sin)
             finish_fn(h)
+
+        if compile_mode is not None and _COMPILE_SCOPE == "step":
+            decode_step = _compiled(decode_step, compile_mode)
 
         steps = max_new_tokens - 1
         capture_s, warmup_s, done, graph = 0.0, 0.0, 0, None
@@ -697,6 +700,10 @@ def _sync_check(device: torch.device):
 # ---------------------------------------------------------------------------------------------
 # torch.compile of the decode step's pieces
 _COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+# what compile=True compiles: "layer" (default): the embedding, ONE layer function reused by every
+# layer, the head; "step": the whole decode step as one graph (fusion across layer boundaries,
+# compile time growing with depth; for measurements: bench_decode_loop --compile-scope step)
+_COMPILE_SCOPE = "layer"
 
 
 def _compile_mode(compile) -> Optional[str]:

@@ -300,6 +300,19 @@ def test_compile_tokens_equal_eager_and_compiles_once():
     assert torch.equal(again.sequences, comp.sequences)
 
 
+def test_compile_whole_step_scope_equals_eager(monkeypatch):
+    """_COMPILE_SCOPE "step" (the whole decode step as one graph, for measurements) computes the
+    same tokens."""
+    monkeypatch.setattr(gen_module, "_COMPILE_SCOPE", "step")
+    model = tiny_model("llama", num_hidden_layers=2)
+    ids = random_ids(2, 9, seed=14)
+    cfg = SWAAConfig(window=4, sink=1, full_layers=(1,))
+    eager = generate(model, ids, 5, swaa=cfg, output_scores=True)
+    comp = generate(model, ids, 5, swaa=cfg, output_scores=True, compile=True)
+    assert comp.compiled and torch.equal(comp.sequences, eager.sequences)
+    torch.testing.assert_close(comp.scores, eager.scores, rtol=1e-4, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
