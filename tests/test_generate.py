@@ -292,12 +292,20 @@ def test_compile_tokens_equal_eager_and_compiles_once():
         # the warm-up (compiling) step is not timed: n - 2 timed decode steps
         assert comp.decode_ms_per_token == pytest.approx(1000 * comp.decode_s / (n - 2))
         assert eager.warmup_s == 0 and eager.compile_s == 0
+        if not kw:
+            greedy = eager.sequences[:, 13:]
     # a new call with the same shapes compiles nothing
     before = _compiled_graphs()
     again = generate(model, ids, n, swaa=cfg, attention_mask=mask, output_scores=True,
                      generator=torch.Generator().manual_seed(3), compile=True, **kw)
     assert _compiled_graphs() == before
     assert torch.equal(again.sequences, comp.sequences)
+    # eos inside the compiled head: rows stop and pad as in the eager step
+    eos = [int(greedy[0, 2]), int(greedy[1, 4])]
+    kw = dict(swaa=cfg, attention_mask=mask, eos_token_id=eos, pad_token_id=0, eos_check_every=2)
+    stop = generate(model, ids, n, **kw, compile=True)
+    assert torch.equal(stop.sequences, generate(model, ids, n, **kw).sequences)
+    assert stop.sequences.shape[1] < 13 + n
 
 
 def test_compile_whole_step_scope_equals_eager(monkeypatch):
