@@ -9,30 +9,16 @@
 #   bash bench/decode_gpu.sh            # build + tests + benchmark
 #   SKIP_BUILD=1 bash bench/decode_gpu.sh   # the extension is already built in place
 # Env: SWAA_COMMIT=<hash> names the commit in the benchmark rows (no .git there).
-set -o pipefail
-OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/log") 2>&1
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/gpu_lib.sh"
+gpu_setup
 status=0
-step() { echo "=== $(date -u +%H:%M:%S) $*"; }
 
 step "GPU"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 GPU=$(python -c "import torch; n = torch.cuda.get_device_name(); print('H200' if 'H200' in n else 'H100' if 'H100' in n else n.replace(' ', '_'))")
 echo "gpu tag: $GPU"
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-  step "build (MAX_JOBS=16)"
-  t0=$SECONDS
-  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} SWAA_ENABLE_CUDA=ON SWAA_CUDA_ARCHS=${SWAA_CUDA_ARCHS:-9.0} \
-    MAX_JOBS=16 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || {
-    tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
-  echo "build took $((SECONDS - t0)) s"
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python -c "import swaa_ext; print(swaa_ext.__file__, swaa_ext.build_info())" || exit 1
+gpu_build
 
 step "resource usage of the decode kernels (registers, spills, shared memory)"
 SO=$(python -c "import swaa_ext._C as c; print(c.__file__)")

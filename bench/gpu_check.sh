@@ -12,28 +12,16 @@
 #      (bench/bench_cuda_kernels.py: inputs made on the GPU, SDPA timed once per
 #      (D, N), so the issue's whole grid fits one short device call);
 #      BENCH_ARGS overrides the benchmark's arguments (default: the issue's shapes).
-set -o pipefail
-OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/gpu_lib.sh"
+gpu_setup
 STEP=${1:-all}
-export PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/log") 2>&1
-cd "$(dirname "$0")/.."
 status=0
-step() { echo "=== $(date -u +%H:%M:%S) $*"; }
 
 step "GPU"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-step "build (MAX_JOBS=16)"
-t0=$SECONDS
-CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} SWAA_ENABLE_CUDA=ON SWAA_CUDA_ARCHS=${SWAA_CUDA_ARCHS:-9.0} \
-  MAX_JOBS=16 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || {
-  tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
-echo "build took $((SECONDS - t0)) s"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python -c "import swaa_ext; print(swaa_ext.__file__, swaa_ext.build_info())"
+gpu_build
 
 if [[ $STEP == all || $STEP == test ]]; then
   # Every test file (CPU and GPU tests) in its own process, with faulthandler,

@@ -8,29 +8,15 @@
 # Env: SWAA_COMMIT=<hash> names the commit in benchmark rows (no .git on the GPU
 #      machine); BENCH_ARGS overrides the benchmark's arguments
 #      (default: Qwen3-4B shape, 36 layers, prompt 4096, 128 new, batch 1 and 8).
-set -o pipefail
-OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/gpu_lib.sh"
+gpu_setup
 STEP=${1:-all}
-export PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/log") 2>&1
-cd "$(dirname "$0")/.."
 status=0
-step() { echo "=== $(date -u +%H:%M:%S) $*"; }
 
 step "GPU"
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
 
-step "build (MAX_JOBS=16)"
-t0=$SECONDS
-if ! python -c "import swaa_ext, sys; sys.exit(0 if swaa_ext.build_info()['cuda'] else 1)" 2>/dev/null; then
-  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} SWAA_ENABLE_CUDA=ON SWAA_CUDA_ARCHS=${SWAA_CUDA_ARCHS:-9.0} \
-    MAX_JOBS=16 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || {
-    tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
-fi
-echo "build took $((SECONDS - t0)) s"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python -c "import swaa_ext; print(swaa_ext.__file__, swaa_ext.build_info())"
+gpu_build
 
 if [[ $STEP == all || $STEP == test ]]; then
   step "tests/test_generate.py"

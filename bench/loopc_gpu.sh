@@ -15,28 +15,14 @@
 # kernel count ~40 s, bench ~200 s (inductor compiles 4 layer graphs + heads, ~100 s of it):
 # ~6.5 min; each step has a time limit so that the whole fits one 600 s call and a slow step
 # leaves the others their rows.  Shorter: BENCH_ARGS="--batch 1" (~-80 s).
-set -o pipefail
-OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/log") 2>&1
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/gpu_lib.sh"
+gpu_setup
 status=0
-step() { echo "=== $(date -u +%H:%M:%S) $*"; }
 
 step "GPU"
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
 
-step "build (MAX_JOBS=16)"
-t0=$SECONDS
-if ! python -c "import swaa_ext, sys; sys.exit(0 if swaa_ext.build_info()['cuda'] else 1)" 2>/dev/null; then
-  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} SWAA_ENABLE_CUDA=ON SWAA_CUDA_ARCHS=${SWAA_CUDA_ARCHS:-9.0} \
-    MAX_JOBS=16 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || {
-    tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
-fi
-echo "build took $((SECONDS - t0)) s"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python -c "import swaa_ext, torch; print(swaa_ext.__file__, swaa_ext.build_info(), torch.__version__)"
+gpu_build
 
 if [[ ${LOOPC_ONLY_STEP:-0} != 1 ]]; then
 step "tests/test_generate.py"

@@ -1,10 +1,12 @@
 """The ``swaa`` command.
 
-  swaa demo [--prompt-len N] [--new-tokens N] [--preset NAME ...] [--config FILE]
-            [--window W] [--sink S] [--device cpu|cuda] [--json FILE]
-      Runs one long prompt through the embedded model with full attention and with SWAA recipes
-      and prints: prefill time, decode ms/token, KV cache bytes, and how many generated tokens
-      agree with full attention.
+  swaa demo [--task retrieval|agree] [--prompt-len N] [--docs N] [--new-tokens N]
+            [--preset NAME ...] [--config FILE] [--window W] [--sink S] [--model PATH|random]
+            [--device cpu|cuda] [--json FILE]
+      retrieval (default, packaged trained model): long documents with key/value facts and a
+      question; per configuration (full attention and SWAA recipes): accuracy, an answer, ms per
+      document, KV cache bytes.  agree (default with --model): one random-token prompt; prefill
+      time, decode ms/token, KV cache bytes, how many generated tokens agree with full attention.
   swaa info
       Build (version, CUDA kernels in or not), devices, the swaa ops and where they have kernels.
   swaa bench NAME [args ...]
@@ -31,7 +33,9 @@ from .config import SWAAConfig
 
 __all__ = ["main"]
 
-DEFAULT_PRESETS = ("naive", "sink", "sink+fa_decode", "sink+half_full")
+DEFAULT_PRESETS = ("naive", "sink", "sink+fa_decode", "sink+half_full")  # --task agree
+RETRIEVAL_PRESETS = ("naive", "sink", "half_full", "quarter_full", "fa_decode", "sink+fa_decode",
+                     "sink+fa_decode+half_full")
 
 
 class CliError(Exception):
@@ -52,7 +56,7 @@ def _demo_configs(args) -> List[Tuple[str, SWAAConfig]]:
             if changes:
                 cfg = SWAAConfig.from_dict({**cfg.to_dict(), **changes})
             configs.append((Path(args.config).stem, cfg))
-        names = args.preset or ([] if args.config else list(DEFAULT_PRESETS))
+        names = args.preset or []
         window = args.window if args.window is not None else 256
         for name in names:
             has_sink = "sink" in name.split("+")
@@ -86,28 +90,42 @@ def _cache_bytes(cache) -> int:
 
 @torch.no_grad()
 def _run_greedy(model, ids: torch.Tensor, cache, new_tokens: int, label: str,
-                quiet: bool = False) -> dict:
+                quiet: bool = False, stop_ids: Sequence[int] = ()) -> dict:
+    """Greedy generation for a batch of equally long prompts ``ids`` (B, T): prefill, then one
+    token per call.  ``tokens`` is a list per row; a row stops at a token of ``stop_ids`` (not
+    kept), the loop when every row has stopped or after ``new_tokens`` tokens."""
     device = ids.device
     kw = _cache_kwarg(model)
     if not quiet:
-        _progress(f"  {label}: prefill {ids.shape[1]} tokens ...")
+        _progress(f"  {label}: prefill {ids.shape[1]} tokens" +
+                  (f" x {ids.shape[0]} documents" if ids.shape[0] > 1 else "") + " ...")
     _sync(device)
     t0 = time.perf_counter()
     logits = model(ids, use_cache=True, **{kw: cache}).logits[:, -1]
     _sync(device)
     prefill_s = time.perf_counter() - t0
-    tokens = [int(logits.argmax(-1))]
+    tokens: List[List[int]] = [[] for _ in range(ids.shape[0])]
+    done = [False] * ids.shape[0]
+    steps = 0
     t0 = time.perf_counter()
-    for i in range(new_tokens - 1):
-        nxt = torch.tensor([[tokens[-1]]], device=device)
-        logits = model(nxt, use_cache=True, **{kw: cache}).logits[:, -1]
-        tokens.append(int(logits.argmax(-1)))  # .item(): the greedy loop needs the token anyway
-        if (i + 1) % 64 == 0 and not quiet:
-            _progress(f"  {label}: decoded {i + 1}/{new_tokens - 1} tokens")
+    while True:
+        nxt = logits.argmax(-1).tolist()  # the greedy loop needs the tokens on the host anyway
+        for b, t in enumerate(nxt):
+            if t in stop_ids:
+                done[b] = True
+            if not done[b]:
+                tokens[b].append(t)
+        if all(done) or max(len(t) for t in tokens) >= new_tokens:
+            break
+        logits = model(torch.tensor(nxt, device=device)[:, None], use_cache=True,
+                       **{kw: cache}).logits[:, -1]
+        steps += 1
+        if steps % 64 == 0 and not quiet:
+            _progress(f"  {label}: decoded {steps}/{new_tokens - 1} tokens")
     _sync(device)
     decode_s = time.perf_counter() - t0
-    return {"prefill_s": prefill_s,
-            "decode_ms_per_token": 1e3 * decode_s / max(new_tokens - 1, 1),
+    return {"prefill_s": prefill_s, "decode_s": decode_s,
+            "decode_ms_per_token": 1e3 * decode_s / max(steps, 1),
             "kv_cache_bytes": _cache_bytes(cache), "tokens": tokens}
 
 
@@ -151,42 +169,192 @@ def _load_model(path: str, device: torch.device, layers: Optional[int]):
     return model.to(device).eval()
 
 
+def _demo_model(args, device: torch.device):
+    """(model, name): the packaged trained model (default), the random-weight one (``--model
+    random``) or a transformers model (``--model PATH``)."""
+    from .models import default_model, demo_model
+
+    if args.model == "random":
+        overrides = {"num_hidden_layers": args.layers} if args.layers else {}
+        return default_model(device, **overrides), "random-weight model"
+    if args.model:
+        return _load_model(args.model, device, args.layers), args.model
+    try:
+        model = demo_model(device)
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot load the packaged demo model: {e}") from None
+    if args.layers:  # keep the first layers (quietly: from_pretrained would list the others)
+        if args.layers > model.config.num_hidden_layers:
+            raise CliError(f"--layers {args.layers}: the demo model has "
+                           f"{model.config.num_hidden_layers} layers")
+        model.model.layers = model.model.layers[: args.layers]
+        model.config.num_hidden_layers = args.layers
+    return model, "demo model (trained)"
+
+
+def _retrieval_docs(args) -> list:
+    """``--docs`` retrieval documents of ``--prompt-len`` tokens, the asked fact of document i at
+    depth (i + 0.5) / docs, filler from the standard library's Python files."""
+    import random
+
+    from .demo_data import make_retrieval, stdlib_corpus
+
+    try:
+        corpus = stdlib_corpus()
+        return [make_retrieval(random.Random(f"swaa-demo:{args.seed}:{i}"), corpus,
+                               args.prompt_len, round((i + 0.5) / args.docs, 4))
+                for i in range(args.docs)]
+    except ValueError as e:
+        raise CliError(f"--prompt-len {args.prompt_len}: {e}") from None
+
+
+def _clip(text: str, width: int = 40) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _retrieval_table(rows: List[dict]) -> str:
+    head = ["configuration", "accuracy", "answer to document 1", "ms/doc", "KV cache"]
+    body = [[r["name"], f"{r['correct']}/{len(r['answers'])}", repr(_clip(r["answers"][0])),
+             f"{r['ms_per_doc']:.0f}", _fmt_bytes(r["kv_cache_bytes"])] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) if i in (1, 3, 4) else c.ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def _demo_retrieval(args, model, model_name, configs, device, dtype) -> dict:
+    from transformers import DynamicCache
+
+    from . import hf
+    from .demo_data import extract_value
+    from .train import ByteTokenizer
+
+    tok = ByteTokenizer()
+    if model.config.vocab_size < tok.vocab_size:
+        raise CliError(f"--task retrieval needs a model with the byte vocabulary of "
+                       f"swaa_ext.train.ByteTokenizer ({tok.vocab_size} tokens); --model has "
+                       f"{model.config.vocab_size} (use --task agree)")
+    docs = _retrieval_docs(args)
+    ids = torch.tensor([[tok.bos_token_id] + tok.encode(d.prompt) for d in docs], device=device)
+    new_tokens = args.new_tokens or len(docs[0].answer) + 2
+    stop_ids = (tok.eos_token_id, *tok.encode("\n"))  # the answer is one line
+    _progress(f"swaa demo: {model_name} ({model.config.num_hidden_layers} layers, {dtype}, "
+              f"{device}), {len(docs)} retrieval documents of {args.prompt_len} tokens, "
+              f"{len(configs) + 1} configurations")
+    rows = []
+    for i, (name, cfg) in enumerate([("full attention", None)] + configs, 1):
+        _progress(f"[{i}/{len(configs) + 1}] {name}" + (f": {cfg.to_dict()}" if cfg else ""))
+        if cfg is None:
+            res = _run_greedy(model, ids, DynamicCache(), new_tokens, name,
+                              stop_ids=stop_ids)
+        else:
+            hf.apply_swaa(model, cfg)
+            try:
+                res = _run_greedy(model, ids, hf.SWAACache(model), new_tokens, name,
+                                  stop_ids=stop_ids)
+            finally:
+                hf.remove_swaa(model)
+        answers = [tok.decode(t) for t in res["tokens"]]
+        hits = [extract_value(a) == d.value for a, d in zip(answers, docs)]
+        rows.append({"name": name, "config": cfg.to_dict() if cfg else None, **res,
+                     "answers": answers, "hits": hits, "correct": sum(hits),
+                     "accuracy": sum(hits) / len(hits),
+                     "ms_per_doc": 1e3 * (res["prefill_s"] + res["decode_s"]) / len(docs)})
+    window = configs[0][1].window if configs else None
+    print(f"swaa demo  model={model_name}  device={device}  dtype={str(dtype).replace('torch.', '')}  "
+          f"layers={model.config.num_hidden_layers}  context={args.prompt_len}"
+          + (f"  window={window}" if window is not None else ""))
+    print(f"task: {len(docs)} documents of {args.prompt_len} tokens (Python standard-library text "
+          f"with {docs[0].prompt.count(chr(10) + 'the value of key')} key/value facts each); the "
+          f"question at the end asks for the fact at depth "
+          + ", ".join(f"{d.depth:g}" for d in docs) + ".")
+    print(f"document 1 asks: {docs[0].prompt[docs[0].prompt.rindex('question:'):].strip()!r}  "
+          f"expected: {docs[0].answer!r}")
+    print(_retrieval_table(rows))
+    print("accuracy: documents whose answer gives the asked value; ms/doc: prefill + generation "
+          "time per document (one batch).")
+    if window is not None and 4 * window <= args.prompt_len and not args.model:
+        print(f"With a window of {window} the question cannot see most facts: naive SWA (and "
+              "sinks or interleaved full layers alone) answer with a wrong value; with FA decode "
+              "the generated answer tokens attend to the whole prompt and copy the value.")
+    return {"task": "retrieval", "rows": rows,
+            "documents": [{"depth": d.depth, "key": d.key, "value": d.value} for d in docs]}
+
+
+def _demo_agree(args, model, model_name, configs, device, dtype) -> dict:
+    from transformers import DynamicCache
+
+    from . import hf
+
+    n_layers = model.config.num_hidden_layers
+    new_tokens = args.new_tokens or 32
+    g = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(3, model.config.vocab_size, (1, args.prompt_len), generator=g).to(device)
+    _progress(f"swaa demo: {model_name} ({n_layers} layers, {dtype}, {device}), prompt "
+              f"{args.prompt_len} tokens, {new_tokens} generated tokens, "
+              f"{len(configs) + 1} configurations")
+    rows = []
+    _progress(f"[1/{len(configs) + 1}] full attention")
+    full = _run_greedy(model, ids, DynamicCache(), new_tokens, "full attention")
+    full["tokens"] = full["tokens"][0]
+    rows.append({"name": "full attention", "config": None, **full})
+    for i, (name, cfg) in enumerate(configs, 2):
+        _progress(f"[{i}/{len(configs) + 1}] {name}: {cfg.to_dict()}")
+        hf.apply_swaa(model, cfg)
+        try:
+            res = _run_greedy(model, ids, hf.SWAACache(model), new_tokens, name)
+        finally:
+            hf.remove_swaa(model)
+        res["tokens"] = res["tokens"][0]
+        rows.append({"name": name, "config": cfg.to_dict(), **res})
+    for r in rows:
+        r["agreement"], r["same_prefix"] = _agreement(r["tokens"], full["tokens"])
+
+    print(f"swaa demo  model={model_name}  device={device}  dtype={str(dtype).replace('torch.', '')}  "
+          f"prompt={args.prompt_len}  generated={new_tokens}  layers={n_layers}")
+    print(_table(rows))
+    print("agree: generated tokens equal to full attention's at the same step; same prefix: "
+          "tokens before the first difference.")
+    if args.model == "random":
+        print("The random-weight model: agreement only shows how far each recipe moves its greedy "
+              "choices, not language quality.")
+    return {"task": "agree", "rows": rows}
+
+
 def cmd_demo(args) -> int:
-    if args.prompt_len < 1 or args.new_tokens < 1:
-        raise CliError("--prompt-len and --new-tokens must be >= 1")
+    if args.prompt_len < 1:
+        raise CliError(f"--prompt-len must be >= 1, got {args.prompt_len}")
+    if args.new_tokens is not None and args.new_tokens < 1:
+        raise CliError(f"--new-tokens must be >= 1, got {args.new_tokens}")
+    if args.docs < 1:
+        raise CliError("--docs must be >= 1")
+    task = args.task or ("agree" if args.model else "retrieval")
+    if args.preset is None and not args.config:
+        args.preset = list(RETRIEVAL_PRESETS if task == "retrieval" else DEFAULT_PRESETS)
     configs = _demo_configs(args)
     try:
         from transformers import DynamicCache
 
         from . import hf
-        from .models import default_model
     except ImportError as e:
         raise CliError(f"swaa demo needs transformers (pip install 'swaa_ext[hf]'): {e}") from None
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA device is available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.model:
-        model = _load_model(args.model, device, args.layers)
-        model_name = args.model
-    else:
-        overrides = {"num_hidden_layers": args.layers} if args.layers else {}
-        model = default_model(device, **overrides)
-        model_name = "embedded model"
+    t_start = time.perf_counter()
+    model, model_name = _demo_model(args, device)
     n_layers = model.config.num_hidden_layers
     for name, cfg in configs:  # plan errors (layer indices) before any long work
         try:
             cfg.plan(n_layers)
         except ValueError as e:
             raise CliError(f"{name}: {e}") from None
-    g = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(3, model.config.vocab_size, (1, args.prompt_len), generator=g).to(device)
     dtype = next(model.parameters()).dtype
-    _progress(f"swaa demo: {model_name} ({n_layers} layers, {dtype}, {device}), prompt "
-              f"{args.prompt_len} tokens, {args.new_tokens} generated tokens, "
-              f"{len(configs) + 1} configurations")
 
     # warm-up (allocator, thread pools, kernel loading) so the first timed row pays nothing extra
-    warm = ids[:, : min(64, ids.shape[1])]
+    warm = torch.randint(3, model.config.vocab_size, (1, min(64, args.prompt_len)),
+                         generator=torch.Generator().manual_seed(0)).to(device)
     _run_greedy(model, warm, DynamicCache(), 2, "warm-up", quiet=True)
     if configs:
         hf.apply_swaa(model, configs[0][1])
@@ -195,37 +363,18 @@ def cmd_demo(args) -> int:
         finally:
             hf.remove_swaa(model)
 
-    rows = []
-    _progress(f"[1/{len(configs) + 1}] full attention")
-    full = _run_greedy(model, ids, DynamicCache(), args.new_tokens, "full attention")
-    rows.append({"name": "full attention", "config": None, **full})
-    for i, (name, cfg) in enumerate(configs, 2):
-        _progress(f"[{i}/{len(configs) + 1}] {name}: {cfg.to_dict()}")
-        hf.apply_swaa(model, cfg)
-        try:
-            res = _run_greedy(model, ids, hf.SWAACache(model), args.new_tokens, name)
-        finally:
-            hf.remove_swaa(model)
-        rows.append({"name": name, "config": cfg.to_dict(), **res})
-    for r in rows:
-        r["agreement"], r["same_prefix"] = _agreement(r["tokens"], full["tokens"])
-
-    print(f"swaa demo  model={model_name}  device={device}  dtype={str(dtype).replace('torch.', '')}  "
-          f"prompt={args.prompt_len}  generated={args.new_tokens}  layers={n_layers}")
-    print(_table(rows))
-    print("agree: generated tokens equal to full attention's at the same step; same prefix: "
-          "tokens before the first difference.")
-    if not args.model:
-        print("The embedded model has random weights: agreement only shows how far each recipe "
-              "moves its greedy choices, not language quality.")
+    run = _demo_retrieval if task == "retrieval" else _demo_agree
+    result = run(args, model, model_name, configs, device, dtype)
+    total_s = time.perf_counter() - t_start
+    _progress(f"swaa demo: done in {total_s:.1f} s")
     if args.json:
         meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "dtype": str(dtype).replace("torch.", ""),
+                "model": model_name, "task": task, "dtype": str(dtype).replace("torch.", ""),
                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                "total_s": total_s, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+            json.dump({"meta": meta, **result}, f, indent=1)
     return 0
 
 
@@ -392,25 +541,35 @@ def _parser() -> argparse.ArgumentParser:
                                 "kernels, ring KV cache and Hugging Face integration.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="compare full attention with SWAA recipes on the embedded "
-                          "model", description="Run one long prompt through the embedded model "
-                          "with full attention and SWAA recipes; print a table.")
+    demo = sub.add_parser("demo", help="compare full attention with SWAA recipes on the packaged "
+                          "trained model", description="Long-context retrieval with the packaged "
+                          "trained model (or --task agree: one random prompt, agreement with full "
+                          "attention) under full attention and SWAA recipes; print a table.")
+    demo.add_argument("--task", choices=["retrieval", "agree"], help="retrieval: documents with "
+                      "facts and a question, accuracy of the answers (default without --model); "
+                      "agree: one random-token prompt, generated tokens equal to full attention's "
+                      "(default with --model)")
     demo.add_argument("--preset", action="append", metavar="NAME",
-                      help="SWAA preset to run (repeatable; default: "
-                      f"{', '.join(DEFAULT_PRESETS)}). Presets: "
-                      + ", ".join(SWAAConfig.presets()))
+                      help="SWAA preset to run (repeatable; default retrieval: "
+                      f"{', '.join(RETRIEVAL_PRESETS)}; agree: {', '.join(DEFAULT_PRESETS)}). "
+                      "Presets: " + ", ".join(SWAAConfig.presets()))
     demo.add_argument("--config", metavar="FILE", help="SWAA config JSON (ours or the SWAA "
                       "toolkit's keys) to run")
     demo.add_argument("--window", type=int, help="sliding window (default 256; overrides --config)")
     demo.add_argument("--sink", type=int, help="sink tokens for presets with 'sink' (default 16; "
                       "overrides --config)")
-    demo.add_argument("--prompt-len", type=int, default=2048, help="prompt tokens (default 2048)")
-    demo.add_argument("--new-tokens", type=int, default=32, help="generated tokens (default 32)")
+    demo.add_argument("--prompt-len", type=int, default=2048, help="prompt tokens (retrieval: "
+                      "tokens per document; default 2048)")
+    demo.add_argument("--docs", type=int, default=5, help="retrieval documents, the asked fact of "
+                      "document i at depth (i + 0.5) / docs (default 5)")
+    demo.add_argument("--new-tokens", type=int, help="generated tokens at most (default: "
+                      "retrieval: the answer's length + 2; agree: 32)")
     demo.add_argument("--layers", type=int, help="use only this many layers of the model")
     demo.add_argument("--model", metavar="PATH", help="a transformers causal LM (local directory "
-                      "or hub name) instead of the embedded model; the prompt stays random tokens")
+                      "or hub name) instead of the packaged trained model, or 'random': the "
+                      "random-weight model of swaa_ext.models.default_model")
     demo.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the documents / random prompt")
     demo.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     demo.set_defaults(func=cmd_demo)
 

@@ -104,6 +104,13 @@ class _Decoder:
 
 
 _LAYER_PARTS = ("self_attn", "input_layernorm", "post_attention_layernorm", "mlp")
+# Families whose decoder is exactly what _run_layers computes. Others with the same module names
+# (Granite: embedding/residual multipliers, logits scaling; OLMo: other norm placement) would
+# silently compute something else, so they are refused by model_type.
+_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# rotary types whose frequencies transformers updates from the positions at run time (a host
+# synchronisation per step, frozen by graph capture)
+_DYNAMIC_ROPE = ("dynamic", "longrope")
 _ATTN_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -125,6 +132,11 @@ def _resolve(model) -> _Decoder:
                          "decoder layout: model.model.{embed_tokens, layers, norm, rotary_emb}, "
                          "model.lm_head)")
     config = _text_config(model)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _MODEL_TYPES:
+        raise ValueError(f"generate: model {type(model).__name__} (model_type {model_type!r}) is "
+                         f"not supported: this decode path computes the {', '.join(_MODEL_TYPES)} "
+                         "decoders only")
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "attn_logit_softcapping",
                                                                     None):
         raise ValueError("generate: model uses logit softcapping, which is not supported")
@@ -152,7 +164,8 @@ def _resolve(model) -> _Decoder:
             q_heads = attn.q_proj.out_features // hd
             kv_heads = attn.k_proj.out_features // hd
         elif hd != head_dim:
-            raise ValueError("generate: model is not supported: layers differ in head dim")
+            raise ValueError(f"generate: model is not supported: layer {i} has head dim {hd}, "
+                             f"layer 0 has {head_dim}")
         scaling.append(float(getattr(attn, "scaling", hd ** -0.5)))
     return _Decoder(inner.embed_tokens, layers, inner.norm, inner.rotary_emb, lm_head, head_dim,
                     q_heads, kv_heads, scaling, _own_windows(config, len(layers)))
@@ -176,12 +189,13 @@ def _plans(decoder: _Decoder, swaa) -> List[LayerPlan]:
         return [LayerPlan(i, "full", "full", 1, 0, 0) if w is None
                 else LayerPlan(i, "swa", "swa", w, 0, 0)
                 for i, w in enumerate(decoder.own_windows)]
-    if isinstance(swaa, str):
-        swaa = SWAAConfig.preset(swaa)
-    if not isinstance(swaa, SWAAConfig):
+    if not isinstance(swaa, (str, SWAAConfig)):
         raise ValueError(f"generate: swaa must be None, an SWAAConfig or a preset name, got "
                          f"{type(swaa).__name__}")
-    return swaa.plan(n)
+    try:
+        return (SWAAConfig.preset(swaa) if isinstance(swaa, str) else swaa).plan(n)
+    except ValueError as e:
+        raise ValueError(f"generate: swaa: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,6 +528,11 @@ def generate(
     device, dtype = param.device, param.dtype
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
+    rope_type = getattr(dec.rotary, "rope_type", "default")
+    if cuda_graph and any(t in rope_type for t in _DYNAMIC_ROPE):
+        raise ValueError(f"generate: cuda_graph: the model's rotary embedding ({rope_type!r}) "
+                         "updates its frequencies from the positions on the host at every step, "
+                         "which a CUDA graph cannot replay; pass cuda_graph=False")
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"generate: cuda_graph=True needs the model on a CUDA device, it is on "
                          f"{device}")
@@ -585,7 +604,7 @@ def generate(
                 scores.index_copy_(1, step, picked_from[:, None].float())
             nxt = picked_from.argmax(-1)
             if eos_t is not None:
-                nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+                nxt = nxt.masked_fill(finished, pad_id)
                 finished.logical_or_((nxt[:, None] == eos_t).any(-1))
             out_tokens.scatter_(1, step.expand(B, 1), nxt[:, None])
             token.copy_(nxt[:, None])
@@ -645,14 +664,16 @@ def generate(
                 capture_s = time.perf_counter() - c0
         first_timed = done
         t0 = time.perf_counter()
+        run_step = graph.replay if graph is not None else decode_step
+        checked = _CHECK_STEP_SYNC and device.type == "cuda"
         while done < steps:
             if eos_t is not None and done % eos_check_every == 0 and bool(finished.all()):
                 break
-            with _sync_check(device):
-                if graph is not None:
-                    graph.replay()
-                else:
-                    decode_step()
+            if checked:
+                with _sync_check(device):
+                    run_step()
+            else:
+                run_step()
             done += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)

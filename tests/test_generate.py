@@ -94,6 +94,18 @@ def test_presets_equal_generate_with_swaa_cache(arch, name):
                            out.sequences)
 
 
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_chunked_prefill_with_sink_longer_than_chunk(chunk):
+    # the first chunks lie inside the sink: the ring attention of a chunk starting at s <= sink
+    model = tiny_model("qwen3")
+    ids = random_ids(2, 13, seed=5)
+    cfg = SWAAConfig(window=4, sink=5)
+    ref = hf_tokens(model, ids, 5, cfg)
+    out = generate(model, ids, 5, swaa=cfg, prefill_chunk=chunk)
+    assert torch.equal(out.sequences[:, 13:], ref)
+
+
 def test_kv_bytes_ring_and_full_caches():
     model = tiny_model("llama")  # 4 layers, 2 KV heads, head dim 16, float32
     B, L, new = 2, 11, 6
@@ -319,6 +331,40 @@ def test_compile_whole_step_scope_equals_eager(monkeypatch):
     comp = generate(model, ids, 5, swaa=cfg, output_scores=True, compile=True)
     assert comp.compiled and torch.equal(comp.sequences, eager.sequences)
     torch.testing.assert_close(comp.scores, eager.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_errors_name_swaa_for_bad_recipes():
+    model = tiny_model("llama")  # 4 layers
+    ids = random_ids(1, 6, seed=9)
+    for swaa in ("no_such_preset", SWAAConfig(window=4, full_layers=(9,))):
+        with pytest.raises(ValueError, match="generate: swaa:"):
+            generate(model, ids, 2, swaa=swaa)
+
+
+def test_refuses_same_layout_with_other_arithmetic():
+    # Granite has the Llama module names but scales embeddings, residuals and logits: the decode
+    # path would silently compute another model, so it is refused by model_type.
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(0)
+    granite = GraniteForCausalLM(GraniteConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, embedding_multiplier=4.0,
+        residual_multiplier=0.5, logits_scaling=2.0)).eval()
+    with pytest.raises(ValueError, match="model_type 'granite'"):
+        generate(granite, torch.randint(3, 64, (1, 6)), 2)
+
+
+def test_refuses_graph_with_run_time_rope_updates():
+    # "dynamic" rope recomputes its frequencies from the positions at every forward (a host
+    # sync): a CUDA graph would replay stale ones.  The check comes before the device check.
+    model = tiny_model("llama", rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4,
+                                                 "factor": 2.0})
+    ids = random_ids(1, 6, seed=9)
+    with pytest.raises(ValueError, match="cuda_graph: .*'dynamic'"):
+        generate(model, ids, 2, cuda_graph=True)
+    # eager decoding recomputes them every step, as transformers does
+    assert torch.equal(generate(model, ids, 4).sequences[:, 6:], hf_tokens(model, ids, 4))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@
 (b) Retrieval: a document of that text with key/value facts ("the value of key k3491 is 72805.")
     inserted at chosen depths, then a question about one of them.  The answer restates the key,
     then gives the value ("the value of key k3491 is 72805."), so the value is *generated* after
-    several answer tokens (where FA decode changes what the model sees).
+    several answer tokens (where FA decode changes what the model sees).  The templates and the
+    generator live in the package (:mod:`swaa_ext.demo_data`, also used by ``swaa demo``) and are
+    imported from there.
 
 Lengths are in byte tokens of ``ByteTokenizer``: a prompt of ``context`` tokens is ``[bos]`` +
 ``context - 1`` characters.  Every generator takes a seed (``random.Random``), so the same
@@ -17,26 +19,22 @@ arguments give the same examples.  :func:`write_jsonl` writes ``{"prompt", "answ
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import random
-import re
 import site
 import sysconfig
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
+from swaa_ext.demo_data import (ANSWER_TEMPLATE, BOS_TOKENS, FACT_TEMPLATE,  # noqa: F401
+                                QUESTION_TEMPLATE, Corpus, RetrievalExample, extract_value,
+                                make_retrieval, read_source)
+
 __all__ = ["Corpus", "RetrievalExample", "default_roots", "split_of", "load_corpus",
            "make_retrieval", "retrieval_set", "text_windows", "write_jsonl", "extract_value",
-           "FACT_TEMPLATE", "QUESTION_TEMPLATE"]
-
-FACT_TEMPLATE = "\nthe value of key k{key} is {value}.\n"
-QUESTION_TEMPLATE = "\nquestion: what is the value of key k{key}?\nanswer: "
-ANSWER_TEMPLATE = "the value of key k{key} is {value}."
-_VALUE_RE = re.compile(r"the value of key k(\d+) is (\d+)")
-BOS_TOKENS = 1  # ByteTokenizer's [bos] in front of every prompt
+           "FACT_TEMPLATE", "QUESTION_TEMPLATE", "ANSWER_TEMPLATE"]
 
 
 def default_roots() -> List[Path]:
@@ -55,44 +53,6 @@ def split_of(rel_path: str, heldout_percent: int = 5) -> str:
     return "heldout" if h % 100 < heldout_percent else "train"
 
 
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "ignore").decode("ascii").replace("\r\n", "\n")
-
-
-@dataclasses.dataclass
-class Corpus:
-    """Documents of one split: ``texts[i]`` came from ``paths[i]`` (relative to its root)."""
-
-    split: str
-    paths: List[str]
-    texts: List[str]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @property
-    def chars(self) -> int:
-        return sum(len(t) for t in self.texts)
-
-    def stream(self, rng: random.Random, n_chars: int, separator: str = "\n\n") -> str:
-        """``n_chars`` characters of documents in random order, joined by ``separator``, starting
-        at a random place of the first one; exactly ``n_chars`` long."""
-        if not self.texts:
-            raise ValueError(f"Corpus({self.split}): no documents")
-        out: List[str] = []
-        have = 0
-        first = True
-        while have < n_chars:
-            text = self.texts[rng.randrange(len(self.texts))]
-            if first:
-                text = text[rng.randrange(max(1, len(text) // 2)):]
-                first = False
-            piece = text + separator
-            out.append(piece)
-            have += len(piece)
-        return "".join(out)[:n_chars]
-
-
 def load_corpus(split: str, roots: Optional[Sequence[os.PathLike]] = None, *,
                 heldout_percent: int = 5, max_files: Optional[int] = None,
                 max_chars: Optional[int] = None, min_file_chars: int = 200,
@@ -109,11 +69,8 @@ def load_corpus(split: str, roots: Optional[Sequence[os.PathLike]] = None, *,
             rel = path.relative_to(root).as_posix()
             if split_of(rel, heldout_percent) != split:
                 continue
-            try:
-                text = _ascii(path.read_text(encoding="utf-8", errors="ignore"))
-            except OSError:
-                continue
-            if not min_file_chars <= len(text) <= max_file_chars:
+            text = read_source(path, min_file_chars, max_file_chars)
+            if text is None:
                 continue
             paths.append(rel)
             texts.append(text)
@@ -124,62 +81,6 @@ def load_corpus(split: str, roots: Optional[Sequence[os.PathLike]] = None, *,
     if not texts:
         raise ValueError(f"load_corpus: no {split} *.py files under {[str(r) for r in roots]}")
     return Corpus(split, paths, texts)
-
-
-@dataclasses.dataclass(frozen=True)
-class RetrievalExample:
-    prompt: str                  # context text + question (no bos)
-    answer: str                  # "the value of key k<key> is <value>."
-    key: int
-    value: int
-    depth: float                 # requested depth of the asked fact (0 = start, 1 = end)
-    fact_offset: int             # character offset of the asked fact in prompt
-    context: int                 # tokens of [bos] + prompt
-
-    def to_json(self) -> dict:
-        return {"prompt": self.prompt, "answer": self.answer}
-
-
-def _fact(key: int, value: int) -> str:
-    return FACT_TEMPLATE.format(key=key, value=value)
-
-
-def make_retrieval(rng: random.Random, corpus: Corpus, context: int, depth: float, *,
-                   n_distractors: int = 3) -> RetrievalExample:
-    """One example of exactly ``context`` tokens ([bos] + prompt): filler text from ``corpus``
-    with the asked fact starting at ``depth`` of the filler (character offset
-    ``round(depth * filler_len)``) and ``n_distractors`` other facts (other keys) at random depths,
-    then the question.  Keys are 4 digits, values 5 digits."""
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"make_retrieval: depth must be in [0, 1], got {depth}")
-    keys = rng.sample(range(1000, 10000), n_distractors + 1)
-    key, value = keys[0], rng.randrange(10000, 100000)
-    facts = [(depth, _fact(key, value))]
-    for k in keys[1:]:
-        facts.append((rng.random(), _fact(k, rng.randrange(10000, 100000))))
-    question = QUESTION_TEMPLATE.format(key=key)
-    filler_len = context - BOS_TOKENS - len(question) - sum(len(f) for _, f in facts)
-    if filler_len < 1:
-        raise ValueError(f"make_retrieval: context {context} is too short for {len(facts)} facts "
-                         "and the question")
-    filler = corpus.stream(rng, filler_len)
-    # insert the facts in order of depth; offsets refer to the filler, shifted by facts before
-    cuts = sorted(((round(d * filler_len), i, f) for i, (d, f) in enumerate(facts)),
-                  key=lambda t: (t[0], t[1]))
-    parts, prev, shift, asked_at = [], 0, 0, -1
-    for cut, i, fact in cuts:
-        parts.append(filler[prev:cut])
-        if i == 0:
-            asked_at = cut + shift
-        parts.append(fact)
-        shift += len(fact)
-        prev = cut
-    parts.append(filler[prev:])
-    prompt = "".join(parts) + question
-    assert len(prompt) + BOS_TOKENS == context
-    return RetrievalExample(prompt=prompt, answer=ANSWER_TEMPLATE.format(key=key, value=value),
-                            key=key, value=value, depth=depth, fact_offset=asked_at,
-                            context=context)
 
 
 def retrieval_set(corpus: Corpus, contexts: Sequence[int], depths: Sequence[float],
@@ -200,15 +101,6 @@ def text_windows(corpus: Corpus, length: int, count: int, seed: int) -> List[str
     pretraining sequences)."""
     rng = random.Random(f"text:{seed}:{length}")
     return [corpus.stream(rng, length) for _ in range(count)]
-
-
-def extract_value(generated: str, key: Optional[int] = None) -> Optional[int]:
-    """The value the model gave: the number after "the value of key k<key> is" (the first such
-    statement, for ``key`` when given), else ``None``."""
-    for m in _VALUE_RE.finditer(generated):
-        if key is None or int(m.group(1)) == key:
-            return int(m.group(2))
-    return None
 
 
 def write_jsonl(path: os.PathLike, examples: Iterable[RetrievalExample]) -> int:

@@ -187,10 +187,15 @@ def finetune_model(model_path: str, cfg: Optional[SWAAConfig], examples, args, d
 
 # ------------------------------------------------------------------------------------- summary
 def read_rows(path: Path, run: Optional[str] = None) -> List[dict]:
+    """The quality rows of ``path`` of run ``run`` (several: comma-separated, e.g. an untrained
+    and a fine-tuned run; ``all``: every run), default the latest run in the file."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("bench") == "quality"]
-    if run is not None:
-        rows = [r for r in rows if r["run"] == run]
+    if run == "all":
+        pass
+    elif run is not None:
+        runs = set(run.split(","))
+        rows = [r for r in rows if r["run"] in runs]
     elif rows:  # the latest run in the file
         rows = [r for r in rows if r["run"] == rows[-1]["run"]]
     return rows
@@ -296,7 +301,8 @@ def print_goals(g: dict) -> None:
 
 
 def plot(rows: List[dict], path: Path) -> Optional[Path]:
-    """Accuracy vs context, one line per configuration (dashed: fine-tuned)."""
+    """Accuracy vs context (dashed: fine-tuned).  Configurations with identical curves share one
+    line, labelled with all their names (many configurations of the grid coincide)."""
     try:
         import matplotlib
 
@@ -305,25 +311,34 @@ def plot(rows: List[dict], path: Path) -> Optional[Path]:
     except ImportError:
         _log("plot: matplotlib is not installed, no plot")
         return None
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    import textwrap
+
+    groups: Dict[Tuple[bool, tuple], List[str]] = {}
     for cfg in dict.fromkeys(r["config"] for r in rows):
         for ft in (False, True):
-            pts = sorted((r["context"], r["accuracy"]) for r in rows
-                         if r["config"] == cfg and r["finetuned"] == ft)
+            pts = tuple(sorted((r["context"], r["accuracy"]) for r in rows
+                               if r["config"] == cfg and r["finetuned"] == ft))
             if pts:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o",
-                        linestyle="--" if ft else "-", label=cfg + (" (FT)" if ft else ""))
+                groups.setdefault((ft, pts), []).append(cfg)
+    fig, ax = plt.subplots(figsize=(10, 6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((ft, pts), names) in enumerate(groups.items()):
+        label = textwrap.fill(", ".join(names) + (" (FT)" if ft else ""), 60)
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="os^vD<>"[i % 7],
+                color=colors[i % len(colors)], linestyle="--" if ft else "-", label=label,
+                markersize=7 if ft else 5, alpha=0.85)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("retrieval accuracy (%)")
     r0 = rows[0]
-    ax.set_title(f"quality: window {r0['window']}, {r0['gpu']}, run {r0['run']}")
+    runs = ", ".join(dict.fromkeys(r["run"] for r in rows))
+    ax.set_title(f"quality: window {r0['window']}, {r0['gpu']}, run {runs}", fontsize=9)
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -377,7 +392,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-only", action="store_true",
                    help="only print the table, goals and plot of --rows (latest run, or --run)")
     p.add_argument("--rows", default=None, help="rows file for --summary-only")
-    p.add_argument("--run", default=None)
+    p.add_argument("--run", default=None, help="with --summary-only: run id(s) of the rows, "
+                   "comma-separated, or 'all' (default: the latest run in the file)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
