@@ -118,57 +118,64 @@ class RingKVCache:
         self._seqlens.index_fill_(0, rows, 0)
 
     # ------------------------------------------------------------------ attend
-    def _check(self, q, k, v, lengths) -> None:
+    def _check(self, q, k, v, lengths, method: str = "attend") -> None:
+        """Every check of ``attend`` (``q`` None: of ``append``) before anything is touched."""
+        where = f"RingKVCache.{method}"
         for name, t in (("q", q), ("k", k), ("v", v)):
+            if t is None and name == "q":
+                continue
             if not isinstance(t, torch.Tensor):
-                raise TypeError(f"RingKVCache.attend: {name} must be a tensor, "
+                raise TypeError(f"{where}: {name} must be a tensor, "
                                 f"got {type(t).__name__}")
             if t.dim() != 4:
-                raise ValueError(f"RingKVCache.attend: {name} must have rank 4 "
+                raise ValueError(f"{where}: {name} must have rank 4 "
                                  f"({'B, Hq' if name == 'q' else 'B, Hkv'}, Lc, D), "
                                  f"got shape {tuple(t.shape)}")
             if t.dtype != self.dtype:
-                raise ValueError(f"RingKVCache.attend: {name} dtype {t.dtype} differs from the "
+                raise ValueError(f"{where}: {name} dtype {t.dtype} differs from the "
                                  f"cache dtype {self.dtype}")
             if t.device != self.device:
-                raise ValueError(f"RingKVCache.attend: {name} is on {t.device} but the cache is "
+                raise ValueError(f"{where}: {name} is on {t.device} but the cache is "
                                  f"on {self.device}")
             if t.shape[0] != self.batch:
-                raise ValueError(f"RingKVCache.attend: {name} batch size {t.shape[0]} differs "
+                raise ValueError(f"{where}: {name} batch size {t.shape[0]} differs "
                                  f"from the cache batch size {self.batch}")
             if t.shape[3] != self.head_dim:
-                raise ValueError(f"RingKVCache.attend: {name} head dim {t.shape[3]} differs "
+                raise ValueError(f"{where}: {name} head dim {t.shape[3]} differs "
                                  f"from the cache head dim {self.head_dim}")
         for name, t in (("k", k), ("v", v)):
             if t.shape[1] != self.kv_heads:
-                raise ValueError(f"RingKVCache.attend: {name} has {t.shape[1]} heads but the "
+                raise ValueError(f"{where}: {name} has {t.shape[1]} heads but the "
                                  f"cache has {self.kv_heads} KV heads")
-        if q.shape[1] % self.kv_heads != 0:
-            raise ValueError(f"RingKVCache.attend: q heads ({q.shape[1]}) must be a multiple of "
+        if q is not None and q.shape[1] % self.kv_heads != 0:
+            raise ValueError(f"{where}: q heads ({q.shape[1]}) must be a multiple of "
                              f"the cache's KV heads ({self.kv_heads})")
         lc = k.shape[2]
         if lc < 1:
-            raise ValueError("RingKVCache.attend: k must hold at least one position (Lc >= 1)")
-        if v.shape[2] != lc or q.shape[2] != lc:
-            raise ValueError(f"RingKVCache.attend: q, k, v must have the same length Lc, got "
+            raise ValueError(f"{where}: k must hold at least one position (Lc >= 1)")
+        if q is None and v.shape[2] != lc:
+            raise ValueError(f"{where}: k and v must have the same length Lc, got k {lc}, "
+                             f"v {v.shape[2]}")
+        if q is not None and (v.shape[2] != lc or q.shape[2] != lc):
+            raise ValueError(f"{where}: q, k, v must have the same length Lc, got "
                              f"q {q.shape[2]}, k {lc}, v {v.shape[2]}")
         if lengths is not None:
             if not isinstance(lengths, torch.Tensor):
-                raise TypeError("RingKVCache.attend: lengths must be an integer tensor (B,), "
+                raise TypeError(f"{where}: lengths must be an integer tensor (B,), "
                                 f"got {type(lengths).__name__}")
             if lengths.shape != (self.batch,):
-                raise ValueError(f"RingKVCache.attend: lengths must have shape ({self.batch},), "
+                raise ValueError(f"{where}: lengths must have shape ({self.batch},), "
                                  f"got {tuple(lengths.shape)}")
             if lengths.dtype.is_floating_point or lengths.dtype in (torch.bool, torch.complex64,
                                                                     torch.complex128):
-                raise ValueError(f"RingKVCache.attend: lengths must be an integer tensor, got "
+                raise ValueError(f"{where}: lengths must be an integer tensor, got "
                                  f"{lengths.dtype}")
             if lengths.device != self.device:
-                raise ValueError(f"RingKVCache.attend: lengths is on {lengths.device} but the "
+                raise ValueError(f"{where}: lengths is on {lengths.device} but the "
                                  f"cache is on {self.device}")
             if lengths.device.type == "cpu" and lengths.numel() and (
                     int(lengths.min()) < 0 or int(lengths.max()) > lc):
-                raise ValueError(f"RingKVCache.attend: lengths must lie in [0, Lc = {lc}], got "
+                raise ValueError(f"{where}: lengths must lie in [0, Lc = {lc}], got "
                                  f"{lengths.tolist()}")
 
     def attend(
@@ -210,11 +217,26 @@ class RingKVCache:
                                                  lengths, self.window, self.sink, scale)
             torch.ops.swaa.ring_append(self.keys, self.values, k, v, self._seqlens, lengths,
                                        self.window, self.sink)
+        self._advance(lc, lengths)
+        return (out, lse) if return_lse else out
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, *,
+               lengths: Optional[torch.Tensor] = None) -> None:
+        """Stores the next ``Lc`` positions of every row without attending: for keys and values
+        whose attention was computed elsewhere (e.g. a prefill through ``swa_attention`` over the
+        whole prompt).  Same shapes, ``lengths`` and positions as :meth:`attend`; only the
+        positions that stay visible (sinks and the last ``window``) are written.  A call that
+        raises leaves the cache unchanged."""
+        self._check(None, k, v, lengths, "append")
+        torch.ops.swaa.ring_append(self.keys, self.values, k, v, self._seqlens, lengths,
+                                   self.window, self.sink)
+        self._advance(k.shape[2], lengths)
+
+    def _advance(self, lc: int, lengths: Optional[torch.Tensor]) -> None:
         if lengths is None:
             self._seqlens.add_(lc)
         else:
             self._seqlens.add_(lengths.to(torch.int64).clamp(0, lc))
-        return (out, lse) if return_lse else out
 
     def __repr__(self) -> str:
         return (f"RingKVCache(batch={self.batch}, kv_heads={self.kv_heads}, "

@@ -14,7 +14,7 @@ How it works:
   on the device, served by the same decode kernel.
 * Prefill: one pass over the prompt (or chunks of ``prefill_chunk`` tokens) through the model's own
   modules, attention by :func:`swaa_ext.swa_attention` (tensor cores on CUDA) with each layer's
-  prefill plan; the keys/values then go into the caches with ``torch.ops.swaa.ring_append`` (which
+  prefill plan; the keys/values then go into the caches with ``RingKVCache.append`` (which
   writes only the positions that survive a chunk longer than the window).
 * Decode: a function of static tensors (token ids ``(B, 1)``, positions ``(B,)``, the step counter,
   the finished mask, all on the device) runs embed -> layers -> norm -> lm_head with attention =
@@ -423,10 +423,7 @@ class _Prefill:
             self.chunk_lengths = (self.lengths - start).clamp(0, size)
 
     def _append(self, cache: RingKVCache, k, v) -> None:
-        torch.ops.swaa.ring_append(cache.keys, cache.values, k, v, cache.seqlens,
-                                   self.chunk_lengths, cache.window, cache.sink)
-        # RingKVCache has no public append: advance its positions as attend() would
-        cache.seqlens.add_(k.shape[2] if self.chunk_lengths is None else self.chunk_lengths)
+        cache.append(k, v, lengths=self.chunk_lengths)
 
     def __call__(self, i: int, q, k, v):
         plan, cache, s = self.plans[i], self.caches[i], self.start

@@ -186,6 +186,46 @@ def test_reset_cpu():
                                atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("window,sink", [(4, 0), (4, 2), (3, 5)])
+def test_append_then_attend_equals_attend_cpu(window, sink):
+    # append stores a chunk without attending (its attention computed elsewhere): the next
+    # chunks see exactly the history that attend would have left, also for chunks > window
+    torch.manual_seed(11)
+    B, Hq, Hkv, D = 2, 4, 2, 8
+    appended = RingKVCache(B, Hkv, D, window=window, sink=sink, dtype=torch.float32, device="cpu")
+    attended = RingKVCache(B, Hkv, D, window=window, sink=sink, dtype=torch.float32, device="cpu")
+    for lc, mode in ((9, "append"), (1, "attend"), (2, "append"), (3, "attend"), (1, "attend")):
+        q = torch.randn(B, Hq, lc, D)
+        k, v = torch.randn(B, Hkv, lc, D), torch.randn(B, Hkv, lc, D)
+        ref = attended.attend(q, k, v)
+        if mode == "append":
+            assert appended.append(k, v) is None
+        else:
+            torch.testing.assert_close(appended.attend(q, k, v), ref, atol=1e-6, rtol=1e-6)
+        assert torch.equal(appended.seqlens, attended.seqlens)
+    # per-row lengths: padding positions are not stored and positions advance by lengths[b]
+    lengths = torch.tensor([2, 0])
+    k, v = torch.randn(B, Hkv, 2, D), torch.randn(B, Hkv, 2, D)
+    keys_before = appended.keys.clone()
+    appended.append(k, v, lengths=lengths)
+    assert appended.seqlens.tolist() == [attended.seqlens[0] + 2, attended.seqlens[1]]
+    assert torch.equal(appended.keys[1], keys_before[1])
+
+
+def test_append_errors_name_the_argument_and_touch_nothing_cpu():
+    cache = RingKVCache(2, 2, 8, window=4, sink=1, dtype=torch.float32, device="cpu")
+    cache.append(torch.randn(2, 2, 3, 8), torch.randn(2, 2, 3, 8))
+    before = (cache.keys.clone(), cache.values.clone(), cache.seqlens.clone())
+    k = torch.randn(2, 2, 3, 8)
+    for args, kwargs, word in (((k, k[:, :, :2]), {}, "k and v"), ((k[:, :1], k[:, :1]), {}, "k"),
+                               ((k.double(), k), {}, "k"), ((k, k), {"lengths": torch.tensor([4, 0])},
+                                                             "lengths")):
+        with pytest.raises((ValueError, TypeError), match=f"RingKVCache.append: {word}"):
+            cache.append(*args, **kwargs)
+        assert torch.equal(cache.keys, before[0]) and torch.equal(cache.values, before[1])
+        assert torch.equal(cache.seqlens, before[2])
+
+
 def failed_call_recovery(device, dtype, bad_device, D=16):
     torch.manual_seed(7)
     B, Hq, Hkv, W, S = 2, 4, 2, 5, 1

@@ -129,9 +129,7 @@ def test_ring_as_full_cache_never_wraps():
     k = torch.randn(B, H, total, D)
     v = torch.randn(B, H, total, D)
     q = torch.randn(B, 2 * H, total, D)
-    torch.ops.swaa.ring_append(cache.keys, cache.values, k[:, :, :L], v[:, :, :L], cache.seqlens,
-                               None, cache.window, cache.sink)
-    cache.seqlens.add_(L)
+    cache.append(k[:, :, :L], v[:, :, :L])
     outs = [cache.attend(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1])
             for t in range(L, total)]
     assert torch.equal(cache.keys, k) and torch.equal(cache.values, v)
