@@ -16,6 +16,10 @@ generates `--new-tokens` tokens (greedy, eos ignored) after a random prompt:
   swa+full-decode+quarter-full  preset fa_decode+quarter_full
   swa+full-decode+half-full     preset fa_decode+half_full
 All SWA configurations use --window (2048) and sink 0.
+With --compile our configurations run generate(compile=True) (the decode step through
+torch.compile, inside our CUDA graph): their rows carry "compile": true and compile_s, and their
+total_s leaves compile_s out (the compiling warm-up step, reported apart like capture_s is part of
+it): run it as a run of its own so that speedups compare compiled rows with compiled `full`.
 
 Timing: each configuration is warmed up on a short prompt (compile, graph capture, first
 kernels), memory is freed and the peak statistics reset, then one timed generate.
@@ -127,6 +131,7 @@ ROW_FIELDS = ("bench", "model", "prompt", "new_tokens", "batch", "config", "pref
               "decode_ms_per_token", "total_s", "peak_gb", "kv_bytes", "run", "gpu", "torch",
               "commit", "date", "speedup_vs_full", "speedup_vs_hf_sdpa")
 META_FIELDS = ("run", "gpu", "torch", "commit", "date")
+OPTIONAL_FIELDS = ("compile", "compile_s")  # rows of --compile runs
 
 
 def _classes(family: str, sliding: bool):
@@ -279,21 +284,27 @@ def run_hf(model, ids: torch.Tensor, new_tokens: int, cache) -> dict:
                 total_s=t1 - t0, kv_bytes=_cache_bytes(cache), sequences=out)
 
 
-def run_ours(model, ids: torch.Tensor, new_tokens: int, swaa) -> dict:
+def run_ours(model, ids: torch.Tensor, new_tokens: int, swaa, compile: bool = False) -> dict:
     from swaa_ext.generate import generate
 
     device = ids.device
     _sync(device)
     t0 = time.perf_counter()
-    out = generate(model, ids, new_tokens, swaa=swaa, do_sample=False)
+    out = generate(model, ids, new_tokens, swaa=swaa, do_sample=False, compile=compile)
     _sync(device)
     t1 = time.perf_counter()
+    if compile and not out.compiled:
+        raise RuntimeError("generate(compile=True) did not compile the decode step")
+    compile_s = float(out.compile_s)
     if out.sequences.shape[1] != ids.shape[1] + new_tokens:
         raise RuntimeError(f"generate returned {out.sequences.shape[1] - ids.shape[1]} new "
                            f"tokens, asked for {new_tokens}")
-    return dict(prefill_s=float(out.prefill_s), decode_ms_per_token=float(out.decode_ms_per_token),
-                total_s=t1 - t0, kv_bytes=int(out.kv_bytes), sequences=out.sequences,
-                capture_s=float(getattr(out, "capture_s", 0.0)))
+    res = dict(prefill_s=float(out.prefill_s), decode_ms_per_token=float(out.decode_ms_per_token),
+               total_s=t1 - t0 - compile_s, kv_bytes=int(out.kv_bytes), sequences=out.sequences,
+               capture_s=float(getattr(out, "capture_s", 0.0)))
+    if compile:
+        res.update(compile=True, compile_s=compile_s)
+    return res
 
 
 class Runner:
@@ -325,9 +336,10 @@ class Runner:
         warm_new = min(new, 8)
         if config in OURS:
             cfg = self.swaa_config(config)
-            run_ours(self.model, warm_ids, warm_new, cfg)
+            compile = bool(getattr(self.args, "compile", False))
+            run_ours(self.model, warm_ids, warm_new, cfg, compile)
             free_memory(self.device)
-            return run_ours(self.model, ids, new, cfg)
+            return run_ours(self.model, ids, new, cfg, compile)
         from transformers.cache_utils import DynamicCache, StaticCache
 
         if config == "hf-sdpa":
@@ -385,7 +397,7 @@ def _plan_counts(config: str, n_layers: int, window: int):
 
 
 def estimate_seconds(key: str, prompt: int, batch: int, config: str, new: int,
-                     window: int) -> float:
+                     window: int, compile: bool = False) -> float:
     """Rough seconds of warm-up + timed run on an H100-class GPU (bf16 GEMMs ~450 TFLOP/s,
     attention ~350 (ours, flash) or ~120 (sdpa with a dense mask), 2.5 TB/s, HF eager decode
     ~0.7 ms per layer per token of launch overhead).  For planning device calls only."""
@@ -409,6 +421,8 @@ def estimate_seconds(key: str, prompt: int, batch: int, config: str, new: int,
         if config == "hf-sdpa":  # DynamicCache concatenates: the whole cache is copied per token
             per_token += 2 * n * ctx * kv_pos_bytes / 2.5e12
     warmup = 2.0 + (90.0 if config == "hf-static-compile" else 0.0)
+    if compile and config in OURS:  # inductor: a layer, the embedding and the head, twice
+        warmup += 40.0
     return warmup + gemm + attn + new * per_token
 
 
@@ -608,6 +622,8 @@ def parse_args(argv=None):
                     help="hf-static-compile runs only up to this prompt length (default 32768)")
     ap.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
+    ap.add_argument("--compile", action="store_true", help="our configurations with "
+                    "generate(compile=True); rows carry \"compile\": true")
     ap.add_argument("--out", type=Path, help="rows file (default bench/results/e2e_<gpu>.jsonl)")
     ap.add_argument("--plot", type=Path, metavar="PNG", help="stacked bars of prefill and decode")
     ap.add_argument("--plot-from", type=Path, metavar="ROWS",
@@ -668,10 +684,13 @@ def leading_agreement(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def _row(name: str, prompt: int, batch: int, new: int, config: str, res: dict, peak: float,
          meta: dict) -> dict:
-    return dict(bench="e2e", model=name, prompt=prompt, new_tokens=new, batch=batch,
-                config=config, prefill_s=res["prefill_s"],
-                decode_ms_per_token=res["decode_ms_per_token"], total_s=res["total_s"],
-                peak_gb=peak, kv_bytes=res["kv_bytes"], **meta)
+    row = dict(bench="e2e", model=name, prompt=prompt, new_tokens=new, batch=batch,
+               config=config, prefill_s=res["prefill_s"],
+               decode_ms_per_token=res["decode_ms_per_token"], total_s=res["total_s"],
+               peak_gb=peak, kv_bytes=res["kv_bytes"], **meta)
+    if res.get("compile"):
+        row.update(compile=True, compile_s=res["compile_s"])
+    return row
 
 
 def main(argv=None) -> int:
@@ -687,7 +706,8 @@ def main(argv=None) -> int:
 
     runs = _plan_runs(args)
     new = args.new_tokens
-    est = {r: estimate_seconds(r[0], r[1], r[2], r[3], new, args.window) for r in runs}
+    est = {r: estimate_seconds(r[0], r[1], r[2], r[3], new, args.window, args.compile)
+           for r in runs}
     build_s = 20.0 * len(args.plan["models"])
     total_est = sum(est.values()) + build_s
     print(f"plan: {len(runs)} runs, {new} new tokens, window {args.window}; rough estimate on an "
@@ -754,7 +774,8 @@ def main(argv=None) -> int:
         capture = res.get("capture_s", 0.0)
         res = None
         row = all_rows[-1] = add_speedups(all_rows)[-1]
-        common.append_rows(out_path, [{k: row[k] for k in ROW_FIELDS}])
+        common.append_rows(out_path, [{k: row[k] for k in ROW_FIELDS + OPTIONAL_FIELDS
+                                       if k in row}])
         sv = row["speedup_vs_full"]
         print(f"[{time.perf_counter() - start:7.1f} s] ({n_done + 1}/{len(runs)}) {name} prompt "
               f"{prompt} batch {batch} {config:29s} prefill {row['prefill_s']:7.3f} s  decode "

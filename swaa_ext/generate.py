@@ -62,6 +62,15 @@ class GenerationOutput:
     peak_bytes: ``torch.cuda.max_memory_allocated`` during the call (0 on CPU).
     capture_s: time to capture the CUDA graph (0 without one).
     cuda_graph: whether the decode steps were graph replays.
+    warmup_s: wall time of the first decode step when it is a warm-up (with ``cuda_graph`` or
+        ``compile``: it runs eagerly before the capture, or compiles), excluded from ``decode_s``
+        (which then covers the remaining steps) unless it is the only decode step; 0 otherwise.
+    compile_s: with ``compile``: the warm-up step's wall time, i.e. ``torch.compile`` of the step
+        (tracing, inductor, Triton/C++ kernels; little when its caches are warm) plus one step.
+    compiled: whether the decode step went through ``torch.compile``.
+    scores: with ``output_scores``: (B, n, V) float32, what each new token is the argmax of (the
+        logits when greedy; the filtered logits / temperature plus the Gumbel noise when
+        sampling; -inf where filtered); else None.
     """
 
     sequences: torch.Tensor
@@ -72,6 +81,10 @@ class GenerationOutput:
     peak_bytes: int
     capture_s: float = 0.0
     cuda_graph: bool = False
+    warmup_s: float = 0.0
+    compile_s: float = 0.0
+    compiled: bool = False
+    scores: Optional[torch.Tensor] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,8 +313,13 @@ class _Sampler:
             self.stride = batch * vocab
 
     def __call__(self, logits: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        return self.scores(logits, step).argmax(-1)
+
+    def scores(self, logits: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """What the token is the argmax of: the logits (greedy), or the filtered logits / T
+        plus the Gumbel noise of ``step``."""
         if not self.do_sample:
-            return logits.argmax(-1)
+            return logits
         x = logits.float() / self.temperature
         if self.top_k is not None:
             kth = torch.topk(x, self.top_k, dim=-1).values[:, -1:]
@@ -314,7 +332,7 @@ class _Sampler:
             x = torch.empty_like(x).scatter_(-1, order, ordered)
         u = _uniform(self.base + step * self.stride)
         gumbel = -torch.log(-torch.log(u))
-        return (x + gumbel).argmax(-1)
+        return x + gumbel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,29 +345,52 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _embed(dec: _Decoder, ids: torch.Tensor, positions: torch.Tensor):
+    """Embeddings (B, L, hidden) of token ids (B, L) and the RoPE cos, sin (B, 1, L, D) of
+    positions (B, L)."""
+    h = dec.embed(ids)
+    cos, sin = dec.rotary(h, positions)
+    return h, cos.unsqueeze(1), sin.unsqueeze(1)
+
+
+def _layer_forward(layer: torch.nn.Module, head_dim: int, h: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor, attend: Callable) -> torch.Tensor:
+    """One decoder layer on hidden states (B, L, hidden); ``attend(q, k, v)`` with q
+    (B, Hq, L, D) after RoPE returns (B, Hq, L, D)."""
+    attn = layer.self_attn
+    B, L = h.shape[:2]
+    x = layer.input_layernorm(h)
+    shape = (B, L, -1, head_dim)
+    q, k, v = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape), attn.v_proj(x).view(shape)
+    if getattr(attn, "q_norm", None) is not None:
+        q = attn.q_norm(q)
+    if getattr(attn, "k_norm", None) is not None:
+        k = attn.k_norm(k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    o = attend(q, k, v)
+    h = h + attn.o_proj(o.transpose(1, 2).reshape(B, L, -1))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def _decode_layer(layer: torch.nn.Module, head_dim: int, cache: RingKVCache, scale: float,
+                  h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """One decoder layer of a decode step, attention over (and append to) ``cache``.  A plain
+    function of its arguments, so that ``torch.compile`` of it serves every layer with one
+    compiled graph per cache shape (modules are not guarded by identity)."""
+    return _layer_forward(layer, head_dim, h, cos, sin,
+                          lambda q, k, v: cache.attend(q, k, v, softmax_scale=scale))
+
+
 def _run_layers(dec: _Decoder, ids: torch.Tensor, positions: torch.Tensor,
                 attend: Attend) -> torch.Tensor:
     """Hidden states (B, L, hidden) after the last layer (before the final norm) for token ids
     (B, L) at positions (B, L); ``attend(layer, q, k, v)`` with q (B, Hq, L, D) after RoPE."""
-    h = dec.embed(ids)
-    cos, sin = dec.rotary(h, positions)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    B, L = ids.shape
+    h, cos, sin = _embed(dec, ids, positions)
     for i, layer in enumerate(dec.layers):
-        attn = layer.self_attn
-        x = layer.input_layernorm(h)
-        shape = (B, L, -1, dec.head_dim)
-        q, k, v = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape), attn.v_proj(x).view(shape)
-        if getattr(attn, "q_norm", None) is not None:
-            q = attn.q_norm(q)
-        if getattr(attn, "k_norm", None) is not None:
-            k = attn.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        o = attend(i, q, k, v)
-        h = h + attn.o_proj(o.transpose(1, 2).reshape(B, L, -1))
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = _layer_forward(layer, dec.head_dim, h, cos, sin,
+                           lambda q, k, v, i=i: attend(i, q, k, v))
     return h
 
 
@@ -436,6 +477,8 @@ def generate(
     cuda_graph: Optional[bool] = None,
     prefill_chunk: Optional[int] = None,
     eos_check_every: int = 32,
+    compile: Union[bool, str] = False,
+    output_scores: bool = False,
 ) -> GenerationOutput:
     """Generates ``max_new_tokens`` tokens per row with static caches and, on CUDA, one CUDA graph
     replayed per decode step.
@@ -462,11 +505,20 @@ def generate(
         cuda_graph: capture the decode step in a CUDA graph (default: True on CUDA; False runs the
             same step eagerly; True on CPU raises).
         prefill_chunk: prefill in chunks of this many tokens (less activation memory).
+        compile: run the decode step's tensor code through ``torch.compile`` (inductor, fullgraph,
+            static shapes, no cudagraphs of its own; the step is then captured in our CUDA graph as
+            usual): fewer, fused kernels per step.  True (inductor's default mode) or an inductor
+            mode without cudagraphs: "default", "max-autotune-no-cudagraphs".  Compiled are the
+            embedding + RoPE, ONE decoder-layer function reused by every layer (one graph per
+            cache shape) and the final norm + lm_head + token choice; prefill stays eager.  The
+            first decode step compiles (``compile_s``); later calls with the same shapes reuse it.
+        output_scores: also return ``scores`` (see :class:`GenerationOutput`).
 
     Returns a :class:`GenerationOutput`.  Raises ValueError naming the argument for bad input.
     """
     eos_ids = _check_args(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k,
                           top_p, prefill_chunk, eos_token_id, pad_token_id, eos_check_every)
+    compile_mode = _compile_mode(compile)
     dec = _resolve(model)
     plans = _plans(dec, swaa)
     param = dec.embed.weight
@@ -540,8 +592,14 @@ def generate(
         token = torch.zeros(B, 1, dtype=torch.int64, device=device)
         position = lengths.clone()  # of the token fed to the next step
 
+        scores = torch.full((B, max_new_tokens, vocab), float("nan"), dtype=torch.float32,
+                            device=device) if output_scores else None
+
         def emit(logits):
-            nxt = sampler(logits, step)
+            picked_from = sampler.scores(logits, step)
+            if scores is not None:
+                scores.index_copy_(1, step, picked_from[:, None].float())
+            nxt = picked_from.argmax(-1)
             if eos_t is not None:
                 nxt = nxt.masked_fill(finished, pad_id)
                 finished.logical_or_((nxt[:, None] == eos_t).any(-1))
@@ -555,29 +613,54 @@ def generate(
         prefill_s = time.perf_counter() - t0
 
         # ---- decode
-        def decode_step():
-            h = _run_layers(dec, token, position[:, None], _decode_attend(caches, dec.scaling))
+        def finish(h):
             emit(dec.lm_head(dec.norm(h))[:, -1])
             position.add_(1)
 
+        embed_fn, layer_fn, finish_fn = _embed, _decode_layer, finish
+        if compile_mode is not None and _COMPILE_SCOPE == "layer":
+            embed_fn, layer_fn, finish_fn = (_compiled(f, compile_mode)
+                                             for f in (_embed, _decode_layer, finish))
+
+        def decode_step():
+            h, cos, sin = embed_fn(dec, token, position[:, None])
+            for i, layer in enumerate(dec.layers):
+                h = layer_fn(layer, dec.head_dim, caches[i], dec.scaling[i], h, cos, sin)
+            finish_fn(h)
+
+        if compile_mode is not None and _COMPILE_SCOPE == "step":
+            decode_step = _compiled(decode_step, compile_mode)
+
         steps = max_new_tokens - 1
-        capture_s, done, graph = 0.0, 0, None
-        t0 = time.perf_counter()
-        if steps and cuda_graph:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side), _sync_check(device):
-                decode_step()  # warm-up: the first decode step, run eagerly
-            torch.cuda.current_stream(device).wait_stream(side)
-            torch.cuda.synchronize(device)  # its GPU time counts as decode, not as capture
+        capture_s, warmup_s, done, graph = 0.0, 0.0, 0, None
+        if steps and (cuda_graph or compile_mode is not None):
+            # warm-up: the first decode step, run eagerly (CUDA: on a side stream, so that cuBLAS
+            # handles and workspaces exist before the capture) or compiled now; not timed as a step
+            w0 = time.perf_counter()
+            # compiling synchronises (autotuning): the sync check starts with the next step
+            check = _sync_check(device) if compile_mode is None else contextlib.nullcontext()
+            if cuda_graph:
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side), check:
+                    decode_step()
+                torch.cuda.current_stream(device).wait_stream(side)
+            else:
+                with check:
+                    decode_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            warmup_s = time.perf_counter() - w0
             done = 1
-            if steps > 1:
+            if cuda_graph and steps > 1:
                 c0 = time.perf_counter()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
                     decode_step()  # recorded, not run
                 torch.cuda.synchronize(device)
                 capture_s = time.perf_counter() - c0
+        first_timed = done
+        t0 = time.perf_counter()
         run_step = graph.replay if graph is not None else decode_step
         checked = _CHECK_STEP_SYNC and device.type == "cuda"
         while done < steps:
@@ -591,7 +674,9 @@ def generate(
             done += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        decode_s = time.perf_counter() - t0 - capture_s
+        decode_s, timed = time.perf_counter() - t0, done - first_timed
+        if timed == 0 and done:  # the warm-up was the only decode step
+            decode_s, timed = warmup_s, done
 
         new = out_tokens[:, :1 + done]
         if eos_t is not None:
@@ -599,13 +684,17 @@ def generate(
             is_eos = (new[:, :, None] == eos_t).any(-1)
             if bool(is_eos.any(-1).all()):
                 new = new[:, :int(is_eos.to(torch.int8).argmax(-1).max()) + 1]
+        if scores is not None:
+            scores = scores[:, :new.shape[1]]
         sequences = torch.cat([ids_in.to(torch.int64), new], 1)
         kv_bytes = sum(c.nbytes for c in caches)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     return GenerationOutput(sequences=sequences, prefill_s=prefill_s, decode_s=decode_s,
-                            decode_ms_per_token=1000.0 * decode_s / done if done else 0.0,
+                            decode_ms_per_token=1000.0 * decode_s / timed if timed else 0.0,
                             kv_bytes=kv_bytes, peak_bytes=int(peak), capture_s=capture_s,
-                            cuda_graph=graph is not None)
+                            cuda_graph=graph is not None, warmup_s=warmup_s,
+                            compile_s=warmup_s if compile_mode is not None else 0.0,
+                            compiled=compile_mode is not None and done > 0, scores=scores)
 
 
 # tests set this to True: every decode step on CUDA (eager or replay) then runs under
@@ -626,7 +715,48 @@ def _sync_check(device: torch.device):
         torch.cuda.set_sync_debug_mode(previous)
 
 
-def _decode_attend(caches: List[RingKVCache], scaling: List[float]) -> Attend:
-    def attend(i, q, k, v):
-        return caches[i].attend(q, k, v, softmax_scale=scaling[i])
-    return attend
+# ---------------------------------------------------------------------------------------------
+# torch.compile of the decode step's pieces
+_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+# what compile=True compiles: "layer" (default): the embedding, ONE layer function reused by every
+# layer, the head; "step": the whole decode step as one graph (fusion across layer boundaries,
+# compile time growing with depth; for measurements: bench_decode_loop --compile-scope step)
+_COMPILE_SCOPE = "layer"
+
+
+def _compile_mode(compile) -> Optional[str]:
+    """The inductor mode of ``generate(compile=...)``, None for no compilation."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "default"
+    if isinstance(compile, str) and compile in _COMPILE_MODES:
+        return compile
+    raise ValueError(f"generate: compile must be a bool or one of {', '.join(_COMPILE_MODES)} "
+                     f"(modes with cudagraphs of their own do not nest in our CUDA graph), got "
+                     f"{compile!r}")
+
+
+def _dynamo_settings() -> dict:
+    """Each compiled piece keeps one graph per shape (batch, cache lengths, window, sink): allow
+    more than dynamo's default 8 of them, and fail rather than fall back to eager silently."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    settings = {limit: 64}
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        settings["fail_on_recompile_limit_hit"] = True
+    return settings
+
+
+def _compiled(fn: Callable, mode: str) -> Callable:
+    """``fn`` through torch.compile (inductor, fullgraph, static shapes).  Dynamo caches per code
+    object, so every generate call (and every layer, for _decode_layer) shares the compiled
+    graphs whose guards (shapes, dtypes, window, sink, ...) hold."""
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False,
+                             mode=None if mode == "default" else mode)
+    settings = _dynamo_settings()
+
+    def call(*args):
+        with torch._dynamo.config.patch(**settings):
+            return compiled(*args)
+    return call

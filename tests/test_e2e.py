@@ -217,3 +217,17 @@ def test_cuda_smoke(tmp_path):
     by = {(r["config"], r["batch"]): r for r in rows}
     per_pos = _per_position_bytes(dtype_bytes=2)
     assert by[("swa", 2)]["kv_bytes"] == 2 * 64 * per_pos
+
+
+def test_compile_rows_carry_the_flag(tmp_path, capsys):
+    """--compile: our configurations run generate(compile=True) (CPU inductor here); their rows
+    carry "compile": true and compile_s, HF rows do not, and total_s leaves compile_s out."""
+    out = tmp_path / "rows.jsonl"
+    rc = bench.main(TINY + ["--configs", "full,hf-sdpa", "--compile", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().out[-2000:]
+    by = {r["config"]: r for r in _rows(out)}
+    assert tuple(by["full"]) == bench.ROW_FIELDS + bench.OPTIONAL_FIELDS
+    assert by["full"]["compile"] is True and by["full"]["compile_s"] > 0
+    assert by["full"]["decode_ms_per_token"] > 0
+    assert by["full"]["total_s"] >= by["full"]["prefill_s"]
+    assert tuple(by["hf-sdpa"]) == bench.ROW_FIELDS
