@@ -1,0 +1,270 @@
+// Hopper (sm_90a) forward of swaa::fwd, head dim 128: warp-specialised,
+// TMA-fed, wgmma-based (docs/cuda_kernels.md, "v5").
+//
+// One CTA = 128 query rows of one (batch, query head), 3 warp groups:
+//   warp group 0 (producer): gives registers back (setmaxnreg), one thread
+//     issues TMA loads: Q once, then K and V tiles of 128 keys into a
+//     kStages-deep ring of shared-memory stages, each stage with its own
+//     "full" mbarriers (K, V: TMA transaction bytes) and one "empty" mbarrier
+//     (consumers' arrivals once they are done reading the stage);
+//   warp groups 1, 2 (consumers): each owns 64 query rows; per key tile
+//     S = Q K^T (wgmma, both operands from shared memory, 8 x k16), scale,
+//     mask (boundary tiles only), online softmax in registers, P to 16-bit
+//     A fragments in registers, O += P V (wgmma, A from registers, V as an
+//     MN-major B operand), then release the stage.
+// The key tiles visited are exactly those of visible_keys() for the CTA's
+// rows (swaa/visibility.h, same TileList as the sm_80 kernel, same order),
+// and a warp masks element by element only when tile_fully_visible() says
+// its 16 rows x 128 keys are not wholly visible.
+//
+// Shared memory: every tile (Q: 128 x 128, K, V: 128 keys x 128) is stored as
+// two halves of 64 columns (128-byte rows, the widest TMA swizzle), each
+// half with the 128-byte swizzle TMA applies and wgmma undoes.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "cuda/attention_kernels.cuh"  // TileList, tiles_of, grid_pos, kLog2e, MmaOp
+#include "cuda/hopper/sm90_ptx.cuh"
+#include "swaa/params.h"
+#include "swaa/visibility.h"
+
+namespace swaa {
+namespace cuda {
+namespace sm90 {
+
+struct FwdSm90Config {
+  static constexpr int kD = 128;
+  static constexpr int kBlockM = 128;  // query rows per CTA (2 consumer warp groups x 64)
+  static constexpr int kBlockN = 128;  // keys per tile
+  static constexpr int kStages = 2;    // K/V ring depth
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kHalfCols = 64;                        // columns per swizzled half tile
+  static constexpr int kQBytes = kBlockM * kD * 2;            // 16-bit elements
+  static constexpr int kTileBytes = kBlockN * kD * 2;         // one K or V tile
+  static constexpr int kHalfTileBytes = kBlockN * kHalfCols * 2;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+};
+
+template <typename T>
+struct alignas(1024) FwdSm90Smem {
+  using C = FwdSm90Config;
+  T q[2][C::kBlockM * C::kHalfCols];
+  T k[C::kStages][2][C::kBlockN * C::kHalfCols];
+  T v[C::kStages][2][C::kBlockN * C::kHalfCols];
+  uint64_t q_full;
+  uint64_t k_full[C::kStages];
+  uint64_t v_full[C::kStages];
+  uint64_t empty[C::kStages];
+};
+
+// Dynamic shared memory asked for: the struct plus room to align it to 1024
+// bytes (swizzle atoms must start 1024-byte aligned).
+template <typename T>
+constexpr int fwd_sm90_smem_bytes() {
+  return static_cast<int>(sizeof(FwdSm90Smem<T>)) + 1024;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(FwdSm90Config::kThreads, 1)
+    fwd_sm90_kernel(const AttnParams p, const __grid_constant__ CUtensorMap tm_q,
+                    const __grid_constant__ CUtensorMap tm_k,
+                    const __grid_constant__ CUtensorMap tm_v, bool heads_inner) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = FwdSm90Config;
+  constexpr int BM = C::kBlockM, BN = C::kBlockN, ST = C::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  auto& s = *reinterpret_cast<FwdSm90Smem<T>*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
+
+  // The CTA's rows and key tiles: same decode and order as fwd_kernel.
+  const int n_m = static_cast<int>((p.q_len + BM - 1) / BM);
+  const GridPos pos = grid_pos(n_m, static_cast<int>(p.batch * p.q_heads), heads_inner);
+  const int m_block = n_m - 1 - pos.unit;  // longest rows first
+  const int q_heads = static_cast<int>(p.q_heads);
+  const int h = pos.slice % q_heads, b = pos.slice / q_heads;
+  const int kvh = static_cast<int>(h / (p.q_heads / p.kv_heads));
+  const int64_t row0 = static_cast<int64_t>(m_block) * BM;
+  const int64_t p_first = row0 + p.q_offset;
+  const int64_t p_last = min_of<int64_t>(p_first + BM - 1, p.k_len - 1);
+  const Visibility vis = p.visibility(b);
+  const TileList tiles = tiles_of(visible_keys(vis, p_first, p_last), BN);
+
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    mbar_init(&s.q_full, 1);
+    for (int i = 0; i < ST; ++i) {
+      mbar_init(&s.k_full[i], 1);
+      mbar_init(&s.v_full[i], 1);
+      mbar_init(&s.empty[i], C::kConsumers * 128);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ------------------------------------------------------------ producer
+    regs_dealloc<C::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      tma_prefetch_map(&tm_q);
+      tma_prefetch_map(&tm_k);
+      tma_prefetch_map(&tm_v);
+      const int r0 = static_cast<int>(row0);
+      mbar_arrive_expect_tx(&s.q_full, C::kQBytes);
+      tma_load_4d(s.q[0], &tm_q, &s.q_full, 0, r0, h, b);
+      tma_load_4d(s.q[1], &tm_q, &s.q_full, C::kHalfCols, r0, h, b);
+      for (int it = 0; it < tiles.count; ++it) {
+        const int st = it % ST;
+        const int use = it / ST;
+        if (use > 0) mbar_wait(&s.empty[st], (use - 1) & 1);  // consumers done with it - ST
+        const int j0 = tiles[it] * BN;
+        mbar_arrive_expect_tx(&s.k_full[st], C::kTileBytes);
+        tma_load_4d(s.k[st][0], &tm_k, &s.k_full[st], 0, j0, kvh, b);
+        tma_load_4d(s.k[st][1], &tm_k, &s.k_full[st], C::kHalfCols, j0, kvh, b);
+        mbar_arrive_expect_tx(&s.v_full[st], C::kTileBytes);
+        tma_load_4d(s.v[st][0], &tm_v, &s.v_full[st], 0, j0, kvh, b);
+        tma_load_4d(s.v[st][1], &tm_v, &s.v_full[st], C::kHalfCols, j0, kvh, b);
+      }
+    }
+    return;
+  }
+
+  // -------------------------------------------------------------- consumers
+  regs_alloc<C::kConsumerRegs>();
+  const int cg = wg - 1;                      // consumer warp group: rows 64 * cg ...
+  const int warp = (threadIdx.x / 32) & 3;    // warp in the group: 16 rows each
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;      // accumulator row g (and g + 8), columns 2t, 2t+1
+  const int64_t wp_first = p_first + cg * 64 + warp * 16;  // position of the warp's first row
+  const float scale_log2 = p.scale * kLog2e;
+
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.f, 0.f};
+
+  mbar_wait(&s.q_full, 0);
+  const uint32_t q_addr = smem_u32(s.q[0]) + cg * 64 * 128;  // this group's 64 rows
+  const uint32_t q_half = C::kBlockM * C::kHalfCols * 2;       // bytes between the halves
+
+  for (int it = 0; it < tiles.count; ++it) {
+    const int st = it % ST;
+    const uint32_t parity = (it / ST) & 1;
+    const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
+
+    // S = Q K^T: k16 steps 0-3 in the first column half, 4-7 in the second;
+    // inside a half a step moves 32 bytes along the (swizzled) 128-byte row.
+    float sc[64];
+    mbar_wait(&s.k_full[st], parity);
+    const uint32_t k_addr = smem_u32(s.k[st][0]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint32_t off = (kk >> 2) * q_half + (kk & 3) * 32;
+      const uint32_t k_off = (kk >> 2) * C::kHalfTileBytes + (kk & 3) * 32;
+      wgmma_ss<T>(sc, desc_k_major(q_addr + off), desc_k_major(k_addr + k_off), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+
+    // Scores in log2 units, then the mask (boundary tiles only).  Element
+    // sc[4 n + e]: row g + 8 (e >> 1), key j0 + 8 n + 2 t + (e & 1).
+#pragma unroll
+    for (int i = 0; i < 64; ++i) sc[i] *= scale_log2;
+    if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1)) {
+#pragma unroll
+      for (int n = 0; n < 16; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t pq = wp_first + g + (e >> 1) * 8;
+          const int64_t j = j0 + n * 8 + 2 * t + (e & 1);
+          if (!(j < p.k_len && vis.visible(pq, j))) sc[4 * n + e] = -INFINITY;
+        }
+    }
+
+    // Online softmax: a row's 128 scores live in the 4 threads of a quad.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = row_max[r];
+#pragma unroll
+      for (int n = 0; n < 16; ++n) mx = fmaxf(mx, fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_safe = mx == -INFINITY ? 0.f : mx;  // row sees nothing yet
+      const float correction = exp2f(row_max[r] - m_safe);
+      row_max[r] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+        sc[4 * n + 2 * r] = exp2f(sc[4 * n + 2 * r] - m_safe);
+        sc[4 * n + 2 * r + 1] = exp2f(sc[4 * n + 2 * r + 1] - m_safe);
+        sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
+      }
+      row_sum[r] = row_sum[r] * correction + sum;
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+        o[4 * n + 2 * r] *= correction;
+        o[4 * n + 2 * r + 1] *= correction;
+      }
+    }
+
+    // P as A fragments (m64 x k16 per step: the accumulator layout of two
+    // adjacent n8 blocks is the A layout of one k16 step).
+    uint32_t pa[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      pa[kk][0] = MmaOp<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
+      pa[kk][1] = MmaOp<T>::pack(sc[8 * kk + 2], sc[8 * kk + 3]);
+      pa[kk][2] = MmaOp<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
+      pa[kk][3] = MmaOp<T>::pack(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
+
+    // O += P V: V (keys x d) is the MN-major B operand; a k16 step is 16 key
+    // rows = 2048 bytes; the second half of d is one half tile further (LBO).
+    mbar_wait(&s.v_full[st], parity);
+    const uint32_t v_addr = smem_u32(s.v[st][0]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_rs<T>(o, pa[kk], desc_mn_major(v_addr + kk * 16 * 128, C::kHalfTileBytes));
+    wgmma_commit();
+    wgmma_wait<0>();
+    mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+  }
+
+  // Epilogue: normalise, write out and lse (natural log), as fwd_kernel.
+  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+  float* lse = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = row_sum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int64_t row = row0 + cg * 64 + warp * 16 + g + r * 8;
+    if (row >= p.q_len) continue;
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    T* o_row = out + row * p.o_row_stride;
+#pragma unroll
+    for (int n = 0; n < 16; ++n) {
+      const uint32_t packed = MmaOp<T>::pack(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+      *reinterpret_cast<uint32_t*>(o_row + n * 8 + 2 * t) = packed;
+    }
+    if (t == 0) lse[row] = (row_max[r] + log2f(sum)) * (1.f / kLog2e);
+  }
+#else
+  // Built for another target: never launched (the launcher checks the device
+  // and the presence of sm_90a code first).
+  __trap();
+#endif
+}
+
+}  // namespace sm90
+}  // namespace cuda
+}  // namespace swaa
