@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# One device call for the Hopper forward (docs/cuda_kernels.md, "v5"): build,
+# a smoke test under a short timeout (a hang or crash there skips the rest of
+# the Hopper steps), the Hopper tests, the forward tests with
+# SWAA_FWD_HOPPER=1 and 0, compute-sanitizer memcheck of one Hopper call, the
+# forward tuning rows (SWAA_FWD_HOPPER=1/0 side by side) and the forward
+# benchmark (BENCH=mine: swaa vs flex vs sdpa, then swaa with the sm_80
+# forward).  Logs and JSONL in $OUT (default ./gpu_out), all output also in $OUT/log.
+#
+#   SWAA_COMMIT=<hash> SWAA_GIT_COMMIT=<hash> bash bench/wgmma_gpu.sh          (expected: about 4-5 minutes on an H100/H200)
+source "$(dirname "$0")/gpu_lib.sh"
+gpu_setup
+status=0
+
+step "GPU"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
+python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+
+gpu_build
+CUOBJDUMP=${CUDA_HOME:-/usr/local/cuda}/bin/cuobjdump
+if [[ -x $CUOBJDUMP ]]; then
+  step "SASS of the Hopper kernel (HGMMA = wgmma, UTMALDG = TMA loads)"
+  $CUOBJDUMP -sass swaa_ext/_C*.so 2>/dev/null | awk '/Function : .*fwd_sm90/{on=1} /Function : /&&!/fwd_sm90/{on=0} on' \
+    > "$OUT/fwd_sm90.sass" || true
+  grep -o -E "HGMMA[.0-9a-zA-Z]*|UTMALDG[.0-9A-Z]*|USETMAXREG[.A-Z]*" "$OUT/fwd_sm90.sass" | sort | uniq -c
+fi
+
+step "smoke: one Hopper forward against the sm_80 forward (60 s limit)"
+timeout 60 python - <<'PY'
+import os, torch, swaa_ext
+q = torch.randn(1, 4, 1000, 128, device="cuda", dtype=torch.bfloat16)
+k = torch.randn(1, 2, 1000, 128, device="cuda", dtype=torch.bfloat16)
+v = torch.randn_like(k)
+print("path:", torch.ops.swaa.fwd_path(q, k, v))
+o1, l1 = torch.ops.swaa.fwd(q, k, v, 300, 4, None, 0.088)
+torch.cuda.synchronize()
+os.environ["SWAA_FWD_HOPPER"] = "0"
+o0, l0 = torch.ops.swaa.fwd(q, k, v, 300, 4, None, 0.088)
+d_out = (o1.float() - o0.float()).abs().max().item()
+d_lse = (l1 - l0).abs().max().item()
+print(f"max |out diff| {d_out:.3g}, max |lse diff| {d_lse:.3g}")
+assert d_out < 2e-2 and d_lse < 1e-3, "Hopper forward disagrees with the sm_80 forward"
+PY
+smoke=$?
+echo "smoke exit code $smoke"
+[[ $smoke == 0 ]] || status=1
+
+if [[ $smoke == 0 ]]; then
+  step "tests: tests/test_attention_hopper.py (SWAA_POISON_OUTPUTS=1)"
+  SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-200} python -X faulthandler -m pytest -q -ra \
+    --maxfail=10 -p no:cacheprovider tests/test_attention_hopper.py > "$OUT/pytest_hopper.log" 2>&1
+  rc=$?; tail -25 "$OUT/pytest_hopper.log"; echo "exit code $rc"; [[ $rc == 0 ]] || status=1
+
+  step "tests: forward tests of tests/test_attention_cuda.py with both forwards (fwd_kernel = sm80 / sm90)"
+  SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-200} python -X faulthandler -m pytest -q -ra \
+    --maxfail=10 -p no:cacheprovider tests/test_attention_cuda.py \
+    -k "(test_matches_reference and 128) or test_strided_inputs or test_poisoned or test_tuning_knobs or test_scheduling_knobs" \
+    > "$OUT/pytest_cuda_fwd.log" 2>&1
+  rc=$?; tail -25 "$OUT/pytest_cuda_fwd.log"; echo "exit code $rc"; [[ $rc == 0 ]] || status=1
+
+  step "compute-sanitizer memcheck of Hopper forwards"
+  timeout 120 ${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer --tool memcheck --error-exitcode 3 \
+    python -c "
+import torch, swaa_ext
+for (B, Hq, Hkv, Lq, Lk, w, s) in [(1, 2, 1, 97, 300, 40, 3), (2, 4, 2, 257, 257, None, 0)]:
+    q = torch.randn(B, Hq, Lq, 128, device='cuda', dtype=torch.bfloat16)
+    k = torch.randn(B, Hkv, Lk, 128, device='cuda', dtype=torch.bfloat16)
+    assert torch.ops.swaa.fwd_path(q, k, k) == 'sm90'
+    torch.ops.swaa.fwd(q, k, k, w, s, None, 0.1)
+torch.cuda.synchronize(); print('memcheck case done')
+" > "$OUT/sanitizer_memcheck_hopper.log" 2>&1
+  rc=$?; tail -6 "$OUT/sanitizer_memcheck_hopper.log"; echo "memcheck exit code $rc"; [[ $rc == 0 ]] || status=1
+fi
+
+step "forward tuning rows: SWAA_FWD_HOPPER=1 vs 0 (and the sm_80 knobs)"
+timeout ${TUNE_TIMEOUT:-150} python bench/tune_cuda_kernels.py --fwd-only --out "$OUT/cuda_tuning_fwd.jsonl" || status=1
+
+step "forward benchmark (BENCH=mine): swaa (Hopper forward) vs flex vs sdpa, D=128"
+timeout ${BENCH_TIMEOUT:-200} python bench/bench_cuda_kernels.py --passes fwd --D 128 \
+  --out "$OUT/cuda_kernels_fwd_hopper.jsonl" || status=1
+step "forward benchmark: swaa with the sm_80 forward (SWAA_FWD_HOPPER=0), D=128"
+SWAA_FWD_HOPPER=0 timeout ${BENCH_TIMEOUT:-120} python bench/bench_cuda_kernels.py --passes fwd --D 128 \
+  --impls swaa --out "$OUT/cuda_kernels_fwd_sm80.jsonl" || status=1
+
+step "done, status $status"
+exit $status
