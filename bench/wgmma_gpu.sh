@@ -39,6 +39,12 @@ o0, l0 = torch.ops.swaa.fwd(q, k, v, 300, 4, None, 0.088)
 d_out = (o1.float() - o0.float()).abs().max().item()
 d_lse = (l1 - l0).abs().max().item()
 print(f"max |out diff| {d_out:.3g}, max |lse diff| {d_lse:.3g}")
+# window 1: P = 1 exactly, so out == v bitwise (checks P V) and lse == scale q.k (checks Q K^T)
+os.environ["SWAA_FWD_HOPPER"] = "1"
+o, l = torch.ops.swaa.fwd(q, k, v, 1, 0, None, 0.1)
+rep = torch.arange(4, device="cuda") // 2
+print("window 1: out == v:", torch.equal(o, v[:, rep]),
+      "| max |lse - scale q.k|:", (l - (q.float() * k[:, rep].float()).sum(-1) * 0.1).abs().max().item())
 assert d_out < 2e-2 and d_lse < 1e-3, "Hopper forward disagrees with the sm_80 forward"
 PY
 smoke=$?

@@ -109,6 +109,23 @@ def test_path_selection(monkeypatch):
     assert torch.ops.swaa.fwd_path(q, k, v) == "sm80: SWAA_FWD_HOPPER=0"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_window_one_isolates_the_two_products(hopper, dtype):
+    """Diagnostics that point at one half of the kernel when something is off.
+    With window 1 every row sees only its own key: P = 1 exactly, so out must
+    equal V bitwise (TMA of V, the MN-major V descriptor, the register-A wgmma,
+    the mask and the epilogue), and lse must equal scale * q.k of the row
+    (TMA of Q and K, their K-major descriptors, the S wgmma)."""
+    B, Hq, Hkv, L = 2, 4, 2, 300
+    q, k, v = inputs(B, Hq, Hkv, L, L, dtype, seed=1)
+    out, lse = fwd(q, k, v, 1, 0, None, 0.1)
+    kv_of_q = torch.arange(Hq, device="cuda") // (Hq // Hkv)
+    v_rep, k_rep = v[:, kv_of_q], k[:, kv_of_q]
+    assert torch.equal(out, v_rep), "P V is wrong (out != v with window 1)"
+    qk = (q.float() * k_rep.float()).sum(-1) * 0.1
+    assert max_err(lse, qk) <= 1e-3 * max(1.0, qk.abs().max().item()), "Q K^T is wrong"
+
+
 MASK_GRID = [  # (window, sink, full_from): edges of the 128-key tiles and 64-row groups
     (None, 0, None),
     (1, 0, None),
