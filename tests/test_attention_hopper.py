@@ -1,5 +1,5 @@
 """GPU tests of the Hopper forward (csrc/cuda/hopper: wgmma + TMA, sm_90a,
-head dim 128; docs/cuda_kernels.md "v5").  The general forward tests of
+head dims 64 and 128; docs/cuda_kernels.md "v5").  The general forward tests of
 tests/test_attention_cuda.py run through it too (fixture `fwd_kernel`); these
 add long sequences, a denser mask grid around the 128-key tile edges, the
 stride fallback, agreement with the sm_80 kernel and run-to-run equality.
@@ -25,16 +25,13 @@ pytestmark = [
     pytest.mark.skipif(not swaa_ext.build_info()["cuda"], reason="built without CUDA kernels"),
 ]
 
-D = 128
-
-
 def is_hopper_device():
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
 def build_has_hopper():
     """The build has the sm_90a forward: on a 9.0 device a plain call takes it."""
-    q = torch.randn(1, 1, 128, D, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(1, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
     env = os.environ.pop("SWAA_FWD_HOPPER", None)
     try:
         return torch.ops.swaa.fwd_path(q, q, q) == "sm90"
@@ -50,7 +47,7 @@ def hopper(monkeypatch):
     monkeypatch.setenv("SWAA_FWD_HOPPER", "1")
 
 
-def inputs(B, Hq, Hkv, Lq, Lk, dtype=torch.bfloat16, seed=0):
+def inputs(B, Hq, Hkv, Lq, Lk, dtype=torch.bfloat16, seed=0, D=128):
     g = torch.Generator(device="cuda").manual_seed(seed)
     q = torch.randn(B, Hq, Lq, D, device="cuda", dtype=dtype, generator=g)
     k = torch.randn(B, Hkv, Lk, D, device="cuda", dtype=dtype, generator=g)
@@ -59,7 +56,7 @@ def inputs(B, Hq, Hkv, Lq, Lk, dtype=torch.bfloat16, seed=0):
 
 
 def fwd(q, k, v, window=None, sink=0, full_from=None, scale=None):
-    scale = D ** -0.5 if scale is None else scale
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     return torch.ops.swaa.fwd(q, k, v, window, sink, full_from, scale)
 
 
@@ -86,9 +83,9 @@ def check_against_reference(q, k, v, out, lse, compute_dtype=torch.float64, **ma
 
 
 def test_path_selection(monkeypatch):
-    """fwd_path says which kernel runs: sm90 for D=128 16-bit inputs on a 9.0
-    device with a Hopper build (contiguous or (B, L, H, D) views, any length);
-    the sm_80 kernel with SWAA_FWD_HOPPER=0, for D=64 and for stride-0
+    """fwd_path says which kernel runs: sm90 for D=128 and D=64 16-bit inputs on
+    a 9.0 device with a Hopper build (contiguous or (B, L, H, D) views, any
+    length); the sm_80 kernel with SWAA_FWD_HOPPER=0 and for stride-0
     (expanded) K/V, with the reason."""
     monkeypatch.delenv("SWAA_FWD_HOPPER", raising=False)
     q, k, v = inputs(2, 4, 2, 300, 300)
@@ -97,27 +94,28 @@ def test_path_selection(monkeypatch):
         pytest.skip("no Hopper forward here: only the sm80 answer is checked")
     for shape in [(1, 1, 1, 1, 1), (2, 4, 1, 97, 300), (1, 8, 8, 1025, 1025), (1, 2, 1, 4096, 4100)]:
         for dtype in (torch.bfloat16, torch.float16):
-            assert torch.ops.swaa.fwd_path(*inputs(*shape, dtype=dtype)) == "sm90", (shape, dtype)
-    qt = torch.randn(2, 300, 4, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    kt = torch.randn(2, 300, 2, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            for D in (64, 128):
+                path = torch.ops.swaa.fwd_path(*inputs(*shape, dtype=dtype, D=D))
+                assert path == "sm90", (shape, dtype, D, path)
+    qt = torch.randn(2, 300, 4, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    kt = torch.randn(2, 300, 2, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     assert torch.ops.swaa.fwd_path(qt, kt, kt) == "sm90"
     k1 = k[:1].expand(2, -1, -1, -1)  # batch stride 0
     assert "strides" in torch.ops.swaa.fwd_path(q, k1, k1)
-    q64 = torch.randn(1, 2, 100, 64, device="cuda", dtype=torch.bfloat16)
-    assert "head dim" in torch.ops.swaa.fwd_path(q64, q64, q64)
     monkeypatch.setenv("SWAA_FWD_HOPPER", "0")
     assert torch.ops.swaa.fwd_path(q, k, v) == "sm80: SWAA_FWD_HOPPER=0"
 
 
+@pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_window_one_isolates_the_two_products(hopper, dtype):
+def test_window_one_isolates_the_two_products(hopper, dtype, D):
     """Diagnostics that point at one half of the kernel when something is off.
     With window 1 every row sees only its own key: P = 1 exactly, so out must
     equal V bitwise (TMA of V, the MN-major V descriptor, the register-A wgmma,
     the mask and the epilogue), and lse must equal scale * q.k of the row
     (TMA of Q and K, their K-major descriptors, the S wgmma)."""
     B, Hq, Hkv, L = 2, 4, 2, 300
-    q, k, v = inputs(B, Hq, Hkv, L, L, dtype, seed=1)
+    q, k, v = inputs(B, Hq, Hkv, L, L, dtype, seed=1, D=D)
     out, lse = fwd(q, k, v, 1, 0, None, 0.1)
     kv_of_q = torch.arange(Hq, device="cuda") // (Hq // Hkv)
     v_rep, k_rep = v[:, kv_of_q], k[:, kv_of_q]
@@ -147,17 +145,18 @@ SHAPE_GRID = [  # (B, Hq, Hkv, Lq, Lk)
 ]
 
 
+@pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", SHAPE_GRID, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("mask", MASK_GRID, ids=lambda m: f"w{m[0]}s{m[1]}f{m[2]}")
-def test_mask_grid_matches_reference(hopper, dtype, shape, mask):
+def test_mask_grid_matches_reference(hopper, dtype, shape, mask, D):
     B, Hq, Hkv, Lq, Lk = shape
     window, sink, ff = mask
     if ff == "per":
         ff = torch.tensor([1 << 40, Lk // 2][:B], dtype=torch.int64, device="cuda")
     elif ff is not None:
         ff = torch.full((B,), ff, dtype=torch.int64, device="cuda")
-    q, k, v = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + Lk + (window or 0))
+    q, k, v = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + Lk + (window or 0), D=D)
     assert torch.ops.swaa.fwd_path(q, k, v) == "sm90"
     out, lse = fwd(q, k, v, window, sink, ff, 0.1)
     check_against_reference(q, k, v, out, lse, window=window, sink=sink, full_from=ff, scale=0.1)
@@ -170,7 +169,7 @@ def test_long_8k(hopper):
     q, k, v = inputs(B, Hq, Hkv, L, L, seed=8)
     out, lse = fwd(q, k, v, 1024, 4, ff)
     check_against_reference(q, k, v, out, lse, torch.float32, window=1024, sink=4, full_from=ff,
-                            scale=D ** -0.5)
+                            scale=128 ** -0.5)
 
 
 def test_long_32k_row_slices(hopper):
@@ -182,12 +181,13 @@ def test_long_32k_row_slices(hopper):
     for r0, r1 in [(0, 256), (4000, 4200), (L - 300, L)]:
         sl = (slice(None), slice(None), slice(r0, r1))
         check_against_reference(q[sl], k[:, :, :r1], v[:, :, :r1], out[sl], lse[sl],
-                                torch.float32, window=4096, sink=4, scale=D ** -0.5)
+                                torch.float32, window=4096, sink=4, scale=128 ** -0.5)
 
 
-def test_agrees_with_sm80_kernel(hopper, monkeypatch):
+@pytest.mark.parametrize("D", [64, 128])
+def test_agrees_with_sm80_kernel(hopper, monkeypatch, D):
     """Both forwards compute the same function: close in out, lse."""
-    q, k, v = inputs(2, 8, 2, 1500, 1500, seed=5)
+    q, k, v = inputs(2, 8, 2, 1500, 1500, seed=5, D=D)
     ff = torch.tensor([700, 1 << 40], dtype=torch.int64, device="cuda")
     out9, lse9 = fwd(q, k, v, 333, 5, ff)
     monkeypatch.setenv("SWAA_FWD_HOPPER", "0")
@@ -206,13 +206,14 @@ def test_stride_fallback_is_correct(hopper):
     kc, vc = k1.contiguous(), v1.contiguous()
     assert torch.ops.swaa.fwd_path(q, kc, vc) == "sm90"
     out_h, lse_h = fwd(q, kc, vc, 50, 3)
-    check_against_reference(q, kc, vc, out_f, lse_f, window=50, sink=3, scale=D ** -0.5)
-    check_against_reference(q, kc, vc, out_h, lse_h, window=50, sink=3, scale=D ** -0.5)
+    check_against_reference(q, kc, vc, out_f, lse_f, window=50, sink=3, scale=128 ** -0.5)
+    check_against_reference(q, kc, vc, out_h, lse_h, window=50, sink=3, scale=128 ** -0.5)
 
 
-def test_bitwise_repeatable_and_order_free(hopper, monkeypatch):
+@pytest.mark.parametrize("D", [64, 128])
+def test_bitwise_repeatable_and_order_free(hopper, monkeypatch, D):
     """Two runs are bitwise equal; so are both CTA orders (SWAA_FWD_ORDER)."""
-    q, k, v = inputs(2, 8, 2, 2049, 2049, seed=9)
+    q, k, v = inputs(2, 8, 2, 2049, 2049, seed=9, D=D)
     ff = torch.tensor([1000, 1 << 40], dtype=torch.int64, device="cuda")
     first = fwd(q, k, v, 500, 4, ff)
     for order in ("1", "0"):
@@ -227,11 +228,13 @@ def test_poisoned_outputs_are_all_written(hopper):
     script = textwrap.dedent("""
         import torch, swaa_ext
         torch.manual_seed(0)
-        for (B, Hq, Hkv, Lq, Lk, w, s) in [(1, 4, 1, 97, 97, 16, 4), (2, 8, 2, 1, 1025, None, 0),
-                                           (2, 4, 4, 1025, 1025, 7, 1), (1, 2, 1, 130, 257, 1, 0)]:
-            q = torch.randn(B, Hq, Lq, 128, device="cuda", dtype=torch.bfloat16)
-            k = torch.randn(B, Hkv, Lk, 128, device="cuda", dtype=torch.bfloat16)
-            v = torch.randn(B, Hkv, Lk, 128, device="cuda", dtype=torch.bfloat16)
+        for (B, Hq, Hkv, Lq, Lk, w, s, D) in [(1, 4, 1, 97, 97, 16, 4, 128),
+                                              (2, 8, 2, 1, 1025, None, 0, 64),
+                                              (2, 4, 4, 1025, 1025, 7, 1, 128),
+                                              (1, 2, 1, 130, 257, 1, 0, 64)]:
+            q = torch.randn(B, Hq, Lq, D, device="cuda", dtype=torch.bfloat16)
+            k = torch.randn(B, Hkv, Lk, D, device="cuda", dtype=torch.bfloat16)
+            v = torch.randn(B, Hkv, Lk, D, device="cuda", dtype=torch.bfloat16)
             assert torch.ops.swaa.fwd_path(q, k, v) == "sm90"
             out, lse = torch.ops.swaa.fwd(q, k, v, w, s, None, 0.1)
             assert not torch.isnan(out).any() and not torch.isnan(lse).any(), (B, Hq, Lq, Lk)

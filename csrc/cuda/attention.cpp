@@ -112,7 +112,7 @@ at::Tensor aligned(const at::Tensor& t) {
 // The Hopper forward (csrc/cuda/hopper, wgmma + TMA) is taken when the build
 // has it (SWAA_CUDA_HOPPER), SWAA_FWD_HOPPER is not 0 (read at every call,
 // default 1, for A/B runs), the device is compute capability 9.0 and the call
-// fits (head dim 128, strides a TMA tensor map can describe); the sm_80
+// fits (strides a TMA tensor map can describe); the sm_80
 // kernel otherwise.  Both compute the same function (tests/test_attention_cuda.py).
 bool hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
@@ -139,7 +139,7 @@ std::string fwd_path_of(const AttnParams& p) {
 template <typename T, int D>
 bool try_hopper_fwd(const AttnParams& p, cudaStream_t stream) {
 #if defined(SWAA_CUDA_HOPPER)
-  if (D != 128 || !hopper_knob()) return false;
+  if ((D != 64 && D != 128) || !hopper_knob()) return false;
   const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
                                                       : cuda::sm90::Dtype::kFp16;
   cudaError_t err = cudaSuccess;

@@ -1,4 +1,4 @@
-// Hopper (sm_90a) forward of swaa::fwd, head dim 128: warp-specialised,
+// Hopper (sm_90a) forward of swaa::fwd, head dims 128 and 64: warp-specialised,
 // TMA-fed, wgmma-based (docs/cuda_kernels.md, "v5").
 //
 // One CTA = 128 query rows of one (batch, query head), 3 warp groups:
@@ -17,8 +17,8 @@
 // and a warp masks element by element only when tile_fully_visible() says
 // its 16 rows x 128 keys are not wholly visible.
 //
-// Shared memory: every tile (Q: 128 x 128, K, V: 128 keys x 128) is stored as
-// two halves of 64 columns (128-byte rows, the widest TMA swizzle), each
+// Shared memory: every tile (Q: 128 rows, K, V: 128 keys; D columns) is stored
+// as D / 64 halves of 64 columns (128-byte rows, the widest TMA swizzle), each
 // half with the 128-byte swizzle TMA applies and wgmma undoes.
 #pragma once
 
@@ -37,8 +37,11 @@ namespace swaa {
 namespace cuda {
 namespace sm90 {
 
+template <int D>
 struct FwdSm90Config {
-  static constexpr int kD = 128;
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static constexpr int kD = D;
+  static constexpr int kHalves = D / 64;  // 64-column swizzled halves per tile
   static constexpr int kBlockM = 128;  // query rows per CTA (2 consumer warp groups x 64)
   static constexpr int kBlockN = 128;  // keys per tile
   static constexpr int kStages = 2;    // K/V ring depth
@@ -52,12 +55,12 @@ struct FwdSm90Config {
   static constexpr int kConsumerRegs = 240;
 };
 
-template <typename T>
+template <typename T, int D>
 struct alignas(1024) FwdSm90Smem {
-  using C = FwdSm90Config;
-  T q[2][C::kBlockM * C::kHalfCols];
-  T k[C::kStages][2][C::kBlockN * C::kHalfCols];
-  T v[C::kStages][2][C::kBlockN * C::kHalfCols];
+  using C = FwdSm90Config<D>;
+  T q[C::kHalves][C::kBlockM * C::kHalfCols];
+  T k[C::kStages][C::kHalves][C::kBlockN * C::kHalfCols];
+  T v[C::kStages][C::kHalves][C::kBlockN * C::kHalfCols];
   uint64_t q_full;
   uint64_t k_full[C::kStages];
   uint64_t v_full[C::kStages];
@@ -66,21 +69,21 @@ struct alignas(1024) FwdSm90Smem {
 
 // Dynamic shared memory asked for: the struct plus room to align it to 1024
 // bytes (swizzle atoms must start 1024-byte aligned).
-template <typename T>
+template <typename T, int D>
 constexpr int fwd_sm90_smem_bytes() {
-  return static_cast<int>(sizeof(FwdSm90Smem<T>)) + 1024;
+  return static_cast<int>(sizeof(FwdSm90Smem<T, D>)) + 1024;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(FwdSm90Config::kThreads, 1)
+template <typename T, int D>
+__global__ void __launch_bounds__(FwdSm90Config<D>::kThreads, 1)
     fwd_sm90_kernel(const AttnParams p, const __grid_constant__ CUtensorMap tm_q,
                     const __grid_constant__ CUtensorMap tm_k,
                     const __grid_constant__ CUtensorMap tm_v, bool heads_inner) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = FwdSm90Config;
-  constexpr int BM = C::kBlockM, BN = C::kBlockN, ST = C::kStages;
+  using C = FwdSm90Config<D>;
+  constexpr int BM = C::kBlockM, BN = C::kBlockN, ST = C::kStages, NB = D / 8;  // NB: n8 blocks of O
   extern __shared__ unsigned char smem_raw[];
-  auto& s = *reinterpret_cast<FwdSm90Smem<T>*>(
+  auto& s = *reinterpret_cast<FwdSm90Smem<T, D>*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
 
   // The CTA's rows and key tiles: same decode and order as fwd_kernel.
@@ -117,19 +120,19 @@ __global__ void __launch_bounds__(FwdSm90Config::kThreads, 1)
       tma_prefetch_map(&tm_v);
       const int r0 = static_cast<int>(row0);
       mbar_arrive_expect_tx(&s.q_full, C::kQBytes);
-      tma_load_4d(s.q[0], &tm_q, &s.q_full, 0, r0, h, b);
-      tma_load_4d(s.q[1], &tm_q, &s.q_full, C::kHalfCols, r0, h, b);
+      for (int half = 0; half < C::kHalves; ++half)
+        tma_load_4d(s.q[half], &tm_q, &s.q_full, half * C::kHalfCols, r0, h, b);
       for (int it = 0; it < tiles.count; ++it) {
         const int st = it % ST;
         const int use = it / ST;
         if (use > 0) mbar_wait(&s.empty[st], (use - 1) & 1);  // consumers done with it - ST
         const int j0 = tiles[it] * BN;
         mbar_arrive_expect_tx(&s.k_full[st], C::kTileBytes);
-        tma_load_4d(s.k[st][0], &tm_k, &s.k_full[st], 0, j0, kvh, b);
-        tma_load_4d(s.k[st][1], &tm_k, &s.k_full[st], C::kHalfCols, j0, kvh, b);
+        for (int half = 0; half < C::kHalves; ++half)
+          tma_load_4d(s.k[st][half], &tm_k, &s.k_full[st], half * C::kHalfCols, j0, kvh, b);
         mbar_arrive_expect_tx(&s.v_full[st], C::kTileBytes);
-        tma_load_4d(s.v[st][0], &tm_v, &s.v_full[st], 0, j0, kvh, b);
-        tma_load_4d(s.v[st][1], &tm_v, &s.v_full[st], C::kHalfCols, j0, kvh, b);
+        for (int half = 0; half < C::kHalves; ++half)
+          tma_load_4d(s.v[st][half], &tm_v, &s.v_full[st], half * C::kHalfCols, j0, kvh, b);
       }
     }
     return;
@@ -144,9 +147,9 @@ __global__ void __launch_bounds__(FwdSm90Config::kThreads, 1)
   const int64_t wp_first = p_first + cg * 64 + warp * 16;  // position of the warp's first row
   const float scale_log2 = p.scale * kLog2e;
 
-  float o[64];
+  float o[D / 2];  // O accumulators: element o[4 n + e] as sc below, n < D / 8
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.f, 0.f};
 
@@ -159,14 +162,14 @@ __global__ void __launch_bounds__(FwdSm90Config::kThreads, 1)
     const uint32_t parity = (it / ST) & 1;
     const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
 
-    // S = Q K^T: k16 steps 0-3 in the first column half, 4-7 in the second;
-    // inside a half a step moves 32 bytes along the (swizzled) 128-byte row.
+    // S = Q K^T: k16 steps 0-3 in the first column half, 4-7 in the second
+    // (D=128); inside a half a step moves 32 bytes along the swizzled 128-byte row.
     float sc[64];
     mbar_wait(&s.k_full[st], parity);
     const uint32_t k_addr = smem_u32(s.k[st][0]);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
+    for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk >> 2) * q_half + (kk & 3) * 32;
       const uint32_t k_off = (kk >> 2) * C::kHalfTileBytes + (kk & 3) * 32;
       wgmma_ss<T>(sc, desc_k_major(q_addr + off), desc_k_major(k_addr + k_off), kk > 0);
@@ -209,7 +212,7 @@ __global__ void __launch_bounds__(FwdSm90Config::kThreads, 1)
       }
       row_sum[r] = row_sum[r] * correction + sum;
 #pragma unroll
-      for (int n = 0; n < 16; ++n) {
+      for (int n = 0; n < NB; ++n) {
         o[4 * n + 2 * r] *= correction;
         o[4 * n + 2 * r + 1] *= correction;
       }
@@ -227,13 +230,18 @@ __global__ void __launch_bounds__(FwdSm90Config::kThreads, 1)
     }
 
     // O += P V: V (keys x d) is the MN-major B operand; a k16 step is 16 key
-    // rows = 2048 bytes; the second half of d is one half tile further (LBO).
+    // rows = 2048 bytes; the second half of d (D=128) is one half tile further (LBO).
     mbar_wait(&s.v_full[st], parity);
     const uint32_t v_addr = smem_u32(s.v[st][0]);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-      wgmma_rs<T>(o, pa[kk], desc_mn_major(v_addr + kk * 16 * 128, C::kHalfTileBytes));
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint64_t desc = desc_mn_major(v_addr + kk * 16 * 128, C::kHalfTileBytes);
+      if constexpr (D == 128)
+        wgmma_rs<T>(o, pa[kk], desc);
+      else
+        wgmma_rs_n64<T>(o, pa[kk], desc);
+    }
     wgmma_commit();
     wgmma_wait<0>();
     mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
@@ -252,7 +260,7 @@ __global__ void __launch_bounds__(FwdSm90Config::kThreads, 1)
     const float inv = sum > 0.f ? 1.f / sum : 0.f;
     T* o_row = out + row * p.o_row_stride;
 #pragma unroll
-    for (int n = 0; n < 16; ++n) {
+    for (int n = 0; n < NB; ++n) {
       const uint32_t packed = MmaOp<T>::pack(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
       *reinterpret_cast<uint32_t*>(o_row + n * 8 + 2 * t) = packed;
     }

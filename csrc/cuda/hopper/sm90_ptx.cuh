@@ -133,6 +133,10 @@ __device__ __forceinline__ void wgmma_wait() {
 #define SWAA_ACC64                                                                          \
   SWAA_ACC8(0), SWAA_ACC8(8), SWAA_ACC8(16), SWAA_ACC8(24), SWAA_ACC8(32), SWAA_ACC8(40), \
       SWAA_ACC8(48), SWAA_ACC8(56)
+#define SWAA_ACC32 SWAA_ACC8(0), SWAA_ACC8(8), SWAA_ACC8(16), SWAA_ACC8(24)
+#define SWAA_ACC_LIST32                                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                  \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define SWAA_ACC_LIST                                                                        \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                  \
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "         \
@@ -146,6 +150,11 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t desc_a, uint64
 // d (64 x 128) += A (64 x 16, registers) * B (16 x 128, smem, MN-major).
 template <typename T>
 __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b);
+
+// d (64 x 64) += A (64 x 16, registers) * B (16 x 64, smem, MN-major): P V at head dim 64.
+template <typename T>
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4],
+                                             uint64_t desc_b);
 
 #define SWAA_WGMMA_SS(TYPE, NAME)                                                                \
   template <>                                                                                    \
@@ -169,12 +178,28 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
         : SWAA_ACC64                                                                             \
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                      \
   }
+#define SWAA_WGMMA_RS64(TYPE, NAME)                                                              \
+  template <>                                                                                    \
+  __device__ __forceinline__ void wgmma_rs_n64<TYPE>(float (&d)[32], const uint32_t (&a)[4],     \
+                                                     uint64_t desc_b) {                          \
+    asm volatile(                                                                                \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                             \
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." NAME "." NAME " " SWAA_ACC_LIST32          \
+        ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                                          \
+        : SWAA_ACC32                                                                             \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                      \
+  }
+SWAA_WGMMA_RS64(__nv_bfloat16, "bf16")
+SWAA_WGMMA_RS64(__half, "f16")
 SWAA_WGMMA_SS(__nv_bfloat16, "bf16")
 SWAA_WGMMA_SS(__half, "f16")
 SWAA_WGMMA_RS(__nv_bfloat16, "bf16")
 SWAA_WGMMA_RS(__half, "f16")
 #undef SWAA_WGMMA_SS
 #undef SWAA_WGMMA_RS
+#undef SWAA_WGMMA_RS64
+#undef SWAA_ACC_LIST32
+#undef SWAA_ACC32
 #undef SWAA_ACC_LIST
 #undef SWAA_ACC64
 #undef SWAA_ACC8
