@@ -3,8 +3,9 @@ backward spend its time?  Times swaa::fwd under SWAA_FWD_WARPS = 4 / 8 and
 SWAA_FWD_ORDER = 0 / 1, and swaa::bwd under SWAA_BWD_KV_BLOCK_M = 32 / 64,
 SWAA_BWD_SPLIT = 0 / 1 (split of the sink key blocks' dk/dv work) and
 SWAA_BWD_ORDER = 0 / 1 (CTA order), SWAA_WARP_SKIP = 0 / 1 (forward and dq
-warps skip key tiles their rows cannot see), SWAA_FWD_HOPPER = 0 / 1 (the sm_90a
-wgmma forward, D=128 on compute capability 9.0) (knobs read at each launch, so one process
+warps skip key tiles their rows cannot see), SWAA_FWD_HOPPER = 0 / 1 / 2 (sm_80
+forward / the sm_90a wgmma forward / its variant with softmax overlapping P V, on
+compute capability 9.0) (knobs read at each launch, so one process
 compares them on the same inputs), then prints the per-kernel CUDA time of one
 backward with the defaults (torch.profiler).  JSON rows to --out.
 """
@@ -60,7 +61,7 @@ def main() -> None:
     rows = []
     # First the two forwards (Hopper where it applies, sm_80); the sm_80 knobs
     # with SWAA_FWD_HOPPER=0 so they time that kernel at D=128 too.
-    fwd_settings = [{"SWAA_FWD_HOPPER": "1"}, {"SWAA_FWD_HOPPER": "0"},
+    fwd_settings = [{"SWAA_FWD_HOPPER": "1"}, {"SWAA_FWD_HOPPER": "2"}, {"SWAA_FWD_HOPPER": "0"},
                     {"SWAA_FWD_HOPPER": "0", "SWAA_FWD_WARPS": "4"},
                     {"SWAA_FWD_HOPPER": "0", "SWAA_FWD_WARPS": "8"},
                     {"SWAA_FWD_ORDER": "0"}, {"SWAA_FWD_HOPPER": "0", "SWAA_WARP_SKIP": "0"}]

@@ -3,9 +3,9 @@
 # a smoke test under a short timeout (a hang or crash there skips the rest of
 # the Hopper steps), the Hopper tests, the forward tests with
 # SWAA_FWD_HOPPER=1 and 0, compute-sanitizer memcheck of one Hopper call, the
-# forward tuning rows (SWAA_FWD_HOPPER=1/0 side by side) and the forward
-# benchmark (BENCH=mine: swaa vs flex vs sdpa, then swaa with the sm_80
-# forward).  Logs and JSONL in $OUT (default ./gpu_out), all output also in $OUT/log.
+# forward tuning rows (SWAA_FWD_HOPPER=1/2/0 side by side) and the forward
+# benchmark (BENCH=mine: swaa vs flex vs sdpa, then swaa with the overlapped
+# Hopper variant and with the sm_80 forward).  Logs and JSONL in $OUT (default ./gpu_out), all output also in $OUT/log.
 #
 #   SWAA_COMMIT=<hash> SWAA_GIT_COMMIT=<hash> bash bench/wgmma_gpu.sh
 # Expected on an H100/H200: about 5 minutes (build ~1.5, tests ~2, tuning + benchmark ~1.5).
@@ -43,12 +43,18 @@ for D in (128, 64):
     rep = torch.arange(4, device="cuda") // 2
     print(f"  window 1: out == v: {torch.equal(o, v[:, rep])}, max |lse - scale q.k|: "
           f"{(l - (q.float() * k[:, rep].float()).sum(-1) * 0.1).abs().max().item():.3g}")
+    os.environ["SWAA_FWD_HOPPER"] = "2"
+    o2, l2 = torch.ops.swaa.fwd(q, k, v, 300, 4, None, 0.088)
+    print(f"  SWAA_FWD_HOPPER=2 ({torch.ops.swaa.fwd_path(q, k, v)}) equal to 1: "
+          f"{torch.equal(o1, o2) and torch.equal(l1, l2)}")
     os.environ["SWAA_FWD_HOPPER"] = "0"
     o0, l0 = torch.ops.swaa.fwd(q, k, v, 300, 4, None, 0.088)
-    d_out = (o1.float() - o0.float()).abs().max().item()
-    d_lse = (l1 - l0).abs().max().item()
-    print(f"  vs sm_80 forward: max |out diff| {d_out:.3g}, max |lse diff| {d_lse:.3g}")
-    ok = ok and d_out < 2e-2 and d_lse < 1e-3
+    for name, o, l in (("1", o1, l1), ("2", o2, l2)):
+        d_out = (o.float() - o0.float()).abs().max().item()
+        d_lse = (l - l0).abs().max().item()
+        print(f"  SWAA_FWD_HOPPER={name} vs sm_80 forward: max |out diff| {d_out:.3g}, "
+              f"max |lse diff| {d_lse:.3g}")
+        ok = ok and d_out < 2e-2 and d_lse < 1e-3
 assert ok, "Hopper forward disagrees with the sm_80 forward"
 PY
 smoke=$?
@@ -91,6 +97,9 @@ BENCH_ARGS=${BENCH_ARGS:---D 128 64 --N 8192 32768 131072 --W 1024 4096 --S 4}
 step "forward benchmark (BENCH=mine): swaa (Hopper forward) vs flex vs sdpa: $BENCH_ARGS"
 timeout ${BENCH_TIMEOUT:-200} python bench/bench_cuda_kernels.py --passes fwd $BENCH_ARGS \
   --out "$OUT/cuda_kernels_fwd_hopper.jsonl" || status=1
+step "forward benchmark: swaa with the overlapped Hopper variant (SWAA_FWD_HOPPER=2)"
+SWAA_FWD_HOPPER=2 timeout ${BENCH_TIMEOUT:-120} python bench/bench_cuda_kernels.py --passes fwd $BENCH_ARGS \
+  --impls swaa --out "$OUT/cuda_kernels_fwd_hopper_overlap.jsonl" || status=1
 step "forward benchmark: swaa with the sm_80 forward (SWAA_FWD_HOPPER=0)"
 SWAA_FWD_HOPPER=0 timeout ${BENCH_TIMEOUT:-120} python bench/bench_cuda_kernels.py --passes fwd $BENCH_ARGS \
   --impls swaa --out "$OUT/cuda_kernels_fwd_sm80.jsonl" || status=1

@@ -105,14 +105,15 @@ def hopper_available():
 _CACHE = {}
 
 
-@pytest.fixture(params=["sm80", "sm90"])
+@pytest.fixture(params=["sm80", "sm90", "sm90-overlap"])
 def fwd_kernel(request, monkeypatch):
     """Runs a test with the sm_80 forward (SWAA_FWD_HOPPER=0) and, where the
-    device and build have it, with the Hopper forward (docs/cuda_kernels.md, v5)."""
-    if request.param == "sm90":
+    device and build have them, with both Hopper forwards (SWAA_FWD_HOPPER=1,
+    2; docs/cuda_kernels.md, v5)."""
+    if request.param.startswith("sm90"):
         if not hopper_available():
             pytest.skip("no Hopper forward on this device / in this build")
-        monkeypatch.setenv("SWAA_FWD_HOPPER", "1")
+        monkeypatch.setenv("SWAA_FWD_HOPPER", "2" if request.param == "sm90-overlap" else "1")
     else:
         monkeypatch.setenv("SWAA_FWD_HOPPER", "0")
     return request.param
@@ -121,8 +122,8 @@ def fwd_kernel(request, monkeypatch):
 def check_fwd_kernel(fwd_kernel, q, k, v):
     """The forward of (q, k, v) runs the kernel the test is parametrized for."""
     path = torch.ops.swaa.fwd_path(q, k, v)
-    if fwd_kernel == "sm90":
-        assert path == "sm90", path
+    if fwd_kernel.startswith("sm90"):
+        assert path == fwd_kernel, path
     else:
         assert path.startswith("sm80"), path
 

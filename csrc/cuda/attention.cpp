@@ -111,12 +111,15 @@ at::Tensor aligned(const at::Tensor& t) {
 
 // The Hopper forward (csrc/cuda/hopper, wgmma + TMA) is taken when the build
 // has it (SWAA_CUDA_HOPPER), SWAA_FWD_HOPPER is not 0 (read at every call,
-// default 1, for A/B runs), the device is compute capability 9.0 and the call
+// for A/B runs: 1 = default, 2 = the variant whose softmax overlaps the
+// previous tile's P V), the device is compute capability 9.0 and the call
 // fits (strides a TMA tensor map can describe); the sm_80
 // kernel otherwise.  Both compute the same function (tests/test_attention_cuda.py).
-bool hopper_knob() {
+int hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
-  return env == nullptr || std::atoi(env) != 0;
+  if (env == nullptr) return 1;
+  const int v = std::atoi(env);
+  return v == 0 || v == 2 ? v : 1;
 }
 
 // Which forward kernel a call with these parameters takes, and why.
@@ -127,7 +130,7 @@ std::string fwd_path_of(const AttnParams& p) {
   const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
                                                       : cuda::sm90::Dtype::kFp16;
   const cuda::sm90::Fit fit = cuda::sm90::fits(p, dtype);
-  if (fit == cuda::sm90::Fit::kOk) return "sm90";
+  if (fit == cuda::sm90::Fit::kOk) return hopper_knob() == 2 ? "sm90-overlap" : "sm90";
   return std::string("sm80: ") + cuda::sm90::fit_name(fit);
 #else
   (void)p;
@@ -139,11 +142,12 @@ std::string fwd_path_of(const AttnParams& p) {
 template <typename T, int D>
 bool try_hopper_fwd(const AttnParams& p, cudaStream_t stream) {
 #if defined(SWAA_CUDA_HOPPER)
-  if ((D != 64 && D != 128) || !hopper_knob()) return false;
+  const int knob = hopper_knob();
+  if ((D != 64 && D != 128) || knob == 0) return false;
   const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
                                                       : cuda::sm90::Dtype::kFp16;
   cudaError_t err = cudaSuccess;
-  const bool launched = cuda::sm90::try_fwd(p, dtype, stream, &err);
+  const bool launched = cuda::sm90::try_fwd(p, dtype, knob == 2, stream, &err);
   C10_CUDA_CHECK(err);
   return launched;
 #else
@@ -171,8 +175,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q_in, const at::Te
   return {call.out, call.lse};
 }
 
-// swaa::fwd_path(q, k, v): "sm90" when swaa::fwd with these tensors runs the
-// Hopper kernel, else "sm80: <reason>" (tests and benchmarks check the path
+// swaa::fwd_path(q, k, v): "sm90" (or "sm90-overlap") when swaa::fwd with these
+// tensors runs the Hopper kernel, else "sm80: <reason>" (tests and benchmarks check the path
 // they measure).  Same input preparation as fwd_cuda.
 std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in) {
   const c10::cuda::CUDAGuard guard(q_in.device());

@@ -83,7 +83,7 @@ bool make_map(CUtensorMap* map, const void* base, Dtype dtype, int64_t head_dim,
 template <typename T, int D>
 bool kernel_present() {
   cudaFuncAttributes attr{};
-  const bool ok = cudaFuncGetAttributes(&attr, fwd_sm90_kernel<T, D>) == cudaSuccess;
+  const bool ok = cudaFuncGetAttributes(&attr, fwd_sm90_kernel<T, D, false>) == cudaSuccess;
   if (!ok) (void)cudaGetLastError();
   return ok;
 }
@@ -139,17 +139,28 @@ bool heads_inner() {
   return env == nullptr || std::atoi(env) != 0;
 }
 
-template <typename T, int D>
+template <typename T, int D, bool OVERLAP>
 cudaError_t launch(const AttnParams& p, const Maps& maps, cudaStream_t stream) {
   using C = FwdSm90Config<D>;
   constexpr int smem = fwd_sm90_smem_bytes<T, D>();
   static const cudaError_t configured = cudaFuncSetAttribute(
-      fwd_sm90_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      fwd_sm90_kernel<T, D, OVERLAP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (configured != cudaSuccess) return configured;
   const int64_t grid = ((p.q_len + C::kBlockM - 1) / C::kBlockM) * p.q_heads * p.batch;
-  fwd_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, smem, stream>>>(
+  fwd_sm90_kernel<T, D, OVERLAP><<<static_cast<unsigned>(grid), C::kThreads, smem, stream>>>(
       p, maps.q, maps.k, maps.v, heads_inner());
   return cudaGetLastError();
+}
+
+template <bool OVERLAP>
+cudaError_t launch_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
+                           cudaStream_t stream) {
+  const bool bf16 = dtype == Dtype::kBf16;
+  if (p.head_dim == 128)
+    return bf16 ? launch<__nv_bfloat16, 128, OVERLAP>(p, maps, stream)
+                : launch<__half, 128, OVERLAP>(p, maps, stream);
+  return bf16 ? launch<__nv_bfloat16, 64, OVERLAP>(p, maps, stream)
+              : launch<__half, 64, OVERLAP>(p, maps, stream);
 }
 
 }  // namespace
@@ -159,15 +170,13 @@ Fit fits(const AttnParams& p, Dtype dtype) {
   return prepare(p, dtype, &maps);
 }
 
-bool try_fwd(const AttnParams& p, Dtype dtype, cudaStream_t stream, cudaError_t* error) {
+bool try_fwd(const AttnParams& p, Dtype dtype, bool overlap, cudaStream_t stream,
+             cudaError_t* error) {
   *error = cudaSuccess;
   Maps maps;
   if (prepare(p, dtype, &maps) != Fit::kOk) return false;
-  const bool bf16 = dtype == Dtype::kBf16;
-  if (p.head_dim == 128)
-    *error = bf16 ? launch<__nv_bfloat16, 128>(p, maps, stream) : launch<__half, 128>(p, maps, stream);
-  else
-    *error = bf16 ? launch<__nv_bfloat16, 64>(p, maps, stream) : launch<__half, 64>(p, maps, stream);
+  *error = overlap ? launch_variant<true>(p, maps, dtype, stream)
+                   : launch_variant<false>(p, maps, dtype, stream);
   return true;
 }
 

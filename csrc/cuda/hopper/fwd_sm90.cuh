@@ -74,7 +74,9 @@ constexpr int fwd_sm90_smem_bytes() {
   return static_cast<int>(sizeof(FwdSm90Smem<T, D>)) + 1024;
 }
 
-template <typename T, int D>
+// OVERLAP: false = S, softmax, P V one after the other in each consumer
+// group; true = the softmax of tile i overlaps P V of tile i - 1 (see below).
+template <typename T, int D, bool OVERLAP>
 __global__ void __launch_bounds__(FwdSm90Config<D>::kThreads, 1)
     fwd_sm90_kernel(const AttnParams p, const __grid_constant__ CUtensorMap tm_q,
                     const __grid_constant__ CUtensorMap tm_k,
@@ -157,28 +159,42 @@ __global__ void __launch_bounds__(FwdSm90Config<D>::kThreads, 1)
   const uint32_t q_addr = smem_u32(s.q[0]) + cg * 64 * 128;  // this group's 64 rows
   const uint32_t q_half = C::kBlockM * C::kHalfCols * 2;       // bytes between the halves
 
-  for (int it = 0; it < tiles.count; ++it) {
-    const int st = it % ST;
-    const uint32_t parity = (it / ST) & 1;
-    const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
+  float sc[64];      // S of one tile, then its probabilities
+  uint32_t pa[8][4];  // P as A fragments of P V (16-bit)
 
-    // S = Q K^T: k16 steps 0-3 in the first column half, 4-7 in the second
-    // (D=128); inside a half a step moves 32 bytes along the swizzled 128-byte row.
-    float sc[64];
-    mbar_wait(&s.k_full[st], parity);
+  // S = Q K^T into sc (issued, not waited for): k16 steps 0-3 in the first
+  // column half, 4-7 in the second (D=128); inside a half a step moves 32
+  // bytes along the swizzled 128-byte row.
+  auto issue_s = [&](int st) {
     const uint32_t k_addr = smem_u32(s.k[st][0]);
-    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk >> 2) * q_half + (kk & 3) * 32;
       const uint32_t k_off = (kk >> 2) * C::kHalfTileBytes + (kk & 3) * 32;
       wgmma_ss<T>(sc, desc_k_major(q_addr + off), desc_k_major(k_addr + k_off), kk > 0);
     }
-    wgmma_commit();
-    wgmma_wait<0>();
-
-    // Scores in log2 units, then the mask (boundary tiles only).  Element
-    // sc[4 n + e]: row g + 8 (e >> 1), key j0 + 8 n + 2 t + (e & 1).
+  };
+  // O += P V (issued, not waited for): V (keys x d) is the MN-major B operand;
+  // a k16 step is 16 key rows = 2048 bytes; the second half of d (D=128) is
+  // one half tile further (leading byte offset).
+  auto issue_pv = [&](int st) {
+    const uint32_t v_addr = smem_u32(s.v[st][0]);
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint64_t desc = desc_mn_major(v_addr + kk * 16 * 128, C::kHalfTileBytes);
+      if constexpr (D == 128)
+        wgmma_rs<T>(o, pa[kk], desc);
+      else
+        wgmma_rs_n64<T>(o, pa[kk], desc);
+    }
+  };
+  // Scores of key tile `it` (in sc) to probabilities: log2 units, the mask
+  // (boundary tiles only), online softmax (a row's 128 scores live in the 4
+  // threads of a quad).  Returns each row's rescaling factor of O in corr;
+  // touches neither o nor pa (a P V wgmma may still be reading them).
+  // Element sc[4 n + e]: row g + 8 (e >> 1), key j0 + 8 n + 2 t + (e & 1).
+  auto softmax_tile = [&](int it, float (&corr)[2]) {
+    const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
 #pragma unroll
     for (int i = 0; i < 64; ++i) sc[i] *= scale_log2;
     if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1)) {
@@ -191,8 +207,6 @@ __global__ void __launch_bounds__(FwdSm90Config<D>::kThreads, 1)
           if (!(j < p.k_len && vis.visible(pq, j))) sc[4 * n + e] = -INFINITY;
         }
     }
-
-    // Online softmax: a row's 128 scores live in the 4 threads of a quad.
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float mx = row_max[r];
@@ -201,7 +215,7 @@ __global__ void __launch_bounds__(FwdSm90Config<D>::kThreads, 1)
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_safe = mx == -INFINITY ? 0.f : mx;  // row sees nothing yet
-      const float correction = exp2f(row_max[r] - m_safe);
+      corr[r] = exp2f(row_max[r] - m_safe);
       row_max[r] = mx;
       float sum = 0.f;
 #pragma unroll
@@ -210,17 +224,16 @@ __global__ void __launch_bounds__(FwdSm90Config<D>::kThreads, 1)
         sc[4 * n + 2 * r + 1] = exp2f(sc[4 * n + 2 * r + 1] - m_safe);
         sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
       }
-      row_sum[r] = row_sum[r] * correction + sum;
-#pragma unroll
-      for (int n = 0; n < NB; ++n) {
-        o[4 * n + 2 * r] *= correction;
-        o[4 * n + 2 * r + 1] *= correction;
-      }
+      row_sum[r] = row_sum[r] * corr[r] + sum;
     }
-
-    // P as A fragments (m64 x k16 per step: the accumulator layout of two
-    // adjacent n8 blocks is the A layout of one k16 step).
-    uint32_t pa[8][4];
+  };
+  // O *= corr (per row), then P as A fragments (m64 x k16 per step: the
+  // accumulator layout of two adjacent n8 blocks is the A layout of one k16 step).
+  auto rescale_and_pack = [&](const float (&corr)[2]) {
+#pragma unroll
+    for (int n = 0; n < NB; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[4 * n + e] *= corr[e >> 1];
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       pa[kk][0] = MmaOp<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
@@ -228,23 +241,77 @@ __global__ void __launch_bounds__(FwdSm90Config<D>::kThreads, 1)
       pa[kk][2] = MmaOp<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
       pa[kk][3] = MmaOp<T>::pack(sc[8 * kk + 6], sc[8 * kk + 7]);
     }
+  };
+  auto stage_of = [](int it) { return it % ST; };
+  auto parity_of = [](int it) { return static_cast<uint32_t>((it / ST) & 1); };
+  float corr[2];
 
-    // O += P V: V (keys x d) is the MN-major B operand; a k16 step is 16 key
-    // rows = 2048 bytes; the second half of d (D=128) is one half tile further (LBO).
-    mbar_wait(&s.v_full[st], parity);
-    const uint32_t v_addr = smem_u32(s.v[st][0]);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      const uint64_t desc = desc_mn_major(v_addr + kk * 16 * 128, C::kHalfTileBytes);
-      if constexpr (D == 128)
-        wgmma_rs<T>(o, pa[kk], desc);
-      else
-        wgmma_rs_n64<T>(o, pa[kk], desc);
+  if constexpr (!OVERLAP) {
+    // One tile at a time: S, softmax, P V (the other consumer group fills the gaps).
+    for (int it = 0; it < tiles.count; ++it) {
+      const int st = stage_of(it);
+      mbar_wait(&s.k_full[st], parity_of(it));
+      fence_regs(sc);
+      wgmma_fence();
+      issue_s(st);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(sc);
+      softmax_tile(it, corr);
+      rescale_and_pack(corr);
+      mbar_wait(&s.v_full[st], parity_of(it));  // V's copy overlapped S and the softmax
+      fence_regs(o);
+      wgmma_fence();
+      issue_pv(st);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(o);
+      mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
     }
+  } else {
+    // Softmax of tile it overlaps P V of tile it - 1 (FlashAttention-3's
+    // intra-warpgroup overlap): S(it) and P V(it - 1) are issued together,
+    // S(it) is waited for first (wait_group 1), the softmax runs while P V
+    // still reads pa and accumulates into o, and O is rescaled only after it.
+    mbar_wait(&s.k_full[0], 0);
+    fence_regs(sc);
+    wgmma_fence();
+    issue_s(0);
     wgmma_commit();
     wgmma_wait<0>();
-    mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+    fence_regs(sc);
+    softmax_tile(0, corr);
+    rescale_and_pack(corr);
+    for (int it = 1; it < tiles.count; ++it) {
+      const int st = stage_of(it), prev = stage_of(it - 1);
+      mbar_wait(&s.k_full[st], parity_of(it));
+      mbar_wait(&s.v_full[prev], parity_of(it - 1));
+      fence_regs(sc);
+      fence_regs(o);
+      wgmma_fence();
+      issue_s(st);
+      wgmma_commit();
+      issue_pv(prev);
+      wgmma_commit();
+      wgmma_wait<1>();  // S(it) done; P V(it - 1) may still run
+      fence_regs(sc);
+      softmax_tile(it, corr);
+      fence_regs(sc);   // keeps the softmax above the wait (the compiler would sink it)
+      fence_regs(corr);
+      wgmma_wait<0>();  // P V(it - 1) done: o and pa are free again
+      fence_regs(o);
+      mbar_arrive(&s.empty[prev]);
+      rescale_and_pack(corr);
+    }
+    const int last = tiles.count - 1, st = stage_of(last);
+    mbar_wait(&s.v_full[st], parity_of(last));
+    fence_regs(o);
+    wgmma_fence();
+    issue_pv(st);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+    mbar_arrive(&s.empty[st]);
   }
 
   // Epilogue: normalise, write out and lse (natural log), as fwd_kernel.

@@ -25,9 +25,11 @@ enum class Fit {
 Fit fits(const AttnParams& p, Dtype dtype);
 
 // Launches the Hopper forward on `stream` when fits() says kOk and returns
-// true; returns false (nothing launched) otherwise.  A launch error is
-// returned in *error (cudaSuccess otherwise).
-bool try_fwd(const AttnParams& p, Dtype dtype, cudaStream_t stream, cudaError_t* error);
+// true; returns false (nothing launched) otherwise.  overlap: the variant
+// whose softmax of tile i overlaps P V of tile i - 1 in each consumer warp
+// group.  A launch error is returned in *error (cudaSuccess otherwise).
+bool try_fwd(const AttnParams& p, Dtype dtype, bool overlap, cudaStream_t stream,
+             cudaError_t* error);
 
 const char* fit_name(Fit f);
 

@@ -126,6 +126,16 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
+// Pins register values in place relative to the (volatile) wgmma, wait and
+// barrier statements: the compiler may not move reads or writes of these
+// registers across it (a read of an accumulator hoisted above the
+// wgmma_wait that completes it would see a stale value or stall).
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
 // The 64 accumulator operands "+f"(d[0]) ... "+f"(d[63]).
 #define SWAA_ACC8(i)                                                                        \
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
