@@ -298,6 +298,7 @@ __global__ void __launch_bounds__(FwdSm90Config<D>::kThreads, 1)
       softmax_tile(it, corr);
       fence_regs(sc);   // keeps the softmax above the wait (the compiler would sink it)
       fence_regs(corr);
+      block_boundary_after(row_sum[0] + row_sum[1]);  // ... and the assembler would hoist the wait
       wgmma_wait<0>();  // P V(it - 1) done: o and pa are free again
       fence_regs(o);
       mbar_arrive(&s.empty[prev]);

@@ -136,6 +136,16 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
+// Ends the basic block after x is computed.  ptxas schedules a wgmma wait
+// to the top of its basic block (seen in the SASS: the wait for P V landed
+// before the softmax it was meant to overlap); a branch on a value derived
+// from the softmax keeps the wait below it.  The branch is never taken (no
+// arithmetic result has the bit pattern 0xFFFFFFFF: the GPU's NaN is
+// 0x7FFFFFFF) and would only execute a fence.
+__device__ __forceinline__ void block_boundary_after(float x) {
+  if (__float_as_uint(x) == 0xFFFFFFFFu) asm volatile("membar.cta;\n" ::: "memory");
+}
+
 // The 64 accumulator operands "+f"(d[0]) ... "+f"(d[63]).
 #define SWAA_ACC8(i)                                                                        \
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
