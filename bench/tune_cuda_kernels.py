@@ -3,7 +3,9 @@ backward spend its time?  Times swaa::fwd under SWAA_FWD_WARPS = 4 / 8 and
 SWAA_FWD_ORDER = 0 / 1, and swaa::bwd under SWAA_BWD_KV_BLOCK_M = 32 / 64,
 SWAA_BWD_SPLIT = 0 / 1 (split of the sink key blocks' dk/dv work) and
 SWAA_BWD_ORDER = 0 / 1 (CTA order), SWAA_WARP_SKIP = 0 / 1 (forward and dq
-warps skip key tiles their rows cannot see) (knobs read at each launch, so one process
+warps skip key tiles their rows cannot see), SWAA_FWD_HOPPER = 0 / 1 / 2 (sm_80
+forward / the sm_90a wgmma forward / its variant with softmax overlapping P V, on
+compute capability 9.0) (knobs read at each launch, so one process
 compares them on the same inputs), then prints the per-kernel CUDA time of one
 backward with the defaults (torch.profiler).  JSON rows to --out.
 """
@@ -52,12 +54,17 @@ def label(setting):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_tuning.jsonl"))
+    ap.add_argument("--fwd-only", action="store_true", help="forward rows only (no backward)")
     args = ap.parse_args()
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     rows = []
-    fwd_settings = [{"SWAA_FWD_WARPS": "4"}, {"SWAA_FWD_WARPS": "8"},  # the rest: default warps
-                    {"SWAA_FWD_ORDER": "0"}, {"SWAA_WARP_SKIP": "0"}]
+    # First the two forwards (Hopper where it applies, sm_80); the sm_80 knobs
+    # with SWAA_FWD_HOPPER=0 so they time that kernel at D=128 too.
+    fwd_settings = [{"SWAA_FWD_HOPPER": "1"}, {"SWAA_FWD_HOPPER": "2"}, {"SWAA_FWD_HOPPER": "0"},
+                    {"SWAA_FWD_HOPPER": "0", "SWAA_FWD_WARPS": "4"},
+                    {"SWAA_FWD_HOPPER": "0", "SWAA_FWD_WARPS": "8"},
+                    {"SWAA_FWD_ORDER": "0"}, {"SWAA_FWD_HOPPER": "0", "SWAA_WARP_SKIP": "0"}]
     bwd_settings = [  # first: the defaults; second: the v3 kernels' layout
         {},
         {"SWAA_BWD_SPLIT": "0", "SWAA_BWD_ORDER": "0"},
@@ -66,6 +73,8 @@ def main() -> None:
         {"SWAA_WARP_SKIP": "0"},
         {"SWAA_BWD_KV_BLOCK_M": "32"},
     ]
+    if args.fwd_only:
+        bwd_settings = []
     knobs = {k for st in fwd_settings + bwd_settings for k in st}
     # (D, N, W, S, full_from)
     for D, N, W, S, F in [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
@@ -87,11 +96,19 @@ def main() -> None:
             os.environ.update(setting)
             o2, _ = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
             ms = median_ms(lambda: torch.ops.swaa.fwd(q, k, v, W, S, ff, scale))
-            rows.append(dict(meta, what="fwd", knob=label(setting), **shape, ms=round(ms, 4),
-                             tflops=round(fwd_flop / ms / 1e9, 1),
-                             equal_to_default=torch.equal(o2, out)))
+            path = (torch.ops.swaa.fwd_path(q, k, v) if hasattr(torch.ops.swaa, "fwd_path")
+                    else "sm80")
+            rows.append(dict(meta, what="fwd", knob=label(setting), path=path, **shape,
+                             ms=round(ms, 4), tflops=round(fwd_flop / ms / 1e9, 1),
+                             equal_to_default=torch.equal(o2, out),
+                             max_diff_to_default=(o2.float() - out.float()).abs().max().item()))
             for key in setting:
                 os.environ.pop(key)
+        if args.fwd_only:
+            for r in rows[-len(fwd_settings):]:
+                print(json.dumps(r), flush=True)
+            del q, k, v, do, out, lse
+            continue
         ref = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
         for setting in bwd_settings:
             os.environ.update(setting)

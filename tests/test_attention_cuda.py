@@ -88,6 +88,46 @@ def assert_flash_tolerance(ours, lowp, ref, names=("out", "lse", "dq", "dk", "dv
         assert err <= bound, f"{name}: err {err:.3g} > bound {bound:.3g}"
 
 
+def hopper_available():
+    """True when swaa::fwd takes the Hopper (sm_90a wgmma) kernel for a plain
+    D=128 call: a compute-capability 9.0 device and a build that has it."""
+    if "hopper" not in _CACHE:
+        q = torch.randn(1, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
+        old = os.environ.pop("SWAA_FWD_HOPPER", None)
+        try:
+            _CACHE["hopper"] = torch.ops.swaa.fwd_path(q, q, q) == "sm90"
+        finally:
+            if old is not None:
+                os.environ["SWAA_FWD_HOPPER"] = old
+    return _CACHE["hopper"]
+
+
+_CACHE = {}
+
+
+@pytest.fixture(params=["sm80", "sm90", "sm90-overlap"])
+def fwd_kernel(request, monkeypatch):
+    """Runs a test with the sm_80 forward (SWAA_FWD_HOPPER=0) and, where the
+    device and build have them, with both Hopper forwards (SWAA_FWD_HOPPER=1,
+    2; docs/cuda_kernels.md, v5)."""
+    if request.param.startswith("sm90"):
+        if not hopper_available():
+            pytest.skip("no Hopper forward on this device / in this build")
+        monkeypatch.setenv("SWAA_FWD_HOPPER", "2" if request.param == "sm90-overlap" else "1")
+    else:
+        monkeypatch.setenv("SWAA_FWD_HOPPER", "0")
+    return request.param
+
+
+def check_fwd_kernel(fwd_kernel, q, k, v):
+    """The forward of (q, k, v) runs the kernel the test is parametrized for."""
+    path = torch.ops.swaa.fwd_path(q, k, v)
+    if fwd_kernel.startswith("sm90"):
+        assert path == fwd_kernel, path
+    else:
+        assert path.startswith("sm80"), path
+
+
 SHAPES = [  # (B, Hq, Hkv, Lq, Lk)
     (1, 1, 1, 1, 1),
     (2, 4, 1, 97, 97),      # GQA 4
@@ -111,24 +151,26 @@ MASKS = [  # (window, sink, full_from)
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("mask", MASKS, ids=lambda m: f"w{m[0]}s{m[1]}f{m[2]}")
-def test_matches_reference(dtype, D, shape, mask):
+def test_matches_reference(dtype, D, shape, mask, fwd_kernel):
     B, Hq, Hkv, Lq, Lk = shape
     window, sink, ff = mask
     kw = dict(window=window, sink=sink, full_from=full_from_arg(ff, B, Lk))
     q, k, v, dout = make_inputs(B, Hq, Hkv, Lq, Lk, D, dtype, seed=Lq * 7 + D)
+    check_fwd_kernel(fwd_kernel, q, k, v)
     ours = run_ours(q, k, v, dout, **kw)
     ref = run_reference(q, k, v, dout, torch.float64, **kw)
     lowp = run_torch_lowp(q, k, v, dout, **kw)
     assert_flash_tolerance(ours, lowp, ref)
 
 
-def test_strided_inputs_and_scale():
+def test_strided_inputs_and_scale(fwd_kernel):
     """(B, L, H, D) tensors viewed as (B, H, L, D): no copies needed, same result."""
     B, Hq, Hkv, L, D = 2, 8, 2, 300, 128
     g = torch.Generator(device="cuda").manual_seed(3)
     q = torch.randn(B, L, Hq, D, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
     k = torch.randn(B, L, Hkv, D, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
     v = torch.randn(B, L, Hkv, D, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
+    check_fwd_kernel(fwd_kernel, q, k, v)
     dout = torch.randn(B, Hq, L, D, device="cuda", dtype=torch.bfloat16, generator=g)
     kw = dict(window=50, sink=3, softmax_scale=0.3)
     assert_flash_tolerance(run_ours(q, k, v, dout, **kw),
@@ -283,7 +325,8 @@ def test_bad_arguments_raise_value_error_on_cuda():
 
 
 @pytest.mark.parametrize("knobs", [{"SWAA_BWD_STAGE": "0"}, {"SWAA_BWD_KV_BLOCK_M": "32"},
-                                   {"SWAA_FWD_WARPS": "4"}, {"SWAA_FWD_WARPS": "8"},
+                                   {"SWAA_FWD_WARPS": "4", "SWAA_FWD_HOPPER": "0"},
+                                   {"SWAA_FWD_WARPS": "8", "SWAA_FWD_HOPPER": "0"},
                                    {"SWAA_BWD_SPLIT": "0"}, {"SWAA_BWD_SPLIT": "5"},
                                    {"SWAA_FWD_ORDER": "0", "SWAA_BWD_ORDER": "0"},
                                    {"SWAA_WARP_SKIP": "0"},

@@ -12,10 +12,17 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "attention.h"
 #include "cuda/attention_launch.cuh"
+#if defined(SWAA_CUDA_HOPPER)
+#include <c10/cuda/CUDAException.h>
+
+#include "cuda/hopper/fwd_sm90.h"
+#endif
 
 namespace swaa {
 namespace {
@@ -102,6 +109,53 @@ at::Tensor aligned(const at::Tensor& t) {
   return ok ? t : t.clone(at::MemoryFormat::Contiguous);
 }
 
+// The Hopper forward (csrc/cuda/hopper, wgmma + TMA) is taken when the build
+// has it (SWAA_CUDA_HOPPER), SWAA_FWD_HOPPER is not 0 (read at every call,
+// for A/B runs: 1 = default, 2 = the variant whose softmax overlaps the
+// previous tile's P V), the device is compute capability 9.0 and the call
+// fits (strides a TMA tensor map can describe); the sm_80
+// kernel otherwise.  Both compute the same function (tests/test_attention_cuda.py).
+int hopper_knob() {
+  const char* env = std::getenv("SWAA_FWD_HOPPER");
+  if (env == nullptr) return 1;
+  const int v = std::atoi(env);
+  return v == 0 || v == 2 ? v : 1;
+}
+
+// Which forward kernel a call with these parameters takes, and why.
+template <typename T, int D>
+std::string fwd_path_of(const AttnParams& p) {
+#if defined(SWAA_CUDA_HOPPER)
+  if (!hopper_knob()) return "sm80: SWAA_FWD_HOPPER=0";
+  const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
+                                                      : cuda::sm90::Dtype::kFp16;
+  const cuda::sm90::Fit fit = cuda::sm90::fits(p, dtype);
+  if (fit == cuda::sm90::Fit::kOk) return hopper_knob() == 2 ? "sm90-overlap" : "sm90";
+  return std::string("sm80: ") + cuda::sm90::fit_name(fit);
+#else
+  (void)p;
+  return "sm80: built without the Hopper forward";
+#endif
+}
+
+// Launches the Hopper forward when it applies; false: the caller runs the sm_80 kernel.
+template <typename T, int D>
+bool try_hopper_fwd(const AttnParams& p, cudaStream_t stream) {
+#if defined(SWAA_CUDA_HOPPER)
+  const int knob = hopper_knob();
+  if ((D != 64 && D != 128) || knob == 0) return false;
+  const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
+                                                      : cuda::sm90::Dtype::kFp16;
+  cudaError_t err = cudaSuccess;
+  const bool launched = cuda::sm90::try_fwd(p, dtype, knob == 2, stream, &err);
+  C10_CUDA_CHECK(err);
+  return launched;
+#else
+  (void)p, (void)stream;
+  return false;
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                             const at::Tensor& v_in, std::optional<int64_t> window,
                                             int64_t sink, const std::optional<at::Tensor>& full_from,
@@ -115,9 +169,27 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q_in, const at::Te
   const Variant variant = variant_of(q.scalar_type(), q.size(3), "swaa::fwd");
   if (q.numel() == 0) return {call.out, call.lse};
   with_variant(variant, [&]<typename T, int D>() {
-    cuda::run_fwd<T, D>(call.params, c10::cuda::getCurrentCUDAStream());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    if (!try_hopper_fwd<T, D>(call.params, stream)) cuda::run_fwd<T, D>(call.params, stream);
   });
   return {call.out, call.lse};
+}
+
+// swaa::fwd_path(q, k, v): "sm90" (or "sm90-overlap") when swaa::fwd with these
+// tensors runs the Hopper kernel, else "sm80: <reason>" (tests and benchmarks check the path
+// they measure).  Same input preparation as fwd_cuda.
+std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  at::Tensor q = q_in, k = k_in, v = v_in;
+  if (q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.numel() > 0 && k.numel() > 0) {
+    q = aligned(q), k = aligned(k), v = aligned(v);
+  }
+  FwdCall call = prepare_fwd(q, k, v, std::nullopt, 0, std::nullopt, 1.0);
+  const Variant variant = variant_of(q.scalar_type(), q.size(3), "swaa::fwd_path");
+  std::string path = "sm80: empty input";
+  if (q.numel() == 0) return path;
+  with_variant(variant, [&]<typename T, int D>() { path = fwd_path_of<T, D>(call.params); });
+  return path;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
@@ -154,7 +226,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
 }  // namespace
 }  // namespace swaa
 
+TORCH_LIBRARY_FRAGMENT(swaa, m) {
+  m.def("fwd_path(Tensor q, Tensor k, Tensor v) -> str");
+}
+
 TORCH_LIBRARY_IMPL(swaa, CUDA, m) {
   m.impl("fwd", &swaa::fwd_cuda);
+  m.impl("fwd_path", &swaa::fwd_path_cuda);
   m.impl("bwd", &swaa::bwd_cuda);
 }

@@ -1,0 +1,195 @@
+// Launcher of the Hopper forward (fwd_sm90.cuh): TMA tensor maps, device and
+// stride checks, launch.  Compiled for sm_90a only (csrc/cuda/hopper/
+// CMakeLists.txt), for both 16-bit dtypes and head dims 64 and 128 in this one
+// translation unit; no
+// torch headers (errors go back to csrc/cuda/attention.cpp as cudaError_t).
+#include "cuda/hopper/fwd_sm90.h"
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+
+#include "cuda/hopper/fwd_sm90.cuh"
+
+namespace swaa {
+namespace cuda {
+namespace sm90 {
+namespace {
+
+
+// cuTensorMapEncodeTiled, fetched from the driver through the runtime (no
+// link against libcuda).
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000,
+                                                            cudaEnableDefault, &status);
+    if (err != cudaSuccess || status != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<EncodeTiled>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiled>(ptr);
+  }();
+  return fn;
+}
+
+// A (B, H, L, head_dim) 16-bit tensor with element strides (row, head, batch) as
+// a 4-D tensor map (d, row, head, batch) with boxes of 64 columns x box_rows
+// rows and the 128-byte swizzle.  A dimension of size 1 is never stepped
+// over: it gets the dense stride, whatever torch reports for it.  False when
+// TMA cannot describe the tensor (the caller takes the sm_80 kernel).
+bool make_map(CUtensorMap* map, const void* base, Dtype dtype, int64_t head_dim, int64_t len,
+              int64_t heads, int64_t batch, int64_t row_stride, int64_t head_stride,
+              int64_t batch_stride, int box_rows) {
+  const EncodeTiled encode = encode_tiled();
+  if (encode == nullptr) return false;
+  if (reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
+  constexpr int64_t kElem = 2;
+  int64_t rs = row_stride * kElem, hs = head_stride * kElem, bs = batch_stride * kElem;
+  if (len == 1) rs = head_dim * kElem;
+  if (heads == 1) hs = len * rs;
+  if (batch == 1) bs = heads * hs;
+  constexpr int64_t kMaxStride = INT64_C(1) << 40;
+  for (int64_t st : {rs, hs, bs})
+    if (st < 16 || st % 16 != 0 || st >= kMaxStride) return false;
+  for (int64_t n : {len, heads, batch})
+    if (n < 1 || n > (INT64_C(1) << 31) - 1) return false;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(len),
+                              static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(rs), static_cast<cuuint64_t>(hs),
+                                 static_cast<cuuint64_t>(bs)};
+  const cuuint32_t box[4] = {static_cast<cuuint32_t>(FwdSm90Config<128>::kHalfCols),
+                             static_cast<cuuint32_t>(box_rows), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType type = dtype == Dtype::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                         : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult res =
+      encode(map, type, 4, const_cast<void*>(base), dims, strides, box, elem_strides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return res == CUDA_SUCCESS;
+}
+
+template <typename T, int D>
+bool kernel_present() {
+  cudaFuncAttributes attr{};
+  const bool ok = cudaFuncGetAttributes(&attr, fwd_sm90_kernel<T, D, false>) == cudaSuccess;
+  if (!ok) (void)cudaGetLastError();
+  return ok;
+}
+
+// Compute capability 9.0 and an sm_90a image of the kernel (cached per device).
+bool device_ok(Dtype dtype) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  constexpr int kMaxDevices = 64;
+  static int cache[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
+  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev] == 1;
+  int major = 0, minor = 0, smem_optin = 0;
+  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
+                cudaSuccess;
+  if (!ok) (void)cudaGetLastError();
+  ok = ok && major == 9 && minor == 0 &&
+       smem_optin >= fwd_sm90_smem_bytes<__nv_bfloat16, 128>() &&
+       kernel_present<__nv_bfloat16, 128>() && kernel_present<__half, 128>() &&
+       kernel_present<__nv_bfloat16, 64>() && kernel_present<__half, 64>();
+  (void)dtype;
+  if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
+  return ok;
+}
+
+struct Maps {
+  CUtensorMap q, k, v;
+};
+
+Fit prepare(const AttnParams& p, Dtype dtype, Maps* maps) {
+  if (p.head_dim != 64 && p.head_dim != 128) return Fit::kHeadDim;
+  if (!device_ok(dtype)) return Fit::kDevice;
+  constexpr int BM = FwdSm90Config<128>::kBlockM, BN = FwdSm90Config<128>::kBlockN;
+  static_assert(BM == FwdSm90Config<64>::kBlockM && BN == FwdSm90Config<64>::kBlockN);
+  const int64_t d = p.head_dim;
+  const bool ok =
+      make_map(&maps->q, p.q, dtype, d, p.q_len, p.q_heads, p.batch, p.q_row_stride,
+               p.q_head_stride, p.q_batch_stride, BM) &&
+      make_map(&maps->k, p.k, dtype, d, p.k_len, p.kv_heads, p.batch, p.k_row_stride,
+               p.k_head_stride, p.k_batch_stride, BN) &&
+      make_map(&maps->v, p.v, dtype, d, p.k_len, p.kv_heads, p.batch, p.v_row_stride,
+               p.v_head_stride, p.v_batch_stride, BN);
+  return ok ? Fit::kOk : Fit::kStrides;
+}
+
+// SWAA_FWD_ORDER as in attention_launch.cuh: 1 (default) heads adjacent.
+bool heads_inner() {
+  const char* env = std::getenv("SWAA_FWD_ORDER");
+  return env == nullptr || std::atoi(env) != 0;
+}
+
+template <typename T, int D, bool OVERLAP>
+cudaError_t launch(const AttnParams& p, const Maps& maps, cudaStream_t stream) {
+  using C = FwdSm90Config<D>;
+  constexpr int smem = fwd_sm90_smem_bytes<T, D>();
+  static const cudaError_t configured = cudaFuncSetAttribute(
+      fwd_sm90_kernel<T, D, OVERLAP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (configured != cudaSuccess) return configured;
+  const int64_t grid = ((p.q_len + C::kBlockM - 1) / C::kBlockM) * p.q_heads * p.batch;
+  fwd_sm90_kernel<T, D, OVERLAP><<<static_cast<unsigned>(grid), C::kThreads, smem, stream>>>(
+      p, maps.q, maps.k, maps.v, heads_inner());
+  return cudaGetLastError();
+}
+
+template <bool OVERLAP>
+cudaError_t launch_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
+                           cudaStream_t stream) {
+  const bool bf16 = dtype == Dtype::kBf16;
+  if (p.head_dim == 128)
+    return bf16 ? launch<__nv_bfloat16, 128, OVERLAP>(p, maps, stream)
+                : launch<__half, 128, OVERLAP>(p, maps, stream);
+  return bf16 ? launch<__nv_bfloat16, 64, OVERLAP>(p, maps, stream)
+              : launch<__half, 64, OVERLAP>(p, maps, stream);
+}
+
+}  // namespace
+
+Fit fits(const AttnParams& p, Dtype dtype) {
+  Maps maps;
+  return prepare(p, dtype, &maps);
+}
+
+bool try_fwd(const AttnParams& p, Dtype dtype, bool overlap, cudaStream_t stream,
+             cudaError_t* error) {
+  *error = cudaSuccess;
+  Maps maps;
+  if (prepare(p, dtype, &maps) != Fit::kOk) return false;
+  *error = overlap ? launch_variant<true>(p, maps, dtype, stream)
+                   : launch_variant<false>(p, maps, dtype, stream);
+  return true;
+}
+
+const char* fit_name(Fit f) {
+  switch (f) {
+    case Fit::kOk: return "ok";
+    case Fit::kDevice: return "device is not compute capability 9.0 or has no sm_90a image";
+    case Fit::kHeadDim: return "head dim is not 64 or 128";
+    case Fit::kStrides: return "strides a TMA tensor map cannot describe";
+  }
+  return "?";
+}
+
+}  // namespace sm90
+}  // namespace cuda
+}  // namespace swaa
