@@ -451,7 +451,7 @@ class _Prefill:
             values = torch.cat([cache.values[:, :, :s], v], 2)
         else:
             first = max(S, s - W + 1)
-            slots = torch.tensor([S + (p - S) % W for p in range(first, s)], device=k.device)
+            slots = S + (torch.arange(first, s, device=k.device) - S) % W  # slots of first..s-1
             keys = torch.cat([cache.keys[:, :, :S], cache.keys.index_select(2, slots), k], 2)
             values = torch.cat([cache.values[:, :, :S], cache.values.index_select(2, slots), v], 2)
         out = swa_attention(q, keys, values, window=W, sink=S, softmax_scale=self.scaling[i])
