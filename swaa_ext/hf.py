@@ -322,13 +322,16 @@ def _attend_packed(query, key, value, layout: PackedLayout, plan: LayerPlan, pad
 
 
 def _refuse_packed(position_ids: Optional[torch.Tensor]) -> None:
-    """Packed sequences (position_ids restarting inside a row, no padding mask) would need one
-    window per document; refuse them.  Checked once per position_ids tensor (once per forward)."""
+    """Packed sequences told apart only by position_ids (restarting inside a row) are refused:
+    they are served only with an explicit :class:`PackedLayout` (``swaa_packed``).  Checked once
+    per position_ids tensor (once per forward)."""
     if position_ids is None or getattr(position_ids, "_swaa_not_packed", False):
         return
     if position_ids.shape[-1] > 1 and not bool((position_ids.diff(dim=-1) == 1).all()):
-        raise ValueError("swaa attention: position_ids restart inside a row (packed sequences); "
-                         "this is not supported: pass one document per row with a padding mask")
+        raise ValueError("swaa attention: position_ids restart inside a row (packed sequences) "
+                         "but no swaa_packed layout says where each sequence lies: pass "
+                         "swaa_packed=hf.PackedLayout(...) (see swaa_ext.train.collate_packed), "
+                         "or one document per row with a padding mask")
     position_ids._swaa_not_packed = True
 
 

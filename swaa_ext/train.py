@@ -51,9 +51,9 @@ import torch.distributed as dist
 from .config import SWAAConfig
 
 __all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer", "Example", "load_examples",
-           "encode_example", "collate", "pack_examples", "collate_packed", "answer_loss", "LoraOptions", "TrainOptions",
-           "FinetuneResult", "training_config", "prepare_model", "lr_lambda", "finetune",
-           "merge_adapter", "IGNORE_INDEX"]
+           "encode_example", "collate", "pack_examples", "collate_packed", "answer_loss",
+           "LoraOptions", "TrainOptions", "FinetuneResult", "training_config", "prepare_model",
+           "full_attention_config", "lr_lambda", "finetune", "merge_adapter", "IGNORE_INDEX"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,25 +227,35 @@ def pack_examples(encoded: Sequence[Tuple[List[int], int]], pack_len: int
                   ) -> List[List[Tuple[List[int], int]]]:
     """Rows of encoded examples, each row at most ``pack_len`` tokens: first fit in the given order
     (each example goes to the first row with room, else opens a new row; order within a row is
-    kept).  An example longer than ``pack_len`` is refused (not truncated): truncate it with
-    ``max_len`` (:func:`encode_example`), which the padded path applies the same way."""
+    kept), O(n log n).  An example longer than ``pack_len`` is refused (not truncated): truncate
+    it with ``max_len`` (:func:`encode_example`), which the padded path applies the same way."""
     if pack_len < 1:
         raise ValueError(f"pack_examples: pack_len must be >= 1, got {pack_len}")
+    # room[node]: the most room of any row under node of a binary tree whose leaves are the rows
+    # (at most one per example; rows not opened yet have all of pack_len), so the first row with
+    # room for n tokens is found by walking down from the root, always left when the left has it
+    leaves = 1
+    while leaves < len(encoded):
+        leaves *= 2
+    room = [pack_len] * (2 * leaves)
     rows: List[List[Tuple[List[int], int]]] = []
-    room: List[int] = []
     for i, example in enumerate(encoded):
-        ids = example[0]
-        if len(ids) > pack_len:
-            raise ValueError(f"pack_examples: example {i} has {len(ids)} tokens, more than "
+        n = len(example[0])
+        if n > pack_len:
+            raise ValueError(f"pack_examples: example {i} has {n} tokens, more than "
                              f"pack_len={pack_len}; raise pack_len or set max_len <= pack_len to "
                              "truncate it (the prompt loses its start, as without packing)")
-        r = next((r for r, free in enumerate(room) if free >= len(ids)), None)
-        if r is None:
+        node = 1
+        while node < leaves:
+            node = 2 * node if room[2 * node] >= n else 2 * node + 1
+        r = node - leaves
+        room[node] -= n
+        while node > 1:
+            node //= 2
+            room[node] = max(room[2 * node], room[2 * node + 1])
+        if r == len(rows):
             rows.append([])
-            room.append(pack_len)
-            r = len(rows) - 1
         rows[r].append(example)
-        room[r] -= len(ids)
     return rows
 
 
@@ -434,7 +444,7 @@ def _pack_for_training(encoded, opts: "TrainOptions", rank: int):
     """Packed rows of the examples: a seeded shuffle (the same on every rank), then
     :func:`pack_examples` with ``pack_len`` (default ``max_len``, else the longest example).
     Packed once: :func:`_rounds` shuffles the rows each epoch."""
-    pack_len = opts.pack_len or opts.max_len or max(len(ids) for ids, _ in encoded)
+    pack_len = opts.pack_len or opts.max_len or max((len(ids) for ids, _ in encoded), default=1)
     order = list(range(len(encoded)))
     random.Random(opts.seed).shuffle(order)
     rows = pack_examples([encoded[i] for i in order], pack_len)
@@ -534,8 +544,8 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
                                  opts.seed, epoch):
                 if step >= total:
                     break
-                batches = [collate_packed(rows, tokenizer.pad_token_id) if opts.pack
-                           else collate(rows, tokenizer.pad_token_id) for rows in micro]
+                batches = [collate_packed(part, tokenizer.pad_token_id) if opts.pack
+                           else collate(part, tokenizer.pad_token_id) for part in micro]
                 # the loss is the mean over the answer tokens of the whole round (all micro-batches,
                 # all ranks; counts are known from the labels before any forward); DDP averages
                 # the gradients over ranks, hence the factor world
