@@ -201,18 +201,17 @@ class PackedLayout:
 
     The padded view has ``n_seq`` rows of ``max_len`` slots; slot ``(s, j)`` is token ``j`` of
     sequence ``s`` (slots past the sequence's end repeat its last token: they sit after every real
-    query, so causal attention never shows them to one).  All index tensors are int64."""
+    query, so causal attention never shows them to one).  Token indices are flat: packed token
+    ``(r, t)`` is ``r * row_len + t``, slot ``(s, j)`` is ``s * max_len + j``; all int64."""
 
     rows: int
     row_len: int
     n_seq: int
     max_len: int
-    slot_row: torch.Tensor       # (n_seq * max_len,) packed row of each slot of the padded view
-    slot_pos: torch.Tensor       # (n_seq * max_len,) index in that row
-    token_row: torch.Tensor      # (n_tokens,) packed row of each real token
-    token_pos: torch.Tensor      # (n_tokens,) index in that row
-    token_seq: torch.Tensor      # (n_tokens,) its sequence
-    token_index: torch.Tensor    # (n_tokens,) its index (= position) in the sequence
+    slot_token: torch.Tensor     # (n_seq * max_len,) packed token of each slot of the padded view
+    token_flat: torch.Tensor     # (n_tokens,) each real packed token
+    token_slot: torch.Tensor     # (n_tokens,) its slot in the padded view
+    token_position: torch.Tensor  # (n_tokens,) its position in its sequence
     prompt_len: torch.Tensor     # (n_seq,) prompt end of each sequence (its full_from)
     position_ids: torch.Tensor   # (rows, row_len) positions restarting at 0 per sequence, 0 on padding
 
@@ -235,22 +234,21 @@ class PackedLayout:
                              f"more than row_len={row_len}")
         max_len = max(n for _, _, n, _ in seqs)
         j = torch.arange(max_len)
-        start = torch.tensor([s for _, s, _, _ in seqs])
+        first = torch.tensor([r * row_len + start for r, start, _, _ in seqs])
         length = torch.tensor([n for _, _, n, _ in seqs])
-        row = torch.tensor([r for r, _, _, _ in seqs])
         real = j[None, :] < length[:, None]                               # (n_seq, max_len)
-        slot_pos = start[:, None] + torch.minimum(j[None, :], length[:, None] - 1)
-        slot_row = row[:, None].expand_as(slot_pos)
-        token_seq, token_index = real.nonzero(as_tuple=True)
-        position_ids = torch.zeros(len(lengths), row_len, dtype=torch.long)
-        position_ids[slot_row[real], slot_pos[real]] = token_index
+        slot_token = first[:, None] + torch.minimum(j[None, :], length[:, None] - 1)
+        token_flat = slot_token[real]
+        token_position = j.expand_as(slot_token)[real]
+        position_ids = torch.zeros(len(lengths) * row_len, dtype=torch.long)
+        position_ids[token_flat] = token_position
         to = dict(device=device, dtype=torch.long)
         return cls(rows=len(lengths), row_len=row_len, n_seq=len(seqs), max_len=max_len,
-                   slot_row=slot_row.reshape(-1).to(**to), slot_pos=slot_pos.reshape(-1).to(**to),
-                   token_row=slot_row[real].to(**to), token_pos=slot_pos[real].to(**to),
-                   token_seq=token_seq.to(**to), token_index=token_index.to(**to),
+                   slot_token=slot_token.reshape(-1).to(**to), token_flat=token_flat.to(**to),
+                   token_slot=real.reshape(-1).nonzero().squeeze(1).to(**to),
+                   token_position=token_position.to(**to),
                    prompt_len=torch.tensor([p for _, _, _, p in seqs], **to),
-                   position_ids=position_ids.to(device))
+                   position_ids=position_ids.view(len(lengths), row_len).to(device))
 
     def to(self, device) -> "PackedLayout":
         return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
@@ -258,15 +256,18 @@ class PackedLayout:
                                             if isinstance(getattr(self, f.name), torch.Tensor)})
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """(rows, H, row_len, D) -> the padded view (n_seq, H, max_len, D)."""
-        g = x[self.slot_row, :, self.slot_pos]                            # (n_seq * max_len, H, D)
-        return g.view(self.n_seq, self.max_len, x.shape[1], x.shape[3]).transpose(1, 2)
+        """(rows, H, row_len, D) -> the padded view (n_seq, H, max_len, D).  transformers' q, k, v
+        are (rows, row_len, H, D) in memory, so the flattening is a view."""
+        R, H, T, D = x.shape
+        g = x.transpose(1, 2).reshape(R * T, H, D).index_select(0, self.slot_token)
+        return g.view(self.n_seq, self.max_len, H, D).transpose(1, 2)
 
     def scatter(self, o: torch.Tensor) -> torch.Tensor:
         """Padded view (n_seq, H, max_len, D) -> (rows, row_len, H, D), zeros on row padding."""
-        values = o[self.token_seq, :, self.token_index]                  # (n_tokens, H, D)
-        out = o.new_zeros(self.rows, self.row_len, o.shape[1], o.shape[3])
-        return out.index_put((self.token_row, self.token_pos), values)
+        N, H, L, D = o.shape
+        values = o.transpose(1, 2).reshape(N * L, H, D).index_select(0, self.token_slot)
+        out = o.new_zeros(self.rows * self.row_len, H, D).index_copy(0, self.token_flat, values)
+        return out.view(self.rows, self.row_len, H, D)
 
     def check_positions(self, position_ids: Optional[torch.Tensor]) -> None:
         """position_ids must restart at 0 for each sequence (RoPE); checked once per tensor."""
@@ -278,7 +279,8 @@ class PackedLayout:
             return
         pos = position_ids.expand(self.rows, -1) if position_ids.shape[0] == 1 else position_ids
         if pos.shape != (self.rows, self.row_len) or not torch.equal(
-                pos[self.token_row, self.token_pos], self.token_index.to(pos.device)):
+                pos.reshape(-1)[self.token_flat.to(pos.device)],
+                self.token_position.to(pos.device)):
             raise ValueError("swaa attention: position_ids disagree with swaa_packed: each packed "
                              "sequence's positions must restart at 0 (pass "
                              "position_ids=layout.position_ids)")
