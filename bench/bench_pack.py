@@ -45,8 +45,9 @@ def make_examples(n, min_len, max_len, answer_len, vocab, seed):
 
 def build_model(args, device, dtype):
     model = default_model(device, dtype, num_hidden_layers=args.layers)
+    has_sink = "sink" in args.preset.split("+")
     cfg = None if args.preset == "full" else SWAAConfig.preset(
-        args.preset, window=args.window, sink=args.sink if "sink" in args.preset.split("+") else None)
+        args.preset, window=args.window, sink=args.sink if has_sink else None)
     plan = cfg if cfg is not None else train.full_attention_config(args.layers)
     torch.manual_seed(0)
     peft_model = train.prepare_model(model, plan, train.LoraOptions(dropout=0.0),
@@ -104,7 +105,7 @@ def main():
     loss_rel_diff = abs(first_loss["packed"] - first_loss["padded"]) / abs(first_loss["padded"])
     rows = []
     for name, batches in layouts.items():
-        ms = common.time_ms(lambda i: step(batches[i]), device, warmup=args.warmup, reps=args.reps,
+        ms = common.time_ms(lambda i, b=batches: step(b[i]), device, warmup=args.warmup, reps=args.reps,
                             n_inputs=len(batches))
         real = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
         computed = sum(b["input_ids"].numel() for b in batches) / len(batches)

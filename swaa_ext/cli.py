@@ -514,7 +514,8 @@ def cmd_finetune(args) -> int:
         out_dir=args.out, answer_full=args.answer_full, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         warmup_ratio=args.warmup_ratio, max_len=args.max_len, pack=args.pack,
-        pack_len=args.pack_len, gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
+        pack_len=args.pack_len, gradient_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16, seed=args.seed,
         merge=args.merge, progress=not args.no_progress, rank_summary=args.rank_summary, lora=lora)
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")

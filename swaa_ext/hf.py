@@ -213,7 +213,7 @@ class PackedLayout:
     token_slot: torch.Tensor     # (n_tokens,) its slot in the padded view
     token_position: torch.Tensor  # (n_tokens,) its position in its sequence
     prompt_len: torch.Tensor     # (n_seq,) prompt end of each sequence (its full_from)
-    position_ids: torch.Tensor   # (rows, row_len) positions restarting at 0 per sequence, 0 on padding
+    position_ids: torch.Tensor   # (rows, row_len) restarting at 0 per sequence, 0 on padding
 
     @classmethod
     def build(cls, lengths: List[List[int]], prompt_lens: List[List[int]],
@@ -311,7 +311,8 @@ def _attend_packed(query, key, value, layout: PackedLayout, plan: LayerPlan, pad
         raise ValueError("swaa attention: give either swaa_prompt_len or swaa_packed (whose "
                          "prompt_len holds each packed sequence's prompt end), not both")
     if any(pads):
-        raise ValueError("swaa attention: packed rows (swaa_packed) may only be padded on the right")
+        raise ValueError("swaa attention: packed rows (swaa_packed) may only be padded on the "
+                         "right")
     B, Lq, Lk = query.shape[0], query.shape[2], key.shape[2]
     if (B, Lq, Lk) != (layout.rows, layout.row_len, layout.row_len):
         raise ValueError(f"swaa attention: swaa_packed describes {layout.rows} rows of "

@@ -645,10 +645,12 @@ def test_packed_batch_equals_padded_batch(cfg, answer_full, monkeypatch):
     monkeypatch.undo()
     # one kernel call per layer for all examples of all rows (two with a full_tail and SWA decode
     # in an SWA layer), over the padded view (n_examples, H, L_max, D)
-    swa_layers = sum(p.prefill == "swa" for p in train.training_config(cfg, answer_full).plan(NUM_LAYERS))
+    plan = train.training_config(cfg, answer_full).plan(NUM_LAYERS)
+    swa_layers = sum(p.prefill == "swa" for p in plan)
     tail_calls = swa_layers if (cfg.full_tail and not answer_full) else 0
     assert len(calls) == NUM_LAYERS + tail_calls
-    assert all(a[0].shape[:1] == (7,) and a[0].shape[2] == packed["packed"].max_len for a, _ in calls)
+    L_max = packed["packed"].max_len
+    assert all(a[0].shape[0] == 7 and a[0].shape[2] == L_max for a, _ in calls)
     per_seq = [k["full_from"] for _, k in calls if isinstance(k.get("full_from"), torch.Tensor)]
     assert len(per_seq) == (swa_layers if (answer_full or cfg.full_tail) else 0)
     d_logits, d_loss, d_grads = logits_and_grads(model, padded)
@@ -689,7 +691,8 @@ def test_packed_full_attention_plan_equals_model_attention():
     model = lora_model(cfg_full)
     encoded = encoded_of(random_examples(5, seed=24))
     rows = train.pack_examples(encoded, 80)
-    _, p_loss, p_grads = packed_logits_and_grads(model, train.collate_packed(rows, TOK.pad_token_id))
+    batch = train.collate_packed(rows, TOK.pad_token_id)
+    _, p_loss, p_grads = packed_logits_and_grads(model, batch)
     sdpa = full_attention_twin(model)
     assert sdpa.base_model.model.config._attn_implementation == "sdpa"
     _, d_loss, d_grads = logits_and_grads(sdpa, train.collate(encoded, TOK.pad_token_id))
@@ -717,7 +720,8 @@ def test_packed_truncation_is_the_padded_paths():
                             train.TrainOptions(pack_len=20, max_len=20, **opts))
     assert result.steps == 1
     with pytest.raises(ValueError, match="pack_len"):
-        train.finetune(tiny_base(), TOK, examples, cfg, train.TrainOptions(pack_len=20, max_steps=1))
+        train.finetune(tiny_base(), TOK, examples, cfg,
+                       train.TrainOptions(pack_len=20, max_steps=1))
 
 
 def test_packed_misuse_is_refused():
