@@ -105,8 +105,8 @@ def main():
     loss_rel_diff = abs(first_loss["packed"] - first_loss["padded"]) / abs(first_loss["padded"])
     rows = []
     for name, batches in layouts.items():
-        ms = common.time_ms(lambda i, b=batches: step(b[i]), device, warmup=args.warmup, reps=args.reps,
-                            n_inputs=len(batches))
+        ms = common.time_ms(lambda i, b=batches: step(b[i]), device, warmup=args.warmup,
+                            reps=args.reps, n_inputs=len(batches))
         real = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
         computed = sum(b["input_ids"].numel() for b in batches) / len(batches)
         rows.append({
