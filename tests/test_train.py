@@ -795,7 +795,9 @@ def test_torchrun_two_process_gloo_ddp_pack(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "ddp" / "rank1.json").read_text())
-    assert r0["steps"] == 3 and r0["losses"] == r1["losses"] and r0["weights"] == r1["weights"]
+    assert (r0["steps"], r1["steps"]) == (3, 3)
+    assert r0["losses"] == r1["losses"], (r0["losses"], r1["losses"], proc.stdout[-2000:])
+    assert r0["weights"] == r1["weights"]
     assert cli_main(["finetune", *args, "--out", str(tmp_path / "one"), "--batch-size", "2"]) == 0
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     assert one["losses"] == pytest.approx(r0["losses"], rel=1e-5)
