@@ -20,7 +20,9 @@
 #
 # The decode sweep: bw_fraction at B=8 is 0.74 (goal 0.8) with the automatic plan (4 splits,
 # global combine, 256 CTAs of 64-key tiles); the sweep times every split count 1-16 with each
-# combine, so the planner's cost model can be fixed from measurements, not guesses.
+# combine, then the planner's default cost model (`slots`) against the per-SM one (`sm`,
+# SWAA_DECODE_COST=sm: predicts 2 splits in a cluster at B=8, ~35 tile-units on the busiest SM
+# against ~40 for today's 4 global splits), so the default can be chosen from measurements.
 # Each part writes into its own folder under $OUT, packed into $OUT/<part>.tgz at the end (the
 # device tool returns at most 8 files); the combined output is in $OUT/log.
 source "$(dirname "$0")/gpu_lib.sh"
@@ -55,11 +57,18 @@ decode_b8_sweep() {  # one row per (combine, splits) at B=8, plus the automatic 
     SWAA_DECODE_COMBINE=global SWAA_DECODE_SPLITS=$splits python bench/bench_decode.py \
       --impls ring --batches 8 --run "b8_global_$splits" --out "$rows" --budget 1 || return 1
   done
+  # the planner's two cost models side by side (SWAA_DECODE_COST, csrc/cuda/ring.cu), every B,
+  # the window ring and the long never-wrapping rings of generate's full layers
+  for cost in slots sm; do
+    SWAA_DECODE_VERBOSE=1 SWAA_DECODE_COST=$cost python bench/bench_decode.py \
+      --impls ring,ring_full --batches 1,8,64 --run "cost_$cost" --out "$rows" --budget 1 || return 1
+  done
   python - "$rows" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 for r in rows:
-    print(f"{r['run']:18s} B={r['B']} {r['ms']:.4f} ms  bw_fraction {r['bw_fraction']:.3f}")
+    print(f"{r['run']:18s} {r['impl']:18s} B={r['B']:<3d} {r['ms']:.4f} ms  "
+          f"bw_fraction {r['bw_fraction']:.3f}")
 PY
 }
 
@@ -70,7 +79,7 @@ kernels)
 bench)
   run_script attention 330 env BENCH=mine bash bench/gpu_check.sh bench
   export -f decode_b8_sweep
-  run_script decode_b8 180 bash -c decode_b8_sweep
+  run_script decode_b8 240 bash -c decode_b8_sweep
   ;;
 e2e_llama)
   run_script e2e_llama 300 env E2E_TIMEOUT=280 E2E_ARGS="--models llama-3.1-8b --prompts 131072 \

@@ -921,6 +921,15 @@ int compute_major() {
 //                              number of splits); unset: chosen by cost;
 //   SWAA_DECODE_COMBINE_COST=N the global combine's cost in the plan, in tile
 //                              units (default kGlobalCombineCost);
+//   SWAA_DECODE_COST=slots | sm
+//                              cost model of the automatic choice: `slots`
+//                              (default) counts waves of resident CTAs, as if
+//                              co-resident CTAs ran at full speed each; `sm`
+//                              counts the CTAs each SM must stream one after
+//                              the other (co-resident CTAs share the SM's
+//                              bandwidth), which favours fewer, longer CTAs
+//                              when a batch fills the GPU only partly
+//                              (unmeasured: bench/session4_gpu.sh bench);
 //   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
 //                              dependent of the split kernel (off by default:
 //                              unmeasured);
@@ -936,6 +945,11 @@ int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t h
 }
 
 enum class DecodeCombine { kAuto, kCluster, kGlobal };
+
+bool decode_cost_knob_is_sm() {
+  const char* env = std::getenv("SWAA_DECODE_COST");
+  return env != nullptr && std::string(env) == "sm";
+}
 
 DecodeCombine decode_combine_knob() {
   const char* env = std::getenv("SWAA_DECODE_COMBINE");
@@ -967,6 +981,7 @@ constexpr int64_t kCtaOverhead = 2;
 struct SplitDecodeOccupancy {
   int64_t global_slots = 0;
   int64_t cluster_slots[9] = {};
+  int64_t per_sm = 1;  // CTAs of the split kernel resident on one SM
 };
 
 template <typename T, int kDim>
@@ -1008,6 +1023,7 @@ const SplitDecodeOccupancy& split_decode_occupancy() {
       occ.cluster_slots[s] = std::min<int64_t>(per_sm_slots, int64_t(clusters) * s);
     }
   }
+  occ.per_sm = std::max(blocks, 1);
   occ.global_slots = per_sm_slots;
   return occ;
 }
@@ -1039,7 +1055,7 @@ struct SplitDecodePlan {
 SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacity, int64_t tile_keys,
                                   int64_t max_cluster, const SplitDecodeOccupancy& occ,
                                   int64_t requested, DecodeCombine combine, int64_t splits_max,
-                                  int64_t combine_cost) {
+                                  int64_t combine_cost, bool per_sm_cost) {
   const int64_t tiles = (capacity + 1 + tile_keys - 1) / tile_keys;  // + the new key
   const int64_t cluster_max = std::max<int64_t>(1, std::min(max_cluster, tiles));
   const int64_t global_max = std::max<int64_t>(1, std::min(tiles, splits_max));
@@ -1054,7 +1070,10 @@ SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacity, int6
   int64_t best_cost = std::numeric_limits<int64_t>::max();
   auto consider = [&](int64_t s, bool global) {
     const int64_t slots = std::max<int64_t>(1, global ? occ.global_slots : occ.cluster_slots[s]);
-    const int64_t waves = (ctas_per_split * s + slots - 1) / slots;
+    // slots: rounds of resident CTAs; sm: CTAs per SM (the SMs a plan can use
+    // = its resident slots / CTAs per SM), streamed one after the other
+    const int64_t lanes = per_sm_cost ? std::max<int64_t>(1, slots / occ.per_sm) : slots;
+    const int64_t waves = (ctas_per_split * s + lanes - 1) / lanes;
     const int64_t cost = waves * ((tiles + s - 1) / s + kCtaOverhead) + (global ? combine_cost : 0);
     if (cost < best_cost) best_cost = cost, plan.splits = s, plan.global_combine = global;
   };
@@ -1079,7 +1098,8 @@ void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tens
       pairs, p.ring.capacity(), C::kTileKeys, C::kMaxSplits, split_decode_occupancy<T, kDim>(),
       requested, decode_combine_knob(),
       decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20),
-      decode_env_int("SWAA_DECODE_COMBINE_COST", kGlobalCombineCost, 0, 1 << 20));
+      decode_env_int("SWAA_DECODE_COMBINE_COST", kGlobalCombineCost, 0, 1 << 20),
+      decode_cost_knob_is_sm());
   const int64_t splits = plan.splits;
   const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
   if (verbose == 2 ||
