@@ -253,6 +253,11 @@ def test_summary_and_goals_from_rows(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert evaluate.read_rows(path) == rows
+    # a fine-tuning-only run has no untrained full rows: say so instead of "accuracy 0"
+    only_ft = [r for r in rows if r["finetuned"]]
+    assert "no untrained full-attention rows" in evaluate.goal_ratios(only_ft)["note"]
+    zero_full = [dict(r, accuracy=0.0) if r["config"] == "full" else r for r in rows]
+    assert "accuracy 0" in evaluate.goal_ratios(zero_full)["note"]
 
 
 def test_swaa_bench_quality_lists_configs():

@@ -265,6 +265,10 @@ def goal_ratios(rows: List[dict]) -> dict:
 
     full = mean_acc(FULL, False)
     out = {"contexts": long_, "full": full}
+    if full is None:
+        out["note"] = ("no untrained full-attention rows among these rows (a --no-untrained run?): "
+                       "combine runs with --summary-only --run RUN1,RUN2 to get the ratios")
+        return out
     if not full:
         out["note"] = "full attention has accuracy 0 at these contexts: ratios undefined"
         return out
