@@ -2,15 +2,17 @@
 # One device call for the Hopper backward (docs/cuda_kernels.md, "v6"): build, SASS counts,
 # a smoke test under a short timeout (a hang or crash there skips the rest of the Hopper
 # steps), tests/test_bwd_hopper.py, the backward tests of tests/test_attention_cuda.py with
-# SWAA_BWD_HOPPER=1 and (a subset) with 0, compute-sanitizer memcheck and racecheck of a small
-# Hopper backward, tuning rows (SWAA_BWD_HOPPER=0/1/2/3 side by side, per-kernel times) and
+# SWAA_BWD_HOPPER=1 and (a subset) with 0, tuning rows (SWAA_BWD_HOPPER=0/1/2/3 side by side,
+# per-kernel times), compute-sanitizer memcheck and racecheck of a small Hopper backward, and
 # the attention benchmark fwd+bwd (bench/bench_attention.py: swaa with SWAA_BWD_HOPPER=1 vs
 # flex vs sdpa, the issue's shapes with S=4).  Everything goes to $OUT (default ./gpu_out),
 # also packed into $OUT/wgmma_bwd.tgz (the device tool returns at most 8 files).
 #
 #   SWAA_COMMIT=<hash> bash bench/wgmma_bwd_gpu.sh
 # Expected on an H200: build ~70 s, then about 5 minutes (smoke 10 s, tests ~2 min,
-# sanitizers ~40 s, tuning ~1 min, benchmark ~2 min); each step has its own time limit.
+# tuning ~1 min, sanitizers ~1 min, benchmark N=8k/32k ~1.5 min; BENCH_LONG=1 adds N=131072,
+# ~2 min more); each step has its own time limit, the most valuable steps come first.
+# bench/session4_gpu.sh kernels runs it (SKIP_BUILD=1) under a 360 s limit.
 source "$(dirname "$0")/gpu_lib.sh"
 gpu_setup
 status=0
@@ -73,6 +75,10 @@ if [[ $smoke == 0 ]]; then
     --maxfail=20 -p no:cacheprovider tests/test_bwd_hopper.py > "$OUT/pytest_bwd_hopper.log" 2>&1
   rc=$?; tail -30 "$OUT/pytest_bwd_hopper.log"; echo "exit code $rc"; [[ $rc == 0 ]] || status=1
 
+  step "backward tuning rows: SWAA_BWD_HOPPER=0/1/2/3 (+ split / order off), per-kernel times"
+  timeout ${TUNE_TIMEOUT:-120} python bench/tune_cuda_kernels.py --bwd-hopper \
+    --out "$OUT/cuda_tuning_bwd_hopper.jsonl" || status=1
+
   step "tests: backward tests of tests/test_attention_cuda.py with SWAA_BWD_HOPPER=1 (Hopper forward)"
   SWAA_BWD_HOPPER=1 SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-240} python -X faulthandler -m pytest -q -ra \
     --maxfail=20 -p no:cacheprovider tests/test_attention_cuda.py -k "not sm80 and not overlap" \
@@ -96,18 +102,17 @@ SWAA_BWD_HOPPER=0 SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-150} python -X f
   > "$OUT/pytest_cuda_bwd_hopper0.log" 2>&1
 rc=$?; tail -30 "$OUT/pytest_cuda_bwd_hopper0.log"; echo "exit code $rc"; [[ $rc == 0 ]] || status=1
 
-step "backward tuning rows: SWAA_BWD_HOPPER=0/1/2/3 (+ split / order off), per-kernel times"
-timeout ${TUNE_TIMEOUT:-150} python bench/tune_cuda_kernels.py --bwd-hopper --out "$OUT/cuda_tuning_bwd_hopper.jsonl" || status=1
-
 # The issue's shapes at S=4 in two calls (a time-out in the 128k call keeps the first's rows).
 # Rows are appended to bench/results/attention_bwd_hopper.jsonl (copied to $OUT).
 step "benchmark fwd+bwd: swaa (SWAA_BWD_HOPPER=1) vs flex vs sdpa, N 8192 32768"
 SWAA_BWD_HOPPER=1 timeout ${BENCH_TIMEOUT:-150} python bench/bench_attention.py --preset gpu \
   --passes fwd+bwd --S 4 --N 8192 32768 --warmup 2 --reps 10 --name attention_bwd_hopper \
   --plot "$OUT/attention_bwd_hopper_short.png" || status=1
-step "benchmark fwd+bwd: N 131072"
-SWAA_BWD_HOPPER=1 timeout ${BENCH_TIMEOUT:-150} python bench/bench_attention.py --preset gpu \
-  --passes fwd+bwd --S 4 --N 131072 --warmup 1 --reps 5 --name attention_bwd_hopper || status=1
+if [[ -n ${BENCH_LONG:-} ]]; then  # N=131072 (sdpa full causal ~1 s per call): ~2 more minutes
+  step "benchmark fwd+bwd: N 131072"
+  SWAA_BWD_HOPPER=1 timeout ${BENCH_TIMEOUT:-150} python bench/bench_attention.py --preset gpu \
+    --passes fwd+bwd --S 4 --N 131072 --warmup 1 --reps 5 --name attention_bwd_hopper || status=1
+fi
 cp bench/results/attention_bwd_hopper.jsonl "$OUT/" 2>/dev/null || true
 
 step "done, status $status"

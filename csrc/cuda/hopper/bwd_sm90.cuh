@@ -388,6 +388,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       uint32_t pa[4][4], dsa[4][4];  // P^T, dS^T as A fragments (k = the item's 64 queries)
       pack_a<T>(pa, sc);
       pack_a<T>(dsa, dp);
+      fence_regs(pa);
+      fence_regs(dsa);
 
       fence_regs(dv);
       fence_regs(dk);
@@ -596,6 +598,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     }
     uint32_t dsa[4][4];  // dS as A fragments (k = the tile's 64 keys)
     pack_a<T>(dsa, dp);
+    fence_regs(dsa);
 
     fence_regs(dq);
     wgmma_fence();

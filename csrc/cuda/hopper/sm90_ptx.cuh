@@ -147,6 +147,16 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
+// The same for 16-bit A fragments held in registers: written before the
+// wgmma_fence that precedes the register-A wgmma reading them.
+template <int M, int N>
+__device__ __forceinline__ void fence_regs(uint32_t (&r)[M][N]) {
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int j = 0; j < N; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
+
 // Ends the basic block after x is computed.  ptxas schedules a wgmma wait
 // to the top of its basic block (seen in the SASS: the wait for P V landed
 // before the softmax it was meant to overlap); a branch on a value derived
