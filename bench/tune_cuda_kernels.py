@@ -83,8 +83,7 @@ def main() -> None:
         fwd_settings = [{}]
         bwd_settings = [{"SWAA_BWD_HOPPER": "0"}, {"SWAA_BWD_HOPPER": "1"},
                         {"SWAA_BWD_HOPPER": "2"}, {"SWAA_BWD_HOPPER": "3"},
-                        {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_SPLIT": "0"},
-                        {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_ORDER": "0"}]
+                        {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_SPLIT": "0"}]
     profile_settings = [{}] + ([{"SWAA_BWD_HOPPER": "1"}] if args.bwd_hopper else [])
     knobs = {k for st in fwd_settings + bwd_settings for k in st}
     # (D, N, W, S, full_from)
