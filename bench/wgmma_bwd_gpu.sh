@@ -80,9 +80,10 @@ if [[ $smoke == 0 ]]; then
   timeout ${TUNE_TIMEOUT:-90} python bench/tune_cuda_kernels.py --bwd-hopper \
     --out "$OUT/cuda_tuning_bwd_hopper.jsonl" || status=1
 
-  step "tests: backward tests of tests/test_attention_cuda.py with SWAA_BWD_HOPPER=1 (Hopper forward)"
-  SWAA_BWD_HOPPER=1 SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-120} python -X faulthandler -m pytest -q -ra \
-    --maxfail=20 -p no:cacheprovider tests/test_attention_cuda.py -k "not sm80 and not overlap" \
+  step "tests: tests/test_attention_cuda.py (Hopper forward) + tests/test_attention_hopper.py (its tensor maps moved to tma_map.h) with SWAA_BWD_HOPPER=1"
+  SWAA_BWD_HOPPER=1 SWAA_POISON_OUTPUTS=1 timeout ${TEST_TIMEOUT:-150} python -X faulthandler -m pytest -q -ra \
+    --maxfail=20 -p no:cacheprovider tests/test_attention_cuda.py tests/test_attention_hopper.py \
+    -k "not sm80 and not overlap" \
     > "$OUT/pytest_cuda_bwd_hopper1.log" 2>&1
   rc=$?; tail -30 "$OUT/pytest_cuda_bwd_hopper1.log"; echo "exit code $rc"; [[ $rc == 0 ]] || status=1
 
