@@ -3,11 +3,16 @@
 # H100/H200; the first call of a session also pays ~70 s of build and ~40 s of machine start).
 # In order of what it settles:
 #
-#   SWAA_COMMIT=<hash> bash bench/session4_gpu.sh kernels   # issue 3: the Hopper backward
-#       (bench/wgmma_bwd_gpu.sh, when that branch is merged), compute-sanitizer memcheck +
-#       racecheck of bench/sanitize_case.py (never rerun since the v4 backward), ~6-8 min
+#   First, on branch `wgmma_bwd` (the Hopper backward, written in session 3 without a GPU, off by
+#   default; its own call, timeout 600): SWAA_COMMIT=<hash> bash bench/wgmma_bwd_gpu.sh (~70 s
+#   build + 5-6 min: smoke, tests, tuning rows, memcheck + racecheck, fwd+bwd vs flex at 8k/32k).
+#   Merge it and flip kBwdHopperDefault (csrc/cuda/attention.cpp) only if it passes; then:
+#   SWAA_COMMIT=<hash> bash bench/session4_gpu.sh kernels   # compute-sanitizer memcheck +
+#       racecheck of bench/sanitize_case.py (not rerun since the v4 backward), ~2 min; with the
+#       Hopper backward merged this is part of bench/wgmma_bwd_gpu.sh already
 #   SWAA_COMMIT=<hash> bash bench/session4_gpu.sh bench     # issue 3: the issue's whole grid
-#       swaa vs flex vs sdpa, forward AND forward+backward (BENCH=mine), ~4 min;
+#       swaa vs flex vs sdpa, forward AND forward+backward (BENCH=mine; SWAA_BWD_HOPPER=1 once the
+#       Hopper backward is merged and passed), ~4 min;
 #       issue 4: the B=8 decode-plan sweep below, ~2 min
 #   SWAA_COMMIT=<hash> bash bench/session4_gpu.sh e2e_llama # issue 7: Llama-3.1-8B at 128k, all
 #       configurations but hf-swa, ~4 min, then Qwen3-4B at 32k batch 1, ~3 min
@@ -60,11 +65,6 @@ PY
 
 case $PART in
 kernels)
-  if [[ -f bench/wgmma_bwd_gpu.sh ]]; then
-    run_script wgmma_bwd 360 bash bench/wgmma_bwd_gpu.sh
-  else
-    echo "bench/wgmma_bwd_gpu.sh not on this commit (branch wgmma_bwd not merged): skipped"
-  fi
   run_script sanitize 200 bash bench/gpu_check.sh sanitize
   ;;
 bench)

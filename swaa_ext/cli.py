@@ -11,7 +11,8 @@
       Build (version, CUDA kernels in or not), devices, the swaa ops and where they have kernels.
   swaa bench NAME [args ...]
       Runs bench/bench_NAME.py of the source checkout with the given arguments.
-  swaa finetune --data FILE --out DIR [--model PATH] [--preset NAME] [--window W] [--answer-full] ...
+  swaa finetune --data FILE --out DIR [--model PATH] [--preset NAME] [--window W] [--answer-full]
+                [--pack [--pack-len N]] ...
       LoRA fine-tuning with the SWAA plan active (swaa_ext.train); under torchrun with DDP.
 """
 from __future__ import annotations
@@ -512,8 +513,9 @@ def cmd_finetune(args) -> int:
     opts = train.TrainOptions(
         out_dir=args.out, answer_full=args.answer_full, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        warmup_ratio=args.warmup_ratio, max_len=args.max_len,
-        gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
+        warmup_ratio=args.warmup_ratio, max_len=args.max_len, pack=args.pack,
+        pack_len=args.pack_len, gradient_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16, seed=args.seed,
         merge=args.merge, progress=not args.no_progress, rank_summary=args.rank_summary, lora=lora)
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -613,6 +615,12 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warm-up share, then "
                     "linear decay (default 0.05)")
     ft.add_argument("--max-len", type=int, help="truncate examples to this many tokens")
+    ft.add_argument("--pack", action="store_true", help="pack several examples into each row "
+                    "(no padding between them, positions restarting per example, examples never "
+                    "see each other); --batch-size then counts packed rows")
+    ft.add_argument("--pack-len", type=int, help="tokens per packed row (default: --max-len, else "
+                    "the longest example); a longer example is an error (use --max-len to "
+                    "truncate)")
     ft.add_argument("--lora-r", type=int, default=16)
     ft.add_argument("--lora-alpha", type=int, default=32)
     ft.add_argument("--lora-dropout", type=float, default=0.1)

@@ -30,10 +30,17 @@ How it hooks in (transformers' own extension points only, all reversible):
   prefill and decode and a growing cache for the others.  Its ring layers return only the new keys
   from ``update``; the attention function (which must be ``"swaa"``) sends the queries to the ring.
 
+* Packed rows (several sequences concatenated in one row, :mod:`swaa_ext.train` ``pack``) are
+  served only when described explicitly: ``swaa_packed=PackedLayout(...)`` passed to the model's
+  forward (with ``position_ids`` restarting at 0 for each sequence, which RoPE needs).  Each layer
+  gathers the sequences into a right-padded ``(n_sequences, H, L_max, D)`` view, makes one kernel
+  call with each sequence's prompt end as per-sequence ``full_from``, and scatters the result back;
+  the index tensors are built once per batch.  Sequences never see each other.
+
 Not supported (refused with a message): attention dropout, softcapping, learned sink logits,
 non-causal attention, 4D custom masks, cropping ring layers (assisted generation), torch.compile of
-the ring path, packed sequences (several documents in one row told apart only by ``position_ids``;
-use one row per document with a padding mask).
+the ring path, packed sequences told apart only by ``position_ids`` (transformers' implicit
+packing: pass a :class:`PackedLayout`, or one row per sequence with a padding mask).
 """
 from __future__ import annotations
 
@@ -53,8 +60,8 @@ from .cache import RingKVCache
 from .config import LayerPlan, SWAAConfig
 from .ops import swa_attention
 
-__all__ = ["apply_swaa", "remove_swaa", "SWAACache", "is_swaa_applied", "applied_config",
-           "ATTN_IMPLEMENTATION"]
+__all__ = ["apply_swaa", "remove_swaa", "SWAACache", "PackedLayout", "is_swaa_applied",
+           "applied_config", "ATTN_IMPLEMENTATION"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,14 +190,151 @@ def _attend_real(q, k, v, plan: LayerPlan, prompt_end, scale: float) -> torch.Te
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
+# ---------------------------------------------------------------------------------------------
+# packed rows
+@dataclasses.dataclass
+class PackedLayout:
+    """Where the sequences of a packed batch lie: ``rows`` rows of ``row_len`` tokens, each row
+    holding one or more sequences back to back (no padding between them; a row may end with
+    padding).  Build it with :meth:`build`, once per batch; pass it to the model's forward as
+    ``swaa_packed=layout`` together with ``position_ids=layout.position_ids``.
+
+    The padded view has ``n_seq`` rows of ``max_len`` slots; slot ``(s, j)`` is token ``j`` of
+    sequence ``s`` (slots past the sequence's end repeat its last token: they sit after every real
+    query, so causal attention never shows them to one).  Token indices are flat: packed token
+    ``(r, t)`` is ``r * row_len + t``, slot ``(s, j)`` is ``s * max_len + j``; all int64."""
+
+    rows: int
+    row_len: int
+    n_seq: int
+    max_len: int
+    slot_token: torch.Tensor     # (n_seq * max_len,) packed token of each slot of the padded view
+    token_flat: torch.Tensor     # (n_tokens,) each real packed token
+    token_slot: torch.Tensor     # (n_tokens,) its slot in the padded view
+    token_position: torch.Tensor  # (n_tokens,) its position in its sequence
+    prompt_len: torch.Tensor     # (n_seq,) prompt end of each sequence (its full_from)
+    position_ids: torch.Tensor   # (rows, row_len) restarting at 0 per sequence, 0 on padding
+
+    @classmethod
+    def build(cls, lengths: List[List[int]], prompt_lens: List[List[int]],
+              row_len: Optional[int] = None, device=None) -> "PackedLayout":
+        """``lengths[r]``: the lengths of the sequences of row ``r`` in order; ``prompt_lens[r]``:
+        their prompt ends (0 <= prompt_len <= length).  ``row_len`` defaults to the fullest row."""
+        if not lengths or len(lengths) != len(prompt_lens):
+            raise ValueError("PackedLayout: lengths and prompt_lens must be non-empty lists of "
+                             "the same number of rows")
+        fill = [sum(row) for row in lengths]
+        row_len = max(fill) if row_len is None else row_len
+        seqs = [(r, start, n, p) for r, (row, prompts) in enumerate(zip(lengths, prompt_lens))
+                for start, n, p in _starts(row, prompts, r)]
+        if not seqs:
+            raise ValueError("PackedLayout: no sequences")
+        if max(fill) > row_len:
+            raise ValueError(f"PackedLayout: row {fill.index(max(fill))} holds {max(fill)} tokens, "
+                             f"more than row_len={row_len}")
+        max_len = max(n for _, _, n, _ in seqs)
+        j = torch.arange(max_len)
+        first = torch.tensor([r * row_len + start for r, start, _, _ in seqs])
+        length = torch.tensor([n for _, _, n, _ in seqs])
+        real = j[None, :] < length[:, None]                               # (n_seq, max_len)
+        slot_token = first[:, None] + torch.minimum(j[None, :], length[:, None] - 1)
+        token_flat = slot_token[real]
+        token_position = j.expand_as(slot_token)[real]
+        position_ids = torch.zeros(len(lengths) * row_len, dtype=torch.long)
+        position_ids[token_flat] = token_position
+        to = dict(device=device, dtype=torch.long)
+        return cls(rows=len(lengths), row_len=row_len, n_seq=len(seqs), max_len=max_len,
+                   slot_token=slot_token.reshape(-1).to(**to), token_flat=token_flat.to(**to),
+                   token_slot=real.reshape(-1).nonzero().squeeze(1).to(**to),
+                   token_position=token_position.to(**to),
+                   prompt_len=torch.tensor([p for _, _, _, p in seqs], **to),
+                   position_ids=position_ids.view(len(lengths), row_len).to(device))
+
+    def to(self, device) -> "PackedLayout":
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
+                                            for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, H, row_len, D) -> the padded view (n_seq, H, max_len, D).  transformers' q, k, v
+        are (rows, row_len, H, D) in memory, so the flattening is a view."""
+        R, H, T, D = x.shape
+        g = x.transpose(1, 2).reshape(R * T, H, D).index_select(0, self.slot_token)
+        return g.view(self.n_seq, self.max_len, H, D).transpose(1, 2)
+
+    def scatter(self, o: torch.Tensor) -> torch.Tensor:
+        """Padded view (n_seq, H, max_len, D) -> (rows, row_len, H, D), zeros on row padding."""
+        N, H, L, D = o.shape
+        values = o.transpose(1, 2).reshape(N * L, H, D).index_select(0, self.token_slot)
+        out = o.new_zeros(self.rows * self.row_len, H, D).index_copy(0, self.token_flat, values)
+        return out.view(self.rows, self.row_len, H, D)
+
+    def check_positions(self, position_ids: Optional[torch.Tensor]) -> None:
+        """position_ids must restart at 0 for each sequence (RoPE); checked once per tensor."""
+        if position_ids is None:
+            raise ValueError("swaa attention: swaa_packed needs position_ids restarting at 0 for "
+                             "each packed sequence (pass position_ids=layout.position_ids)")
+        if position_ids is self.position_ids or \
+                getattr(position_ids, "_swaa_packed_checked", None) is self:
+            return
+        pos = position_ids.expand(self.rows, -1) if position_ids.shape[0] == 1 else position_ids
+        if pos.shape != (self.rows, self.row_len) or not torch.equal(
+                pos.reshape(-1)[self.token_flat.to(pos.device)],
+                self.token_position.to(pos.device)):
+            raise ValueError("swaa attention: position_ids disagree with swaa_packed: each packed "
+                             "sequence's positions must restart at 0 (pass "
+                             "position_ids=layout.position_ids)")
+        position_ids._swaa_packed_checked = self
+
+
+def _starts(row: List[int], prompts: List[int], r: int):
+    if len(row) != len(prompts):
+        raise ValueError(f"PackedLayout: row {r} has {len(row)} lengths and {len(prompts)} "
+                         "prompt lengths")
+    start = 0
+    for n, p in zip(row, prompts):
+        if n < 1 or not 0 <= p <= n:
+            raise ValueError(f"PackedLayout: row {r}: sequence of length {n} with prompt length "
+                             f"{p} (need length >= 1 and 0 <= prompt length <= length)")
+        yield start, n, p
+        start += n
+
+
+def _attend_packed(query, key, value, layout: PackedLayout, plan: LayerPlan, pads: List[int],
+                   kwargs, scale: float) -> torch.Tensor:
+    """query (rows, Hq, row_len, D), key/value (rows, Hkv, row_len, D) of packed rows ->
+    (rows, row_len, Hq, D): one kernel call over the padded view of the sequences."""
+    if not isinstance(layout, PackedLayout):
+        raise ValueError(f"swaa attention: swaa_packed must be a PackedLayout, got "
+                         f"{type(layout).__name__}")
+    if kwargs.get("swaa_prompt_len") is not None:
+        raise ValueError("swaa attention: give either swaa_prompt_len or swaa_packed (whose "
+                         "prompt_len holds each packed sequence's prompt end), not both")
+    if any(pads):
+        raise ValueError("swaa attention: packed rows (swaa_packed) may only be padded on the "
+                         "right")
+    B, Lq, Lk = query.shape[0], query.shape[2], key.shape[2]
+    if (B, Lq, Lk) != (layout.rows, layout.row_len, layout.row_len):
+        raise ValueError(f"swaa attention: swaa_packed describes {layout.rows} rows of "
+                         f"{layout.row_len} tokens, got {B} rows of {Lq} queries and {Lk} keys "
+                         "(packed rows need one call without a KV cache)")
+    layout.check_positions(kwargs.get("position_ids"))
+    out = _attend_real(layout.gather(query), layout.gather(key), layout.gather(value), plan,
+                       layout.prompt_len.to(query.device), scale)
+    return layout.scatter(out)
+
+
 def _refuse_packed(position_ids: Optional[torch.Tensor]) -> None:
-    """Packed sequences (position_ids restarting inside a row, no padding mask) would need one
-    window per document; refuse them.  Checked once per position_ids tensor (once per forward)."""
+    """Packed sequences told apart only by position_ids (restarting inside a row) are refused:
+    they are served only with an explicit :class:`PackedLayout` (``swaa_packed``).  Checked once
+    per position_ids tensor (once per forward)."""
     if position_ids is None or getattr(position_ids, "_swaa_not_packed", False):
         return
     if position_ids.shape[-1] > 1 and not bool((position_ids.diff(dim=-1) == 1).all()):
-        raise ValueError("swaa attention: position_ids restart inside a row (packed sequences); "
-                         "this is not supported: pass one document per row with a padding mask")
+        raise ValueError("swaa attention: position_ids restart inside a row (packed sequences) "
+                         "but no swaa_packed layout says where each sequence lies: pass "
+                         "swaa_packed=hf.PackedLayout(...) (see swaa_ext.train.collate_packed), "
+                         "or one document per row with a padding mask")
     position_ids._swaa_not_packed = True
 
 
@@ -227,6 +371,9 @@ def _swaa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
 
     ring = getattr(key, "_swaa_ring", None)
     if ring is not None:
+        if kwargs.get("swaa_packed") is not None:
+            raise ValueError("swaa attention: packed rows (swaa_packed) are not supported with "
+                             "SWAACache ring layers; call the model without a cache")
         if isinstance(prompt_len, torch.Tensor):
             raise ValueError("swaa attention: a per-row swaa_prompt_len tensor is not supported "
                              "with SWAACache ring layers; pass an int or use no cache")
@@ -235,6 +382,10 @@ def _swaa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                                "create a new SWAACache after apply_swaa")
         out = ring.attend(query, key, value, pads, prompt_len, scale)
         return out.transpose(1, 2), None
+
+    packed = kwargs.get("swaa_packed")
+    if packed is not None:
+        return _attend_packed(query, key, value, packed, plan, pads, kwargs, scale), None
 
     Lq, Lk = query.shape[2], key.shape[2]
     if Lq > Lk:

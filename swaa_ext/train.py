@@ -19,6 +19,12 @@
   inference.  ``answer_full`` turns on FA decode for every SWA layer: answer tokens attend to the
   whole context while prompt tokens use SWA, in one kernel call per layer through the kernel's
   per-sequence ``full_from`` (batches of any size).
+* ``pack``: several examples are concatenated into one row of at most ``pack_len`` tokens
+  (:func:`pack_examples`, :func:`collate_packed`), positions restarting at 0 for each example; the
+  model gets ``swaa_packed`` (a :class:`swaa_ext.hf.PackedLayout`, built once per batch), and each
+  layer attends all examples of the batch in one kernel call over a padded view of them, with each
+  example's prompt end as its ``full_from``.  Examples never see each other; the loss and the
+  gradients are those of the padded batch of the same examples.
 * Runs under ``torchrun`` (DDP; gloo on CPU, nccl on CUDA), with gradient checkpointing, bf16
   (base weights in bf16, adapters in float32), a tqdm progress bar, the adapter saved as
   safetensors, and :func:`merge_adapter` to fold it into the base weights.
@@ -45,9 +51,9 @@ import torch.distributed as dist
 from .config import SWAAConfig
 
 __all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer", "Example", "load_examples",
-           "encode_example", "collate", "answer_loss", "LoraOptions", "TrainOptions",
-           "FinetuneResult", "training_config", "prepare_model", "lr_lambda", "finetune",
-           "merge_adapter", "IGNORE_INDEX"]
+           "encode_example", "collate", "pack_examples", "collate_packed", "answer_loss",
+           "LoraOptions", "TrainOptions", "FinetuneResult", "training_config", "prepare_model",
+           "full_attention_config", "lr_lambda", "finetune", "merge_adapter", "IGNORE_INDEX"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +223,69 @@ def collate(encoded: Sequence[Tuple[List[int], int]], pad_token_id: int) -> Dict
             "prompt_len": prompt_len}
 
 
+def pack_examples(encoded: Sequence[Tuple[List[int], int]], pack_len: int
+                  ) -> List[List[Tuple[List[int], int]]]:
+    """Rows of encoded examples, each row at most ``pack_len`` tokens: first fit in the given order
+    (each example goes to the first row with room, else opens a new row; order within a row is
+    kept), O(n log n).  An example longer than ``pack_len`` is refused (not truncated): truncate
+    it with ``max_len`` (:func:`encode_example`), which the padded path applies the same way."""
+    if pack_len < 1:
+        raise ValueError(f"pack_examples: pack_len must be >= 1, got {pack_len}")
+    # room[node]: the most room of any row under node of a binary tree whose leaves are the rows
+    # (at most one per example; rows not opened yet have all of pack_len), so the first row with
+    # room for n tokens is found by walking down from the root, always left when the left has it
+    leaves = 1
+    while leaves < len(encoded):
+        leaves *= 2
+    room = [pack_len] * (2 * leaves)
+    rows: List[List[Tuple[List[int], int]]] = []
+    for i, example in enumerate(encoded):
+        n = len(example[0])
+        if n > pack_len:
+            raise ValueError(f"pack_examples: example {i} has {n} tokens, more than "
+                             f"pack_len={pack_len}; raise pack_len or set max_len <= pack_len to "
+                             "truncate it (the prompt loses its start, as without packing)")
+        node = 1
+        while node < leaves:
+            node = 2 * node if room[2 * node] >= n else 2 * node + 1
+        r = node - leaves
+        room[node] -= n
+        while node > 1:
+            node //= 2
+            room[node] = max(room[2 * node], room[2 * node + 1])
+        if r == len(rows):
+            rows.append([])
+        rows[r].append(example)
+    return rows
+
+
+def collate_packed(rows: Sequence[Sequence[Tuple[List[int], int]]], pad_token_id: int
+                   ) -> Dict[str, object]:
+    """Packed batch: each row the concatenation of its examples, right-padded to the fullest row.
+    ``input_ids``, ``attention_mask`` (0 on the trailing padding only), ``labels`` (-100 on each
+    example's prompt, on its first token, so no example predicts the next one's start, and on
+    padding), ``position_ids`` restarting at 0 for each example, and ``packed``: the
+    :class:`swaa_ext.hf.PackedLayout` the attention follows (each example's prompt end included)."""
+    from .hf import PackedLayout
+
+    layout = PackedLayout.build([[len(ids) for ids, _ in row] for row in rows],
+                                [[n_prompt for _, n_prompt in row] for row in rows])
+    R, T = layout.rows, layout.row_len
+    input_ids = torch.full((R, T), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((R, T), dtype=torch.long)
+    labels = torch.full((R, T), IGNORE_INDEX, dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for ids, n_prompt in row:
+            end = start + len(ids)
+            input_ids[r, start:end] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[r, start:end] = 1
+            labels[r, start + max(n_prompt, 1): end] = input_ids[r, start + max(n_prompt, 1): end]
+            start = end
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "position_ids": layout.position_ids, "packed": layout}
+
+
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy over the labelled tokens, their count); position t predicts t + 1."""
     logits = logits[:, :-1].float()
@@ -252,6 +321,8 @@ class TrainOptions:
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = 1.0
     max_len: Optional[int] = None
+    pack: bool = False                # several examples per row (batch_size then counts rows)
+    pack_len: Optional[int] = None    # tokens per packed row (default: max_len, else the longest)
     gradient_checkpointing: bool = False
     bf16: bool = False
     seed: int = 0
@@ -351,11 +422,38 @@ def _steps_per_epoch(n: int, batch_size: int, accum: int, world: int) -> int:
 
 
 def forward_loss(model, batch: Dict[str, torch.Tensor], device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(summed answer-token loss, answer-token count) of one collated batch."""
+    """(summed answer-token loss, answer-token count) of one batch of :func:`collate` or
+    :func:`collate_packed`."""
+    if "packed" in batch:
+        layout = batch["packed"].to(device)
+        extra = {"swaa_packed": layout, "position_ids": layout.position_ids}
+    else:
+        extra = {"swaa_prompt_len": batch["prompt_len"].to(device)}
     out = model(input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                swaa_prompt_len=batch["prompt_len"].to(device), use_cache=False)
+                attention_mask=batch["attention_mask"].to(device), use_cache=False, **extra)
     return answer_loss(out.logits, batch["labels"])
+
+
+def full_attention_config(num_layers: int) -> SWAAConfig:
+    """A plan with full attention in every layer: what packed rows use when no SWAA plan is given
+    (the model's own attention cannot keep packed examples apart explicitly)."""
+    return SWAAConfig(window=1, full_layers=tuple(range(num_layers)))
+
+
+def _pack_for_training(encoded, opts: "TrainOptions", rank: int):
+    """Packed rows of the examples: a seeded shuffle (the same on every rank), then
+    :func:`pack_examples` with ``pack_len`` (default ``max_len``, else the longest example).
+    Packed once: :func:`_rounds` shuffles the rows each epoch."""
+    pack_len = opts.pack_len or opts.max_len or max((len(ids) for ids, _ in encoded), default=1)
+    order = list(range(len(encoded)))
+    random.Random(opts.seed).shuffle(order)
+    rows = pack_examples([encoded[i] for i in order], pack_len)
+    if rank == 0:
+        tokens = sum(len(ids) for ids, _ in encoded)
+        logger.info("finetune: packed %d examples (%d tokens) into %d rows of at most %d tokens "
+                    "(%.0f%% full)", len(encoded), tokens, len(rows), pack_len,
+                    100.0 * tokens / (len(rows) * pack_len))
+    return rows
 
 
 def _trainable_sums(model) -> Dict[str, float]:
@@ -377,6 +475,8 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
         raise ValueError("finetune: batch_size, grad_accum and epochs must be >= 1")
     if opts.max_steps is not None and opts.max_steps < 1:
         raise ValueError(f"finetune: max_steps must be >= 1, got {opts.max_steps}")
+    if opts.pack_len is not None and (not opts.pack or opts.pack_len < 1):
+        raise ValueError(f"finetune: pack_len ({opts.pack_len}) needs pack=True and must be >= 1")
     rank, world = _dist_info()
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().num_embeddings
@@ -391,9 +491,12 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
             logger.warning("finetune: %d of %d examples are longer than max_len=%d and were "
                            "truncated (the prompt loses its start first)", long_, len(examples),
                            opts.max_len)
-    per_epoch = _steps_per_epoch(len(encoded), opts.batch_size, opts.grad_accum, world)
+    units, unit_name = encoded, "examples"
+    if opts.pack:
+        units, unit_name = _pack_for_training(encoded, opts, rank), "packed rows"
+    per_epoch = _steps_per_epoch(len(units), opts.batch_size, opts.grad_accum, world)
     if per_epoch == 0:
-        raise ValueError(f"finetune: {len(encoded)} examples are fewer than one batch round "
+        raise ValueError(f"finetune: {len(units)} {unit_name} are fewer than one batch round "
                          f"({opts.batch_size} per micro-batch x {opts.grad_accum} micro-batches x "
                          f"{world} processes)")
     total = per_epoch * opts.epochs if opts.max_steps is None else opts.max_steps
@@ -401,7 +504,12 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
     if opts.bf16:
         model.to(torch.bfloat16)
     torch.manual_seed(opts.seed)  # same LoRA initialisation on every rank
-    peft_model = prepare_model(model, cfg, opts.lora, answer_full=opts.answer_full,
+    plan_cfg = cfg
+    if opts.pack and cfg is None:
+        from .hf import _text_config
+
+        plan_cfg = full_attention_config(_text_config(model).num_hidden_layers)
+    peft_model = prepare_model(model, plan_cfg, opts.lora, answer_full=opts.answer_full,
                                gradient_checkpointing=opts.gradient_checkpointing)
     if opts.bf16:  # adapters train in float32 over the bf16 base
         for p in peft_model.parameters():
@@ -432,11 +540,12 @@ def finetune(model, tokenizer, examples: Sequence[Example], cfg: Optional[SWAACo
     try:
         epochs = itertools.count() if opts.max_steps is not None else range(opts.epochs)
         for epoch in epochs:
-            for micro in _rounds(encoded, opts.batch_size, opts.grad_accum, rank, world,
+            for micro in _rounds(units, opts.batch_size, opts.grad_accum, rank, world,
                                  opts.seed, epoch):
                 if step >= total:
                     break
-                batches = [collate(rows, tokenizer.pad_token_id) for rows in micro]
+                batches = [collate_packed(part, tokenizer.pad_token_id) if opts.pack
+                           else collate(part, tokenizer.pad_token_id) for part in micro]
                 # the loss is the mean over the answer tokens of the whole round (all micro-batches,
                 # all ranks; counts are known from the labels before any forward); DDP averages
                 # the gradients over ranks, hence the factor world

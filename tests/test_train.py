@@ -522,3 +522,319 @@ def test_finetune_checks_and_truncation_warning(caplog):
     small = LlamaForCausalLM(LlamaConfig(**{**TINY, "vocab_size": 200}))
     with pytest.raises(ValueError, match="tokenizer has 259 tokens"):
         train.finetune(small, TOK, examples, cfg, train.TrainOptions(**opts))
+
+
+# ------------------------------------------------------------------------------------------------
+# packed rows (several examples per row, one kernel call per layer over a padded view of them)
+def encoded_of(examples, max_len=None):
+    return [train.encode_example(e, TOK, max_len) for e in examples]
+
+
+def packed_logits_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], swaa_packed=batch["packed"], use_cache=False)
+    loss, count = train.answer_loss(out.logits, batch["labels"])
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach(), loss.detach(), grads
+
+
+def packed_spans(rows):
+    """[(row, start, length)] of each example of pack_examples' rows, in row order."""
+    spans = []
+    for r, row in enumerate(rows):
+        start = 0
+        for ids, _ in row:
+            spans.append((r, start, len(ids)))
+            start += len(ids)
+    return spans
+
+
+def test_pack_examples_first_fit_within_the_budget():
+    encoded = encoded_of(random_examples(9, seed=20))
+    lengths = [len(ids) for ids, _ in encoded]
+    budget = 64
+    rows = train.pack_examples(encoded, budget)
+    assert all(sum(len(ids) for ids, _ in row) <= budget for row in rows)
+    index = {id(e): i for i, e in enumerate(encoded)}
+    placed = [[index[id(e)] for e in row] for row in rows]
+    assert sorted(i for row in placed for i in row) == list(range(len(encoded)))  # each once
+    # first fit: example i went to the first row with room when it came; order kept in each row
+    for r, row in enumerate(placed):
+        assert row == sorted(row)
+        for i in row:
+            fill_then = [sum(lengths[j] for j in placed[s] if j < i) for s in range(r)]
+            assert all(f + lengths[i] > budget for f in fill_then)
+    assert len(rows) < len(encoded)  # it really packs
+    # many examples: the same rows as a plain first-fit scan
+    rng = random.Random(20)
+    many = [([1] * rng.randint(1, 50), 1) for _ in range(500)]
+    plain, room = [], []
+    for ex in many:
+        r = next((r for r, free in enumerate(room) if free >= len(ex[0])), len(room))
+        if r == len(room):
+            plain.append([])
+            room.append(64)
+        plain[r].append(ex)
+        room[r] -= len(ex[0])
+    assert [[id(e) for e in row] for row in train.pack_examples(many, 64)] == \
+        [[id(e) for e in row] for row in plain]
+    longest = max(lengths)
+    with pytest.raises(ValueError, match=f"has {longest} tokens, more than pack_len={longest - 1}"):
+        train.pack_examples(encoded, longest - 1)
+
+
+def test_collate_packed_positions_labels_and_layout():
+    encoded = encoded_of(random_examples(5, seed=21))
+    rows = train.pack_examples(encoded, 70)
+    batch = train.collate_packed(rows, TOK.pad_token_id)
+    layout = batch["packed"]
+    R, T = batch["input_ids"].shape
+    assert (layout.rows, layout.row_len, layout.n_seq) == (R, T, 5) and R == len(rows) < 5
+    assert torch.equal(batch["position_ids"], layout.position_ids)
+    for (r, start, n), (ids, n_prompt) in zip(packed_spans(rows), [e for row in rows for e in row]):
+        assert batch["input_ids"][r, start:start + n].tolist() == ids
+        assert batch["position_ids"][r, start:start + n].tolist() == list(range(n))
+        labels = batch["labels"][r, start:start + n]
+        assert (labels[:n_prompt] == -100).all() and labels[n_prompt:].tolist() == ids[n_prompt:]
+        assert batch["attention_mask"][r, start:start + n].all()
+    real = batch["attention_mask"].bool()
+    assert (batch["labels"][~real] == -100).all() and (batch["input_ids"][~real] == 0).all()
+    # same answer tokens as the padded batch
+    padded = train.collate(encoded, TOK.pad_token_id)
+    assert (batch["labels"] != -100).sum() == (padded["labels"] != -100).sum()
+    # gather/scatter round trip: the padded view holds each example at positions 0 .. n-1
+    x = torch.randn(R, 3, T, 4)
+    view = layout.gather(x)
+    assert view.shape == (5, 3, layout.max_len, 4)
+    for s, (r, start, n) in enumerate(packed_spans(rows)):
+        torch.testing.assert_close(view[s, :, :n], x[r, :, start:start + n], rtol=0, atol=0)
+    back = layout.scatter(view)
+    torch.testing.assert_close(back[real], x.transpose(1, 2)[real], rtol=0, atol=0)
+    assert (back[~real] == 0).all()
+
+
+def test_collate_packed_no_cross_example_target_without_bos():
+    """A tokenizer without bos can give an empty prompt: the first token of an example is still
+    never a target (it would be predicted from the previous example)."""
+    rows = [[([5, 6, 7], 0), ([8, 9], 0)]]
+    batch = train.collate_packed(rows, 0)
+    assert batch["labels"][0].tolist() == [-100, 6, 7, -100, 9]
+    padded = train.collate([([5, 6, 7], 0), ([8, 9], 0)], 0)
+    assert (batch["labels"][:, 1:] != -100).sum() == (padded["labels"][:, 1:] != -100).sum()
+
+
+@pytest.mark.parametrize("answer_full", [False, True])
+@pytest.mark.parametrize("cfg", [SWAAConfig.preset("sink+half_full", window=5, sink=2),
+                                 SWAAConfig(window=6, sink=2, full_tail=3)],
+                         ids=["sink+half_full", "sink+tail"])
+def test_packed_batch_equals_padded_batch(cfg, answer_full, monkeypatch):
+    model = lora_model(cfg, answer_full=answer_full)
+    examples = random_examples(7, seed=22, prompt=(5, 40), answer=(1, 12))
+    encoded = encoded_of(examples)
+    rows = train.pack_examples(encoded[::-1], 72)  # packed order != padded order
+    assert len(rows) < len(examples) and max(len(r) for r in rows) >= 3
+    packed_order = [e for row in rows for e in row]
+    packed = train.collate_packed(rows, TOK.pad_token_id)
+    padded = train.collate(encoded, TOK.pad_token_id)
+    calls = []
+    real = hf.swa_attention
+    monkeypatch.setattr(hf, "swa_attention", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    p_logits, p_loss, p_grads = packed_logits_and_grads(model, packed)
+    monkeypatch.undo()
+    # one kernel call per layer for all examples of all rows (two with a full_tail and SWA decode
+    # in an SWA layer), over the padded view (n_examples, H, L_max, D)
+    plan = train.training_config(cfg, answer_full).plan(NUM_LAYERS)
+    swa_layers = sum(p.prefill == "swa" for p in plan)
+    tail_calls = swa_layers if (cfg.full_tail and not answer_full) else 0
+    assert len(calls) == NUM_LAYERS + tail_calls
+    L_max = packed["packed"].max_len
+    assert all(a[0].shape[0] == 7 and a[0].shape[2] == L_max for a, _ in calls)
+    per_seq = [k["full_from"] for _, k in calls if isinstance(k.get("full_from"), torch.Tensor)]
+    assert len(per_seq) == (swa_layers if (answer_full or cfg.full_tail) else 0)
+    d_logits, d_loss, d_grads = logits_and_grads(model, padded)
+    torch.testing.assert_close(p_loss, d_loss, atol=1e-4, rtol=1e-5)
+    assert_grads_close(p_grads, d_grads)
+    for (r, start, n), ex in zip(packed_spans(rows), packed_order):
+        b = next(i for i, e in enumerate(encoded) if e is ex)
+        torch.testing.assert_close(p_logits[r, start:start + n], d_logits[b, :n], atol=2e-5,
+                                   rtol=1e-4)
+
+
+def test_packed_examples_do_not_see_each_other():
+    cfg = SWAAConfig.preset("sink+half_full", window=5, sink=2)
+    model = lora_model(cfg, answer_full=True).eval()
+    encoded = encoded_of(random_examples(3, seed=23, prompt=(14, 18)))
+    rows = [encoded]  # one row: example 0, 1, 2
+    changed = [encoded[0], ([encoded[1][0][0]] + [t % 250 + 5 for t in encoded[1][0][1:]],
+                            encoded[1][1]), encoded[2]]
+    spans = packed_spans(rows)
+    logits = []
+    with torch.no_grad():
+        for r in (rows, [changed]):
+            batch = train.collate_packed(r, TOK.pad_token_id)
+            logits.append(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                swaa_packed=batch["packed"], use_cache=False).logits)
+    for s, (_, start, n) in enumerate(spans):
+        diff = (logits[0][0, start:start + n] - logits[1][0, start:start + n]).abs().max()
+        if s == 1:
+            assert diff > 1e-2  # the changed example moves
+        else:
+            assert diff < 1e-6  # its neighbours, before and after it, do not
+
+
+def test_packed_full_attention_plan_equals_model_attention():
+    """Packing without an SWAA plan runs every layer in full attention through the swaa kernels:
+    same as the model's own (sdpa) attention on the padded batch."""
+    cfg_full = train.full_attention_config(NUM_LAYERS)
+    model = lora_model(cfg_full)
+    encoded = encoded_of(random_examples(5, seed=24))
+    rows = train.pack_examples(encoded, 80)
+    batch = train.collate_packed(rows, TOK.pad_token_id)
+    _, p_loss, p_grads = packed_logits_and_grads(model, batch)
+    sdpa = full_attention_twin(model)
+    assert sdpa.base_model.model.config._attn_implementation == "sdpa"
+    _, d_loss, d_grads = logits_and_grads(sdpa, train.collate(encoded, TOK.pad_token_id))
+    torch.testing.assert_close(p_loss, d_loss, atol=1e-4, rtol=1e-5)
+    assert_grads_close(p_grads, d_grads)
+
+
+def test_packed_truncation_is_the_padded_paths():
+    """max_len truncates before packing, exactly as without packing; an example longer than the
+    row budget is an error, never cut silently."""
+    cfg = SWAAConfig(window=4, sink=1, full_decode=True)
+    model = lora_model(cfg)
+    examples = random_examples(4, seed=25, prompt=(20, 40))
+    encoded = encoded_of(examples, max_len=24)
+    assert all(len(ids) <= 24 for ids, _ in encoded) and any(len(ids) == 24 for ids, _ in encoded)
+    _, p_loss, p_grads = packed_logits_and_grads(
+        model, train.collate_packed(train.pack_examples(encoded, 24), TOK.pad_token_id))
+    _, d_loss, d_grads = logits_and_grads(model, train.collate(encoded, TOK.pad_token_id))
+    torch.testing.assert_close(p_loss, d_loss, atol=1e-4, rtol=1e-5)
+    assert_grads_close(p_grads, d_grads)
+    opts = dict(max_steps=1, batch_size=1, progress=False, pack=True)
+    with pytest.raises(ValueError, match="pack_len=20"):
+        train.finetune(tiny_base(), TOK, examples, cfg, train.TrainOptions(pack_len=20, **opts))
+    result = train.finetune(tiny_base(), TOK, examples, cfg,
+                            train.TrainOptions(pack_len=20, max_len=20, **opts))
+    assert result.steps == 1
+    with pytest.raises(ValueError, match="pack_len"):
+        train.finetune(tiny_base(), TOK, examples, cfg,
+                       train.TrainOptions(pack_len=20, max_steps=1))
+
+
+def test_packed_misuse_is_refused():
+    model = lora_model(SWAAConfig(window=4)).eval()
+    batch = train.collate_packed(train.pack_examples(encoded_of(random_examples(3, seed=26)), 90),
+                                 TOK.pad_token_id)
+    kw = dict(input_ids=batch["input_ids"], swaa_packed=batch["packed"], use_cache=False)
+    shifted = batch["position_ids"].clone()
+    shifted[0, 1:] = torch.arange(1, shifted.shape[1])  # one sequence's positions, not restarting
+    cases = [({}, "position_ids"),
+             ({"position_ids": shifted}, "position_ids disagree"),
+             ({"position_ids": batch["position_ids"], "swaa_prompt_len": torch.tensor([5])},
+              "not both"),
+             ({"position_ids": batch["position_ids"], "swaa_packed": "rows"}, "PackedLayout")]
+    for extra, message in cases:
+        with pytest.raises(ValueError, match=message), torch.no_grad():
+            model(**{**kw, **extra})
+    with pytest.raises(ValueError, match="row_len"):
+        hf.PackedLayout.build([[3, 4]], [[1, 1]], row_len=6)
+    with pytest.raises(ValueError, match="prompt length"):
+        hf.PackedLayout.build([[3, 4]], [[4, 1]])
+
+
+def test_cli_finetune_pack(tmp_path, tiny_model_dir, capsys):
+    data = _write_data(tmp_path / "d.jsonl", n=12, seed=27)
+    out = tmp_path / "ad"
+    rc = cli_main(["finetune", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+                   "--preset", "sink+half_full", "--window", "6", "--sink", "2", "--answer-full",
+                   "--pack", "--pack-len", "96", "--max-steps", "3", "--batch-size", "2",
+                   "--lr", "1e-2", "--no-progress", "--device", "cpu"])
+    assert rc == 0 and "3 steps" in capsys.readouterr().out
+    assert (out / "adapter_model.safetensors").is_file()
+    args = json.loads((out / "train_args.json").read_text())
+    assert args["pack"] is True and args["pack_len"] == 96
+    log = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    assert len(log) == 3 and all(math.isfinite(r["loss"]) for r in log)
+    # 2 packed rows per step hold more tokens than 2 examples would (examples are 17-41 tokens)
+    assert max(r["tokens"] for r in log) > 2 * 41
+    with pytest.raises(SystemExit) as e:
+        cli_main(["finetune", "--model", str(tiny_model_dir), "--data", str(data),
+                  "--out", str(tmp_path / "x"), "--window", "6", "--pack", "--pack-len", "10",
+                  "--max-steps", "1", "--no-progress", "--device", "cpu"])
+    assert e.value.code == 2 and "pack_len=10" in capsys.readouterr().err
+
+
+def test_packed_gradient_checkpointing_gives_the_same_gradients():
+    cfg = SWAAConfig(window=4, sink=1)
+    batch = train.collate_packed(train.pack_examples(encoded_of(random_examples(5, seed=28)), 80),
+                                 TOK.pad_token_id)
+    _, loss_a, grads_a = packed_logits_and_grads(lora_model(cfg, answer_full=True), batch)
+    _, loss_b, grads_b = packed_logits_and_grads(
+        lora_model(cfg, answer_full=True, gradient_checkpointing=True), batch)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert_grads_close(grads_a, grads_b, atol=1e-6, rtol=1e-5)
+
+
+def test_torchrun_two_process_gloo_ddp_pack(tmp_path, tiny_model_dir):
+    """DDP over packed rows: 2 processes x 1 row == 1 process x 2 rows (same rows, same rounds)."""
+    data = _write_data(tmp_path / "d.jsonl", n=16, seed=29)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    args = ["--model", str(tiny_model_dir), "--data", str(data), "--preset", "sink", "--window",
+            "6", "--sink", "2", "--answer-full", "--pack", "--pack-len", "80", "--max-steps", "3",
+            "--lr", "1e-2", "--lora-dropout", "0", "--device", "cpu", "--no-progress",
+            "--rank-summary"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "swaa_ext.cli", "finetune", *args, "--out", str(tmp_path / "ddp"),
+           "--batch-size", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "ddp" / "rank1.json").read_text())
+    assert (r0["steps"], r1["steps"]) == (3, 3)
+    assert r0["losses"] == r1["losses"], (r0["losses"], r1["losses"], proc.stdout[-2000:])
+    assert r0["weights"] == r1["weights"]
+    assert cli_main(["finetune", *args, "--out", str(tmp_path / "one"), "--batch-size", "2"]) == 0
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    assert one["losses"] == pytest.approx(r0["losses"], rel=1e-5)
+    for k in one["weights"]:
+        assert one["weights"][k] == pytest.approx(r0["weights"][k], rel=1e-4, abs=1e-6), k
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_packed_batch_equals_padded_batch_on_cuda():
+    """bf16 on the GPU (head dim 64, the CUDA kernels' shapes): packed == padded up to bf16."""
+    from swaa_ext.models import default_model
+
+    cfg = SWAAConfig.preset("sink+half_full", window=16, sink=2)
+    model = default_model("cuda", torch.bfloat16, num_hidden_layers=2)
+    torch.manual_seed(100)
+    model = train.prepare_model(model, cfg, NO_DROPOUT, answer_full=True)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.train()
+    encoded = encoded_of(random_examples(9, seed=30, prompt=(20, 120), answer=(2, 20)))
+    results = {}
+    for name, batch in (("padded", train.collate(encoded, TOK.pad_token_id)),
+                        ("packed", train.collate_packed(train.pack_examples(encoded, 160),
+                                                        TOK.pad_token_id))):
+        model.zero_grad(set_to_none=True)
+        loss, count = train.forward_loss(model, batch, torch.device("cuda"))
+        loss.backward()
+        results[name] = (loss.detach(), {n: p.grad.detach().clone() for n, p in
+                                         model.named_parameters() if p.requires_grad})
+    (loss_d, grads_d), (loss_p, grads_p) = results["padded"], results["packed"]
+    torch.testing.assert_close(loss_p, loss_d, rtol=1e-2, atol=0)
+    for n in grads_d:
+        err = (grads_p[n] - grads_d[n]).norm() / grads_d[n].norm()
+        assert err < 5e-2, (n, float(err))
