@@ -5,9 +5,11 @@ SWAA_BWD_SPLIT = 0 / 1 (split of the sink key blocks' dk/dv work) and
 SWAA_BWD_ORDER = 0 / 1 (CTA order), SWAA_WARP_SKIP = 0 / 1 (forward and dq
 warps skip key tiles their rows cannot see), SWAA_FWD_HOPPER = 0 / 1 / 2 (sm_80
 forward / the sm_90a wgmma forward / its variant with softmax overlapping P V, on
-compute capability 9.0) (knobs read at each launch, so one process
-compares them on the same inputs), then prints the per-kernel CUDA time of one
-backward with the defaults (torch.profiler).  JSON rows to --out.
+compute capability 9.0), SWAA_BWD_HOPPER = 0 / 1 / 2 / 3 (sm_80 backward /
+the sm_90a wgmma backward / only its dk/dv pass / only its dq pass) (knobs read
+at each launch, so one process compares them on the same inputs), then prints
+the per-kernel CUDA time of one backward with the defaults (torch.profiler;
+with --bwd-hopper also one with SWAA_BWD_HOPPER=1).  JSON rows to --out.
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_tuning.jsonl"))
     ap.add_argument("--fwd-only", action="store_true", help="forward rows only (no backward)")
+    ap.add_argument("--bwd-hopper", action="store_true",
+                    help="backward rows of SWAA_BWD_HOPPER=0/1/2/3 only (forward: defaults)")
     args = ap.parse_args()
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
@@ -75,6 +79,12 @@ def main() -> None:
     ]
     if args.fwd_only:
         bwd_settings = []
+    if args.bwd_hopper:
+        fwd_settings = [{}]
+        bwd_settings = [{"SWAA_BWD_HOPPER": "0"}, {"SWAA_BWD_HOPPER": "1"},
+                        {"SWAA_BWD_HOPPER": "2"}, {"SWAA_BWD_HOPPER": "3"},
+                        {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_SPLIT": "0"}]
+    profile_settings = [{}] + ([{"SWAA_BWD_HOPPER": "1"}] if args.bwd_hopper else [])
     knobs = {k for st in fwd_settings + bwd_settings for k in st}
     # (D, N, W, S, full_from)
     for D, N, W, S, F in [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
@@ -116,22 +126,28 @@ def main() -> None:
             # the split changes the summation order of the sink keys' dk/dv only
             diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads, ref))
             ms = median_ms(lambda: torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale))
-            rows.append(dict(meta, what="bwd", knob=label(setting), **shape, ms=round(ms, 4),
-                             tflops=round(2.5 * fwd_flop / ms / 1e9, 1),
+            bwd_path = (torch.ops.swaa.bwd_path(do, q, k, v)
+                        if hasattr(torch.ops.swaa, "bwd_path") else "sm80")
+            rows.append(dict(meta, what="bwd", knob=label(setting), path=bwd_path, **shape,
+                             ms=round(ms, 4), tflops=round(2.5 * fwd_flop / ms / 1e9, 1),
                              max_diff_to_default=diff))
             for key in setting:
                 os.environ.pop(key)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
-            torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
-            torch.cuda.synchronize()
-        kernels = {}
-        for e in prof.key_averages():
-            if "swaa" in e.key:
-                name = e.key.split("(")[0].split("<")[0].replace("void swaa::cuda::", "")
-                kernels[name] = round(e.device_time_total / 1000, 3)
-        rows.append(dict(meta, what="kernel_ms", **shape, kernels=kernels))
-        for r in rows[-(len(fwd_settings) + len(bwd_settings) + 1):]:
+        for setting in profile_settings:
+            os.environ.update(setting)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+                torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
+                torch.cuda.synchronize()
+            for key in setting:
+                os.environ.pop(key)
+            kernels = {}
+            for e in prof.key_averages():
+                if "swaa" in e.key:
+                    name = e.key.split("(")[0].split("<")[0].replace("void swaa::cuda::", "")
+                    kernels[name] = round(e.device_time_total / 1000, 3)
+            rows.append(dict(meta, what="kernel_ms", knob=label(setting), **shape, kernels=kernels))
+        for r in rows[-(len(fwd_settings) + len(bwd_settings) + len(profile_settings)):]:
             print(json.dumps(r), flush=True)
         del q, k, v, do, out, lse, ref, grads
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,14 @@
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "attention.h"
 #include "cuda/attention_launch.cuh"
 #if defined(SWAA_CUDA_HOPPER)
 #include <c10/cuda/CUDAException.h>
 
+#include "cuda/hopper/bwd_sm90.h"
 #include "cuda/hopper/fwd_sm90.h"
 #endif
 
@@ -192,6 +194,67 @@ std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
   return path;
 }
 
+// The Hopper backward (csrc/cuda/hopper/bwd_sm90.*, wgmma + TMA, docs/cuda_kernels.md
+// "v6") is taken when the build has it, SWAA_BWD_HOPPER (read at every call)
+// asks for it, the device is compute capability 9.0 and the call fits (TMA-
+// describable q, k, v, dout).  SWAA_BWD_HOPPER = 0 (the default until it has
+// been measured on a GPU): the sm_80 backward; 1: both passes on Hopper;
+// 2: dk/dv on Hopper, dq on sm_80; 3: dq on Hopper, dk/dv on sm_80.
+constexpr int kBwdHopperDefault = 0;
+int bwd_hopper_knob() {
+  const char* env = std::getenv("SWAA_BWD_HOPPER");
+  if (env == nullptr) return kBwdHopperDefault;
+  const int v = std::atoi(env);
+  return v >= 0 && v <= 3 ? v : kBwdHopperDefault;
+}
+// The passes (cuda::BwdPart bits) the knob value puts on Hopper.
+unsigned hopper_passes(int knob) {
+  switch (knob) {
+    case 1: return cuda::kBwdDq | cuda::kBwdDkdv;
+    case 2: return cuda::kBwdDkdv;
+    case 3: return cuda::kBwdDq;
+    default: return 0;
+  }
+}
+
+// Which backward kernels a call with these parameters takes, and why.
+template <typename T, int D>
+std::string bwd_path_of(const AttnParams& p) {
+#if defined(SWAA_CUDA_HOPPER)
+  const int knob = bwd_hopper_knob();
+  if (knob == 0) return "sm80: SWAA_BWD_HOPPER=0";
+  const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
+                                                      : cuda::sm90::Dtype::kFp16;
+  const cuda::sm90::Fit fit = cuda::sm90::bwd_fits(p, dtype);
+  if (fit != cuda::sm90::Fit::kOk) return std::string("sm80: ") + cuda::sm90::fit_name(fit);
+  return knob == 1 ? "sm90" : knob == 2 ? "sm90-dkdv" : "sm90-dq";
+#else
+  (void)p;
+  return "sm80: built without the Hopper kernels";
+#endif
+}
+
+// Launches the Hopper passes the knob asks for (and the delta preprocessing)
+// when they apply; returns the passes left for the sm_80 kernels (kBwdAll
+// when nothing was launched).
+template <typename T, int D>
+unsigned try_hopper_bwd(const AttnParams& p, float* delta, const cuda::Workspace& workspace,
+                        cudaStream_t stream) {
+#if defined(SWAA_CUDA_HOPPER)
+  const unsigned passes = hopper_passes(bwd_hopper_knob());
+  if ((D != 64 && D != 128) || passes == 0) return cuda::kBwdAll;
+  const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
+                                                      : cuda::sm90::Dtype::kFp16;
+  cudaError_t err = cudaSuccess;
+  const bool launched = cuda::sm90::try_bwd(p, dtype, passes, delta, workspace, stream, &err);
+  C10_CUDA_CHECK(err);
+  return launched ? (cuda::kBwdDq | cuda::kBwdDkdv) & ~passes : cuda::kBwdAll;
+#else
+  (void)p, (void)delta, (void)workspace, (void)stream;
+  return cuda::kBwdAll;
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse,
@@ -212,15 +275,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
   }
   with_variant(variant, [&]<typename T, int D>() {
     at::Tensor delta = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-    at::Tensor partial;  // partial dk/dv of split key blocks, freed after the launches (stream-ordered)
+    // Scratch (partial dk/dv of split key blocks, the Hopper path's padded
+    // lse/delta), freed after the launches (stream-ordered allocator).
+    std::vector<at::Tensor> scratch;
     const cuda::Workspace workspace = [&](int64_t n) {
-      partial = at::empty({n}, q.options().dtype(at::kFloat));
-      return partial.data_ptr<float>();
+      scratch.push_back(at::empty({n}, q.options().dtype(at::kFloat)));
+      return scratch.back().data_ptr<float>();
     };
-    cuda::run_bwd<T, D>(call.params, delta.data_ptr<float>(), workspace,
-                        c10::cuda::getCurrentCUDAStream());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const unsigned sm80_parts =
+        try_hopper_bwd<T, D>(call.params, delta.data_ptr<float>(), workspace, stream);
+    if (sm80_parts != 0)
+      cuda::run_bwd<T, D>(call.params, delta.data_ptr<float>(), workspace, stream, sm80_parts);
   });
   return {call.dq, call.dk, call.dv};
+}
+
+// swaa::bwd_path(dout, q, k, v): which kernels swaa::bwd with these tensors
+// runs: "sm90" (both passes on Hopper), "sm90-dkdv" / "sm90-dq" (one pass on
+// Hopper, SWAA_BWD_HOPPER=2/3), else "sm80: <reason>".  Same input
+// preparation as bwd_cuda (out is taken to be laid out like dout).
+std::string bwd_path_cuda(const at::Tensor& dout_in, const at::Tensor& q_in,
+                          const at::Tensor& k_in, const at::Tensor& v_in) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  at::Tensor dout = dout_in, q = q_in, k = k_in, v = v_in;
+  if (q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && dout.dim() == 4 && q.numel() > 0 &&
+      k.numel() > 0) {
+    q = aligned(q), k = aligned(k), v = aligned(v), dout = aligned(dout);
+  }
+  const at::Tensor lse =
+      q.dim() == 4 ? at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat))
+                   : at::empty({0}, q.options().dtype(at::kFloat));
+  BwdCall call = prepare_bwd(dout, q, k, v, dout, lse, std::nullopt, 0, std::nullopt, 1.0);
+  const Variant variant = variant_of(q.scalar_type(), q.size(3), "swaa::bwd_path");
+  std::string path = "sm80: empty input";
+  if (q.numel() == 0 || k.numel() == 0) return path;
+  with_variant(variant, [&]<typename T, int D>() { path = bwd_path_of<T, D>(call.params); });
+  return path;
 }
 
 }  // namespace
@@ -228,10 +319,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
 
 TORCH_LIBRARY_FRAGMENT(swaa, m) {
   m.def("fwd_path(Tensor q, Tensor k, Tensor v) -> str");
+  m.def("bwd_path(Tensor dout, Tensor q, Tensor k, Tensor v) -> str");
 }
 
 TORCH_LIBRARY_IMPL(swaa, CUDA, m) {
   m.impl("fwd", &swaa::fwd_cuda);
   m.impl("fwd_path", &swaa::fwd_path_cuda);
+  m.impl("bwd_path", &swaa::bwd_path_cuda);
   m.impl("bwd", &swaa::bwd_cuda);
 }

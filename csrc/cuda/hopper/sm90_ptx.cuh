@@ -1,4 +1,4 @@
-// Thin PTX wrappers for the Hopper (sm_90a) forward kernel: mbarriers, TMA
+// Thin PTX wrappers for the Hopper (sm_90a) forward and backward kernels: mbarriers, TMA
 // tile loads (cp.async.bulk.tensor), wgmma (warpgroup MMA) and its shared-
 // memory matrix descriptors, setmaxnreg.  Only meaningful in device code
 // compiled for sm_90a (wgmma and setmaxnreg need the arch-specific target);
@@ -69,6 +69,17 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, u
       "r"(smem_u32(bar))
       : "memory");
 }
+// Plain bulk copy (no tensor map) of `bytes` contiguous bytes global -> shared,
+// completing on the mbarrier like tma_load_4d.  dst, src 16-byte aligned,
+// bytes a multiple of 16.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes,
+                                          uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
@@ -136,6 +147,16 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
+// The same for 16-bit A fragments held in registers: written before the
+// wgmma_fence that precedes the register-A wgmma reading them.
+template <int M, int N>
+__device__ __forceinline__ void fence_regs(uint32_t (&r)[M][N]) {
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int j = 0; j < N; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
+
 // Ends the basic block after x is computed.  ptxas schedules a wgmma wait
 // to the top of its basic block (seen in the SASS: the wait for P V landed
 // before the softmax it was meant to overlap); a branch on a value derived
@@ -167,6 +188,11 @@ __device__ __forceinline__ void block_boundary_after(float x) {
 template <typename T>
 __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
                                          int accumulate);
+// d (64 x 64) = (accumulate ? d : 0) + A (64 x 16, smem, K-major) * B (16 x 64, smem, K-major):
+// the score tiles of the backward (64 x 64).
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                             int accumulate);
 // d (64 x 128) += A (64 x 16, registers) * B (16 x 128, smem, MN-major).
 template <typename T>
 __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b);
@@ -185,6 +211,17 @@ __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)
         "wgmma.mma_async.sync.aligned.m64n128k16.f32." NAME "." NAME " " SWAA_ACC_LIST           \
         ", %64, %65, p, 1, 1, 0, 0;\n}\n"                                                        \
         : SWAA_ACC64                                                                             \
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                            \
+  }
+#define SWAA_WGMMA_SS64(TYPE, NAME)                                                              \
+  template <>                                                                                    \
+  __device__ __forceinline__ void wgmma_ss_n64<TYPE>(float (&d)[32], uint64_t desc_a,            \
+                                                     uint64_t desc_b, int accumulate) {          \
+    asm volatile(                                                                                \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                             \
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." NAME "." NAME " " SWAA_ACC_LIST32          \
+        ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                        \
+        : SWAA_ACC32                                                                             \
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                            \
   }
 #define SWAA_WGMMA_RS(TYPE, NAME)                                                                \
@@ -211,6 +248,8 @@ __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)
   }
 SWAA_WGMMA_RS64(__nv_bfloat16, "bf16")
 SWAA_WGMMA_RS64(__half, "f16")
+SWAA_WGMMA_SS64(__nv_bfloat16, "bf16")
+SWAA_WGMMA_SS64(__half, "f16")
 SWAA_WGMMA_SS(__nv_bfloat16, "bf16")
 SWAA_WGMMA_SS(__half, "f16")
 SWAA_WGMMA_RS(__nv_bfloat16, "bf16")
@@ -218,6 +257,7 @@ SWAA_WGMMA_RS(__half, "f16")
 #undef SWAA_WGMMA_SS
 #undef SWAA_WGMMA_RS
 #undef SWAA_WGMMA_RS64
+#undef SWAA_WGMMA_SS64
 #undef SWAA_ACC_LIST32
 #undef SWAA_ACC32
 #undef SWAA_ACC_LIST

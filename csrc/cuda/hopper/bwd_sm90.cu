@@ -1,0 +1,191 @@
+// Launcher of the Hopper backward (bwd_sm90.cuh): device and stride checks,
+// TMA tensor maps, the dk/dv schedule (shared with the sm_80 backward,
+// cuda/bwd_plan.cuh), launches.  Compiled for sm_90a only (csrc/cuda/hopper/
+// CMakeLists.txt), both 16-bit dtypes and head dims 64 and 128 in this one
+// translation unit; no torch headers (errors go back as cudaError_t).
+#include "cuda/hopper/bwd_sm90.h"
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/bwd_plan.cuh"  // ceil_div, knob, split_knob, plan_dkdv, kBwdOrder
+#include "cuda/hopper/bwd_sm90.cuh"
+#include "cuda/hopper/tma_map.h"
+
+namespace swaa {
+namespace cuda {
+namespace sm90 {
+namespace {
+
+template <typename Kernel>
+bool present(Kernel kernel) {
+  cudaFuncAttributes attr{};
+  const bool ok = cudaFuncGetAttributes(&attr, kernel) == cudaSuccess;
+  if (!ok) (void)cudaGetLastError();
+  return ok;
+}
+
+template <typename T, int D>
+bool kernels_present() {
+  return present(bwd_dkdv_sm90_kernel<T, D>) && present(bwd_dq_sm90_kernel<T, D>) &&
+         present(bwd_prep_sm90_kernel<T, D>);
+}
+
+template <typename T, int D>
+constexpr int max_smem() {
+  return std::max(dkdv_sm90_smem_bytes<T, D>(), dq_sm90_smem_bytes<T, D>());
+}
+
+// Compute capability 9.0, enough shared memory, and an sm_90a image of every
+// backward kernel (cached per device).
+bool device_ok() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  constexpr int kMaxDevices = 64;
+  static int cache[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
+  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev] == 1;
+  int major = 0, minor = 0, smem_optin = 0;
+  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
+                cudaSuccess;
+  if (!ok) (void)cudaGetLastError();
+  ok = ok && major == 9 && minor == 0 && smem_optin >= max_smem<__nv_bfloat16, 128>() &&
+       smem_optin >= max_smem<__nv_bfloat16, 64>() && kernels_present<__nv_bfloat16, 128>() &&
+       kernels_present<__half, 128>() && kernels_present<__nv_bfloat16, 64>() &&
+       kernels_present<__half, 64>();
+  if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
+  return ok;
+}
+
+struct Maps {
+  CUtensorMap q, k, v, dout;
+};
+
+// Tensor maps with boxes of `q_rows` rows for q and dout, `k_rows` for k and v.
+bool make_maps(const AttnParams& p, Dtype dtype, int q_rows, int k_rows, Maps* m) {
+  const int64_t d = p.head_dim;
+  return make_map(&m->q, p.q, dtype, d, p.q_len, p.q_heads, p.batch, p.q_row_stride,
+                  p.q_head_stride, p.q_batch_stride, q_rows) &&
+         make_map(&m->dout, p.dout, dtype, d, p.q_len, p.q_heads, p.batch, p.do_row_stride,
+                  p.do_head_stride, p.do_batch_stride, q_rows) &&
+         make_map(&m->k, p.k, dtype, d, p.k_len, p.kv_heads, p.batch, p.k_row_stride,
+                  p.k_head_stride, p.k_batch_stride, k_rows) &&
+         make_map(&m->v, p.v, dtype, d, p.k_len, p.kv_heads, p.batch, p.v_row_stride,
+                  p.v_head_stride, p.v_batch_stride, k_rows);
+}
+
+// The maps of both passes: dk/dv (query tiles of 64, key blocks of 128) and
+// dq (query blocks of 128, key tiles of 64).
+Fit prepare(const AttnParams& p, Dtype dtype, Maps* dkdv_maps, Maps* dq_maps) {
+  if (p.head_dim != 64 && p.head_dim != 128) return Fit::kHeadDim;
+  if (!device_ok()) return Fit::kDevice;
+  using C = BwdSm90Config<128>;
+  static_assert(C::kKvBlockM == BwdSm90Config<64>::kKvBlockM &&
+                C::kKvBlockN == BwdSm90Config<64>::kKvBlockN &&
+                C::kDqBlockM == BwdSm90Config<64>::kDqBlockM &&
+                C::kDqBlockN == BwdSm90Config<64>::kDqBlockN);
+  const bool ok = make_maps(p, dtype, C::kKvBlockM, C::kKvBlockN, dkdv_maps) &&
+                  make_maps(p, dtype, C::kDqBlockM, C::kDqBlockN, dq_maps);
+  return ok ? Fit::kOk : Fit::kStrides;
+}
+
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, int bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+template <typename T, int D>
+cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
+                   const std::function<float*(int64_t)>& workspace, const Maps& dkdv_maps,
+                   const Maps& dq_maps, cudaStream_t stream) {
+  using C = BwdSm90Config<D>;
+  constexpr int kDkdvSmem = dkdv_sm90_smem_bytes<T, D>();
+  constexpr int kDqSmem = dq_sm90_smem_bytes<T, D>();
+  static const cudaError_t configured_dkdv = allow_smem(bwd_dkdv_sm90_kernel<T, D>, kDkdvSmem);
+  static const cudaError_t configured_dq = allow_smem(bwd_dq_sm90_kernel<T, D>, kDqSmem);
+  if (configured_dkdv != cudaSuccess) return configured_dkdv;
+  if (configured_dq != cudaSuccess) return configured_dq;
+
+  const bool heads_inner = knob("SWAA_BWD_ORDER", kBwdOrder, 0, 1) == 1;
+  const int64_t q_len_pad = ceil_div(p.q_len, kPadRows) * kPadRows;
+  const int64_t n_pad = p.batch * p.q_heads * q_len_pad;
+  DkdvSchedule sched = plan_dkdv<C::kKvBlockN, C::kKvBlockM>(p, split_knob(), heads_inner);
+  const bool dkdv = (passes & kHopperDkdv) != 0;
+  const int64_t n_partial = dkdv && sched.n_split_blocks > 0
+                                ? p.batch * p.kv_heads * sched.n_split_blocks * sched.n_split *
+                                      2 * C::kKvBlockN * D
+                                : 0;
+  float* scratch = workspace(2 * n_pad + n_partial);
+  float* lse2_pad = scratch;
+  float* delta_pad = scratch + n_pad;  // n_pad is a multiple of 128: 512-byte aligned
+  if (n_partial > 0) sched.partial = scratch + 2 * n_pad;
+
+  constexpr int kPrepThreads = 256;
+  bwd_prep_sm90_kernel<T, D>
+      <<<static_cast<unsigned>(ceil_div(n_pad * (D / 8), kPrepThreads)), kPrepThreads, 0, stream>>>(
+          p, delta, lse2_pad, delta_pad, q_len_pad);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  if (passes & kHopperDq) {
+    const int64_t grid = ceil_div(p.q_len, C::kDqBlockM) * p.q_heads * p.batch;
+    bwd_dq_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kDqSmem, stream>>>(
+        p, lse2_pad, delta_pad, q_len_pad, heads_inner, dq_maps.q, dq_maps.k, dq_maps.v,
+        dq_maps.dout);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  if (dkdv) {
+    const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
+    bwd_dkdv_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kDkdvSmem, stream>>>(
+        p, lse2_pad, delta_pad, q_len_pad, sched, dkdv_maps.q, dkdv_maps.k, dkdv_maps.v,
+        dkdv_maps.dout);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    if (sched.n_split_blocks > 0) {
+      constexpr int kReduceThreads = 256;
+      const int64_t threads = p.batch * p.kv_heads * sched.n_split_blocks * C::kKvBlockN * D / 4;
+      bwd_dkdv_reduce_kernel<T, D, C::kKvBlockN>
+          <<<static_cast<unsigned>(ceil_div(threads, kReduceThreads)), kReduceThreads, 0,
+             stream>>>(p, sched);
+      err = cudaGetLastError();
+    }
+  }
+  return err;
+}
+
+}  // namespace
+
+Fit bwd_fits(const AttnParams& p, Dtype dtype) {
+  Maps a, b;
+  return prepare(p, dtype, &a, &b);
+}
+
+bool try_bwd(const AttnParams& p, Dtype dtype, unsigned passes, float* delta,
+             const std::function<float*(int64_t)>& workspace, cudaStream_t stream,
+             cudaError_t* error) {
+  *error = cudaSuccess;
+  Maps dkdv_maps, dq_maps;
+  if (prepare(p, dtype, &dkdv_maps, &dq_maps) != Fit::kOk) return false;
+  const bool bf16 = dtype == Dtype::kBf16;
+  if (p.head_dim == 128)
+    *error = bf16 ? launch<__nv_bfloat16, 128>(p, passes, delta, workspace, dkdv_maps, dq_maps, stream)
+                  : launch<__half, 128>(p, passes, delta, workspace, dkdv_maps, dq_maps, stream);
+  else
+    *error = bf16 ? launch<__nv_bfloat16, 64>(p, passes, delta, workspace, dkdv_maps, dq_maps, stream)
+                  : launch<__half, 64>(p, passes, delta, workspace, dkdv_maps, dq_maps, stream);
+  return true;
+}
+
+}  // namespace sm90
+}  // namespace cuda
+}  // namespace swaa
