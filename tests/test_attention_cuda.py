@@ -105,15 +105,21 @@ def hopper_available():
 _CACHE = {}
 
 
-@pytest.fixture(params=["sm80", "sm90", "sm90-overlap"])
+_HOPPER_KNOB = {"sm90": "1", "sm90-overlap": "2", "sm90-v51": "3", "sm90-v51pp": "4"}
+
+
+@pytest.fixture(params=["sm80", "sm90", "sm90-overlap", "sm90-v51", "sm90-v51pp"])
 def fwd_kernel(request, monkeypatch):
     """Runs a test with the sm_80 forward (SWAA_FWD_HOPPER=0) and, where the
-    device and build have them, with both Hopper forwards (SWAA_FWD_HOPPER=1,
-    2; docs/cuda_kernels.md, v5)."""
+    device and build have them, with every Hopper forward (SWAA_FWD_HOPPER=1,
+    2: docs/cuda_kernels.md, v5; 3, 4: v5.1)."""
+    only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS")  # e.g. "3,4": the GPU scripts' filter
+    if only and _HOPPER_KNOB.get(request.param, "0") not in only.split(","):
+        pytest.skip(f"SWAA_TEST_HOPPER_VARIANTS={only}")
     if request.param.startswith("sm90"):
         if not hopper_available():
             pytest.skip("no Hopper forward on this device / in this build")
-        monkeypatch.setenv("SWAA_FWD_HOPPER", "2" if request.param == "sm90-overlap" else "1")
+        monkeypatch.setenv("SWAA_FWD_HOPPER", _HOPPER_KNOB[request.param])
     else:
         monkeypatch.setenv("SWAA_FWD_HOPPER", "0")
     return request.param

@@ -40,14 +40,23 @@ def build_has_hopper():
             os.environ["SWAA_FWD_HOPPER"] = env
 
 
-@pytest.fixture(params=["1", "2"], ids=["sm90", "sm90-overlap"])
+# SWAA_FWD_HOPPER value -> the path name swaa::fwd_path reports for it.
+HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90-v51pp"}
+
+
+@pytest.fixture(params=list(HOPPER_VARIANTS), ids=list(HOPPER_VARIANTS.values()))
 def hopper(request, monkeypatch):
-    """Both Hopper variants: 1 (S, softmax, P V in turn) and 2 (softmax of
-    tile i overlapping P V of tile i - 1)."""
+    """Every Hopper variant: 1 (v5: S, softmax, P V in turn), 2 (v5, softmax of
+    tile i overlapping P V of tile i - 1), 3 (v5.1: 192-row CTAs at D=64, deeper
+    K/V ring, group tile skipping, TMA-store epilogue), 4 (v5.1 with ping-pong
+    of the consumer warp groups)."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
+    only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS")  # e.g. "3,4": the GPU scripts' filter
+    if only and request.param not in only.split(","):
+        pytest.skip(f"SWAA_TEST_HOPPER_VARIANTS={only}")
     monkeypatch.setenv("SWAA_FWD_HOPPER", request.param)
-    return "sm90" if request.param == "1" else "sm90-overlap"
+    return HOPPER_VARIANTS[request.param]
 
 
 def inputs(B, Hq, Hkv, Lq, Lk, dtype=torch.bfloat16, seed=0, D=128):
@@ -105,8 +114,11 @@ def test_path_selection(monkeypatch):
     assert torch.ops.swaa.fwd_path(qt, kt, kt) == "sm90"
     k1 = k[:1].expand(2, -1, -1, -1)  # batch stride 0
     assert "strides" in torch.ops.swaa.fwd_path(q, k1, k1)
-    monkeypatch.setenv("SWAA_FWD_HOPPER", "2")
-    assert torch.ops.swaa.fwd_path(q, k, v) == "sm90-overlap"
+    for knob, name in HOPPER_VARIANTS.items():
+        monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
+        assert torch.ops.swaa.fwd_path(q, k, v) == name
+        for D in (64, 128):  # v5.1 also needs out describable by a tensor map: always here
+            assert torch.ops.swaa.fwd_path(*inputs(1, 2, 1, 193, 193, D=D)) == name
     monkeypatch.setenv("SWAA_FWD_HOPPER", "0")
     assert torch.ops.swaa.fwd_path(q, k, v) == "sm80: SWAA_FWD_HOPPER=0"
 
@@ -249,3 +261,39 @@ def test_poisoned_outputs_are_all_written(hopper):
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_agrees_with_v5(hopper, monkeypatch, dtype, D):
+    """Every variant computes what v5 (SWAA_FWD_HOPPER=1) computes: per row the
+    same tiles in the same order with the same instructions (tiles a row cannot
+    see add exactly nothing), so only the CTA shape, the pipeline and the
+    epilogue differ.  Lengths straddle the 192-row CTAs of v5.1 at D=64 and
+    the 128-row ones, GQA 4, a sink, full_from for one sequence."""
+    knob = os.environ["SWAA_FWD_HOPPER"]  # set by the fixture
+    ff = torch.tensor([1 << 40, 900], dtype=torch.int64, device="cuda")
+    for L, window in [(191, 64), (193, 129), (385, 200), (1500, 333)]:
+        q, k, v = inputs(2, 8, 2, L, L, dtype, seed=L, D=D)
+        assert torch.ops.swaa.fwd_path(q, k, v) == hopper
+        out, lse = fwd(q, k, v, window, 4, ff)
+        monkeypatch.setenv("SWAA_FWD_HOPPER", "1")
+        out1, lse1 = fwd(q, k, v, window, 4, ff)
+        monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
+        assert max_err(out, out1) <= 1e-2, (L, window, max_err(out, out1))
+        assert max_err(lse, lse1) <= 1e-4, (L, window, max_err(lse, lse1))
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_row_blocks_of_every_size(hopper, D):
+    """Lq around multiples of 64, 128 and 192 (the consumer groups and CTAs of
+    every variant), Lq < Lk, windows that make the groups of one CTA skip
+    different tiles (window 1: each group sees only its own diagonal keys),
+    against the float64 reference."""
+    for Lq, Lk, window, sink in [(64, 64, 1, 0), (65, 320, 1, 1), (192, 192, 1, 0),
+                                 (193, 193, 70, 3), (320, 500, 128, 0), (577, 577, 1, 0),
+                                 (575, 700, 190, 130)]:
+        q, k, v = inputs(1, 4, 2, Lq, Lk, seed=Lq + Lk, D=D)
+        assert torch.ops.swaa.fwd_path(q, k, v) == hopper
+        out, lse = fwd(q, k, v, window, sink, None, 0.1)
+        check_against_reference(q, k, v, out, lse, window=window, sink=sink, scale=0.1)
