@@ -1,7 +1,8 @@
 """Which Hopper forward variant is fastest on the issue's shapes?
 
-Times swaa::fwd under SWAA_FWD_HOPPER = 1, 2 (v5, v5 overlapped), 3, 4 (v5.1,
-v5.1 ping-pong; docs/cuda_kernels.md "v5.1") side by side in one process, on
+Times swaa::fwd under SWAA_FWD_HOPPER = 1, 2 (v5, v5 overlapped), 3, 4, 5, 6
+(v5.1, v5.1 ping-pong, and both with persistent CTAs; docs/cuda_kernels.md
+"v5.1") side by side in one process, on
 the same inputs: B=1, Hq=32, Hkv=8, bfloat16, D in {128, 64}, N in {8192,
 32768, 131072}, W in {1024, 4096}, S=4 (override with the flags).  Each row
 names the path that ran (swaa::fwd_path), the time (median of --reps CUDA-event
@@ -34,7 +35,7 @@ import swaa_ext  # noqa: E402,F401
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4"])
+    ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4", "5", "6"])
     ap.add_argument("--D", type=int, nargs="+", default=[128, 64])
     ap.add_argument("--N", type=int, nargs="+", default=[8192, 32768, 131072])
     ap.add_argument("--W", type=int, nargs="+", default=[1024, 4096])

@@ -19,7 +19,8 @@ import torch
 
 import swaa_ext  # noqa: F401
 
-NAMES = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90-v51pp"}
+NAMES = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90-v51-pingpong",
+         "5": "sm90-v51-persistent", "6": "sm90-v51-pingpong-persistent"}
 
 
 def run(knob, q, k, v, *args):

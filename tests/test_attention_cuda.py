@@ -105,14 +105,15 @@ def hopper_available():
 _CACHE = {}
 
 
-_HOPPER_KNOB = {"sm90": "1", "sm90-overlap": "2", "sm90-v51": "3", "sm90-v51pp": "4"}
+_HOPPER_KNOB = {"sm90": "1", "sm90-overlap": "2", "sm90-v51": "3", "sm90-v51-pingpong": "4",
+                "sm90-v51-persistent": "5", "sm90-v51-pingpong-persistent": "6"}
 
 
-@pytest.fixture(params=["sm80", "sm90", "sm90-overlap", "sm90-v51", "sm90-v51pp"])
+@pytest.fixture(params=["sm80"] + list(_HOPPER_KNOB))
 def fwd_kernel(request, monkeypatch):
     """Runs a test with the sm_80 forward (SWAA_FWD_HOPPER=0) and, where the
     device and build have them, with every Hopper forward (SWAA_FWD_HOPPER=1,
-    2: docs/cuda_kernels.md, v5; 3, 4: v5.1)."""
+    2: docs/cuda_kernels.md, v5; 3-6: v5.1)."""
     only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS")  # e.g. "3,4": the GPU scripts' filter
     if only and _HOPPER_KNOB.get(request.param, "0") not in only.split(","):
         pytest.skip(f"SWAA_TEST_HOPPER_VARIANTS={only}")

@@ -41,7 +41,8 @@ def build_has_hopper():
 
 
 # SWAA_FWD_HOPPER value -> the path name swaa::fwd_path reports for it.
-HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90-v51pp"}
+HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90-v51-pingpong",
+                   "5": "sm90-v51-persistent", "6": "sm90-v51-pingpong-persistent"}
 
 
 @pytest.fixture(params=list(HOPPER_VARIANTS), ids=list(HOPPER_VARIANTS.values()))
@@ -49,7 +50,7 @@ def hopper(request, monkeypatch):
     """Every Hopper variant: 1 (v5: S, softmax, P V in turn), 2 (v5, softmax of
     tile i overlapping P V of tile i - 1), 3 (v5.1: 192-row CTAs at D=64, deeper
     K/V ring, group tile skipping, TMA-store epilogue), 4 (v5.1 with ping-pong
-    of the consumer warp groups)."""
+    of the consumer warp groups), 5, 6 (3, 4 with persistent CTAs)."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
     only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS")  # e.g. "3,4": the GPU scripts' filter
@@ -297,3 +298,28 @@ def test_row_blocks_of_every_size(hopper, D):
         assert torch.ops.swaa.fwd_path(q, k, v) == hopper
         out, lse = fwd(q, k, v, window, sink, None, 0.1)
         check_against_reference(q, k, v, out, lse, window=window, sink=sink, scale=0.1)
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_many_units_per_cta(hopper, monkeypatch, D):
+    """Several work units per CTA for the persistent variants (672 / 1024
+    units on ~132 SMs: the Q double buffer, the K/V ring and the ping-pong
+    turns all run on across units), both CTA orders, per-sequence full_from:
+    equal to v5 and to the float32 reference on row slices."""
+    knob = os.environ["SWAA_FWD_HOPPER"]
+    B, Hq, Hkv, L = 2, 16, 4, 4000
+    ff = torch.tensor([1 << 40, 2500], dtype=torch.int64, device="cuda")
+    q, k, v = inputs(B, Hq, Hkv, L, L, seed=44, D=D)
+    assert torch.ops.swaa.fwd_path(q, k, v) == hopper
+    monkeypatch.setenv("SWAA_FWD_HOPPER", "1")
+    out1, lse1 = fwd(q, k, v, 700, 4, ff)
+    monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
+    for order in ("1", "0"):
+        monkeypatch.setenv("SWAA_FWD_ORDER", order)
+        out, lse = fwd(q, k, v, 700, 4, ff)
+        assert max_err(out, out1) <= 1e-2 and max_err(lse, lse1) <= 1e-4, order
+    for r0, r1 in [(0, 300), (2400, 2700), (L - 200, L)]:
+        sl = (slice(None), slice(None), slice(r0, r1))
+        check_against_reference(q[sl], k[:, :, :r1], v[:, :, :r1], out[sl], lse[sl],
+                                torch.float32, window=700, sink=4, full_from=ff,
+                                scale=D ** -0.5)
