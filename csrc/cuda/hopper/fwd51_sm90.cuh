@@ -22,6 +22,7 @@
 //     occupy the tensor cores (FlashAttention-3's inter-warpgroup ping-pong,
 //     without its intra-warpgroup overlap, which v5's variant 2 measured
 //     slower);
+//   - boundary tiles are masked with int32 offsets (mask_tile; same predicate);
 //   - PERSISTENT (SWAA_FWD_HOPPER=5, 6 = 3, 4 persistent): one CTA per SM
 //     walks the work units (row block, head) u = blockIdx.x + i * gridDim.x
 //     in the same order as the one-CTA-per-unit grid; two Q buffers, so the
@@ -162,6 +163,41 @@ __device__ __forceinline__ SpanTiles span_tiles(const Visibility& vis, int64_t f
   s.body_first = static_cast<int>(span.body.begin / tile);
   s.body_end = span.body.empty() ? 0 : static_cast<int>((span.body.end + tile - 1) / tile);
   return s;
+}
+
+// Sets to -inf the scores of a thread's 64 accumulator elements of a 16 x 128
+// tile that Visibility::visible (or j < k_len) rejects: element sc[4 n + e]
+// is query position p_row + 8 (e >> 1), key j_col + c with c = 8 n + (e & 1)
+// in [0, 121].  Same predicate as v5's per-element int64 test, rewritten per
+// row as a range of c (computed once, in int64): visible <=> c <= hi && (c >=
+// lo || c < sink_c), where
+//   hi = min(p - j_col, k_len - 1 - j_col)   (causal, and keys past the end),
+//   lo = p - j_col - window + 1, or 0 when p >= full_from   (inside the window),
+//   sink_c = sink - j_col   (sink keys),
+// each clamped to [-1, 256] (c <= 121 decides the same).  So each element
+// costs ~3 compares against a constant instead of ~20 int64 instructions.
+__host__ __device__ __forceinline__ void mask_tile(float (&sc)[64], const Visibility& vis,
+                                                   int64_t p_row, int64_t j_col, int64_t k_len) {
+  auto clamp_c = [](int64_t x) {
+    return static_cast<int>(x < -1 ? -1 : x > 256 ? 256 : x);
+  };
+  const int sink_c = clamp_c(vis.sink - j_col);
+  int hi[2], lo[2];
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    const int64_t p = p_row + 8 * rh;
+    const int64_t d = p - j_col;
+    hi[rh] = clamp_c(min_of<int64_t>(d, k_len - 1 - j_col));
+    lo[rh] = p >= vis.full_from ? 0 : clamp_c(d - vis.window + 1);
+  }
+#pragma unroll
+  for (int n = 0; n < 16; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = 8 * n + (e & 1), rh = e >> 1;
+      const bool ok = c <= hi[rh] && (c >= lo[rh] || c < sink_c);
+      if (!ok) sc[4 * n + e] = -INFINITY;
+    }
 }
 
 // One work unit: kBlockM query rows of one (batch, query head).
@@ -337,16 +373,8 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
 #pragma unroll
       for (int i = 0; i < 64; ++i) sc[i] *= scale_log2;
-      if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1)) {
-#pragma unroll
-        for (int n = 0; n < 16; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int64_t pq = wp_first + g + (e >> 1) * 8;
-            const int64_t jk = j0 + n * 8 + 2 * t + (e & 1);
-            if (!(jk < p.k_len && vis.visible(pq, jk))) sc[4 * n + e] = -INFINITY;
-          }
-      }
+      if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
+        mask_tile(sc, vis, wp_first + g, j0 + 2 * t, p.k_len);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float mx = row_max[r];
