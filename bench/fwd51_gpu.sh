@@ -5,12 +5,13 @@
 #
 #   SWAA_COMMIT=<hash> SWAA_GIT_COMMIT=<hash> bash bench/fwd51_gpu.sh [all|check|speed]
 #
-#   check  build, smoke, tests, memcheck, forward tests of test_attention_cuda.py
-#          (~70 s build + ~4.5 min)
+#   check  build, smoke, tests, memcheck, synccheck (ping-pong variants,
+#          informational), forward tests of test_attention_cuda.py
+#          (~70 s build + ~5 min)
 #   speed  build, smoke, variants side by side, benchmark vs flex/sdpa
 #          (~70 s build + ~4 min; a few seconds of build on a warm machine)
 #   all    (default) both, in the order smoke, variants side by side, tests,
-#          benchmark D=128, memcheck, benchmark D=64, cuda tests; in one
+#          benchmark D=128, memcheck, synccheck, benchmark D=64, cuda tests; in one
 #          600-s call the steps that would not fit are skipped and say so.
 # Every step runs under its own timeout and is skipped when it would not fit
 # in FWD51_BUDGET seconds from the start (default 560).  A variant whose
@@ -97,6 +98,27 @@ print('memcheck cases done')
   local rc=$?; tail -10 "$OUT/sanitizer_memcheck_fwd51.log"; echo "memcheck exit code $rc"
   [[ $rc == 0 ]] || status=1
 }
+synccheck() {  # informational: barrier misuse (divergent or mismatched bar.sync / bar.arrive)
+  local pp; pp=$(echo "$variants" | tr ',' '\n' | grep -E '^(4|6)$' | paste -sd, -)
+  step "compute-sanitizer synccheck of the ping-pong variants (${pp:-none}; informational)"
+  [[ -n $pp ]] || return 0
+  fits 60 || return 0
+  SANITIZE_VARIANTS=$pp timeout --kill-after=5 60 \
+    ${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer --tool synccheck --error-exitcode 3 \
+    python -c "
+import os, torch, swaa_ext
+for knob in os.environ['SANITIZE_VARIANTS'].split(','):
+    os.environ['SWAA_FWD_HOPPER'] = knob
+    for (B, Hq, Hkv, Lq, Lk, w, s, D) in [(1, 2, 1, 97, 300, 40, 3, 128), (1, 2, 2, 385, 385, 1, 1, 64),
+                                          (2, 64, 8, 700, 700, 100, 4, 128)]:
+        q = torch.randn(B, Hq, Lq, D, device='cuda', dtype=torch.bfloat16)
+        k = torch.randn(B, Hkv, Lk, D, device='cuda', dtype=torch.bfloat16)
+        torch.ops.swaa.fwd(q, k, k, w, s, None, 0.1)
+    torch.cuda.synchronize()
+print('synccheck cases done')
+" > "$OUT/sanitizer_synccheck_fwd51.log" 2>&1
+  local rc=$?; tail -10 "$OUT/sanitizer_synccheck_fwd51.log"; echo "synccheck exit code $rc (informational)"
+}
 best_of() {  # best_of <D>: the fastest variant of that head dim (1 when unknown)
   local b; b=$(awk -v d="$1" '$1 == d {print $2}' "$OUT/best_variant.txt" 2>/dev/null)
   echo "${b:-1}"
@@ -125,6 +147,7 @@ if [[ -n $variants ]]; then
   want check && hopper_tests
   want speed && benchmark 128
   want check && memcheck
+  want check && synccheck
   want speed && benchmark 64
   want check && cuda_tests
 fi
