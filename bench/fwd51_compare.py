@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cuda_kernels import time_ms, visible_pairs  # noqa: E402
-from common import append_rows, run_metadata  # noqa: E402
+from bench_cuda_kernels import time_ms, visible_pairs
+from common import append_rows, run_metadata
 
-import swaa_ext  # noqa: E402,F401
+import swaa_ext  # noqa: F401
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
             sets.append((q, k, v))
         flop = 4 * D * visible_pairs(N, W, S) * args.Hq
 
-        def fn(q, k, v):
+        def fn(q, k, v, W=W, S=S, scale=scale):
             torch.ops.swaa.fwd(q, k, v, W, S, None, scale)
 
         ref = None

@@ -4,15 +4,16 @@
 # 6 (4 with persistent CTAs), all written without a GPU.
 #
 #   SWAA_COMMIT=<hash> SWAA_GIT_COMMIT=<hash> bash bench/fwd51_gpu.sh [all|check|speed]
+#   (device call: timeout 600)
 #
-#   check  build, smoke, tests, memcheck, synccheck (ping-pong variants,
-#          informational), forward tests of test_attention_cuda.py
-#          (~70 s build + ~5 min)
-#   speed  build, smoke, variants side by side, benchmark vs flex/sdpa
-#          (~70 s build + ~4 min; a few seconds of build on a warm machine)
-#   all    (default) both, in the order smoke, variants side by side, tests,
-#          benchmark D=128, memcheck, synccheck, benchmark D=64, cuda tests; in one
-#          600-s call the steps that would not fit are skipped and say so.
+#   all    (default, one call) smoke, variants side by side, tests, benchmark
+#          D=128, memcheck, synccheck, benchmark D=64, forward tests of
+#          test_attention_cuda.py: ~5.5 min incl. ~70 s build (from session 3's
+#          timings: 457 Hopper tests in 13 s, the 12-shape benchmark with flex
+#          and sdpa in 90 s, memcheck 5 s)
+#   check  only the correctness steps (smoke, tests, memcheck, synccheck of the
+#          ping-pong variants (informational), cuda tests): ~3.5 min
+#   speed  only smoke, variants side by side, benchmark vs flex/sdpa: ~4 min
 # Every step runs under its own timeout and is skipped when it would not fit
 # in FWD51_BUDGET seconds from the start (default 560).  A variant whose
 # smoke test (`timeout 60`) hangs or fails is dropped from every later step.

@@ -30,10 +30,10 @@ def test_mask_tile_is_the_visibility_predicate(tmp_path):
            "-gencode=arch=compute_90a,code=sm_90a", f"-I{ROOT / 'csrc'}",
            f"-I{ROOT / 'csrc' / 'include'}", str(ROOT / "tests" / "native" / "mask_tile_check.cu"),
            "-o", str(exe)]
-    build = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    build = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert build.returncode == 0, build.stderr[-3000:]
     for seed in ("1", "2"):
         res = subprocess.run([str(exe), "100000", seed], capture_output=True, text=True,
-                             timeout=300)
+                             timeout=300, check=False)
         assert res.returncode == 0, res.stdout[-3000:]
         assert "mismatches 0" in res.stdout and "masked 0 " not in res.stdout, res.stdout
