@@ -154,6 +154,8 @@ def main() -> None:
                 row = dict(meta, impl=impl, **{"pass": pass_}, B=B, Hq=args.Hq, Hkv=args.Hkv,
                            D=D, N=N, W=W, S=S, dtype="bfloat16", ms=round(ms, 4),
                            tflops=round(flop / ms / 1e9, 1))
+                if impl == "swaa":  # which forward ran (SWAA_FWD_HOPPER variants, sm_80)
+                    row["swaa_fwd_path"] = torch.ops.swaa.fwd_path(*sets[0][:3])
                 if ref_impl and impl != ref_impl and impl != "sdpa":
                     row["max_diff_vs_flex_last512"] = round(
                         (outs[impl] - outs[ref_impl]).abs().max().item(), 5)

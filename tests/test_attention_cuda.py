@@ -105,15 +105,25 @@ def hopper_available():
 _CACHE = {}
 
 
-@pytest.fixture(params=["sm80", "sm90", "sm90-overlap"])
+_HOPPER_KNOB = {"sm90": "1", "sm90-overlap": "2", "sm90-v51": "3", "sm90-v51-pingpong": "4",
+                "sm90-v51-persistent": "5", "sm90-v51-pingpong-persistent": "6"}
+
+
+@pytest.fixture(params=["sm80"] + list(_HOPPER_KNOB))
 def fwd_kernel(request, monkeypatch):
     """Runs a test with the sm_80 forward (SWAA_FWD_HOPPER=0) and, where the
-    device and build have them, with both Hopper forwards (SWAA_FWD_HOPPER=1,
-    2; docs/cuda_kernels.md, v5)."""
+    device and build have them, with every Hopper forward (SWAA_FWD_HOPPER=1,
+    2: docs/cuda_kernels.md, v5; 3-6: v5.1)."""
+    # The v5.1 variants (3-6, unmeasured) only when SWAA_TEST_HOPPER_VARIANTS
+    # names them (tests/test_attention_hopper.py, DEFAULT_TEST_VARIANTS); a
+    # value there also restricts the others ("0" = sm80).
+    only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", "0,1,2")
+    if _HOPPER_KNOB.get(request.param, "0") not in only.split(","):
+        pytest.skip(f"{request.param} not in SWAA_TEST_HOPPER_VARIANTS={only}")
     if request.param.startswith("sm90"):
         if not hopper_available():
             pytest.skip("no Hopper forward on this device / in this build")
-        monkeypatch.setenv("SWAA_FWD_HOPPER", "2" if request.param == "sm90-overlap" else "1")
+        monkeypatch.setenv("SWAA_FWD_HOPPER", _HOPPER_KNOB[request.param])
     else:
         monkeypatch.setenv("SWAA_FWD_HOPPER", "0")
     return request.param

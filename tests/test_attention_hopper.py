@@ -40,14 +40,31 @@ def build_has_hopper():
             os.environ["SWAA_FWD_HOPPER"] = env
 
 
-@pytest.fixture(params=["1", "2"], ids=["sm90", "sm90-overlap"])
+# SWAA_FWD_HOPPER value -> the path name swaa::fwd_path reports for it.
+HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90-v51-pingpong",
+                   "5": "sm90-v51-persistent", "6": "sm90-v51-pingpong-persistent"}
+
+
+# Variants a plain run tests: the measured ones.  The v5.1 variants (3-6,
+# written without a GPU) run when SWAA_TEST_HOPPER_VARIANTS names them, e.g.
+# "1,2,3,4,5,6" (bench/fwd51_gpu.sh sets "3,4,5,6"), so the other GPU scripts
+# keep their run time and do not mix in unmeasured kernels.
+DEFAULT_TEST_VARIANTS = "1,2"
+
+
+@pytest.fixture(params=list(HOPPER_VARIANTS), ids=list(HOPPER_VARIANTS.values()))
 def hopper(request, monkeypatch):
-    """Both Hopper variants: 1 (S, softmax, P V in turn) and 2 (softmax of
-    tile i overlapping P V of tile i - 1)."""
+    """Every Hopper variant: 1 (v5: S, softmax, P V in turn), 2 (v5, softmax of
+    tile i overlapping P V of tile i - 1), 3 (v5.1: 192-row CTAs at D=64, deeper
+    K/V ring, group tile skipping, TMA-store epilogue), 4 (v5.1 with ping-pong
+    of the consumer warp groups), 5, 6 (3, 4 with persistent CTAs)."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
+    only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", DEFAULT_TEST_VARIANTS)
+    if request.param not in only.split(","):
+        pytest.skip(f"variant {request.param} not in SWAA_TEST_HOPPER_VARIANTS={only}")
     monkeypatch.setenv("SWAA_FWD_HOPPER", request.param)
-    return "sm90" if request.param == "1" else "sm90-overlap"
+    return HOPPER_VARIANTS[request.param]
 
 
 def inputs(B, Hq, Hkv, Lq, Lk, dtype=torch.bfloat16, seed=0, D=128):
@@ -105,8 +122,11 @@ def test_path_selection(monkeypatch):
     assert torch.ops.swaa.fwd_path(qt, kt, kt) == "sm90"
     k1 = k[:1].expand(2, -1, -1, -1)  # batch stride 0
     assert "strides" in torch.ops.swaa.fwd_path(q, k1, k1)
-    monkeypatch.setenv("SWAA_FWD_HOPPER", "2")
-    assert torch.ops.swaa.fwd_path(q, k, v) == "sm90-overlap"
+    for knob, name in HOPPER_VARIANTS.items():
+        monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
+        assert torch.ops.swaa.fwd_path(q, k, v) == name
+        for D in (64, 128):  # v5.1 also needs out describable by a tensor map: always here
+            assert torch.ops.swaa.fwd_path(*inputs(1, 2, 1, 193, 193, D=D)) == name
     monkeypatch.setenv("SWAA_FWD_HOPPER", "0")
     assert torch.ops.swaa.fwd_path(q, k, v) == "sm80: SWAA_FWD_HOPPER=0"
 
@@ -249,3 +269,64 @@ def test_poisoned_outputs_are_all_written(hopper):
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_agrees_with_v5(hopper, monkeypatch, dtype, D):
+    """Every variant computes what v5 (SWAA_FWD_HOPPER=1) computes: per row the
+    same tiles in the same order with the same instructions (tiles a row cannot
+    see add exactly nothing), so only the CTA shape, the pipeline and the
+    epilogue differ.  Lengths straddle the 192-row CTAs of v5.1 at D=64 and
+    the 128-row ones, GQA 4, a sink, full_from for one sequence."""
+    knob = os.environ["SWAA_FWD_HOPPER"]  # set by the fixture
+    ff = torch.tensor([1 << 40, 900], dtype=torch.int64, device="cuda")
+    for L, window in [(191, 64), (193, 129), (385, 200), (1500, 333)]:
+        q, k, v = inputs(2, 8, 2, L, L, dtype, seed=L, D=D)
+        assert torch.ops.swaa.fwd_path(q, k, v) == hopper
+        out, lse = fwd(q, k, v, window, 4, ff)
+        monkeypatch.setenv("SWAA_FWD_HOPPER", "1")
+        out1, lse1 = fwd(q, k, v, window, 4, ff)
+        monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
+        assert max_err(out, out1) <= 1e-2, (L, window, max_err(out, out1))
+        assert max_err(lse, lse1) <= 1e-4, (L, window, max_err(lse, lse1))
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_row_blocks_of_every_size(hopper, D):
+    """Lq around multiples of 64, 128 and 192 (the consumer groups and CTAs of
+    every variant), Lq < Lk, windows that make the groups of one CTA skip
+    different tiles (window 1: each group sees only its own diagonal keys),
+    against the float64 reference."""
+    for Lq, Lk, window, sink in [(64, 64, 1, 0), (65, 320, 1, 1), (192, 192, 1, 0),
+                                 (193, 193, 70, 3), (320, 500, 128, 0), (577, 577, 1, 0),
+                                 (575, 700, 190, 130)]:
+        q, k, v = inputs(1, 4, 2, Lq, Lk, seed=Lq + Lk, D=D)
+        assert torch.ops.swaa.fwd_path(q, k, v) == hopper
+        out, lse = fwd(q, k, v, window, sink, None, 0.1)
+        check_against_reference(q, k, v, out, lse, window=window, sink=sink, scale=0.1)
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_many_units_per_cta(hopper, monkeypatch, D):
+    """Several work units per CTA for the persistent variants (672 / 1024
+    units on ~132 SMs: the Q double buffer, the K/V ring and the ping-pong
+    turns all run on across units), both CTA orders, per-sequence full_from:
+    equal to v5 and to the float32 reference on row slices."""
+    knob = os.environ["SWAA_FWD_HOPPER"]
+    B, Hq, Hkv, L = 2, 16, 4, 4000
+    ff = torch.tensor([1 << 40, 2500], dtype=torch.int64, device="cuda")
+    q, k, v = inputs(B, Hq, Hkv, L, L, seed=44, D=D)
+    assert torch.ops.swaa.fwd_path(q, k, v) == hopper
+    monkeypatch.setenv("SWAA_FWD_HOPPER", "1")
+    out1, lse1 = fwd(q, k, v, 700, 4, ff)
+    monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
+    for order in ("1", "0"):
+        monkeypatch.setenv("SWAA_FWD_ORDER", order)
+        out, lse = fwd(q, k, v, 700, 4, ff)
+        assert max_err(out, out1) <= 1e-2 and max_err(lse, lse1) <= 1e-4, order
+    for r0, r1 in [(0, 300), (2400, 2700), (L - 200, L)]:
+        sl = (slice(None), slice(None), slice(r0, r1))
+        check_against_reference(q[sl], k[:, :, :r1], v[:, :, :r1], out[sl], lse[sl],
+                                torch.float32, window=700, sink=4, full_from=ff,
+                                scale=D ** -0.5)

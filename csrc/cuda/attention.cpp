@@ -113,15 +113,27 @@ at::Tensor aligned(const at::Tensor& t) {
 
 // The Hopper forward (csrc/cuda/hopper, wgmma + TMA) is taken when the build
 // has it (SWAA_CUDA_HOPPER), SWAA_FWD_HOPPER is not 0 (read at every call,
-// for A/B runs: 1 = default, 2 = the variant whose softmax overlaps the
-// previous tile's P V), the device is compute capability 9.0 and the call
+// for A/B runs: 1 = default (v5), 2 = the variant whose softmax overlaps the
+// previous tile's P V, 3 = v5.1, 4 = v5.1 with ping-pong, 5, 6 = 3, 4 with
+// persistent CTAs; see
+// cuda/hopper/fwd_sm90.h), the device is compute capability 9.0 and the call
 // fits (strides a TMA tensor map can describe); the sm_80
 // kernel otherwise.  Both compute the same function (tests/test_attention_cuda.py).
 int hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
   if (env == nullptr) return 1;
   const int v = std::atoi(env);
-  return v == 0 || v == 2 ? v : 1;
+  return v >= 0 && v <= 6 ? v : 1;
+}
+const char* hopper_variant_name(int knob) {
+  switch (knob) {
+    case 2: return "sm90-overlap";
+    case 3: return "sm90-v51";
+    case 4: return "sm90-v51-pingpong";
+    case 5: return "sm90-v51-persistent";
+    case 6: return "sm90-v51-pingpong-persistent";
+    default: return "sm90";
+  }
 }
 
 // Which forward kernel a call with these parameters takes, and why.
@@ -131,8 +143,8 @@ std::string fwd_path_of(const AttnParams& p) {
   if (!hopper_knob()) return "sm80: SWAA_FWD_HOPPER=0";
   const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
                                                       : cuda::sm90::Dtype::kFp16;
-  const cuda::sm90::Fit fit = cuda::sm90::fits(p, dtype);
-  if (fit == cuda::sm90::Fit::kOk) return hopper_knob() == 2 ? "sm90-overlap" : "sm90";
+  const cuda::sm90::Fit fit = cuda::sm90::fits(p, dtype, hopper_knob());
+  if (fit == cuda::sm90::Fit::kOk) return hopper_variant_name(hopper_knob());
   return std::string("sm80: ") + cuda::sm90::fit_name(fit);
 #else
   (void)p;
@@ -149,7 +161,7 @@ bool try_hopper_fwd(const AttnParams& p, cudaStream_t stream) {
   const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
                                                       : cuda::sm90::Dtype::kFp16;
   cudaError_t err = cudaSuccess;
-  const bool launched = cuda::sm90::try_fwd(p, dtype, knob == 2, stream, &err);
+  const bool launched = cuda::sm90::try_fwd(p, dtype, knob, stream, &err);
   C10_CUDA_CHECK(err);
   return launched;
 #else
@@ -177,7 +189,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q_in, const at::Te
   return {call.out, call.lse};
 }
 
-// swaa::fwd_path(q, k, v): "sm90" (or "sm90-overlap") when swaa::fwd with these
+// swaa::fwd_path(q, k, v): "sm90" (or "sm90-overlap", "sm90-v51", "sm90-v51-pingpong",
+// "sm90-v51-persistent", "sm90-v51-pingpong-persistent" for SWAA_FWD_HOPPER=2 ... 6) when swaa::fwd with these
 // tensors runs the Hopper kernel, else "sm80: <reason>" (tests and benchmarks check the path
 // they measure).  Same input preparation as fwd_cuda.
 std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in) {

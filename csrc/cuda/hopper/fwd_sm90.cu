@@ -4,6 +4,7 @@
 // translation unit; no
 // torch headers (errors go back to csrc/cuda/attention.cpp as cudaError_t).
 #include "cuda/hopper/fwd_sm90.h"
+#include "cuda/hopper/fwd51_sm90.cuh"  // v5.1 kernels (SWAA_FWD_HOPPER=3-6)
 
 #include <cuda.h>
 #include <cuda_bf16.h>
@@ -55,23 +56,94 @@ bool device_ok(Dtype dtype) {
   return ok;
 }
 
+// v5.1 (variants 3-6): its smem fits the device and its sm_90a images load
+// (cached per device, as device_ok).
+template <typename T, int D>
+bool kernel51_present() {
+  cudaFuncAttributes attr{};
+  const bool ok =
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, false, false>) == cudaSuccess &&
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, false>) == cudaSuccess &&
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, false, true>) == cudaSuccess &&
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true>) == cudaSuccess;
+  if (!ok) (void)cudaGetLastError();
+  return ok;
+}
+
+// Streaming multiprocessors of the current device (grid of the persistent
+// variants), 0 when unknown; cached per device.
+int sm_count() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  constexpr int kMaxDevices = 64;
+  static int cache[kMaxDevices] = {};
+  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev];
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  if (dev >= 0 && dev < kMaxDevices) cache[dev] = n;
+  return n;
+}
+
+bool device51_ok() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  constexpr int kMaxDevices = 64;
+  static int cache[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
+  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev] == 1;
+  int smem_optin = 0;
+  bool ok = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
+            cudaSuccess;
+  if (!ok) (void)cudaGetLastError();
+  for (int bytes : {fwd51_smem_bytes<__nv_bfloat16, 128, false>(),
+                    fwd51_smem_bytes<__nv_bfloat16, 128, true>(),
+                    fwd51_smem_bytes<__nv_bfloat16, 64, false>(),
+                    fwd51_smem_bytes<__nv_bfloat16, 64, true>()})
+    ok = ok && smem_optin >= bytes;
+  ok = ok && sm_count() > 0 && kernel51_present<__nv_bfloat16, 128>() &&
+       kernel51_present<__half, 128>() && kernel51_present<__nv_bfloat16, 64>() &&
+       kernel51_present<__half, 64>();
+  if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
+  return ok;
+}
+
 struct Maps {
   CUtensorMap q, k, v;
+  CUtensorMap o;  // v5.1 only: out, stored with TMA in boxes of 64 rows
 };
 
-Fit prepare(const AttnParams& p, Dtype dtype, Maps* maps) {
+// variant: 1, 2 = v5 (plain, overlapped); 3, 4 = v5.1 (plain, ping-pong);
+// 5, 6 = 3, 4 with persistent CTAs.
+Fit prepare(const AttnParams& p, Dtype dtype, int variant, Maps* maps) {
   if (p.head_dim != 64 && p.head_dim != 128) return Fit::kHeadDim;
   if (!device_ok(dtype)) return Fit::kDevice;
+  const bool v51 = variant >= 3;
+  if (v51 && !device51_ok()) return Fit::kDevice;
   constexpr int BM = FwdSm90Config<128>::kBlockM, BN = FwdSm90Config<128>::kBlockN;
   static_assert(BM == FwdSm90Config<64>::kBlockM && BN == FwdSm90Config<64>::kBlockN);
+  static_assert(Fwd51Config<64, false>::kBlockN == BN && Fwd51Config<128, false>::kBlockN == BN);
+  static_assert(Fwd51Config<64, true>::kBlockM == Fwd51Config<64, false>::kBlockM &&
+                Fwd51Config<128, true>::kBlockM == Fwd51Config<128, false>::kBlockM);
   const int64_t d = p.head_dim;
+  const int q_rows =
+      !v51 ? BM : d == 64 ? Fwd51Config<64, false>::kBlockM : Fwd51Config<128, false>::kBlockM;
   const bool ok =
       make_map(&maps->q, p.q, dtype, d, p.q_len, p.q_heads, p.batch, p.q_row_stride,
-               p.q_head_stride, p.q_batch_stride, BM) &&
+               p.q_head_stride, p.q_batch_stride, q_rows) &&
       make_map(&maps->k, p.k, dtype, d, p.k_len, p.kv_heads, p.batch, p.k_row_stride,
                p.k_head_stride, p.k_batch_stride, BN) &&
       make_map(&maps->v, p.v, dtype, d, p.k_len, p.kv_heads, p.batch, p.v_row_stride,
-               p.v_head_stride, p.v_batch_stride, BN);
+               p.v_head_stride, p.v_batch_stride, BN) &&
+      (!v51 || make_map(&maps->o, p.out, dtype, d, p.q_len, p.q_heads, p.batch, p.o_row_stride,
+                        p.o_head_stride, p.o_batch_stride, Fwd51Config<128, false>::kOutBoxRows));
   return ok ? Fit::kOk : Fit::kStrides;
 }
 
@@ -105,20 +177,55 @@ cudaError_t launch_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
               : launch<__half, 64, OVERLAP>(p, maps, stream);
 }
 
-}  // namespace
-
-Fit fits(const AttnParams& p, Dtype dtype) {
-  Maps maps;
-  return prepare(p, dtype, &maps);
+template <typename T, int D, bool PINGPONG, bool PERSISTENT>
+cudaError_t launch51(const AttnParams& p, const Maps& maps, cudaStream_t stream) {
+  using C = Fwd51Config<D, PERSISTENT>;
+  constexpr int smem = fwd51_smem_bytes<T, D, PERSISTENT>();
+  static const cudaError_t configured =
+      cudaFuncSetAttribute(fwd51_sm90_kernel<T, D, PINGPONG, PERSISTENT>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (configured != cudaSuccess) return configured;
+  const int64_t units = ((p.q_len + C::kBlockM - 1) / C::kBlockM) * p.q_heads * p.batch;
+  // Persistent: one CTA per SM (1 CTA fits per SM), each walking units
+  // blockIdx.x + i * gridDim.x; otherwise one CTA per unit.
+  const int64_t grid = PERSISTENT ? min_of<int64_t>(units, sm_count()) : units;
+  fwd51_sm90_kernel<T, D, PINGPONG, PERSISTENT>
+      <<<static_cast<unsigned>(grid), C::kThreads, smem, stream>>>(p, maps.q, maps.k, maps.v,
+                                                                  maps.o, heads_inner());
+  return cudaGetLastError();
 }
 
-bool try_fwd(const AttnParams& p, Dtype dtype, bool overlap, cudaStream_t stream,
+template <bool PINGPONG, bool PERSISTENT>
+cudaError_t launch51_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
+                             cudaStream_t stream) {
+  const bool bf16 = dtype == Dtype::kBf16;
+  if (p.head_dim == 128)
+    return bf16 ? launch51<__nv_bfloat16, 128, PINGPONG, PERSISTENT>(p, maps, stream)
+                : launch51<__half, 128, PINGPONG, PERSISTENT>(p, maps, stream);
+  return bf16 ? launch51<__nv_bfloat16, 64, PINGPONG, PERSISTENT>(p, maps, stream)
+              : launch51<__half, 64, PINGPONG, PERSISTENT>(p, maps, stream);
+}
+
+}  // namespace
+
+Fit fits(const AttnParams& p, Dtype dtype, int variant) {
+  Maps maps;
+  return prepare(p, dtype, variant, &maps);
+}
+
+bool try_fwd(const AttnParams& p, Dtype dtype, int variant, cudaStream_t stream,
              cudaError_t* error) {
   *error = cudaSuccess;
   Maps maps;
-  if (prepare(p, dtype, &maps) != Fit::kOk) return false;
-  *error = overlap ? launch_variant<true>(p, maps, dtype, stream)
-                   : launch_variant<false>(p, maps, dtype, stream);
+  if (prepare(p, dtype, variant, &maps) != Fit::kOk) return false;
+  switch (variant) {
+    case 2: *error = launch_variant<true>(p, maps, dtype, stream); break;
+    case 3: *error = launch51_variant<false, false>(p, maps, dtype, stream); break;
+    case 4: *error = launch51_variant<true, false>(p, maps, dtype, stream); break;
+    case 5: *error = launch51_variant<false, true>(p, maps, dtype, stream); break;
+    case 6: *error = launch51_variant<true, true>(p, maps, dtype, stream); break;
+    default: *error = launch_variant<false>(p, maps, dtype, stream); break;
+  }
   return true;
 }
 

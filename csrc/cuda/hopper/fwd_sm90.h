@@ -21,14 +21,20 @@ enum class Fit {
   kStrides,    // strides/pointers a TMA tensor map cannot describe
 };
 
-// Whether the call described by p fits the Hopper kernel on the current device.
-Fit fits(const AttnParams& p, Dtype dtype);
-
-// Launches the Hopper forward on `stream` when fits() says kOk and returns
-// true; returns false (nothing launched) otherwise.  overlap: the variant
+// The Hopper forward variants (SWAA_FWD_HOPPER): 1 = v5 (fwd_sm90.cuh); 2 = v5
 // whose softmax of tile i overlaps P V of tile i - 1 in each consumer warp
-// group.  A launch error is returned in *error (cudaSuccess otherwise).
-bool try_fwd(const AttnParams& p, Dtype dtype, bool overlap, cudaStream_t stream,
+// group; 3 = v5.1 (fwd51_sm90.cuh: 192-row CTAs at D=64, deeper K/V ring,
+// group tile skipping, TMA-store epilogue); 4 = v5.1 with ping-pong of the
+// consumer groups; 5, 6 = 3, 4 with persistent CTAs (one per SM).
+
+// Whether the call described by p fits the Hopper kernel `variant` on the
+// current device.
+Fit fits(const AttnParams& p, Dtype dtype, int variant = 1);
+
+// Launches Hopper forward `variant` on `stream` when fits() says kOk and
+// returns true; returns false (nothing launched) otherwise.  A launch error is
+// returned in *error (cudaSuccess otherwise).
+bool try_fwd(const AttnParams& p, Dtype dtype, int variant, cudaStream_t stream,
              cudaError_t* error);
 
 const char* fit_name(Fit f);

@@ -1,0 +1,56 @@
+// Host-side check of the Hopper forward v5.1's boundary-tile mask
+// (csrc/cuda/hopper/fwd51_sm90.cuh, mask_tile): on random (window, sink,
+// full_from, k_len, tile, row) cases, including positions past 2^31, every
+// element it keeps or masks must match the int64 predicate v5 evaluates per
+// element (Visibility::visible and j < k_len).  Compiled and run by
+// tests/test_mask_tile.py; prints the counts, exit code 1 on a mismatch.
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+
+#include "cuda/hopper/fwd51_sm90.cuh"
+
+int main(int argc, char** argv) {
+  using swaa::Visibility;
+  using swaa::cuda::sm90::mask_tile;
+  const int n_cases = argc > 1 ? std::atoi(argv[1]) : 100000;
+  std::mt19937_64 rng(argc > 2 ? std::atoll(argv[2]) : 1);
+  auto uniform = [&](int64_t lo, int64_t hi) {
+    return lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
+  };
+  long elements = 0, masked = 0, mismatches = 0;
+  for (int i = 0; i < n_cases; ++i) {
+    const bool huge = i % 50 == 0;  // positions around and past 2^31
+    const int64_t k_len = huge ? uniform(1, INT64_C(3) << 31) : uniform(1, 3000);
+    Visibility vis;
+    vis.window = i % 4 == 0 ? swaa::kNoWindow : uniform(1, huge ? INT64_C(3) << 31 : 2000);
+    vis.sink = i % 3 == 0 ? 0 : uniform(0, 300);
+    vis.full_from = i % 5 == 0 ? swaa::kNever : uniform(0, k_len + 10);
+    int64_t j0 = uniform(0, k_len / 128) * 128;                       // a key tile
+    int64_t p_row = uniform(j0 > 300 ? j0 - 300 : 0, j0 + 400);       // a warp's row near it
+    if (huge && i % 7 == 0) p_row = uniform(0, k_len + 200), j0 = uniform(0, 5) * 128;
+    const int t = static_cast<int>(uniform(0, 3));                    // the thread's column pair
+    float got[64], want[64];
+    for (int e = 0; e < 64; ++e) got[e] = want[e] = 1.f;
+    mask_tile(got, vis, p_row, j0 + 2 * t, k_len);
+    for (int n = 0; n < 16; ++n)
+      for (int e = 0; e < 4; ++e) {
+        const int64_t p = p_row + (e >> 1) * 8, j = j0 + 8 * n + 2 * t + (e & 1);
+        if (!(j < k_len && vis.visible(p, j))) want[4 * n + e] = -INFINITY;
+      }
+    for (int e = 0; e < 64; ++e) {
+      ++elements;
+      masked += want[e] < 0.f;
+      if (got[e] != want[e]) {
+        if (mismatches < 5)
+          std::printf("mismatch: window %lld sink %lld full_from %lld k_len %lld j0 %lld p_row %lld "
+                      "t %d element %d: got %g want %g\n",
+                      (long long)vis.window, (long long)vis.sink, (long long)vis.full_from,
+                      (long long)k_len, (long long)j0, (long long)p_row, t, e, got[e], want[e]);
+        ++mismatches;
+      }
+    }
+  }
+  std::printf("elements %ld masked %ld mismatches %ld\n", elements, masked, mismatches);
+  return mismatches == 0 ? 0 : 1;
+}
