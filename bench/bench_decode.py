@@ -260,24 +260,19 @@ def main() -> None:
             cases.append(("sdpa_contiguous", ring_bytes,
                           lambda n: make_contiguous(B, Hq, Hkv, D, S + W, dtype, device, n,
                                                     ring_of=(W, S)), True))
-        if "full" in impls:
+        # long caches of L positions: SDPA over a contiguous cache (full_<L>) and our decode
+        # over a never-wrapping ring (ring_full_<L>), same bytes
+        long_makers = {"full": lambda n, L: make_contiguous(B, Hq, Hkv, D, L, dtype, device, n),
+                       "ring_full": lambda n, L: make_ring_full(B, Hq, Hkv, D, L, dtype, device, n)}
+        for kind, make in long_makers.items():
+            if kind not in impls:
+                continue
             for L in fulls:
                 full_bytes = 2 * B * Hkv * L * D * es + 2 * B * Hkv * D * es
                 if device.type == "cuda" and 2.2 * full_bytes > torch.cuda.mem_get_info(device)[0]:
-                    print(f"  B={B} full_{L}: skipped (does not fit)")
+                    print(f"  B={B} {kind}_{L}: skipped (does not fit)")
                     continue
-                cases.append((f"full_{L}", full_bytes,
-                              lambda n, L=L: make_contiguous(B, Hq, Hkv, D, L, dtype, device, n),
-                              True))
-        if "ring_full" in impls:
-            for L in fulls:
-                full_bytes = 2 * B * Hkv * L * D * es + 2 * B * Hkv * D * es
-                if device.type == "cuda" and 2.2 * full_bytes > torch.cuda.mem_get_info(device)[0]:
-                    print(f"  B={B} ring_full_{L}: skipped (does not fit)")
-                    continue
-                cases.append((f"ring_full_{L}", full_bytes,
-                              lambda n, L=L: make_ring_full(B, Hq, Hkv, D, L, dtype, device, n),
-                              True))
+                cases.append((f"{kind}_{L}", full_bytes, lambda n, L=L, make=make: make(n, L), True))
         if "hf_static_sliding" in impls:  # last: its graph capture may fail
             cases.append(("hf_static_sliding", ring_bytes,
                           lambda n: make_hf(B, Hq, Hkv, D, W, S, dtype, device, n), True))

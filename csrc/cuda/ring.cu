@@ -984,6 +984,25 @@ struct SplitDecodeOccupancy {
   int64_t per_sm = 1;  // CTAs of the split kernel resident on one SM
 };
 
+// Launch configuration of the split kernel in clusters of `splits` CTAs along
+// x (the splits of one row); `attribute` must outlive the launch.
+inline cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int smem_bytes,
+                                                int64_t splits, cudaStream_t stream,
+                                                cudaLaunchAttribute* attribute) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  attribute->id = cudaLaunchAttributeClusterDimension;
+  attribute->val.clusterDim.x = static_cast<unsigned>(splits);
+  attribute->val.clusterDim.y = 1;
+  attribute->val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return config;
+}
+
 template <typename T, int kDim>
 const SplitDecodeOccupancy& split_decode_occupancy() {
   using C = SplitDecode<T, kDim>;
@@ -1003,17 +1022,9 @@ const SplitDecodeOccupancy& split_decode_occupancy() {
                                                                C::kSmemBytes));
   const int64_t per_sm_slots = sms * std::max(blocks, 1);
   for (int s = 1; s <= C::kMaxSplits; ++s) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(s), 1, 1);
-    config.blockDim = dim3(C::kThreads);
-    config.dynamicSmemBytes = C::kSmemBytes;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeClusterDimension;
-    attribute[0].val.clusterDim.x = static_cast<unsigned>(s);
-    attribute[0].val.clusterDim.y = 1;
-    attribute[0].val.clusterDim.z = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config = cluster_launch_config(
+        dim3(static_cast<unsigned>(s), 1, 1), C::kThreads, C::kSmemBytes, s, nullptr, &attribute);
     int clusters = 0;
     if (cudaOccupancyMaxActiveClusters(&clusters, cluster_kernel, &config) != cudaSuccess ||
         clusters <= 0) {
@@ -1145,18 +1156,9 @@ void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tens
     }
     return;
   }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = dim3(C::kThreads);
-  config.dynamicSmemBytes = C::kSmemBytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = static_cast<unsigned>(splits);
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config =
+      cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, &attribute);
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
                                     static_cast<int>(head_chunks), static_cast<float*>(nullptr),
                                     static_cast<float*>(nullptr)));
