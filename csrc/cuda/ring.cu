@@ -52,6 +52,7 @@
 
 #include "attention_kernels.cuh"  // cp.async, ldmatrix, mma.sync wrappers, swizzle
 #include "ring_ops.h"
+#include "swaa/decode_plan.h"  // plan_split_decode: splits and combine of the split decode
 
 namespace swaa {
 namespace {
@@ -944,8 +945,6 @@ int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t h
   return end != env && *end == '\0' && v >= lo && v <= hi ? v : fallback;
 }
 
-enum class DecodeCombine { kAuto, kCluster, kGlobal };
-
 bool decode_cost_knob_is_sm() {
   const char* env = std::getenv("SWAA_DECODE_COST");
   return env != nullptr && std::string(env) == "sm";
@@ -959,30 +958,6 @@ DecodeCombine decode_combine_knob() {
          : v == "global" ? DecodeCombine::kGlobal
                          : DecodeCombine::kAuto;
 }
-
-// Largest split count of the automatic choice: one wave of 132 SMs x 2 CTAs
-// covers a 131k-key row with 33 splits per (row, KV head) at B = 1, Hkv = 8;
-// 1024 leaves room for B = 1 with one KV head.
-constexpr int64_t kDecodeSplitsMax = 1024;
-// Cost of the second kernel of the global combine (launch + reading the
-// partial results), in units of one 64-key tile of one CTA (~2 us when the
-// GPU streams at full bandwidth).
-constexpr int64_t kGlobalCombineCost = 2;
-// Cost of a CTA besides its tiles: pipeline start-up (first tiles in flight,
-// query fragments) and the merge of warps and splits.
-constexpr int64_t kCtaOverhead = 2;
-
-// Occupancy of ring_decode_split_kernel, per device, read once: CTAs per SM
-// without clusters, and for each cluster size s (1..8) the CTAs that fit at
-// once in clusters of s.  Clusters are placed inside one GPC, so on parts
-// whose GPCs have unequal SM counts (H100 / H200: 132 SMs) fewer than
-// SMs x CTAs-per-SM cluster CTAs may be resident; the plan uses the real
-// count.  Also lifts the kernels' dynamic shared-memory limit.
-struct SplitDecodeOccupancy {
-  int64_t global_slots = 0;
-  int64_t cluster_slots[9] = {};
-  int64_t per_sm = 1;  // CTAs of the split kernel resident on one SM
-};
 
 // Launch configuration of the split kernel in clusters of `splits` CTAs along
 // x (the splits of one row); `attribute` must outlive the launch.
@@ -1003,6 +978,8 @@ inline cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int smem
   return config;
 }
 
+// The occupancy the plan needs (swaa/decode_plan.h), measured once per device
+// with the occupancy API; also lifts the kernels' dynamic shared-memory limit.
 template <typename T, int kDim>
 const SplitDecodeOccupancy& split_decode_occupancy() {
   using C = SplitDecode<T, kDim>;
@@ -1046,54 +1023,6 @@ bool first_time_seen(const std::array<int64_t, 8>& key) {
   static std::set<std::array<int64_t, 8>> seen;
   std::lock_guard<std::mutex> lock(mutex);
   return seen.insert(key).second;
-}
-
-struct SplitDecodePlan {
-  int64_t splits = 1;
-  bool global_combine = false;  // workspace + combine kernel instead of a cluster
-};
-
-// The split count and combine of the split decode, from static sizes only
-// (batch, heads, ring capacity, occupancy): never from seqlens, so a captured
-// graph stays valid.  Cost of a plan = waves of CTAs x (64-key tiles per CTA +
-// kCtaOverhead), + combine_cost (kGlobalCombineCost unless
-// SWAA_DECODE_COMBINE_COST is set) for the global combine; the capacity (+ the
-// new key) stands for the row length.  Cluster plans use 1..8 splits, global
-// plans 2..min(tiles, SWAA_DECODE_SPLITS_MAX); the cheapest wins, ties going
-// to fewer splits and to the cluster (one launch).  `requested` (the op's
-// num_splits, else SWAA_DECODE_SPLITS) fixes the count: a cluster when it is
-// <= 8 unless SWAA_DECODE_COMBINE=global.
-SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacity, int64_t tile_keys,
-                                  int64_t max_cluster, const SplitDecodeOccupancy& occ,
-                                  int64_t requested, DecodeCombine combine, int64_t splits_max,
-                                  int64_t combine_cost, bool per_sm_cost) {
-  const int64_t tiles = (capacity + 1 + tile_keys - 1) / tile_keys;  // + the new key
-  const int64_t cluster_max = std::max<int64_t>(1, std::min(max_cluster, tiles));
-  const int64_t global_max = std::max<int64_t>(1, std::min(tiles, splits_max));
-  SplitDecodePlan plan;
-  if (requested > 0) {
-    const bool global = combine == DecodeCombine::kGlobal ||
-                        (combine == DecodeCombine::kAuto && requested > max_cluster);
-    plan.global_combine = global;
-    plan.splits = std::max<int64_t>(1, std::min(requested, global ? tiles : cluster_max));
-    return plan;
-  }
-  int64_t best_cost = std::numeric_limits<int64_t>::max();
-  auto consider = [&](int64_t s, bool global) {
-    const int64_t slots = std::max<int64_t>(1, global ? occ.global_slots : occ.cluster_slots[s]);
-    // slots: rounds of resident CTAs; sm: CTAs per SM (the SMs a plan can use
-    // = its resident slots / CTAs per SM), streamed one after the other
-    const int64_t lanes = per_sm_cost ? std::max<int64_t>(1, slots / occ.per_sm) : slots;
-    const int64_t waves = (ctas_per_split * s + lanes - 1) / lanes;
-    const int64_t cost = waves * ((tiles + s - 1) / s + kCtaOverhead) + (global ? combine_cost : 0);
-    if (cost < best_cost) best_cost = cost, plan.splits = s, plan.global_combine = global;
-  };
-  if (combine != DecodeCombine::kGlobal)
-    for (int64_t s = 1; s <= cluster_max; ++s) consider(s, false);
-  if (combine != DecodeCombine::kCluster)
-    for (int64_t s = combine == DecodeCombine::kGlobal ? 1 : 2; s <= global_max; ++s)
-      consider(s, true);
-  return plan;
 }
 
 template <typename T, int kDim>
