@@ -59,6 +59,10 @@ import common  # noqa: E402
 # Real architecture configs (values do not matter: weights are random).  max_position_embeddings
 # is raised to 131072 + new tokens for both so the 128k prompts stay inside it (Qwen3-4B ships
 # 40960 plus YaRN); this changes no shape and no speed.
+# shape of the two CPU plumbing models (head dim 64: served by every kernel)
+_TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+             rope_parameters={"rope_type": "default", "rope_theta": 1e4})
 MODELS = {
     "qwen3-4b": dict(
         name="Qwen3-4B", family="qwen3",
@@ -74,19 +78,11 @@ MODELS = {
                     rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                      "original_max_position_embeddings": 8192})),
-    # plumbing tests on the CPU (head dim 64: served by every kernel)
-    "tiny": dict(
-        name="tiny", family="qwen3",
-        config=dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-6,
-                    tie_word_embeddings=True,
-                    rope_parameters={"rope_type": "default", "rope_theta": 1e4})),
-    "tiny-llama": dict(
-        name="tiny-llama", family="llama",
-        config=dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-5,
-                    tie_word_embeddings=False,
-                    rope_parameters={"rope_type": "default", "rope_theta": 1e4})),
+    # plumbing tests on the CPU
+    "tiny": dict(name="tiny", family="qwen3",
+                 config=dict(_TINY, rms_norm_eps=1e-6, tie_word_embeddings=True)),
+    "tiny-llama": dict(name="tiny-llama", family="llama",
+                       config=dict(_TINY, rms_norm_eps=1e-5, tie_word_embeddings=False)),
 }
 
 # ----------------------------------------------------------------------------- configurations

@@ -21,8 +21,6 @@ source "$(dirname "$0")/gpu_lib.sh"
 gpu_setup
 status=0
 
-step "GPU"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 GPU=$(python -c "import torch; n = torch.cuda.get_device_name(); print('H200' if 'H200' in n else 'H100' if 'H100' in n else n.replace(' ', '_'))")
 echo "gpu tag: $GPU"
 

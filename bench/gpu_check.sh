@@ -17,8 +17,6 @@ gpu_setup
 STEP=${1:-all}
 status=0
 
-step "GPU"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
 gpu_build

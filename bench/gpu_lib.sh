@@ -1,7 +1,8 @@
 # Shared set-up of the scripts that run on the GPU machine (sourced, not run):
 #   source "$(dirname "$0")/gpu_lib.sh"       (bench/quality/*: "$(dirname "$0")/../gpu_lib.sh")
 #   gpu_setup            # pipefail, $OUT (default ./gpu_out), unbuffered Python, everything also
-#                        # appended to $OUT/log, cd to the repository root, step() headers
+#                        # appended to $OUT/log, cd to the repository root, step() headers,
+#                        # the GPU's name, memory and clock
 #   gpu_build            # build the extension in place (incremental: a few seconds when nothing
 #                        # changed) unless SKIP_BUILD is set; log in $OUT/build.log; PYTHONPATH
 #                        # then points at the checkout
@@ -16,6 +17,8 @@ gpu_setup() {
   export OUT PYTHONUNBUFFERED=1
   exec > >(tee -a "$OUT/log") 2>&1
   cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+  step "GPU"  # which machine the log and the rows come from
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
 }
 
 gpu_build() {

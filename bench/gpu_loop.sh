@@ -13,8 +13,6 @@ gpu_setup
 STEP=${1:-all}
 status=0
 
-step "GPU"
-nvidia-smi --query-gpu=name,memory.total --format=csv || true
 
 gpu_build
 

@@ -19,9 +19,6 @@ source "$(dirname "$0")/gpu_lib.sh"
 gpu_setup
 status=0
 
-step "GPU"
-nvidia-smi --query-gpu=name,memory.total --format=csv || true
-
 gpu_build
 
 if [[ ${LOOPC_ONLY_STEP:-0} != 1 ]]; then

@@ -15,9 +15,6 @@ source "$(dirname "$0")/gpu_lib.sh"
 gpu_setup
 status=0
 
-step "GPU"
-nvidia-smi --query-gpu=name,memory.total --format=csv || true
-
 gpu_build
 
 step "tests/test_train.py -k pack"

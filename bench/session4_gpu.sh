@@ -29,7 +29,6 @@ source "$(dirname "$0")/gpu_lib.sh"
 PART=${1:?usage: session4_gpu.sh kernels|bench|e2e_llama|e2e_b8}
 gpu_setup
 ROOT_OUT=$OUT
-step "GPU"; nvidia-smi --query-gpu=name,memory.total --format=csv || true
 gpu_build
 status=0
 

@@ -13,8 +13,6 @@ source "$(dirname "$0")/gpu_lib.sh"
 gpu_setup
 status=0
 
-step "GPU"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
 gpu_build

@@ -14,7 +14,6 @@
 MODE=${1:?usage: gpu_next.sh finetune|ddp}
 source "$(dirname "$0")/../gpu_lib.sh"
 gpu_setup
-step "GPU"; nvidia-smi --query-gpu=name,memory.total --format=csv
 gpu_build
 status=0
 MODEL=swaa_ext/data/demo_model   # the packaged model = recipe b of session 2 (pretrain.json)

@@ -16,7 +16,6 @@ EVAL_S=${EVAL_S:-150}
 SEQ_LEN=${SEQ_LEN:-16384}
 RUNS=runs/pretrain
 mkdir -p "$RUNS"
-step "GPU"; nvidia-smi --query-gpu=name,memory.total --format=csv
 # pretrain.py imports swaa_ext (its byte tokenizer), so the extension is built first
 gpu_build
 
