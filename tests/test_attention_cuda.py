@@ -95,7 +95,7 @@ def hopper_available():
         q = torch.randn(1, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
         old = os.environ.pop("SWAA_FWD_HOPPER", None)
         try:
-            _CACHE["hopper"] = torch.ops.swaa.fwd_path(q, q, q) == "sm90"
+            _CACHE["hopper"] = torch.ops.swaa.fwd_path(q, q, q).startswith("sm90")
         finally:
             if old is not None:
                 os.environ["SWAA_FWD_HOPPER"] = old
@@ -114,18 +114,45 @@ def fwd_kernel(request, monkeypatch):
     """Runs a test with the sm_80 forward (SWAA_FWD_HOPPER=0) and, where the
     device and build have them, with every Hopper forward (SWAA_FWD_HOPPER=1,
     2: docs/cuda_kernels.md, v5; 3-6: v5.1)."""
-    # The v5.1 variants (3-6, unmeasured) only when SWAA_TEST_HOPPER_VARIANTS
-    # names them (tests/test_attention_hopper.py, DEFAULT_TEST_VARIANTS); a
-    # value there also restricts the others ("0" = sm80).
-    only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", "0,1,2")
+    # SWAA_TEST_HOPPER_VARIANTS restricts a run to the variants it names
+    # ("0" = sm80; tests/test_attention_hopper.py, DEFAULT_TEST_VARIANTS).
+    only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", "0,1,2,3,4,5,6")
     if _HOPPER_KNOB.get(request.param, "0") not in only.split(","):
         pytest.skip(f"{request.param} not in SWAA_TEST_HOPPER_VARIANTS={only}")
     if request.param.startswith("sm90"):
         if not hopper_available():
             pytest.skip("no Hopper forward on this device / in this build")
         monkeypatch.setenv("SWAA_FWD_HOPPER", _HOPPER_KNOB[request.param])
-    else:
+    else:  # the whole sm_80 pipeline: its forward and its backward
         monkeypatch.setenv("SWAA_FWD_HOPPER", "0")
+        monkeypatch.setenv("SWAA_BWD_HOPPER", "0")
+    return request.param
+
+
+def hopper_bwd_available():
+    """swaa::bwd takes the Hopper backward (the default on a 9.0 device with a
+    Hopper build; tests/test_bwd_hopper.py tests it in depth)."""
+    if "hopper_bwd" not in _CACHE:
+        q = torch.randn(1, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
+        old = os.environ.pop("SWAA_BWD_HOPPER", None)
+        try:
+            _CACHE["hopper_bwd"] = torch.ops.swaa.bwd_path(q, q, q, q) == "sm90"
+        finally:
+            if old is not None:
+                os.environ["SWAA_BWD_HOPPER"] = old
+    return _CACHE["hopper_bwd"]
+
+
+@pytest.fixture(params=["sm80", "sm90"])
+def bwd_kernel(request, monkeypatch):
+    """Runs a backward test with the sm_80 backward (SWAA_BWD_HOPPER=0) and,
+    where the device and build have it, the Hopper one (1, the default there)."""
+    if request.param == "sm90":
+        if not hopper_bwd_available():
+            pytest.skip("no Hopper backward on this device / in this build")
+        monkeypatch.setenv("SWAA_BWD_HOPPER", "1")
+    else:
+        monkeypatch.setenv("SWAA_BWD_HOPPER", "0")
     return request.param
 
 
@@ -240,7 +267,7 @@ def test_matches_cpu_op():
         torch.testing.assert_close(a.cpu(), b, atol=3e-2, rtol=3e-2)
 
 
-def test_backward_is_deterministic():
+def test_backward_is_deterministic(bwd_kernel):
     B, Hq, Hkv, L, D = 1, 8, 2, 1025, 128
     q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, torch.bfloat16, seed=11)
     out, lse = torch.ops.swaa.fwd(q, k, v, 100, 4, None, 0.088)
@@ -251,7 +278,7 @@ def test_backward_is_deterministic():
             assert torch.equal(a, b)
 
 
-def test_sink_keys_get_gradient_from_every_query():
+def test_sink_keys_get_gradient_from_every_query(bwd_kernel):
     """With window 1 a sink key is seen by every later query: its dv is the sum
     of all their probabilities times dout, far beyond the window band."""
     B, H, L, D = 1, 1, 700, 64
@@ -343,7 +370,9 @@ def test_bad_arguments_raise_value_error_on_cuda():
                                    {"SWAA_BWD_KV_BLOCK_M": "32", "SWAA_BWD_SPLIT": "3"}],
                          ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
 def test_tuning_knobs_give_the_same_values(knobs, monkeypatch):
-    """Every tile setting the launcher can pick is correct (knobs read per launch)."""
+    """Every tile setting the launcher can pick is correct (knobs read per launch).
+    The knobs are the sm_80 kernels': the sm_80 backward runs."""
+    monkeypatch.setenv("SWAA_BWD_HOPPER", "0")
     for key, val in knobs.items():
         monkeypatch.setenv(key, val)
     for D, dtype in ((64, torch.bfloat16), (128, torch.float16)):
@@ -358,7 +387,9 @@ def test_tuning_knobs_give_the_same_values(knobs, monkeypatch):
 # every later query; their work is cut into pieces (SWAA_BWD_SPLIT: 0 off, 1
 # automatic, k >= 2 exactly k pieces) whose float32 partials are summed in a
 # fixed order.  N >> W so the automatic split engages (it needs the sink
-# block's ~N/64 query tiles to exceed the window's ~(W + 128)/64).
+# block's ~N/64 query tiles to exceed the window's ~(W + 128)/64).  These tests
+# are the sm_80 backward's (SWAA_BWD_HOPPER=0, set
+# in each test); tests/test_bwd_hopper.py has the Hopper backward's split tests.
 
 SPLIT_CASES = [  # (B, Hq, Hkv, Lq, Lk, window, sink, full_from)
     (2, 8, 2, 1500, 1500, 64, 4, None),      # GQA 4
@@ -376,6 +407,7 @@ def test_split_sink_blocks_match_reference(case, split, monkeypatch):
     pieces (64 leaves the last pieces of every split block with an empty item
     range: they must contribute zeros, not garbage)."""
     B, Hq, Hkv, Lq, Lk, window, sink, ff = case
+    monkeypatch.setenv("SWAA_BWD_HOPPER", "0")
     monkeypatch.setenv("SWAA_BWD_SPLIT", split)
     kw = dict(window=window, sink=sink, full_from=full_from_arg(ff, B, Lk))
     for D, dtype in ((128, torch.bfloat16), (64, torch.float16)):
@@ -388,6 +420,7 @@ def test_split_sink_blocks_match_reference(case, split, monkeypatch):
 def test_split_is_deterministic_and_agrees_with_unsplit(monkeypatch):
     """With the split engaged dk/dv are bitwise equal across runs (fixed-order
     reduce), and within float rounding of the one-CTA-per-block result."""
+    monkeypatch.setenv("SWAA_BWD_HOPPER", "0")
     B, Hq, Hkv, L, D = 1, 8, 2, 4097, 128
     window, sink = 128, 4
     q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, torch.bfloat16, seed=41)
@@ -420,7 +453,9 @@ def test_scheduling_knobs_do_not_change_results(D, monkeypatch):
     """SWAA_FWD_ORDER / SWAA_BWD_ORDER only reorder the CTAs, SWAA_WARP_SKIP
     only skips tiles a warp's rows cannot see (they would add exact zeros):
     bitwise equal outputs and gradients (batch 2, GQA, per-sequence
-    full_from, a window that is not a multiple of the tiles)."""
+    full_from, a window that is not a multiple of the tiles).  The knobs are
+    the sm_80 kernels': the sm_80 backward runs."""
+    monkeypatch.setenv("SWAA_BWD_HOPPER", "0")
     B, Hq, Hkv, L = 2, 8, 2, 1025
     q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, torch.bfloat16, seed=17)
     for kw in ((100, 4, full_from_arg("per", B, L), 0.125), (1000, 0, None, 0.1)):
@@ -448,6 +483,7 @@ def test_split_engages_only_where_it_should(monkeypatch):
     not without a sink, not when the window covers the sequence, not with
     SWAA_BWD_SPLIT=0: the split tests above exercise the path they claim to."""
     monkeypatch.delenv("SWAA_BWD_SPLIT", raising=False)
+    monkeypatch.setenv("SWAA_BWD_HOPPER", "0")
     B, Hq, Hkv, L, D = 1, 4, 1, 2048, 64
     q, k, v, dout = make_inputs(B, Hq, Hkv, L, L, D, torch.bfloat16, seed=2)
 

@@ -34,7 +34,7 @@ def build_has_hopper():
     q = torch.randn(1, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
     env = os.environ.pop("SWAA_FWD_HOPPER", None)
     try:
-        return torch.ops.swaa.fwd_path(q, q, q) == "sm90"
+        return torch.ops.swaa.fwd_path(q, q, q) == DEFAULT_PATH
     finally:
         if env is not None:
             os.environ["SWAA_FWD_HOPPER"] = env
@@ -45,11 +45,13 @@ HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90
                    "5": "sm90-v51-persistent", "6": "sm90-v51-pingpong-persistent"}
 
 
-# Variants a plain run tests: the measured ones.  The v5.1 variants (3-6,
-# written without a GPU) run when SWAA_TEST_HOPPER_VARIANTS names them, e.g.
-# "1,2,3,4,5,6" (bench/fwd51_gpu.sh sets "3,4,5,6"), so the other GPU scripts
-# keep their run time and do not mix in unmeasured kernels.
-DEFAULT_TEST_VARIANTS = "1,2"
+# The path a call takes with SWAA_FWD_HOPPER unset (kFwdHopperDefault in
+# csrc/cuda/attention.cpp).
+DEFAULT_PATH = HOPPER_VARIANTS["6"]
+
+# Variants a plain run tests: all of them (SWAA_TEST_HOPPER_VARIANTS="6", say,
+# restricts a run to one).
+DEFAULT_TEST_VARIANTS = "1,2,3,4,5,6"
 
 
 @pytest.fixture(params=list(HOPPER_VARIANTS), ids=list(HOPPER_VARIANTS.values()))
@@ -103,10 +105,11 @@ def check_against_reference(q, k, v, out, lse, compute_dtype=torch.float64, **ma
 
 
 def test_path_selection(monkeypatch):
-    """fwd_path says which kernel runs: sm90 for D=128 and D=64 16-bit inputs on
-    a 9.0 device with a Hopper build (contiguous or (B, L, H, D) views, any
-    length); the sm_80 kernel with SWAA_FWD_HOPPER=0 and for stride-0
-    (expanded) K/V, with the reason."""
+    """fwd_path says which kernel runs: the default Hopper variant (v5.1,
+    ping-pong, persistent) for D=128 and D=64 16-bit inputs on a 9.0 device
+    with a Hopper build (contiguous or (B, L, H, D) views, any length); the
+    sm_80 kernel with SWAA_FWD_HOPPER=0 and for stride-0 (expanded) K/V, with
+    the reason."""
     monkeypatch.delenv("SWAA_FWD_HOPPER", raising=False)
     q, k, v = inputs(2, 4, 2, 300, 300)
     if not (is_hopper_device() and build_has_hopper()):
@@ -116,10 +119,10 @@ def test_path_selection(monkeypatch):
         for dtype in (torch.bfloat16, torch.float16):
             for D in (64, 128):
                 path = torch.ops.swaa.fwd_path(*inputs(*shape, dtype=dtype, D=D))
-                assert path == "sm90", (shape, dtype, D, path)
+                assert path == DEFAULT_PATH, (shape, dtype, D, path)
     qt = torch.randn(2, 300, 4, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     kt = torch.randn(2, 300, 2, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    assert torch.ops.swaa.fwd_path(qt, kt, kt) == "sm90"
+    assert torch.ops.swaa.fwd_path(qt, kt, kt) == DEFAULT_PATH
     k1 = k[:1].expand(2, -1, -1, -1)  # batch stride 0
     assert "strides" in torch.ops.swaa.fwd_path(q, k1, k1)
     for knob, name in HOPPER_VARIANTS.items():

@@ -1,13 +1,13 @@
 """GPU tests of the Hopper backward (csrc/cuda/hopper/bwd_sm90.*: wgmma + TMA,
 sm_90a, head dims 64 and 128; docs/cuda_kernels.md "v6").  SWAA_BWD_HOPPER
-picks it per call: 1 = both passes (dq and dk/dv) on Hopper, 2 = dk/dv only,
-3 = dq only, 0 = the sm_80 backward.  Gradients are checked against the float64
+picks it per call: 1 = both passes (dq and dk/dv) on Hopper (the default),
+2 = dk/dv only, 3 = dq only, 0 = the sm_80 backward.  Gradients are checked against the float64
 reference with the FlashAttention tolerance (tests/test_attention_cuda.py), and
 against the sm_80 backward; run-to-run bitwise equality, the split sink blocks,
 the stride fallback and poisoned outputs are covered too.  Skipped without a
 GPU, and (except the path test) where the device or build has no Hopper
-backward.  The backward tests of tests/test_attention_cuda.py also run through
-it when SWAA_BWD_HOPPER=1 is set in the environment (bench/wgmma_bwd_gpu.sh).
+backward.  The other backward tests of tests/test_attention_cuda.py run through
+it too (it is the default there).
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def mask_kwargs(window, sink, ff, scale):
 
 def test_bwd_path_selection(monkeypatch):
     """bwd_path names the kernels swaa::bwd takes: sm80 with SWAA_BWD_HOPPER=0,
-    sm90 / sm90-dkdv / sm90-dq with 1 / 2 / 3 on a 9.0 device with a Hopper
+    sm90 / sm90-dkdv / sm90-dq with 1 / 2 / 3 (1 when unset) on a 9.0 device with a Hopper
     build (contiguous or (B, L, H, D) views, D 64 and 128, bf16 and fp16), the
     sm_80 kernels with a reason for stride-0 (expanded) K/V."""
     q, k, v, dout = inputs(2, 4, 2, 300, 300)
@@ -128,6 +128,8 @@ def test_bwd_path_selection(monkeypatch):
     for knob, path in PATHS.items():
         monkeypatch.setenv("SWAA_BWD_HOPPER", knob)
         assert torch.ops.swaa.bwd_path(dout, q, k, v) == path
+    monkeypatch.delenv("SWAA_BWD_HOPPER")  # the default: both passes on Hopper
+    assert torch.ops.swaa.bwd_path(dout, q, k, v) == "sm90"
     monkeypatch.setenv("SWAA_BWD_HOPPER", "1")
     for shape in [(1, 1, 1, 1, 1), (2, 4, 1, 97, 300), (1, 2, 1, 4096, 4100)]:
         for dtype in (torch.bfloat16, torch.float16):

@@ -113,17 +113,19 @@ at::Tensor aligned(const at::Tensor& t) {
 
 // The Hopper forward (csrc/cuda/hopper, wgmma + TMA) is taken when the build
 // has it (SWAA_CUDA_HOPPER), SWAA_FWD_HOPPER is not 0 (read at every call,
-// for A/B runs: 1 = default (v5), 2 = the variant whose softmax overlaps the
-// previous tile's P V, 3 = v5.1, 4 = v5.1 with ping-pong, 5, 6 = 3, 4 with
-// persistent CTAs; see
-// cuda/hopper/fwd_sm90.h), the device is compute capability 9.0 and the call
-// fits (strides a TMA tensor map can describe); the sm_80
-// kernel otherwise.  Both compute the same function (tests/test_attention_cuda.py).
+// for A/B runs: 1 = v5, 2 = v5 whose softmax overlaps the previous tile's
+// P V, 3 = v5.1, 4 = v5.1 with ping-pong, 5, 6 = 3, 4 with persistent CTAs;
+// see cuda/hopper/fwd_sm90.h), the device is compute capability 9.0 and the
+// call fits (strides a TMA tensor map can describe); the sm_80 kernel
+// otherwise.  All compute the same function (tests/test_attention_cuda.py).
+// Default 6: the fastest on every shape of the grid or within 2% of
+// it (H200, bench/results/fwd51_variants.jsonl; docs/cuda_kernels.md, v5.1).
+constexpr int kFwdHopperDefault = 6;
 int hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
-  if (env == nullptr) return 1;
+  if (env == nullptr) return kFwdHopperDefault;
   const int v = std::atoi(env);
-  return v >= 0 && v <= 6 ? v : 1;
+  return v >= 0 && v <= 6 ? v : kFwdHopperDefault;
 }
 const char* hopper_variant_name(int knob) {
   switch (knob) {
@@ -210,10 +212,11 @@ std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
 // The Hopper backward (csrc/cuda/hopper/bwd_sm90.*, wgmma + TMA, docs/cuda_kernels.md
 // "v6") is taken when the build has it, SWAA_BWD_HOPPER (read at every call)
 // asks for it, the device is compute capability 9.0 and the call fits (TMA-
-// describable q, k, v, dout).  SWAA_BWD_HOPPER = 0 (the default until it has
-// been measured on a GPU): the sm_80 backward; 1: both passes on Hopper;
-// 2: dk/dv on Hopper, dq on sm_80; 3: dq on Hopper, dk/dv on sm_80.
-constexpr int kBwdHopperDefault = 0;
+// describable q, k, v, dout).  SWAA_BWD_HOPPER = 0: the sm_80 backward;
+// 1 (default: 1.7-1.9x faster than 0 on an H200, bench/results/
+// cuda_tuning_bwd_hopper.jsonl): both passes on Hopper; 2: dk/dv on Hopper,
+// dq on sm_80; 3: dq on Hopper, dk/dv on sm_80.
+constexpr int kBwdHopperDefault = 1;
 int bwd_hopper_knob() {
   const char* env = std::getenv("SWAA_BWD_HOPPER");
   if (env == nullptr) return kBwdHopperDefault;
