@@ -82,7 +82,9 @@ def main() -> None:
             setattr(torch._dynamo.config, knob, 1024)
     flex = torch.compile(flex_attention, dynamic=False)
 
-    commit = os.environ.get("SWAA_GIT_COMMIT")
+    # SWAA_COMMIT, as in bench/common.py: the GPU machine's tree has no
+    # trustworthy .git (a run of session 4 recorded main's hash, not the tree's)
+    commit = os.environ.get("SWAA_COMMIT")
     if not commit:
         try:
             commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
