@@ -63,11 +63,13 @@ def ring_calls(device):
         os.environ["SWAA_DECODE_COMBINE"] = combine
         for D in (64, 128):
             cache = RingKVCache(2, 2, D, window=300, sink=4, dtype=torch.bfloat16, device=device)
-            chunk = [torch.randn(2, h, 333, D, device=device, dtype=torch.bfloat16) for h in (4, 2, 2)]
+            chunk = [torch.randn(2, heads, 333, D, device=device, dtype=torch.bfloat16)
+                     for heads in (4, 2, 2)]  # q, k, v
             lengths = torch.tensor([333, 250], device=device)
             cache.attend(*chunk, lengths=lengths)
             for _ in range(3):
-                step = [torch.randn(2, h, 1, D, device=device, dtype=torch.bfloat16) for h in (4, 2, 2)]
+                step = [torch.randn(2, heads, 1, D, device=device, dtype=torch.bfloat16)
+                        for heads in (4, 2, 2)]
                 cache.attend(*step)
     os.environ.pop("SWAA_DECODE_SPLITS")
     os.environ.pop("SWAA_DECODE_COMBINE")

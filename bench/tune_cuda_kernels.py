@@ -128,7 +128,8 @@ def fwd_variant_rows(meta, variants, reps):
             row = dict(meta, what="fwd_variant", knob=f"SWAA_FWD_HOPPER={variant}", path=path,
                        B=1, Hq=HQ, Hkv=HKV, D=D, N=N, W=W, S=S, dtype="bfloat16",
                        ms=round(ms, 4), tflops=round(flop / ms / 1e9, 1),
-                       equal_to_first=bool(torch.equal(out, first[0]) and torch.equal(lse, first[1])),
+                       equal_to_first=bool(torch.equal(out, first[0])
+                                           and torch.equal(lse, first[1])),
                        first=f"SWAA_FWD_HOPPER={first[2]}",
                        max_diff_to_first=(out.float() - first[0].float()).abs().max().item())
             print(json.dumps(row), flush=True)
