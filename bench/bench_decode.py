@@ -212,9 +212,9 @@ def print_summary(path: Path) -> None:
     """ms per decode step and bw_fraction of every row, grouped by (impl, B): the runs
     of one shape (plan knobs, split counts, cost models) on adjacent lines."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    print(f"{'impl':18s} {'B':>3s} {'run':28s} {'ms':>8s} bw_fraction")
+    print(f"{'impl':18s} {'B':>3s} {'run':34s} {'ms':>8s} bw_fraction")
     for r in sorted(rows, key=lambda r: (r["impl"], r["B"])):  # stable: runs in file order
-        print(f"{r['impl']:18s} {r['B']:3d} {r['run']:28s} {r['ms']:8.4f} {r['bw_fraction']:.3f}")
+        print(f"{r['impl']:18s} {r['B']:3d} {r['run']:34s} {r['ms']:8.4f} {r['bw_fraction']:.3f}")
 
 
 def main() -> None:
