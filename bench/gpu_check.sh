@@ -77,6 +77,7 @@
 #   OUT               output folder (default ./gpu_out)
 #   GPU_CHECK_BUDGET  seconds for the whole run (default 570: one device call of 600 s); each part
 #                     runs under its own limit cut to what is left, and is skipped when < 20 s are
+#                     left (the step's line then says `partial`)
 #   SKIP_BUILD=1      use the build in place; MAX_JOBS (16), SWAA_CUDA_ARCHS (9.0), CUDA_HOME,
 #                     BUILD_TIMEOUT (400)
 #   TESTS             test files (default tests/test_*.py); TEST_ARGS extra pytest arguments
