@@ -6,6 +6,8 @@ caches so the working set exceeds L2) at one batch size, for every variant of
             last CTA of a row merges its splits; no second launch)
   tiling    SWAA_DECODE_TILE x SWAA_DECODE_STAGES: keys per tile x tiles in
             flight (64x3 is the default at D = 128)
+  balance   SWAA_DECODE_BALANCE = 0 (splits of whole tiles) | 1 (equal key
+            counts)
   splits    SWAA_DECODE_SPLITS = 2 .. 8 with SWAA_DECODE_COMBINE=global, and
             the automatic plan ("auto", whatever it picks)
 
@@ -32,14 +34,16 @@ import bench_decode  # noqa: E402
 import common  # noqa: E402
 
 KNOBS = ("SWAA_DECODE_GLOBAL_COMBINE", "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES",
-         "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE")
+         "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE")
 
 
-def variants(combines, tilings, splits):
+def variants(combines, tilings, balances, splits):
     for tile, stages in tilings:
         for combine in combines:
-            for s in ["auto"] + splits:
-                yield dict(combine=combine, tile=tile, stages=stages, splits=s)
+            for balance in balances:
+                for s in ["auto"] + splits:
+                    yield dict(combine=combine, tile=tile, stages=stages, balance=balance,
+                               splits=s)
 
 
 def set_knobs(v):
@@ -48,6 +52,7 @@ def set_knobs(v):
     os.environ["SWAA_DECODE_GLOBAL_COMBINE"] = v["combine"]
     os.environ["SWAA_DECODE_TILE"] = str(v["tile"])
     os.environ["SWAA_DECODE_STAGES"] = str(v["stages"])
+    os.environ["SWAA_DECODE_BALANCE"] = str(v["balance"])
     if v["splits"] != "auto":
         os.environ["SWAA_DECODE_SPLITS"] = str(v["splits"])
         os.environ["SWAA_DECODE_COMBINE"] = "global"
@@ -59,6 +64,7 @@ def main() -> None:
     ap.add_argument("--splits", default="2,3,4,5,6,7,8")
     ap.add_argument("--combines", default="kernel,fused")
     ap.add_argument("--tilings", default="64x3,64x2,32x4,32x6", help="TILExSTAGES,...")
+    ap.add_argument("--balances", default="0,1")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--budget", type=float, default=0.1, help="seconds of timing per variant")
     ap.add_argument("--out", default=None, help="JSONL path (default bench/results/...)")
@@ -82,7 +88,8 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tilings = [tuple(int(x) for x in t.split("x")) for t in args.tilings.split(",")]
     splits = [int(s) for s in args.splits.split(",") if s]
-    todo = list(variants(args.combines.split(","), tilings, splits))
+    balances = [int(x) for x in args.balances.split(",")]
+    todo = list(variants(args.combines.split(","), tilings, balances, splits))
     print(f"{meta['gpu']}: copy bandwidth {copy_bw / 1e9:.0f} GB/s; B={B} Hq={Hq} Hkv={Hkv} D={D} "
           f"W={W} S={S} {dtype}; {len(todo)} variants x {args.rounds} rounds; "
           f"{nbytes / 1e6:.2f} MB per step")
@@ -114,11 +121,12 @@ def main() -> None:
     table.sort(key=lambda t: t[0])
     print(f"\nB={B}: median over {args.rounds} rounds (ms per decode step; 0.8 of copy bandwidth "
           f"= {nbytes / (0.8 * copy_bw) * 1e3:.4f} ms)")
-    print(f"{'combine':8s} {'tile':>4s} {'stages':>6s} {'splits':>6s} {'ms':>8s} {'min':>8s} "
-          f"{'max':>8s} {'bw_fraction':>11s}")
+    print(f"{'combine':8s} {'tile':>4s} {'stages':>6s} {'balance':>7s} {'splits':>6s} {'ms':>8s} "
+          f"{'min':>8s} {'max':>8s} {'bw_fraction':>11s}")
     for med, v, lo, hi in table:
-        print(f"{v['combine']:8s} {v['tile']:4d} {v['stages']:6d} {str(v['splits']):>6s} "
-              f"{med:8.4f} {lo:8.4f} {hi:8.4f} {nbytes / (med / 1e3) / copy_bw:11.3f}")
+        print(f"{v['combine']:8s} {v['tile']:4d} {v['stages']:6d} {v['balance']:7d} "
+              f"{str(v['splits']):>6s} {med:8.4f} {lo:8.4f} {hi:8.4f} "
+              f"{nbytes / (med / 1e3) / copy_bw:11.3f}")
     print(f"rows appended to {out_path}")
 
 

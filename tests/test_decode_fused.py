@@ -19,12 +19,13 @@ pytestmark = [
 ]
 
 PLAN = re.compile(r"-> (\d+) splits, (\w+) combine \(([^,]+(?:, fused not available)?), "
-                  r"tile (\d+) x (\d+) stages")
+                  r"tile (\d+) x (\d+) stages, \d+ B smem(, balanced)?\)")
 
 
 def plans_of(text):
-    """(splits, combine, mode, tile keys, stages) of each launch SWAA_DECODE_VERBOSE=2 printed."""
-    return [(int(m[1]), m[2], m[3], int(m[4]), int(m[5]))
+    """(splits, combine, mode, tile keys, stages, balanced) of each launch SWAA_DECODE_VERBOSE=2
+    printed."""
+    return [(int(m[1]), m[2], m[3], int(m[4]), int(m[5]), m[6] is not None)
             for m in map(PLAN.search, text.splitlines()) if m]
 
 
@@ -85,14 +86,15 @@ def assert_same_bits(a, b):
         assert torch.equal(x, y), name
 
 
+@pytest.mark.parametrize("balance", [0, 1])  # splits of whole tiles | of equal key counts
 @pytest.mark.parametrize("window,sink", [(1000, 4), (40, 300)])  # (40, 300): sink > window
 @pytest.mark.parametrize("batch,splits", [(1, 2), (1, 5), (1, 17), (1, 33), (8, 2), (8, 4),
                                           (8, 7), (64, 2), (64, 3)])
-def test_fused_combine_same_bits_as_combine_kernel(batch, splits, window, sink, monkeypatch,
-                                                   capfd):
+def test_fused_combine_same_bits_as_combine_kernel(batch, splits, window, sink, balance,
+                                                   monkeypatch, capfd):
     Hq, Hkv, D, W, S = 32, 8, 128, window, sink
     case = random_ring(batch, Hq, Hkv, D, W, S, torch.bfloat16, seed=batch * 100 + splits + W)
-    set_knobs(monkeypatch, COMBINE="global", SPLITS=splits, VERBOSE=2)
+    set_knobs(monkeypatch, COMBINE="global", SPLITS=splits, VERBOSE=2, BALANCE=balance)
     tiles = (S + W + 1 + 63) // 64  # a split holds whole 64-key tiles
     expected_splits = min(splits, tiles)
     results = {}
@@ -126,7 +128,7 @@ def test_tilings_match_reference_and_fuse_bitwise(dtype, tile, stages, monkeypat
         for mode in ("kernel", "fused"):
             set_knobs(monkeypatch, GLOBAL_COMBINE=mode)
             results[mode] = decode(case, W, S, capfd)
-            [(n, combine, used, tile_keys, used_stages)] = results[mode][4]
+            [(n, combine, used, tile_keys, used_stages, _)] = results[mode][4]
             assert (tile_keys, used_stages) == (tile, stages)
             if combine == "global":
                 assert used == mode
@@ -134,6 +136,27 @@ def test_tilings_match_reference_and_fuse_bitwise(dtype, tile, stages, monkeypat
                 assert n == 9
         assert_same_bits(results["fused"], results["kernel"])
         check_against_reference(case, results["fused"], W, S, rows=range(B), tol=tol)
+
+
+@pytest.mark.parametrize("tile,stages", [(64, 3), (32, 4)])
+def test_balanced_splits(tile, stages, monkeypatch, capfd):
+    # SWAA_DECODE_BALANCE=1: splits of equal key counts (every split's last
+    # tile partial) against whole-tile splits: both right, close to each other,
+    # and the cluster plan (default tiling) balances too.
+    B, Hq, Hkv, D, W, S = 6, 32, 8, 128, 4096, 4
+    case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=tile + stages)
+    set_knobs(monkeypatch, TILE=tile, STAGES=stages, VERBOSE=2)
+    combines = ["global", "cluster"] if tile == 64 else ["global"]
+    for combine in combines:
+        results = []
+        for balance in (0, 1):
+            set_knobs(monkeypatch, BALANCE=balance, COMBINE=combine, SPLITS=7)
+            results.append(decode(case, W, S, capfd))
+            [plan] = results[-1][4]
+            assert plan[:2] == (7, combine) and plan[5] == bool(balance)
+            check_against_reference(case, results[-1], W, S, rows=range(B), tol=2e-2)
+        assert (results[0][0].float() - results[1][0].float()).abs().max().item() <= 2e-2
+        assert torch.equal(results[0][2], results[1][2])  # the same slot written
 
 
 def test_tiling_knobs_fall_back_to_the_default(monkeypatch, capfd):
@@ -145,7 +168,7 @@ def test_tiling_knobs_fall_back_to_the_default(monkeypatch, capfd):
         case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=D + tile + stages)
         set_knobs(monkeypatch, TILE=tile, STAGES=stages, VERBOSE=2, COMBINE="global", SPLITS=3)
         result = decode(case, W, S, capfd)
-        assert [p[3:] for p in result[4]] == [expected]
+        assert [p[3:5] for p in result[4]] == [expected]
         check_against_reference(case, result, W, S, rows=range(B), tol=2e-2)
 
 
@@ -212,15 +235,17 @@ def test_fused_combine_on_many_streams(tmp_path):
     assert modes.count("fused") == 8
 
 
-@pytest.mark.parametrize("tile,stages", [(64, 3), (32, 6)])
-def test_cuda_graph_fused_combine_matches_eager_kernel_combine(tile, stages, monkeypatch, capfd):
+@pytest.mark.parametrize("tile,stages,balance", [(64, 3, 0), (32, 6, 1)])
+def test_cuda_graph_fused_combine_matches_eager_kernel_combine(tile, stages, balance, monkeypatch,
+                                                               capfd):
     # One decode step with the fused combine captured in a graph and replayed
     # 50 times (the counters must be back at zero after every replay) equals,
     # bit for bit, an eager twin that combines with the second kernel, while
     # the rows (at different positions) wrap around their rings.
     torch.manual_seed(21)
     B, Hq, Hkv, D, W, S = 3, 32, 8, 128, 300, 4
-    set_knobs(monkeypatch, COMBINE="global", SPLITS=5, TILE=tile, STAGES=stages, VERBOSE=2)
+    set_knobs(monkeypatch, COMBINE="global", SPLITS=5, TILE=tile, STAGES=stages, VERBOSE=2,
+              BALANCE=balance)
     caches = [RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
               for _ in range(2)]
     for c in caches:

@@ -16,7 +16,9 @@
 //     split order: one launch, deterministic.  Long rows (full-attention
 //     layers) and small batches can need more splits than a cluster holds
 //     (8): then the CTAs write fp32 partials to a workspace and
-//     ring_decode_combine_kernel merges them in split order (plan_split_decode).
+//     ring_decode_combine_kernel merges them in split order (plan_split_decode),
+//     or (SWAA_DECODE_GLOBAL_COMBINE=fused) the CTA of a row that finishes
+//     last merges them, with the same arithmetic: one launch again.
 //   float32 / float64 (and bf16 / fp16 before sm_90, or with
 //     SWAA_RING_DECODE=legacy): grid (splits, Hkv * head_chunks, B), 128
 //     threads, up to kHeads heads per block, CUDA cores: groups of kLanes
@@ -305,6 +307,13 @@ __global__ void __launch_bounds__(kThreads) ring_decode_kernel(const RingParams 
 // partials that other CTAs of the same grid wrote on other SMs.
 __device__ __forceinline__ float load_partial(const float* x) { return __ldcg(x); }
 __device__ __forceinline__ double load_partial(const double* x) { return __ldcg(x); }
+// Round-to-nearest division and an explicit fma, whatever --use_fast_math
+// says: the combine kernel and the fused combine must not differ in how the
+// compiler lowers (hoists a reciprocal of, contracts) the same expression.
+__device__ __forceinline__ float divide_rn(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double divide_rn(double a, double b) { return __ddiv_rn(a, b); }
+__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
 
 // Merges the `splits` partial results of query head bh (one (row, head)):
 // part_out [bh][splits][kDim] normalised outputs, part_lse [bh][splits]
@@ -331,9 +340,9 @@ __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, 
     acc_t o = 0;
     for (int s = 0; s < splits; ++s) {
       const acc_t w = exp2_of(load_partial(lse_s + s) - m);
-      if (w > acc_t(0)) o += w * load_partial(part_out + (bh * splits + s) * kDim + d);
+      if (w > acc_t(0)) o = fma_rn(w, load_partial(part_out + (bh * splits + s) * kDim + d), o);
     }
-    out[d] = from_acc<T>(o / weight_sum);
+    out[d] = from_acc<T>(divide_rn(o, weight_sum));
   }
   if (tid == 0) p.lse[bh] = static_cast<float>((m + log2_of(weight_sum)) * acc_t(kLn2));
 }
@@ -426,7 +435,7 @@ __device__ __forceinline__ void fused_combine(const RingParams& p, int64_t bh0, 
       const int head = (threadIdx.x + k * kThreads) / kDim;
       if (head < n_heads) {
         const float w = weight[head * splits + s];
-        if (w > 0.f) o[k] += w * x[k];
+        if (w > 0.f) o[k] = fma_rn(w, x[k], o[k]);
       }
     }
   }
@@ -436,7 +445,7 @@ __device__ __forceinline__ void fused_combine(const RingParams& p, int64_t bh0, 
     if (head >= n_heads) continue;
     T* out = static_cast<T*>(p.out) + (bh0 + head) * kDim + i % kDim;
     *out = head_max[head] == neg_inf<float>() ? from_acc<T>(0.f)
-                                              : from_acc<T>(o[k] / head_sum[head]);
+                                              : from_acc<T>(divide_rn(o[k], head_sum[head]));
   }
   if (threadIdx.x < n_heads) {
     const float m = head_max[threadIdx.x];
@@ -500,8 +509,8 @@ template <typename T, int kDim, bool kGlobalCombine, int kWarps = 4,
           int kStages = default_decode_stages<kDim>()>
 __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThreads,
                                   SplitDecode<T, kDim, kWarps, kStages>::kMinBlocks)
-    ring_decode_split_kernel(const RingParams p, int head_chunks, float* part_out,
-                             float* part_lse, unsigned int* arrivals) {
+    ring_decode_split_kernel(const RingParams p, int head_chunks, int split_align,
+                             float* part_out, float* part_lse, unsigned int* arrivals) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = SplitDecode<T, kDim, kWarps, kStages>;
   using Mma = cuda::MmaOp<T>;
@@ -524,9 +533,13 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   const OldKeys old = OldKeys::of(p.ring, written, written);
   const int64_t n_old = old.count();
   const int64_t n_keys = active ? n_old + 1 : 0;  // + the new key, read from k / v
-  // Contiguous parts of whole tiles; trailing splits may be short or empty.
+  // Contiguous parts of a multiple of split_align keys: whole tiles
+  // (kTileKeys, the default; trailing splits may be short or empty), or
+  // equal parts (1, SWAA_DECODE_BALANCE=1: the longest split reads the fewest
+  // bytes; every split's last tile may be partial).  Tiles count from a
+  // split's first key, so either works.
   const int64_t per_split =
-      ((n_keys + splits - 1) / splits + C::kTileKeys - 1) / C::kTileKeys * C::kTileKeys;
+      ((n_keys + splits - 1) / splits + split_align - 1) / split_align * split_align;
   const int64_t key_begin = min_of<int64_t>(n_keys, split * per_split);
   const int64_t key_end = min_of<int64_t>(n_keys, key_begin + per_split);
   const int n_tiles = static_cast<int>((key_end - key_begin + C::kTileKeys - 1) / C::kTileKeys);
@@ -1072,7 +1085,27 @@ int compute_major() {
 //                              (unmeasured: bench/session4_gpu.sh bench);
 //   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
 //                              dependent of the split kernel (off by default:
-//                              unmeasured);
+//                              no gain measured, session 3);
+//   SWAA_DECODE_GLOBAL_COMBINE=kernel | fused
+//                              how a global plan merges its splits: the
+//                              second kernel (default) or the CTA of each
+//                              (row, KV head) that arrives last (no second
+//                              launch; bitwise the same results; off by
+//                              default until measured: bench/decode3_gpu.sh).
+//                              (Not SWAA_DECODE_COMBINE: that one already
+//                              picks cluster | global.)  Fused also lowers
+//                              the global combine's cost in the plan
+//                              (kFusedCombineCost);
+//   SWAA_DECODE_BALANCE=1      splits of equal key counts instead of whole
+//                              tiles (W + S = 4100, 4 splits: 1025 keys each
+//                              instead of 1088, 1088, 1088, 836); unmeasured;
+//   SWAA_DECODE_TILE=64 | 32, SWAA_DECODE_STAGES=N
+//                              tiling of the global kernel at D = 128: keys
+//                              per tile x tiles in flight, one of 64x3
+//                              (default), 64x2, 32x4, 32x6; other pairs (and
+//                              D = 64) run the default.  A tiling other than
+//                              the default plans global (the cluster kernel
+//                              is built with the default only);
 //   SWAA_DECODE_VERBOSE=1      print each distinct plan (shape, splits, combine)
 //                              once to stderr; 2: at every launch.
 // Unparsable values are ignored.
@@ -1263,6 +1296,7 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
       decode_env_int("SWAA_DECODE_COMBINE_COST", global_combine_cost(fused), 0, 1 << 20),
       decode_cost_knob_is_sm());
   const int64_t splits = plan.splits;
+  const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
   unsigned int* arrivals = nullptr;
   if (plan.global_combine && fused && splits <= C::kFusedMaxSplits && pairs <= kArrivalsPerSlice)
     arrivals = arrival_counters(stream);
@@ -1271,10 +1305,10 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
       (verbose == 1 &&
        first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
                         plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim,
-                        arrivals != nullptr ? 1 : 0, kWarps, kStages})))
+                        (arrivals != nullptr ? 1 : 0) + 2 * split_align, kWarps, kStages})))
     std::fprintf(stderr,
                  "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
-                 "combine (%s, tile %d x %d stages, %d B smem)\n",
+                 "combine (%s, tile %d x %d stages, %d B smem%s)\n",
                  static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
                  static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
                  static_cast<long long>(splits), plan.global_combine ? "global" : "cluster",
@@ -1282,7 +1316,7 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                  : arrivals != nullptr ? "fused"
                  : fused ? "kernel, fused not available"
                          : "kernel",
-                 C::kTileKeys, kStages, C::kSmemBytes);
+                 C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "");
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
                   static_cast<unsigned>(p.batch));
   if (plan.global_combine) {
@@ -1293,7 +1327,7 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     at::Tensor part_lse = at::empty({p.batch * p.q_heads * splits}, opts);
     ring_decode_split_kernel<T, kDim, true, kWarps, kStages>
         <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, static_cast<int>(head_chunks),
-                                                       part_out.data_ptr<float>(),
+                                                       split_align, part_out.data_ptr<float>(),
                                                        part_lse.data_ptr<float>(), arrivals);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (arrivals != nullptr) return;  // fused: the last CTA of each row combined
@@ -1325,7 +1359,8 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     const cudaLaunchConfig_t config =
         cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
-                                      static_cast<int>(head_chunks), static_cast<float*>(nullptr),
+                                      static_cast<int>(head_chunks), split_align,
+                                      static_cast<float*>(nullptr),
                                       static_cast<float*>(nullptr),
                                       static_cast<unsigned int*>(nullptr)));
   }
