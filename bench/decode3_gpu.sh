@@ -11,8 +11,10 @@
 #      then the ring rows again with SWAA_DECODE_GLOBAL_COMBINE=fused
 # Everything goes to $OUT (default ./gpu_out): log, decode3_<GPU>.jsonl, and decode3_out.tgz with
 # every file (pytest logs, build log, resource usage, jsonl).
-# Expected runtime on one H100 / H200: build ~2 min (ring.cu holds 14 split-kernel instantiations
-# now), tests ~60 s, sweep ~40 s, bench_decode ~70 s + ~15 s: under 3 minutes after the build.
+# Expected runtime on one H100 / H200: build ~2 min (85 s in session 4; ring.cu now holds 14
+# split-kernel instantiations, 8 before), tests ~40 s (test_cache.py took 18 s in session 3),
+# sweep ~30 s (384 graph-timed variants), bench_decode ~20 s + ~10 s: about 2 minutes after the
+# build, 4 in all (plus the machine's start).
 #
 #   SWAA_COMMIT=<hash> bash bench/decode3_gpu.sh
 #   SKIP_BUILD=1 bash bench/decode3_gpu.sh

@@ -379,7 +379,7 @@ __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
 // warps of 16 keys each make a tile of 16 kWarps keys, kStages tiles deep in
 // shared memory.  The default (4 warps: 64-key tiles; 3 stages at D = 128, 4
 // at D = 64) serves every plan; the global-combine kernel is also built with
-// the few alternatives of kDecodeTilings.
+// the few alternatives of DecodeTiling (host side).
 template <int kDim>
 constexpr int default_decode_stages() { return kDim == 128 ? 3 : 4; }
 
