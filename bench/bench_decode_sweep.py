@@ -42,8 +42,8 @@ def variants(combines, tilings, balances, splits):
         for combine in combines:
             for balance in balances:
                 for s in ["auto"] + splits:
-                    yield dict(combine=combine, tile=tile, stages=stages, balance=balance,
-                               splits=s)
+                    yield {"combine": combine, "tile": tile, "stages": stages,
+                           "balance": balance, "splits": s}
 
 
 def set_knobs(v):
@@ -125,7 +125,7 @@ def main() -> None:
           f"{'min':>8s} {'max':>8s} {'bw_fraction':>11s}")
     for med, v, lo, hi in table:
         print(f"{v['combine']:8s} {v['tile']:4d} {v['stages']:6d} {v['balance']:7d} "
-              f"{str(v['splits']):>6s} {med:8.4f} {lo:8.4f} {hi:8.4f} "
+              f"{v['splits']!s:>6s} {med:8.4f} {lo:8.4f} {hi:8.4f} "
               f"{nbytes / (med / 1e3) / copy_bw:11.3f}")
     print(f"rows appended to {out_path}")
 

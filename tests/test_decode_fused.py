@@ -8,9 +8,9 @@ import re
 
 import pytest
 import torch
+from test_cache import decode_reference, ring_slot
 
 from swaa_ext import RingKVCache
-from test_cache import decode_reference, ring_slot
 
 pytestmark = [
     pytest.mark.cuda,
@@ -225,7 +225,7 @@ def test_fused_combine_on_many_streams(tmp_path):
     env = dict(os.environ, SWAA_DECODE_COMBINE="global", SWAA_DECODE_SPLITS="6",
                SWAA_DECODE_VERBOSE="2", SWAA_DECODE_GLOBAL_COMBINE="fused")
     run = subprocess.run([sys.executable, "-c", MANY_STREAMS_SCRIPT, str(tmp_path / "case.pt")],
-                         env=env, capture_output=True, text=True, timeout=300)
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "same bits on 12 streams" in run.stdout
     modes = [p[2] for p in plans_of(run.stderr)]
@@ -277,7 +277,7 @@ def test_cuda_graph_fused_combine_matches_eager_kernel_combine(tile, stages, bal
         eager_out = eager_cache.attend(*new)
         assert torch.equal(static_out, eager_out), step
         assert not torch.isnan(static_out.float()).any(), step
-    assert set(p[2] for p in plans_of(capfd.readouterr().err)) == {"kernel"}
+    assert {p[2] for p in plans_of(capfd.readouterr().err)} == {"kernel"}
     assert graph_cache.seqlens.tolist() == [51, 280 + 51, 5 * W + 9 + 51]
     assert torch.equal(graph_cache.keys, eager_cache.keys)
     assert torch.equal(graph_cache.values, eager_cache.values)
