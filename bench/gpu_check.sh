@@ -33,9 +33,11 @@
 #             Backs: README "CUDA attention" (table, plot, vs Flex/SDPA), docs/cuda_kernels.md
 #             "The two numbers", "Goals of the issue"; bench/results/cuda_kernels_h200.jsonl.
 #   decode    issue 4: bench/bench_decode.py with the automatic plan (every impl), the plan knobs
-#             A/B (combine cluster / global / PDL, 66 and 132 splits), the B=8 split sweep and
+#             A/B (combine cluster / global / PDL, 66 and 132 splits), the B=8 split sweep, the
+#             split kernel's variants at B=8 (bench/bench_decode_sweep.py: combine kernel / fused
+#             x tiling x balanced splits x split count, ~30 s), the fused combine at B=1/8/64, and
 #             the planner's two cost models; bench/bench_memory.py; a summary of every run.
-#             ~3 min (auto plan + memory alone, DECODE_AB=0: ~40 s).
+#             ~3.5 min (auto plan + memory alone, DECODE_AB=0: ~40 s).
 #             Backs: README "Decode step with the ring cache", "Streaming memory",
 #             docs/ring_cache.md "Measured"; bench/results/decode_H200.jsonl, memory_H200.jsonl.
 #   loop      issue 7's decode loop in ms/token: bench/count_step_kernels.py (kernels per step)
@@ -280,6 +282,12 @@ step_decode() {
         python bench/bench_decode.py --impls ring --batches 8 --budget 1 \
         --run "${STAMP}_b8_global_$splits" --out "$rows"
     done
+    # B=8: the split kernel's off-by-default variants in one process (decode3: combine kernel |
+    # fused x tiling x balanced splits x split count, 3 interleaved rounds, medians printed)
+    run_part b8_sweep "$t" env SWAA_DECODE_VERBOSE=1 python bench/bench_decode_sweep.py \
+      --batch 8 --rounds 3 --run "${STAMP}_b8_sweep" --out "$rows"
+    run_part ab_fused "$t" env SWAA_DECODE_GLOBAL_COMBINE=fused python bench/bench_decode.py \
+      --impls ring,ring_full --batches 1,8,64 --run "${STAMP}_fused" --out "$rows"
     for cost in slots sm; do  # the planner's cost models (SWAA_DECODE_COST)
       run_part "cost_$cost" "$t" env SWAA_DECODE_VERBOSE=1 SWAA_DECODE_COST=$cost \
         python bench/bench_decode.py --impls ring,ring_full --batches 1,8,64 --budget 1 \

@@ -16,7 +16,7 @@ CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 SMS, PER_SM = 132, 2
 CLUSTER_SLOTS = [264, 264, 258, 240, 240, 252, 252, 240]  # clusters of 1..8
 AUTO, CLUSTER, GLOBAL = 0, 1, 2
-TILE, MAX_CLUSTER, SPLITS_MAX, COMBINE_COST = 64, 8, 1024, 2
+TILE, MAX_CLUSTER, SPLITS_MAX, COMBINE_COST, FUSED_COMBINE_COST = 64, 8, 1024, 2, 1
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,17 @@ def planner(tmp_path_factory):
                     str(ROOT / "tests" / "native" / "decode_plan_check.cpp"), "-o", str(exe)],
                    check=True, capture_output=True, text=True, timeout=120)
 
-    def plan(batch, capacity, *, kv_heads=8, requested=0, combine=AUTO, per_sm_cost=False):
+    def plan(batch, capacity, *, kv_heads=8, requested=0, combine=AUTO, per_sm_cost=False,
+             combine_cost=COMBINE_COST):
         ctas_per_split = batch * kv_heads  # one head chunk: Hq / Hkv <= 16
         line = " ".join(map(str, [ctas_per_split, capacity, TILE, MAX_CLUSTER, PER_SM, SMS,
-                                  *CLUSTER_SLOTS, requested, combine, SPLITS_MAX, COMBINE_COST,
+                                  *CLUSTER_SLOTS, requested, combine, SPLITS_MAX, combine_cost,
                                   int(per_sm_cost)]))
         out = subprocess.run([str(exe)], input=line + "\n", capture_output=True, text=True,
                              check=True, timeout=30).stdout.split()
         return int(out[0]), "global" if out[1] == "1" else "cluster"
 
+    plan.exe = exe
     return plan
 
 
@@ -73,3 +75,24 @@ def test_per_sm_cost_model_prefers_fewer_longer_ctas_at_batch_8(planner):
 ])
 def test_requested_split_count(planner, requested, combine, capacity, expected):
     assert planner(1, capacity, requested=requested, combine=combine) == expected
+
+
+def test_combine_costs_of_the_header(planner):
+    # the second kernel costs 2 tiles; the fused combine (SWAA_DECODE_GLOBAL_COMBINE=fused: no
+    # second launch, the last CTA of a row merges) 1
+    out = subprocess.run([str(planner.exe), "--costs"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.split()
+    assert [int(x) for x in out] == [COMBINE_COST, FUSED_COMBINE_COST]
+
+
+@pytest.mark.parametrize("batch,capacity,kernel_plan,fused_plan", [
+    (8, 4100, (4, "global"), (4, "global")),     # issue 4's shape: the same plan either way
+    (64, 4100, (1, "cluster"), (1, "cluster")),
+    (1, 131072, (33, "global"), (33, "global")),
+    (8, 2052, (3, "cluster"), (4, "global")),    # W = 2048: one more split, one wave of 256 CTAs
+    (1, 1028, (6, "cluster"), (17, "global")),   # a short ring at B = 1: 17 one-tile splits
+])
+def test_fused_combine_cost_lets_the_plan_take_the_global_combine(planner, batch, capacity,
+                                                                  kernel_plan, fused_plan):
+    assert planner(batch, capacity, combine_cost=COMBINE_COST) == kernel_plan
+    assert planner(batch, capacity, combine_cost=FUSED_COMBINE_COST) == fused_plan

@@ -16,7 +16,9 @@
 //     split order: one launch, deterministic.  Long rows (full-attention
 //     layers) and small batches can need more splits than a cluster holds
 //     (8): then the CTAs write fp32 partials to a workspace and
-//     ring_decode_combine_kernel merges them in split order (plan_split_decode).
+//     ring_decode_combine_kernel merges them in split order (plan_split_decode),
+//     or (SWAA_DECODE_GLOBAL_COMBINE=fused) the CTA of a row that finishes
+//     last merges them, with the same arithmetic: one launch again.
 //   float32 / float64 (and bf16 / fp16 before sm_90, or with
 //     SWAA_RING_DECODE=legacy): grid (splits, Hkv * head_chunks, B), 128
 //     threads, up to kHeads heads per block, CUDA cores: groups of kLanes
@@ -45,6 +47,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
@@ -300,37 +303,60 @@ __global__ void __launch_bounds__(kThreads) ring_decode_kernel(const RingParams 
   }
 }
 
+// L2 loads (bypassing L1) of the split partials: the fused combine reads
+// partials that other CTAs of the same grid wrote on other SMs.
+__device__ __forceinline__ float load_partial(const float* x) { return __ldcg(x); }
+__device__ __forceinline__ double load_partial(const double* x) { return __ldcg(x); }
+// Round-to-nearest division and an explicit fma, whatever --use_fast_math
+// says: the combine kernel and the fused combine must not differ in how the
+// compiler lowers (hoists a reciprocal of, contracts) the same expression.
+__device__ __forceinline__ float divide_rn(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double divide_rn(double a, double b) { return __ddiv_rn(a, b); }
+__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+// Merges the `splits` partial results of query head bh (one (row, head)):
+// part_out [bh][splits][kDim] normalised outputs, part_lse [bh][splits]
+// log-sum-exps in log2 units, in split order.  Threads tid, tid + n_threads,
+// .. write the output dims; thread 0 also writes the lse.  Shared by the
+// combine kernel and the fused combine of the split kernel, so both give
+// the same bits.
+template <typename T, int kDim, typename acc_t>
+__device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, int splits,
+                                               const acc_t* part_out, const acc_t* part_lse,
+                                               int tid, int n_threads) {
+  const acc_t* lse_s = part_lse + bh * splits;
+  acc_t m = neg_inf<acc_t>();
+  for (int s = 0; s < splits; ++s) m = max(m, load_partial(lse_s + s));
+  T* out = static_cast<T*>(p.out) + bh * kDim;
+  if (m == neg_inf<acc_t>()) {  // padded row: nothing attended
+    for (int d = tid; d < kDim; d += n_threads) out[d] = from_acc<T>(acc_t(0));
+    if (tid == 0) p.lse[bh] = -std::numeric_limits<float>::infinity();
+    return;
+  }
+  acc_t weight_sum = 0;
+  for (int s = 0; s < splits; ++s) weight_sum += exp2_of(load_partial(lse_s + s) - m);
+  for (int d = tid; d < kDim; d += n_threads) {
+    acc_t o = 0;
+    for (int s = 0; s < splits; ++s) {
+      const acc_t w = exp2_of(load_partial(lse_s + s) - m);
+      if (w > acc_t(0)) o = fma_rn(w, load_partial(part_out + (bh * splits + s) * kDim + d), o);
+    }
+    out[d] = from_acc<T>(divide_rn(o, weight_sum));
+  }
+  if (tid == 0) p.lse[bh] = static_cast<float>((m + log2_of(weight_sum)) * acc_t(kLn2));
+}
+
 // Merges the splits of each (row, query head) through their log-sum-exp.
 template <typename T, int kDim>
 __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
     const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse) {
-  using acc_t = acc_of<T>;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Launched as a programmatic dependent (SWAA_DECODE_PDL=1): wait until the
   // split kernel has finished and its partials are visible.  A no-op otherwise.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
-  const int64_t bh = blockIdx.x;
-  const acc_t* lse_s = part_lse + bh * splits;
-  acc_t m = neg_inf<acc_t>();
-  for (int s = 0; s < splits; ++s) m = max(m, lse_s[s]);
-  T* out = static_cast<T*>(p.out) + bh * kDim;
-  if (m == neg_inf<acc_t>()) {  // padded row: nothing attended
-    for (int d = threadIdx.x; d < kDim; d += kThreads) out[d] = from_acc<T>(acc_t(0));
-    if (threadIdx.x == 0) p.lse[bh] = -std::numeric_limits<float>::infinity();
-    return;
-  }
-  acc_t weight_sum = 0;
-  for (int s = 0; s < splits; ++s) weight_sum += exp2_of(lse_s[s] - m);
-  for (int d = threadIdx.x; d < kDim; d += kThreads) {
-    acc_t o = 0;
-    for (int s = 0; s < splits; ++s) {
-      const acc_t w = exp2_of(lse_s[s] - m);
-      if (w > acc_t(0)) o += w * part_out[(bh * splits + s) * kDim + d];
-    }
-    out[d] = from_acc<T>(o / weight_sum);
-  }
-  if (threadIdx.x == 0) p.lse[bh] = static_cast<float>((m + log2_of(weight_sum)) * acc_t(kLn2));
+  combine_splits<T, kDim>(p, blockIdx.x, splits, part_out, part_lse, threadIdx.x, kThreads);
 }
 
 
@@ -348,13 +374,94 @@ __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
 // head) form one cluster: after a cluster barrier every CTA combines a slice
 // of the outputs from all splits' shared memory (distributed shared memory),
 // in split order, so the result is deterministic and no second kernel runs.
-template <typename T, int kDim>
+//
+// Tiling (template options, SWAA_DECODE_TILE / SWAA_DECODE_STAGES): kWarps
+// warps of 16 keys each make a tile of 16 kWarps keys, kStages tiles deep in
+// shared memory.  The default (4 warps: 64-key tiles; 3 stages at D = 128, 4
+// at D = 64) serves every plan; the global-combine kernel is also built with
+// the few alternatives of DecodeTiling (host side).
+template <int kDim>
+constexpr int default_decode_stages() { return kDim == 128 ? 3 : 4; }
+
+// The fused combine (see ring_decode_split_kernel) of the kHeads query heads
+// bh0 .. bh0 + n_heads - 1 by the CTA that arrived last: the same arithmetic,
+// in the same order, as combine_splits (so the same bits as the combine
+// kernel), laid out for one CTA serving 16 heads.  The split log-sum-exps are
+// staged in shared memory and one thread per head turns them into weights in
+// split order; then each thread owns kHeads * kDim / kThreads outputs and
+// reads the partials of one split for all of them at once (independent L2
+// loads in flight, not one latency per output and split).  `scratch` holds
+// kHeads * splits + 2 kHeads floats (kFusedMaxSplits bounds splits).
+template <typename T, int kDim, int kThreads, int kHeads>
+__device__ __forceinline__ void fused_combine(const RingParams& p, int64_t bh0, int n_heads,
+                                              int splits, const float* part_out,
+                                              const float* part_lse, float* scratch) {
+  float* weight = scratch;                       // [kHeads][splits]: lse, then weights
+  float* head_max = weight + kHeads * splits;    // [kHeads]
+  float* head_sum = head_max + kHeads;           // [kHeads]
+  for (int i = threadIdx.x; i < n_heads * splits; i += kThreads)
+    weight[i] = load_partial(part_lse + bh0 * splits + i);
+  __syncthreads();
+  if (threadIdx.x < n_heads) {
+    float* w = weight + threadIdx.x * splits;
+    float m = neg_inf<float>();
+    for (int s = 0; s < splits; ++s) m = max(m, w[s]);
+    float sum = 0.f;
+    if (m != neg_inf<float>()) {
+      for (int s = 0; s < splits; ++s) {
+        w[s] = exp2_of(w[s] - m);
+        sum += w[s];
+      }
+    }  // else: a padded row; every w[s] stays -inf, so no weight is > 0
+    head_max[threadIdx.x] = m;
+    head_sum[threadIdx.x] = sum;
+  }
+  __syncthreads();
+  constexpr int kItems = kHeads * kDim / kThreads;  // outputs per thread
+  static_assert(kItems * kThreads == kHeads * kDim, "outputs must split over the threads");
+  float o[kItems];
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) o[k] = 0.f;
+  for (int s = 0; s < splits; ++s) {
+    float x[kItems];
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      const int i = threadIdx.x + k * kThreads, head = i / kDim;
+      x[k] = head < n_heads ? load_partial(part_out + ((bh0 + head) * splits + s) * kDim + i % kDim)
+                            : 0.f;
+    }
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      const int head = (threadIdx.x + k * kThreads) / kDim;
+      if (head < n_heads) {
+        const float w = weight[head * splits + s];
+        if (w > 0.f) o[k] = fma_rn(w, x[k], o[k]);
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    const int i = threadIdx.x + k * kThreads, head = i / kDim;
+    if (head >= n_heads) continue;
+    T* out = static_cast<T*>(p.out) + (bh0 + head) * kDim + i % kDim;
+    *out = head_max[head] == neg_inf<float>() ? from_acc<T>(0.f)
+                                              : from_acc<T>(divide_rn(o[k], head_sum[head]));
+  }
+  if (threadIdx.x < n_heads) {
+    const float m = head_max[threadIdx.x];
+    p.lse[bh0 + threadIdx.x] = m == neg_inf<float>()
+                                   ? -std::numeric_limits<float>::infinity()
+                                   : static_cast<float>((m + log2_of(head_sum[threadIdx.x])) * kLn2);
+  }
+}
+
+template <typename T, int kDim, int kWarps_ = 4, int kStages_ = default_decode_stages<kDim>()>
 struct SplitDecode {
-  static constexpr int kWarps = 4;
+  static constexpr int kWarps = kWarps_;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kTileKeys = 16 * kWarps;  // 16 keys per warp
   static constexpr int kHeads = 16;              // query heads per CTA: the mma rows
-  static constexpr int kStages = kDim == 128 ? 3 : 4;
+  static constexpr int kStages = kStages_;
   static constexpr int kTileElems = kTileKeys * kDim;
   static constexpr int kStageBytes = 2 * kTileElems * int(sizeof(T));  // K tile + V tile
   static constexpr int kChunksPerRow = kDim / 8;                       // 16-byte chunks
@@ -369,6 +476,16 @@ struct SplitDecode {
       kStages * kStageBytes > 4 * kMergeFloats ? kStages * kStageBytes : 4 * kMergeFloats;
   static_assert(kPasses * kRowsPerPass == kTileKeys, "tile rows must split over the threads");
   static_assert(kChunksPerRow >= 8, "the swizzle needs rows of at least 8 chunks");
+  static_assert(kStages >= 2, "the pipeline needs at least two stages");
+  // Most splits the fused combine can merge: its scratch (fused_combine)
+  // reuses the pipeline buffers.
+  static constexpr int kFusedMaxSplits = (kSmemBytes / 4 - 2 * kHeads) / kHeads;
+  // CTAs per SM that the shared memory allows on sm_90 (228 KB per SM, 1 KB
+  // reserved per CTA), at most 4: the register budget (__launch_bounds__)
+  // must not be what stops them (64-key tiles 2 deep at D = 128: 64 KB,
+  // 3 CTAs, so at most 168 registers).
+  static constexpr int kMinBlocks =
+      (228 * 1024) / (kSmemBytes + 1024) < 4 ? (228 * 1024) / (kSmemBytes + 1024) : 4;
 };
 
 template <int N>
@@ -378,14 +495,24 @@ __device__ __forceinline__ void cp_async_wait_pending() {
 
 // kGlobalCombine: launched without clusters, any number of splits; every CTA
 // writes its normalised result and log2-lse to part_out / part_lse (float,
-// [B * Hq][splits][kDim] and [B * Hq][splits]) and ring_decode_combine_kernel
-// merges them in split order (long rows: more splits than a cluster holds).
-template <typename T, int kDim, bool kGlobalCombine>
-__global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
-    ring_decode_split_kernel(const RingParams p, int head_chunks, float* part_out,
-                             float* part_lse) {
+// [B * Hq][splits][kDim] and [B * Hq][splits]) for a combine in split order
+// (long rows: more splits than a cluster holds).  Two ways to combine:
+//   arrivals == nullptr: ring_decode_combine_kernel, a second launch;
+//   arrivals != nullptr (fused, SWAA_DECODE_GLOBAL_COMBINE=fused): one
+//     counter per (row, KV head, head chunk), zero between launches.  Each
+//     CTA publishes its partials (__threadfence), then arrives (atomicAdd);
+//     the CTA that arrives last has every split's partials visible, merges
+//     them with the combine kernel's code (combine_splits: same order, same
+//     bits) and puts the counter back to 0 for the next launch or graph
+//     replay.  No second launch, no waiting CTA.
+template <typename T, int kDim, bool kGlobalCombine, int kWarps = 4,
+          int kStages = default_decode_stages<kDim>()>
+__global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThreads,
+                                  SplitDecode<T, kDim, kWarps, kStages>::kMinBlocks)
+    ring_decode_split_kernel(const RingParams p, int head_chunks, int split_align,
+                             float* part_out, float* part_lse, unsigned int* arrivals) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  using C = SplitDecode<T, kDim>;
+  using C = SplitDecode<T, kDim, kWarps, kStages>;
   using Mma = cuda::MmaOp<T>;
   namespace cg = cooperative_groups;
   extern __shared__ __align__(128) unsigned char decode_smem[];
@@ -406,9 +533,13 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
   const OldKeys old = OldKeys::of(p.ring, written, written);
   const int64_t n_old = old.count();
   const int64_t n_keys = active ? n_old + 1 : 0;  // + the new key, read from k / v
-  // Contiguous parts of whole tiles; trailing splits may be short or empty.
+  // Contiguous parts of a multiple of split_align keys: whole tiles
+  // (kTileKeys, the default; trailing splits may be short or empty), or
+  // equal parts (1, SWAA_DECODE_BALANCE=1: the longest split reads the fewest
+  // bytes; every split's last tile may be partial).  Tiles count from a
+  // split's first key, so either works.
   const int64_t per_split =
-      ((n_keys + splits - 1) / splits + C::kTileKeys - 1) / C::kTileKeys * C::kTileKeys;
+      ((n_keys + splits - 1) / splits + split_align - 1) / split_align * split_align;
   const int64_t key_begin = min_of<int64_t>(n_keys, split * per_split);
   const int64_t key_end = min_of<int64_t>(n_keys, key_begin + per_split);
   const int n_tiles = static_cast<int>((key_end - key_begin + C::kTileKeys - 1) / C::kTileKeys);
@@ -419,12 +550,6 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
   const T* v_new = static_cast<const T*>(p.v) + b * p.v_batch_stride + kvh * p.v_head_stride;
   const int64_t ring_first = max_of(old.body_begin, p.ring.sink);
   const RingCursor cursor = RingCursor::at(p.ring, ring_first);
-
-  // The new key/value go to their slot (split 0 of the first head chunk).
-  // That slot held position written - window, which this query cannot see:
-  // no CTA of the launch reads it.
-  if (active && split == 0 && head_chunk == 0)
-    store_new_token<T, kDim, C::kThreads>(p, b, kvh, written, k_new, v_new);
 
   // Gathers tile `tile` of the split (keys key_begin + tile * kTileKeys ..)
   // into stage `stage`; keys past key_end become zeros.
@@ -463,6 +588,13 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
     if (s < n_tiles) load_tile(s, s);
     cuda::cp_async_commit();
   }
+
+  // The new key/value go to their slot (split 0 of the first head chunk),
+  // after the first tiles are requested: the copy waits for its loads, and
+  // the pipeline should not.  That slot held position written - window,
+  // which this query cannot see: no CTA of the launch reads it.
+  if (active && split == 0 && head_chunk == 0)
+    store_new_token<T, kDim, C::kThreads>(p, b, kvh, written, k_new, v_new);
 
   // A fragments of the queries: row r = head (lane / 4) and (lane / 4 + 8).
   uint32_t qa[kDim / 16][4];
@@ -606,7 +738,27 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads)
       if (i % kDim == 0) cta_lse[head] = lse2;
     }
   }
-  if constexpr (kGlobalCombine) return;  // ring_decode_combine_kernel finishes
+  if constexpr (kGlobalCombine) {
+    if (arrivals == nullptr) return;  // ring_decode_combine_kernel finishes
+    // Fused combine.  Release: this thread's partials reach L2 before the
+    // CTA arrives.
+    __threadfence();
+    __syncthreads();
+    bool last = true;  // one split: nothing to wait for
+    if (threadIdx.x == 0 && splits > 1) {
+      unsigned int* counter = arrivals + (b * gridDim.y + blockIdx.y);
+      __threadfence();
+      last = atomicAdd(counter, 1u) == static_cast<unsigned int>(splits - 1);
+      // Every split has arrived: none touches the counter again in this launch.
+      if (last) atomicExch(counter, 0u);
+    }
+    if (!__syncthreads_or(threadIdx.x == 0 && last)) return;
+    __threadfence();  // acquire: the other splits' partials (read from L2, load_partial)
+    fused_combine<T, kDim, C::kThreads, C::kHeads>(p, b * p.q_heads + h0, n_heads, splits,
+                                                     part_out, part_lse,
+                                                     reinterpret_cast<float*>(decode_smem));
+    return;
+  }
 
   // Combine the splits of the cluster: CTA `split` writes a slice of the
   // outputs, reading every split's result in split order.
@@ -934,7 +1086,27 @@ int compute_major() {
 //                              bench/gpu_check.sh: runs *_cost_slots / *_cost_sm);
 //   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
 //                              dependent of the split kernel (off by default:
-//                              unmeasured);
+//                              no gain measured, session 3);
+//   SWAA_DECODE_GLOBAL_COMBINE=kernel | fused
+//                              how a global plan merges its splits: the
+//                              second kernel (default) or the CTA of each
+//                              (row, KV head) that arrives last (no second
+//                              launch; bitwise the same results; off by
+//                              default until measured: bench/decode3_gpu.sh).
+//                              (Not SWAA_DECODE_COMBINE: that one already
+//                              picks cluster | global.)  Fused also lowers
+//                              the global combine's cost in the plan
+//                              (kFusedCombineCost);
+//   SWAA_DECODE_BALANCE=1      splits of equal key counts instead of whole
+//                              tiles (W + S = 4100, 4 splits: 1025 keys each
+//                              instead of 1088, 1088, 1088, 836); unmeasured;
+//   SWAA_DECODE_TILE=64 | 32, SWAA_DECODE_STAGES=N
+//                              tiling of the global kernel at D = 128: keys
+//                              per tile x tiles in flight, one of 64x3
+//                              (default), 64x2, 32x4, 32x6; other pairs (and
+//                              D = 64) run the default.  A tiling other than
+//                              the default plans global (the cluster kernel
+//                              is built with the default only);
 //   SWAA_DECODE_VERBOSE=1      print each distinct plan (shape, splits, combine)
 //                              once to stderr; 2: at every launch.
 // Unparsable values are ignored.
@@ -979,37 +1151,117 @@ inline cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int smem
   return config;
 }
 
+// SWAA_DECODE_GLOBAL_COMBINE=kernel (default) | fused: how the global plan
+// combines its splits (a second kernel, or the last-arriving CTA).
+bool fused_combine_requested() {
+  const char* env = std::getenv("SWAA_DECODE_GLOBAL_COMBINE");
+  return env != nullptr && std::string(env) == "fused";
+}
+
+// Tilings the global-combine kernel is built with (SplitDecode): 16 kWarps
+// keys per tile, kStages tiles in flight.  Shared memory per CTA at D = 128
+// (D = 64: half): 96 KB (default, 2 CTAs per SM on sm_90), 64 KB (64 x 2:
+// 3 per SM), 64 KB (32 x 4, 2 warps: 3 per SM), 96 KB (32 x 6: 2 per SM).
+// 64-key tiles 4 deep at D = 128 would take 128 KB (1 CTA per SM): not built.
+enum class DecodeTiling { kDefault, kTile64Stages2, kTile32Stages4, kTile32Stages6 };
+
+// SWAA_DECODE_TILE (64 | 32 keys) and SWAA_DECODE_STAGES (2 | 3 | 4 | 6):
+// one of the built tilings; any other pair runs the default.  The
+// alternatives are built for D = 128 only (the shape of issue 4's goal).
+template <int kDim>
+DecodeTiling decode_tiling_knob() {
+  if constexpr (kDim != 128) return DecodeTiling::kDefault;
+  const int64_t tile = decode_env_int("SWAA_DECODE_TILE", 64, 1, 1 << 20);
+  const int64_t stages =
+      decode_env_int("SWAA_DECODE_STAGES", tile == 64 ? default_decode_stages<kDim>() : 4, 1, 64);
+  if (tile == 64 && stages == 2) return DecodeTiling::kTile64Stages2;
+  if (tile == 32 && stages == 4) return DecodeTiling::kTile32Stages4;
+  if (tile == 32 && stages == 6) return DecodeTiling::kTile32Stages6;
+  return DecodeTiling::kDefault;
+}
+
+// Calls f(std::integral_constant<int, kWarps>, std::integral_constant<int, kStages>).
+template <int kDim, typename F>
+void with_decode_tiling(DecodeTiling tiling, F&& f) {
+  using std::integral_constant;
+  if constexpr (kDim == 128) switch (tiling) {
+    case DecodeTiling::kTile64Stages2: return f(integral_constant<int, 4>(), integral_constant<int, 2>());
+    case DecodeTiling::kTile32Stages4: return f(integral_constant<int, 2>(), integral_constant<int, 4>());
+    case DecodeTiling::kTile32Stages6: return f(integral_constant<int, 2>(), integral_constant<int, 6>());
+    default: break;
+  }
+  return f(integral_constant<int, 4>(), integral_constant<int, default_decode_stages<kDim>()>());
+}
+
+// Arrival counters of the fused combine: one per (row, KV head, head chunk)
+// of a launch, zero at module load and put back to zero by the CTA that
+// combines, so no launch (and no graph replay) clears them.  Launches that
+// overlap in time must not share counters: each stream that launches the
+// fused combine gets its own slice (a graph keeps the slice of the stream it
+// was captured on).  Past kArrivalSlices streams per device, or past
+// kArrivalsPerSlice (row, KV head) pairs, the kernel combine runs instead.
+constexpr int kArrivalSlices = 8;
+constexpr int kArrivalsPerSlice = 16384;
+__device__ unsigned int g_decode_arrivals[kArrivalSlices * kArrivalsPerSlice];
+
+unsigned int* arrival_counters(cudaStream_t stream) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, cudaStream_t>, int> slice_of;
+  static unsigned int* base[64] = {};
+  static int slices_used[64] = {};
+  const int device = c10::cuda::current_device();
+  if (device >= 64) return nullptr;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (base[device] == nullptr) {
+    void* address = nullptr;
+    C10_CUDA_CHECK(cudaGetSymbolAddress(&address, g_decode_arrivals));
+    base[device] = static_cast<unsigned int*>(address);
+  }
+  auto it = slice_of.find({device, stream});
+  if (it == slice_of.end()) {
+    if (slices_used[device] == kArrivalSlices) return nullptr;
+    it = slice_of.emplace(std::make_pair(device, stream), slices_used[device]++).first;
+  }
+  return base[device] + int64_t(it->second) * kArrivalsPerSlice;
+}
+
 // The occupancy the plan needs (swaa/decode_plan.h), measured once per device
 // with the occupancy API; also lifts the kernels' dynamic shared-memory limit.
-template <typename T, int kDim>
+// The cluster kernel is built with the default tiling only: for the others
+// cluster_slots stay 0 (their plans are global).
+template <typename T, int kDim, int kWarps, int kStages>
 const SplitDecodeOccupancy& split_decode_occupancy() {
-  using C = SplitDecode<T, kDim>;
+  using C = SplitDecode<T, kDim, kWarps, kStages>;
+  constexpr bool kDefaultTiling = kWarps == 4 && kStages == default_decode_stages<kDim>();
   static SplitDecodeOccupancy per_device[64];
   static SplitDecodeOccupancy fallback;
   const int device = c10::cuda::current_device();
   SplitDecodeOccupancy& occ = device < 64 ? per_device[device] : fallback;
   if (occ.global_slots > 0) return occ;
-  auto cluster_kernel = ring_decode_split_kernel<T, kDim, false>;
-  auto global_kernel = ring_decode_split_kernel<T, kDim, true>;
-  for (auto kernel : {cluster_kernel, global_kernel})
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        C::kSmemBytes));
+  auto global_kernel = ring_decode_split_kernel<T, kDim, true, kWarps, kStages>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(global_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      C::kSmemBytes));
   const int64_t sms = multiprocessor_count();
   int blocks = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, global_kernel, C::kThreads,
                                                                C::kSmemBytes));
   const int64_t per_sm_slots = sms * std::max(blocks, 1);
-  for (int s = 1; s <= C::kMaxSplits; ++s) {
-    cudaLaunchAttribute attribute;
-    const cudaLaunchConfig_t config = cluster_launch_config(
-        dim3(static_cast<unsigned>(s), 1, 1), C::kThreads, C::kSmemBytes, s, nullptr, &attribute);
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, cluster_kernel, &config) != cudaSuccess ||
-        clusters <= 0) {
-      (void)cudaGetLastError();  // not fatal: fall back to the per-SM count
-      occ.cluster_slots[s] = per_sm_slots;
-    } else {
-      occ.cluster_slots[s] = std::min<int64_t>(per_sm_slots, int64_t(clusters) * s);
+  if constexpr (kDefaultTiling) {
+    auto cluster_kernel = ring_decode_split_kernel<T, kDim, false>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(cluster_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    for (int s = 1; s <= C::kMaxSplits; ++s) {
+      cudaLaunchAttribute attribute;
+      const cudaLaunchConfig_t config = cluster_launch_config(
+          dim3(static_cast<unsigned>(s), 1, 1), C::kThreads, C::kSmemBytes, s, nullptr, &attribute);
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, cluster_kernel, &config) != cudaSuccess ||
+          clusters <= 0) {
+        (void)cudaGetLastError();  // not fatal: fall back to the per-SM count
+        occ.cluster_slots[s] = per_sm_slots;
+      } else {
+        occ.cluster_slots[s] = std::min<int64_t>(per_sm_slots, int64_t(clusters) * s);
+      }
     }
   }
   occ.per_sm = std::max(blocks, 1);
@@ -1019,39 +1271,53 @@ const SplitDecodeOccupancy& split_decode_occupancy() {
 
 // True the first time this process sees `key` (the verbose plan printout
 // names each distinct plan once, not every launch of a benchmark loop).
-bool first_time_seen(const std::array<int64_t, 8>& key) {
+bool first_time_seen(const std::array<int64_t, 11>& key) {
   static std::mutex mutex;
-  static std::set<std::array<int64_t, 8>> seen;
+  static std::set<std::array<int64_t, 11>> seen;
   std::lock_guard<std::mutex> lock(mutex);
   return seen.insert(key).second;
 }
 
-template <typename T, int kDim>
-void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tensor& like,
-                         cudaStream_t stream) {
-  using C = SplitDecode<T, kDim>;
-  if (p.batch == 0) return;
+template <typename T, int kDim, int kWarps, int kStages>
+void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at::Tensor& like,
+                               cudaStream_t stream) {
+  using C = SplitDecode<T, kDim, kWarps, kStages>;
+  constexpr bool kDefaultTiling = kWarps == 4 && kStages == default_decode_stages<kDim>();
   const int64_t head_chunks = (p.group() + C::kHeads - 1) / C::kHeads;
   const int64_t pairs = p.batch * p.kv_heads * head_chunks;
   const int64_t requested =
       num_splits > 0 ? num_splits : decode_env_int("SWAA_DECODE_SPLITS", 0, 1, 1 << 20);
+  const bool fused = fused_combine_requested();
+  // Only the default tiling has a cluster kernel: the others plan global.
+  const DecodeCombine combine = kDefaultTiling ? decode_combine_knob() : DecodeCombine::kGlobal;
   const SplitDecodePlan plan = plan_split_decode(
-      pairs, p.ring.capacity(), C::kTileKeys, C::kMaxSplits, split_decode_occupancy<T, kDim>(),
-      requested, decode_combine_knob(),
+      pairs, p.ring.capacity(), C::kTileKeys, C::kMaxSplits,
+      split_decode_occupancy<T, kDim, kWarps, kStages>(), requested, combine,
       decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20),
-      decode_env_int("SWAA_DECODE_COMBINE_COST", kGlobalCombineCost, 0, 1 << 20),
+      decode_env_int("SWAA_DECODE_COMBINE_COST", global_combine_cost(fused), 0, 1 << 20),
       decode_cost_knob_is_sm());
   const int64_t splits = plan.splits;
+  const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
+  unsigned int* arrivals = nullptr;
+  if (plan.global_combine && fused && splits <= C::kFusedMaxSplits && pairs <= kArrivalsPerSlice)
+    arrivals = arrival_counters(stream);
   const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
   if (verbose == 2 ||
-      (verbose == 1 && first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
-                                        plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim})))
+      (verbose == 1 &&
+       first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
+                        plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim,
+                        (arrivals != nullptr ? 1 : 0) + 2 * split_align, kWarps, kStages})))
     std::fprintf(stderr,
                  "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
-                 "combine\n",
+                 "combine (%s, tile %d x %d stages, %d B smem%s)\n",
                  static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
                  static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
-                 static_cast<long long>(splits), plan.global_combine ? "global" : "cluster");
+                 static_cast<long long>(splits), plan.global_combine ? "global" : "cluster",
+                 !plan.global_combine ? "dsmem"
+                 : arrivals != nullptr ? "fused"
+                 : fused ? "kernel, fused not available"
+                         : "kernel",
+                 C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "");
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
                   static_cast<unsigned>(p.batch));
   if (plan.global_combine) {
@@ -1060,9 +1326,12 @@ void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tens
     const auto opts = like.options().dtype(at::kFloat);
     at::Tensor part_out = at::empty({p.batch * p.q_heads * splits * kDim}, opts);
     at::Tensor part_lse = at::empty({p.batch * p.q_heads * splits}, opts);
-    ring_decode_split_kernel<T, kDim, true><<<grid, C::kThreads, C::kSmemBytes, stream>>>(
-        p, static_cast<int>(head_chunks), part_out.data_ptr<float>(), part_lse.data_ptr<float>());
+    ring_decode_split_kernel<T, kDim, true, kWarps, kStages>
+        <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, static_cast<int>(head_chunks),
+                                                       split_align, part_out.data_ptr<float>(),
+                                                       part_lse.data_ptr<float>(), arrivals);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (arrivals != nullptr) return;  // fused: the last CTA of each row combined
     if (decode_env_int("SWAA_DECODE_PDL", 0, 0, 1) == 1) {
       // Programmatic dependent launch: the combine's launch overlaps the
       // split kernel's tail instead of following its completion.
@@ -1086,12 +1355,26 @@ void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tens
     }
     return;
   }
-  cudaLaunchAttribute attribute;
-  const cudaLaunchConfig_t config =
-      cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, &attribute);
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
-                                    static_cast<int>(head_chunks), static_cast<float*>(nullptr),
-                                    static_cast<float*>(nullptr)));
+  if constexpr (kDefaultTiling) {
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config =
+        cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, &attribute);
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
+                                      static_cast<int>(head_chunks), split_align,
+                                      static_cast<float*>(nullptr),
+                                      static_cast<float*>(nullptr),
+                                      static_cast<unsigned int*>(nullptr)));
+  }
+}
+
+template <typename T, int kDim>
+void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tensor& like,
+                         cudaStream_t stream) {
+  if (p.batch == 0) return;
+  with_decode_tiling<kDim>(decode_tiling_knob<kDim>(), [&](auto warps, auto stages) {
+    launch_split_decode_tiled<T, kDim, decltype(warps)::value, decltype(stages)::value>(
+        p, num_splits, like, stream);
+  });
 }
 
 void ring_append_cuda(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,

@@ -3,12 +3,20 @@
 //   ctas_per_split capacity tile_keys max_cluster per_sm sms cluster_slots(1..8)
 //   requested combine(0 auto, 1 cluster, 2 global) splits_max combine_cost per_sm_cost
 // and answers "splits global_combine" per line (tests/test_decode_plan.py).
+// With --costs: prints global_combine_cost(false) and global_combine_cost(true)
+// (the kernel and the fused global combine) instead.
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 
 #include "swaa/decode_plan.h"
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--costs") == 0) {
+    std::printf("%lld %lld\n", static_cast<long long>(swaa::global_combine_cost(false)),
+                static_cast<long long>(swaa::global_combine_cost(true)));
+    return 0;
+  }
   long long ctas, capacity, tile, max_cluster, per_sm, sms, requested, combine, splits_max, cost,
       per_sm_cost;
   while (std::cin >> ctas >> capacity >> tile >> max_cluster >> per_sm >> sms) {

@@ -20,6 +20,11 @@ constexpr int64_t kDecodeSplitsMax = 1024;
 // partial results), in units of one 64-key tile of one CTA (~2 us when the
 // GPU streams at full bandwidth).
 constexpr int64_t kGlobalCombineCost = 2;
+// Cost of the fused global combine (SWAA_DECODE_GLOBAL_COMBINE=fused: the
+// CTA that finishes a row last merges its splits, no second launch): the
+// last CTA reads the partials back from L2 and writes the output, ~1 us, half
+// the second kernel's cost.  Unmeasured (bench/decode3_gpu.sh measures it).
+constexpr int64_t kFusedCombineCost = 1;
 // Cost of a CTA besides its tiles: pipeline start-up (first tiles in flight,
 // query fragments) and the merge of warps and splits.
 constexpr int64_t kCtaOverhead = 2;
@@ -37,6 +42,11 @@ struct SplitDecodeOccupancy {
   int64_t per_sm = 1;  // CTAs of the split kernel resident on one SM
 };
 
+// The global combine's cost in the plan: kernel or fused.
+inline constexpr int64_t global_combine_cost(bool fused) {
+  return fused ? kFusedCombineCost : kGlobalCombineCost;
+}
+
 struct SplitDecodePlan {
   int64_t splits = 1;
   bool global_combine = false;  // workspace + combine kernel instead of a cluster
@@ -45,7 +55,7 @@ struct SplitDecodePlan {
 // The split count and combine of the split decode, from static sizes only
 // (batch, heads, ring capacity, occupancy): never from seqlens, so a captured
 // graph stays valid.  Cost of a plan = waves of CTAs x (64-key tiles per CTA +
-// kCtaOverhead), + combine_cost (kGlobalCombineCost unless
+// kCtaOverhead), + combine_cost (global_combine_cost(fused) unless
 // SWAA_DECODE_COMBINE_COST is set) for the global combine; the capacity (+ the
 // new key) stands for the row length.  Cluster plans use 1..8 splits, global
 // plans 2..min(tiles, SWAA_DECODE_SPLITS_MAX); the cheapest wins, ties going

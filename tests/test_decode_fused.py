@@ -1,0 +1,283 @@
+"""The split decode's fused global combine (SWAA_DECODE_GLOBAL_COMBINE=fused: the CTA that finishes a
+(row, KV head) last merges its splits, no second kernel) and the alternative tilings of the global
+kernel (SWAA_DECODE_TILE / SWAA_DECODE_STAGES), against the combine kernel and the float64
+reference.  The fused combine must give the combine kernel's bits: it runs the same arithmetic in
+the same split order.  CUDA only (sm_90 for the bf16 / fp16 split kernel)."""
+import math
+import re
+
+import pytest
+import torch
+from test_cache import decode_reference, ring_slot
+
+from swaa_ext import RingKVCache
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                       reason="needs an sm_90 GPU (the bf16 / fp16 split decode kernel)"),
+]
+
+PLAN = re.compile(r"-> (\d+) splits, (\w+) combine \(([^,]+(?:, fused not available)?), "
+                  r"tile (\d+) x (\d+) stages, \d+ B smem(, balanced)?\)")
+
+
+def plans_of(text):
+    """(splits, combine, mode, tile keys, stages, balanced) of each launch SWAA_DECODE_VERBOSE=2
+    printed."""
+    return [(int(m[1]), m[2], m[3], int(m[4]), int(m[5]), m[6] is not None)
+            for m in map(PLAN.search, text.splitlines()) if m]
+
+
+def set_knobs(monkeypatch, **knobs):
+    for name, value in knobs.items():
+        monkeypatch.setenv(f"SWAA_DECODE_{name}", str(value))
+
+
+def random_ring(B, Hq, Hkv, D, W, S, dtype, seed):
+    """A ring filled at random, rows at different positions (wrapped many times, 0, 1, inside the
+    first window, ...), the last row padded (lengths = 0) when B > 1."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype).cuda()  # noqa: E731
+    kc, vc = mk(B, Hkv, S + W, D), mk(B, Hkv, S + W, D)
+    q, k, v = mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D)
+    fixed = [7 * (S + W) + 3, 0, 1, S + W, W // 2 + S]
+    positions = (fixed + torch.randint(0, 9 * (S + W), (max(B - len(fixed), 0),),
+                                       generator=g).tolist())[:B]
+    lengths = torch.ones(B, dtype=torch.int64)
+    if B > 1:
+        lengths[-1] = 0
+    return q, k, v, kc, vc, torch.tensor(positions).cuda(), lengths.cuda()
+
+
+def decode(case, W, S, capfd=None):
+    """One ring_decode call on copies of the case's caches: (out, lse, k_cache, v_cache, plans)."""
+    q, k, v, kc0, vc0, seqlens, lengths = case
+    kc, vc = kc0.clone(), vc0.clone()
+    if capfd is not None:
+        capfd.readouterr()
+    out, lse = torch.ops.swaa.ring_decode(q, k, v, kc, vc, seqlens, lengths, W, S,
+                                          1 / math.sqrt(q.shape[-1]), 0)
+    torch.cuda.synchronize()
+    plans = plans_of(capfd.readouterr().err) if capfd is not None else []
+    return out, lse, kc, vc, plans
+
+
+def check_against_reference(case, result, W, S, rows, tol):
+    q, k, v, kc0, vc0, seqlens, lengths = case
+    out, lse, kc, vc, _ = result
+    scale = 1 / math.sqrt(q.shape[-1])
+    for b in rows:
+        if lengths[b] == 0:  # padding: zero output, -inf lse, nothing written
+            assert torch.all(out[b] == 0) and torch.all(torch.isneginf(lse[b]))
+            assert torch.equal(kc[b], kc0[b])
+            continue
+        position = int(seqlens[b])
+        ref, ref_lse = decode_reference(q[b], k[b], v[b], kc0[b], vc0[b], position, W, S, scale)
+        err = (out[b, :, 0].double() - ref).abs().max().item()
+        assert math.isfinite(err) and err <= tol, (b, err)
+        torch.testing.assert_close(lse[b, :, 0].double(), ref_lse, atol=1e-4, rtol=1e-4)
+        slot = ring_slot(position, W, S)
+        assert torch.equal(kc[b, :, slot], k[b, :, 0]) and torch.equal(vc[b, :, slot], v[b, :, 0])
+
+
+def assert_same_bits(a, b):
+    for x, y, name in zip(a[:4], b[:4], ("out", "lse", "k_cache", "v_cache")):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("balance", [0, 1])  # splits of whole tiles | of equal key counts
+@pytest.mark.parametrize("window,sink", [(1000, 4), (40, 300)])  # (40, 300): sink > window
+@pytest.mark.parametrize("batch,splits", [(1, 2), (1, 5), (1, 17), (1, 33), (8, 2), (8, 4),
+                                          (8, 7), (64, 2), (64, 3)])
+def test_fused_combine_same_bits_as_combine_kernel(batch, splits, window, sink, balance,
+                                                   monkeypatch, capfd):
+    Hq, Hkv, D, W, S = 32, 8, 128, window, sink
+    case = random_ring(batch, Hq, Hkv, D, W, S, torch.bfloat16, seed=batch * 100 + splits + W)
+    set_knobs(monkeypatch, COMBINE="global", SPLITS=splits, VERBOSE=2, BALANCE=balance)
+    tiles = (S + W + 1 + 63) // 64  # a split holds whole 64-key tiles
+    expected_splits = min(splits, tiles)
+    results = {}
+    for mode in ("kernel", "fused", "fused"):  # fused twice: its counters were reset
+        set_knobs(monkeypatch, GLOBAL_COMBINE=mode)
+        result = decode(case, W, S, capfd)
+        assert [p[:3] for p in result[4]] == [(expected_splits, "global", mode)]
+        if mode in results:
+            assert_same_bits(result, results[mode])
+        results[mode] = result
+    assert_same_bits(results["fused"], results["kernel"])
+    out = results["fused"][0]
+    assert not torch.isnan(out.float()).any()  # SWAA_POISON_OUTPUTS=1 would show gaps as NaN
+    check_against_reference(case, results["fused"], W, S, rows=range(min(batch, 6)), tol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tile,stages", [(64, 3), (64, 2), (32, 4), (32, 6)])
+def test_tilings_match_reference_and_fuse_bitwise(dtype, tile, stages, monkeypatch, capfd):
+    # Each tiling of the global kernel (D = 128) under the automatic plan and a
+    # forced split count, kernel and fused combine: right against the reference,
+    # and the two combines give the same bits.  Query heads 24 per KV head: two
+    # CTAs of 16 and 8 heads (a partial head chunk).
+    B, Hq, Hkv, D, W, S = 5, 48, 2, 128, 700, 5
+    case = random_ring(B, Hq, Hkv, D, W, S, dtype, seed=tile * 10 + stages)
+    set_knobs(monkeypatch, TILE=tile, STAGES=stages, VERBOSE=2)
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    for splits in ("", "9"):
+        set_knobs(monkeypatch, SPLITS=splits, COMBINE="global" if splits else "")
+        results = {}
+        for mode in ("kernel", "fused"):
+            set_knobs(monkeypatch, GLOBAL_COMBINE=mode)
+            results[mode] = decode(case, W, S, capfd)
+            [(n, combine, used, tile_keys, used_stages, _)] = results[mode][4]
+            assert (tile_keys, used_stages) == (tile, stages)
+            if combine == "global":
+                assert used == mode
+            if splits:
+                assert n == 9
+        assert_same_bits(results["fused"], results["kernel"])
+        check_against_reference(case, results["fused"], W, S, rows=range(B), tol=tol)
+
+
+@pytest.mark.parametrize("tile,stages", [(64, 3), (32, 4)])
+def test_balanced_splits(tile, stages, monkeypatch, capfd):
+    # SWAA_DECODE_BALANCE=1: splits of equal key counts (every split's last
+    # tile partial) against whole-tile splits: both right, close to each other,
+    # and the cluster plan (default tiling) balances too.
+    B, Hq, Hkv, D, W, S = 6, 32, 8, 128, 4096, 4
+    case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=tile + stages)
+    set_knobs(monkeypatch, TILE=tile, STAGES=stages, VERBOSE=2)
+    combines = ["global", "cluster"] if tile == 64 else ["global"]
+    for combine in combines:
+        results = []
+        for balance in (0, 1):
+            set_knobs(monkeypatch, BALANCE=balance, COMBINE=combine, SPLITS=7)
+            results.append(decode(case, W, S, capfd))
+            [plan] = results[-1][4]
+            assert plan[:2] == (7, combine) and plan[5] == bool(balance)
+            check_against_reference(case, results[-1], W, S, rows=range(B), tol=2e-2)
+        assert (results[0][0].float() - results[1][0].float()).abs().max().item() <= 2e-2
+        assert torch.equal(results[0][2], results[1][2])  # the same slot written
+
+
+def test_tiling_knobs_fall_back_to_the_default(monkeypatch, capfd):
+    # Pairs that are not built, and D = 64 (alternatives are built for D = 128 only), run the
+    # default tiling: 64-key tiles, 3 stages at D = 128, 4 at D = 64.
+    for D, tile, stages, expected in [(128, 64, 4, (64, 3)), (128, 16, 2, (64, 3)),
+                                      (64, 32, 6, (64, 4))]:
+        B, Hq, Hkv, W, S = 2, 8, 2, 300, 2
+        case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=D + tile + stages)
+        set_knobs(monkeypatch, TILE=tile, STAGES=stages, VERBOSE=2, COMBINE="global", SPLITS=3)
+        result = decode(case, W, S, capfd)
+        assert [p[3:5] for p in result[4]] == [expected]
+        check_against_reference(case, result, W, S, rows=range(B), tol=2e-2)
+
+
+def test_fused_combine_with_shapes_and_split_counts_interleaved(monkeypatch):
+    # Launches of different shapes and split counts share the arrival counters
+    # of a stream one after another: each must leave them at zero for the next.
+    set_knobs(monkeypatch, COMBINE="global")
+    cases = [(3, 16, 4, 128, 900, 4, 6), (9, 8, 8, 64, 200, 0, 3), (3, 16, 4, 128, 900, 4, 11),
+             (1, 32, 8, 128, 4096, 4, 33), (9, 8, 8, 64, 200, 0, 2)]
+    for i, (B, Hq, Hkv, D, W, S, splits) in enumerate(cases * 2):
+        case = random_ring(B, Hq, Hkv, D, W, S, torch.float16, seed=i)
+        set_knobs(monkeypatch, SPLITS=splits)
+        got = {}
+        for mode in ("fused", "kernel"):
+            set_knobs(monkeypatch, GLOBAL_COMBINE=mode)
+            got[mode] = decode(case, W, S)
+        assert_same_bits(got["fused"], got["kernel"])
+
+
+MANY_STREAMS_SCRIPT = """
+import math, re, sys, torch
+import swaa_ext  # noqa: F401
+q, k, v, kc, vc, seqlens, lengths, W, S = torch.load(sys.argv[1])
+def decode():
+    out, lse = torch.ops.swaa.ring_decode(q, k, v, kc.clone(), vc.clone(), seqlens, lengths, W, S,
+                                          1 / math.sqrt(q.shape[-1]), 0)
+    return out, lse
+expected = decode()
+streams = [torch.cuda.Stream() for _ in range(12)]
+assert len({s.cuda_stream for s in streams}) == 12
+results = []
+for stream in streams:
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        results.append(decode())
+torch.cuda.synchronize()
+for out, lse in results:
+    assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1])
+print("same bits on", len(results), "streams")
+"""
+
+
+def test_fused_combine_on_many_streams(tmp_path):
+    # Each stream gets its own arrival counters; past the slices a device has
+    # (8), a stream falls back to the combine kernel (logged).  Every stream's
+    # result has the combine kernel's bits.  In a subprocess, so that the
+    # slices this uses up stay available to the other tests.
+    import os
+    import subprocess
+    import sys
+    B, Hq, Hkv, D, W, S = 4, 16, 2, 128, 1500, 4
+    case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=5)
+    torch.save((*case, W, S), tmp_path / "case.pt")
+    env = dict(os.environ, SWAA_DECODE_COMBINE="global", SWAA_DECODE_SPLITS="6",
+               SWAA_DECODE_VERBOSE="2", SWAA_DECODE_GLOBAL_COMBINE="fused")
+    run = subprocess.run([sys.executable, "-c", MANY_STREAMS_SCRIPT, str(tmp_path / "case.pt")],
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "same bits on 12 streams" in run.stdout
+    modes = [p[2] for p in plans_of(run.stderr)]
+    assert len(modes) == 13 and set(modes) <= {"fused", "kernel, fused not available"}, modes
+    # one slice per stream, 8 per device: the default stream and 7 new streams
+    # fuse, the other 5 fall back to the kernel and give the same bits
+    assert modes.count("fused") == 8
+
+
+@pytest.mark.parametrize("tile,stages,balance", [(64, 3, 0), (32, 6, 1)])
+def test_cuda_graph_fused_combine_matches_eager_kernel_combine(tile, stages, balance, monkeypatch,
+                                                               capfd):
+    # One decode step with the fused combine captured in a graph and replayed
+    # 50 times (the counters must be back at zero after every replay) equals,
+    # bit for bit, an eager twin that combines with the second kernel, while
+    # the rows (at different positions) wrap around their rings.
+    torch.manual_seed(21)
+    B, Hq, Hkv, D, W, S = 3, 32, 8, 128, 300, 4
+    set_knobs(monkeypatch, COMBINE="global", SPLITS=5, TILE=tile, STAGES=stages, VERBOSE=2,
+              BALANCE=balance)
+    caches = [RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+              for _ in range(2)]
+    for c in caches:
+        torch.manual_seed(22)
+        c.keys.normal_()
+        c.values.normal_()
+        c.seqlens.copy_(torch.tensor([0, 280, 5 * W + 9], device="cuda"))
+    graph_cache, eager_cache = caches
+    static = [torch.randn(B, h, 1, D, dtype=torch.bfloat16, device="cuda") for h in (Hq, Hkv, Hkv)]
+    set_knobs(monkeypatch, GLOBAL_COMBINE="fused")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        warm = [t.clone() for t in static]
+        graph_cache.attend(*warm)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = graph_cache.attend(*static)
+    torch.cuda.synchronize()
+    assert [p[2] for p in plans_of(capfd.readouterr().err)] == ["fused", "fused"]
+    set_knobs(monkeypatch, GLOBAL_COMBINE="kernel")
+    eager_cache.attend(*warm)
+    for step in range(50):
+        new = [torch.randn_like(t) for t in static]
+        for s, n in zip(static, new):
+            s.copy_(n)
+        graph.replay()
+        eager_out = eager_cache.attend(*new)
+        assert torch.equal(static_out, eager_out), step
+        assert not torch.isnan(static_out.float()).any(), step
+    assert {p[2] for p in plans_of(capfd.readouterr().err)} == {"kernel"}
+    assert graph_cache.seqlens.tolist() == [51, 280 + 51, 5 * W + 9 + 51]
+    assert torch.equal(graph_cache.keys, eager_cache.keys)
+    assert torch.equal(graph_cache.values, eager_cache.values)
