@@ -159,6 +159,11 @@ struct alignas(1024) FusedSm90Smem {
   uint64_t empty[ST];
   uint64_t dq_full;   // consumers -> writer: the staging buffer holds the item's dQ part
   uint64_t dq_empty;  // writer -> consumers: the bulk add has read it
+  // Item n's accumulator tile ((b * q_heads + h) * tiles + m) and dq_turn(),
+  // in slot n & 1 (written at the start of item n, read by the writer after
+  // dq_full of item n: the slot's previous reader is two items back).
+  int64_t dq_tile[2];
+  int dq_rank[2], dq_total[2];
   int ticket;
 };
 
@@ -203,13 +208,13 @@ __device__ __forceinline__ DkdvWork fused_work(const AttnParams& p, const DkdvSc
 // Rank of key block `n_block` among the key blocks that contribute to the dQ
 // tile of query rows [row0, row0 + BM) (those holding a key some row of the
 // tile sees: the sink blocks and the window / full blocks of visible_keys),
-// counted from the highest block down, and their number.
+// counted from the highest block down (how many add before it), and their number.
 struct DqTurn {
   int rank, total;
 };
 template <int BN, int BM>
 __device__ __forceinline__ DqTurn dq_turn(const AttnParams& p, const Visibility& vis,
-                                          int64_t row0, int n_block, int n_blocks) {
+                                          int64_t row0, int n_block) {
   const int64_t p_first = row0 + p.q_offset;
   const KeySpan seen = visible_keys(vis, p_first, min_of<int64_t>(p_first + BM - 1, p.k_len - 1));
   const int head_end = seen.head.empty() ? 0 : static_cast<int>((seen.head.end + BN - 1) / BN);
@@ -219,7 +224,6 @@ __device__ __forceinline__ DqTurn dq_turn(const AttnParams& p, const Visibility&
   auto above = [&](int lo) {
     return max_of(0, head_end - lo) + max_of(0, body_end - max_of(lo, body_begin));
   };
-  (void)n_blocks;
   return DqTurn{above(n_block + 1), above(0)};
 }
 
@@ -293,19 +297,18 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         bulk_load(s.delta[st], delta_pad + col, BM * 4, &s.full[st]);
       }
     } else if (threadIdx.x == 32) {
-      const Visibility vis = p.visibility(w.b);
-      const int n_block = static_cast<int>(w.j_first / BN);
-      for (int it = w.first; it < w.end; ++it) {
-        const int n = it - w.first;
-        const int64_t bh = static_cast<int64_t>(w.b) * p.q_heads + w.head(it);
-        const int64_t r0 = w.row0(it, BM);
-        const DqTurn turn = dq_turn<BN, BM>(p, vis, r0, n_block, sched.n_blocks);
-        int* counter = fdq.turns + bh * fdq.tiles + r0 / BM;
-        float* dst = fdq.accum + (bh * q_len_pad + r0) * D;
+      // The writer: the consumers stage each item's dQ part with its tile and
+      // turn (few registers here: the producer group runs with kProducerRegs).
+      const int count = w.end - w.first;
+      for (int n = 0; n < count; ++n) {
         mbar_wait(&s.dq_full, n & 1);
-        if (turn.rank > 0) {
+        const int64_t tile = s.dq_tile[n & 1];
+        const int rank = s.dq_rank[n & 1], total = s.dq_total[n & 1];
+        int* counter = fdq.turns + tile;
+        float* dst = fdq.accum + tile * (BM * D);
+        if (rank > 0) {
           uint32_t ns = 32;
-          while (ld_acquire_gpu(counter) < turn.rank) {
+          while (ld_acquire_gpu(counter) < rank) {
             __nanosleep(ns);
             ns = ns < 512 ? 2 * ns : ns;
           }
@@ -317,10 +320,10 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         bulk_commit();
         bulk_wait_read_all();
         mbar_arrive(&s.dq_empty);  // the consumers may stage the next item
-        if (turn.rank + 1 < turn.total) {
+        if (rank + 1 < total) {
           bulk_wait_all();
           fence_async_global();
-          st_release_gpu(counter, turn.rank + 1);
+          st_release_gpu(counter, rank + 1);
         }
       }
       bulk_wait_all();  // every add performed before the CTA ends
@@ -351,19 +354,21 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     const int n = it - w.first, st = n % ST, buf = n & 1;
     const uint32_t parity = static_cast<uint32_t>((n / ST) & 1);
     const int64_t pos0 = w.row0(it, BM) + p.q_offset;  // position of the item's first row
-    // Which 64-key halves of the block does some query of the item see?
+    // Does any query of the item see any of this group's 64 keys?  (As in the
+    // dk/dv kernel: in a sink block the far rows see only the sink keys.)
     const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
-    bool act[2];
-#pragma unroll
-    for (int hk = 0; hk < 2; ++hk) {
-      const int64_t a = w.j_first + hk * 64, z = a + 63;
-      act[hk] = (a < seen.head.end && z >= seen.head.begin) ||
-                (a < seen.body.end && z >= seen.body.begin);
-    }
-    const bool active = act[cg];
+    const int64_t wg_j_last = wg_j_first + 63;
+    const bool active = (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
+                        (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
     const uint32_t ds_addr = smem_u32(s.ds[buf][0]);
+    if (threadIdx.x == 128) {  // the item's tile and turn, for the writer
+      const int64_t r0 = w.row0(it, BM);
+      const DqTurn turn = dq_turn<BN, BM>(p, vis, r0, static_cast<int>(w.j_first / BN));
+      s.dq_tile[buf] = (static_cast<int64_t>(w.b) * p.q_heads + w.head(it)) * fdq.tiles + r0 / BM;
+      s.dq_rank[buf] = turn.rank;
+      s.dq_total[buf] = turn.total;
+    }
     mbar_wait(&s.full[st], parity);
-    uint32_t pa[4][4], dsa[4][4];  // P^T, dS^T as A fragments (k = the item's 64 queries)
     if (active) {
       const uint32_t q_addr = smem_u32(s.q[st][0]);
       const uint32_t do_addr = smem_u32(s.dout[st][0]);
@@ -411,28 +416,32 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
           dp[4 * nb + e] = prob * (dp[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
         }
       }
+      uint32_t pa[4][4], dsa[4][4];  // P^T, dS^T as A fragments (k = the item's 64 queries)
       pack_a<T>(pa, sc);
       pack_a<T>(dsa, dp);
 
       // dS into shared memory as (query, key) of this group's 64-key half:
-      // word w of dsa[kk] holds queries 16 kk + 8 (w >> 1) + 2 t (+1) of key
-      // row warp * 16 + g + 8 (w & 1).  128-byte swizzle: 16-byte chunk
-      // (key / 8) XOR (query & 7).
+      // word wd of dsa[kk] holds queries 16 kk + 8 (wd >> 1) + 2 t (+1) of key
+      // row warp * 16 + g + 8 (wd & 1).  128-byte swizzle: byte (query, key) at
+      // query * 128 + ((key / 8) ^ (query & 7)) * 16 + (key & 7) * 2, where
+      // query & 7 = 2 t + e and key / 8 = 2 warp + (wd & 1): four per-thread
+      // offsets plus compile-time row steps.
       unsigned char* ds_half = reinterpret_cast<unsigned char*>(s.ds[buf][cg]);
+      int ds_off[2][2];  // [e][wd & 1]
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int w1 = 0; w1 < 2; ++w1)
+          ds_off[e][w1] = (2 * t + e) * 128 + (((2 * warp + w1) ^ (2 * t + e)) << 4) + 2 * g;
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-        for (int wd = 0; wd < 4; ++wd) {
-          const int key = warp * 16 + g + 8 * (wd & 1);
-          const int q0 = 16 * kk + 8 * (wd >> 1) + 2 * t;
+        for (int wd = 0; wd < 4; ++wd)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int qr = q0 + e;
-            const int off = qr * 128 + ((((key >> 3) ^ (qr & 7))) << 4) + (key & 7) * 2;
-            *reinterpret_cast<uint16_t*>(ds_half + off) =
+          for (int e = 0; e < 2; ++e)
+            *reinterpret_cast<uint16_t*>(ds_half + ds_off[e][wd & 1] +
+                                         (16 * kk + 8 * (wd >> 1)) * 128) =
                 static_cast<uint16_t>(e ? (dsa[kk][wd] >> 16) : (dsa[kk][wd] & 0xFFFFu));
-          }
-        }
       fence_async_shared();
       fence_regs(pa);
       fence_regs(dsa);
@@ -447,52 +456,48 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       for (int kk = 0; kk < BM / 16; ++kk)
         wgmma_rs_d<T, D>(dk, dsa[kk], desc_mn_major(q_addr + kk * 16 * 128, kQHalf));
       wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dv);
+      fence_regs(dk);
+    } else {
+      // No query of the item sees this group's keys: dS = 0 (the dQ product
+      // below runs over both halves unconditionally).
+      uint4* ds_half = reinterpret_cast<uint4*>(s.ds[buf][cg]);
+#pragma unroll
+      for (int i = 0; i < BM * 64 * 2 / 16 / 128; ++i)
+        ds_half[(threadIdx.x & 127) + i * 128] = make_uint4(0, 0, 0, 0);
+      fence_async_shared();
     }
 
     // dQ part of the item (64 x 32 floats per group: 64 columns or 64 keys).
     float dqp[32];  // element 4 n + e: query row warp * 16 + g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dqp[i] = 0.f;
+    if constexpr (D == 128) consumers_bar_sync();  // both halves of dS are in shared memory
+    // K's address through an opaque move: the 8 B descriptors are rebuilt
+    // here (a few integer ops) rather than hoisted out of the item loop into
+    // 16 registers.
+    uint32_t k_base = smem_u32(s.k[0]);
+    asm volatile("" : "+r"(k_base));
+    fence_regs(dqp);
+    wgmma_fence();
     if constexpr (D == 128) {
-      consumers_bar_sync();  // both halves of dS are in shared memory
-      fence_regs(dqp);
-      wgmma_fence();
 #pragma unroll
-      for (int hk = 0; hk < 2; ++hk) {
-        if (!act[hk]) continue;
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const uint32_t b_addr = smem_u32(s.k[cg]) + (hk * 64 + kk * 16) * 128;
-          wgmma_ss_n64_bmn<T>(dqp, desc_k_major(ds_addr + hk * kDsHalf + kk * 32),
-                              desc_mn_major(b_addr, kKHalf), kk > 0 || (hk == 1 && act[0]));
-        }
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(dqp);
-      fence_regs(dv);
-      fence_regs(dk);
-      if (!act[0] && !act[1]) {  // (never: every item sees some key of the block)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) dqp[i] = 0.f;
+      for (int kk = 0; kk < 8; ++kk) {
+        const uint32_t b_addr = k_base + cg * kKHalf + kk * 16 * 128;
+        wgmma_ss_n64_bmn<T>(dqp, desc_k_major(ds_addr + (kk >> 2) * kDsHalf + (kk & 3) * 32),
+                            desc_mn_major(b_addr, kKHalf), kk > 0);
       }
     } else {
-      if (active) {
-        fence_regs(dqp);
-        wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_ss_n64_bmn<T>(dqp, desc_k_major(ds_addr + cg * kDsHalf + kk * 32),
-                              desc_mn_major(smem_u32(s.k[0]) + (cg * 64 + kk * 16) * 128, kKHalf),
-                              kk > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(dqp);
-        fence_regs(dv);
-        fence_regs(dk);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 32; ++i) dqp[i] = 0.f;
-      }
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_n64_bmn<T>(dqp, desc_k_major(ds_addr + cg * kDsHalf + kk * 32),
+                            desc_mn_major(k_base + (cg * 64 + kk * 16) * 128, kKHalf),
+                            kk > 0);
     }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(dqp);
     mbar_arrive(&s.empty[st]);  // this thread is done with Q, dO of the stage
 
     // Stage the dQ part for the writer.
