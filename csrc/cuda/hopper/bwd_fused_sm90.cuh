@@ -185,7 +185,7 @@ struct FusedDq {
 // decreasing order (the whole blocks, then the pieces of the split sink
 // blocks, highest block first), slices inner (SWAA_BWD_ORDER=1) or outer.
 template <int BN, int BM>
-__device__ __forceinline__ DkdvWork fused_work(const AttnParams& p, const DkdvSchedule& sched,
+__host__ __device__ __forceinline__ DkdvWork fused_work(const AttnParams& p, const DkdvSchedule& sched,
                                                int ticket) {
   const int n_slices = static_cast<int>(p.batch * p.kv_heads);
   const int n_units = sched.n_units();
@@ -213,7 +213,7 @@ struct DqTurn {
   int rank, total;
 };
 template <int BN, int BM>
-__device__ __forceinline__ DqTurn dq_turn(const AttnParams& p, const Visibility& vis,
+__host__ __device__ __forceinline__ DqTurn dq_turn(const AttnParams& p, const Visibility& vis,
                                           int64_t row0, int n_block) {
   const int64_t p_first = row0 + p.q_offset;
   const KeySpan seen = visible_keys(vis, p_first, min_of<int64_t>(p_first + BM - 1, p.k_len - 1));

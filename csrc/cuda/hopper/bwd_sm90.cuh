@@ -173,20 +173,23 @@ struct DkdvWork {
   int first, end;   // items [first, end)
   int per_head, n_near, near_first, far_first;
   int64_t group;
-  __device__ __forceinline__ int64_t head(int i) const {
+  __host__ __device__ __forceinline__ int64_t head(int i) const {
     return static_cast<int64_t>(kvh) * group + i / per_head;
   }
-  __device__ __forceinline__ int64_t row0(int i, int block_m) const {
+  __host__ __device__ __forceinline__ int64_t row0(int i, int block_m) const {
     const int w = i % per_head;
     return static_cast<int64_t>(w < n_near ? near_first + w : far_first + (w - n_near)) * block_m;
   }
 };
 
 // The work of unit `unit` (split pieces first, then the whole key blocks in
-// order) of slice `slice` (b * kv_heads + kv head).
+// order) of slice `slice` (b * kv_heads + kv head).  Host and device (the
+// fused backward's schedule check, bench/fused_schedule_check.cu, runs it on
+// the host).
 template <int BN, int BM>
-__device__ __forceinline__ DkdvWork dkdv_work_at(const AttnParams& p, const DkdvSchedule& sched,
-                                                 int unit, int slice) {
+__host__ __device__ __forceinline__ DkdvWork dkdv_work_at(const AttnParams& p,
+                                                          const DkdvSchedule& sched, int unit,
+                                                          int slice) {
   DkdvWork w;
   const int kv_heads = static_cast<int>(p.kv_heads);
   w.unit = unit;
