@@ -154,6 +154,8 @@ struct alignas(1024) FusedSm90Smem {
   float dq[BM * D];  // the item's dQ part, float2 columns swizzled by row & 7
   float lse2[ST][BM];
   float delta[ST][BM];
+  int item_row0[ST];  // the stage's item: first query row and query head (from the producer,
+  int item_head[ST];  // so the consumers keep no item decoding in registers)
   uint64_t kv_full;
   uint64_t full[ST];
   uint64_t empty[ST];
@@ -287,6 +289,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         if (use > 0) mbar_wait(&s.empty[st], (use - 1) & 1);
         const int h = static_cast<int>(w.head(it));
         const int r0 = static_cast<int>(w.row0(it, BM));
+        s.item_row0[st] = r0;  // ordered before the consumers' reads by the full barrier
+        s.item_head[st] = h;
         mbar_arrive_expect_tx(&s.full[st], 2 * BM * D * 2 + 2 * BM * 4);
         for (int half = 0; half < C::kHalves; ++half) {
           tma_load_4d(s.q[st][half], &tm_q, &s.full[st], half * C::kHalfCols, r0, h, w.b);
@@ -353,7 +357,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   for (int it = w.first; it < w.end; ++it) {
     const int n = it - w.first, st = n % ST, buf = n & 1;
     const uint32_t parity = static_cast<uint32_t>((n / ST) & 1);
-    const int64_t pos0 = w.row0(it, BM) + p.q_offset;  // position of the item's first row
+    mbar_wait(&s.full[st], parity);
+    const int row0 = s.item_row0[st];
+    const int64_t pos0 = row0 + p.q_offset;  // position of the item's first row
     // Does any query of the item see any of this group's 64 keys?  (As in the
     // dk/dv kernel: in a sink block the far rows see only the sink keys.)
     const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
@@ -362,13 +368,12 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
                         (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
     const uint32_t ds_addr = smem_u32(s.ds[buf][0]);
     if (threadIdx.x == 128) {  // the item's tile and turn, for the writer
-      const int64_t r0 = w.row0(it, BM);
-      const DqTurn turn = dq_turn<BN, BM>(p, vis, r0, static_cast<int>(w.j_first / BN));
-      s.dq_tile[buf] = (static_cast<int64_t>(w.b) * p.q_heads + w.head(it)) * fdq.tiles + r0 / BM;
+      const DqTurn turn = dq_turn<BN, BM>(p, vis, row0, static_cast<int>(w.j_first / BN));
+      s.dq_tile[buf] =
+          (static_cast<int64_t>(w.b) * p.q_heads + s.item_head[st]) * fdq.tiles + row0 / BM;
       s.dq_rank[buf] = turn.rank;
       s.dq_total[buf] = turn.total;
     }
-    mbar_wait(&s.full[st], parity);
     if (active) {
       const uint32_t q_addr = smem_u32(s.q[st][0]);
       const uint32_t do_addr = smem_u32(s.dout[st][0]);
