@@ -136,6 +136,10 @@ __device__ __forceinline__ void st_release_gpu(int* ptr, int v) {
 __device__ __forceinline__ void consumers_bar_sync() {
   asm volatile("bar.sync 1, 256;\n" ::: "memory");
 }
+// Named barrier 2 + cg over the 128 threads of consumer group cg.
+__device__ __forceinline__ void group_bar_sync(int cg) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cg) : "memory");
+}
 
 // ---------------------------------------------------------------------------
 
@@ -478,7 +482,12 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     float dqp[32];  // element 4 n + e: query row warp * 16 + g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
 #pragma unroll
     for (int i = 0; i < 32; ++i) dqp[i] = 0.f;
-    if constexpr (D == 128) consumers_bar_sync();  // both halves of dS are in shared memory
+    // dS written by every thread before the wgmma reads it: both halves (D =
+    // 128) or the group's own (D = 64).
+    if constexpr (D == 128)
+      consumers_bar_sync();
+    else
+      group_bar_sync(cg);
     // K's address through an opaque move: the 8 B descriptors are rebuilt
     // here (a few integer ops) rather than hoisted out of the item loop into
     // 16 registers.
