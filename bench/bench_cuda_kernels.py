@@ -6,6 +6,7 @@ Same process, same inputs, same GPU:
   swaa  swaa_ext.swa_attention (window W, sink S)
   flex  FlexAttention compiled, block mask of causal and (q - k < W or k < S)
   sdpa  torch SDPA full causal (does more work: every causal pair)
+  swaa-fused  swaa with SWAA_BWD_HOPPER=4 (the single-pass Hopper backward)
 Times are the median of CUDA-event timings over --reps runs that rotate over
 two input sets (so L2 does not hold one set).  Effective TFLOP/s count the
 visible (query, key) pairs of the SWA mask only, 4*D flops per pair forward and
@@ -121,6 +122,8 @@ def main() -> None:
             block_mask = create_block_mask(mask_mod, None, None, N, N, device="cuda", _compile=True)
 
         def run(impl, q, k, v):
+            if impl == "swaa-fused":  # SWAA_BWD_HOPPER=4 is set around its timings
+                impl = "swaa"
             if impl == "swaa":
                 return swaa_ext.swa_attention(q, k, v, window=W, sink=S, softmax_scale=scale)
             if impl == "flex":
@@ -134,6 +137,9 @@ def main() -> None:
                 outs[impl] = run(impl, *sets[0][:3])[:, :, -512:].float()
         ref_impl = "flex" if "flex" in outs else None
         for impl in args.impls:
+            saved = os.environ.get("SWAA_BWD_HOPPER")
+            if impl == "swaa-fused":
+                os.environ["SWAA_BWD_HOPPER"] = "4"
             for pass_ in args.passes:
                 if impl == "sdpa" and (D, N, pass_) in sdpa_done:
                     ms = sdpa_done[(D, N, pass_)]  # independent of W, S
@@ -156,14 +162,21 @@ def main() -> None:
                 row = dict(meta, impl=impl, **{"pass": pass_}, B=B, Hq=args.Hq, Hkv=args.Hkv,
                            D=D, N=N, W=W, S=S, dtype="bfloat16", ms=round(ms, 4),
                            tflops=round(flop / ms / 1e9, 1))
-                if impl == "swaa":  # which forward ran (SWAA_FWD_HOPPER variants, sm_80)
+                if impl.startswith("swaa"):  # which kernels ran (SWAA_FWD_HOPPER / _BWD_HOPPER)
                     row["swaa_fwd_path"] = torch.ops.swaa.fwd_path(*sets[0][:3])
+                    q0, k0, v0, do0 = sets[0]
+                    row["swaa_bwd_path"] = torch.ops.swaa.bwd_path(do0, q0, k0, v0)
                 if ref_impl and impl != ref_impl and impl != "sdpa":
                     row["max_diff_vs_flex_last512"] = round(
                         (outs[impl] - outs[ref_impl]).abs().max().item(), 5)
                 print(json.dumps(row), flush=True)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
+            if impl == "swaa-fused":
+                if saved is None:
+                    os.environ.pop("SWAA_BWD_HOPPER", None)
+                else:
+                    os.environ["SWAA_BWD_HOPPER"] = saved
         del sets, outs, block_mask
         torch.cuda.empty_cache()
 

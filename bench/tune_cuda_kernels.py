@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--fwd-only", action="store_true", help="forward rows only (no backward)")
     ap.add_argument("--bwd-hopper", action="store_true",
                     help="backward rows of SWAA_BWD_HOPPER=0/1/2/3 only (forward: defaults)")
+    ap.add_argument("--bwd-fused", action="store_true",
+                    help="backward rows and per-kernel times of SWAA_BWD_HOPPER=1 (two passes) "
+                         "and 4 (single pass), on the issue's shapes incl. S=0 (forward: defaults)")
     args = ap.parse_args()
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
@@ -85,11 +88,22 @@ def main() -> None:
                         {"SWAA_BWD_HOPPER": "2"}, {"SWAA_BWD_HOPPER": "3"},
                         {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_SPLIT": "0"}]
     profile_settings = [{}] + ([{"SWAA_BWD_HOPPER": "1"}] if args.bwd_hopper else [])
-    knobs = {k for st in fwd_settings + bwd_settings for k in st}
     # (D, N, W, S, full_from)
-    for D, N, W, S, F in [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
-                          (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
-                          (128, 32768, 4096, 4, 24576), (128, 131072, 1024, 4, None)]:
+    shapes = [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
+              (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
+              (128, 32768, 4096, 4, 24576), (128, 131072, 1024, 4, None)]
+    if args.bwd_fused:
+        fwd_settings = [{}]
+        bwd_settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}]
+        profile_settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}]
+        # the shapes below 1.3x flex (S=0, W=4096, D=64) first, then the rest of the grid
+        shapes = [(128, 32768, 4096, 0, None), (64, 32768, 1024, 0, None),
+                  (128, 8192, 4096, 0, None), (128, 32768, 4096, 4, None),
+                  (64, 32768, 4096, 4, None), (128, 32768, 1024, 4, None),
+                  (128, 8192, 1024, 128, None), (128, 32768, 4096, 4, 24576),
+                  (64, 131072, 1024, 0, None)]
+    knobs = {k for st in fwd_settings + bwd_settings for k in st}
+    for D, N, W, S, F in shapes:
         g = torch.Generator(device="cuda").manual_seed(0)
         q = torch.randn(1, 32, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
         k = torch.randn(1, 8, N, D, device="cuda", dtype=torch.bfloat16, generator=g)

@@ -476,6 +476,6 @@ def test_fused_long_chains_in_subprocess(fused):
             assert d <= 1e-2 * c[0].float().abs().max().item(), f"dq differs by {d}"
         print("ok")
     """)
-    res = subprocess.run([sys.executable, "-c", script], env=dict(os.environ),
+    res = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), check=False,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
