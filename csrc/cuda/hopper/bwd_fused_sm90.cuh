@@ -358,8 +358,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   const uint32_t k_addr = smem_u32(s.k[0]) + cg * 64 * 128;  // the group's 64 key rows
   const uint32_t v_addr = smem_u32(s.v[0]) + cg * 64 * 128;
 
-  for (int it = w.first; it < w.end; ++it) {
-    const int n = it - w.first, st = n % ST, buf = n & 1;
+  const int count = w.end - w.first;
+  for (int n = 0; n < count; ++n) {
+    const int st = n % ST, buf = n & 1;
     const uint32_t parity = static_cast<uint32_t>((n / ST) & 1);
     mbar_wait(&s.full[st], parity);
     const int row0 = s.item_row0[st];
