@@ -138,7 +138,10 @@ __device__ __forceinline__ void consumers_bar_sync() {
 }
 // Named barrier 2 + cg over the 128 threads of consumer group cg.
 __device__ __forceinline__ void group_bar_sync(int cg) {
-  asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cg) : "memory");
+  if (cg == 0)  // immediate ids: a register id makes ptxas reserve all 16 barriers
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+  else
+    asm volatile("bar.sync 3, 128;\n" ::: "memory");
 }
 
 // ---------------------------------------------------------------------------
@@ -318,7 +321,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
           uint32_t ns = 32;
           while (ld_acquire_gpu(counter) < rank) {
             __nanosleep(ns);
-            ns = ns < 512 ? 2 * ns : ns;
+            ns = ns < 256 ? 2 * ns : ns;
           }
           fence_async_global();
           bulk_add_global_f32(dst, s.dq, BM * D * 4);
