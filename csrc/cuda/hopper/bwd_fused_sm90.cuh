@@ -84,10 +84,43 @@ __device__ __forceinline__ void wgmma_ss_n64_bmn(float (&d)[32], uint64_t desc_a
         : SWAA_FUSED_ACC8(0), SWAA_FUSED_ACC8(8), SWAA_FUSED_ACC8(16), SWAA_FUSED_ACC8(24)     \
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                          \
   }
+// d (64 x 128) = (accumulate ? d : 0) + A (64 x 16, smem, K-major) * B (16 x 128, smem, MN-major).
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_n128_bmn(float (&d)[64], uint64_t desc_a,
+                                                  uint64_t desc_b, int accumulate);
+#define SWAA_FUSED_SS128_BMN(TYPE, NAME)                                                       \
+  template <>                                                                                  \
+  __device__ __forceinline__ void wgmma_ss_n128_bmn<TYPE>(float (&d)[64], uint64_t desc_a,     \
+                                                          uint64_t desc_b, int accumulate) {   \
+    asm volatile(                                                                              \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                           \
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32." NAME "." NAME                           \
+        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "             \
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "     \
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "     \
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"      \
+        ", %64, %65, p, 1, 1, 0, 1;\n}\n"                                                      \
+        : SWAA_FUSED_ACC8(0), SWAA_FUSED_ACC8(8), SWAA_FUSED_ACC8(16), SWAA_FUSED_ACC8(24),    \
+          SWAA_FUSED_ACC8(32), SWAA_FUSED_ACC8(40), SWAA_FUSED_ACC8(48), SWAA_FUSED_ACC8(56)   \
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                          \
+  }
 SWAA_FUSED_SS64_BMN(__nv_bfloat16, "bf16")
 SWAA_FUSED_SS64_BMN(__half, "f16")
+SWAA_FUSED_SS128_BMN(__nv_bfloat16, "bf16")
+SWAA_FUSED_SS128_BMN(__half, "f16")
 #undef SWAA_FUSED_SS64_BMN
+#undef SWAA_FUSED_SS128_BMN
 #undef SWAA_FUSED_ACC8
+
+// acc (64 x D) = dS (64 x 16 k-step, smem K-major) * K (16 x D, smem MN-major), D = 64 or 128.
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_ss_d_bmn(float (&d)[D / 2], uint64_t desc_a, uint64_t desc_b,
+                                               int accumulate) {
+  if constexpr (D == 128)
+    wgmma_ss_n128_bmn<T>(d, desc_a, desc_b, accumulate);
+  else
+    wgmma_ss_n64_bmn<T>(d, desc_a, desc_b, accumulate);
+}
 
 // Bulk copies shared -> global (bulk-group completion), plain or float32 add.
 __device__ __forceinline__ void bulk_store_global(void* dst, const void* src, uint32_t bytes) {
@@ -146,7 +179,12 @@ __device__ __forceinline__ void group_bar_sync(int cg) {
 
 // ---------------------------------------------------------------------------
 
-template <typename T, int D>
+// COLS (D = 128 only, SWAA_BWD_FUSED_DQ=1): each consumer group computes 64 of
+// the dQ columns over all 128 keys (both dS halves, named barrier over the
+// two groups, dS double buffered); otherwise (the default, and D = 64) each
+// group computes all D columns over its own 64 keys and the two parts are
+// summed in the staging buffer (group 1 stores, group 0 adds).
+template <typename T, int D, bool COLS>
 struct alignas(1024) FusedSm90Smem {
   using C = BwdSm90Config<D>;
   static constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, ST = C::kKvStages;
@@ -155,9 +193,10 @@ struct alignas(1024) FusedSm90Smem {
   T q[ST][C::kHalves][BM * C::kHalfCols];
   T dout[ST][C::kHalves][BM * C::kHalfCols];
   // dS of the item: BM queries x BN keys as two 64-key halves (K-major,
-  // 128-byte swizzle), double buffered (D = 128: a group may write item n + 1
-  // while the other still reads item n).
-  T ds[2][BN / 64][BM * 64];
+  // 128-byte swizzle), half cg written by consumer group cg; COLS: double
+  // buffered by item parity (a group may write item n + 1 while the other
+  // still reads item n), else read by its own group only.
+  T ds[COLS ? 2 : 1][BN / 64][BM * 64];
   float dq[BM * D];  // the item's dQ part, float2 columns swizzled by row & 7
   float lse2[ST][BM];
   float delta[ST][BM];
@@ -168,6 +207,7 @@ struct alignas(1024) FusedSm90Smem {
   uint64_t empty[ST];
   uint64_t dq_full;   // consumers -> writer: the staging buffer holds the item's dQ part
   uint64_t dq_empty;  // writer -> consumers: the bulk add has read it
+  uint64_t g1_staged; // group 1 -> group 0: group 1's dQ part is in the staging buffer
   // Item n's accumulator tile ((b * q_heads + h) * tiles + m) and dq_turn(),
   // in slot n & 1 (written at the start of item n, read by the writer after
   // dq_full of item n: the slot's previous reader is two items back).
@@ -176,9 +216,9 @@ struct alignas(1024) FusedSm90Smem {
   int ticket;
 };
 
-template <typename T, int D>
+template <typename T, int D, bool COLS>
 constexpr int fused_sm90_smem_bytes() {
-  return static_cast<int>(sizeof(FusedSm90Smem<T, D>)) + 1024;
+  return static_cast<int>(sizeof(FusedSm90Smem<T, D, COLS>)) + 1024;
 }
 
 // Global state of the dQ accumulation (workspace; turns and ticket zeroed
@@ -243,7 +283,7 @@ __device__ __forceinline__ int dq_index(int row, int col) {
   return row * D + ((((col >> 1) ^ ((row & 7) << 2))) << 1) + (col & 1);
 }
 
-template <typename T, int D>
+template <typename T, int D, bool COLS>
 __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     bwd_fused_sm90_kernel(const AttnParams p, const float* lse2_pad, const float* delta_pad,
                           int64_t q_len_pad, const DkdvSchedule sched, const FusedDq fdq,
@@ -253,7 +293,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
                           const __grid_constant__ CUtensorMap tm_do) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = BwdSm90Config<D>;
-  using S = FusedSm90Smem<T, D>;
+  static_assert(!COLS || D == 128, "the column split needs D = 128");
+  using S = FusedSm90Smem<T, D, COLS>;
   constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, ST = C::kKvStages;
   constexpr uint32_t kKHalf = C::template half_bytes<BN>();  // between the halves of K, V
   constexpr uint32_t kQHalf = C::template half_bytes<BM>();  // between the halves of Q, dO
@@ -270,8 +311,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       mbar_init(&s.full[i], 1);
       mbar_init(&s.empty[i], C::kConsumers * 128);
     }
-    mbar_init(&s.dq_full, D == 128 ? C::kConsumers * 128 : 128);
+    mbar_init(&s.dq_full, COLS ? 256 : 128);
     mbar_init(&s.dq_empty, 1);
+    mbar_init(&s.g1_staged, 128);
     mbar_fence_init();
   }
   __syncthreads();
@@ -374,7 +416,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     const int64_t wg_j_last = wg_j_first + 63;
     const bool active = (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
                         (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
-    const uint32_t ds_addr = smem_u32(s.ds[buf][0]);
+    T* const ds_mine = s.ds[COLS ? buf : 0][cg];  // this group's dS half
     if (threadIdx.x == 128) {  // the item's tile and turn, for the writer
       const DqTurn turn = dq_turn<BN, BM>(p, vis, row0, static_cast<int>(w.j_first / BN));
       s.dq_tile[buf] =
@@ -439,7 +481,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       // query * 128 + ((key / 8) ^ (query & 7)) * 16 + (key & 7) * 2, where
       // query & 7 = 2 t + e and key / 8 = 2 warp + (wd & 1): four per-thread
       // offsets plus compile-time row steps.
-      unsigned char* ds_half = reinterpret_cast<unsigned char*>(s.ds[buf][cg]);
+      unsigned char* ds_half = reinterpret_cast<unsigned char*>(ds_mine);
       int ds_off[2][2];  // [e][wd & 1]
 #pragma unroll
       for (int e = 0; e < 2; ++e)
@@ -475,67 +517,84 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     } else {
       // No query of the item sees this group's keys: dS = 0 (the dQ product
       // below runs over both halves unconditionally).
-      uint4* ds_half = reinterpret_cast<uint4*>(s.ds[buf][cg]);
+      uint4* ds_half = reinterpret_cast<uint4*>(ds_mine);
 #pragma unroll
       for (int i = 0; i < BM * 64 * 2 / 16 / 128; ++i)
         ds_half[(threadIdx.x & 127) + i * 128] = make_uint4(0, 0, 0, 0);
       fence_async_shared();
     }
 
-    // dQ part of the item (64 x 32 floats per group: 64 columns or 64 keys).
-    float dqp[32];  // element 4 n + e: query row warp * 16 + g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
-#pragma unroll
-    for (int i = 0; i < 32; ++i) dqp[i] = 0.f;
-    // dS written by every thread before the wgmma reads it: both halves (D =
-    // 128) or the group's own (D = 64).
-    if constexpr (D == 128)
-      consumers_bar_sync();
-    else
-      group_bar_sync(cg);
-    // K's address through an opaque move: the 8 B descriptors are rebuilt
-    // here (a few integer ops) rather than hoisted out of the item loop into
-    // 16 registers.
+    // K's address through an opaque move: the B descriptors of the dQ
+    // product are rebuilt here (a few integer ops) rather than hoisted out of
+    // the item loop into registers.
     uint32_t k_base = smem_u32(s.k[0]);
     asm volatile("" : "+r"(k_base));
-    fence_regs(dqp);
-    wgmma_fence();
-    if constexpr (D == 128) {
+    if constexpr (COLS) {
+      // dQ columns 64 cg ... 64 cg + 63 over all 128 keys: 8 k16 steps, A =
+      // both dS halves, B = K's 64-column half cg.
+      float dqp[32];  // element 4 n + e: query row warp * 16 + g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
 #pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        const uint32_t b_addr = k_base + cg * kKHalf + kk * 16 * 128;
+      for (int i = 0; i < 32; ++i) dqp[i] = 0.f;
+      consumers_bar_sync();  // both halves of dS are in shared memory
+      const uint32_t ds_addr = smem_u32(s.ds[buf][0]);
+      fence_regs(dqp);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)
         wgmma_ss_n64_bmn<T>(dqp, desc_k_major(ds_addr + (kk >> 2) * kDsHalf + (kk & 3) * 32),
-                            desc_mn_major(b_addr, kKHalf), kk > 0);
-      }
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_ss_n64_bmn<T>(dqp, desc_k_major(ds_addr + cg * kDsHalf + kk * 32),
-                            desc_mn_major(k_base + (cg * 64 + kk * 16) * 128, kKHalf),
-                            kk > 0);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(dqp);
-    mbar_arrive(&s.empty[st]);  // this thread is done with Q, dO of the stage
+                            desc_mn_major(k_base + cg * kKHalf + kk * 16 * 128, kKHalf), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dqp);
+      mbar_arrive(&s.empty[st]);  // this thread is done with Q, dO of the stage
 
-    // Stage the dQ part for the writer.
-    if (n > 0) mbar_wait(&s.dq_empty, (n - 1) & 1);
-    const int col0 = D == 128 ? cg * 64 : 0;
-    if (D == 128 || cg == 1) {
+      if (n > 0) mbar_wait(&s.dq_empty, (n - 1) & 1);  // the writer has read item n - 1
 #pragma unroll
       for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = warp * 16 + g + 8 * r;
-          *reinterpret_cast<float2*>(&s.dq[dq_index<D>(row, col0 + nb * 8 + 2 * t)]) =
+          *reinterpret_cast<float2*>(&s.dq[dq_index<D>(row, cg * 64 + nb * 8 + 2 * t)]) =
               make_float2(dqp[4 * nb + 2 * r], dqp[4 * nb + 2 * r + 1]);
         }
-    }
-    if constexpr (D == 64) {
-      consumers_bar_sync();  // group 1's part is staged
-      if (cg == 0) {
+      fence_async_shared();  // the writer's bulk copy reads the stage
+      mbar_arrive(&s.dq_full);
+    } else {
+      // dQ over this group's 64 keys, all D columns: 4 k16 steps, A = the
+      // group's dS half, B = the group's 64 key rows of K.
+      float dqp[D / 2];  // element 4 n + e: query row warp * 16 + g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
 #pragma unroll
-        for (int nb = 0; nb < 8; ++nb)
+      for (int i = 0; i < D / 2; ++i) dqp[i] = 0.f;
+      group_bar_sync(cg);  // every thread's dS stores done before the wgmma reads them
+      const uint32_t ds_addr = smem_u32(ds_mine);
+      fence_regs(dqp);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_d_bmn<T, D>(dqp, desc_k_major(ds_addr + kk * 32),
+                             desc_mn_major(k_base + (cg * 64 + kk * 16) * 128, kKHalf), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dqp);
+      mbar_arrive(&s.empty[st]);  // this thread is done with Q, dO of the stage
+
+      // Stage X_0 + X_1: group 1 stores its part, group 0 adds its own to it
+      // and hands the sum to the writer.
+      if (cg == 1) {
+        if (n > 0) mbar_wait(&s.dq_empty, (n - 1) & 1);  // the writer has read item n - 1
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = warp * 16 + g + 8 * r;
+            *reinterpret_cast<float2*>(&s.dq[dq_index<D>(row, nb * 8 + 2 * t)]) =
+                make_float2(dqp[4 * nb + 2 * r], dqp[4 * nb + 2 * r + 1]);
+          }
+        mbar_arrive(&s.g1_staged);
+      } else {
+        mbar_wait(&s.g1_staged, n & 1);  // (so also after the writer's read of item n - 1)
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb)
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const int row = warp * 16 + g + 8 * r;
@@ -543,11 +602,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
             const float2 other = *at;
             *at = make_float2(dqp[4 * nb + 2 * r] + other.x, dqp[4 * nb + 2 * r + 1] + other.y);
           }
+        fence_async_shared();  // the writer's bulk copy reads the stage
+        mbar_arrive(&s.dq_full);
       }
-    }
-    if (D == 128 || cg == 0) {
-      fence_async_shared();
-      mbar_arrive(&s.dq_full);
     }
   }
 

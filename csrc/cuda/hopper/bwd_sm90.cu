@@ -81,12 +81,15 @@ bool fused_device_ok() {
   bool ok = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
             cudaSuccess;
   if (!ok) (void)cudaGetLastError();
-  ok = ok && smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128>() &&
-       smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 64>() &&
-       present(bwd_fused_sm90_kernel<__nv_bfloat16, 128>) &&
-       present(bwd_fused_sm90_kernel<__half, 128>) &&
-       present(bwd_fused_sm90_kernel<__nv_bfloat16, 64>) &&
-       present(bwd_fused_sm90_kernel<__half, 64>) &&
+  ok = ok && smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, true>() &&
+       smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, false>() &&
+       smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 64, false>() &&
+       present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, true>) &&
+       present(bwd_fused_sm90_kernel<__half, 128, true>) &&
+       present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, false>) &&
+       present(bwd_fused_sm90_kernel<__half, 128, false>) &&
+       present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false>) &&
+       present(bwd_fused_sm90_kernel<__half, 64, false>) &&
        present(bwd_fused_dq_out_kernel<__nv_bfloat16, 128>) &&
        present(bwd_fused_dq_out_kernel<__half, 128>) &&
        present(bwd_fused_dq_out_kernel<__nv_bfloat16, 64>) &&
@@ -194,13 +197,14 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
 
 // The single pass (bwd_fused_sm90.cuh): preprocessing, the fused kernel
 // (dk, dv and the dq accumulator), the reduce of split sink blocks, dq out.
-template <typename T, int D>
+// COLS: the dQ product's split over the consumer groups (SWAA_BWD_FUSED_DQ).
+template <typename T, int D, bool COLS>
 cudaError_t launch_fused(const AttnParams& p, float* delta,
                          const std::function<float*(int64_t)>& workspace, const Maps& maps,
                          cudaStream_t stream) {
   using C = BwdSm90Config<D>;
-  constexpr int kSmem = fused_sm90_smem_bytes<T, D>();
-  static const cudaError_t configured = allow_smem(bwd_fused_sm90_kernel<T, D>, kSmem);
+  constexpr int kSmem = fused_sm90_smem_bytes<T, D, COLS>();
+  static const cudaError_t configured = allow_smem(bwd_fused_sm90_kernel<T, D, COLS>, kSmem);
   if (configured != cudaSuccess) return configured;
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", kBwdOrder, 0, 1) == 1;
@@ -235,7 +239,7 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   if (err != cudaSuccess) return err;
 
   const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
-  bwd_fused_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kSmem, stream>>>(
+  bwd_fused_sm90_kernel<T, D, COLS><<<static_cast<unsigned>(grid), C::kThreads, kSmem, stream>>>(
       p, lse2_pad, delta_pad, q_len_pad, sched, fdq, maps.q, maps.k, maps.v, maps.dout);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
@@ -276,12 +280,21 @@ bool try_bwd(const AttnParams& p, Dtype dtype, unsigned passes, float* delta,
   const bool bf16 = dtype == Dtype::kBf16;
   if ((passes & kHopperFused) && (passes & kHopperDq) && (passes & kHopperDkdv) &&
       fused_device_ok()) {
-    if (p.head_dim == 128)
-      *error = bf16 ? launch_fused<__nv_bfloat16, 128>(p, delta, workspace, dkdv_maps, stream)
-                    : launch_fused<__half, 128>(p, delta, workspace, dkdv_maps, stream);
-    else
-      *error = bf16 ? launch_fused<__nv_bfloat16, 64>(p, delta, workspace, dkdv_maps, stream)
-                    : launch_fused<__half, 64>(p, delta, workspace, dkdv_maps, stream);
+    // SWAA_BWD_FUSED_DQ (D = 128): 0 = each consumer group takes the dQ of its
+    // own 64 keys, the parts summed in shared memory (default); 1 = each takes
+    // 64 of the dQ columns over all keys (barrier over both groups per item).
+    const bool cols = knob("SWAA_BWD_FUSED_DQ", 0, 0, 1) == 1;
+    if (p.head_dim == 128) {
+      if (cols)
+        *error = bf16 ? launch_fused<__nv_bfloat16, 128, true>(p, delta, workspace, dkdv_maps, stream)
+                      : launch_fused<__half, 128, true>(p, delta, workspace, dkdv_maps, stream);
+      else
+        *error = bf16 ? launch_fused<__nv_bfloat16, 128, false>(p, delta, workspace, dkdv_maps, stream)
+                      : launch_fused<__half, 128, false>(p, delta, workspace, dkdv_maps, stream);
+    } else {
+      *error = bf16 ? launch_fused<__nv_bfloat16, 64, false>(p, delta, workspace, dkdv_maps, stream)
+                    : launch_fused<__half, 64, false>(p, delta, workspace, dkdv_maps, stream);
+    }
     return true;
   }
   if (p.head_dim == 128)
