@@ -9,10 +9,11 @@
 #   `timeout 60` (a deadlock of the turn counters cannot eat the call: the Hopper steps after
 #   it are skipped when it fails), the single-pass tests of tests/test_bwd_hopper.py,
 #   compute-sanitizer memcheck + racecheck + synccheck of bench/sanitize_case.py with
-#   SWAA_BWD_HOPPER=4, then (time permitting) the rest of tests/test_bwd_hopper.py;
-# bench (~2.5 min): per-kernel times SWAA_BWD_HOPPER=1 vs 4 (bench/tune_cuda_kernels.py
-#   --bwd-fused) and fwd+bwd swaa (two passes) vs swaa-fused vs flex on the issue's shapes
-#   (bench/bench_cuda_kernels.py).
+#   SWAA_BWD_HOPPER=4 (and memcheck with SWAA_BWD_FUSED_DQ=1), then the rest of
+#   tests/test_bwd_hopper.py;
+# bench (~2.5 min): per-kernel times SWAA_BWD_HOPPER=1 vs 4 vs 4 with SWAA_BWD_FUSED_DQ=1
+#   (bench/tune_cuda_kernels.py --bwd-fused) and fwd+bwd swaa (two passes) vs swaa-fused vs
+#   swaa-fused-cols vs flex on the issue's shapes (bench/bench_cuda_kernels.py).
 # Estimates (never run): build ~70 s, schedule check 10 s, smoke 15 s, fused tests ~60 s,
 # sanitizers ~60 s, tuning ~60 s, benchmark ~90 s: all ~6 min; every step has its own time
 # limit (worst case ~10 min: give the call timeout 600, or run check and bench as two calls).
@@ -74,12 +75,18 @@ for D in (128, 64):
         g4 = bwd("4", *args)
         t4 = time.time() - t0
         g4b = bwd("4", *args)
+        os.environ["SWAA_BWD_FUSED_DQ"] = "1"  # dQ split by columns (D=128; ignored at 64)
+        g4c = bwd("4", *args)
+        os.environ["SWAA_BWD_FUSED_DQ"] = "0"
         g1 = bwd("1", *args)
         g0 = bwd("0", *args)
         same = all(torch.equal(a, b) for a, b in zip(g4, g4b))
-        dkdv = torch.equal(g4[1], g1[1]) and torch.equal(g4[2], g1[2])
+        dkdv = all(torch.equal(g[i], g1[i]) for g in (g4, g4c) for i in (1, 2))
+        dcols = (g4c[0].float() - g4[0].float()).abs().max().item()
         print(f"D={D} Hq={Hq} Hkv={Hkv} L={L} W={W} S={S}: path {path}, first call {t4:.2f} s, "
-              f"runs bitwise equal {same}, dk/dv == SWAA_BWD_HOPPER=1: {dkdv}")
+              f"runs bitwise equal {same}, dk/dv == SWAA_BWD_HOPPER=1: {dkdv}, "
+              f"|dq cols - dq keys| {dcols:.3g}")
+        ok = ok and dcols <= 2e-2 * g0[0].float().abs().max().item()
         for name, a, b, c in zip(("dq", "dk", "dv"), g4, g1, g0):
             m = c.float().abs().max().item()
             d1 = (a.float() - b.float()).abs().max().item()
@@ -103,6 +110,8 @@ PY
       run_step sanitizer_${tool}_fused 100 env SWAA_BWD_HOPPER=4 "$SAN" --tool $tool \
         --error-exitcode 3 python bench/sanitize_case.py
     done
+    run_step sanitizer_memcheck_fused_cols 100 env SWAA_BWD_HOPPER=4 SWAA_BWD_FUSED_DQ=1 "$SAN" \
+      --tool memcheck --error-exitcode 3 python bench/sanitize_case.py
     run_step pytest_rest ${TEST_TIMEOUT_REST:-150} env SWAA_POISON_OUTPUTS=1 python -X faulthandler \
       -m pytest -q -ra --maxfail=20 -p no:cacheprovider tests/test_bwd_hopper.py -k "not fused"
   fi
@@ -122,7 +131,7 @@ for r in rows:
         print(f"kernels {r['knob']:16s} D={r['D']} N={r['N']} W={r['W']} S={r['S']}: {r['kernels']}")
 PY
   run_step bench_fused ${BENCH_TIMEOUT:-200} python bench/bench_cuda_kernels.py \
-    --impls swaa swaa-fused flex --passes fwd+bwd --D 128 64 --N 8192 32768 --W 1024 4096 \
+    --impls swaa swaa-fused swaa-fused-cols flex --passes fwd+bwd --D 128 64 --N 8192 32768 --W 1024 4096 \
     --S 0 4 --reps 10 --warmup 2 --out "$OUT/cuda_kernels_bwd_fused.jsonl"
   python - "$OUT/cuda_kernels_bwd_fused.jsonl" <<'PY' || true
 import json, sys
@@ -130,11 +139,13 @@ rows = [json.loads(line) for line in open(sys.argv[1])]
 by = {}
 for r in rows:
     by.setdefault((r["D"], r["N"], r["W"], r["S"]), {})[r["impl"]] = r["ms"]
-print("fwd+bwd ms: D N W S | swaa (2 passes) | swaa-fused | flex | flex/swaa | flex/fused")
+print("fwd+bwd ms: D N W S | swaa (2 passes) | swaa-fused | swaa-fused-cols | flex "
+      "| flex/swaa | flex/fused | flex/fused-cols")
 for key, m in sorted(by.items()):
-    a, b, f = m.get("swaa"), m.get("swaa-fused"), m.get("flex")
-    if a and b and f:
-        print(f"{key}: {a:.3f} | {b:.3f} | {f:.3f} | {f / a:.2f}x | {f / b:.2f}x")
+    a, b, c, f = (m.get(i) for i in ("swaa", "swaa-fused", "swaa-fused-cols", "flex"))
+    if a and b and c and f:
+        print(f"{key}: {a:.3f} | {b:.3f} | {c:.3f} | {f:.3f} | {f / a:.2f}x | {f / b:.2f}x "
+              f"| {f / c:.2f}x")
 PY
 fi
 

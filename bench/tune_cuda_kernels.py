@@ -61,7 +61,8 @@ def main() -> None:
                     help="backward rows of SWAA_BWD_HOPPER=0/1/2/3 only (forward: defaults)")
     ap.add_argument("--bwd-fused", action="store_true",
                     help="backward rows and per-kernel times of SWAA_BWD_HOPPER=1 (two passes) "
-                         "and 4 (single pass), on the issue's shapes incl. S=0 (forward: defaults)")
+                         "and 4 (single pass; also with SWAA_BWD_FUSED_DQ=1), on the issue's "
+                         "shapes incl. S=0 (forward: defaults)")
     args = ap.parse_args()
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
@@ -94,8 +95,9 @@ def main() -> None:
               (128, 32768, 4096, 4, 24576), (128, 131072, 1024, 4, None)]
     if args.bwd_fused:
         fwd_settings = [{}]
-        bwd_settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}]
-        profile_settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}]
+        cols = {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"}  # dQ split by columns (D=128)
+        bwd_settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols]
+        profile_settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols]
         # the shapes below 1.3x flex (S=0, W=4096, D=64) first, then the rest of the grid
         shapes = [(128, 32768, 4096, 0, None), (64, 32768, 1024, 0, None),
                   (128, 8192, 4096, 0, None), (128, 32768, 4096, 4, None),

@@ -407,12 +407,19 @@ def fused(monkeypatch):
     monkeypatch.setenv("SWAA_BWD_HOPPER", "4")
 
 
-@pytest.mark.parametrize("D", [64, 128])
+# (D, SWAA_BWD_FUSED_DQ): the dQ product split over the consumer groups by keys
+# (0, the default) or by columns (1, D=128 only; ignored at D=64)
+FUSED_VARIANTS = [(64, "0"), (128, "0"), (128, "1")]
+
+
+@pytest.mark.parametrize("variant", FUSED_VARIANTS, ids=["D64", "D128-keys", "D128-cols"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "x".join(map(str, c)))
-def test_fused_against_two_passes(fused, monkeypatch, case, dtype, D):
+def test_fused_against_two_passes(fused, monkeypatch, case, dtype, variant):
     """dk, dv bitwise equal to SWAA_BWD_HOPPER=1; dq within the reference bound
     and close to the two-pass dq."""
+    D, split_dq = variant
+    monkeypatch.setenv("SWAA_BWD_FUSED_DQ", split_dq)
     B, Hq, Hkv, Lq, Lk, window, sink, ff = case
     ff = full_from_of(ff, B, Lk)
     q, k, v, dout = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + Hq + D, D=D)
@@ -428,10 +435,12 @@ def test_fused_against_two_passes(fused, monkeypatch, case, dtype, D):
     assert max_err(g4[0], g1[0]) <= 1e-2 * scale, "dq far from the two-pass dq"
 
 
-@pytest.mark.parametrize("D", [64, 128])
-def test_fused_dq_bitwise_under_every_schedule(fused, monkeypatch, D):
+@pytest.mark.parametrize("variant", FUSED_VARIANTS, ids=["D64", "D128-keys", "D128-cols"])
+def test_fused_dq_bitwise_under_every_schedule(fused, monkeypatch, variant):
     """dq is the same bits on 3 runs and with every CTA schedule: split sink
     blocks off / automatic / 3 / 64 pieces, both CTA orders."""
+    D, split_dq = variant
+    monkeypatch.setenv("SWAA_BWD_FUSED_DQ", split_dq)
     q, k, v, dout = inputs(2, 8, 2, 2049, 2049, seed=21, D=D)
     ff = torch.tensor([1000, 1 << 40], dtype=torch.int64, device="cuda")
     out, lse = fwd(q, k, v, 200, 130, ff)
@@ -456,8 +465,9 @@ def test_fused_long_chains_in_subprocess(fused):
     (dk, dv bitwise; dq close) and run to run bitwise."""
     script = textwrap.dedent("""
         import os, torch, swaa_ext
-        for (Hq, Hkv, L, W, S) in [(1, 1, 16384, 2048, 4), (4, 1, 32768, 4096, 4),
-                                   (2, 2, 20000, 512, 0)]:
+        for (Hq, Hkv, L, W, S, cols) in [(1, 1, 16384, 2048, 4, "0"), (4, 1, 32768, 4096, 4, "0"),
+                                         (2, 2, 20000, 512, 0, "0"), (4, 1, 32768, 4096, 4, "1")]:
+            os.environ["SWAA_BWD_FUSED_DQ"] = cols
             g = torch.Generator(device="cuda").manual_seed(L)
             q = torch.randn(1, Hq, L, 128, device="cuda", dtype=torch.bfloat16, generator=g)
             k = torch.randn(1, Hkv, L, 128, device="cuda", dtype=torch.bfloat16, generator=g)
