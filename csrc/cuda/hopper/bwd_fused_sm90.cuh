@@ -417,6 +417,13 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     const bool active = (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
                         (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
     T* const ds_mine = s.ds[COLS ? buf : 0][cg];  // this group's dS half
+    // The single dS buffer (keys split) is rewritten below: every warp of the
+    // group must have finished the previous item's dQ wgmma, which reads all
+    // 64 rows of it (a warp's wgmma wait covers its own part only).  The
+    // column split's double buffer is covered by the barrier over both groups.
+    if constexpr (!COLS) {
+      if (n > 0) group_bar_sync(cg);
+    }
     if (threadIdx.x == 128) {  // the item's tile and turn, for the writer
       const DqTurn turn = dq_turn<BN, BM>(p, vis, row0, static_cast<int>(w.j_first / BN));
       s.dq_tile[buf] =
