@@ -432,7 +432,7 @@ def test_fused_against_two_passes(fused, monkeypatch, case, dtype, variant):
     assert torch.equal(g4[1], g1[1]), "dk differs from the dk/dv kernel's"
     assert torch.equal(g4[2], g1[2]), "dv differs from the dk/dv kernel's"
     scale = g1[0].float().abs().max().item()
-    assert max_err(g4[0], g1[0]) <= 1e-2 * scale, "dq far from the two-pass dq"
+    assert max_err(g4[0], g1[0]) <= 2e-2 * scale, "dq far from the two-pass dq"
 
 
 @pytest.mark.parametrize("variant", FUSED_VARIANTS, ids=["D64", "D128-keys", "D128-cols"])
@@ -454,7 +454,7 @@ def test_fused_dq_bitwise_under_every_schedule(fused, monkeypatch, variant):
                 if first is None:
                     first = dq
                     check_grads(q, k, v, dout, (dq, dk, dv),
-                                **mask_kwargs(200, 130, ff, 128 ** -0.5))
+                                **mask_kwargs(200, 130, ff, D ** -0.5))
                 assert torch.equal(dq, first), f"dq differs (split {split}, order {order})"
 
 
@@ -483,7 +483,7 @@ def test_fused_long_chains_in_subprocess(fused):
             assert all(torch.equal(x, y) for x, y in zip(a, b)), "runs differ"
             assert torch.equal(a[1], c[1]) and torch.equal(a[2], c[2]), "dk/dv differ"
             d = (a[0].float() - c[0].float()).abs().max().item()
-            assert d <= 1e-2 * c[0].float().abs().max().item(), f"dq differs by {d}"
+            assert d <= 2e-2 * c[0].float().abs().max().item(), f"dq differs by {d}"
         print("ok")
     """)
     res = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), check=False,
