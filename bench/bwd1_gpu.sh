@@ -9,15 +9,17 @@
 #   `timeout 60` (a deadlock of the turn counters cannot eat the call: the Hopper steps after
 #   it are skipped when it fails), the single-pass tests of tests/test_bwd_hopper.py,
 #   compute-sanitizer memcheck + racecheck + synccheck of bench/sanitize_case.py with
-#   SWAA_BWD_HOPPER=4 (and memcheck with SWAA_BWD_FUSED_DQ=1), then the rest of
-#   tests/test_bwd_hopper.py;
+#   SWAA_BWD_HOPPER=4 (and memcheck with SWAA_BWD_FUSED_DQ=1); RUN_REST=1 adds the rest of
+#   tests/test_bwd_hopper.py (the v6 tests, ~100 s);
 # bench (~2.5 min): per-kernel times SWAA_BWD_HOPPER=1 vs 4 vs 4 with SWAA_BWD_FUSED_DQ=1
 #   (bench/tune_cuda_kernels.py --bwd-fused) and fwd+bwd swaa (two passes) vs swaa-fused vs
-#   swaa-fused-cols vs flex on the issue's shapes (bench/bench_cuda_kernels.py).
-# Estimates (never run): build ~70 s, schedule check 10 s, smoke 15 s, fused tests ~60 s,
-# sanitizers ~60 s, tuning ~60 s, benchmark ~90 s: all ~6 min; every step has its own time
-# limit (worst case ~10 min: give the call timeout 600, or run check and bench as two calls).
-# Everything goes to $OUT (default ./gpu_out), packed into $OUT/bwd1.tgz at the end.
+#   swaa-fused-cols vs flex on the issue's shapes at N=32768 (BENCH_N="8192 32768" for both;
+#   the tuning rows have N=8192, W=4096, S=0 anyway) (bench/bench_cuda_kernels.py).
+# Estimates (never run): build ~70 s, schedule check 10 s, smoke 20 s, fused tests ~100 s,
+# sanitizers ~80 s, tuning ~60 s, benchmark ~70 s: all ~6.5 min (check ~4.5, bench ~2.5);
+# every step has its own time limit (worst case longer: give the call timeout 600, or run
+# check and bench as two calls; a cut-short call still returns the finished steps).
+# Outputs: $OUT/log (everything) and $OUT/bwd1.tgz (per-step logs, SASS, JSONL rows).
 source "$(dirname "$0")/gpu_lib.sh"
 PART=${1:-all}
 gpu_setup
@@ -26,14 +28,21 @@ python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device
 gpu_build
 export SWAA_COMMIT=${SWAA_COMMIT:-unknown}
 
-run_step() {  # name, time limit (s), command...: output in $OUT/<name>.log, tail shown
+# Step outputs go to $OUT/bwd1/, re-packed into $OUT/bwd1.tgz after every step (if the device
+# call is cut short, the archive still holds every finished step; $OUT/log has everything).
+RES=$OUT/bwd1
+mkdir -p "$RES"
+pack() { tar czf "$OUT/bwd1.tgz" -C "$OUT" bwd1 2>/dev/null; }
+
+run_step() {  # name, time limit (s), command...: output in $RES/<name>.log, tail shown
   local name=$1 limit=$2; shift 2
   step "$name (at most $limit s)"
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" "$@" > "$RES/$name.log" 2>&1
   local rc=$?
-  tail -${TAIL:-25} "$OUT/$name.log"
+  tail -${TAIL:-25} "$RES/$name.log"
   echo "$name exit code $rc"
   [[ $rc == 0 ]] || status=1
+  pack
   return $rc
 }
 
@@ -43,9 +52,9 @@ if [[ $PART == all || $PART == check ]]; then
     step "SASS of the fused kernel (HGMMA = wgmma, UBLKRED / UBLKCP = bulk add / copy, LDL/STL = spills)"
     $CUDA_BIN/cuobjdump -sass swaa_ext/_C*.so 2>/dev/null |
       awk '/Function : .*bwd_fused_sm90_kernel/{on=1} /Function : /&&!/bwd_fused_sm90_kernel/{on=0} on' \
-      > "$OUT/bwd_fused_sm90.sass" || true
+      > "$RES/bwd_fused_sm90.sass" || true
     grep -o -E "HGMMA[.0-9a-zA-Z]*|UBLKRED[.A-Z0-9]*|UBLKCP[.A-Z]*|UTMALDG[.0-9A-Z]*|USETMAXREG[.A-Z]*|LDL|STL" \
-      "$OUT/bwd_fused_sm90.sass" | sort | uniq -c
+      "$RES/bwd_fused_sm90.sass" | sort | uniq -c
   fi
   run_step schedule_check 60 bash -c "$CUDA_BIN/nvcc -std=c++20 -O2 \
     -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Icsrc -Icsrc/include \
@@ -101,9 +110,10 @@ PY
   smoke=$?
   echo "smoke exit code $smoke"
   [[ $smoke == 0 ]] || status=1
+  pack
 
   if [[ $smoke == 0 ]]; then
-    run_step pytest_fused ${TEST_TIMEOUT:-150} env SWAA_POISON_OUTPUTS=1 python -X faulthandler \
+    run_step pytest_fused ${TEST_TIMEOUT:-200} env SWAA_POISON_OUTPUTS=1 python -X faulthandler \
       -m pytest -q -ra --maxfail=20 -p no:cacheprovider tests/test_bwd_hopper.py -k "fused"
     SAN=$CUDA_BIN/compute-sanitizer
     for tool in memcheck racecheck synccheck; do
@@ -112,15 +122,17 @@ PY
     done
     run_step sanitizer_memcheck_fused_cols 100 env SWAA_BWD_HOPPER=4 SWAA_BWD_FUSED_DQ=1 "$SAN" \
       --tool memcheck --error-exitcode 3 python bench/sanitize_case.py
-    run_step pytest_rest ${TEST_TIMEOUT_REST:-150} env SWAA_POISON_OUTPUTS=1 python -X faulthandler \
-      -m pytest -q -ra --maxfail=20 -p no:cacheprovider tests/test_bwd_hopper.py -k "not fused"
+    if [[ -n ${RUN_REST:-} ]]; then  # the v6 tests (unchanged kernels; ~100 s)
+      run_step pytest_rest ${TEST_TIMEOUT_REST:-180} env SWAA_POISON_OUTPUTS=1 python -X faulthandler \
+        -m pytest -q -ra --maxfail=20 -p no:cacheprovider tests/test_bwd_hopper.py -k "not fused"
+    fi
   fi
 fi
 
 if [[ $PART == all || $PART == bench ]]; then
   run_step tune_bwd_fused ${TUNE_TIMEOUT:-120} python bench/tune_cuda_kernels.py --bwd-fused \
-    --out "$OUT/cuda_tuning_bwd_fused.jsonl"
-  python - "$OUT/cuda_tuning_bwd_fused.jsonl" <<'PY' || true
+    --out "$RES/cuda_tuning_bwd_fused.jsonl"
+  python - "$RES/cuda_tuning_bwd_fused.jsonl" <<'PY' || true
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 for r in rows:
@@ -131,9 +143,9 @@ for r in rows:
         print(f"kernels {r['knob']:16s} D={r['D']} N={r['N']} W={r['W']} S={r['S']}: {r['kernels']}")
 PY
   run_step bench_fused ${BENCH_TIMEOUT:-200} python bench/bench_cuda_kernels.py \
-    --impls swaa swaa-fused swaa-fused-cols flex --passes fwd+bwd --D 128 64 --N 8192 32768 --W 1024 4096 \
-    --S 0 4 --reps 10 --warmup 2 --out "$OUT/cuda_kernels_bwd_fused.jsonl"
-  python - "$OUT/cuda_kernels_bwd_fused.jsonl" <<'PY' || true
+    --impls swaa swaa-fused swaa-fused-cols flex --passes fwd+bwd --D 128 64 --N ${BENCH_N:-32768} \
+    --W 1024 4096 --S 0 4 --reps 10 --warmup 2 --out "$RES/cuda_kernels_bwd_fused.jsonl"
+  python - "$RES/cuda_kernels_bwd_fused.jsonl" <<'PY' || true
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 by = {}
@@ -150,5 +162,5 @@ PY
 fi
 
 step "done, status $status"
-tar czf "$OUT/bwd1.tgz" -C "$OUT" --exclude bwd1.tgz --exclude log . 2>/dev/null
+pack
 exit $status
