@@ -5,7 +5,7 @@
 #   SWAA_COMMIT=<hash> bash bench/bwd1_gpu.sh [all|check|bench]     (default: all)
 #
 # check (~3.5 min with the build): build (SKIP_BUILD=1 skips it), SASS counts of the fused
-#   kernel, the host schedule check (bench/fused_schedule_check.cu), a smoke test under
+#   kernel, the host schedule check (tests/native/fused_schedule_check.cu), a smoke test under
 #   `timeout 60` (a deadlock of the turn counters cannot eat the call: the Hopper steps after
 #   it are skipped when it fails), the single-pass tests of tests/test_bwd_hopper.py,
 #   compute-sanitizer memcheck + racecheck + synccheck of bench/sanitize_case.py with
@@ -58,7 +58,7 @@ if [[ $PART == all || $PART == check ]]; then
   fi
   run_step schedule_check 60 bash -c "$CUDA_BIN/nvcc -std=c++20 -O2 \
     -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Icsrc -Icsrc/include \
-    bench/fused_schedule_check.cu -o /tmp/fused_schedule_check && /tmp/fused_schedule_check v"
+    tests/native/fused_schedule_check.cu -o /tmp/fused_schedule_check && /tmp/fused_schedule_check v"
 
   step "smoke: SWAA_BWD_HOPPER=4 against 1 and 0 (60 s limit)"
   timeout --kill-after=5 60 python - <<'PY'

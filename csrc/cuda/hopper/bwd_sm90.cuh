@@ -184,7 +184,7 @@ struct DkdvWork {
 
 // The work of unit `unit` (split pieces first, then the whole key blocks in
 // order) of slice `slice` (b * kv_heads + kv head).  Host and device (the
-// fused backward's schedule check, bench/fused_schedule_check.cu, runs it on
+// fused backward's schedule check, tests/native/fused_schedule_check.cu, runs it on
 // the host).
 template <int BN, int BM>
 __host__ __device__ __forceinline__ DkdvWork dkdv_work_at(const AttnParams& p,

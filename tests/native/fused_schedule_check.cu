@@ -14,7 +14,7 @@
 //      no-wait bound (ceil(items / slots), and the longest CTA).
 // Build and run (no GPU needed; the kernels are not instantiated):
 //   nvcc -std=c++20 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr \
-//     -Icsrc -Icsrc/include bench/fused_schedule_check.cu -o /tmp/fsc && /tmp/fsc
+//     -Icsrc -Icsrc/include tests/native/fused_schedule_check.cu -o /tmp/fsc && /tmp/fsc
 #include <cstdio>
 #include <cstdlib>
 #include <map>
