@@ -8,15 +8,15 @@
 #   kernel, the host schedule check (tests/native/fused_schedule_check.cu), a smoke test under
 #   `timeout 60` (a deadlock of the turn counters cannot eat the call: the Hopper steps after
 #   it are skipped when it fails), the single-pass tests of tests/test_bwd_hopper.py,
-#   compute-sanitizer memcheck + racecheck + synccheck of bench/sanitize_case.py with
-#   SWAA_BWD_HOPPER=4 (and memcheck with SWAA_BWD_FUSED_DQ=1); RUN_REST=1 adds the rest of
-#   tests/test_bwd_hopper.py (the v6 tests, ~100 s);
+#   compute-sanitizer memcheck + racecheck of bench/sanitize_case.py with SWAA_BWD_HOPPER=4
+#   (and memcheck with SWAA_BWD_FUSED_DQ=1; SYNCCHECK=1 adds synccheck, ~25 s); RUN_REST=1
+#   adds the rest of tests/test_bwd_hopper.py (the v6 tests, ~100 s);
 # bench (~2.5 min): per-kernel times SWAA_BWD_HOPPER=1 vs 4 vs 4 with SWAA_BWD_FUSED_DQ=1
 #   (bench/tune_cuda_kernels.py --bwd-fused) and fwd+bwd swaa (two passes) vs swaa-fused vs
 #   swaa-fused-cols vs flex on the shapes at N=32768 (BENCH_N="8192 32768" for both;
 #   the tuning rows have N=8192, W=4096, S=0 anyway) (bench/bench_cuda_kernels.py).
 # Estimates (never run): build ~70 s, schedule check 10 s, smoke 20 s, fused tests ~100 s,
-# sanitizers ~80 s, tuning ~60 s, benchmark ~70 s: all ~6.5 min (check ~4.5, bench ~2.5);
+# sanitizers ~60 s, tuning ~60 s, benchmark ~70 s: all ~6 min (check ~4, bench ~2.5);
 # every step has its own time limit (worst case longer: give the call timeout 600, or run
 # check and bench as two calls; a cut-short call still returns the finished steps).
 # Outputs: $OUT/log (everything) and $OUT/bwd1.tgz (per-step logs, SASS, JSONL rows).
@@ -116,7 +116,7 @@ PY
     run_step pytest_fused ${TEST_TIMEOUT:-200} env SWAA_POISON_OUTPUTS=1 python -X faulthandler \
       -m pytest -q -ra --maxfail=20 -p no:cacheprovider tests/test_bwd_hopper.py -k "fused"
     SAN=$CUDA_BIN/compute-sanitizer
-    for tool in memcheck racecheck synccheck; do
+    for tool in memcheck racecheck ${SYNCCHECK:+synccheck}; do
       run_step sanitizer_${tool}_fused 100 env SWAA_BWD_HOPPER=4 "$SAN" --tool $tool \
         --error-exitcode 3 python bench/sanitize_case.py
     done
