@@ -276,6 +276,9 @@ __host__ __device__ __forceinline__ DqTurn dq_turn(const AttnParams& p, const Vi
   return DqTurn{above(n_block + 1), above(0)};
 }
 
+// The writer's watchdog on one turn (see the writer).
+constexpr uint32_t kTurnMaxPolls = 1u << 26;
+
 // Swizzled float index of (row, column) in a staged / accumulated dQ tile of D
 // columns: float2 column pairs XOR (row & 7) << 2.
 template <int D>
@@ -360,10 +363,14 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         int* counter = fdq.turns + tile;
         float* dst = fdq.accum + tile * (BM * D);
         if (rank > 0) {
-          uint32_t ns = 32;
+          uint32_t polls = 0;
           while (ld_acquire_gpu(counter) < rank) {
-            __nanosleep(ns);
-            ns = ns < 256 ? 2 * ns : ns;
+            __nanosleep(128);
+            // Watchdog: no legitimate wait for one turn takes seconds (it waits
+            // for one bulk add of a CTA that is already running); a wrong rank
+            // would hang the launch, so fail it instead (each poll is an L2
+            // round trip, >= ~0.5 us: 2^26 polls are over 30 s).
+            if (++polls > kTurnMaxPolls) __trap();
           }
           fence_async_global();
           bulk_add_global_f32(dst, s.dq, BM * D * 4);
