@@ -129,7 +129,9 @@ PY
   fi
 fi
 
-if [[ $PART == all || $PART == bench ]]; then
+if [[ $PART == all && ${smoke:-0} != 0 ]]; then
+  echo "smoke failed: benchmark part skipped"
+elif [[ $PART == all || $PART == bench ]]; then
   run_step tune_bwd_fused ${TUNE_TIMEOUT:-120} python bench/tune_cuda_kernels.py --bwd-fused \
     --out "$RES/cuda_tuning_bwd_fused.jsonl"
   python - "$RES/cuda_tuning_bwd_fused.jsonl" <<'PY' || true
