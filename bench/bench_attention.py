@@ -249,7 +249,8 @@ def main(argv=None) -> int:
 
 
 def plot_saved(args) -> int:
-    """Plot the rows of a results file (e.g. a GPU run) without measuring."""
+    """Plot the rows of a results file (e.g. a GPU run) without measuring; print swaa's
+    ratios to the other implementations first."""
     import json
 
     rows = [json.loads(line) for line in args.plot_from.read_text().splitlines() if line.strip()]
@@ -260,6 +261,7 @@ def plot_saved(args) -> int:
     if not rows or not args.plot:
         print("nothing to plot (no rows left, or no --plot PATH)")
         return 1
+    _print_ratios(rows)
     plot(rows, args.plot)
     return 0
 

@@ -1,7 +1,7 @@
 """Is swaa's CUDA sliding-window attention faster than FlexAttention and SDPA?
 
-A minimal side-by-side timer for the CUDA kernels (issue 3), used by
-bench/gpu_check.sh until/alongside the lead's bench/bench_attention.py.
+A minimal side-by-side timer for the CUDA kernels (issue 3): the `bench` step of
+bench/gpu_check.sh (bench/bench_attention.py --preset gpu is the general benchmark).
 Same process, same inputs, same GPU:
   swaa  swaa_ext.swa_attention (window W, sink S)
   flex  FlexAttention compiled, block mask of causal and (q - k < W or k < S)

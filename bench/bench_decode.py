@@ -25,10 +25,12 @@ bw_fraction = gbps / device-to-device copy bandwidth measured in the same run.
 
     python bench/bench_decode.py                 # GPU sizes (issue 4)
     python bench/bench_decode.py --cpu --out /tmp/decode.jsonl   # small CPU smoke run
+    python bench/bench_decode.py --summary-from ROWS   # runs side by side (e.g. knob A/B)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -206,6 +208,15 @@ def make_hf(B, Hq, Hkv, D, W, S, dtype, device, n_sets):
     return steps
 
 
+def print_summary(path: Path) -> None:
+    """ms per decode step and bw_fraction of every row, grouped by (impl, B): the runs
+    of one shape (plan knobs, split counts, cost models) on adjacent lines."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    print(f"{'impl':18s} {'B':>3s} {'run':34s} {'ms':>8s} bw_fraction")
+    for r in sorted(rows, key=lambda r: (r["impl"], r["B"])):  # stable: runs in file order
+        print(f"{r['impl']:18s} {r['B']:3d} {r['run']:34s} {r['ms']:8.4f} {r['bw_fraction']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--cpu", action="store_true", help="small sizes on the CPU (smoke test)")
@@ -216,7 +227,13 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="results file bench/results/<name>.jsonl")
     ap.add_argument("--out", default=None, help="explicit output path (overrides --name)")
     ap.add_argument("--run", default=None, help="run label stored in every row")
+    ap.add_argument("--summary-from", type=Path, metavar="ROWS",
+                    help="measure nothing: print the rows of ROWS, every run of one (impl, B) "
+                         "together")
     args = ap.parse_args()
+    if args.summary_from:
+        print_summary(args.summary_from)
+        return
 
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     if device.type == "cuda":

@@ -1,24 +1,94 @@
-"""A small swaa fwd + bwd on CUDA for compute-sanitizer (memcheck / racecheck):
-odd lengths, GQA, sink, window and per-sequence full_from, both head dims; the
-backward once as chosen by the sizes and once with the sink key blocks' dk/dv
-split into 3 pieces (SWAA_BWD_SPLIT=3: partial sums + reduce kernel)."""
+"""Small swaa calls for compute-sanitizer (memcheck, racecheck, synccheck), with
+the default kernels (on an H100/H200: the Hopper forward variant 6 and the
+Hopper backward).  Parts (--parts, default all):
+
+  fwd   odd lengths, GQA, sink, window and per-sequence full_from, both head dims
+        and 16-bit dtypes; plus 2 x 64 heads x 700 rows, more query tiles than
+        the GPU has SMs, so the persistent forward loops over several tiles
+  bwd   the backward of the odd case, once as chosen by the sizes and once with
+        the sink key blocks' dk/dv split into 3 pieces (SWAA_BWD_SPLIT=3:
+        partial sums + reduce kernel)
+  ring  RingKVCache: a padded prefill chunk longer than the window (the ring
+        wraps; ring_chunk + ring_append), then decode steps through the split
+        decode kernel with each combine (SWAA_DECODE_COMBINE=cluster / global,
+        4 splits)
+
+  compute-sanitizer --tool memcheck --error-exitcode 3 python bench/sanitize_case.py
+  python bench/sanitize_case.py --device cpu      # the same calls on the CPU (a smoke test)
+"""
+import argparse
 import os
 
 import torch
 
 import swaa_ext  # noqa: F401  (registers torch.ops.swaa)
+from swaa_ext import RingKVCache
 
-torch.manual_seed(0)
-for split in ("1", "3"):
-    os.environ["SWAA_BWD_SPLIT"] = split
+PARTS = ("fwd", "bwd", "ring")
+
+
+def odd_case(D, dtype, device):
+    """B=2, Hq=4, Hkv=2, 77 queries over 150 keys, window 24, sink 3, full_from per row."""
+    q = torch.randn(2, 4, 77, D, device=device, dtype=dtype)
+    k = torch.randn(2, 2, 150, D, device=device, dtype=dtype)
+    v = torch.randn(2, 2, 150, D, device=device, dtype=dtype)
+    full_from = torch.tensor([1 << 40, 120], device=device)
+    return q, k, v, (24, 3, full_from, D ** -0.5)
+
+
+def forward_calls(device):
     for D, dtype in ((64, torch.bfloat16), (128, torch.float16)):
-        B, Hq, Hkv, Lq, Lk = 2, 4, 2, 77, 150
-        q = torch.randn(B, Hq, Lq, D, device="cuda", dtype=dtype)
-        k = torch.randn(B, Hkv, Lk, D, device="cuda", dtype=dtype)
-        v = torch.randn(B, Hkv, Lk, D, device="cuda", dtype=dtype)
-        full_from = torch.tensor([1 << 40, 120], device="cuda")
-        out, lse = torch.ops.swaa.fwd(q, k, v, 24, 3, full_from, D ** -0.5)
-        dq, dk, dv = torch.ops.swaa.bwd(torch.randn_like(out), q, k, v, out, lse, 24, 3,
-                                        full_from, D ** -0.5)
-torch.cuda.synchronize()
-print("sanitize case done", out.float().abs().sum().item(), dk.float().abs().sum().item())
+        q, k, v, args = odd_case(D, dtype, device)
+        torch.ops.swaa.fwd(q, k, v, *args)
+    q = torch.randn(2, 64, 700, 128, device=device, dtype=torch.bfloat16)
+    k = torch.randn(2, 8, 700, 128, device=device, dtype=torch.bfloat16)
+    torch.ops.swaa.fwd(q, k, k, 100, 4, None, 0.1)
+    print("fwd calls done", flush=True)
+
+
+def backward_calls(device):
+    for split in ("1", "3"):
+        os.environ["SWAA_BWD_SPLIT"] = split
+        for D, dtype in ((64, torch.bfloat16), (128, torch.float16)):
+            q, k, v, args = odd_case(D, dtype, device)
+            out, lse = torch.ops.swaa.fwd(q, k, v, *args)
+            torch.ops.swaa.bwd(torch.randn_like(out), q, k, v, out, lse, *args)
+    os.environ.pop("SWAA_BWD_SPLIT")
+    print("bwd calls done", flush=True)
+
+
+def ring_calls(device):
+    os.environ["SWAA_DECODE_SPLITS"] = "4"
+    for combine in ("cluster", "global"):
+        os.environ["SWAA_DECODE_COMBINE"] = combine
+        for D in (64, 128):
+            cache = RingKVCache(2, 2, D, window=300, sink=4, dtype=torch.bfloat16, device=device)
+            chunk = [torch.randn(2, heads, 333, D, device=device, dtype=torch.bfloat16)
+                     for heads in (4, 2, 2)]  # q, k, v
+            lengths = torch.tensor([333, 250], device=device)
+            cache.attend(*chunk, lengths=lengths)
+            for _ in range(3):
+                step = [torch.randn(2, heads, 1, D, device=device, dtype=torch.bfloat16)
+                        for heads in (4, 2, 2)]
+                cache.attend(*step)
+    os.environ.pop("SWAA_DECODE_SPLITS")
+    os.environ.pop("SWAA_DECODE_COMBINE")
+    print("ring calls done", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    calls = {"fwd": forward_calls, "bwd": backward_calls, "ring": ring_calls}
+    for part in args.parts:
+        calls[part](args.device)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    print("sanitize case done:", " ".join(args.parts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,28 +1,70 @@
-"""Which tile settings of the CUDA kernels are fastest, and where does the
-backward spend its time?  Times swaa::fwd under SWAA_FWD_WARPS = 4 / 8 and
-SWAA_FWD_ORDER = 0 / 1, and swaa::bwd under SWAA_BWD_KV_BLOCK_M = 32 / 64,
-SWAA_BWD_SPLIT = 0 / 1 (split of the sink key blocks' dk/dv work) and
-SWAA_BWD_ORDER = 0 / 1 (CTA order), SWAA_WARP_SKIP = 0 / 1 (forward and dq
-warps skip key tiles their rows cannot see), SWAA_FWD_HOPPER = 0 / 1 / 2 (sm_80
-forward / the sm_90a wgmma forward / its variant with softmax overlapping P V, on
-compute capability 9.0), SWAA_BWD_HOPPER = 0 / 1 / 2 / 3 (sm_80 backward /
-the sm_90a wgmma backward / only its dk/dv pass / only its dq pass) (knobs read
-at each launch, so one process compares them on the same inputs), then prints
-the per-kernel CUDA time of one backward with the defaults (torch.profiler;
-with --bwd-hopper also one with SWAA_BWD_HOPPER=1).  JSON rows to --out.
+"""Which settings of the CUDA kernels are fastest, and where does the backward
+spend its time?  Every knob is read at each launch, so one process compares
+them on the same inputs.  Four parts (--parts, default the first three):
+
+  fwd-variants  the Hopper forwards side by side: SWAA_FWD_HOPPER = 1, 2 (v5, v5
+                overlapped), 3, 4, 5, 6 (v5.1, v5.1 ping-pong, both with
+                persistent CTAs; 6 is the default; docs/cuda_kernels.md "v5.1")
+                on the issue's shapes (B=1, Hq=32, Hkv=8, bf16, D 128/64, N 8k/
+                32k/128k, W 1024/4096, S=4): time, effective TFLOP/s, bitwise
+                equality to the first variant, a table and the fastest variant per
+                head dim (geometric mean of the speed-up over the first variant).
+  bwd-variants  the backwards: SWAA_BWD_HOPPER = 0 (sm_80), 1 (Hopper, default), 2
+                (Hopper dk/dv pass only), 3 (Hopper dq pass only), 1 without the
+                sink split; then the per-kernel CUDA time of one forward + backward
+                with the Hopper and with the sm_80 backward (torch.profiler).
+  knobs         the sm_80 kernels' tile knobs (the fallback off Hopper and for
+                inputs the Hopper kernels do not take): forward SWAA_FWD_WARPS 4/8,
+                SWAA_FWD_ORDER=0, SWAA_WARP_SKIP=0; backward SWAA_BWD_SPLIT,
+                SWAA_BWD_ORDER, SWAA_WARP_SKIP, SWAA_BWD_KV_BLOCK_M=32; per-kernel
+                times of the sm_80 pair; then SWAA_FWD_ORDER=0 and SWAA_BWD_ORDER=0
+                with the default (Hopper) kernels, which read them too.
+  bwd-fused     the single-pass Hopper backward (SWAA_BWD_HOPPER=4, docs/
+                cuda_kernels.md "v7") against the two passes (1), also with its dQ
+                split by columns (SWAA_BWD_FUSED_DQ=1), with per-kernel times, on
+                FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
+
+bwd-variants and knobs time six shapes (D, N, W, S, full_from) chosen to move the
+knobs.  JSON rows (`what`: fwd_variant, fwd, bwd, kernel_ms) are appended to --out.
+
+  python bench/tune_cuda_kernels.py --parts fwd-variants --out /tmp/tuning.jsonl
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import contextlib
+import itertools
 import json
+import math
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
-import swaa_ext  # noqa: F401
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cuda_kernels import time_ms  # noqa: E402  (rotates over input sets)
+from common import append_rows, run_metadata  # noqa: E402
+
+import swaa_ext  # noqa: F401, E402  (registers torch.ops.swaa)
+
+PARTS = ("fwd-variants", "bwd-variants", "knobs", "bwd-fused")
+KNOBS = ("SWAA_FWD_HOPPER", "SWAA_BWD_HOPPER", "SWAA_FWD_WARPS", "SWAA_FWD_ORDER", "SWAA_BWD_ORDER",
+         "SWAA_BWD_SPLIT", "SWAA_BWD_KV_BLOCK_M", "SWAA_WARP_SKIP", "SWAA_BWD_FUSED_DQ")
+# (D, N, W, S, full_from) of the bwd-variants and knobs parts
+TUNING_SHAPES = [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
+                 (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
+                 (128, 32768, 4096, 4, 24576), (128, 131072, 1024, 4, None)]
+# (D, N, W, S, full_from) of the bwd-fused part: the shapes below 1.3x Flex first
+FUSED_SHAPES = [(128, 32768, 4096, 0, None), (64, 32768, 1024, 0, None),
+                (128, 8192, 4096, 0, None), (128, 32768, 4096, 4, None),
+                (64, 32768, 4096, 4, None), (128, 32768, 1024, 4, None),
+                (128, 8192, 1024, 128, None), (128, 32768, 4096, 4, 24576),
+                (64, 131072, 1024, 0, None)]
+# the issue's shapes (S=4) of the fwd-variants part
+VARIANT_D, VARIANT_N, VARIANT_W, VARIANT_S = (128, 64), (8192, 32768, 131072), (1024, 4096), 4
+HQ, HKV = 32, 8
 
 
 def median_ms(fn, reps=10, warmup=3):
@@ -53,123 +95,197 @@ def label(setting):
     return ",".join(f"{k}={v}" for k, v in setting.items()) or "defaults"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_tuning.jsonl"))
-    ap.add_argument("--fwd-only", action="store_true", help="forward rows only (no backward)")
-    ap.add_argument("--bwd-hopper", action="store_true",
-                    help="backward rows of SWAA_BWD_HOPPER=0/1/2/3 only (forward: defaults)")
-    ap.add_argument("--bwd-fused", action="store_true",
-                    help="backward rows and per-kernel times of SWAA_BWD_HOPPER=1 (two passes) "
-                         "and 4 (single pass; also with SWAA_BWD_FUSED_DQ=1), on the issue's "
-                         "shapes incl. S=0 (forward: defaults)")
-    args = ap.parse_args()
-    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-                date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    rows = []
-    # First the two forwards (Hopper where it applies, sm_80); the sm_80 knobs
-    # with SWAA_FWD_HOPPER=0 so they time that kernel at D=128 too.
-    fwd_settings = [{"SWAA_FWD_HOPPER": "1"}, {"SWAA_FWD_HOPPER": "2"}, {"SWAA_FWD_HOPPER": "0"},
-                    {"SWAA_FWD_HOPPER": "0", "SWAA_FWD_WARPS": "4"},
-                    {"SWAA_FWD_HOPPER": "0", "SWAA_FWD_WARPS": "8"},
-                    {"SWAA_FWD_ORDER": "0"}, {"SWAA_FWD_HOPPER": "0", "SWAA_WARP_SKIP": "0"}]
-    bwd_settings = [  # first: the defaults; second: the v3 kernels' layout
-        {},
-        {"SWAA_BWD_SPLIT": "0", "SWAA_BWD_ORDER": "0"},
-        {"SWAA_BWD_SPLIT": "0"},
-        {"SWAA_BWD_ORDER": "0"},
-        {"SWAA_WARP_SKIP": "0"},
-        {"SWAA_BWD_KV_BLOCK_M": "32"},
-    ]
-    if args.fwd_only:
-        bwd_settings = []
-    if args.bwd_hopper:
-        fwd_settings = [{}]
-        bwd_settings = [{"SWAA_BWD_HOPPER": "0"}, {"SWAA_BWD_HOPPER": "1"},
-                        {"SWAA_BWD_HOPPER": "2"}, {"SWAA_BWD_HOPPER": "3"},
-                        {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_SPLIT": "0"}]
-    profile_settings = [{}] + ([{"SWAA_BWD_HOPPER": "1"}] if args.bwd_hopper else [])
-    # (D, N, W, S, full_from)
-    shapes = [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
-              (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
-              (128, 32768, 4096, 4, 24576), (128, 131072, 1024, 4, None)]
-    if args.bwd_fused:
-        fwd_settings = [{}]
-        cols = {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"}  # dQ split by columns (D=128)
-        bwd_settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols]
-        profile_settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols]
-        # the shapes below 1.3x flex (S=0, W=4096, D=64) first, then the rest of the grid
-        shapes = [(128, 32768, 4096, 0, None), (64, 32768, 1024, 0, None),
-                  (128, 8192, 4096, 0, None), (128, 32768, 4096, 4, None),
-                  (64, 32768, 4096, 4, None), (128, 32768, 1024, 4, None),
-                  (128, 8192, 1024, 128, None), (128, 32768, 4096, 4, 24576),
-                  (64, 131072, 1024, 0, None)]
-    knobs = {k for st in fwd_settings + bwd_settings for k in st}
-    for D, N, W, S, F in shapes:
-        g = torch.Generator(device="cuda").manual_seed(0)
-        q = torch.randn(1, 32, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
-        k = torch.randn(1, 8, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
-        v = torch.randn(1, 8, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
-        do = torch.randn_like(q)
-        scale = D ** -0.5
-        fwd_flop = 4 * D * visible_pairs(N, W, S, F) * 32
-        ff = None if F is None else torch.full((1,), F, dtype=torch.int64, device="cuda")
-        shape = dict(D=D, N=N, W=W, S=S, full_from=F)
-        for key in knobs:
+@contextlib.contextmanager
+def knob_env(setting):
+    """The knobs of one setting, for the duration of a `with` block."""
+    os.environ.update(setting)
+    try:
+        yield
+    finally:
+        for key in setting:
             os.environ.pop(key, None)
-        out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
-        for setting in fwd_settings:
-            os.environ.update(setting)
+
+
+def random_qkv(D, N, seed=0, grad_out=False):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(1, HQ, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, HKV, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, HKV, N, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    if grad_out:
+        return q, k, v, torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=g)
+    return q, k, v
+
+
+def fwd_variant_rows(meta, variants, reps):
+    """SWAA_FWD_HOPPER=<variant> side by side on the issue's shapes; prints a table."""
+    rows = []
+    for D, N, W in itertools.product(VARIANT_D, VARIANT_N, VARIANT_W):
+        S, scale = VARIANT_S, D ** -0.5
+        sets = [random_qkv(D, N, seed) for seed in range(2)]
+        flop = 4 * D * visible_pairs(N, W, S) * HQ
+
+        def fn(q, k, v, W=W, S=S, scale=scale):
+            torch.ops.swaa.fwd(q, k, v, W, S, None, scale)
+
+        first = None
+        for variant in variants:
+            with knob_env({"SWAA_FWD_HOPPER": variant}):
+                path = torch.ops.swaa.fwd_path(*sets[0])
+                out, lse = torch.ops.swaa.fwd(*sets[0], W, S, None, scale)
+                if first is None:
+                    first = (out, lse, variant)
+                ms = time_ms(fn, sets, 3, reps)
+            row = dict(meta, what="fwd_variant", knob=f"SWAA_FWD_HOPPER={variant}", path=path,
+                       B=1, Hq=HQ, Hkv=HKV, D=D, N=N, W=W, S=S, dtype="bfloat16",
+                       ms=round(ms, 4), tflops=round(flop / ms / 1e9, 1),
+                       equal_to_first=bool(torch.equal(out, first[0])
+                                           and torch.equal(lse, first[1])),
+                       first=f"SWAA_FWD_HOPPER={first[2]}",
+                       max_diff_to_first=(out.float() - first[0].float()).abs().max().item())
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del sets, first, out, lse
+        torch.cuda.empty_cache()
+    print_variant_table(rows, variants)
+    return rows
+
+
+def print_variant_table(rows, variants):
+    """ms (TFLOP/s) per shape and variant; the fastest variant per head dim."""
+    print(f"\n{'D':>4} {'N':>7} {'W':>5} " + " ".join(f"{'v=' + x + ' ms (TF/s)':>18}"
+                                                     for x in variants))
+    for D in VARIANT_D:
+        logs = {x: [] for x in variants}
+        for N, W in itertools.product(VARIANT_N, VARIANT_W):
+            by = {r["knob"].split("=")[1]: r for r in rows if (r["D"], r["N"], r["W"]) == (D, N, W)}
+            print(f"{D:>4} {N:>7} {W:>5} " + " ".join(
+                f"{by[x]['ms']:>9.3f} ({by[x]['tflops']:>5.0f})" for x in variants))
+            for x in variants:
+                logs[x].append(math.log(by[variants[0]]["ms"] / by[x]["ms"]))
+        gm = {x: math.exp(sum(v) / len(v)) for x, v in logs.items()}
+        best = max(gm, key=gm.get)
+        print(f"D={D}: speed-up over SWAA_FWD_HOPPER={variants[0]} (geometric mean): " +
+              ", ".join(f"{x}: {gm[x]:.3f}x" for x in variants) + f"; fastest: {best}")
+
+
+def fwd_rows(meta, fwd_settings, q, k, v, shape, ff):
+    W, S, scale = shape["W"], shape["S"], shape["D"] ** -0.5
+    flop = 4 * shape["D"] * visible_pairs(shape["N"], W, S, shape["full_from"]) * HQ
+    out, _ = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+    rows = []
+    for setting in fwd_settings:
+        with knob_env(setting):
             o2, _ = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
             ms = median_ms(lambda: torch.ops.swaa.fwd(q, k, v, W, S, ff, scale))
-            path = (torch.ops.swaa.fwd_path(q, k, v) if hasattr(torch.ops.swaa, "fwd_path")
-                    else "sm80")
-            rows.append(dict(meta, what="fwd", knob=label(setting), path=path, **shape,
-                             ms=round(ms, 4), tflops=round(fwd_flop / ms / 1e9, 1),
-                             equal_to_default=torch.equal(o2, out),
-                             max_diff_to_default=(o2.float() - out.float()).abs().max().item()))
-            for key in setting:
-                os.environ.pop(key)
-        if args.fwd_only:
-            for r in rows[-len(fwd_settings):]:
-                print(json.dumps(r), flush=True)
-            del q, k, v, do, out, lse
-            continue
-        ref = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
-        for setting in bwd_settings:
-            os.environ.update(setting)
+            path = torch.ops.swaa.fwd_path(q, k, v)
+        rows.append(dict(meta, what="fwd", knob=label(setting), path=path, **shape,
+                         ms=round(ms, 4), tflops=round(flop / ms / 1e9, 1),
+                         equal_to_default=torch.equal(o2, out),
+                         max_diff_to_default=(o2.float() - out.float()).abs().max().item()))
+    return rows
+
+
+def bwd_rows(meta, bwd_settings, q, k, v, do, shape, ff):
+    W, S, scale = shape["W"], shape["S"], shape["D"] ** -0.5
+    flop = 2.5 * 4 * shape["D"] * visible_pairs(shape["N"], W, S, shape["full_from"]) * HQ
+    out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+    ref = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
+    rows = []
+    for setting in bwd_settings:
+        with knob_env(setting):
             grads = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
             # the split changes the summation order of the sink keys' dk/dv only
             diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads, ref))
             ms = median_ms(lambda: torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale))
-            bwd_path = (torch.ops.swaa.bwd_path(do, q, k, v)
-                        if hasattr(torch.ops.swaa, "bwd_path") else "sm80")
-            rows.append(dict(meta, what="bwd", knob=label(setting), path=bwd_path, **shape,
-                             ms=round(ms, 4), tflops=round(2.5 * fwd_flop / ms / 1e9, 1),
-                             max_diff_to_default=diff))
-            for key in setting:
-                os.environ.pop(key)
-        for setting in profile_settings:
-            os.environ.update(setting)
+            path = torch.ops.swaa.bwd_path(do, q, k, v)
+        rows.append(dict(meta, what="bwd", knob=label(setting), path=path, **shape,
+                         ms=round(ms, 4), tflops=round(flop / ms / 1e9, 1),
+                         max_diff_to_default=diff))
+    return rows
+
+
+def kernel_ms_rows(meta, profile_settings, q, k, v, do, shape, ff):
+    """CUDA time of each swaa kernel in one forward + backward (torch.profiler)."""
+    W, S, scale = shape["W"], shape["S"], shape["D"] ** -0.5
+    rows = []
+    for setting in profile_settings:
+        with knob_env(setting):
+            out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+            torch.cuda.synchronize()
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
                 torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
                 torch.cuda.synchronize()
-            for key in setting:
-                os.environ.pop(key)
-            kernels = {}
-            for e in prof.key_averages():
-                if "swaa" in e.key:
-                    name = e.key.split("(")[0].split("<")[0].replace("void swaa::cuda::", "")
-                    kernels[name] = round(e.device_time_total / 1000, 3)
-            rows.append(dict(meta, what="kernel_ms", knob=label(setting), **shape, kernels=kernels))
-        for r in rows[-(len(fwd_settings) + len(bwd_settings) + len(profile_settings)):]:
+        kernels = {}
+        for e in prof.key_averages():
+            if "swaa" in e.key:
+                name = e.key.split("(")[0].split("<")[0].replace("void swaa::cuda::", "")
+                kernels[name] = round(e.device_time_total / 1000, 3)
+        rows.append(dict(meta, what="kernel_ms", knob=label(setting), **shape, kernels=kernels))
+    return rows
+
+
+def shape_rows(meta, fwd_settings, bwd_settings, profile_settings, shapes=TUNING_SHAPES):
+    """Forward, backward and per-kernel rows of the knob settings on `shapes`."""
+    rows = []
+    for D, N, W, S, F in shapes:
+        q, k, v, do = random_qkv(D, N, grad_out=True)
+        ff = None if F is None else torch.full((1,), F, dtype=torch.int64, device="cuda")
+        shape = dict(D=D, N=N, W=W, S=S, full_from=F)
+        new = fwd_rows(meta, fwd_settings, q, k, v, shape, ff)
+        new += bwd_rows(meta, bwd_settings, q, k, v, do, shape, ff)
+        new += kernel_ms_rows(meta, profile_settings, q, k, v, do, shape, ff)
+        for r in new:
             print(json.dumps(r), flush=True)
-        del q, k, v, do, out, lse, ref, grads
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        rows += new
+        del q, k, v, do
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:3]))
+    ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4", "5", "6"],
+                    help="fwd-variants: the SWAA_FWD_HOPPER values, the first is the baseline")
+    ap.add_argument("--reps", type=int, default=10, help="fwd-variants: timed runs per row")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_tuning.jsonl"))
+    args = ap.parse_args()
+    for key in KNOBS:  # "defaults" means the built-in defaults
+        os.environ.pop(key, None)
+    meta = run_metadata(torch.device("cuda"))
+    rows = []
+    if "fwd-variants" in args.parts:
+        rows += fwd_variant_rows(meta, args.variants, args.reps)
+    if "bwd-variants" in args.parts:
+        rows += shape_rows(
+            meta, fwd_settings=[{}],
+            bwd_settings=[{"SWAA_BWD_HOPPER": "0"}, {"SWAA_BWD_HOPPER": "1"},
+                          {"SWAA_BWD_HOPPER": "2"}, {"SWAA_BWD_HOPPER": "3"},
+                          {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_SPLIT": "0"}],
+            profile_settings=[{}, {"SWAA_BWD_HOPPER": "0"}])
+    if "knobs" in args.parts:
+        sm80_fwd, sm80_bwd = {"SWAA_FWD_HOPPER": "0"}, {"SWAA_BWD_HOPPER": "0"}
+        rows += shape_rows(
+            meta,
+            fwd_settings=[sm80_fwd, {**sm80_fwd, "SWAA_FWD_WARPS": "4"},
+                          {**sm80_fwd, "SWAA_FWD_WARPS": "8"}, {**sm80_fwd, "SWAA_FWD_ORDER": "0"},
+                          {**sm80_fwd, "SWAA_WARP_SKIP": "0"}, {"SWAA_FWD_ORDER": "0"}],
+            bwd_settings=[sm80_bwd,  # then the v3 kernels' layout, then one knob at a time
+                          {**sm80_bwd, "SWAA_BWD_SPLIT": "0", "SWAA_BWD_ORDER": "0"},
+                          {**sm80_bwd, "SWAA_BWD_SPLIT": "0"}, {**sm80_bwd, "SWAA_BWD_ORDER": "0"},
+                          {**sm80_bwd, "SWAA_WARP_SKIP": "0"},
+                          {**sm80_bwd, "SWAA_BWD_KV_BLOCK_M": "32"}, {"SWAA_BWD_ORDER": "0"}],
+            profile_settings=[{**sm80_fwd, **sm80_bwd}])
+    if "bwd-fused" in args.parts:
+        cols = {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"}  # dQ split by columns (D=128)
+        rows += shape_rows(
+            meta, fwd_settings=[{}],
+            bwd_settings=[{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols],
+            profile_settings=[{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols],
+            shapes=FUSED_SHAPES)
+    append_rows(args.out, rows)
+    print(f"{len(rows)} rows appended to {args.out}")
 
 
 if __name__ == "__main__":

@@ -912,7 +912,7 @@ int compute_major() {
 
 // Knobs of the split decode, read at every launch (host code only: a captured
 // graph keeps the plan it was captured with), for A/B runs in one process
-// (bench/decode2_gpu.sh):
+// (the decode step of bench/gpu_check.sh):
 //   SWAA_DECODE_SPLITS=N       exactly N splits (the op's num_splits > 0 wins);
 //   SWAA_DECODE_SPLITS_MAX=N   at most N splits in the automatic choice;
 //   SWAA_DECODE_COMBINE=cluster | global
@@ -930,7 +930,8 @@ int compute_major() {
 //                              the other (co-resident CTAs share the SM's
 //                              bandwidth), which favours fewer, longer CTAs
 //                              when a batch fills the GPU only partly
-//                              (unmeasured: bench/session4_gpu.sh bench);
+//                              (timed side by side by the decode step of
+//                              bench/gpu_check.sh: runs *_cost_slots / *_cost_sm);
 //   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
 //                              dependent of the split kernel (off by default:
 //                              unmeasured);

@@ -1,0 +1,180 @@
+"""bench/gpu_check.sh, the one script of the GPU machine, stays runnable without a GPU to try it
+on: its syntax, its steps, every Python script and option it invokes (against that script's
+--help), its step machinery (log line, archive, exit status) on the CPU, and the CPU-runnable
+pieces it relies on (the sanitizer case, the decode summary, the forward-variant table)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+TEXT = SCRIPT.read_text()
+OPTION = r"(?<![\w-])--([A-Za-z][A-Za-z0-9-]*)"  # an option's name, without its dashes
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Lines with backslash continuations joined, comment lines dropped."""
+    lines, current = [], ""
+    for line in text.splitlines():
+        if not current and line.lstrip().startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        lines.append(current + line)
+        current = ""
+    return lines
+
+
+def _invocations() -> dict[str, set[str]]:
+    """{command: options} of every `python bench/X.py ...` and `torchrun ... -m swaa_ext.cli SUB`
+    the script runs (command: the script path, or "-m swaa_ext.cli SUB").  Options are the
+    --names written on the command's line, defaults of ${VAR:---opt ...} included; options that
+    only reach the command through a variable are not seen."""
+    found: dict[str, set[str]] = {}
+    for line in _logical_lines(TEXT):
+        m = re.search(r"\bpython (?:-X \S+ )?(bench/[\w/]+\.py)\b(.*)", line)
+        if m:
+            command, rest = m.group(1), m.group(2)
+        else:
+            m = re.search(r"\btorchrun\b.*?-m (swaa_ext\.\w+) (\w+)(.*)", line)
+            if not m:
+                continue
+            command, rest = f"-m {m.group(1)} {m.group(2)}", m.group(3)
+        rest = re.split(r" (?:>|2>|\|\||<<|&)", rest)[0].replace(":-", ":- ")
+        found.setdefault(command, set()).update(re.findall(OPTION, rest))
+    # `all` sets a default of BENCH_ARGS, which goes to bench_cuda_kernels.py
+    bench_args = re.search(r'"\$\{BENCH_ARGS=([^}]*)\}"', TEXT).group(1)
+    found["bench/bench_cuda_kernels.py"].update(re.findall(OPTION, bench_args))
+    return found
+
+
+INVOCATIONS = _invocations()
+
+
+def _run(args, env=None, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _gpu_check(tmp_path, *steps, **env):
+    out = tmp_path / "out"
+    proc = _run(["bash", str(SCRIPT), *steps],
+                env=dict(OUT=str(out), SKIP_BUILD="1", GPU_CHECK_BUDGET="300", **env))
+    return proc, out
+
+
+def test_bash_syntax():
+    proc = _run(["bash", "-n", str(SCRIPT)])
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_step_in_the_usage_is_handled_and_documented():
+    steps = re.search(r"^STEPS_KNOWN=\(([^)]*)\)", TEXT, re.M).group(1).split()
+    assert {"build", "test", "sanitize", "tune", "bench", "decode", "loop", "e2e", "pack",
+            "quality", "all"} <= set(steps)
+    for step in steps:
+        assert re.search(rf"^#   {re.escape(step)} ", TEXT, re.M), f"{step}: not in the header"
+        if step != "all":
+            assert re.search(rf"^step_{step}\(\) \{{", TEXT, re.M), f"{step}: no step_{step}()"
+    all_steps = re.search(r"add_steps (test [\w ]+)$", TEXT, re.M).group(1).split()
+    assert set(all_steps) <= set(steps) - {"all"}
+    proc = _run(["bash", str(SCRIPT)])
+    assert proc.returncode == 2 and all(s in proc.stdout for s in steps)
+    proc = _run(["bash", str(SCRIPT), "test", "tset"])
+    assert proc.returncode == 2 and "unknown step: tset" in proc.stdout
+
+
+def test_the_invocations_are_found():
+    # guards the parser below: a script it no longer sees would pass unchecked
+    assert {"bench/bench_cuda_kernels.py", "bench/tune_cuda_kernels.py", "bench/sanitize_case.py",
+            "bench/bench_decode.py", "bench/bench_memory.py", "bench/bench_decode_loop.py",
+            "bench/count_step_kernels.py", "bench/bench_e2e.py", "bench/bench_pack.py",
+            "bench/bench_attention.py", "bench/quality/evaluate.py", "bench/quality/pretrain.py",
+            "bench/quality/data.py", "-m swaa_ext.cli finetune"} <= set(INVOCATIONS)
+    assert {"parts", "out"} <= INVOCATIONS["bench/tune_cuda_kernels.py"]
+    assert {"S", "N", "out"} <= INVOCATIONS["bench/bench_cuda_kernels.py"]
+    assert {"preset", "plot", "plot-from", "run"} <= INVOCATIONS["bench/bench_e2e.py"]
+
+
+@pytest.mark.parametrize("command", sorted(INVOCATIONS))
+def test_invoked_script_exists_and_accepts_its_options(command):
+    if command.startswith("-m "):
+        args = [sys.executable, *command.split(), "--help"]
+    else:
+        assert (ROOT / command).is_file(), f"{command} does not exist"
+        args = [sys.executable, command, "--help"]
+    proc = _run(args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    accepted = set(re.findall(OPTION, proc.stdout))
+    missing = INVOCATIONS[command] - accepted
+    assert not missing, f"{command} --help does not list {sorted(missing)}"
+
+
+def test_a_step_writes_its_log_line_and_archive(tmp_path):
+    # TEST_ARGS="-m cuda" selects nothing in this file: pytest's exit code 5 is no failure
+    proc, out = _gpu_check(tmp_path, "test", TESTS="tests/test_decode_plan.py",
+                           TEST_ARGS="-m cuda")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    log = (out / "log").read_text()
+    assert re.search(r"^build +ok .*SKIP_BUILD", log, re.M)
+    assert re.search(r"^test +ok .*deselected", log, re.M)
+    assert "done, status 0" in log
+    assert sorted(p.name for p in out.iterdir()) == ["console.txt", "gpu_check_test.tgz", "log"]
+    with tarfile.open(out / "gpu_check_test.tgz") as tar:
+        names = set(tar.getnames())
+    assert {"log", "console.txt", "./build/build_info.log", "./test/test_decode_plan.log"} <= names
+
+
+def test_a_failing_part_fails_its_step_and_the_run(tmp_path):
+    proc, out = _gpu_check(tmp_path, "test", TESTS="tests/test_no_such_file.py")
+    assert proc.returncode == 1
+    log = (out / "log").read_text()
+    assert re.search(r"^test +FAILED .*failed: test_no_such_file", log, re.M)
+    assert "done, status 1" in log
+
+
+def test_sanitize_case_runs_on_the_cpu():
+    proc = _run([sys.executable, "bench/sanitize_case.py", "--device", "cpu"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sanitize case done: fwd bwd ring" in proc.stdout
+
+
+def test_decode_summary_puts_the_runs_of_a_shape_together(tmp_path):
+    rows = tmp_path / "decode.jsonl"
+    for run in ("first", "second"):
+        proc = _run([sys.executable, "bench/bench_decode.py", "--cpu", "--impls", "ring",
+                     "--batches", "1,4", "--budget", "0.02", "--run", run, "--out", str(rows)])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run([sys.executable, "bench/bench_decode.py", "--summary-from", str(rows)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line.split() for line in proc.stdout.splitlines()[1:]]
+    assert [(impl, b, run) for impl, b, run, *_ in lines] == [
+        ("ring", "1", "first"), ("ring", "1", "second"), ("ring", "4", "first"),
+        ("ring", "4", "second")]
+
+
+def test_forward_variant_table_names_the_fastest_variant(capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tune_cuda_kernels as tune
+
+    # variant "5" is 1.25x faster than "1" on every D=128 shape, "1" fastest at D=64
+    rows = []
+    for D, N, W in [(d, n, w) for d in tune.VARIANT_D for n in tune.VARIANT_N
+                    for w in tune.VARIANT_W]:
+        for variant, ms in (("1", 2.0), ("5", 1.6 if D == 128 else 2.2)):
+            rows.append(dict(knob=f"SWAA_FWD_HOPPER={variant}", D=D, N=N, W=W, ms=ms,
+                             tflops=100.0))
+    tune.print_variant_table(rows, ["1", "5"])
+    text = capsys.readouterr().out
+    assert "D=128: speed-up over SWAA_FWD_HOPPER=1 (geometric mean): 1: 1.000x, 5: 1.250x; " \
+           "fastest: 5" in text
+    assert re.search(r"D=64: .*; fastest: 1$", text, re.M)
