@@ -6,6 +6,8 @@ Same process, same inputs, same GPU:
   swaa  swaa_ext.swa_attention (window W, sink S)
   flex  FlexAttention compiled, block mask of causal and (q - k < W or k < S)
   sdpa  torch SDPA full causal (does more work: every causal pair)
+  swaa-fused  swaa with SWAA_BWD_HOPPER=4 (the single-pass Hopper backward)
+  swaa-fused-cols  the same with SWAA_BWD_FUSED_DQ=1 (its dQ split by columns, D=128)
 Times are the median of CUDA-event timings over --reps runs that rotate over
 two input sets (so L2 does not hold one set).  Effective TFLOP/s count the
 visible (query, key) pairs of the SWA mask only, 4*D flops per pair forward and
@@ -29,6 +31,10 @@ import torch
 import torch.nn.functional as F
 
 import swaa_ext
+
+# swaa run under extra environment knobs (read by swaa::bwd at each call)
+IMPL_ENV = {"swaa-fused": {"SWAA_BWD_HOPPER": "4"},
+            "swaa-fused-cols": {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"}}
 
 
 def visible_pairs(n: int, window: int, sink: int) -> int:
@@ -121,6 +127,8 @@ def main() -> None:
             block_mask = create_block_mask(mask_mod, None, None, N, N, device="cuda", _compile=True)
 
         def run(impl, q, k, v):
+            if impl in IMPL_ENV:  # its knobs are set around its timings
+                impl = "swaa"
             if impl == "swaa":
                 return swaa_ext.swa_attention(q, k, v, window=W, sink=S, softmax_scale=scale)
             if impl == "flex":
@@ -134,6 +142,8 @@ def main() -> None:
                 outs[impl] = run(impl, *sets[0][:3])[:, :, -512:].float()
         ref_impl = "flex" if "flex" in outs else None
         for impl in args.impls:
+            saved = {key: os.environ.get(key) for key in IMPL_ENV.get(impl, {})}
+            os.environ.update(IMPL_ENV.get(impl, {}))
             for pass_ in args.passes:
                 if impl == "sdpa" and (D, N, pass_) in sdpa_done:
                     ms = sdpa_done[(D, N, pass_)]  # independent of W, S
@@ -156,14 +166,21 @@ def main() -> None:
                 row = dict(meta, impl=impl, **{"pass": pass_}, B=B, Hq=args.Hq, Hkv=args.Hkv,
                            D=D, N=N, W=W, S=S, dtype="bfloat16", ms=round(ms, 4),
                            tflops=round(flop / ms / 1e9, 1))
-                if impl == "swaa":  # which forward ran (SWAA_FWD_HOPPER variants, sm_80)
+                if impl.startswith("swaa"):  # which kernels ran (SWAA_FWD_HOPPER / _BWD_HOPPER)
                     row["swaa_fwd_path"] = torch.ops.swaa.fwd_path(*sets[0][:3])
+                    q0, k0, v0, do0 = sets[0]
+                    row["swaa_bwd_path"] = torch.ops.swaa.bwd_path(do0, q0, k0, v0)
                 if ref_impl and impl != ref_impl and impl != "sdpa":
                     row["max_diff_vs_flex_last512"] = round(
                         (outs[impl] - outs[ref_impl]).abs().max().item(), 5)
                 print(json.dumps(row), flush=True)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         del sets, outs, block_mask
         torch.cuda.empty_cache()
 

@@ -27,6 +27,14 @@
 #             knobs (the sm_80 kernels' tile knobs, ~1.5 min).  ~2.5 min.
 #             Backs: docs/cuda_kernels.md "v4 measured", the v5.1 variant table, the v6 per-kernel
 #             times; bench/results/cuda_tuning_h200.jsonl, fwd_variants_h200.jsonl.
+#   fused     the single-pass Hopper backward (SWAA_BWD_HOPPER=4, docs/cuda_kernels.md "v7",
+#             written without a GPU): the host check of its schedule (nvcc, no GPU), a smoke test
+#             under 60 s (bench/fused_smoke.py: a deadlock cannot eat the call; the step stops
+#             when it fails), tests/test_bwd_hopper.py -k fused, compute-sanitizer memcheck and
+#             racecheck of the backward with the knob (memcheck also with SWAA_BWD_FUSED_DQ=1),
+#             per-kernel times (tune --parts bwd-fused), fwd+bwd swaa vs swaa-fused vs
+#             swaa-fused-cols vs flex at N=32768 (FUSED_BENCH_ARGS).  ~4.5 min (estimate).
+#             Backs: docs/cuda_kernels.md "v7" (to be measured).
 #   bench     issue 3's grid: bench/bench_cuda_kernels.py, swaa vs flex vs sdpa, fwd and fwd+bwd,
 #             D 128/64, N 8k/32k/128k, W 1024/4096, S 0/4/128; then the plot and the ratios from
 #             the saved rows.  ~5.5 min (session 4: 323 s).
@@ -100,7 +108,7 @@
 #   QUALITY           finetune | pretrain | ddp; finetune: CONFIGS, FT_S (480); pretrain: BUDGET_S
 #                     (360), EVAL_S (150), SEQ_LEN (16384); ddp: DDP_STEPS (100)
 
-STEPS_KNOWN=(build test sanitize tune bench decode loop e2e pack quality all)
+STEPS_KNOWN=(build test sanitize tune bench decode loop e2e pack quality fused all)
 
 usage() {
   echo "usage: bash bench/gpu_check.sh STEP [STEP ...]"
@@ -252,6 +260,48 @@ step_bench() {
   [[ -s $rows ]] || return
   TAIL_LINES=40 run_part plot 120 \
     python bench/bench_attention.py --plot-from "$rows" --plot "$STEP_DIR/attention.png"
+}
+
+step_fused() {
+  run_part schedule_check 120 bash -c "'$CUDA_HOME/bin/nvcc' -std=c++20 -O2 \
+    -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Icsrc -Icsrc/include \
+    tests/native/fused_schedule_check.cu -o '$STEP_DIR/fused_schedule_check' \
+    && '$STEP_DIR/fused_schedule_check' v && rm -f '$STEP_DIR/fused_schedule_check'"
+  "$CUDA_HOME/bin/cuobjdump" -sass swaa_ext/_C*.so 2>/dev/null \
+    | awk '/Function : .*bwd_fused_sm90_kernel/{on=1} /Function : /&&!/bwd_fused_sm90_kernel/{on=0} on' \
+    | grep -o -E "HGMMA[.0-9a-zA-Z]*|UBLKRED[.A-Z0-9]*|UBLKCP[.A-Z]*|LDL|STL" | sort | uniq -c \
+    > "$STEP_DIR/sass_counts.txt" 2>&1
+  TAIL_LINES=30 run_part smoke 60 python bench/fused_smoke.py || return
+  run_part test_bwd_hopper_fused "${TEST_TIMEOUT:-300}" env SWAA_POISON_OUTPUTS=1 \
+    python -X faulthandler -m pytest -q -ra --maxfail=10 -p no:cacheprovider \
+    tests/test_bwd_hopper.py -k fused
+  local san=$CUDA_HOME/bin/compute-sanitizer
+  run_part memcheck "${SAN_TIMEOUT:-240}" env SWAA_BWD_HOPPER=4 "$san" --tool memcheck \
+    --error-exitcode 3 python bench/sanitize_case.py --parts bwd
+  run_part racecheck "${SAN_TIMEOUT:-240}" env SWAA_BWD_HOPPER=4 "$san" --tool racecheck \
+    --error-exitcode 3 python bench/sanitize_case.py --parts bwd
+  run_part memcheck_cols "${SAN_TIMEOUT:-240}" env SWAA_BWD_HOPPER=4 SWAA_BWD_FUSED_DQ=1 "$san" \
+    --tool memcheck --error-exitcode 3 python bench/sanitize_case.py --parts bwd
+  run_part tune_bwd_fused "${TUNE_TIMEOUT:-240}" python bench/tune_cuda_kernels.py \
+    --parts bwd-fused --out "$STEP_DIR/cuda_tuning.jsonl"
+  # shellcheck disable=SC2086
+  run_part bench_fused "${BENCH_TIMEOUT:-540}" python bench/bench_cuda_kernels.py \
+    --impls swaa swaa-fused swaa-fused-cols flex --passes fwd+bwd \
+    ${FUSED_BENCH_ARGS:---N 32768 --S 0 4} --out "$STEP_DIR/cuda_kernels.jsonl"
+  [[ -s $STEP_DIR/cuda_kernels.jsonl ]] || return
+  TAIL_LINES=20 run_part ratios 60 python - "$STEP_DIR/cuda_kernels.jsonl" <<'PY'
+import json, sys
+by = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    by.setdefault((r["D"], r["N"], r["W"], r["S"]), {})[r["impl"]] = r["ms"]
+impls = ("swaa", "swaa-fused", "swaa-fused-cols")
+print("fwd+bwd ms (flex / impl)  D N W S | " + " | ".join(impls) + " | flex")
+for key, m in sorted(by.items()):
+    if "flex" in m:
+        print(f"{key}: " + " | ".join(f"{m[i]:.3f} ({m['flex'] / m[i]:.2f}x)" for i in impls
+                                      if i in m) + f" | {m['flex']:.3f}")
+PY
 }
 
 step_decode() {

@@ -1,6 +1,6 @@
 """Which settings of the CUDA kernels are fastest, and where does the backward
 spend its time?  Every knob is read at each launch, so one process compares
-them on the same inputs.  Three parts (--parts, default all three):
+them on the same inputs.  Four parts (--parts, default the first three):
 
   fwd-variants  the Hopper forwards side by side: SWAA_FWD_HOPPER = 1, 2 (v5, v5
                 overlapped), 3, 4, 5, 6 (v5.1, v5.1 ping-pong, both with
@@ -19,6 +19,10 @@ them on the same inputs.  Three parts (--parts, default all three):
                 SWAA_BWD_ORDER, SWAA_WARP_SKIP, SWAA_BWD_KV_BLOCK_M=32; per-kernel
                 times of the sm_80 pair; then SWAA_FWD_ORDER=0 and SWAA_BWD_ORDER=0
                 with the default (Hopper) kernels, which read them too.
+  bwd-fused     the single-pass Hopper backward (SWAA_BWD_HOPPER=4, docs/
+                cuda_kernels.md "v7") against the two passes (1), also with its dQ
+                split by columns (SWAA_BWD_FUSED_DQ=1), with per-kernel times, on
+                FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
 
 bwd-variants and knobs time six shapes (D, N, W, S, full_from) chosen to move the
 knobs.  JSON rows (`what`: fwd_variant, fwd, bwd, kernel_ms) are appended to --out.
@@ -45,13 +49,19 @@ from common import append_rows, run_metadata  # noqa: E402
 
 import swaa_ext  # noqa: F401, E402  (registers torch.ops.swaa)
 
-PARTS = ("fwd-variants", "bwd-variants", "knobs")
+PARTS = ("fwd-variants", "bwd-variants", "knobs", "bwd-fused")
 KNOBS = ("SWAA_FWD_HOPPER", "SWAA_BWD_HOPPER", "SWAA_FWD_WARPS", "SWAA_FWD_ORDER", "SWAA_BWD_ORDER",
-         "SWAA_BWD_SPLIT", "SWAA_BWD_KV_BLOCK_M", "SWAA_WARP_SKIP")
+         "SWAA_BWD_SPLIT", "SWAA_BWD_KV_BLOCK_M", "SWAA_WARP_SKIP", "SWAA_BWD_FUSED_DQ")
 # (D, N, W, S, full_from) of the bwd-variants and knobs parts
 TUNING_SHAPES = [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
                  (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
                  (128, 32768, 4096, 4, 24576), (128, 131072, 1024, 4, None)]
+# (D, N, W, S, full_from) of the bwd-fused part: the shapes below 1.3x Flex first
+FUSED_SHAPES = [(128, 32768, 4096, 0, None), (64, 32768, 1024, 0, None),
+                (128, 8192, 4096, 0, None), (128, 32768, 4096, 4, None),
+                (64, 32768, 4096, 4, None), (128, 32768, 1024, 4, None),
+                (128, 8192, 1024, 128, None), (128, 32768, 4096, 4, 24576),
+                (64, 131072, 1024, 0, None)]
 # the issue's shapes (S=4) of the fwd-variants part
 VARIANT_D, VARIANT_N, VARIANT_W, VARIANT_S = (128, 64), (8192, 32768, 131072), (1024, 4096), 4
 HQ, HKV = 32, 8
@@ -215,10 +225,10 @@ def kernel_ms_rows(meta, profile_settings, q, k, v, do, shape, ff):
     return rows
 
 
-def shape_rows(meta, fwd_settings, bwd_settings, profile_settings):
-    """Forward, backward and per-kernel rows of the knob settings on TUNING_SHAPES."""
+def shape_rows(meta, fwd_settings, bwd_settings, profile_settings, shapes=TUNING_SHAPES):
+    """Forward, backward and per-kernel rows of the knob settings on `shapes`."""
     rows = []
-    for D, N, W, S, F in TUNING_SHAPES:
+    for D, N, W, S, F in shapes:
         q, k, v, do = random_qkv(D, N, grad_out=True)
         ff = None if F is None else torch.full((1,), F, dtype=torch.int64, device="cuda")
         shape = dict(D=D, N=N, W=W, S=S, full_from=F)
@@ -235,7 +245,7 @@ def shape_rows(meta, fwd_settings, bwd_settings, profile_settings):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:3]))
     ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4", "5", "6"],
                     help="fwd-variants: the SWAA_FWD_HOPPER values, the first is the baseline")
     ap.add_argument("--reps", type=int, default=10, help="fwd-variants: timed runs per row")
@@ -267,6 +277,13 @@ def main() -> None:
                           {**sm80_bwd, "SWAA_WARP_SKIP": "0"},
                           {**sm80_bwd, "SWAA_BWD_KV_BLOCK_M": "32"}, {"SWAA_BWD_ORDER": "0"}],
             profile_settings=[{**sm80_fwd, **sm80_bwd}])
+    if "bwd-fused" in args.parts:
+        cols = {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"}  # dQ split by columns (D=128)
+        rows += shape_rows(
+            meta, fwd_settings=[{}],
+            bwd_settings=[{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols],
+            profile_settings=[{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols],
+            shapes=FUSED_SHAPES)
     append_rows(args.out, rows)
     print(f"{len(rows)} rows appended to {args.out}")
 

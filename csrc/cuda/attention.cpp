@@ -215,20 +215,29 @@ std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
 // describable q, k, v, dout).  SWAA_BWD_HOPPER = 0: the sm_80 backward;
 // 1 (default: 1.7-1.9x faster than 0 on an H200, bench/results/
 // cuda_tuning_bwd_hopper.jsonl): both passes on Hopper; 2: dk/dv on Hopper,
-// dq on sm_80; 3: dq on Hopper, dk/dv on sm_80.
+// dq on sm_80; 3: dq on Hopper, dk/dv on sm_80; 4: one pass on Hopper (dk/dv
+// kernel that also accumulates dq in a fixed order, docs/cuda_kernels.md "v7";
+// unmeasured, off by default).
 constexpr int kBwdHopperDefault = 1;
 int bwd_hopper_knob() {
   const char* env = std::getenv("SWAA_BWD_HOPPER");
   if (env == nullptr) return kBwdHopperDefault;
   const int v = std::atoi(env);
-  return v >= 0 && v <= 3 ? v : kBwdHopperDefault;
+  return v >= 0 && v <= 4 ? v : kBwdHopperDefault;
 }
-// The passes (cuda::BwdPart bits) the knob value puts on Hopper.
+// cuda::sm90::kHopperFused (bwd_sm90.h, included only in Hopper builds).
+constexpr unsigned kBwdFusedBit = 8;
+#if defined(SWAA_CUDA_HOPPER)
+static_assert(kBwdFusedBit == cuda::sm90::kHopperFused && (kBwdFusedBit & cuda::kBwdAll) == 0);
+#endif
+// The passes (cuda::BwdPart bits) the knob value puts on Hopper (plus
+// kBwdFusedBit: both in one pass).
 unsigned hopper_passes(int knob) {
   switch (knob) {
     case 1: return cuda::kBwdDq | cuda::kBwdDkdv;
     case 2: return cuda::kBwdDkdv;
     case 3: return cuda::kBwdDq;
+    case 4: return cuda::kBwdDq | cuda::kBwdDkdv | kBwdFusedBit;
     default: return 0;
   }
 }
@@ -243,6 +252,7 @@ std::string bwd_path_of(const AttnParams& p) {
                                                       : cuda::sm90::Dtype::kFp16;
   const cuda::sm90::Fit fit = cuda::sm90::bwd_fits(p, dtype);
   if (fit != cuda::sm90::Fit::kOk) return std::string("sm80: ") + cuda::sm90::fit_name(fit);
+  if (knob == 4) return cuda::sm90::fused_fits(p, dtype) ? "sm90-fused" : "sm90";
   return knob == 1 ? "sm90" : knob == 2 ? "sm90-dkdv" : "sm90-dq";
 #else
   (void)p;
@@ -264,7 +274,7 @@ unsigned try_hopper_bwd(const AttnParams& p, float* delta, const cuda::Workspace
   cudaError_t err = cudaSuccess;
   const bool launched = cuda::sm90::try_bwd(p, dtype, passes, delta, workspace, stream, &err);
   C10_CUDA_CHECK(err);
-  return launched ? (cuda::kBwdDq | cuda::kBwdDkdv) & ~passes : cuda::kBwdAll;
+  return launched ? (cuda::kBwdDq | cuda::kBwdDkdv) & ~passes & cuda::kBwdAll : cuda::kBwdAll;
 #else
   (void)p, (void)delta, (void)workspace, (void)stream;
   return cuda::kBwdAll;
@@ -309,7 +319,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
 
 // swaa::bwd_path(dout, q, k, v): which kernels swaa::bwd with these tensors
 // runs: "sm90" (both passes on Hopper), "sm90-dkdv" / "sm90-dq" (one pass on
-// Hopper, SWAA_BWD_HOPPER=2/3), else "sm80: <reason>".  Same input
+// Hopper, SWAA_BWD_HOPPER=2/3), "sm90-fused" (the single pass, SWAA_BWD_HOPPER=4),
+// else "sm80: <reason>".  Same input
 // preparation as bwd_cuda (out is taken to be laid out like dout).
 std::string bwd_path_cuda(const at::Tensor& dout_in, const at::Tensor& q_in,
                           const at::Tensor& k_in, const at::Tensor& v_in) {

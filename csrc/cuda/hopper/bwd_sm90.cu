@@ -14,7 +14,7 @@
 #include <cstdint>
 
 #include "cuda/bwd_plan.cuh"  // ceil_div, knob, split_knob, plan_dkdv, kBwdOrder
-#include "cuda/hopper/bwd_sm90.cuh"
+#include "cuda/hopper/bwd_fused_sm90.cuh"  // includes bwd_sm90.cuh
 #include "cuda/hopper/tma_map.h"
 
 namespace swaa {
@@ -62,6 +62,38 @@ bool device_ok() {
        smem_optin >= max_smem<__nv_bfloat16, 64>() && kernels_present<__nv_bfloat16, 128>() &&
        kernels_present<__half, 128>() && kernels_present<__nv_bfloat16, 64>() &&
        kernels_present<__half, 64>();
+  if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
+  return ok;
+}
+
+// The single-pass kernel: present in the image and its shared memory
+// available (cached per device; device_ok() has passed).
+bool fused_device_ok() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  constexpr int kMaxDevices = 64;
+  static int cache[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
+  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev] == 1;
+  int smem_optin = 0;
+  bool ok = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
+            cudaSuccess;
+  if (!ok) (void)cudaGetLastError();
+  ok = ok && smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, true>() &&
+       smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, false>() &&
+       smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 64, false>() &&
+       present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, true>) &&
+       present(bwd_fused_sm90_kernel<__half, 128, true>) &&
+       present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, false>) &&
+       present(bwd_fused_sm90_kernel<__half, 128, false>) &&
+       present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false>) &&
+       present(bwd_fused_sm90_kernel<__half, 64, false>) &&
+       present(bwd_fused_dq_out_kernel<__nv_bfloat16, 128>) &&
+       present(bwd_fused_dq_out_kernel<__half, 128>) &&
+       present(bwd_fused_dq_out_kernel<__nv_bfloat16, 64>) &&
+       present(bwd_fused_dq_out_kernel<__half, 64>);
   if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
   return ok;
 }
@@ -163,7 +195,76 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   return err;
 }
 
+// The single pass (bwd_fused_sm90.cuh): preprocessing, the fused kernel
+// (dk, dv and the dq accumulator), the reduce of split sink blocks, dq out.
+// COLS: the dQ product's split over the consumer groups (SWAA_BWD_FUSED_DQ).
+template <typename T, int D, bool COLS>
+cudaError_t launch_fused(const AttnParams& p, float* delta,
+                         const std::function<float*(int64_t)>& workspace, const Maps& maps,
+                         cudaStream_t stream) {
+  using C = BwdSm90Config<D>;
+  constexpr int kSmem = fused_sm90_smem_bytes<T, D, COLS>();
+  static const cudaError_t configured = allow_smem(bwd_fused_sm90_kernel<T, D, COLS>, kSmem);
+  if (configured != cudaSuccess) return configured;
+
+  const bool heads_inner = knob("SWAA_BWD_ORDER", kBwdOrder, 0, 1) == 1;
+  const int64_t q_len_pad = ceil_div(p.q_len, kPadRows) * kPadRows;
+  const int64_t n_pad = p.batch * p.q_heads * q_len_pad;
+  DkdvSchedule sched = plan_dkdv<C::kKvBlockN, C::kKvBlockM>(p, split_knob(), heads_inner);
+  const int64_t n_partial = sched.n_split_blocks > 0
+                                ? p.batch * p.kv_heads * sched.n_split_blocks * sched.n_split *
+                                      2 * C::kKvBlockN * D
+                                : 0;
+  const int64_t tiles = q_len_pad / C::kKvBlockM;
+  const int64_t n_ints = ceil_div(p.batch * p.q_heads * tiles + 1, 4) * 4;  // turns + ticket
+  // lse2 | delta | accumulator | partial dk/dv | turns, ticket: every part a
+  // multiple of 4 floats (16-byte aligned for the bulk copies).
+  float* scratch = workspace(2 * n_pad + n_pad * D + n_partial + n_ints);
+  float* lse2_pad = scratch;
+  float* delta_pad = scratch + n_pad;
+  FusedDq fdq{};
+  fdq.accum = scratch + 2 * n_pad;
+  if (n_partial > 0) sched.partial = fdq.accum + n_pad * D;
+  fdq.turns = reinterpret_cast<int*>(fdq.accum + n_pad * D + n_partial);
+  fdq.ticket = fdq.turns + p.batch * p.q_heads * tiles;
+  fdq.tiles = static_cast<int>(tiles);
+  cudaError_t err = cudaMemsetAsync(fdq.turns, 0, n_ints * sizeof(int), stream);
+  if (err != cudaSuccess) return err;
+
+  constexpr int kPrepThreads = 256;
+  bwd_prep_sm90_kernel<T, D>
+      <<<static_cast<unsigned>(ceil_div(n_pad * (D / 8), kPrepThreads)), kPrepThreads, 0, stream>>>(
+          p, delta, lse2_pad, delta_pad, q_len_pad);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
+  bwd_fused_sm90_kernel<T, D, COLS><<<static_cast<unsigned>(grid), C::kThreads, kSmem, stream>>>(
+      p, lse2_pad, delta_pad, q_len_pad, sched, fdq, maps.q, maps.k, maps.v, maps.dout);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  if (sched.n_split_blocks > 0) {
+    constexpr int kReduceThreads = 256;
+    const int64_t threads = p.batch * p.kv_heads * sched.n_split_blocks * C::kKvBlockN * D / 4;
+    bwd_dkdv_reduce_kernel<T, D, C::kKvBlockN>
+        <<<static_cast<unsigned>(ceil_div(threads, kReduceThreads)), kReduceThreads, 0, stream>>>(
+            p, sched);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  constexpr int kOutThreads = 256;
+  bwd_fused_dq_out_kernel<T, D>
+      <<<static_cast<unsigned>(ceil_div(n_pad * (D / 4), kOutThreads)), kOutThreads, 0, stream>>>(
+          p, fdq.accum, q_len_pad);
+  return cudaGetLastError();
+}
+
 }  // namespace
+
+bool fused_fits(const AttnParams& p, Dtype dtype) {
+  Maps a, b;
+  return prepare(p, dtype, &a, &b) == Fit::kOk && fused_device_ok();
+}
 
 Fit bwd_fits(const AttnParams& p, Dtype dtype) {
   Maps a, b;
@@ -177,6 +278,25 @@ bool try_bwd(const AttnParams& p, Dtype dtype, unsigned passes, float* delta,
   Maps dkdv_maps, dq_maps;
   if (prepare(p, dtype, &dkdv_maps, &dq_maps) != Fit::kOk) return false;
   const bool bf16 = dtype == Dtype::kBf16;
+  if ((passes & kHopperFused) && (passes & kHopperDq) && (passes & kHopperDkdv) &&
+      fused_device_ok()) {
+    // SWAA_BWD_FUSED_DQ (D = 128): 0 = each consumer group takes the dQ of its
+    // own 64 keys, the parts summed in shared memory (default); 1 = each takes
+    // 64 of the dQ columns over all keys (barrier over both groups per item).
+    const bool cols = knob("SWAA_BWD_FUSED_DQ", 0, 0, 1) == 1;
+    if (p.head_dim == 128) {
+      if (cols)
+        *error = bf16 ? launch_fused<__nv_bfloat16, 128, true>(p, delta, workspace, dkdv_maps, stream)
+                      : launch_fused<__half, 128, true>(p, delta, workspace, dkdv_maps, stream);
+      else
+        *error = bf16 ? launch_fused<__nv_bfloat16, 128, false>(p, delta, workspace, dkdv_maps, stream)
+                      : launch_fused<__half, 128, false>(p, delta, workspace, dkdv_maps, stream);
+    } else {
+      *error = bf16 ? launch_fused<__nv_bfloat16, 64, false>(p, delta, workspace, dkdv_maps, stream)
+                    : launch_fused<__half, 64, false>(p, delta, workspace, dkdv_maps, stream);
+    }
+    return true;
+  }
   if (p.head_dim == 128)
     *error = bf16 ? launch<__nv_bfloat16, 128>(p, passes, delta, workspace, dkdv_maps, dq_maps, stream)
                   : launch<__half, 128>(p, passes, delta, workspace, dkdv_maps, dq_maps, stream);

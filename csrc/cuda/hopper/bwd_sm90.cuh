@@ -173,29 +173,33 @@ struct DkdvWork {
   int first, end;   // items [first, end)
   int per_head, n_near, near_first, far_first;
   int64_t group;
-  __device__ __forceinline__ int64_t head(int i) const {
+  __host__ __device__ __forceinline__ int64_t head(int i) const {
     return static_cast<int64_t>(kvh) * group + i / per_head;
   }
-  __device__ __forceinline__ int64_t row0(int i, int block_m) const {
+  __host__ __device__ __forceinline__ int64_t row0(int i, int block_m) const {
     const int w = i % per_head;
     return static_cast<int64_t>(w < n_near ? near_first + w : far_first + (w - n_near)) * block_m;
   }
 };
 
+// The work of unit `unit` (split pieces first, then the whole key blocks in
+// order) of slice `slice` (b * kv_heads + kv head).  Host and device (the
+// fused backward's schedule check, tests/native/fused_schedule_check.cu, runs it on
+// the host).
 template <int BN, int BM>
-__device__ __forceinline__ DkdvWork dkdv_work(const AttnParams& p, const DkdvSchedule& sched) {
+__host__ __device__ __forceinline__ DkdvWork dkdv_work_at(const AttnParams& p,
+                                                          const DkdvSchedule& sched, int unit,
+                                                          int slice) {
   DkdvWork w;
-  const GridPos pos =
-      grid_pos(sched.n_units(), static_cast<int>(p.batch * p.kv_heads), sched.slices_inner);
   const int kv_heads = static_cast<int>(p.kv_heads);
-  w.unit = pos.unit;
-  w.slice = pos.slice;
-  w.kvh = pos.slice % kv_heads;
-  w.b = pos.slice / kv_heads;
+  w.unit = unit;
+  w.slice = slice;
+  w.kvh = slice % kv_heads;
+  w.b = slice / kv_heads;
   const int n_pieces = sched.n_split_blocks * sched.n_split;
-  const int n_block = pos.unit < n_pieces ? pos.unit / sched.n_split
-                                          : pos.unit - n_pieces + sched.n_split_blocks;
-  w.piece = pos.unit < n_pieces ? pos.unit % sched.n_split : -1;
+  const int n_block = unit < n_pieces ? unit / sched.n_split
+                                      : unit - n_pieces + sched.n_split_blocks;
+  w.piece = unit < n_pieces ? unit % sched.n_split : -1;
   w.group = p.q_heads / p.kv_heads;
   w.j_first = static_cast<int64_t>(n_block) * BN;
   const int64_t j_last = min_of<int64_t>(w.j_first + BN - 1, p.k_len - 1);
@@ -215,6 +219,13 @@ __device__ __forceinline__ DkdvWork dkdv_work(const AttnParams& p, const DkdvSch
   w.first = w.piece < 0 ? 0 : min_of(n_items, w.piece * sched.chunk);
   w.end = w.piece < 0 ? n_items : min_of(n_items, w.first + sched.chunk);
   return w;
+}
+
+template <int BN, int BM>
+__device__ __forceinline__ DkdvWork dkdv_work(const AttnParams& p, const DkdvSchedule& sched) {
+  const GridPos pos =
+      grid_pos(sched.n_units(), static_cast<int>(p.batch * p.kv_heads), sched.slices_inner);
+  return dkdv_work_at<BN, BM>(p, sched, pos.unit, pos.slice);
 }
 
 // A 64 x 64 accumulator tile (32 values per thread) as 16-bit A fragments of

@@ -24,6 +24,14 @@ Fit bwd_fits(const AttnParams& p, Dtype dtype);
 // Bits of `passes` below (same values as cuda::BwdPart in attention_launch.cuh).
 constexpr unsigned kHopperDq = 2;
 constexpr unsigned kHopperDkdv = 4;
+// With kHopperDq | kHopperDkdv: one pass instead of two (SWAA_BWD_HOPPER=4,
+// bwd_fused_sm90.cuh, docs/cuda_kernels.md "v7"): the dk/dv kernel also
+// produces dq through an ordered (deterministic) float32 accumulation.
+constexpr unsigned kHopperFused = 8;
+
+// Whether try_bwd with kHopperFused runs the single pass for this call (its
+// kernel present, enough shared memory); otherwise it runs the two passes.
+bool fused_fits(const AttnParams& p, Dtype dtype);
 
 // When bwd_fits() says kOk: launches on `stream` the preprocessing (delta
 // into `delta`, batch * q_heads * q_len float32, the sm_80 layout, so the

@@ -1,0 +1,688 @@
+// Single-pass Hopper (sm_90a) backward, SWAA_BWD_HOPPER=4 (docs/cuda_kernels.md, "v7"):
+// the dk/dv kernel of bwd_sm90.cuh that also produces dQ, so the dq pass (3
+// more GEMMs per tile: S, dP again and dS K) disappears.  5 GEMMs per
+// (key block, query tile) instead of 4 + 3.
+//
+//   bwd_prep_sm90_kernel     as for the two passes (lse2 / delta, padded);
+//   bwd_fused_sm90_kernel    one CTA per key block (or split sink-block piece),
+//                            items = (query head, query tile of 64) as the
+//                            dk/dv kernel; per item it also computes
+//                            dQ_part (64 x D) = dS (64 x 128 keys) K and adds
+//                            it into a float32 accumulator in global memory;
+//   bwd_dkdv_reduce_kernel   the split pieces' dk/dv, as before;
+//   bwd_fused_dq_out_kernel  dq = accumulator * scale in the output dtype.
+//
+// Determinism.  The additions into one accumulator tile (b, query head, 64
+// rows) happen in a fixed order: the contributing key blocks in DECREASING
+// block index.  A per-tile turn counter in global memory (zeroed before the
+// launch) holds how many contributions are in; the CTA whose rank (the number
+// of contributing blocks above its own, dq_turn()) equals it may add, then
+// bumps it (st.release after its bulk add completed).  Rank 0 stores instead of
+// adding, so the accumulator needs no zeroing.  Every float is summed in the
+// same order on every run: bitwise reproducible, no float atomics.
+//
+// Why decreasing: block n's items sweep its query tiles upwards from its own
+// diagonal tile 2n, so block n reaches tile m at step m - 2n and block n + 1 at
+// step m - 2n - 2: the higher block is naturally two items ahead, and a CTA
+// started together with (or after) its predecessors rarely waits.  The sink
+// blocks (seen by every later query) are the lowest blocks: they add last to
+// every tile, so their pieces run last too.
+//
+// No deadlock.  CTAs take their work from a ticket (atomicAdd on a global
+// counter at start), not from blockIdx: a CTA holding ticket t is resident and
+// running, and the ticket order lists the key blocks of each slice in
+// decreasing order (whole blocks, then the sink pieces), slices inner or
+// outer.  A CTA waits only on contributions of higher blocks of its own slice,
+// whose tickets are smaller, so whose CTAs are resident already and wait only
+// on still smaller tickets: by induction on the ticket every wait ends,
+// whatever the grid size and however many CTAs fit on the device.  Within a
+// CTA, the writer waits on the consumers (stage full) and on other CTAs; the
+// consumers wait on the producer and the writer (stage empty), who never waits
+// on them in turn for the same item.
+//
+// Warp roles (3 warp groups, as the dk/dv kernel): group 0 = producer (thread
+// 0: TMA loads) and dQ writer (thread 32: turn, bulk add, release); groups 1, 2
+// = consumers, 64 keys each.  dS^T of a consumer group is stored (16-bit) into
+// shared memory as dS (64 queries x 64 keys, K-major, 128-byte swizzle, the
+// layout TMA gives Q) so that dS K is a shared-memory wgmma:
+//   D = 128: after a named barrier each group computes 64 of the 128 dQ
+//            columns over all 128 keys (m64n64k16, A = dS, B = K MN-major);
+//   D = 64:  each group computes all 64 columns over its own 64 keys and the
+//            two partials are summed in shared memory (group 0's + group 1's).
+// The 64 x D float32 result goes to a staging buffer (float2 columns XOR-
+// swizzled by row & 7 against bank conflicts; the accumulator in global
+// memory keeps that layout, bwd_fused_dq_out_kernel undoes it), from which the
+// writer adds it with one bulk copy / bulk reduce (cp.reduce.async.bulk .add.f32).
+#pragma once
+
+#include "cuda/hopper/bwd_sm90.cuh"
+
+namespace swaa {
+namespace cuda {
+namespace sm90 {
+
+// ---------------------------------------------------------------------------
+// PTX used only here.
+
+// d (64 x 64) = (accumulate ? d : 0) + A (64 x 16, smem, K-major) * B (16 x 64, smem, MN-major).
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_n64_bmn(float (&d)[32], uint64_t desc_a,
+                                                 uint64_t desc_b, int accumulate);
+#define SWAA_FUSED_ACC8(i)                                                                   \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+      "+f"(d[i + 6]), "+f"(d[i + 7])
+#define SWAA_FUSED_SS64_BMN(TYPE, NAME)                                                        \
+  template <>                                                                                  \
+  __device__ __forceinline__ void wgmma_ss_n64_bmn<TYPE>(float (&d)[32], uint64_t desc_a,      \
+                                                         uint64_t desc_b, int accumulate) {    \
+    asm volatile(                                                                              \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                           \
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." NAME "." NAME                            \
+        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "             \
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"      \
+        ", %32, %33, p, 1, 1, 0, 1;\n}\n"                                                      \
+        : SWAA_FUSED_ACC8(0), SWAA_FUSED_ACC8(8), SWAA_FUSED_ACC8(16), SWAA_FUSED_ACC8(24)     \
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                          \
+  }
+// d (64 x 128) = (accumulate ? d : 0) + A (64 x 16, smem, K-major) * B (16 x 128, smem, MN-major).
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_n128_bmn(float (&d)[64], uint64_t desc_a,
+                                                  uint64_t desc_b, int accumulate);
+#define SWAA_FUSED_SS128_BMN(TYPE, NAME)                                                       \
+  template <>                                                                                  \
+  __device__ __forceinline__ void wgmma_ss_n128_bmn<TYPE>(float (&d)[64], uint64_t desc_a,     \
+                                                          uint64_t desc_b, int accumulate) {   \
+    asm volatile(                                                                              \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                           \
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32." NAME "." NAME                           \
+        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "             \
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "     \
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "     \
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"      \
+        ", %64, %65, p, 1, 1, 0, 1;\n}\n"                                                      \
+        : SWAA_FUSED_ACC8(0), SWAA_FUSED_ACC8(8), SWAA_FUSED_ACC8(16), SWAA_FUSED_ACC8(24),    \
+          SWAA_FUSED_ACC8(32), SWAA_FUSED_ACC8(40), SWAA_FUSED_ACC8(48), SWAA_FUSED_ACC8(56)   \
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                          \
+  }
+SWAA_FUSED_SS64_BMN(__nv_bfloat16, "bf16")
+SWAA_FUSED_SS64_BMN(__half, "f16")
+SWAA_FUSED_SS128_BMN(__nv_bfloat16, "bf16")
+SWAA_FUSED_SS128_BMN(__half, "f16")
+#undef SWAA_FUSED_SS64_BMN
+#undef SWAA_FUSED_SS128_BMN
+#undef SWAA_FUSED_ACC8
+
+// acc (64 x D) = dS (64 x 16 k-step, smem K-major) * K (16 x D, smem MN-major), D = 64 or 128.
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_ss_d_bmn(float (&d)[D / 2], uint64_t desc_a, uint64_t desc_b,
+                                               int accumulate) {
+  if constexpr (D == 128)
+    wgmma_ss_n128_bmn<T>(d, desc_a, desc_b, accumulate);
+  else
+    wgmma_ss_n64_bmn<T>(d, desc_a, desc_b, accumulate);
+}
+
+// Bulk copies shared -> global (bulk-group completion), plain or float32 add.
+__device__ __forceinline__ void bulk_store_global(void* dst, const void* src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(
+                   reinterpret_cast<uint64_t>(dst)),
+               "r"(smem_u32(src)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_add_global_f32(float* dst, const float* src, uint32_t bytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(
+          reinterpret_cast<uint64_t>(dst)),
+      "r"(smem_u32(src)), "r"(bytes)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+// All committed bulk groups have read their shared-memory source.
+__device__ __forceinline__ void bulk_wait_read_all() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+// All committed bulk groups are complete (their writes performed).
+__device__ __forceinline__ void bulk_wait_all() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+// Orders this thread's ordinary shared-memory writes before later async-proxy
+// (wgmma, bulk copy) reads of them.
+__device__ __forceinline__ void fence_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// The same between the generic and async proxies for global memory (turn
+// counter protocol around the bulk adds).
+__device__ __forceinline__ void fence_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+__device__ __forceinline__ int ld_acquire_gpu(const int* ptr) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(ptr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(int* ptr, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(ptr), "r"(v) : "memory");
+}
+// Named barrier 1 over the two consumer warp groups (barrier 0 is __syncthreads).
+__device__ __forceinline__ void consumers_bar_sync() {
+  asm volatile("bar.sync 1, 256;\n" ::: "memory");
+}
+// Named barrier 2 + cg over the 128 threads of consumer group cg.
+__device__ __forceinline__ void group_bar_sync(int cg) {
+  if (cg == 0)  // immediate ids: a register id makes ptxas reserve all 16 barriers
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+  else
+    asm volatile("bar.sync 3, 128;\n" ::: "memory");
+}
+
+// ---------------------------------------------------------------------------
+
+// COLS (D = 128 only, SWAA_BWD_FUSED_DQ=1): each consumer group computes 64 of
+// the dQ columns over all 128 keys (both dS halves, named barrier over the
+// two groups, dS double buffered); otherwise (the default, and D = 64) each
+// group computes all D columns over its own 64 keys and the two parts are
+// summed in the staging buffer (group 1 stores, group 0 adds).
+template <typename T, int D, bool COLS>
+struct alignas(1024) FusedSm90Smem {
+  using C = BwdSm90Config<D>;
+  static constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, ST = C::kKvStages;
+  T k[C::kHalves][BN * C::kHalfCols];
+  T v[C::kHalves][BN * C::kHalfCols];
+  T q[ST][C::kHalves][BM * C::kHalfCols];
+  T dout[ST][C::kHalves][BM * C::kHalfCols];
+  // dS of the item: BM queries x BN keys as two 64-key halves (K-major,
+  // 128-byte swizzle), half cg written by consumer group cg; COLS: double
+  // buffered by item parity (a group may write item n + 1 while the other
+  // still reads item n), else read by its own group only.
+  T ds[COLS ? 2 : 1][BN / 64][BM * 64];
+  float dq[BM * D];  // the item's dQ part, float2 columns swizzled by row & 7
+  float lse2[ST][BM];
+  float delta[ST][BM];
+  int item_row0[ST];  // the stage's item: first query row and query head (from the producer,
+  int item_head[ST];  // so the consumers keep no item decoding in registers)
+  uint64_t kv_full;
+  uint64_t full[ST];
+  uint64_t empty[ST];
+  uint64_t dq_full;   // consumers -> writer: the staging buffer holds the item's dQ part
+  uint64_t dq_empty;  // writer -> consumers: the bulk add has read it
+  uint64_t g1_staged; // group 1 -> group 0: group 1's dQ part is in the staging buffer
+  // Item n's accumulator tile ((b * q_heads + h) * tiles + m) and dq_turn(),
+  // in slot n & 1 (written at the start of item n, read by the writer after
+  // dq_full of item n: the slot's previous reader is two items back).
+  int64_t dq_tile[2];
+  int dq_rank[2], dq_total[2];
+  int ticket;
+};
+
+template <typename T, int D, bool COLS>
+constexpr int fused_sm90_smem_bytes() {
+  return static_cast<int>(sizeof(FusedSm90Smem<T, D, COLS>)) + 1024;
+}
+
+// Global state of the dQ accumulation (workspace; turns and ticket zeroed
+// before each launch).
+struct FusedDq {
+  float* accum;  // (batch, q_heads, q_len_pad, D) float32, columns swizzled per row
+  int* turns;    // (batch, q_heads, q_len_pad / 64): contributions added so far
+  int* ticket;   // CTA start counter
+  int tiles;     // q_len_pad / 64
+};
+
+// The work of the CTA holding `ticket`: the key blocks of a slice in
+// decreasing order (the whole blocks, then the pieces of the split sink
+// blocks, highest block first), slices inner (SWAA_BWD_ORDER=1) or outer.
+template <int BN, int BM>
+__host__ __device__ __forceinline__ DkdvWork fused_work(const AttnParams& p, const DkdvSchedule& sched,
+                                               int ticket) {
+  const int n_slices = static_cast<int>(p.batch * p.kv_heads);
+  const int n_units = sched.n_units();
+  const int order = sched.slices_inner ? ticket / n_slices : ticket % n_units;
+  const int slice = sched.slices_inner ? ticket % n_slices : ticket / n_units;
+  const int n_pieces = sched.n_split_blocks * sched.n_split;
+  const int n_whole = n_units - n_pieces;  // = n_blocks - n_split_blocks
+  int unit;                                // numbering of dkdv_work_at: pieces, then blocks
+  if (order < n_whole) {
+    const int n_block = sched.n_blocks - 1 - order;
+    unit = n_block - sched.n_split_blocks + n_pieces;
+  } else {
+    const int v = order - n_whole;
+    const int n_block = sched.n_split_blocks - 1 - v / sched.n_split;
+    unit = n_block * sched.n_split + v % sched.n_split;
+  }
+  return dkdv_work_at<BN, BM>(p, sched, unit, slice);
+}
+
+// Rank of key block `n_block` among the key blocks that contribute to the dQ
+// tile of query rows [row0, row0 + BM) (those holding a key some row of the
+// tile sees: the sink blocks and the window / full blocks of visible_keys),
+// counted from the highest block down (how many add before it), and their number.
+struct DqTurn {
+  int rank, total;
+};
+template <int BN, int BM>
+__host__ __device__ __forceinline__ DqTurn dq_turn(const AttnParams& p, const Visibility& vis,
+                                          int64_t row0, int n_block) {
+  const int64_t p_first = row0 + p.q_offset;
+  const KeySpan seen = visible_keys(vis, p_first, min_of<int64_t>(p_first + BM - 1, p.k_len - 1));
+  const int head_end = seen.head.empty() ? 0 : static_cast<int>((seen.head.end + BN - 1) / BN);
+  const int body_end = static_cast<int>((seen.body.end - 1) / BN) + 1;
+  const int body_begin = max_of(static_cast<int>(seen.body.begin / BN), head_end);
+  // blocks in [lo, n_blocks) among [0, head_end) u [body_begin, body_end)
+  auto above = [&](int lo) {
+    return max_of(0, head_end - lo) + max_of(0, body_end - max_of(lo, body_begin));
+  };
+  return DqTurn{above(n_block + 1), above(0)};
+}
+
+// The writer's watchdog on one turn (see the writer).
+constexpr uint32_t kTurnMaxPolls = 1u << 26;
+
+// Swizzled float index of (row, column) in a staged / accumulated dQ tile of D
+// columns: float2 column pairs XOR (row & 7) << 2.
+template <int D>
+__device__ __forceinline__ int dq_index(int row, int col) {
+  return row * D + ((((col >> 1) ^ ((row & 7) << 2))) << 1) + (col & 1);
+}
+
+template <typename T, int D, bool COLS>
+__global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
+    bwd_fused_sm90_kernel(const AttnParams p, const float* lse2_pad, const float* delta_pad,
+                          int64_t q_len_pad, const DkdvSchedule sched, const FusedDq fdq,
+                          const __grid_constant__ CUtensorMap tm_q,
+                          const __grid_constant__ CUtensorMap tm_k,
+                          const __grid_constant__ CUtensorMap tm_v,
+                          const __grid_constant__ CUtensorMap tm_do) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = BwdSm90Config<D>;
+  static_assert(!COLS || D == 128, "the column split needs D = 128");
+  using S = FusedSm90Smem<T, D, COLS>;
+  constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, ST = C::kKvStages;
+  constexpr uint32_t kKHalf = C::template half_bytes<BN>();  // between the halves of K, V
+  constexpr uint32_t kQHalf = C::template half_bytes<BM>();  // between the halves of Q, dO
+  constexpr uint32_t kDsHalf = BM * 64 * 2;                  // between the halves of dS
+  static_assert(BN == 128 && BM == 64, "the dS layout assumes 128 keys x 64 queries");
+  extern __shared__ unsigned char smem_raw[];
+  auto& s = aligned_smem<S>(smem_raw);
+
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    s.ticket = atomicAdd(fdq.ticket, 1);
+    mbar_init(&s.kv_full, 1);
+    for (int i = 0; i < ST; ++i) {
+      mbar_init(&s.full[i], 1);
+      mbar_init(&s.empty[i], C::kConsumers * 128);
+    }
+    mbar_init(&s.dq_full, COLS ? 256 : 128);
+    mbar_init(&s.dq_empty, 1);
+    mbar_init(&s.g1_staged, 128);
+    mbar_fence_init();
+  }
+  __syncthreads();
+  const DkdvWork w = fused_work<BN, BM>(p, sched, s.ticket);
+
+  if (wg == 0) {
+    // ------------------------------------------------- producer and dQ writer
+    regs_dealloc<C::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      tma_prefetch_map(&tm_q);
+      tma_prefetch_map(&tm_k);
+      tma_prefetch_map(&tm_v);
+      tma_prefetch_map(&tm_do);
+      const int j0 = static_cast<int>(w.j_first);
+      mbar_arrive_expect_tx(&s.kv_full, 2 * BN * D * 2);
+      for (int half = 0; half < C::kHalves; ++half) {
+        tma_load_4d(s.k[half], &tm_k, &s.kv_full, half * C::kHalfCols, j0, w.kvh, w.b);
+        tma_load_4d(s.v[half], &tm_v, &s.kv_full, half * C::kHalfCols, j0, w.kvh, w.b);
+      }
+      for (int it = w.first; it < w.end; ++it) {
+        const int n = it - w.first, st = n % ST, use = n / ST;
+        if (use > 0) mbar_wait(&s.empty[st], (use - 1) & 1);
+        const int h = static_cast<int>(w.head(it));
+        const int r0 = static_cast<int>(w.row0(it, BM));
+        s.item_row0[st] = r0;  // ordered before the consumers' reads by the full barrier
+        s.item_head[st] = h;
+        mbar_arrive_expect_tx(&s.full[st], 2 * BM * D * 2 + 2 * BM * 4);
+        for (int half = 0; half < C::kHalves; ++half) {
+          tma_load_4d(s.q[st][half], &tm_q, &s.full[st], half * C::kHalfCols, r0, h, w.b);
+          tma_load_4d(s.dout[st][half], &tm_do, &s.full[st], half * C::kHalfCols, r0, h, w.b);
+        }
+        const int64_t col = (static_cast<int64_t>(w.b) * p.q_heads + h) * q_len_pad + r0;
+        bulk_load(s.lse2[st], lse2_pad + col, BM * 4, &s.full[st]);
+        bulk_load(s.delta[st], delta_pad + col, BM * 4, &s.full[st]);
+      }
+    } else if (threadIdx.x == 32) {
+      // The writer: the consumers stage each item's dQ part with its tile and
+      // turn (few registers here: the producer group runs with kProducerRegs).
+      const int count = w.end - w.first;
+      for (int n = 0; n < count; ++n) {
+        mbar_wait(&s.dq_full, n & 1);
+        const int64_t tile = s.dq_tile[n & 1];
+        const int rank = s.dq_rank[n & 1], total = s.dq_total[n & 1];
+        int* counter = fdq.turns + tile;
+        float* dst = fdq.accum + tile * (BM * D);
+        if (rank > 0) {
+          uint32_t polls = 0;
+          while (ld_acquire_gpu(counter) < rank) {
+            __nanosleep(128);
+            // Watchdog: no legitimate wait for one turn takes seconds (it waits
+            // for one bulk add of a CTA that is already running); a wrong rank
+            // would hang the launch, so fail it instead (each poll is an L2
+            // round trip, >= ~0.5 us: 2^26 polls are over 30 s).
+            if (++polls > kTurnMaxPolls) __trap();
+          }
+          fence_async_global();
+          bulk_add_global_f32(dst, s.dq, BM * D * 4);
+        } else {
+          bulk_store_global(dst, s.dq, BM * D * 4);
+        }
+        bulk_commit();
+        bulk_wait_read_all();
+        mbar_arrive(&s.dq_empty);  // the consumers may stage the next item
+        if (rank + 1 < total) {
+          bulk_wait_all();
+          fence_async_global();
+          st_release_gpu(counter, rank + 1);
+        }
+      }
+      bulk_wait_all();  // every add performed before the CTA ends
+    }
+    return;
+  }
+
+  // -------------------------------------------------------------- consumers
+  regs_alloc<C::kConsumerRegs>();
+  const int cg = wg - 1;                    // this group's keys: 64 cg ... 64 cg + 63 of the block
+  const int warp = (threadIdx.x / 32) & 3;  // 16 keys each
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;    // accumulator rows g, g + 8; columns 2t, 2t + 1
+  const int64_t wg_j_first = w.j_first + cg * 64;
+  const int64_t wj_first = wg_j_first + warp * 16;
+  const Visibility vis = p.visibility(w.b);
+  const float scale_log2 = p.scale * kLog2e;
+
+  float dk[D / 2], dv[D / 2];  // element 4 n + e: key row g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+
+  mbar_wait(&s.kv_full, 0);
+  const uint32_t k_addr = smem_u32(s.k[0]) + cg * 64 * 128;  // the group's 64 key rows
+  const uint32_t v_addr = smem_u32(s.v[0]) + cg * 64 * 128;
+
+  const int count = w.end - w.first;
+  for (int n = 0; n < count; ++n) {
+    const int st = n % ST, buf = n & 1;
+    const uint32_t parity = static_cast<uint32_t>((n / ST) & 1);
+    mbar_wait(&s.full[st], parity);
+    const int row0 = s.item_row0[st];
+    const int64_t pos0 = row0 + p.q_offset;  // position of the item's first row
+    // Does any query of the item see any of this group's 64 keys?  (As in the
+    // dk/dv kernel: in a sink block the far rows see only the sink keys.)
+    const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
+    const int64_t wg_j_last = wg_j_first + 63;
+    const bool active = (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
+                        (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
+    T* const ds_mine = s.ds[COLS ? buf : 0][cg];  // this group's dS half
+    // The single dS buffer (keys split) is rewritten below: every warp of the
+    // group must have finished the previous item's dQ wgmma, which reads all
+    // 64 rows of it (a warp's wgmma wait covers its own part only).  The
+    // column split's double buffer is covered by the barrier over both groups.
+    if constexpr (!COLS) {
+      if (n > 0) group_bar_sync(cg);
+    }
+    if (threadIdx.x == 128) {  // the item's tile and turn, for the writer
+      const DqTurn turn = dq_turn<BN, BM>(p, vis, row0, static_cast<int>(w.j_first / BN));
+      s.dq_tile[buf] =
+          (static_cast<int64_t>(w.b) * p.q_heads + s.item_head[st]) * fdq.tiles + row0 / BM;
+      s.dq_rank[buf] = turn.rank;
+      s.dq_total[buf] = turn.total;
+    }
+    if (active) {
+      const uint32_t q_addr = smem_u32(s.q[st][0]);
+      const uint32_t do_addr = smem_u32(s.dout[st][0]);
+      float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
+      fence_regs(sc);
+      fence_regs(dp);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
+        const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
+        wgmma_ss_n64<T>(sc, desc_k_major(k_addr + a_off), desc_k_major(q_addr + b_off), kk > 0);
+      }
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
+        const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
+        wgmma_ss_n64<T>(dp, desc_k_major(v_addr + a_off), desc_k_major(do_addr + b_off), kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(sc);
+      fence_regs(dp);
+
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
+      if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15)) {
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int64_t j = wj_first + g + (e >> 1) * 8;
+            const int64_t pq = pos0 + nb * 8 + 2 * t + (e & 1);
+            if (!(j < p.k_len && vis.visible(pq, j))) sc[4 * nb + e] = -INFINITY;
+          }
+      }
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb) {
+        const float2 l2 = *reinterpret_cast<const float2*>(&s.lse2[st][nb * 8 + 2 * t]);
+        const float2 dl = *reinterpret_cast<const float2*>(&s.delta[st][nb * 8 + 2 * t]);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float prob = exp2f(sc[4 * nb + e] - ((e & 1) ? l2.y : l2.x));
+          sc[4 * nb + e] = prob;
+          dp[4 * nb + e] = prob * (dp[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
+        }
+      }
+      uint32_t pa[4][4], dsa[4][4];  // P^T, dS^T as A fragments (k = the item's 64 queries)
+      pack_a<T>(pa, sc);
+      pack_a<T>(dsa, dp);
+
+      // dS into shared memory as (query, key) of this group's 64-key half:
+      // word wd of dsa[kk] holds queries 16 kk + 8 (wd >> 1) + 2 t (+1) of key
+      // row warp * 16 + g + 8 (wd & 1).  128-byte swizzle: byte (query, key) at
+      // query * 128 + ((key / 8) ^ (query & 7)) * 16 + (key & 7) * 2, where
+      // query & 7 = 2 t + e and key / 8 = 2 warp + (wd & 1): four per-thread
+      // offsets plus compile-time row steps.
+      unsigned char* ds_half = reinterpret_cast<unsigned char*>(ds_mine);
+      int ds_off[2][2];  // [e][wd & 1]
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int w1 = 0; w1 < 2; ++w1)
+          ds_off[e][w1] = (2 * t + e) * 128 + (((2 * warp + w1) ^ (2 * t + e)) << 4) + 2 * g;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int wd = 0; wd < 4; ++wd)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            *reinterpret_cast<uint16_t*>(ds_half + ds_off[e][wd & 1] +
+                                         (16 * kk + 8 * (wd >> 1)) * 128) =
+                static_cast<uint16_t>(e ? (dsa[kk][wd] >> 16) : (dsa[kk][wd] & 0xFFFFu));
+      fence_async_shared();
+      fence_regs(pa);
+      fence_regs(dsa);
+
+      fence_regs(dv);
+      fence_regs(dk);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk)
+        wgmma_rs_d<T, D>(dv, pa[kk], desc_mn_major(do_addr + kk * 16 * 128, kQHalf));
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk)
+        wgmma_rs_d<T, D>(dk, dsa[kk], desc_mn_major(q_addr + kk * 16 * 128, kQHalf));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dv);
+      fence_regs(dk);
+    } else {
+      // No query of the item sees this group's keys: dS = 0 (the dQ product
+      // below runs over both halves unconditionally).
+      uint4* ds_half = reinterpret_cast<uint4*>(ds_mine);
+#pragma unroll
+      for (int i = 0; i < BM * 64 * 2 / 16 / 128; ++i)
+        ds_half[(threadIdx.x & 127) + i * 128] = make_uint4(0, 0, 0, 0);
+      fence_async_shared();
+    }
+
+    // K's address through an opaque move: the B descriptors of the dQ
+    // product are rebuilt here (a few integer ops) rather than hoisted out of
+    // the item loop into registers.
+    uint32_t k_base = smem_u32(s.k[0]);
+    asm volatile("" : "+r"(k_base));
+    if constexpr (COLS) {
+      // dQ columns 64 cg ... 64 cg + 63 over all 128 keys: 8 k16 steps, A =
+      // both dS halves, B = K's 64-column half cg.
+      float dqp[32];  // element 4 n + e: query row warp * 16 + g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) dqp[i] = 0.f;
+      consumers_bar_sync();  // both halves of dS are in shared memory
+      const uint32_t ds_addr = smem_u32(s.ds[buf][0]);
+      fence_regs(dqp);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)
+        wgmma_ss_n64_bmn<T>(dqp, desc_k_major(ds_addr + (kk >> 2) * kDsHalf + (kk & 3) * 32),
+                            desc_mn_major(k_base + cg * kKHalf + kk * 16 * 128, kKHalf), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dqp);
+      mbar_arrive(&s.empty[st]);  // this thread is done with Q, dO of the stage
+
+      if (n > 0) mbar_wait(&s.dq_empty, (n - 1) & 1);  // the writer has read item n - 1
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = warp * 16 + g + 8 * r;
+          *reinterpret_cast<float2*>(&s.dq[dq_index<D>(row, cg * 64 + nb * 8 + 2 * t)]) =
+              make_float2(dqp[4 * nb + 2 * r], dqp[4 * nb + 2 * r + 1]);
+        }
+      fence_async_shared();  // the writer's bulk copy reads the stage
+      mbar_arrive(&s.dq_full);
+    } else {
+      // dQ over this group's 64 keys, all D columns: 4 k16 steps, A = the
+      // group's dS half, B = the group's 64 key rows of K.
+      float dqp[D / 2];  // element 4 n + e: query row warp * 16 + g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) dqp[i] = 0.f;
+      group_bar_sync(cg);  // every thread's dS stores done before the wgmma reads them
+      const uint32_t ds_addr = smem_u32(ds_mine);
+      fence_regs(dqp);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_d_bmn<T, D>(dqp, desc_k_major(ds_addr + kk * 32),
+                             desc_mn_major(k_base + (cg * 64 + kk * 16) * 128, kKHalf), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dqp);
+      mbar_arrive(&s.empty[st]);  // this thread is done with Q, dO of the stage
+
+      // Stage X_0 + X_1: group 1 stores its part, group 0 adds its own to it
+      // and hands the sum to the writer.
+      if (cg == 1) {
+        if (n > 0) mbar_wait(&s.dq_empty, (n - 1) & 1);  // the writer has read item n - 1
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = warp * 16 + g + 8 * r;
+            *reinterpret_cast<float2*>(&s.dq[dq_index<D>(row, nb * 8 + 2 * t)]) =
+                make_float2(dqp[4 * nb + 2 * r], dqp[4 * nb + 2 * r + 1]);
+          }
+        mbar_arrive(&s.g1_staged);
+      } else {
+        mbar_wait(&s.g1_staged, n & 1);  // (so also after the writer's read of item n - 1)
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = warp * 16 + g + 8 * r;
+            float2* at = reinterpret_cast<float2*>(&s.dq[dq_index<D>(row, nb * 8 + 2 * t)]);
+            const float2 other = *at;
+            *at = make_float2(dqp[4 * nb + 2 * r] + other.x, dqp[4 * nb + 2 * r + 1] + other.y);
+          }
+        fence_async_shared();  // the writer's bulk copy reads the stage
+        mbar_arrive(&s.dq_full);
+      }
+    }
+  }
+
+  if (w.piece >= 0) {
+    // Partial sums of a piece, as the dk/dv kernel (bwd_dkdv_reduce_kernel sums them).
+    const int n_pieces = sched.n_split_blocks * sched.n_split;
+    float* dk_part =
+        sched.partial + (static_cast<int64_t>(w.slice) * n_pieces + w.unit) * 2 * BN * D;
+    float* dv_part = dk_part + BN * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = cg * 64 + warp * 16 + g + r * 8;
+#pragma unroll
+      for (int nb = 0; nb < D / 8; ++nb) {
+        *reinterpret_cast<float2*>(dk_part + row * D + nb * 8 + 2 * t) =
+            make_float2(dk[4 * nb + 2 * r], dk[4 * nb + 2 * r + 1]);
+        *reinterpret_cast<float2*>(dv_part + row * D + nb * 8 + 2 * t) =
+            make_float2(dv[4 * nb + 2 * r], dv[4 * nb + 2 * r + 1]);
+      }
+    }
+    return;
+  }
+  T* dk_out = static_cast<T*>(p.dk) + w.b * p.dk_batch_stride + w.kvh * p.dk_head_stride;
+  T* dv_out = static_cast<T*>(p.dv) + w.b * p.dv_batch_stride + w.kvh * p.dv_head_stride;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t key = wj_first + g + r * 8;
+    if (key >= p.k_len) continue;
+    T* dk_row = dk_out + key * p.dk_row_stride;
+    T* dv_row = dv_out + key * p.dv_row_stride;
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) {
+      *reinterpret_cast<uint32_t*>(dk_row + nb * 8 + 2 * t) =
+          MmaOp<T>::pack(dk[4 * nb + 2 * r] * p.scale, dk[4 * nb + 2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(dv_row + nb * 8 + 2 * t) =
+          MmaOp<T>::pack(dv[4 * nb + 2 * r], dv[4 * nb + 2 * r + 1]);
+    }
+  }
+#else
+  __trap();  // built for another target: never launched (the launcher checks first)
+#endif
+}
+
+// dq (output dtype) = accumulator * scale, rows < q_len; one thread per 4 columns.
+template <typename T, int D>
+__global__ void bwd_fused_dq_out_kernel(const AttnParams p, const float* accum, int64_t q_len_pad) {
+  constexpr int kQuads = D / 4;
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t row = idx / kQuads;  // (b * q_heads + h) * q_len_pad + i
+  const int quad = static_cast<int>(idx % kQuads);
+  if (row >= p.batch * p.q_heads * q_len_pad) return;
+  const int64_t i = row % q_len_pad, bh = row / q_len_pad;
+  if (i >= p.q_len) return;
+  const int64_t h = bh % p.q_heads, b = bh / p.q_heads;
+  const int src_quad = quad ^ ((static_cast<int>(i) & 7) << 1);
+  const float4 a = *reinterpret_cast<const float4*>(accum + row * D + src_quad * 4);
+  T* dst = static_cast<T*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride +
+           i * p.dq_row_stride + quad * 4;
+  uint2 out;
+  out.x = MmaOp<T>::pack(a.x * p.scale, a.y * p.scale);
+  out.y = MmaOp<T>::pack(a.z * p.scale, a.w * p.scale);
+  *reinterpret_cast<uint2*>(dst) = out;
+}
+
+}  // namespace sm90
+}  // namespace cuda
+}  // namespace swaa
