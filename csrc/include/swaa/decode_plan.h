@@ -92,7 +92,8 @@ inline SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacit
     // = its resident slots / CTAs per SM), streamed one after the other
     const int64_t lanes = per_sm_cost ? std::max<int64_t>(1, slots / occ.per_sm) : slots;
     const int64_t waves = (ctas_per_split * s + lanes - 1) / lanes;
-    const int64_t cost = waves * (((tiles + s - 1) / s) * tile_keys + kCtaOverhead * kCostUnitKeys) +
+    const int64_t keys_per_cta = ((tiles + s - 1) / s) * tile_keys;
+    const int64_t cost = waves * (keys_per_cta + kCtaOverhead * kCostUnitKeys) +
                          (global ? combine_cost * kCostUnitKeys : 0);
     if (cost < best_cost) best_cost = cost, plan.splits = s, plan.global_combine = global;
   };
