@@ -755,9 +755,12 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
       unsigned int* counter = arrivals + (b * gridDim.y + blockIdx.y);
       __threadfence();  // release: the whole CTA's partials, through the barrier above
       // One RMW counts the arrival and, for the last one (old == splits - 1),
-      // resets the counter to 0 for the next launch; a counter found above
-      // splits - 1 (only if two launches ever shared it) wraps to 0 in the
-      // same RMW, so the damage stays within that launch.
+      // resets the counter to 0 for the next launch: no window between the
+      // count and the reset.  A counter found above splits - 1 (only if two
+      // overlapping launches ever shared it) wraps to 0 in the same RMW
+      // instead of never reaching splits - 1 again.  (One left between 1 and
+      // splits - 1 by such an overlap would still merge later launches
+      // early: the slices keep overlapping launches apart.)
       last = atomicInc(counter, static_cast<unsigned int>(splits - 1)) ==
              static_cast<unsigned int>(splits - 1);
       if (last) __threadfence();  // acquire, before the barrier hands it on
