@@ -18,7 +18,8 @@
 #             over are SKIPPED (listed in the log); run them with TESTS=... in a second call.
 #             Backs: README "Tests" and docs/cuda_kernels.md "Correctness" (the GPU test counts).
 #   sanitize  compute-sanitizer memcheck and racecheck of bench/sanitize_case.py (forward,
-#             backward, ring prefill + split decode with both combines; default kernels), and
+#             backward, ring prefill + split decode with both combines, the global one also
+#             fused, and the fused combine in every tiling; default kernels), and
 #             synccheck of its forward.  ~1 min.  Racecheck may flag TMA / async-proxy or
 #             cluster (DSMEM) accesses: read before believing.
 #             Backs: README "CUDA attention" / docs/cuda_kernels.md "Correctness" (memcheck clean).

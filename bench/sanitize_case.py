@@ -11,7 +11,10 @@ Hopper backward).  Parts (--parts, default all):
   ring  RingKVCache: a padded prefill chunk longer than the window (the ring
         wraps; ring_chunk + ring_append), then decode steps through the split
         decode kernel with each combine (SWAA_DECODE_COMBINE=cluster / global,
-        4 splits)
+        the global one with the combine kernel and fused, SWAA_DECODE_GLOBAL_
+        COMBINE=kernel / fused; 4 splits); then fused decode steps with 24 query
+        heads per KV head (a partial head chunk) in every tiling of the global
+        kernel (SWAA_DECODE_TILE x SWAA_DECODE_STAGES: 64x3, 64x2, 32x4, 32x6)
 
   compute-sanitizer --tool memcheck --error-exitcode 3 python bench/sanitize_case.py
   python bench/sanitize_case.py --device cpu      # the same calls on the CPU (a smoke test)
@@ -57,10 +60,17 @@ def backward_calls(device):
     print("bwd calls done", flush=True)
 
 
+RING_KNOBS = ("SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE", "SWAA_DECODE_GLOBAL_COMBINE",
+              "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES")
+
+
 def ring_calls(device):
+    saved = {name: os.environ.get(name) for name in RING_KNOBS}
     os.environ["SWAA_DECODE_SPLITS"] = "4"
-    for combine in ("cluster", "global"):
+    for combine, global_combine in (("cluster", "kernel"), ("global", "kernel"),
+                                    ("global", "fused")):
         os.environ["SWAA_DECODE_COMBINE"] = combine
+        os.environ["SWAA_DECODE_GLOBAL_COMBINE"] = global_combine
         for D in (64, 128):
             cache = RingKVCache(2, 2, D, window=300, sink=4, dtype=torch.bfloat16, device=device)
             chunk = [torch.randn(2, heads, 333, D, device=device, dtype=torch.bfloat16)
@@ -71,8 +81,24 @@ def ring_calls(device):
                 step = [torch.randn(2, heads, 1, D, device=device, dtype=torch.bfloat16)
                         for heads in (4, 2, 2)]
                 cache.attend(*step)
-    os.environ.pop("SWAA_DECODE_SPLITS")
-    os.environ.pop("SWAA_DECODE_COMBINE")
+    # the fused combine in every tiling of the global kernel (D = 128), 24 query
+    # heads per KV head: CTAs of 16 and 8 heads; 5 splits, one row padded
+    os.environ.update(SWAA_DECODE_COMBINE="global", SWAA_DECODE_GLOBAL_COMBINE="fused",
+                      SWAA_DECODE_SPLITS="5")
+    for tile, stages in ((64, 3), (64, 2), (32, 4), (32, 6)):
+        os.environ.update(SWAA_DECODE_TILE=str(tile), SWAA_DECODE_STAGES=str(stages))
+        cache = RingKVCache(3, 2, 128, window=300, sink=4, dtype=torch.bfloat16, device=device)
+        cache.keys.normal_()
+        cache.values.normal_()
+        cache.seqlens.copy_(torch.tensor([0, 290, 5000], device=device))
+        step = [torch.randn(3, heads, 1, 128, device=device, dtype=torch.bfloat16)
+                for heads in (48, 2, 2)]
+        cache.attend(*step, lengths=torch.tensor([1, 1, 0], device=device))
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     print("ring calls done", flush=True)
 
 

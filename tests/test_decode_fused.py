@@ -88,8 +88,8 @@ def assert_same_bits(a, b):
 
 @pytest.mark.parametrize("balance", [0, 1])  # splits of whole tiles | of equal key counts
 @pytest.mark.parametrize("window,sink", [(1000, 4), (40, 300)])  # (40, 300): sink > window
-@pytest.mark.parametrize("batch,splits", [(1, 2), (1, 5), (1, 17), (1, 33), (8, 2), (8, 4),
-                                          (8, 7), (64, 2), (64, 3)])
+@pytest.mark.parametrize("batch,splits", [(1, 1), (1, 2), (1, 5), (1, 17), (1, 33), (8, 1), (8, 2),
+                                          (8, 4), (8, 7), (64, 2), (64, 3)])
 def test_fused_combine_same_bits_as_combine_kernel(batch, splits, window, sink, balance,
                                                    monkeypatch, capfd):
     Hq, Hkv, D, W, S = 32, 8, 128, window, sink
@@ -114,28 +114,32 @@ def test_fused_combine_same_bits_as_combine_kernel(batch, splits, window, sink, 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tile,stages", [(64, 3), (64, 2), (32, 4), (32, 6)])
 def test_tilings_match_reference_and_fuse_bitwise(dtype, tile, stages, monkeypatch, capfd):
-    # Each tiling of the global kernel (D = 128) under the automatic plan and a
-    # forced split count, kernel and fused combine: right against the reference,
-    # and the two combines give the same bits.  Query heads 24 per KV head: two
-    # CTAs of 16 and 8 heads (a partial head chunk).
+    # Each tiling of the global kernel (D = 128) under two global plans, the
+    # automatic split count (12 here: one split per 64 keys) and a forced 9,
+    # kernel and fused combine: right against the reference, and the two
+    # combines give the same bits.  (COMBINE=global: the automatic plan of the
+    # default tiling would otherwise be a cluster, with no fused combine to
+    # compare.)  Query heads 24 per KV head: two CTAs of 16 and 8 heads (a
+    # partial head chunk).
     B, Hq, Hkv, D, W, S = 5, 48, 2, 128, 700, 5
     case = random_ring(B, Hq, Hkv, D, W, S, dtype, seed=tile * 10 + stages)
-    set_knobs(monkeypatch, TILE=tile, STAGES=stages, VERBOSE=2)
+    set_knobs(monkeypatch, TILE=tile, STAGES=stages, VERBOSE=2, COMBINE="global")
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    split_counts = []
     for splits in ("", "9"):
-        set_knobs(monkeypatch, SPLITS=splits, COMBINE="global" if splits else "")
+        set_knobs(monkeypatch, SPLITS=splits)
         results = {}
         for mode in ("kernel", "fused"):
             set_knobs(monkeypatch, GLOBAL_COMBINE=mode)
             results[mode] = decode(case, W, S, capfd)
             [(n, combine, used, tile_keys, used_stages, _)] = results[mode][4]
-            assert (tile_keys, used_stages) == (tile, stages)
-            if combine == "global":
-                assert used == mode
-            if splits:
-                assert n == 9
+            assert (tile_keys, used_stages, combine, used) == (tile, stages, "global", mode)
+            split_counts.append(n)
         assert_same_bits(results["fused"], results["kernel"])
         check_against_reference(case, results["fused"], W, S, rows=range(B), tol=tol)
+    # one plan per half, the same for both combines, and two different plans
+    assert split_counts[0] == split_counts[1] and split_counts[2:] == [9, 9], split_counts
+    assert split_counts[0] != 9, split_counts
 
 
 @pytest.mark.parametrize("tile,stages", [(64, 3), (32, 4)])
@@ -188,6 +192,124 @@ def test_fused_combine_with_shapes_and_split_counts_interleaved(monkeypatch):
         assert_same_bits(got["fused"], got["kernel"])
 
 
+def test_fused_combine_back_to_back_many_ctas(monkeypatch, capfd):
+    # 64 fused launches queued with no host sync in between (as a model's layers run), the split
+    # count changing from launch to launch (the same counters, other targets), 16896 CTAs at 33
+    # splits (many waves: the last arrival lands on any SM), a new query per launch (a partial read
+    # before it is published gives other bits; under SWAA_POISON_OUTPUTS=1, as bench/gpu_check.sh's
+    # test step runs, the workspace starts as NaN).  The same queue with the combine kernel gives
+    # the same bits.  The repeated calls leave the cache as it was after the first: the same new
+    # key and value go to the same (invisible) slot, and the raw op does not advance seqlens.
+    B, Hq, Hkv, D, W, S = 64, 32, 8, 128, 2044, 4
+    q, k, v, kc, vc, seqlens, lengths = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=77)
+    qs = torch.randn(64, *q.shape, device="cuda").to(q.dtype)
+    split_counts = (2, 7, 33, 5)
+    set_knobs(monkeypatch, COMBINE="global", VERBOSE=2)
+    got = {}
+    for mode in ("fused", "kernel"):
+        set_knobs(monkeypatch, GLOBAL_COMBINE=mode)
+        capfd.readouterr()
+        got[mode] = []
+        for i in range(len(qs)):
+            set_knobs(monkeypatch, SPLITS=split_counts[i % 4])
+            got[mode].append(torch.ops.swaa.ring_decode(qs[i], k, v, kc, vc, seqlens, lengths, W, S,
+                                                        D ** -0.5, 0))
+        plans = plans_of(capfd.readouterr().err)
+        assert [p[:3] for p in plans] == [(split_counts[i % 4], "global", mode)
+                                          for i in range(len(qs))]
+    torch.cuda.synchronize()
+    for i, (a, b) in enumerate(zip(got["fused"], got["kernel"])):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), i
+        assert not torch.isnan(a[0].float()).any(), i
+    # the cache now holds the new key in its slot, which the reference never reads
+    last_case = (qs[-1], k, v, kc, vc, seqlens, lengths)
+    check_against_reference(last_case, (*got["fused"][-1], kc, vc, None), W, S, rows=range(6),
+                            tol=2e-2)
+
+
+def test_cuda_graph_of_several_fused_layers(monkeypatch, capfd):
+    # Four fused decodes (the layers of a model: other caches, other split counts, one of them with
+    # two head chunks) captured in ONE graph, so each replay reuses the graph's counters four times
+    # in a row; 100 replays queued with no host sync, each on new inputs, against eager twins that
+    # combine with the second kernel.
+    torch.manual_seed(31)
+    B, D, W, S = 3, 128, 300, 4
+    layers = [(32, 8, 5), (32, 8, 2), (48, 2, 7), (32, 8, 3)]  # (Hq, Hkv, splits)
+    set_knobs(monkeypatch, COMBINE="global", VERBOSE=2)
+
+    def make_caches():
+        caches = []
+        for i, (Hq, Hkv, _) in enumerate(layers):
+            c = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+            g = torch.Generator(device="cpu").manual_seed(40 + i)
+            c.keys.copy_(torch.randn(c.keys.shape, generator=g))
+            c.values.copy_(torch.randn(c.values.shape, generator=g))
+            c.seqlens.copy_(torch.tensor([0, 280 + i, 5 * W + 9 * i], device="cuda"))
+            caches.append(c)
+        return caches
+
+    graph_caches, eager_caches = make_caches(), make_caches()
+    static = [[torch.randn(B, h, 1, D, dtype=torch.bfloat16, device="cuda") for h in (Hq, Hkv, Hkv)]
+              for Hq, Hkv, _ in layers]
+
+    def step(caches, inputs):
+        outs = []
+        for (_, _, splits), c, x in zip(layers, caches, inputs):
+            set_knobs(monkeypatch, SPLITS=splits)
+            outs.append(c.attend(*x))
+        return outs
+
+    set_knobs(monkeypatch, GLOBAL_COMBINE="fused")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up step, on both sets of caches
+        step(graph_caches, static)
+    torch.cuda.current_stream().wait_stream(side)
+    set_knobs(monkeypatch, GLOBAL_COMBINE="kernel")
+    step(eager_caches, static)
+    set_knobs(monkeypatch, GLOBAL_COMBINE="fused")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step(graph_caches, static)
+    modes = [p[:3] for p in plans_of(capfd.readouterr().err)]
+    assert modes[-4:] == [(n, "global", "fused") for _, _, n in layers], modes
+    set_knobs(monkeypatch, GLOBAL_COMBINE="kernel")
+    graph_outs, eager_outs = [], []
+    for _ in range(100):
+        new = [[torch.randn_like(t) for t in x] for x in static]
+        for x, n in zip(static, new):
+            for t, u in zip(x, n):
+                t.copy_(u)
+        graph.replay()
+        graph_outs.append([o.clone() for o in static_out])
+        eager_outs.append(step(eager_caches, new))
+    torch.cuda.synchronize()
+    for i, (a, b) in enumerate(zip(graph_outs, eager_outs)):
+        for layer, (x, y) in enumerate(zip(a, b)):
+            assert torch.equal(x, y), (i, layer)
+            assert not torch.isnan(x.float()).any(), (i, layer)
+    for g, e in zip(graph_caches, eager_caches):
+        assert torch.equal(g.keys, e.keys) and torch.equal(g.values, e.values)
+        assert torch.equal(g.seqlens, e.seqlens)
+
+
+def test_too_many_pairs_for_the_counters_falls_back_to_the_combine_kernel(monkeypatch, capfd):
+    # 2049 rows x 8 KV heads = 16392 (row, KV head) pairs: more than a slice of counters holds
+    # (16384), so a fused request runs the combine kernel (logged) and gives its bits.
+    B, Hq, Hkv, D, W, S = 2049, 8, 8, 64, 60, 4
+    case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=2049)
+    set_knobs(monkeypatch, COMBINE="global", SPLITS=2, VERBOSE=2)
+    got = {}
+    for mode in ("kernel", "fused"):
+        set_knobs(monkeypatch, GLOBAL_COMBINE=mode)
+        got[mode] = decode(case, W, S, capfd)
+        expected = "kernel" if mode == "kernel" else "kernel, fused not available"
+        assert [p[:3] for p in got[mode][4]] == [(2, "global", expected)]
+    assert_same_bits(got["fused"], got["kernel"])
+    check_against_reference(case, got["fused"], W, S, rows=[0, 1, 2, 3, 1000, 2047, 2048],
+                            tol=2e-2)
+
+
 MANY_STREAMS_SCRIPT = """
 import math, re, sys, torch
 import swaa_ext  # noqa: F401
@@ -213,9 +335,10 @@ print("same bits on", len(results), "streams")
 
 def test_fused_combine_on_many_streams(tmp_path):
     # Each stream gets its own arrival counters; past the slices a device has
-    # (8), a stream falls back to the combine kernel (logged).  Every stream's
-    # result has the combine kernel's bits.  In a subprocess, so that the
-    # slices this uses up stay available to the other tests.
+    # (SWAA_DECODE_ARRIVAL_SLICES=8 here, 32 by default), a stream falls back
+    # to the combine kernel (logged).  Every stream's result has the combine
+    # kernel's bits.  In a subprocess, so that the slices this uses up stay
+    # available to the other tests.
     import os
     import subprocess
     import sys
@@ -223,7 +346,8 @@ def test_fused_combine_on_many_streams(tmp_path):
     case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=5)
     torch.save((*case, W, S), tmp_path / "case.pt")
     env = dict(os.environ, SWAA_DECODE_COMBINE="global", SWAA_DECODE_SPLITS="6",
-               SWAA_DECODE_VERBOSE="2", SWAA_DECODE_GLOBAL_COMBINE="fused")
+               SWAA_DECODE_VERBOSE="2", SWAA_DECODE_GLOBAL_COMBINE="fused",
+               SWAA_DECODE_ARRIVAL_SLICES="8")
     run = subprocess.run([sys.executable, "-c", MANY_STREAMS_SCRIPT, str(tmp_path / "case.pt")],
                          env=env, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -281,3 +405,63 @@ def test_cuda_graph_fused_combine_matches_eager_kernel_combine(tile, stages, bal
     assert graph_cache.seqlens.tolist() == [51, 280 + 51, 5 * W + 9 + 51]
     assert torch.equal(graph_cache.keys, eager_cache.keys)
     assert torch.equal(graph_cache.values, eager_cache.values)
+
+
+CAPTURE_SLICES_SCRIPT = """
+import math, sys, torch
+import swaa_ext  # noqa: F401
+q, k, v, kc, vc, seqlens, lengths, W, S = torch.load(sys.argv[1])
+kc, vc = kc.clone(), vc.clone()
+def decode():
+    return torch.ops.swaa.ring_decode(q, k, v, kc, vc, seqlens, lengths, W, S,
+                                      1 / math.sqrt(q.shape[-1]), 0)
+expected = decode()                       # default stream, eager: slice 0
+x, y = torch.cuda.Stream(), torch.cuda.Stream()
+assert x.cuda_stream != y.cuda_stream
+for s in (x, y):
+    s.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(x):
+    eager_x = decode()                    # stream x, eager: slice 1
+graphs = [torch.cuda.CUDAGraph() for _ in range(3)]
+outs = []
+with torch.cuda.graph(graphs[0], stream=x):
+    outs.append(decode())                 # captured on x: its own slice 2, not x's eager slice
+with torch.cuda.graph(graphs[1], stream=x):
+    outs.append(decode())                 # captured on x again: the same capture slice 2
+with torch.cuda.stream(y):
+    eager_y = decode()                    # stream y, eager: no slice left, combine kernel
+with torch.cuda.graph(graphs[2], stream=y):
+    outs.append(decode())                 # captured on y: no slice left, combine kernel
+torch.cuda.synchronize()
+for _ in range(5):
+    for g in graphs:
+        g.replay()
+torch.cuda.synchronize()
+for out, lse in [eager_x, eager_y, *outs]:
+    assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1])
+print("same bits, eager and 3 graphs")
+"""
+
+
+def test_captures_take_their_own_counter_slice(tmp_path):
+    # Launches captured on a stream use another slice of counters than the eager launches on that
+    # stream (so a pool stream that is also torch's capture stream never shares counters with
+    # graphs), and every graph captured on one stream shares that capture slice.  Seen through the
+    # fallback: with 3 slices, the default stream, stream x and the captures on x take them all,
+    # so stream y (eager and captured) gets the combine kernel.  In a subprocess: the slices it
+    # takes stay free for the other tests.
+    import os
+    import subprocess
+    import sys
+    B, Hq, Hkv, D, W, S = 3, 16, 2, 128, 700, 4
+    case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=6)
+    torch.save((*case, W, S), tmp_path / "case.pt")
+    env = dict(os.environ, SWAA_DECODE_COMBINE="global", SWAA_DECODE_SPLITS="5",
+               SWAA_DECODE_VERBOSE="2", SWAA_DECODE_GLOBAL_COMBINE="fused",
+               SWAA_DECODE_ARRIVAL_SLICES="3")
+    run = subprocess.run([sys.executable, "-c", CAPTURE_SLICES_SCRIPT, str(tmp_path / "case.pt")],
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "same bits, eager and 3 graphs" in run.stdout
+    fallback = "kernel, fused not available"
+    assert [p[2] for p in plans_of(run.stderr)] == ["fused"] * 4 + [fallback] * 2

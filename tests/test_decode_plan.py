@@ -29,9 +29,9 @@ def planner(tmp_path_factory):
                    check=True, capture_output=True, text=True, timeout=120)
 
     def plan(batch, capacity, *, kv_heads=8, requested=0, combine=AUTO, per_sm_cost=False,
-             combine_cost=COMBINE_COST):
+             combine_cost=COMBINE_COST, tile=TILE):
         ctas_per_split = batch * kv_heads  # one head chunk: Hq / Hkv <= 16
-        line = " ".join(map(str, [ctas_per_split, capacity, TILE, MAX_CLUSTER, PER_SM, SMS,
+        line = " ".join(map(str, [ctas_per_split, capacity, tile, MAX_CLUSTER, PER_SM, SMS,
                                   *CLUSTER_SLOTS, requested, combine, SPLITS_MAX, combine_cost,
                                   int(per_sm_cost)]))
         out = subprocess.run([str(exe)], input=line + "\n", capture_output=True, text=True,
@@ -96,3 +96,17 @@ def test_fused_combine_cost_lets_the_plan_take_the_global_combine(planner, batch
                                                                   kernel_plan, fused_plan):
     assert planner(batch, capacity, combine_cost=COMBINE_COST) == kernel_plan
     assert planner(batch, capacity, combine_cost=FUSED_COMBINE_COST) == fused_plan
+
+
+@pytest.mark.parametrize("batch,capacity,expected", [
+    (8, 131072, (4, "global")),   # in 32-key tiles a CTA overhead of 2 tiles would give 33 splits
+    (8, 4100, (4, "global")),
+    (1, 4100, (33, "global")),
+    (64, 4100, (1, "global")),
+])
+def test_cost_counts_keys_whatever_the_tile_size(planner, batch, capacity, expected):
+    # The 32-key tilings (SWAA_DECODE_TILE=32) plan global only; the CTA overhead and the combine
+    # cost are in units of 64 keys, not of the tiling's tiles, so at the same occupancy a 32-key
+    # tiling gets the plan of the 64-key one.
+    for tile in (64, 32):
+        assert planner(batch, capacity, combine=GLOBAL, tile=tile) == expected, tile

@@ -51,6 +51,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "attention_kernels.cuh"  // cp.async, ldmatrix, mma.sync wrappers, swizzle
@@ -318,9 +319,9 @@ __device__ __forceinline__ double fma_rn(double a, double b, double c) { return 
 // Merges the `splits` partial results of query head bh (one (row, head)):
 // part_out [bh][splits][kDim] normalised outputs, part_lse [bh][splits]
 // log-sum-exps in log2 units, in split order.  Threads tid, tid + n_threads,
-// .. write the output dims; thread 0 also writes the lse.  Shared by the
-// combine kernel and the fused combine of the split kernel, so both give
-// the same bits.
+// .. write the output dims; thread 0 also writes the lse.  Used by the
+// combine kernels (global plan and the legacy fp32/fp64 path).  Keep in step
+// with fused_combine: tests/test_decode_fused.py checks bit equality.
 template <typename T, int kDim, typename acc_t>
 __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, int splits,
                                                const acc_t* part_out, const acc_t* part_lse,
@@ -391,7 +392,8 @@ constexpr int default_decode_stages() { return kDim == 128 ? 3 : 4; }
 // split order; then each thread owns kHeads * kDim / kThreads outputs and
 // reads the partials of one split for all of them at once (independent L2
 // loads in flight, not one latency per output and split).  `scratch` holds
-// kHeads * splits + 2 kHeads floats (kFusedMaxSplits bounds splits).
+// kHeads * splits + 2 kHeads floats (kFusedMaxSplits bounds splits).  Keep in
+// step with combine_splits: tests/test_decode_fused.py checks bit equality.
 template <typename T, int kDim, int kThreads, int kHeads>
 __device__ __forceinline__ void fused_combine(const RingParams& p, int64_t bh0, int n_heads,
                                               int splits, const float* part_out,
@@ -500,11 +502,12 @@ __device__ __forceinline__ void cp_async_wait_pending() {
 //   arrivals == nullptr: ring_decode_combine_kernel, a second launch;
 //   arrivals != nullptr (fused, SWAA_DECODE_GLOBAL_COMBINE=fused): one
 //     counter per (row, KV head, head chunk), zero between launches.  Each
-//     CTA publishes its partials (__threadfence), then arrives (atomicAdd);
-//     the CTA that arrives last has every split's partials visible, merges
-//     them with the combine kernel's code (combine_splits: same order, same
-//     bits) and puts the counter back to 0 for the next launch or graph
-//     replay.  No second launch, no waiting CTA.
+//     CTA publishes its partials (__threadfence), then arrives (atomicInc,
+//     which also puts the counter back to 0 for the next launch or graph
+//     replay when the last split arrives); the CTA that arrives last has
+//     every split's partials visible and merges them with fused_combine, a
+//     second implementation of combine_splits' arithmetic in the same order
+//     (same bits).  No second launch, no waiting CTA.
 template <typename T, int kDim, bool kGlobalCombine, int kWarps = 4,
           int kStages = default_decode_stages<kDim>()>
 __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThreads,
@@ -740,20 +743,29 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   }
   if constexpr (kGlobalCombine) {
     if (arrivals == nullptr) return;  // ring_decode_combine_kernel finishes
-    // Fused combine.  Release: this thread's partials reach L2 before the
-    // CTA arrives.
+    // Fused combine, in the pattern of cooperative_groups' grid sync: every
+    // thread's partials are ordered before thread 0's arrival by the barrier
+    // and thread 0's fence (release); the last arrival's fence after its
+    // atomic (acquire) is handed to the CTA's other threads by the barrier
+    // that follows.  The per-thread fence is belt and braces.
     __threadfence();
     __syncthreads();
     bool last = true;  // one split: nothing to wait for
     if (threadIdx.x == 0 && splits > 1) {
       unsigned int* counter = arrivals + (b * gridDim.y + blockIdx.y);
-      __threadfence();
-      last = atomicAdd(counter, 1u) == static_cast<unsigned int>(splits - 1);
-      // Every split has arrived: none touches the counter again in this launch.
-      if (last) atomicExch(counter, 0u);
+      __threadfence();  // release: the whole CTA's partials, through the barrier above
+      // One RMW counts the arrival and, for the last one (old == splits - 1),
+      // resets the counter to 0 for the next launch: no window between the
+      // count and the reset.  A counter found above splits - 1 (only if two
+      // overlapping launches ever shared it) wraps to 0 in the same RMW
+      // instead of never reaching splits - 1 again.  (One left between 1 and
+      // splits - 1 by such an overlap would still merge later launches
+      // early: the slices keep overlapping launches apart.)
+      last = atomicInc(counter, static_cast<unsigned int>(splits - 1)) ==
+             static_cast<unsigned int>(splits - 1);
+      if (last) __threadfence();  // acquire, before the barrier hands it on
     }
     if (!__syncthreads_or(threadIdx.x == 0 && last)) return;
-    __threadfence();  // acquire: the other splits' partials (read from L2, load_partial)
     fused_combine<T, kDim, C::kThreads, C::kHeads>(p, b * p.q_heads + h0, n_heads, splits,
                                                      part_out, part_lse,
                                                      reinterpret_cast<float*>(decode_smem));
@@ -1092,11 +1104,20 @@ int compute_major() {
 //                              second kernel (default) or the CTA of each
 //                              (row, KV head) that arrives last (no second
 //                              launch; bitwise the same results; off by
-//                              default until measured: bench/decode3_gpu.sh).
+//                              default until measured: the decode step of
+//                              bench/gpu_check.sh).  Graphs that use it and
+//                              may replay concurrently must be captured on
+//                              distinct streams (torch.cuda.graph(g,
+//                              stream=...)): graphs captured on one stream
+//                              (torch's default capture stream included)
+//                              share one set of counters (arrival_counters).
 //                              (Not SWAA_DECODE_COMBINE: that one already
 //                              picks cluster | global.)  Fused also lowers
 //                              the global combine's cost in the plan
-//                              (kFusedCombineCost);
+//                              (kFusedCombineCost) when it can run;
+//   SWAA_DECODE_ARRIVAL_SLICES=N  at most N (<= 32) slices of the fused
+//                              combine's counters per device (tests: the
+//                              fallback to the kernel combine);
 //   SWAA_DECODE_BALANCE=1      splits of equal key counts instead of whole
 //                              tiles (W + S = 4100, 4 splits: 1025 keys each
 //                              instead of 1088, 1088, 1088, 836); unmeasured;
@@ -1195,32 +1216,54 @@ void with_decode_tiling(DecodeTiling tiling, F&& f) {
 
 // Arrival counters of the fused combine: one per (row, KV head, head chunk)
 // of a launch, zero at module load and put back to zero by the CTA that
-// combines, so no launch (and no graph replay) clears them.  Launches that
-// overlap in time must not share counters: each stream that launches the
-// fused combine gets its own slice (a graph keeps the slice of the stream it
-// was captured on).  Past kArrivalSlices streams per device, or past
-// kArrivalsPerSlice (row, KV head) pairs, the kernel combine runs instead.
-constexpr int kArrivalSlices = 8;
+// combines (atomicInc), so no launch (and no graph replay) clears them.
+// Launches that overlap in time must not share counters, so they come in
+// slices, handed out first come first served and never released, one per key
+//   (device, stream, capturing):
+// each stream that launches the fused combine eagerly gets a slice, and the
+// launches captured on a stream get ANOTHER slice, which every graph captured
+// on that stream shares (a graph keeps the slice of its capture).  So eager
+// launches never share counters with graphs, even on a pool stream that
+// happens to be torch's capture stream (torch.cuda.graph without stream=
+// captures on one pool stream for the whole process).  The rule this leaves:
+// graphs that use the fused combine and may replay concurrently must be
+// captured on distinct streams (torch.cuda.graph(g, stream=...)); graphs
+// captured with the default arguments share one slice and must replay one
+// after the other (docs/ring_cache.md).  Past kArrivalSlices keys per device
+// (SWAA_DECODE_ARRIVAL_SLICES=N: fewer, for tests), or past kArrivalsPerSlice
+// (row, KV head, head chunk) triples, the kernel combine runs instead.
+// 32 x 16384 counters: 2 MiB of device memory per device.
+constexpr int kArrivalSlices = 32;
 constexpr int kArrivalsPerSlice = 16384;
 __device__ unsigned int g_decode_arrivals[kArrivalSlices * kArrivalsPerSlice];
 
 unsigned int* arrival_counters(cudaStream_t stream) {
   static std::mutex mutex;
-  static std::map<std::pair<int, cudaStream_t>, int> slice_of;
+  static std::map<std::tuple<int, cudaStream_t, bool>, int> slice_of;
   static unsigned int* base[64] = {};
   static int slices_used[64] = {};
   const int device = c10::cuda::current_device();
   if (device >= 64) return nullptr;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
+    // e.g. the legacy stream while another stream captures: the launch
+    // fails in its own right; the kernel combine's launch check reports it
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  const bool capturing = capture == cudaStreamCaptureStatusActive;
+  const int64_t max_slices =
+      decode_env_int("SWAA_DECODE_ARRIVAL_SLICES", kArrivalSlices, 0, kArrivalSlices);
   std::lock_guard<std::mutex> lock(mutex);
   if (base[device] == nullptr) {
     void* address = nullptr;
     C10_CUDA_CHECK(cudaGetSymbolAddress(&address, g_decode_arrivals));
     base[device] = static_cast<unsigned int*>(address);
   }
-  auto it = slice_of.find({device, stream});
+  auto it = slice_of.find({device, stream, capturing});
   if (it == slice_of.end()) {
-    if (slices_used[device] == kArrivalSlices) return nullptr;
-    it = slice_of.emplace(std::make_pair(device, stream), slices_used[device]++).first;
+    if (slices_used[device] >= max_slices) return nullptr;
+    it = slice_of.emplace(std::make_tuple(device, stream, capturing), slices_used[device]++).first;
   }
   return base[device] + int64_t(it->second) * kArrivalsPerSlice;
 }
@@ -1287,20 +1330,26 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int64_t pairs = p.batch * p.kv_heads * head_chunks;
   const int64_t requested =
       num_splits > 0 ? num_splits : decode_env_int("SWAA_DECODE_SPLITS", 0, 1, 1 << 20);
-  const bool fused = fused_combine_requested();
+  const bool fused_requested = fused_combine_requested();
+  // Whether the fused combine can run is known before planning (a slice of
+  // counters for this stream, few enough (row, KV head) pairs), so the plan
+  // uses the cost of the combine that will run.  A slice taken here stays
+  // this stream's even if the plan comes out as a cluster.
+  unsigned int* arrivals = nullptr;
+  if (fused_requested && pairs <= kArrivalsPerSlice) arrivals = arrival_counters(stream);
+  const bool fused = arrivals != nullptr;
+  const int64_t splits_max = decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20);
   // Only the default tiling has a cluster kernel: the others plan global.
   const DecodeCombine combine = kDefaultTiling ? decode_combine_knob() : DecodeCombine::kGlobal;
   const SplitDecodePlan plan = plan_split_decode(
       pairs, p.ring.capacity(), C::kTileKeys, C::kMaxSplits,
       split_decode_occupancy<T, kDim, kWarps, kStages>(), requested, combine,
-      decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20),
+      fused ? std::min<int64_t>(splits_max, C::kFusedMaxSplits) : splits_max,
       decode_env_int("SWAA_DECODE_COMBINE_COST", global_combine_cost(fused), 0, 1 << 20),
       decode_cost_knob_is_sm());
   const int64_t splits = plan.splits;
   const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
-  unsigned int* arrivals = nullptr;
-  if (plan.global_combine && fused && splits <= C::kFusedMaxSplits && pairs <= kArrivalsPerSlice)
-    arrivals = arrival_counters(stream);
+  if (!plan.global_combine || splits > C::kFusedMaxSplits) arrivals = nullptr;
   const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
   if (verbose == 2 ||
       (verbose == 1 &&
@@ -1315,7 +1364,7 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                  static_cast<long long>(splits), plan.global_combine ? "global" : "cluster",
                  !plan.global_combine ? "dsmem"
                  : arrivals != nullptr ? "fused"
-                 : fused ? "kernel, fused not available"
+                 : fused_requested ? "kernel, fused not available"
                          : "kernel",
                  C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "");
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
@@ -1326,6 +1375,10 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     const auto opts = like.options().dtype(at::kFloat);
     at::Tensor part_out = at::empty({p.batch * p.q_heads * splits * kDim}, opts);
     at::Tensor part_lse = at::empty({p.batch * p.q_heads * splits}, opts);
+    if (poison_decode_outputs()) {  // a partial read before it is published shows up as NaN
+      part_out.fill_(std::numeric_limits<float>::quiet_NaN());
+      part_lse.fill_(std::numeric_limits<float>::quiet_NaN());
+    }
     ring_decode_split_kernel<T, kDim, true, kWarps, kStages>
         <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, static_cast<int>(head_chunks),
                                                        split_align, part_out.data_ptr<float>(),

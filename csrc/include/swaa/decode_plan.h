@@ -16,6 +16,11 @@ enum class DecodeCombine { kAuto, kCluster, kGlobal };
 // covers a 131k-key row with 33 splits per (row, KV head) at B = 1, Hkv = 8;
 // 1024 leaves room for B = 1 with one KV head.
 constexpr int64_t kDecodeSplitsMax = 1024;
+// The plan's costs are counted in keys streamed by one CTA; the constants
+// below are in units of kCostUnitKeys keys (one 64-key tile of the default
+// tiling), whatever the tiling's own tile size (32-key tilings weigh the
+// overheads the same).
+constexpr int64_t kCostUnitKeys = 64;
 // Cost of the second kernel of the global combine (launch + reading the
 // partial results), in units of one 64-key tile of one CTA (~2 us when the
 // GPU streams at full bandwidth).
@@ -23,7 +28,8 @@ constexpr int64_t kGlobalCombineCost = 2;
 // Cost of the fused global combine (SWAA_DECODE_GLOBAL_COMBINE=fused: the
 // CTA that finishes a row last merges its splits, no second launch): the
 // last CTA reads the partials back from L2 and writes the output, ~1 us, half
-// the second kernel's cost.  Unmeasured (bench/decode3_gpu.sh measures it).
+// the second kernel's cost.  Unmeasured (the decode step of bench/gpu_check.sh
+// measures it).
 constexpr int64_t kFusedCombineCost = 1;
 // Cost of a CTA besides its tiles: pipeline start-up (first tiles in flight,
 // query fragments) and the merge of warps and splits.
@@ -54,10 +60,11 @@ struct SplitDecodePlan {
 
 // The split count and combine of the split decode, from static sizes only
 // (batch, heads, ring capacity, occupancy): never from seqlens, so a captured
-// graph stays valid.  Cost of a plan = waves of CTAs x (64-key tiles per CTA +
-// kCtaOverhead), + combine_cost (global_combine_cost(fused) unless
-// SWAA_DECODE_COMBINE_COST is set) for the global combine; the capacity (+ the
-// new key) stands for the row length.  Cluster plans use 1..8 splits, global
+// graph stays valid.  Cost of a plan, in keys = waves of CTAs x (keys of the
+// tiles per CTA + kCtaOverhead units), + combine_cost units
+// (global_combine_cost(fused) unless SWAA_DECODE_COMBINE_COST is set) for the
+// global combine, a unit being kCostUnitKeys keys; the capacity (+ the new
+// key) stands for the row length.  Cluster plans use 1..8 splits, global
 // plans 2..min(tiles, SWAA_DECODE_SPLITS_MAX); the cheapest wins, ties going
 // to fewer splits and to the cluster (one launch).  `requested` (the op's
 // num_splits, else SWAA_DECODE_SPLITS) fixes the count: a cluster when it is
@@ -85,7 +92,9 @@ inline SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacit
     // = its resident slots / CTAs per SM), streamed one after the other
     const int64_t lanes = per_sm_cost ? std::max<int64_t>(1, slots / occ.per_sm) : slots;
     const int64_t waves = (ctas_per_split * s + lanes - 1) / lanes;
-    const int64_t cost = waves * ((tiles + s - 1) / s + kCtaOverhead) + (global ? combine_cost : 0);
+    const int64_t keys_per_cta = ((tiles + s - 1) / s) * tile_keys;
+    const int64_t cost = waves * (keys_per_cta + kCtaOverhead * kCostUnitKeys) +
+                         (global ? combine_cost * kCostUnitKeys : 0);
     if (cost < best_cost) best_cost = cost, plan.splits = s, plan.global_combine = global;
   };
   if (combine != DecodeCombine::kGlobal)
