@@ -31,10 +31,11 @@
 #   fused     the single-pass Hopper backward (SWAA_BWD_HOPPER=4, docs/cuda_kernels.md "v7",
 #             written without a GPU): the host check of its schedule (nvcc, no GPU), a smoke test
 #             under 60 s (bench/fused_smoke.py: a deadlock cannot eat the call; the step stops
-#             when it fails), tests/test_bwd_hopper.py -k fused, compute-sanitizer memcheck and
-#             racecheck of the backward with the knob (memcheck also with SWAA_BWD_FUSED_DQ=1),
-#             per-kernel times (tune --parts bwd-fused), fwd+bwd swaa vs swaa-fused vs
-#             swaa-fused-cols vs flex at N=32768 (FUSED_BENCH_ARGS).  ~4.5 min (estimate).
+#             when it fails), tests/test_bwd_fused.py (turn watchdog 2^22 polls, ~2-4 s, in
+#             both), compute-sanitizer memcheck, racecheck and synccheck of the backward with
+#             the knob, both dQ splits (SWAA_BWD_FUSED_DQ=0/1; watchdog off: the tools stretch
+#             the waits), per-kernel times (tune --parts bwd-fused), fwd+bwd swaa vs swaa-fused
+#             vs swaa-fused-cols vs flex at N=32768 (FUSED_BENCH_ARGS).  ~5 min (estimate).
 #             Backs: docs/cuda_kernels.md "v7" (to be measured).
 #   bench     issue 3's grid: bench/bench_cuda_kernels.py, swaa vs flex vs sdpa, fwd and fwd+bwd,
 #             D 128/64, N 8k/32k/128k, W 1024/4096, S 0/4/128; then the plot and the ratios from
@@ -272,17 +273,21 @@ step_fused() {
     | awk '/Function : .*bwd_fused_sm90_kernel/{on=1} /Function : /&&!/bwd_fused_sm90_kernel/{on=0} on' \
     | grep -o -E "HGMMA[.0-9a-zA-Z]*|UBLKRED[.A-Z0-9]*|UBLKCP[.A-Z]*|LDL|STL" | sort | uniq -c \
     > "$STEP_DIR/sass_counts.txt" 2>&1
-  TAIL_LINES=30 run_part smoke 60 python bench/fused_smoke.py || return
-  run_part test_bwd_hopper_fused "${TEST_TIMEOUT:-300}" env SWAA_POISON_OUTPUTS=1 \
-    python -X faulthandler -m pytest -q -ra --maxfail=10 -p no:cacheprovider \
-    tests/test_bwd_hopper.py -k fused
-  local san=$CUDA_HOME/bin/compute-sanitizer
-  run_part memcheck "${SAN_TIMEOUT:-240}" env SWAA_BWD_HOPPER=4 "$san" --tool memcheck \
-    --error-exitcode 3 python bench/sanitize_case.py --parts bwd
-  run_part racecheck "${SAN_TIMEOUT:-240}" env SWAA_BWD_HOPPER=4 "$san" --tool racecheck \
-    --error-exitcode 3 python bench/sanitize_case.py --parts bwd
-  run_part memcheck_cols "${SAN_TIMEOUT:-240}" env SWAA_BWD_HOPPER=4 SWAA_BWD_FUSED_DQ=1 "$san" \
-    --tool memcheck --error-exitcode 3 python bench/sanitize_case.py --parts bwd
+  local watchdog=$((1 << 22))  # polls of one turn before the writer traps: ~2-4 s
+  TAIL_LINES=30 run_part smoke 60 env SWAA_BWD_FUSED_WATCHDOG=$watchdog \
+    python bench/fused_smoke.py || return
+  run_part test_bwd_fused "${TEST_TIMEOUT:-300}" env SWAA_POISON_OUTPUTS=1 \
+    SWAA_BWD_FUSED_WATCHDOG=$watchdog python -X faulthandler -m pytest -q -ra --maxfail=10 \
+    -p no:cacheprovider tests/test_bwd_fused.py
+  # the sanitizers, keys split (the default) and columns split, the watchdog off (0)
+  local san=$CUDA_HOME/bin/compute-sanitizer tool cols
+  for cols in 0 1; do
+    for tool in memcheck racecheck synccheck; do
+      run_part "${tool}$([[ $cols == 1 ]] && echo _cols)" "${SAN_TIMEOUT:-240}" env \
+        SWAA_BWD_HOPPER=4 SWAA_BWD_FUSED_DQ=$cols SWAA_BWD_FUSED_WATCHDOG=0 "$san" \
+        --tool "$tool" --error-exitcode 3 python bench/sanitize_case.py --parts bwd
+    done
+  done
   run_part tune_bwd_fused "${TUNE_TIMEOUT:-240}" python bench/tune_cuda_kernels.py \
     --parts bwd-fused --out "$STEP_DIR/cuda_tuning.jsonl"
   # shellcheck disable=SC2086

@@ -98,3 +98,14 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = q.to(compute_dtype) @ kc.transpose(-1, -2) * scale
     return (scores.masked_fill(~mask, float("-inf")).softmax(-1) @ vc).to(q.dtype)
+
+
+def tile_rel_err(a: torch.Tensor, b: torch.Tensor, rows: int = 64) -> float:
+    """Largest difference of ``a`` from ``b`` (both (..., L, D)) per tile of ``rows`` rows,
+    relative to the largest ``|b|`` of that tile (1e-6 at least): a global bound can miss one
+    lost contribution to a tile that sums many (tests of the single-pass backward's dq)."""
+    pad = (-b.shape[-2]) % rows
+    a, b = (torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).unflatten(-2, (-1, rows))
+            for x in (a, b))
+    err = (a - b).abs().amax((-1, -2)) / b.abs().amax((-1, -2)).clamp_min(1e-6)
+    return err.max().item() if err.numel() else 0.0

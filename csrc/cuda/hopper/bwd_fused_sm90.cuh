@@ -224,10 +224,12 @@ constexpr int fused_sm90_smem_bytes() {
 // Global state of the dQ accumulation (workspace; turns and ticket zeroed
 // before each launch).
 struct FusedDq {
-  float* accum;  // (batch, q_heads, q_len_pad, D) float32, columns swizzled per row
-  int* turns;    // (batch, q_heads, q_len_pad / 64): contributions added so far
-  int* ticket;   // CTA start counter
-  int tiles;     // q_len_pad / 64
+  float* accum;        // (batch, q_heads, q_len_pad, D) float32, columns swizzled per row
+  int* turns;          // (batch, q_heads, q_len_pad / 64): contributions added so far
+  int* ticket;         // CTA start counter
+  int tiles;           // q_len_pad / 64
+  uint32_t max_polls;  // the writer's watchdog: polls of one turn before it traps
+                       // (SWAA_BWD_FUSED_WATCHDOG; UINT32_MAX: never)
 };
 
 // The work of the CTA holding `ticket`: the key blocks of a slice in
@@ -276,8 +278,23 @@ __host__ __device__ __forceinline__ DqTurn dq_turn(const AttnParams& p, const Vi
   return DqTurn{above(n_block + 1), above(0)};
 }
 
-// The writer's watchdog on one turn (see the writer).
+// The writer's watchdog on one turn (see the writer), by default: each poll is
+// an L2 round trip plus a 128 ns sleep (~0.4-0.9 us), so 2^26 polls are
+// ~30-60 s.  SWAA_BWD_FUSED_WATCHDOG overrides it per launch (FusedDq::max_polls).
 constexpr uint32_t kTurnMaxPolls = 1u << 26;
+
+// Ordinary shared-memory loads through the shared window (the writer's item
+// slots; a generic load of them would go through generic addressing).
+__device__ __forceinline__ int ld_shared_b32(const void* ptr) {
+  int v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(smem_u32(ptr)) : "memory");
+  return v;
+}
+__device__ __forceinline__ int64_t ld_shared_b64(const void* ptr) {
+  int64_t v;
+  asm volatile("ld.shared.b64 %0, [%1];\n" : "=l"(v) : "r"(smem_u32(ptr)) : "memory");
+  return v;
+}
 
 // Swizzled float index of (row, column) in a staged / accumulated dQ tile of D
 // columns: float2 column pairs XOR (row & 7) << 2.
@@ -358,8 +375,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       const int count = w.end - w.first;
       for (int n = 0; n < count; ++n) {
         mbar_wait(&s.dq_full, n & 1);
-        const int64_t tile = s.dq_tile[n & 1];
-        const int rank = s.dq_rank[n & 1], total = s.dq_total[n & 1];
+        const int64_t tile = ld_shared_b64(&s.dq_tile[n & 1]);
+        const int rank = ld_shared_b32(&s.dq_rank[n & 1]);
+        const int total = ld_shared_b32(&s.dq_total[n & 1]);
         int* counter = fdq.turns + tile;
         float* dst = fdq.accum + tile * (BM * D);
         if (rank > 0) {
@@ -368,9 +386,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
             __nanosleep(128);
             // Watchdog: no legitimate wait for one turn takes seconds (it waits
             // for one bulk add of a CTA that is already running); a wrong rank
-            // would hang the launch, so fail it instead (each poll is an L2
-            // round trip, >= ~0.5 us: 2^26 polls are over 30 s).
-            if (++polls > kTurnMaxPolls) __trap();
+            // would hang the launch, so fail it instead (fdq.max_polls: 2^26 by
+            // default, ~30-60 s; UINT32_MAX never trips: polls wraps first).
+            if (++polls > fdq.max_polls) __trap();
           }
           fence_async_global();
           bulk_add_global_f32(dst, s.dq, BM * D * 4);

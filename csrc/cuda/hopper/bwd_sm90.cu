@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "cuda/bwd_plan.cuh"  // ceil_div, knob, split_knob, plan_dkdv, kBwdOrder
 #include "cuda/hopper/bwd_fused_sm90.cuh"  // includes bwd_sm90.cuh
@@ -64,6 +65,46 @@ bool device_ok() {
        kernels_present<__half, 64>();
   if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
   return ok;
+}
+
+// Every variant of the single pass fits the sm_90 opt-in (227 KB per block);
+// the column split sits exactly at it, so growth must fail here, not turn
+// knob 4 into the two passes at run time (fused_device_ok()).
+constexpr int kSm90SmemOptin = 227 * 1024;
+static_assert(fused_sm90_smem_bytes<__nv_bfloat16, 128, true>() <= kSm90SmemOptin &&
+                  fused_sm90_smem_bytes<__half, 128, true>() <= kSm90SmemOptin,
+              "single pass, D=128, dQ split by columns: over the sm_90 shared-memory opt-in");
+static_assert(fused_sm90_smem_bytes<__nv_bfloat16, 128, false>() <= kSm90SmemOptin &&
+                  fused_sm90_smem_bytes<__half, 128, false>() <= kSm90SmemOptin,
+              "single pass, D=128, dQ split by keys: over the sm_90 shared-memory opt-in");
+static_assert(fused_sm90_smem_bytes<__nv_bfloat16, 64, false>() <= kSm90SmemOptin &&
+                  fused_sm90_smem_bytes<__half, 64, false>() <= kSm90SmemOptin,
+              "single pass, D=64: over the sm_90 shared-memory opt-in");
+
+// SWAA_BWD_FUSED_WATCHDOG = polls of one turn before the single pass's writer
+// traps (default kTurnMaxPolls, ~30-60 s; the tests and the smoke use 2^22,
+// ~2-4 s; 0 = never, for compute-sanitizer runs, where legitimate waits
+// stretch).  Read at every launch; other values are ignored.
+uint32_t fused_watchdog() {
+  const char* env = std::getenv("SWAA_BWD_FUSED_WATCHDOG");
+  if (env == nullptr || env[0] == '\0') return kTurnMaxPolls;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  if (*end != '\0' || v < 0 || v > 0xFFFFFFFFll) return kTurnMaxPolls;
+  return v == 0 ? 0xFFFFFFFFu : static_cast<uint32_t>(v);
+}
+
+// Debug knob of the tests (as for swaa::bwd's outputs, ops.cpp):
+// SWAA_POISON_OUTPUTS=1 also fills the single pass's float32 dQ accumulator
+// with NaN before the launch, so a tile whose rank-0 store is missing or
+// misdirected shows up as NaN instead of the previous call's values (the
+// caching allocator hands the same block back).  Read once per process.
+bool poison_accumulator() {
+  static const bool poison = [] {
+    const char* env = std::getenv("SWAA_POISON_OUTPUTS");
+    return env != nullptr && env[0] != '\0' && env[0] != '0';
+  }();
+  return poison;
 }
 
 // The single-pass kernel: present in the image and its shared memory
@@ -228,8 +269,13 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   fdq.turns = reinterpret_cast<int*>(fdq.accum + n_pad * D + n_partial);
   fdq.ticket = fdq.turns + p.batch * p.q_heads * tiles;
   fdq.tiles = static_cast<int>(tiles);
+  fdq.max_polls = fused_watchdog();
   cudaError_t err = cudaMemsetAsync(fdq.turns, 0, n_ints * sizeof(int), stream);
   if (err != cudaSuccess) return err;
+  if (poison_accumulator()) {  // 0xFFFFFFFF is a float NaN
+    err = cudaMemsetAsync(fdq.accum, 0xFF, n_pad * D * sizeof(float), stream);
+    if (err != cudaSuccess) return err;
+  }
 
   constexpr int kPrepThreads = 256;
   bwd_prep_sm90_kernel<T, D>

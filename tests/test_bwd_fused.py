@@ -1,0 +1,226 @@
+"""GPU tests of the single-pass Hopper backward (SWAA_BWD_HOPPER=4,
+csrc/cuda/hopper/bwd_fused_sm90.cuh, docs/cuda_kernels.md "v7"): one kernel over
+key blocks computes dk, dv and adds each item's dQ part into a float32
+accumulator in a fixed order (turn counters).  Kept apart from
+tests/test_bwd_hopper.py (the default backward): the GPU test step runs each
+file in its own process, so a trap of this kernel (its turn watchdog) or a
+hang cannot spoil the default path's results.
+
+Here: the tests of test_bwd_hopper.py that take `both_passes` or `bwd_hopper`
+again, with knob 4 (the mask grid, split sink blocks, 8k, 32k, agreement with
+sm_80, repeatability, strides, autograd, poisoned outputs; imported, their
+fixtures below), and the single pass's own tests: dk/dv bitwise equal to knob
+1's, dq against the float64 reference and per 64-row tile against knob 1's,
+dq bitwise under every CTA schedule, long turn chains in a subprocess with a
+time limit.  The turn watchdog is short here (SWAA_BWD_FUSED_WATCHDOG = 2^22
+polls, ~2-4 s, unless set).  Skipped without a GPU or without the kernel.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import swaa_ext
+from swaa_ext.reference import tile_rel_err
+
+from test_bwd_hopper import (  # noqa: F401  (test_*: collected here again, with knob 4)
+    PATHS,
+    bwd,
+    check_grads,
+    full_from_of,
+    fwd,
+    hopper_bwd_available,
+    inputs,
+    mask_kwargs,
+    test_agrees_with_sm80_backward,
+    test_autograd_through_swa_attention,
+    test_bitwise_repeatable,
+    test_long_8k,
+    test_long_32k_against_sm80,
+    test_mask_grid_matches_reference,
+    test_poisoned_outputs_are_all_written,
+    test_single_pass_settings_match_reference,
+    test_split_sink_blocks_match_reference,
+    test_stride_fallback_and_strided_views,
+    test_window_one_dv_is_dout,
+)
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(not swaa_ext.build_info()["cuda"], reason="built without CUDA kernels"),
+]
+
+WATCHDOG = str(1 << 22)  # polls of one turn before the writer traps: ~2-4 s
+
+
+def fused_available():
+    """A Hopper backward whose SWAA_BWD_HOPPER=4 takes the single pass."""
+    if not hopper_bwd_available():
+        return False
+    q = torch.randn(1, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
+    old = os.environ.get("SWAA_BWD_HOPPER")
+    os.environ["SWAA_BWD_HOPPER"] = "4"
+    try:
+        return torch.ops.swaa.bwd_path(q, q, q, q) == "sm90-fused"
+    finally:
+        if old is None:
+            del os.environ["SWAA_BWD_HOPPER"]
+        else:
+            os.environ["SWAA_BWD_HOPPER"] = old
+
+
+@pytest.fixture(autouse=True)
+def short_watchdog(monkeypatch):
+    """A wrong turn fails in seconds, not ~30-60 s (an explicit setting wins)."""
+    monkeypatch.setenv("SWAA_BWD_FUSED_WATCHDOG",
+                       os.environ.get("SWAA_BWD_FUSED_WATCHDOG", WATCHDOG))
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    if not fused_available():
+        pytest.skip("no single-pass Hopper backward on this device / in this build")
+    monkeypatch.setenv("SWAA_BWD_HOPPER", "4")
+    return PATHS["4"]
+
+
+# The imported tests, with knob 4 where they take both passes or one Hopper setting.
+@pytest.fixture(params=["4"], ids=["sm90-fused"])
+def both_passes(request, fused):
+    return PATHS[request.param]
+
+
+@pytest.fixture(params=["4"], ids=["sm90-fused"])
+def bwd_hopper(request, fused):
+    return PATHS[request.param]
+
+
+# ---------------------------------------------------------------------------
+# The single pass's own tests: its dk/dv code is the dk/dv kernel's, so dk and
+# dv equal SWAA_BWD_HOPPER=1's bitwise; dq is summed over key blocks in a fixed
+# order (turn counters), so it is bitwise the same on every run and under every
+# CTA schedule (split, order).
+
+FUSED_CASES = [  # (B, Hq, Hkv, Lq, Lk, window, sink, full_from)
+    (2, 4, 2, 300, 300, 64, 4, None),
+    (1, 8, 2, 100, 777, 64, 129, None),      # Lq < Lk, GQA 4, sinks > a block
+    (2, 8, 2, 1500, 1500, 64, 200, "per"),   # split sink blocks, full_from per sequence
+    (1, 4, 1, 1000, 1000, None, 0, None),    # causal, MQA
+    (2, 4, 4, 1025, 1025, 7, 1, 500),
+]
+
+# (D, SWAA_BWD_FUSED_DQ): the dQ product split over the consumer groups by keys
+# (0, the default) or by columns (1, D=128 only; ignored at D=64)
+FUSED_VARIANTS = [(64, "0"), (128, "0"), (128, "1")]
+
+# dq of the single pass against the two passes', per 64-row tile relative to the
+# tile's largest |dq|: they differ by the float32 summation order (and the odd
+# 16-bit rounding flip of dS), ~1 output ulp (bf16: 0.4%); one lost
+# contribution out of N moves a tile by ~1/sqrt(N) of its size (N = 256: 6%).
+DQ_TILE_TOL = 1e-2
+
+
+@pytest.mark.parametrize("variant", FUSED_VARIANTS, ids=["D64", "D128-keys", "D128-cols"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_fused_against_two_passes(fused, monkeypatch, case, dtype, variant):
+    """dk, dv bitwise equal to SWAA_BWD_HOPPER=1; dq within the reference bound
+    and, per 64-row tile, close to the two-pass dq."""
+    D, split_dq = variant
+    monkeypatch.setenv("SWAA_BWD_FUSED_DQ", split_dq)
+    B, Hq, Hkv, Lq, Lk, window, sink, ff = case
+    ff = full_from_of(ff, B, Lk)
+    q, k, v, dout = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + Hq + D, D=D)
+    out, lse = fwd(q, k, v, window, sink, ff, 0.1)
+    assert torch.ops.swaa.bwd_path(dout, q, k, v) == "sm90-fused"
+    g4 = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
+    check_grads(q, k, v, dout, g4, **mask_kwargs(window, sink, ff, 0.1))
+    monkeypatch.setenv("SWAA_BWD_HOPPER", "1")
+    g1 = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
+    assert torch.equal(g4[1], g1[1]), "dk differs from the dk/dv kernel's"
+    assert torch.equal(g4[2], g1[2]), "dv differs from the dk/dv kernel's"
+    err = tile_rel_err(g4[0], g1[0])
+    assert err <= DQ_TILE_TOL, f"dq far from the two-pass dq in some tile: {err:.3g}"
+
+
+@pytest.mark.parametrize("variant", FUSED_VARIANTS, ids=["D64", "D128-keys", "D128-cols"])
+def test_fused_dq_bitwise_under_every_schedule(fused, monkeypatch, variant):
+    """dq is the same bits on 3 runs and with every CTA schedule: split sink
+    blocks off / automatic / 3 / 64 pieces, both CTA orders.  (Under
+    SWAA_POISON_OUTPUTS=1, as in the GPU test step, the accumulator starts as NaN
+    on every call, so a tile some schedule fails to store cannot show the
+    previous call's values.)"""
+    D, split_dq = variant
+    monkeypatch.setenv("SWAA_BWD_FUSED_DQ", split_dq)
+    q, k, v, dout = inputs(2, 8, 2, 2049, 2049, seed=21, D=D)
+    ff = torch.tensor([1000, 1 << 40], dtype=torch.int64, device="cuda")
+    out, lse = fwd(q, k, v, 200, 130, ff)
+    first = None
+    for split in ("0", "1", "3", "64"):
+        for order in ("0", "1"):
+            monkeypatch.setenv("SWAA_BWD_SPLIT", split)
+            monkeypatch.setenv("SWAA_BWD_ORDER", order)
+            for _ in range(3):
+                dq, dk, dv = bwd(dout, q, k, v, out, lse, 200, 130, ff)
+                if first is None:
+                    first = dq
+                    check_grads(q, k, v, dout, (dq, dk, dv),
+                                **mask_kwargs(200, 130, ff, D ** -0.5))
+                assert torch.equal(dq, first), f"dq differs (split {split}, order {order})"
+
+
+def test_fused_long_chains_in_subprocess(fused):
+    """Long turn chains (up to 256 contributions per dq tile): one slice (B = 1,
+    one KV head) at 16k, W=2048; 32k, W=4096 with GQA, both dQ splits and D=64;
+    causal 32k; full_from at half of 16k (far items of every block reach a tile
+    at the same step: the adds form a convoy).  In a subprocess with a time limit
+    and the accumulator poisoned, so a deadlock or a lost store fails this test
+    instead of hanging the run.  Against the two passes (dk, dv bitwise; dq per
+    64-row tile) and run to run bitwise."""
+    script = textwrap.dedent(f"""
+        import os, torch, swaa_ext
+        from swaa_ext.reference import tile_rel_err
+        cases = [  # (Hq, Hkv, L, W, S, full_from, D, SWAA_BWD_FUSED_DQ)
+            (1, 1, 16384, 2048, 4, None, 128, "0"),
+            (4, 1, 32768, 4096, 4, None, 128, "0"),
+            (2, 2, 20000, 512, 0, None, 128, "0"),
+            (4, 1, 32768, 4096, 4, None, 128, "1"),
+            (4, 1, 32768, 4096, 4, None, 64, "0"),
+            (4, 1, 32768, None, 0, None, 128, "0"),
+            (4, 1, 16384, 1024, 4, 8192, 128, "0"),
+        ]
+        for (Hq, Hkv, L, W, S, ff, D, cols) in cases:
+            os.environ["SWAA_BWD_FUSED_DQ"] = cols
+            g = torch.Generator(device="cuda").manual_seed(L + D)
+            q = torch.randn(1, Hq, L, D, device="cuda", dtype=torch.bfloat16, generator=g)
+            k = torch.randn(1, Hkv, L, D, device="cuda", dtype=torch.bfloat16, generator=g)
+            v = torch.randn(1, Hkv, L, D, device="cuda", dtype=torch.bfloat16, generator=g)
+            do = torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=g)
+            ff = None if ff is None else torch.tensor([ff], dtype=torch.int64, device="cuda")
+            args = (W, S, ff, D ** -0.5)
+            out, lse = torch.ops.swaa.fwd(q, k, v, *args)
+            os.environ["SWAA_BWD_HOPPER"] = "4"
+            a = torch.ops.swaa.bwd(do, q, k, v, out, lse, *args)
+            b = torch.ops.swaa.bwd(do, q, k, v, out, lse, *args)
+            os.environ["SWAA_BWD_HOPPER"] = "1"
+            c = torch.ops.swaa.bwd(do, q, k, v, out, lse, *args)
+            torch.cuda.synchronize()
+            case = (Hq, Hkv, L, W, S, D, cols)
+            assert not any(torch.isnan(x).any() for x in a), ("NaN", case)
+            assert all(torch.equal(x, y) for x, y in zip(a, b)), ("runs differ", case)
+            assert torch.equal(a[1], c[1]) and torch.equal(a[2], c[2]), ("dk/dv differ", case)
+            err = tile_rel_err(a[0], c[0])
+            assert err <= {DQ_TILE_TOL}, ("dq differs in some tile", err, case)
+            print("ok", case, f"dq tile err {{err:.3g}}", flush=True)
+        print("all ok")
+    """)
+    env = dict(os.environ, SWAA_POISON_OUTPUTS="1")
+    res = subprocess.run([sys.executable, "-c", script], env=env, check=False,
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0 and "all ok" in res.stdout, res.stdout[-2000:] + res.stderr[-3000:]
