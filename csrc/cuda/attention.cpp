@@ -118,8 +118,9 @@ at::Tensor aligned(const at::Tensor& t) {
 // see cuda/hopper/fwd_sm90.h), the device is compute capability 9.0 and the
 // call fits (strides a TMA tensor map can describe); the sm_80 kernel
 // otherwise.  All compute the same function (tests/test_attention_cuda.py).
-// Default 6: the fastest on every shape of the grid or within 2% of
-// it (H200, bench/results/fwd51_variants.jsonl; docs/cuda_kernels.md, v5.1).
+// Default 6: the fastest on 11 of the 12 shapes of the grid (S=4) and
+// within 1% on the 12th (H200, bench/results/fwd_variants_h200.jsonl;
+// docs/cuda_kernels.md, v5.1).
 constexpr int kFwdHopperDefault = 6;
 int hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
