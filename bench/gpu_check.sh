@@ -26,8 +26,9 @@
 #   tune      bench/tune_cuda_kernels.py, one process per part: fwd-variants (SWAA_FWD_HOPPER=1..6
 #             side by side, ~15 s), bwd-variants (SWAA_BWD_HOPPER=0..3, per-kernel times, ~25 s),
 #             knobs (the sm_80 kernels' tile knobs, ~1.5 min).  ~2.5 min.
-#             Backs: docs/cuda_kernels.md "v4 measured", the v5.1 variant table, the v6 per-kernel
-#             times; bench/results/cuda_tuning_h200.jsonl, fwd_variants_h200.jsonl.
+#             Backs: docs/cuda_kernels.md "Measured: session 4" (the forward variants, the
+#             backward knobs, the v6 per-kernel times), docs/cuda_kernels_history.md "v4 measured";
+#             bench/results/cuda_tuning_h200.jsonl, fwd_variants_h200.jsonl.
 #   fused     the single-pass Hopper backward (SWAA_BWD_HOPPER=4, docs/cuda_kernels.md "v7",
 #             written without a GPU): the host check of its schedule (nvcc, no GPU), a smoke test
 #             under 60 s (bench/fused_smoke.py: a deadlock cannot eat the call; the step stops
@@ -41,7 +42,8 @@
 #             D 128/64, N 8k/32k/128k, W 1024/4096, S 0/4/128; then the plot and the ratios from
 #             the saved rows.  ~5.5 min (session 4: 323 s).
 #             Backs: README "CUDA attention" (table, plot, vs Flex/SDPA), docs/cuda_kernels.md
-#             "The two numbers", "Goals of the issue"; bench/results/cuda_kernels_h200.jsonl.
+#             "Measured: session 4", "Goals of the issue" (docs/cuda_kernels_history.md: "The two
+#             numbers"); bench/results/cuda_kernels_h200.jsonl.
 #   decode    issue 4: bench/bench_decode.py with the automatic plan (every impl), the plan knobs
 #             A/B (combine cluster / global / PDL, 66 and 132 splits), the B=8 split sweep, the
 #             split kernel's variants at B=8 (bench/bench_decode_sweep.py: combine kernel / fused

@@ -16,7 +16,8 @@ namespace cuda {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Defaults of SWAA_BWD_SPLIT and SWAA_BWD_ORDER (measured on an H200, docs/cuda_kernels.md "v4").
+// Defaults of SWAA_BWD_SPLIT and SWAA_BWD_ORDER (measured on an H200: docs/cuda_kernels.md "v4",
+// docs/cuda_kernels_history.md "v4 measured").
 constexpr int kBwdSplit = 1;
 constexpr int kBwdOrder = 1;
 // At most this many split pieces per launch (all slices and split blocks
