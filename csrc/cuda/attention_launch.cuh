@@ -55,7 +55,7 @@ template <int D>
 constexpr int kFwdWarps = D <= 64 ? 4 : 8;
 constexpr int kBwdKvBlockM = 64;
 constexpr int kBwdStaged = 1;
-// New in v4, not yet measured (docs/cuda_kernels.md): split of the sink key
+// New in v4 (measured: docs/cuda_kernels_history.md, "v4 measured"): split of the sink key
 // blocks' dk/dv work (SWAA_BWD_SPLIT) and head-interleaved CTA order
 // (SWAA_FWD_ORDER, SWAA_BWD_ORDER); kBwdSplit, kBwdOrder: cuda/bwd_plan.cuh.
 constexpr int kFwdOrder = 1;
