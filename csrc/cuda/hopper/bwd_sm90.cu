@@ -16,6 +16,7 @@
 
 #include "cuda/bwd_plan.cuh"  // ceil_div, knob, split_knob, plan_dkdv, kBwdOrder
 #include "cuda/hopper/bwd_fused_sm90.cuh"  // includes bwd_sm90.cuh
+#include "cuda/hopper/device_query.h"
 #include "cuda/hopper/tma_map.h"
 
 namespace swaa {
@@ -45,26 +46,13 @@ constexpr int max_smem() {
 // Compute capability 9.0, enough shared memory, and an sm_90a image of every
 // backward kernel (cached per device).
 bool device_ok() {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
-  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev] == 1;
-  int major = 0, minor = 0, smem_optin = 0;
-  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
-                cudaSuccess;
-  if (!ok) (void)cudaGetLastError();
-  ok = ok && major == 9 && minor == 0 && smem_optin >= max_smem<__nv_bfloat16, 128>() &&
-       smem_optin >= max_smem<__nv_bfloat16, 64>() && kernels_present<__nv_bfloat16, 128>() &&
-       kernels_present<__half, 128>() && kernels_present<__nv_bfloat16, 64>() &&
-       kernels_present<__half, 64>();
-  if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
-  return ok;
+  static int cache[kMaxDevices] = {};
+  return once_per_device_bool(cache, [](int dev) {
+    return is_sm90_with_smem(dev, std::max(max_smem<__nv_bfloat16, 128>(),
+                                           max_smem<__nv_bfloat16, 64>())) &&
+           kernels_present<__nv_bfloat16, 128>() && kernels_present<__half, 128>() &&
+           kernels_present<__nv_bfloat16, 64>() && kernels_present<__half, 64>();
+  });
 }
 
 // Every variant of the single pass fits the sm_90 opt-in (227 KB per block);
@@ -110,33 +98,23 @@ bool poison_accumulator() {
 // The single-pass kernel: present in the image and its shared memory
 // available (cached per device; device_ok() has passed).
 bool fused_device_ok() {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
-  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev] == 1;
-  int smem_optin = 0;
-  bool ok = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
-            cudaSuccess;
-  if (!ok) (void)cudaGetLastError();
-  ok = ok && smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, true>() &&
-       smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, false>() &&
-       smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 64, false>() &&
-       present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, true>) &&
-       present(bwd_fused_sm90_kernel<__half, 128, true>) &&
-       present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, false>) &&
-       present(bwd_fused_sm90_kernel<__half, 128, false>) &&
-       present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false>) &&
-       present(bwd_fused_sm90_kernel<__half, 64, false>) &&
-       present(bwd_fused_dq_out_kernel<__nv_bfloat16, 128>) &&
-       present(bwd_fused_dq_out_kernel<__half, 128>) &&
-       present(bwd_fused_dq_out_kernel<__nv_bfloat16, 64>) &&
-       present(bwd_fused_dq_out_kernel<__half, 64>);
-  if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
-  return ok;
+  static int cache[kMaxDevices] = {};
+  return once_per_device_bool(cache, [](int dev) {
+    const int smem_optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    return smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, true>() &&
+           smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, false>() &&
+           smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 64, false>() &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, true>) &&
+           present(bwd_fused_sm90_kernel<__half, 128, true>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, false>) &&
+           present(bwd_fused_sm90_kernel<__half, 128, false>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false>) &&
+           present(bwd_fused_sm90_kernel<__half, 64, false>) &&
+           present(bwd_fused_dq_out_kernel<__nv_bfloat16, 128>) &&
+           present(bwd_fused_dq_out_kernel<__half, 128>) &&
+           present(bwd_fused_dq_out_kernel<__nv_bfloat16, 64>) &&
+           present(bwd_fused_dq_out_kernel<__half, 64>);
+  });
 }
 
 struct Maps {

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "cuda/hopper/device_query.h"
 #include "cuda/hopper/fwd_sm90.cuh"
 #include "cuda/hopper/tma_map.h"
 
@@ -33,27 +34,13 @@ bool kernel_present() {
 
 // Compute capability 9.0 and an sm_90a image of the kernel (cached per device).
 bool device_ok(Dtype dtype) {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
-  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev] == 1;
-  int major = 0, minor = 0, smem_optin = 0;
-  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
-                cudaSuccess;
-  if (!ok) (void)cudaGetLastError();
-  ok = ok && major == 9 && minor == 0 &&
-       smem_optin >= fwd_sm90_smem_bytes<__nv_bfloat16, 128>() &&
-       kernel_present<__nv_bfloat16, 128>() && kernel_present<__half, 128>() &&
-       kernel_present<__nv_bfloat16, 64>() && kernel_present<__half, 64>();
   (void)dtype;
-  if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
-  return ok;
+  static int cache[kMaxDevices] = {};
+  return once_per_device_bool(cache, [](int dev) {
+    return is_sm90_with_smem(dev, fwd_sm90_smem_bytes<__nv_bfloat16, 128>()) &&
+           kernel_present<__nv_bfloat16, 128>() && kernel_present<__half, 128>() &&
+           kernel_present<__nv_bfloat16, 64>() && kernel_present<__half, 64>();
+  });
 }
 
 // v5.1 (variants 3-6): its smem fits the device and its sm_90a images load
@@ -73,46 +60,26 @@ bool kernel51_present() {
 // Streaming multiprocessors of the current device (grid of the persistent
 // variants), 0 when unknown; cached per device.
 int sm_count() {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  constexpr int kMaxDevices = 64;
   static int cache[kMaxDevices] = {};
-  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev];
-  int n = 0;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  if (dev >= 0 && dev < kMaxDevices) cache[dev] = n;
-  return n;
+  return once_per_device(cache, 0, [](int dev) {
+    return device_attribute(cudaDevAttrMultiProcessorCount, dev);
+  });
 }
 
 bool device51_ok() {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
-  if (dev >= 0 && dev < kMaxDevices && cache[dev] != 0) return cache[dev] == 1;
-  int smem_optin = 0;
-  bool ok = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
-            cudaSuccess;
-  if (!ok) (void)cudaGetLastError();
-  for (int bytes : {fwd51_smem_bytes<__nv_bfloat16, 128, false>(),
-                    fwd51_smem_bytes<__nv_bfloat16, 128, true>(),
-                    fwd51_smem_bytes<__nv_bfloat16, 64, false>(),
-                    fwd51_smem_bytes<__nv_bfloat16, 64, true>()})
-    ok = ok && smem_optin >= bytes;
-  ok = ok && sm_count() > 0 && kernel51_present<__nv_bfloat16, 128>() &&
-       kernel51_present<__half, 128>() && kernel51_present<__nv_bfloat16, 64>() &&
-       kernel51_present<__half, 64>();
-  if (dev >= 0 && dev < kMaxDevices) cache[dev] = ok ? 1 : 2;
-  return ok;
+  static int cache[kMaxDevices] = {};
+  return once_per_device_bool(cache, [](int dev) {
+    const int smem_optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    bool ok = true;
+    for (int bytes : {fwd51_smem_bytes<__nv_bfloat16, 128, false>(),
+                      fwd51_smem_bytes<__nv_bfloat16, 128, true>(),
+                      fwd51_smem_bytes<__nv_bfloat16, 64, false>(),
+                      fwd51_smem_bytes<__nv_bfloat16, 64, true>()})
+      ok = ok && smem_optin >= bytes;
+    return ok && sm_count() > 0 && kernel51_present<__nv_bfloat16, 128>() &&
+           kernel51_present<__half, 128>() && kernel51_present<__nv_bfloat16, 64>() &&
+           kernel51_present<__half, 64>();
+  });
 }
 
 struct Maps {
