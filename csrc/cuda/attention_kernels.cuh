@@ -452,6 +452,29 @@ __global__ void __launch_bounds__(FwdConfig<T, D, WARPS>::kThreads)
 // ---------------------------------------------------------------------------
 // Backward
 
+// One lane's part of delta = sum_d dout * out: the 8 elements `sub` * 8 .. + 7 of
+// row i of (batch b, head h), float32 (the Hopper prep kernel uses it too).
+template <typename T>
+__device__ __forceinline__ float delta_part(const AttnParams& p, int64_t b, int64_t h, int64_t i,
+                                            int sub) {
+  const T* o = static_cast<const T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride +
+               i * p.o_row_stride + sub * 8;
+  const T* d = static_cast<const T*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride +
+               i * p.do_row_stride + sub * 8;
+  const uint4 ov = *reinterpret_cast<const uint4*>(o);
+  const uint4 dv = *reinterpret_cast<const uint4*>(d);
+  const uint32_t* ow = reinterpret_cast<const uint32_t*>(&ov);
+  const uint32_t* dw = reinterpret_cast<const uint32_t*>(&dv);
+  float sum = 0.f;
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    const float2 a = MmaOp<T>::unpack(ow[w]);
+    const float2 c = MmaOp<T>::unpack(dw[w]);
+    sum += a.x * c.x + a.y * c.y;
+  }
+  return sum;
+}
+
 // delta[b, h, i] = sum_d dout * out (float32), D/8 lanes per row.
 template <typename T, int D>
 __global__ void bwd_delta_kernel(const AttnParams p, float* delta) {
@@ -464,20 +487,7 @@ __global__ void bwd_delta_kernel(const AttnParams p, float* delta) {
     const int64_t i = row % p.q_len;
     const int64_t h = (row / p.q_len) % p.q_heads;
     const int64_t b = row / (p.q_len * p.q_heads);
-    const T* o = static_cast<const T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride +
-                 i * p.o_row_stride + sub * 8;
-    const T* d = static_cast<const T*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride +
-                 i * p.do_row_stride + sub * 8;
-    const uint4 ov = *reinterpret_cast<const uint4*>(o);
-    const uint4 dv = *reinterpret_cast<const uint4*>(d);
-    const uint32_t* ow = reinterpret_cast<const uint32_t*>(&ov);
-    const uint32_t* dw = reinterpret_cast<const uint32_t*>(&dv);
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const float2 a = MmaOp<T>::unpack(ow[w]);
-      const float2 c = MmaOp<T>::unpack(dw[w]);
-      sum += a.x * c.x + a.y * c.y;
-    }
+    sum = delta_part<T>(p, b, h, i, sub);
   }
 #pragma unroll
   for (int off = kLanes / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);

@@ -138,22 +138,7 @@ __global__ void bwd_prep_sm90_kernel(const AttnParams p, float* delta, float* ls
   const int64_t h = bh % p.q_heads, b = bh / p.q_heads;
   const bool valid = row < rows && i < p.q_len;
   float sum = 0.f;
-  if (valid) {
-    const T* o = static_cast<const T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride +
-                 i * p.o_row_stride + sub * 8;
-    const T* d = static_cast<const T*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride +
-                 i * p.do_row_stride + sub * 8;
-    const uint4 ov = *reinterpret_cast<const uint4*>(o);
-    const uint4 dv = *reinterpret_cast<const uint4*>(d);
-    const uint32_t* ow = reinterpret_cast<const uint32_t*>(&ov);
-    const uint32_t* dw = reinterpret_cast<const uint32_t*>(&dv);
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const float2 a = MmaOp<T>::unpack(ow[w]);
-      const float2 c = MmaOp<T>::unpack(dw[w]);
-      sum += a.x * c.x + a.y * c.y;
-    }
-  }
+  if (valid) sum = delta_part<T>(p, b, h, i, sub);
 #pragma unroll
   for (int off = kLanes / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
   if (row >= rows || sub != 0) return;
