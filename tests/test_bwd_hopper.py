@@ -24,6 +24,7 @@ import torch
 
 import swaa_ext
 from swaa_ext.reference import reference_attention
+from test_attention_hopper import SHAPE_GRID  # (B, Hq, Hkv, Lq, Lk): the forward's shape grid
 
 pytestmark = [
     pytest.mark.cuda,
@@ -172,14 +173,6 @@ MASK_GRID = [  # (window, sink, full_from): edges of the 64-row / 64-key / 128-k
     (64, 129, None),
     (256, 4, 384),
     (200, 2, "per"),
-]
-SHAPE_GRID = [  # (B, Hq, Hkv, Lq, Lk)
-    (1, 2, 1, 1, 1),
-    (2, 4, 2, 63, 63),
-    (1, 4, 1, 129, 129),
-    (2, 4, 4, 383, 383),
-    (1, 8, 2, 100, 777),     # Lq < Lk, GQA 4
-    (2, 2, 1, 640, 1000),
 ]
 
 
