@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -430,6 +431,31 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# gloo can abort one process while the group is torn down right after the last barrier
+# (pytorch/gloo issue 155: "Barrier followed by context destruction causes some participants
+# to fail"); seen once in a session-4 CI run (rank 1 SIGABRT after training and its outputs
+# had finished; 16 reruns passed).
+_GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _torchrun_finetune(cli_args, env):
+    """`swaa finetune` under torchrun with 2 CPU processes (gloo).  Runs a second time, once,
+    only when the first run died of the gloo teardown abort above; any other failure, or that
+    abort twice, fails the test."""
+    def run():
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "swaa_ext.cli", "finetune", *cli_args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    proc = run()
+    if proc.returncode != 0 and _GLOO_TEARDOWN_ABORT in proc.stderr:
+        warnings.warn("torchrun: gloo teardown abort (pytorch/gloo#155); running it again")
+        proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_torchrun_two_process_gloo_ddp(tmp_path, tiny_model_dir):
     data = _write_data(tmp_path / "d.jsonl", n=12, seed=11)
     out = tmp_path / "ddp"
@@ -438,12 +464,8 @@ def test_torchrun_two_process_gloo_ddp(tmp_path, tiny_model_dir):
     args = ["--model", str(tiny_model_dir), "--data", str(data), "--preset", "sink", "--window",
             "6", "--sink", "2", "--answer-full", "--max-steps", "4", "--lr", "1e-2",
             "--lora-dropout", "0", "--device", "cpu", "--no-progress", "--rank-summary"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "swaa_ext.cli", "finetune", *args, "--out", str(out), "--batch-size", "1",
-           "--grad-accum", "2"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun_finetune([*args, "--out", str(out), "--batch-size", "1", "--grad-accum", "2"],
+                              env)
     assert "4 steps, 2 process(es)" in proc.stdout
     r0 = json.loads((out / "rank0.json").read_text())
     r1 = json.loads((out / "rank1.json").read_text())
@@ -787,12 +809,7 @@ def test_torchrun_two_process_gloo_ddp_pack(tmp_path, tiny_model_dir):
             "6", "--sink", "2", "--answer-full", "--pack", "--pack-len", "80", "--max-steps", "3",
             "--lr", "1e-2", "--lora-dropout", "0", "--device", "cpu", "--no-progress",
             "--rank-summary"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "swaa_ext.cli", "finetune", *args, "--out", str(tmp_path / "ddp"),
-           "--batch-size", "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun_finetune([*args, "--out", str(tmp_path / "ddp"), "--batch-size", "1"], env)
     r0 = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "ddp" / "rank1.json").read_text())
     assert (r0["steps"], r1["steps"]) == (3, 3)
