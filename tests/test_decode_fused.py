@@ -232,8 +232,10 @@ def test_cuda_graph_of_several_fused_layers(monkeypatch, capfd):
     # two head chunks) captured in ONE graph, so each replay reuses the graph's counters four times
     # in a row; 100 replays queued with no host sync, each on new inputs, against eager twins that
     # combine with the second kernel.
+    # W = 500: 8 key tiles of 64, so every requested split count is kept (the planner clamps
+    # splits to the tile count; at W = 300 the 7 became 5).
     torch.manual_seed(31)
-    B, D, W, S = 3, 128, 300, 4
+    B, D, W, S = 3, 128, 500, 4
     layers = [(32, 8, 5), (32, 8, 2), (48, 2, 7), (32, 8, 3)]  # (Hq, Hkv, splits)
     set_knobs(monkeypatch, COMBINE="global", VERBOSE=2)
 
