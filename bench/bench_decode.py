@@ -185,6 +185,27 @@ def make_contiguous(B, Hq, Hkv, D, length, dtype, device, n_sets, ring_of=None):
     return steps
 
 
+def make_floor(kind, nbytes, dtype, device, n_sets):
+    """What one stock kernel does with the same bytes, in the same harness: `read` reduces a
+    buffer of `nbytes` to one value per 4096 elements (reads every byte once, as the decode
+    step does); `copy` copies nbytes / 2 (nbytes of traffic). Not attention: the time a
+    single launch needs to move this many bytes, so bw_fraction of the ring has a ceiling
+    to be read against at small batches."""
+    es = torch.empty((), dtype=dtype).element_size()
+    n = nbytes // es // 4096 * 4096
+    steps = []
+    for _ in range(n_sets):
+        if kind == "read":
+            x = torch.randn(n // 4096, 4096, dtype=dtype, device=device)
+            out = torch.empty(n // 4096, dtype=dtype, device=device)
+            steps.append(lambda x=x, out=out: torch.amax(x, dim=1, out=out))
+        else:
+            x = torch.randn(n // 2, dtype=dtype, device=device)
+            y = torch.empty_like(x)
+            steps.append(lambda x=x, y=y: y.copy_(x))
+    return steps
+
+
 def make_hf(B, Hq, Hkv, D, W, S, dtype, device, n_sets):
     from transformers.cache_utils import StaticSlidingWindowLayer
 
@@ -222,7 +243,8 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="small sizes on the CPU (smoke test)")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes")
     ap.add_argument("--full", default=None, help="comma-separated full-cache lengths")
-    ap.add_argument("--impls", default="ring,sdpa_contiguous,hf_static_sliding,full,ring_full")
+    ap.add_argument("--impls", default="ring,sdpa_contiguous,hf_static_sliding,full,ring_full",
+                    help="comma list; also read_floor, copy_floor (one stock kernel on the ring's bytes)")
     ap.add_argument("--budget", type=float, default=0.25, help="seconds of timing per row")
     ap.add_argument("--name", default=None, help="results file bench/results/<name>.jsonl")
     ap.add_argument("--out", default=None, help="explicit output path (overrides --name)")
@@ -290,6 +312,11 @@ def main() -> None:
                     print(f"  B={B} {kind}_{L}: skipped (does not fit)")
                     continue
                 cases.append((f"{kind}_{L}", full_bytes, lambda n, L=L, make=make: make(n, L), True))
+        for kind in ("read", "copy"):
+            if f"{kind}_floor" in impls:
+                cases.append((f"{kind}_floor", ring_bytes,
+                              lambda n, kind=kind: make_floor(kind, ring_bytes, dtype, device, n),
+                              True))
         if "hf_static_sliding" in impls:  # last: its graph capture may fail
             cases.append(("hf_static_sliding", ring_bytes,
                           lambda n: make_hf(B, Hq, Hkv, D, W, S, dtype, device, n), True))
