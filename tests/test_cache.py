@@ -319,13 +319,74 @@ def opcheck_inputs(device, dtype, D=16):
                         W, S, 0.25)),
         ("ring_decode", (mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D), kc.clone(),
                          vc.clone(), seq, None, W, S, 0.25, 0)),
+        # advance=True: seqlens is written too (schema: Tensor(c!) seqlens)
+        ("ring_decode", (mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D), kc.clone(),
+                         vc.clone(), seq.clone(), None, W, S, 0.25, 0, True)),
+        ("ring_decode", (mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D), kc.clone(),
+                         vc.clone(), seq.clone(), torch.tensor([1, 0], device=device), W, S,
+                         0.25, 0, True)),
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+OPCHECK_CASES = range(6)
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES)
 def test_opcheck_cpu(case):
     name, args = opcheck_inputs("cpu", torch.float32)[case]
     torch.library.opcheck(getattr(torch.ops.swaa, name).default, args)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_decode_advance_matches_separate_add_cpu(with_lengths):
+    # ring_decode(advance=True) (what attend calls for Lc == 1) gives the bits
+    # of advance=False followed by the position update attend did itself
+    # before, over steps with rows at different positions, a padded row and
+    # ring wraps, and advances seqlens by exactly min(max(lengths[b], 0), 1).
+    torch.manual_seed(21)
+    B, Hq, Hkv, D, W, S = 3, 4, 2, 16, 5, 2
+    mk = lambda *shape: torch.randn(*shape)  # noqa: E731
+    kc, vc = mk(B, Hkv, S + W, D), mk(B, Hkv, S + W, D)
+    twins = [(kc.clone(), vc.clone(), torch.tensor([0, 6, 17])) for _ in range(2)]
+    for step in range(12):
+        q, k, v = mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D)
+        lengths = torch.tensor([1, step % 2, 1]) if with_lengths else None
+        (kc1, vc1, seq1), (kc2, vc2, seq2) = twins
+        before = seq1.clone()
+        out1, lse1 = torch.ops.swaa.ring_decode(q, k, v, kc1, vc1, seq1, lengths, W, S, 0.25, 0,
+                                                True)
+        out2, lse2 = torch.ops.swaa.ring_decode(q, k, v, kc2, vc2, seq2, lengths, W, S, 0.25, 0)
+        assert torch.equal(seq2, before)  # advance=False leaves seqlens alone
+        seq2.add_(lengths.clamp(0, 1) if with_lengths else 1)
+        for a, b in ((out1, out2), (lse1, lse2), (kc1, kc2), (vc1, vc2), (seq1, seq2)):
+            assert torch.equal(a, b), step
+        step_size = lengths if with_lengths else torch.ones(B, dtype=torch.int64)
+        assert torch.equal(seq1, before + step_size)
+
+
+def test_decode_advance_failed_call_leaves_seqlens_cpu():
+    # A call that raises (bad shape, bad lengths) advances nothing and writes
+    # nothing; the next valid call advances once.
+    B, Hq, Hkv, D, W, S = 2, 4, 2, 8, 4, 1
+    kc, vc = torch.randn(B, Hkv, S + W, D), torch.randn(B, Hkv, S + W, D)
+    seq = torch.tensor([3, 9])
+    q, k, v = torch.randn(B, Hq, 1, D), torch.randn(B, Hkv, 1, D), torch.randn(B, Hkv, 1, D)
+    before = (kc.clone(), vc.clone(), seq.clone())
+    with pytest.raises(ValueError, match="q heads"):
+        torch.ops.swaa.ring_decode(q[:, :3], k, v, kc, vc, seq, None, W, S, 1.0, 0, True)
+    with pytest.raises(ValueError, match="lengths\\[1\\] = 2"):
+        torch.ops.swaa.ring_decode(q, k, v, kc, vc, seq, torch.tensor([1, 2]), W, S, 1.0, 0, True)
+    with pytest.raises(ValueError, match="k head dim"):
+        torch.ops.swaa.ring_decode(q, k[..., :4], v, kc, vc, seq, None, W, S, 1.0, 0, True)
+    for a, b in zip((kc, vc, seq), before):
+        assert torch.equal(a, b)
+    torch.ops.swaa.ring_decode(q, k, v, kc, vc, seq, None, W, S, 1.0, 0, True)
+    assert seq.tolist() == [4, 10]
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
+    cache.attend(q, k, v)
+    with pytest.raises(ValueError):
+        cache.attend(q, k, v[:, :1])
+    assert cache.seqlens.tolist() == [1, 1]
 
 
 # --------------------------------------------------------------------------- CUDA
@@ -726,7 +787,7 @@ def test_cuda_graph_decode_matches_eager():
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", OPCHECK_CASES)
 def test_opcheck_cuda(case):
     name, args = opcheck_inputs("cuda", torch.bfloat16, D=64)[case]
     torch.library.opcheck(getattr(torch.ops.swaa, name).default, args)

@@ -277,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor> ring_chunk_cpu(const at::Tensor& q, const at:
 std::tuple<at::Tensor, at::Tensor> ring_decode_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,
     const at::Tensor& v_cache, const at::Tensor& seqlens, const std::optional<at::Tensor>& lengths,
-    int64_t window, int64_t sink, double scale, int64_t num_splits) {
+    int64_t window, int64_t sink, double scale, int64_t num_splits, bool advance) {
   RingCall call = prepare_ring(RingOp::kDecode, q, k, v, k_cache, v_cache, seqlens, lengths,
                                window, sink, scale);
   TORCH_CHECK_VALUE(num_splits >= 0, "ring_decode: num_splits must be >= 0, got ", num_splits);
@@ -287,6 +287,7 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cpu(
                                     decode_kernel<scalar_t>(call.params, splits);
                                     append_kernel<scalar_t>(call.params);
                                   });
+  if (advance) advance_seqlens(seqlens, call);
   return {call.out, call.lse};
 }
 
