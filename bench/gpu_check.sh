@@ -48,8 +48,10 @@
 #             A/B (combine cluster / global / PDL, 66 and 132 splits), the B=8 split sweep, the
 #             split kernel's variants at B=8 (bench/bench_decode_sweep.py: combine kernel / fused
 #             x tiling x balanced splits x split count, ~30 s), the fused combine at B=1/8/64, and
-#             the planner's two cost models; bench/bench_memory.py; a summary of every run.
-#             ~3.5 min (auto plan + memory alone, DECODE_AB=0: ~40 s).
+#             the planner's two cost models, decode4's combine-kernel knobs (decode4_parts:
+#             staged loads x advance in the kernel x PDL at B=1/8/64, profiles);
+#             bench/bench_memory.py; a summary of every run.  ~6 min (auto plan + memory alone,
+#             DECODE_AB=0: ~40 s; DECODE_AB=decode4: auto, decode4's parts, memory, ~3.5 min).
 #             Backs: README "Decode step with the ring cache", "Streaming memory",
 #             docs/ring_cache.md "Measured"; bench/results/decode_H200.jsonl, memory_H200.jsonl.
 #   loop      issue 7's decode loop in ms/token: bench/count_step_kernels.py (kernels per step)
@@ -100,7 +102,8 @@
 #   TUNE_TIMEOUT      per tuning part (240)
 #   BENCH=mine|lead   bench/bench_cuda_kernels.py (default) or bench/bench_attention.py --preset gpu;
 #                     BENCH_ARGS replaces the benchmark's shape arguments; BENCH_TIMEOUT (540)
-#   DECODE_AB=0       decode: only the automatic plan and the memory benchmark; LEGACY=1 adds the
+#   DECODE_AB=0       decode: only the automatic plan and the memory benchmark (decode4: and
+#                     decode4's parts, without the older A/B runs); LEGACY=1 adds the
 #                     session-1 CUDA-core decode kernel (SWAA_RING_DECODE=legacy); DECODE_TIMEOUT
 #                     per bench_decode run (240)
 #   LOOPC_HF=1        loop: also transformers' rows (hf-sdpa, hf-static-compile); LOOPC_STEP=1 also
@@ -312,11 +315,31 @@ for key, m in sorted(by.items()):
 PY
 }
 
+# decode4's knobs of the global combine kernel (staged loads, the position update in the kernel,
+# PDL; each off by default, each the default's bits): every combination at B=1, 8, 64 in one
+# process (3 interleaved rounds, medians, speed-up over the default), all three on against the
+# default for the ring and ring_full rows, and per-kernel device times with each knob alone and
+# all three (bench/profile_decode.py).  ~2.5 min (estimate).
+decode4_parts() {
+  local rows=$1 t=$2
+  run_part decode4_sweep "$t" env SWAA_DECODE_VERBOSE=1 python bench/bench_decode_sweep.py \
+    --set decode4 --batches 1,8,64 --rounds 3 --run "${STAMP}_decode4_sweep" --out "$rows"
+  run_part decode4_all_on "$t" env SWAA_DECODE_COMBINE_LOADS=staged SWAA_DECODE_ADVANCE=kernel \
+    SWAA_DECODE_PDL=1 python bench/bench_decode.py --impls ring,ring_full --batches 1,8,64 \
+    --run "${STAMP}_decode4_all_on" --out "$rows"
+  TAIL_LINES=60 run_part decode4_profile "$t" python bench/profile_decode.py --batches 1,8,64 \
+    --variant default --variant SWAA_DECODE_COMBINE_LOADS=staged \
+    --variant SWAA_DECODE_ADVANCE=kernel --variant SWAA_DECODE_PDL=1 \
+    --variant SWAA_DECODE_COMBINE_LOADS=staged,SWAA_DECODE_ADVANCE=kernel,SWAA_DECODE_PDL=1
+}
+
 step_decode() {
   local rows=$STEP_DIR/decode.jsonl t=${DECODE_TIMEOUT:-240} splits cost
   run_part auto "$t" env SWAA_DECODE_VERBOSE=1 \
     python bench/bench_decode.py --run "${STAMP}_auto" --out "$rows"
-  if [[ ${DECODE_AB:-1} == 1 ]]; then
+  if [[ ${DECODE_AB:-1} == decode4 ]]; then
+    decode4_parts "$rows" "$t"
+  elif [[ ${DECODE_AB:-1} == 1 ]]; then
     # the plan's knobs forced, ring rows only (csrc/cuda/ring.cu lists them)
     run_part ab_cluster "$t" env SWAA_DECODE_COMBINE=cluster python bench/bench_decode.py \
       --impls ring,ring_full --batches 1,8,64 --run "${STAMP}_combine_cluster" --out "$rows"
@@ -351,6 +374,7 @@ step_decode() {
         python bench/bench_decode.py --impls ring,ring_full --batches 1,8,64 --budget 1 \
         --run "${STAMP}_cost_$cost" --out "$rows"
     done
+    decode4_parts "$rows" "$t"
   fi
   if [[ -n ${LEGACY:-} ]]; then  # the session-1 CUDA-core kernel as a same-run baseline
     run_part legacy "$t" env SWAA_RING_DECODE=legacy python bench/bench_decode.py --impls ring \

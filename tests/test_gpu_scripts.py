@@ -178,3 +178,26 @@ def test_forward_variant_table_names_the_fastest_variant(capsys):
     assert "D=128: speed-up over SWAA_FWD_HOPPER=1 (geometric mean): 1: 1.000x, 5: 1.250x; " \
            "fastest: 5" in text
     assert re.search(r"D=64: .*; fastest: 1$", text, re.M)
+
+
+def test_decode4_parts_sweep_every_knob_combination_default_first():
+    # the decode step's decode4 parts: the sweep's variants (its speed-ups are over the first)
+    # and the profile's --variant parsing, which gpu_check.sh's profile part relies on
+    assert re.search(r"^decode4_parts\(\) \{", TEXT, re.M)
+    assert {"set", "batches", "rounds"} <= INVOCATIONS["bench/bench_decode_sweep.py"]
+    assert {"batches", "variant"} <= INVOCATIONS["bench/profile_decode.py"]
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_decode_sweep as sweep
+    import profile_decode
+
+    variants = list(sweep.decode4_variants())
+    assert len(variants) == 8 and len({tuple(v.values()) for v in variants}) == 8
+    assert variants[0] == {"loads": "serial", "advance": "op", "pdl": "0"}
+    assert profile_decode.parse_variant("default") == {}
+    assert profile_decode.parse_variant("SWAA_DECODE_ADVANCE=kernel,SWAA_DECODE_PDL=1") == {
+        "SWAA_DECODE_ADVANCE": "kernel", "SWAA_DECODE_PDL": "1"}
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        profile_decode.parse_variant("staged")
+    for variant in re.findall(r"--variant (\S+)", TEXT):
+        for name in profile_decode.parse_variant(variant):
+            assert name in sweep.KNOBS, name

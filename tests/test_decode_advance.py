@@ -1,0 +1,260 @@
+"""decode4's knobs of the split decode's global combine, each off by default and each required to
+give the default's bits:
+
+  SWAA_DECODE_COMBINE_LOADS=staged  the combine kernel stages the split lse values in shared
+                                    memory and loads the partials ahead (same arithmetic, same
+                                    order as combine_splits);
+  SWAA_DECODE_ADVANCE=kernel        ring_decode(advance=True) advances seqlens inside the combine
+                                    kernel (global plan) instead of a separate add;
+  SWAA_DECODE_PDL=1                 the combine kernel is a programmatic dependent launch.
+
+Every combination against the default (serial, op, no PDL): out, lse, both caches and seqlens,
+bit for bit, at B = 1, 8, 64, with padded rows, rows at different positions, wrapped rings and
+sink > window; graph capture + replays against eager; failed calls.  CUDA only (sm_90 for the
+bf16 / fp16 split kernel); the CPU side of `advance` is in tests/test_cache.py."""
+import itertools
+import math
+import re
+
+import pytest
+import torch
+from test_decode_fused import check_against_reference, random_ring
+
+from swaa_ext import RingKVCache
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                       reason="needs an sm_90 GPU (the bf16 / fp16 split decode kernel)"),
+]
+
+KNOBS = ("SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL")
+DEFAULT = ("serial", "op", "0")
+COMBOS = list(itertools.product(("serial", "staged"), ("op", "kernel"), ("0", "1")))
+PLAN = re.compile(r"-> (\d+) splits, (\w+) combine \((\w+)[^)]*\)")
+
+
+def set_combo(monkeypatch, combo):
+    for name, value in zip(KNOBS, combo):
+        monkeypatch.setenv(name, value)
+
+
+def decode(case, W, S, capfd, advance=True):
+    """One ring_decode(advance) on copies of the case's caches and seqlens:
+    (out, lse, k_cache, v_cache, seqlens after, verbose plan lines)."""
+    q, k, v, kc0, vc0, seqlens0, lengths = case
+    kc, vc, seqlens = kc0.clone(), vc0.clone(), seqlens0.clone()
+    capfd.readouterr()
+    out, lse = torch.ops.swaa.ring_decode(q, k, v, kc, vc, seqlens, lengths, W, S,
+                                          1 / math.sqrt(q.shape[-1]), 0, advance)
+    torch.cuda.synchronize()
+    lines = [line for line in capfd.readouterr().err.splitlines()
+             if line.startswith("swaa ring_decode:")]
+    return out, lse, kc, vc, seqlens, lines
+
+
+def assert_same_bits(a, b, what):
+    for x, y, name in zip(a[:5], b[:5], ("out", "lse", "k_cache", "v_cache", "seqlens")):
+        assert torch.equal(x, y), (what, name)
+
+
+# (batch, window, sink, forced splits or None for the automatic plan, combine knob)
+CASES = [
+    (1, 1000, 4, None, None),        # auto: global, 16 splits
+    (1, 1000, 4, 1, "global"),       # one split: every partial is the whole row
+    (1, 1000, 4, 5, "global"),
+    (1, 1000, 4, 17, "global"),      # more splits than one load batch (16)
+    (1, 40, 300, 6, "global"),       # sink > window
+    (1, 4096, 4, None, None),        # issue 4's shape at B = 1: global, 33 splits
+    (1, 16384, 4, 200, "global"),    # more splits than threads (128): strided lse loads
+    (1, 70000, 4, 1030, "global"),   # above kStagedMaxSplits (1024): staged falls back
+    (8, 1000, 4, 4, "global"),
+    (8, 1000, 4, 7, "global"),
+    (8, 40, 300, 3, "global"),
+    (8, 4096, 4, None, None),        # issue 4's shape at B = 8: global, 4 splits
+    (64, 1000, 4, 2, "global"),
+    (64, 1000, 4, None, None),       # auto: cluster (no combine kernel: the add advances)
+    (8, 1000, 4, 3, "cluster"),      # a cluster plan: no second kernel
+]
+
+
+@pytest.mark.parametrize("batch,window,sink,splits,combine", CASES)
+def test_every_knob_combination_gives_the_default_bits(batch, window, sink, splits, combine,
+                                                      monkeypatch, capfd):
+    Hq, Hkv, D, W, S = 32, 8, 128, window, sink
+    case = random_ring(batch, Hq, Hkv, D, W, S, torch.bfloat16, seed=batch * 1000 + W + S)
+    monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")
+    if splits is not None:
+        monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
+    if combine is not None:
+        monkeypatch.setenv("SWAA_DECODE_COMBINE", combine)
+    seqlens0, lengths = case[5], case[6]
+    expected_seqlens = seqlens0 + lengths.clamp(0, 1)
+    results = {}
+    for combo in COMBOS:
+        set_combo(monkeypatch, combo)
+        results[combo] = result = decode(case, W, S, capfd)
+        (line,) = result[5]
+        n_splits, kind, mode = PLAN.search(line).groups()
+        kernel_combine = kind == "global" and mode == "kernel"
+        staged = combo[0] == "staged" and kernel_combine and int(n_splits) <= 1024
+        assert (", staged loads" in line) == staged, line
+        assert (", advances seqlens" in line) == (combo[1] == "kernel" and kernel_combine), line
+        assert torch.equal(result[4], expected_seqlens), combo  # advanced exactly once
+    for combo in COMBOS:
+        assert_same_bits(results[combo], results[DEFAULT], combo)
+    default = results[DEFAULT]
+    assert not torch.isnan(default[0].float()).any()
+    check_against_reference(case, default[:4] + (None,), W, S, rows=range(min(batch, 6)),
+                            tol=2e-2)
+
+
+@pytest.mark.parametrize("combo", [c for c in COMBOS if c != DEFAULT])
+def test_advance_false_leaves_seqlens_alone(combo, monkeypatch, capfd):
+    case = random_ring(8, 32, 8, 128, 1000, 4, torch.bfloat16, seed=5)
+    monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
+    monkeypatch.setenv("SWAA_DECODE_SPLITS", "4")
+    set_combo(monkeypatch, combo)
+    result = decode(case, 1000, 4, capfd, advance=False)
+    assert torch.equal(result[4], case[5])
+
+
+@pytest.mark.parametrize("combo", COMBOS)
+def test_fused_combine_still_advances_once(combo, monkeypatch, capfd):
+    # The fused combine has no second kernel: the add advances, once.
+    case = random_ring(8, 32, 8, 128, 1000, 4, torch.bfloat16, seed=6)
+    for name, value in (("COMBINE", "global"), ("SPLITS", "4"), ("GLOBAL_COMBINE", "fused"),
+                        ("VERBOSE", "2")):
+        monkeypatch.setenv(f"SWAA_DECODE_{name}", value)
+    set_combo(monkeypatch, combo)
+    result = decode(case, 1000, 4, capfd)
+    (line,) = result[5]
+    assert PLAN.search(line).group(3) == "fused" and "advances seqlens" not in line, line
+    assert torch.equal(result[4], case[5] + case[6].clamp(0, 1))
+
+
+def stream_steps(cache, steps, lengths):
+    outs = []
+    for q, k, v in steps:
+        outs.append(cache.attend(q, k, v, lengths=lengths, return_lse=True))
+    return outs
+
+
+@pytest.mark.parametrize("combo", [c for c in COMBOS if c != DEFAULT])
+def test_streamed_steps_match_the_default(combo, monkeypatch):
+    # 30 eager decode steps through RingKVCache.attend (row 1 wraps the ring,
+    # row 3 is past it; row 2 padded throughout, row 0 starts at 0) in the default mode and
+    # with the knobs: same outputs, caches and seqlens after every step.
+    torch.manual_seed(30)
+    B, Hq, Hkv, D, W, S = 4, 32, 8, 128, 200, 4  # 4 key tiles: 3 splits
+    monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
+    monkeypatch.setenv("SWAA_DECODE_SPLITS", "3")
+    caches = [RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+              for _ in range(2)]
+    for c in caches:
+        torch.manual_seed(31)
+        c.keys.normal_()
+        c.values.normal_()
+        c.seqlens.copy_(torch.tensor([0, 190, 500, 1000], device="cuda"))
+    lengths = torch.tensor([1, 1, 0, 1], device="cuda")
+    steps = [tuple(torch.randn(B, h, 1, D, dtype=torch.bfloat16, device="cuda")
+                   for h in (Hq, Hkv, Hkv)) for _ in range(30)]
+    for step in steps:
+        set_combo(monkeypatch, DEFAULT)
+        want = caches[0].attend(*step, lengths=lengths, return_lse=True)
+        set_combo(monkeypatch, combo)
+        got = caches[1].attend(*step, lengths=lengths, return_lse=True)
+        assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+        assert torch.equal(caches[0].seqlens, caches[1].seqlens)
+    assert caches[1].seqlens.tolist() == [30, 220, 500, 1030]
+    assert torch.equal(caches[0].keys, caches[1].keys)
+    assert torch.equal(caches[0].values, caches[1].values)
+
+
+@pytest.mark.parametrize("combo", COMBOS)
+@pytest.mark.parametrize("batch,splits", [(1, 33), (8, 4)])
+def test_graph_replays_match_eager(combo, batch, splits, monkeypatch):
+    # A decode step captured with the knobs, replayed 50 times (a new token
+    # each), against an eager twin in the default mode: the same bits every
+    # step, and seqlens advanced exactly once per replay (the in-kernel
+    # advance is a node of the graph).  One padded row, rows at different
+    # positions, the ring wraps.
+    torch.manual_seed(40 + batch)
+    Hq, Hkv, D, W, S = 32, 8, 128, 2000, 4
+    monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
+    monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
+    caches = [RingKVCache(batch, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+              for _ in range(2)]
+    start = torch.tensor([W - 20, 9000, 0, 5, 3 * W, 17, 2 * W + 7, 1][:batch], device="cuda")
+    for c in caches:
+        torch.manual_seed(41)
+        c.keys.normal_()
+        c.values.normal_()
+        c.seqlens.copy_(start)
+    lengths = torch.ones(batch, dtype=torch.int64, device="cuda")
+    if batch > 1:
+        lengths[3] = 0
+    graph_cache, eager_cache = caches
+    static = [torch.randn(batch, h, 1, D, dtype=torch.bfloat16, device="cuda")
+              for h in (Hq, Hkv, Hkv)]
+    set_combo(monkeypatch, combo)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: one step on both, same inputs
+        graph_cache.attend(*static, lengths=lengths)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = graph_cache.attend(*static, lengths=lengths)
+    set_combo(monkeypatch, DEFAULT)  # the graph keeps its capture's knobs
+    eager_cache.attend(*static, lengths=lengths)  # the warm-up's twin
+    assert torch.equal(graph_cache.seqlens, eager_cache.seqlens)  # capture ran nothing
+    for step in range(50):
+        new = [torch.randn_like(t) for t in static]
+        for s, n in zip(static, new):
+            s.copy_(n)
+        graph.replay()
+        eager_out = eager_cache.attend(*new, lengths=lengths)
+        assert torch.equal(static_out, eager_out), step
+        assert torch.equal(graph_cache.seqlens, eager_cache.seqlens), step
+    assert torch.equal(graph_cache.seqlens, start + 51 * lengths)
+    assert torch.equal(graph_cache.keys, eager_cache.keys)
+    assert torch.equal(graph_cache.values, eager_cache.values)
+
+
+@pytest.mark.parametrize("advance_mode", ["op", "kernel"])
+def test_failed_call_leaves_seqlens_unchanged(advance_mode, monkeypatch):
+    # A call that raises (bad shape) writes nothing in either mode: the next
+    # valid call gives the right answer and advances once (issue 4).
+    torch.manual_seed(50)
+    B, Hq, Hkv, D, W, S = 2, 32, 8, 128, 1000, 4
+    monkeypatch.setenv("SWAA_DECODE_ADVANCE", advance_mode)
+    monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
+    monkeypatch.setenv("SWAA_DECODE_SPLITS", "4")
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+    twin = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+    mk = lambda h: torch.randn(B, h, 1, D, dtype=torch.bfloat16, device="cuda")  # noqa: E731
+    for c in (cache, twin):
+        c.attend(mk(Hq), mk(Hkv), mk(Hkv))
+    twin.keys.copy_(cache.keys)
+    twin.values.copy_(cache.values)
+    before = (cache.keys.clone(), cache.values.clone(), cache.seqlens.clone())
+    q, k, v = mk(Hq), mk(Hkv), mk(Hkv)
+    with pytest.raises(ValueError, match="q heads"):
+        torch.ops.swaa.ring_decode(q[:, :7], k, v, cache.keys, cache.values, cache.seqlens, None,
+                                   W, S, 0.1, 0, True)
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        torch.ops.swaa.ring_decode(q, k, v, cache.keys, cache.values, cache.seqlens,
+                                   torch.ones(3, dtype=torch.int64, device="cuda"), W, S, 0.1, 0,
+                                   True)
+    with pytest.raises(ValueError):
+        cache.attend(q, k[:, :, :, :64], v)
+    torch.cuda.synchronize()
+    for a, b in zip((cache.keys, cache.values, cache.seqlens), before):
+        assert torch.equal(a, b)
+    monkeypatch.setenv("SWAA_DECODE_ADVANCE", "op")
+    want = twin.attend(q, k, v)
+    monkeypatch.setenv("SWAA_DECODE_ADVANCE", advance_mode)
+    got = cache.attend(q, k, v)
+    assert torch.equal(got, want)
+    assert cache.seqlens.tolist() == [2, 2] == twin.seqlens.tolist()
