@@ -1196,7 +1196,21 @@ int compute_major() {
 //                              bench/gpu_check.sh: runs *_cost_slots / *_cost_sm);
 //   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
 //                              dependent of the split kernel (off by default:
-//                              no gain measured, session 3);
+//                              no gain measured, session 3; decode4 moved the
+//                              split kernel's trigger to its first instruction
+//                              and the combine's prologue before its wait);
+//   SWAA_DECODE_COMBINE_LOADS=serial | staged
+//                              the combine kernel's loads: combine_splits, or
+//                              combine_splits_staged (lse values staged in
+//                              shared memory, partials loaded ahead; the same
+//                              bits; at most kStagedMaxSplits splits, serial
+//                              above); decode4, unmeasured;
+//   SWAA_DECODE_ADVANCE=op | kernel
+//                              ring_decode(advance = true): seqlens advanced by
+//                              an ATen add after the kernels (op), or by the
+//                              combine kernel where the plan has one (kernel;
+//                              cluster and fused plans keep the add): one
+//                              launch fewer per step; decode4, unmeasured;
 //   SWAA_DECODE_GLOBAL_COMBINE=kernel | fused
 //                              how a global plan merges its splits: the
 //                              second kernel (default) or the CTA of each
