@@ -60,20 +60,20 @@ def assert_same_bits(a, b, what):
 
 # (batch, window, sink, forced splits or None for the automatic plan, combine knob)
 CASES = [
-    (1, 1000, 4, None, None),        # auto: global, 16 splits
+    (1, 1000, 4, None, None),        # the automatic plan (whichever it is)
     (1, 1000, 4, 1, "global"),       # one split: every partial is the whole row
     (1, 1000, 4, 5, "global"),
     (1, 1000, 4, 17, "global"),      # more splits than one load batch (16)
     (1, 40, 300, 6, "global"),       # sink > window
-    (1, 4096, 4, None, None),        # issue 4's shape at B = 1: global, 33 splits
+    (1, 4096, 4, None, None),        # issue 4's shape at B = 1 (H200: global, 33 splits)
     (1, 16384, 4, 200, "global"),    # more splits than threads (128): strided lse loads
     (1, 70000, 4, 1030, "global"),   # above kStagedMaxSplits (1024): staged falls back
     (8, 1000, 4, 4, "global"),
     (8, 1000, 4, 7, "global"),
     (8, 40, 300, 3, "global"),
-    (8, 4096, 4, None, None),        # issue 4's shape at B = 8: global, 4 splits
+    (8, 4096, 4, None, None),        # issue 4's shape at B = 8 (H200: global, 4 splits)
     (64, 1000, 4, 2, "global"),
-    (64, 1000, 4, None, None),       # auto: cluster (no combine kernel: the add advances)
+    (64, 1000, 4, None, None),       # auto (a cluster expected: no combine kernel, the add)
     (8, 1000, 4, 3, "cluster"),      # a cluster plan: no second kernel
 ]
 
