@@ -322,13 +322,22 @@ __device__ __forceinline__ double fma_rn(double a, double b, double c) { return 
 // .. write the output dims; thread 0 also writes the lse.  Used by the
 // combine kernels (global plan and the legacy fp32/fp64 path).  Keep in step
 // with fused_combine: tests/test_decode_fused.py checks bit equality.
+// Plain (L1-cached) loads, unlike fused_combine's load_partial: the combine
+// kernel starts after the split kernel's grid has finished, so its partials
+// are visible, and the lse of each split, re-read for every output, then
+// comes from L1.  Session 5 measured this kernel with L2-only loads (__ldcg):
+// 10.9 us at B = 1 (33 splits), the whole step 23.4 us against 17.8 us in
+// session 4 with plain loads (bench/results/logs/
+// decode_floor_profile_H200_session5.log); back to plain loads, to be
+// re-measured.  The loads do not change the values, so the bits stay those
+// of fused_combine.
 template <typename T, int kDim, typename acc_t>
 __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, int splits,
                                                const acc_t* part_out, const acc_t* part_lse,
                                                int tid, int n_threads) {
   const acc_t* lse_s = part_lse + bh * splits;
   acc_t m = neg_inf<acc_t>();
-  for (int s = 0; s < splits; ++s) m = max(m, load_partial(lse_s + s));
+  for (int s = 0; s < splits; ++s) m = max(m, lse_s[s]);
   T* out = static_cast<T*>(p.out) + bh * kDim;
   if (m == neg_inf<acc_t>()) {  // padded row: nothing attended
     for (int d = tid; d < kDim; d += n_threads) out[d] = from_acc<T>(acc_t(0));
@@ -336,12 +345,12 @@ __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, 
     return;
   }
   acc_t weight_sum = 0;
-  for (int s = 0; s < splits; ++s) weight_sum += exp2_of(load_partial(lse_s + s) - m);
+  for (int s = 0; s < splits; ++s) weight_sum += exp2_of(lse_s[s] - m);
   for (int d = tid; d < kDim; d += n_threads) {
     acc_t o = 0;
     for (int s = 0; s < splits; ++s) {
-      const acc_t w = exp2_of(load_partial(lse_s + s) - m);
-      if (w > acc_t(0)) o = fma_rn(w, load_partial(part_out + (bh * splits + s) * kDim + d), o);
+      const acc_t w = exp2_of(lse_s[s] - m);
+      if (w > acc_t(0)) o = fma_rn(w, part_out[(bh * splits + s) * kDim + d], o);
     }
     out[d] = from_acc<T>(divide_rn(o, weight_sum));
   }
