@@ -369,8 +369,11 @@ __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, 
 // in split order from shared memory, with the partials of kStagedBatch splits
 // loaded ahead into registers (independent loads in flight), keeping the skip
 // of splits with weight 0 (fma with w == 0 is not a no-op when the partial is
-// inf or NaN).  At most kStagedMaxSplits splits (the launcher falls back to
-// combine_splits above that).  kThreads threads per (row, head): one output
+// inf or NaN).  Every value is read once, so the loads stay L2-only
+// (load_partial, as in fused_combine): nothing to gain from L1, and no L1
+// line can be stale when the kernel was scheduled (PDL) before the split
+// kernel wrote the partials.  At most kStagedMaxSplits splits (the launcher
+// falls back to combine_splits above that).  kThreads threads per (row, head): one output
 // each at D = 128.  Keep in step with combine_splits (tests/test_decode_fused.py
 // checks bit equality).
 constexpr int kStagedMaxSplits = 1024;  // kDecodeSplitsMax: 4 KB of shared memory
