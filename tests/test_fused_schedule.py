@@ -10,31 +10,16 @@ PATH), no GPU; skipped without nvcc.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def find_nvcc():
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
-    cand = Path(home) / "bin" / "nvcc"
-    return str(cand) if cand.exists() else shutil.which("nvcc")
+from native_build import build_native, find_nvcc
 
 
 @pytest.mark.skipif(find_nvcc() is None, reason="needs nvcc")
 def test_fused_backward_schedule(tmp_path):
-    exe = tmp_path / "fused_schedule_check"
-    cmd = [find_nvcc(), "-std=c++20", "-O2", "--expt-relaxed-constexpr",
-           "-gencode=arch=compute_90a,code=sm_90a", f"-I{ROOT / 'csrc'}",
-           f"-I{ROOT / 'csrc' / 'include'}",
-           str(ROOT / "tests" / "native" / "fused_schedule_check.cu"), "-o", str(exe)]
-    build = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    assert build.returncode == 0, build.stderr[-3000:]
+    exe = build_native("fused_schedule_check", tmp_path)
     res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stdout[-3000:]
     assert "OK: 0 failure(s) in 77 cases" in res.stdout, res.stdout[-3000:]

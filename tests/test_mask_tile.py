@@ -7,31 +7,16 @@ skipped without nvcc.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def find_nvcc():
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
-    cand = Path(home) / "bin" / "nvcc"
-    return str(cand) if cand.exists() else shutil.which("nvcc")
+from native_build import build_native, find_nvcc
 
 
 @pytest.mark.skipif(find_nvcc() is None, reason="needs nvcc")
 def test_mask_tile_is_the_visibility_predicate(tmp_path):
-    exe = tmp_path / "mask_tile_check"
-    cmd = [find_nvcc(), "-std=c++20", "-O2", "--expt-relaxed-constexpr",
-           "-gencode=arch=compute_90a,code=sm_90a", f"-I{ROOT / 'csrc'}",
-           f"-I{ROOT / 'csrc' / 'include'}", str(ROOT / "tests" / "native" / "mask_tile_check.cu"),
-           "-o", str(exe)]
-    build = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    assert build.returncode == 0, build.stderr[-3000:]
+    exe = build_native("mask_tile_check", tmp_path)
     for seed in ("1", "2"):
         res = subprocess.run([str(exe), "100000", seed], capture_output=True, text=True,
                              timeout=300, check=False)
