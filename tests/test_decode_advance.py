@@ -249,8 +249,25 @@ def test_failed_call_leaves_seqlens_unchanged(advance_mode, monkeypatch):
                                    True)
     with pytest.raises(ValueError):
         cache.attend(q, k[:, :, :, :64], v)
+    # The checks after prepare_ring (num_splits, check_cuda_support) also run
+    # before any launch (review_decode4 finding 7).
+    with pytest.raises(ValueError, match="num_splits"):
+        torch.ops.swaa.ring_decode(q, k, v, cache.keys, cache.values, cache.seqlens, None,
+                                   W, S, 0.1, -1, True)
     torch.cuda.synchronize()
     for a, b in zip((cache.keys, cache.values, cache.seqlens), before):
+        assert torch.equal(a, b)
+    odd = RingKVCache(B, Hkv, 96, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+    odd.keys.normal_()
+    odd.values.normal_()
+    odd.seqlens.fill_(7)
+    odd_before = (odd.keys.clone(), odd.values.clone(), odd.seqlens.clone())
+    mk96 = lambda h: torch.randn(B, h, 1, 96, dtype=torch.bfloat16, device="cuda")  # noqa: E731
+    with pytest.raises(ValueError, match=r"head dim \(D\) must be 64 or 128"):
+        torch.ops.swaa.ring_decode(mk96(Hq), mk96(Hkv), mk96(Hkv), odd.keys, odd.values,
+                                   odd.seqlens, None, W, S, 0.1, 0, True)
+    torch.cuda.synchronize()
+    for a, b in zip((odd.keys, odd.values, odd.seqlens), odd_before):
         assert torch.equal(a, b)
     monkeypatch.setenv("SWAA_DECODE_ADVANCE", "op")
     want = twin.attend(q, k, v)
@@ -258,3 +275,104 @@ def test_failed_call_leaves_seqlens_unchanged(advance_mode, monkeypatch):
     got = cache.attend(q, k, v)
     assert torch.equal(got, want)
     assert cache.seqlens.tolist() == [2, 2] == twin.seqlens.tolist()
+
+
+def bits(t):
+    """t's raw bits (NaN == NaN when the payloads match): torch.equal is False on NaN."""
+    return t.view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("poison", ["inf_value", "nan_value", "nan_key"])
+def test_zero_weight_split_with_non_finite_partial(dtype, poison, monkeypatch, capfd):
+    # The `w > 0` skip of the combine (review_decode4 finding 1): a split whose
+    # weight exp2(lse_s - m) underflows to 0 while its partial is inf or NaN
+    # must be skipped, not fused (fma(0, inf, o) is NaN).  One row at a full
+    # ring, q = 4, the 4 sink keys = 4 (split 0, ~261 log2 units above every
+    # other key: the other splits' weights are exactly 0), the other keys
+    # small.  inf_value / nan_value: the value of position seqlens - 2 (the
+    # last non-empty split: 1005 keys, 5 splits of 4 tiles, split 4 empty) is
+    # inf / NaN, so that split's partial is non-finite and its weight 0; the
+    # output stays finite (the mean of the sink values).  nan_key: a NaN key in
+    # split 1 gives that split a NaN lse and partial: the maximum ignores it,
+    # its weight is NaN (skipped by `w > 0`) and carries NaN into the weight
+    # sum.  serial, staged and the fused combine: the same bits.
+    B, Hq, Hkv, D, W, S = 1, 1, 1, 128, 1000, 4
+    position = 7 * (S + W)
+    g = torch.Generator(device="cuda").manual_seed(60)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    kc = (0.1 * mk(B, Hkv, S + W, D)).to(dtype)
+    vc = mk(B, Hkv, S + W, D).to(dtype)
+    kc[:, :, :S] = 4
+    q = torch.full((B, Hq, 1, D), 4.0, device="cuda").to(dtype)
+    k, v = (0.1 * mk(B, Hkv, 1, D)).to(dtype), mk(B, Hkv, 1, D).to(dtype)
+    slot = lambda t: t if t < S else S + (t - S) % W  # noqa: E731
+    if poison == "inf_value":
+        vc[0, 0, slot(position - 2)] = float("inf")
+    elif poison == "nan_value":
+        vc[0, 0, slot(position - 2)] = float("nan")
+    else:
+        kc[0, 0, slot(position - 500), 7] = float("nan")  # key 503 of 1005: split 1
+    case = (q, k, v, kc, vc, torch.tensor([position], device="cuda"),
+            torch.ones(B, dtype=torch.int64, device="cuda"))
+    monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")
+    monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
+    monkeypatch.setenv("SWAA_DECODE_SPLITS", "5")
+    results = {}
+    for name, loads, combine in (("serial", "serial", "kernel"), ("staged", "staged", "kernel"),
+                                 ("fused", "serial", "fused")):
+        monkeypatch.setenv("SWAA_DECODE_COMBINE_LOADS", loads)
+        monkeypatch.setenv("SWAA_DECODE_GLOBAL_COMBINE", combine)
+        results[name] = result = decode(case, W, S, capfd, advance=False)
+        (line,) = result[5]
+        n_splits, kind, mode = PLAN.search(line).groups()
+        assert (int(n_splits), kind, mode) == (5, "global", combine), line
+        assert (", staged loads" in line) == (loads == "staged"), line
+    serial = results["serial"]
+    for name in ("staged", "fused"):
+        for x, y, what in zip(results[name][:4], serial[:4], ("out", "lse", "k_cache", "v_cache")):
+            assert torch.equal(bits(x), bits(y)), (name, what)
+    out, lse = serial[0], serial[1]
+    if poison == "nan_key":
+        assert torch.isnan(lse).all(), "the NaN key should poison split 1's lse (this test's case)"
+    else:  # the poisoned split was skipped: only the sinks count
+        assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+        torch.testing.assert_close(out.float(), vc[:, :, :S].float().mean(2, keepdim=True),
+                                   atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_staged_equals_serial_for_every_split_count(dtype, head_dim, monkeypatch, capfd):
+    # staged == serial bit for bit for splits 1..33, 64, 129 and 200 (brief
+    # decode4; review_decode4 finding 2): both dtypes, D = 64 (threads 64-127
+    # own no output, thread 0's weight sum gives the lse) and 128, one load
+    # batch exactly (16) and its tails.  B = 2, the second row padded; W =
+    # 16000 (250 key tiles) so no split count is clamped.  The op writes the
+    # same new key into the same slot on every call, so the calls share the
+    # caches (advance=False: seqlens stays).
+    Hq, Hkv, W, S = 32, 8, 16000, 4
+    q, k, v, kc, vc, seqlens, lengths = random_ring(2, Hq, Hkv, head_dim, W, S, dtype,
+                                                     seed=head_dim + 7 * (dtype == torch.half))
+    monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")
+    monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
+    scale = 1 / math.sqrt(head_dim)
+    for splits in [*range(1, 34), 64, 129, 200]:
+        monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
+        got = {}
+        for loads in ("serial", "staged"):
+            monkeypatch.setenv("SWAA_DECODE_COMBINE_LOADS", loads)
+            capfd.readouterr()
+            got[loads] = torch.ops.swaa.ring_decode(q, k, v, kc, vc, seqlens, lengths, W, S,
+                                                    scale, 0, False)
+            torch.cuda.synchronize()
+            (line,) = [x for x in capfd.readouterr().err.splitlines()
+                       if x.startswith("swaa ring_decode:")]
+            n_splits, kind, mode = PLAN.search(line).groups()
+            assert (int(n_splits), kind, mode) == (splits, "global", "kernel"), line
+            assert (", staged loads" in line) == (loads == "staged"), line
+        for x, y, what in zip(got["serial"], got["staged"], ("out", "lse")):
+            assert torch.equal(x, y), (splits, what)
+        out, lse = got["serial"]
+        assert torch.isfinite(out[0]).all() and torch.all(out[1] == 0), splits
+        assert torch.all(torch.isneginf(lse[1])), splits
