@@ -378,6 +378,8 @@ def test_decode_advance_failed_call_leaves_seqlens_cpu():
         torch.ops.swaa.ring_decode(q, k, v, kc, vc, seq, torch.tensor([1, 2]), W, S, 1.0, 0, True)
     with pytest.raises(ValueError, match="k head dim"):
         torch.ops.swaa.ring_decode(q, k[..., :4], v, kc, vc, seq, None, W, S, 1.0, 0, True)
+    with pytest.raises(ValueError, match="num_splits"):  # checked after prepare_ring
+        torch.ops.swaa.ring_decode(q, k, v, kc, vc, seq, None, W, S, 1.0, -1, True)
     for a, b in zip((kc, vc, seq), before):
         assert torch.equal(a, b)
     torch.ops.swaa.ring_decode(q, k, v, kc, vc, seq, None, W, S, 1.0, 0, True)
