@@ -201,3 +201,22 @@ def test_decode4_parts_sweep_every_knob_combination_default_first():
     for variant in re.findall(r"--variant (\S+)", TEXT):
         for name in profile_decode.parse_variant(variant):
             assert name in sweep.KNOBS, name
+
+
+def test_profile_step_span_counts_overlapping_kernels_once():
+    # profile_decode.py's step span (review_decode4 finding 4): under PDL the combine kernel's
+    # record starts inside the split kernel's, so the span, not the sum, is the step's time
+    sys.path.insert(0, str(ROOT / "bench"))
+    import profile_decode
+
+    steps = [[("split", 0.0, 37.0), ("combine", 2.0, 40.0)],          # PDL: overlapping
+             [("split", 100.0, 138.0), ("combine", 139.5, 142.5)]]    # serial: a gap
+    records = [r for step in reversed(steps) for r in reversed(step)]  # any order
+    assert profile_decode.step_spans(records, 2) == [40.0, 42.5]
+    with pytest.raises(ValueError, match="equal steps"):
+        profile_decode.step_spans(records[:3], 2)
+    with pytest.raises(ValueError, match="same kernels"):
+        profile_decode.step_spans([("split", 0, 1), ("combine", 2, 3), ("add", 4, 5),
+                                   ("split", 6, 7)], 2)
+    name = "void swaa::(anonymous namespace)::ring_decode_combine_kernel<__nv_bfloat16, 128, true>"
+    assert profile_decode.short_name(name) == "ring_decode_combine_kernel<__nv_bfloat16, 128, true>"
