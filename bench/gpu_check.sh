@@ -48,10 +48,11 @@
 #             A/B (combine cluster / global / PDL, 66 and 132 splits), the B=8 split sweep, the
 #             split kernel's variants at B=8 (bench/bench_decode_sweep.py: combine kernel / fused
 #             x tiling x balanced splits x split count, ~30 s), the fused combine at B=1/8/64, and
-#             the planner's two cost models, decode4's combine-kernel knobs (decode4_parts:
-#             staged loads x advance in the kernel x PDL at B=1/8/64, profiles);
-#             bench/bench_memory.py; a summary of every run.  ~6 min (auto plan + memory alone,
-#             DECODE_AB=0: ~40 s; DECODE_AB=decode4: auto, decode4's parts, memory, ~3.5 min).
+#             the planner's two cost models; bench/bench_memory.py; a summary of every run.
+#             ~3.5 min (auto plan + memory alone, DECODE_AB=0: ~40 s; DECODE_AB=decode4: the
+#             auto plan, decode4's combine-kernel knobs instead of the older A/B runs
+#             (decode4_parts: staged loads x advance in the kernel x PDL at B=1/8/64, all on,
+#             profiles), memory, ~3.5 min).
 #             Backs: README "Decode step with the ring cache", "Streaming memory",
 #             docs/ring_cache.md "Measured"; bench/results/decode_H200.jsonl, memory_H200.jsonl.
 #   loop      issue 7's decode loop in ms/token: bench/count_step_kernels.py (kernels per step)
@@ -102,10 +103,11 @@
 #   TUNE_TIMEOUT      per tuning part (240)
 #   BENCH=mine|lead   bench/bench_cuda_kernels.py (default) or bench/bench_attention.py --preset gpu;
 #                     BENCH_ARGS replaces the benchmark's shape arguments; BENCH_TIMEOUT (540)
-#   DECODE_AB=0       decode: only the automatic plan and the memory benchmark (decode4: and
-#                     decode4's parts, without the older A/B runs); LEGACY=1 adds the
-#                     session-1 CUDA-core decode kernel (SWAA_RING_DECODE=legacy); DECODE_TIMEOUT
-#                     per bench_decode run (240)
+#   DECODE_AB=0       decode: only the automatic plan and the memory benchmark (~40 s)
+#   DECODE_AB=decode4 decode: the automatic plan, decode4's parts (decode4_parts) and the memory
+#                     benchmark, without the older A/B runs (~3.5 min; the default DECODE_AB=1
+#                     does not run decode4's parts); LEGACY=1 adds the session-1 CUDA-core decode
+#                     kernel (SWAA_RING_DECODE=legacy); DECODE_TIMEOUT per bench_decode run (240)
 #   LOOPC_HF=1        loop: also transformers' rows (hf-sdpa, hf-static-compile); LOOPC_STEP=1 also
 #                     the whole step compiled as one graph (batch 1, minutes of compile: better in
 #                     a call of its own with LOOPC_ONLY_STEP=1); LOOP_ARGS extra bench_decode_loop.py
@@ -318,8 +320,12 @@ PY
 # decode4's knobs of the global combine kernel (staged loads, the position update in the kernel,
 # PDL; each off by default, each the default's bits): every combination at B=1, 8, 64 in one
 # process (3 interleaved rounds, medians, speed-up over the default), all three on against the
-# default for the ring and ring_full rows, and per-kernel device times with each knob alone and
-# all three (bench/profile_decode.py).  ~2.5 min (estimate).
+# default for the ring and ring_full rows, and per-kernel device times and the step span with
+# each knob alone and all three (bench/profile_decode.py; under PDL compare the span, not the
+# kernels' sum).  B=64 plans a cluster (no combine kernel: every knob is inert), so its rows are
+# the no-regression / noise row: 8 variants of identical code show the sweep's spread.  Only with
+# DECODE_AB=decode4 (it would push the default decode step past one call's budget).
+# ~2.5 min (estimate).
 decode4_parts() {
   local rows=$1 t=$2
   run_part decode4_sweep "$t" env SWAA_DECODE_VERBOSE=1 python bench/bench_decode_sweep.py \
@@ -374,7 +380,6 @@ step_decode() {
         python bench/bench_decode.py --impls ring,ring_full --batches 1,8,64 --budget 1 \
         --run "${STAMP}_cost_$cost" --out "$rows"
     done
-    decode4_parts "$rows" "$t"
   fi
   if [[ -n ${LEGACY:-} ]]; then  # the session-1 CUDA-core kernel as a same-run baseline
     run_part legacy "$t" env SWAA_RING_DECODE=legacy python bench/bench_decode.py --impls ring \

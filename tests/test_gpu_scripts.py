@@ -184,6 +184,9 @@ def test_decode4_parts_sweep_every_knob_combination_default_first():
     # the decode step's decode4 parts: the sweep's variants (its speed-ups are over the first)
     # and the profile's --variant parsing, which gpu_check.sh's profile part relies on
     assert re.search(r"^decode4_parts\(\) \{", TEXT, re.M)
+    # opt-in only (DECODE_AB=decode4): the default decode step must stay within one call's budget
+    calls = re.findall(r"^ *(.*\n) *decode4_parts \"", TEXT, re.M)
+    assert calls == ['if [[ ${DECODE_AB:-1} == decode4 ]]; then\n'], calls
     assert {"set", "batches", "rounds"} <= INVOCATIONS["bench/bench_decode_sweep.py"]
     assert {"batches", "variant"} <= INVOCATIONS["bench/profile_decode.py"]
     sys.path.insert(0, str(ROOT / "bench"))
