@@ -63,7 +63,7 @@ CASES = [
     (1, 1000, 4, None, None),        # the automatic plan (whichever it is)
     (1, 1000, 4, 1, "global"),       # one split: every partial is the whole row
     (1, 1000, 4, 5, "global"),
-    (1, 1000, 4, 17, "global"),      # more splits than one load batch (16)
+    (1, 1000, 4, 17, "global"),      # more splits than two load batches (8 each)
     (1, 40, 300, 6, "global"),       # sink > window
     (1, 4096, 4, None, None),        # issue 4's shape at B = 1 (H200: global, 33 splits)
     (1, 16384, 4, 200, "global"),    # more splits than threads (128): strided lse loads
@@ -346,11 +346,11 @@ def test_zero_weight_split_with_non_finite_partial(dtype, poison, monkeypatch, c
 def test_staged_equals_serial_for_every_split_count(dtype, head_dim, monkeypatch, capfd):
     # staged == serial bit for bit for splits 1..33, 64, 129 and 200 (brief
     # decode4; review_decode4 finding 2): both dtypes, D = 64 (threads 64-127
-    # own no output, thread 0's weight sum gives the lse) and 128, one load
-    # batch exactly (16) and its tails.  B = 2, the second row padded; W =
-    # 16000 (250 key tiles) so no split count is clamped.  The op writes the
-    # same new key into the same slot on every call, so the calls share the
-    # caches (advance=False: seqlens stays).
+    # own no output, thread 0's weight sum gives the lse) and 128, exactly one
+    # load batch (8 = kStagedBatch), several, and their tails.  B = 2, the
+    # second row padded; W = 16000 (250 key tiles) so no split count is
+    # clamped.  The op writes the same new key into the same slot on every
+    # call, so the calls share the caches (advance=False: seqlens stays).
     Hq, Hkv, W, S = 32, 8, 16000, 4
     q, k, v, kc, vc, seqlens, lengths = random_ring(2, Hq, Hkv, head_dim, W, S, dtype,
                                                      seed=head_dim + 7 * (dtype == torch.half))

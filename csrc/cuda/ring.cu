@@ -377,7 +377,19 @@ __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, 
 // each at D = 128.  Keep in step with combine_splits (tests/test_decode_fused.py
 // checks bit equality).
 constexpr int kStagedMaxSplits = 1024;  // kDecodeSplitsMax: 4 KB of shared memory
-constexpr int kStagedBatch = 16;        // partial loads in flight per thread
+// Partial loads in flight per thread.  8, not 16: 16 took 55 registers (56
+// allocated, 7168 per CTA), so under PDL only one staged combine CTA fitted
+// beside the two split CTAs of an SM (216 registers allocated each: 10240 of
+// 65536 left), and at B = 8 (256 combine CTAs, 132 SMs) about half of them
+// could not be resident at their wait.  With 8: 39 registers (40 allocated,
+// 5120 per CTA), two fit, as the serial combine's 32 do.  The cost is
+// ceil(splits / 8) instead of ceil(splits / 16) dependent L2 trips: 5 instead
+// of 3 at B = 1 (33 splits), 1 either way at B = 8 (4 splits).  A minimum-
+// blocks launch bound would cap the registers with 16 loads too, but on the
+// shared template it also changed the serial (default) kernels' allocation
+// (32 -> 48 registers with `kStaged ? 12 : 1`), and whether 16 loads stay in
+// flight under a 40-register cap cannot be checked without the SASS.
+constexpr int kStagedBatch = 8;
 
 template <typename T, int kDim>
 __device__ __forceinline__ void combine_splits_staged(const RingParams& p, int64_t bh, int splits,
@@ -629,7 +641,9 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   // waits for this whole grid to complete and its writes to be visible, so
   // the trigger orders no memory and is safe anywhere: it goes first, so the
   // combine grid is scheduled as soon as the last split CTA has started.  In
-  // a one-wave plan (B = 1 and 8 at W = 4096) its CTAs (32 registers, 4 KB)
+  // a one-wave plan (B = 1 and 8 at W = 4096) its CTAs (serial: 32
+  // registers; staged: 39 registers, 4 KB: two CTAs of either fit in the
+  // 10240 registers two split CTAs leave on an SM, see kStagedBatch)
   // then sit resident beside the split CTAs at their wait and start the
   // moment the split kernel ends; in a plan of several waves the trigger
   // fires only when the last wave has started, so a combine CTA never takes
