@@ -86,6 +86,25 @@ def assert_same_bits(a, b):
         assert torch.equal(x, y), name
 
 
+def run_fused_in_subprocess(tmp_path, script, shape, seed, splits, slices):
+    """Runs `script` (it gets the saved case's path) in a fresh process with the fused global
+    combine forced at `splits` splits and SWAA_DECODE_ARRIVAL_SLICES=`slices`, plans logged: the
+    counter slices it takes stay free for the other tests.  Returns the finished process."""
+    import os
+    import subprocess
+    import sys
+    B, Hq, Hkv, D, W, S = shape
+    case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=seed)
+    torch.save((*case, W, S), tmp_path / "case.pt")
+    env = dict(os.environ, SWAA_DECODE_COMBINE="global", SWAA_DECODE_SPLITS=str(splits),
+               SWAA_DECODE_VERBOSE="2", SWAA_DECODE_GLOBAL_COMBINE="fused",
+               SWAA_DECODE_ARRIVAL_SLICES=str(slices))
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "case.pt")],
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 @pytest.mark.parametrize("balance", [0, 1])  # splits of whole tiles | of equal key counts
 @pytest.mark.parametrize("window,sink", [(1000, 4), (40, 300)])  # (40, 300): sink > window
 @pytest.mark.parametrize("batch,splits", [(1, 1), (1, 2), (1, 5), (1, 17), (1, 33), (8, 1), (8, 2),
@@ -341,18 +360,8 @@ def test_fused_combine_on_many_streams(tmp_path):
     # to the combine kernel (logged).  Every stream's result has the combine
     # kernel's bits.  In a subprocess, so that the slices this uses up stay
     # available to the other tests.
-    import os
-    import subprocess
-    import sys
-    B, Hq, Hkv, D, W, S = 4, 16, 2, 128, 1500, 4
-    case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=5)
-    torch.save((*case, W, S), tmp_path / "case.pt")
-    env = dict(os.environ, SWAA_DECODE_COMBINE="global", SWAA_DECODE_SPLITS="6",
-               SWAA_DECODE_VERBOSE="2", SWAA_DECODE_GLOBAL_COMBINE="fused",
-               SWAA_DECODE_ARRIVAL_SLICES="8")
-    run = subprocess.run([sys.executable, "-c", MANY_STREAMS_SCRIPT, str(tmp_path / "case.pt")],
-                         env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_fused_in_subprocess(tmp_path, MANY_STREAMS_SCRIPT, (4, 16, 2, 128, 1500, 4), seed=5,
+                                  splits=6, slices=8)
     assert "same bits on 12 streams" in run.stdout
     modes = [p[2] for p in plans_of(run.stderr)]
     assert len(modes) == 13 and set(modes) <= {"fused", "kernel, fused not available"}, modes
@@ -452,18 +461,8 @@ def test_captures_take_their_own_counter_slice(tmp_path):
     # fallback: with 3 slices, the default stream, stream x and the captures on x take them all,
     # so stream y (eager and captured) gets the combine kernel.  In a subprocess: the slices it
     # takes stay free for the other tests.
-    import os
-    import subprocess
-    import sys
-    B, Hq, Hkv, D, W, S = 3, 16, 2, 128, 700, 4
-    case = random_ring(B, Hq, Hkv, D, W, S, torch.bfloat16, seed=6)
-    torch.save((*case, W, S), tmp_path / "case.pt")
-    env = dict(os.environ, SWAA_DECODE_COMBINE="global", SWAA_DECODE_SPLITS="5",
-               SWAA_DECODE_VERBOSE="2", SWAA_DECODE_GLOBAL_COMBINE="fused",
-               SWAA_DECODE_ARRIVAL_SLICES="3")
-    run = subprocess.run([sys.executable, "-c", CAPTURE_SLICES_SCRIPT, str(tmp_path / "case.pt")],
-                         env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_fused_in_subprocess(tmp_path, CAPTURE_SLICES_SCRIPT, (3, 16, 2, 128, 700, 4), seed=6,
+                                  splits=5, slices=3)
     assert "same bits, eager and 3 graphs" in run.stdout
     fallback = "kernel, fused not available"
     assert [p[2] for p in plans_of(run.stderr)] == ["fused"] * 4 + [fallback] * 2

@@ -13,7 +13,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from native_build import build_native, find_nvcc
 
 
