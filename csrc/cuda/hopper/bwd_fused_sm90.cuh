@@ -64,54 +64,6 @@ namespace sm90 {
 // ---------------------------------------------------------------------------
 // PTX used only here.
 
-// d (64 x 64) = (accumulate ? d : 0) + A (64 x 16, smem, K-major) * B (16 x 64, smem, MN-major).
-template <typename T>
-__device__ __forceinline__ void wgmma_ss_n64_bmn(float (&d)[32], uint64_t desc_a,
-                                                 uint64_t desc_b, int accumulate);
-#define SWAA_FUSED_ACC8(i)                                                                   \
-  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
-      "+f"(d[i + 6]), "+f"(d[i + 7])
-#define SWAA_FUSED_SS64_BMN(TYPE, NAME)                                                        \
-  template <>                                                                                  \
-  __device__ __forceinline__ void wgmma_ss_n64_bmn<TYPE>(float (&d)[32], uint64_t desc_a,      \
-                                                         uint64_t desc_b, int accumulate) {    \
-    asm volatile(                                                                              \
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                           \
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32." NAME "." NAME                            \
-        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "             \
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"      \
-        ", %32, %33, p, 1, 1, 0, 1;\n}\n"                                                      \
-        : SWAA_FUSED_ACC8(0), SWAA_FUSED_ACC8(8), SWAA_FUSED_ACC8(16), SWAA_FUSED_ACC8(24)     \
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                          \
-  }
-// d (64 x 128) = (accumulate ? d : 0) + A (64 x 16, smem, K-major) * B (16 x 128, smem, MN-major).
-template <typename T>
-__device__ __forceinline__ void wgmma_ss_n128_bmn(float (&d)[64], uint64_t desc_a,
-                                                  uint64_t desc_b, int accumulate);
-#define SWAA_FUSED_SS128_BMN(TYPE, NAME)                                                       \
-  template <>                                                                                  \
-  __device__ __forceinline__ void wgmma_ss_n128_bmn<TYPE>(float (&d)[64], uint64_t desc_a,     \
-                                                          uint64_t desc_b, int accumulate) {   \
-    asm volatile(                                                                              \
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                           \
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32." NAME "." NAME                           \
-        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "             \
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "     \
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "     \
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"      \
-        ", %64, %65, p, 1, 1, 0, 1;\n}\n"                                                      \
-        : SWAA_FUSED_ACC8(0), SWAA_FUSED_ACC8(8), SWAA_FUSED_ACC8(16), SWAA_FUSED_ACC8(24),    \
-          SWAA_FUSED_ACC8(32), SWAA_FUSED_ACC8(40), SWAA_FUSED_ACC8(48), SWAA_FUSED_ACC8(56)   \
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                          \
-  }
-SWAA_FUSED_SS64_BMN(__nv_bfloat16, "bf16")
-SWAA_FUSED_SS64_BMN(__half, "f16")
-SWAA_FUSED_SS128_BMN(__nv_bfloat16, "bf16")
-SWAA_FUSED_SS128_BMN(__half, "f16")
-#undef SWAA_FUSED_SS64_BMN
-#undef SWAA_FUSED_SS128_BMN
-#undef SWAA_FUSED_ACC8
-
 // acc (64 x D) = dS (64 x 16 k-step, smem K-major) * K (16 x D, smem MN-major), D = 64 or 128.
 template <typename T, int D>
 __device__ __forceinline__ void wgmma_ss_d_bmn(float (&d)[D / 2], uint64_t desc_a, uint64_t desc_b,
@@ -135,22 +87,6 @@ __device__ __forceinline__ void bulk_add_global_f32(float* dst, const float* src
           reinterpret_cast<uint64_t>(dst)),
       "r"(smem_u32(src)), "r"(bytes)
       : "memory");
-}
-__device__ __forceinline__ void bulk_commit() {
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-}
-// All committed bulk groups have read their shared-memory source.
-__device__ __forceinline__ void bulk_wait_read_all() {
-  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-}
-// All committed bulk groups are complete (their writes performed).
-__device__ __forceinline__ void bulk_wait_all() {
-  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-}
-// Orders this thread's ordinary shared-memory writes before later async-proxy
-// (wgmma, bulk copy) reads of them.
-__device__ __forceinline__ void fence_async_shared() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 // The same between the generic and async proxies for global memory (turn
 // counter protocol around the bulk adds).
@@ -395,16 +331,16 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         } else {
           bulk_store_global(dst, s.dq, BM * D * 4);
         }
-        bulk_commit();
-        bulk_wait_read_all();
+        bulk_commit_group();
+        bulk_wait_group_read0();
         mbar_arrive(&s.dq_empty);  // the consumers may stage the next item
         if (rank + 1 < total) {
-          bulk_wait_all();
+          bulk_wait_group0();
           fence_async_global();
           st_release_gpu(counter, rank + 1);
         }
       }
-      bulk_wait_all();  // every add performed before the CTA ends
+      bulk_wait_group0();  // every add performed before the CTA ends
     }
     return;
   }
@@ -529,7 +465,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
             *reinterpret_cast<uint16_t*>(ds_half + ds_off[e][wd & 1] +
                                          (16 * kk + 8 * (wd >> 1)) * 128) =
                 static_cast<uint16_t>(e ? (dsa[kk][wd] >> 16) : (dsa[kk][wd] & 0xFFFFu));
-      fence_async_shared();
+      fence_proxy_async_shared();
       fence_regs(pa);
       fence_regs(dsa);
 
@@ -553,7 +489,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #pragma unroll
       for (int i = 0; i < BM * 64 * 2 / 16 / 128; ++i)
         ds_half[(threadIdx.x & 127) + i * 128] = make_uint4(0, 0, 0, 0);
-      fence_async_shared();
+      fence_proxy_async_shared();
     }
 
     // K's address through an opaque move: the B descriptors of the dQ
@@ -589,7 +525,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
           *reinterpret_cast<float2*>(&s.dq[dq_index<D>(row, cg * 64 + nb * 8 + 2 * t)]) =
               make_float2(dqp[4 * nb + 2 * r], dqp[4 * nb + 2 * r + 1]);
         }
-      fence_async_shared();  // the writer's bulk copy reads the stage
+      fence_proxy_async_shared();  // the writer's bulk copy reads the stage
       mbar_arrive(&s.dq_full);
     } else {
       // dQ over this group's 64 keys, all D columns: 4 k16 steps, A = the
@@ -634,7 +570,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
             const float2 other = *at;
             *at = make_float2(dqp[4 * nb + 2 * r] + other.x, dqp[4 * nb + 2 * r + 1] + other.y);
           }
-        fence_async_shared();  // the writer's bulk copy reads the stage
+        fence_proxy_async_shared();  // the writer's bulk copy reads the stage
         mbar_arrive(&s.dq_full);
       }
     }

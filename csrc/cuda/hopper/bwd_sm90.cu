@@ -154,6 +154,43 @@ cudaError_t allow_smem(Kernel kernel, int bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
+// Pieces both launchers (the two passes and the single pass) run the same way.
+
+// Floats of the split sink blocks' partial dk/dv (0 when no block is split).
+template <int D>
+int64_t partial_floats(const AttnParams& p, const DkdvSchedule& sched) {
+  using C = BwdSm90Config<D>;
+  return sched.n_split_blocks > 0
+             ? p.batch * p.kv_heads * sched.n_split_blocks * sched.n_split * 2 * C::kKvBlockN * D
+             : 0;
+}
+
+// delta = rowsum(dout * out) and the padded lse2 / delta the kernels read.
+template <typename T, int D>
+cudaError_t launch_prep(const AttnParams& p, float* delta, float* lse2_pad, float* delta_pad,
+                        int64_t q_len_pad, cudaStream_t stream) {
+  constexpr int kPrepThreads = 256;
+  const int64_t n_pad = p.batch * p.q_heads * q_len_pad;
+  bwd_prep_sm90_kernel<T, D>
+      <<<static_cast<unsigned>(ceil_div(n_pad * (D / 8), kPrepThreads)), kPrepThreads, 0, stream>>>(
+          p, delta, lse2_pad, delta_pad, q_len_pad);
+  return cudaGetLastError();
+}
+
+// Sums the split sink blocks' partial dk/dv (nothing to do when no block is split).
+template <typename T, int D>
+cudaError_t launch_dkdv_reduce(const AttnParams& p, const DkdvSchedule& sched,
+                               cudaStream_t stream) {
+  using C = BwdSm90Config<D>;
+  if (sched.n_split_blocks == 0) return cudaSuccess;
+  constexpr int kReduceThreads = 256;
+  const int64_t threads = p.batch * p.kv_heads * sched.n_split_blocks * C::kKvBlockN * D / 4;
+  bwd_dkdv_reduce_kernel<T, D, C::kKvBlockN>
+      <<<static_cast<unsigned>(ceil_div(threads, kReduceThreads)), kReduceThreads, 0, stream>>>(
+          p, sched);
+  return cudaGetLastError();
+}
+
 template <typename T, int D>
 cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
                    const std::function<float*(int64_t)>& workspace, const Maps& dkdv_maps,
@@ -171,20 +208,13 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   const int64_t n_pad = p.batch * p.q_heads * q_len_pad;
   DkdvSchedule sched = plan_dkdv<C::kKvBlockN, C::kKvBlockM>(p, split_knob(), heads_inner);
   const bool dkdv = (passes & kHopperDkdv) != 0;
-  const int64_t n_partial = dkdv && sched.n_split_blocks > 0
-                                ? p.batch * p.kv_heads * sched.n_split_blocks * sched.n_split *
-                                      2 * C::kKvBlockN * D
-                                : 0;
+  const int64_t n_partial = dkdv ? partial_floats<D>(p, sched) : 0;
   float* scratch = workspace(2 * n_pad + n_partial);
   float* lse2_pad = scratch;
   float* delta_pad = scratch + n_pad;  // n_pad is a multiple of 128: 512-byte aligned
   if (n_partial > 0) sched.partial = scratch + 2 * n_pad;
 
-  constexpr int kPrepThreads = 256;
-  bwd_prep_sm90_kernel<T, D>
-      <<<static_cast<unsigned>(ceil_div(n_pad * (D / 8), kPrepThreads)), kPrepThreads, 0, stream>>>(
-          p, delta, lse2_pad, delta_pad, q_len_pad);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = launch_prep<T, D>(p, delta, lse2_pad, delta_pad, q_len_pad, stream);
   if (err != cudaSuccess) return err;
 
   if (passes & kHopperDq) {
@@ -202,14 +232,7 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
         dkdv_maps.dout);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    if (sched.n_split_blocks > 0) {
-      constexpr int kReduceThreads = 256;
-      const int64_t threads = p.batch * p.kv_heads * sched.n_split_blocks * C::kKvBlockN * D / 4;
-      bwd_dkdv_reduce_kernel<T, D, C::kKvBlockN>
-          <<<static_cast<unsigned>(ceil_div(threads, kReduceThreads)), kReduceThreads, 0,
-             stream>>>(p, sched);
-      err = cudaGetLastError();
-    }
+    err = launch_dkdv_reduce<T, D>(p, sched, stream);
   }
   return err;
 }
@@ -230,10 +253,7 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   const int64_t q_len_pad = ceil_div(p.q_len, kPadRows) * kPadRows;
   const int64_t n_pad = p.batch * p.q_heads * q_len_pad;
   DkdvSchedule sched = plan_dkdv<C::kKvBlockN, C::kKvBlockM>(p, split_knob(), heads_inner);
-  const int64_t n_partial = sched.n_split_blocks > 0
-                                ? p.batch * p.kv_heads * sched.n_split_blocks * sched.n_split *
-                                      2 * C::kKvBlockN * D
-                                : 0;
+  const int64_t n_partial = partial_floats<D>(p, sched);
   const int64_t tiles = q_len_pad / C::kKvBlockM;
   const int64_t n_ints = ceil_div(p.batch * p.q_heads * tiles + 1, 4) * 4;  // turns + ticket
   // lse2 | delta | accumulator | partial dk/dv | turns, ticket: every part a
@@ -255,11 +275,7 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
     if (err != cudaSuccess) return err;
   }
 
-  constexpr int kPrepThreads = 256;
-  bwd_prep_sm90_kernel<T, D>
-      <<<static_cast<unsigned>(ceil_div(n_pad * (D / 8), kPrepThreads)), kPrepThreads, 0, stream>>>(
-          p, delta, lse2_pad, delta_pad, q_len_pad);
-  err = cudaGetLastError();
+  err = launch_prep<T, D>(p, delta, lse2_pad, delta_pad, q_len_pad, stream);
   if (err != cudaSuccess) return err;
 
   const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
@@ -267,15 +283,8 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
       p, lse2_pad, delta_pad, q_len_pad, sched, fdq, maps.q, maps.k, maps.v, maps.dout);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  if (sched.n_split_blocks > 0) {
-    constexpr int kReduceThreads = 256;
-    const int64_t threads = p.batch * p.kv_heads * sched.n_split_blocks * C::kKvBlockN * D / 4;
-    bwd_dkdv_reduce_kernel<T, D, C::kKvBlockN>
-        <<<static_cast<unsigned>(ceil_div(threads, kReduceThreads)), kReduceThreads, 0, stream>>>(
-            p, sched);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
+  err = launch_dkdv_reduce<T, D>(p, sched, stream);
+  if (err != cudaSuccess) return err;
   constexpr int kOutThreads = 256;
   bwd_fused_dq_out_kernel<T, D>
       <<<static_cast<unsigned>(ceil_div(n_pad * (D / 4), kOutThreads)), kOutThreads, 0, stream>>>(

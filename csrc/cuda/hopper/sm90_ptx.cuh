@@ -193,6 +193,14 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t desc_a, uint64
 template <typename T>
 __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
                                              int accumulate);
+// The same two shapes with B MN-major (its rows are k; the single-pass
+// backward's dQ = dS K, K as stored): d (64 x 128) and d (64 x 64).
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_n128_bmn(float (&d)[64], uint64_t desc_a,
+                                                  uint64_t desc_b, int accumulate);
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_n64_bmn(float (&d)[32], uint64_t desc_a,
+                                                 uint64_t desc_b, int accumulate);
 // d (64 x 128) += A (64 x 16, registers) * B (16 x 128, smem, MN-major).
 template <typename T>
 __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b);
@@ -202,25 +210,26 @@ template <typename T>
 __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4],
                                              uint64_t desc_b);
 
-#define SWAA_WGMMA_SS(TYPE, NAME)                                                                \
+// FN: the function; TRANS_B: "0" for a K-major B, "1" for an MN-major B.
+#define SWAA_WGMMA_SS(FN, TYPE, NAME, TRANS_B)                                                   \
   template <>                                                                                    \
-  __device__ __forceinline__ void wgmma_ss<TYPE>(float (&d)[64], uint64_t desc_a,                \
-                                                 uint64_t desc_b, int accumulate) {              \
+  __device__ __forceinline__ void FN<TYPE>(float (&d)[64], uint64_t desc_a, uint64_t desc_b,     \
+                                           int accumulate) {                                     \
     asm volatile(                                                                                \
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                             \
         "wgmma.mma_async.sync.aligned.m64n128k16.f32." NAME "." NAME " " SWAA_ACC_LIST           \
-        ", %64, %65, p, 1, 1, 0, 0;\n}\n"                                                        \
+        ", %64, %65, p, 1, 1, 0, " TRANS_B ";\n}\n"                                              \
         : SWAA_ACC64                                                                             \
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                            \
   }
-#define SWAA_WGMMA_SS64(TYPE, NAME)                                                              \
+#define SWAA_WGMMA_SS64(FN, TYPE, NAME, TRANS_B)                                                 \
   template <>                                                                                    \
-  __device__ __forceinline__ void wgmma_ss_n64<TYPE>(float (&d)[32], uint64_t desc_a,            \
-                                                     uint64_t desc_b, int accumulate) {          \
+  __device__ __forceinline__ void FN<TYPE>(float (&d)[32], uint64_t desc_a, uint64_t desc_b,     \
+                                           int accumulate) {                                     \
     asm volatile(                                                                                \
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                             \
         "wgmma.mma_async.sync.aligned.m64n64k16.f32." NAME "." NAME " " SWAA_ACC_LIST32          \
-        ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                        \
+        ", %32, %33, p, 1, 1, 0, " TRANS_B ";\n}\n"                                              \
         : SWAA_ACC32                                                                             \
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                            \
   }
@@ -248,12 +257,36 @@ __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)
   }
 SWAA_WGMMA_RS64(__nv_bfloat16, "bf16")
 SWAA_WGMMA_RS64(__half, "f16")
-SWAA_WGMMA_SS64(__nv_bfloat16, "bf16")
-SWAA_WGMMA_SS64(__half, "f16")
-SWAA_WGMMA_SS(__nv_bfloat16, "bf16")
-SWAA_WGMMA_SS(__half, "f16")
+SWAA_WGMMA_SS64(wgmma_ss_n64, __nv_bfloat16, "bf16", "0")
+SWAA_WGMMA_SS64(wgmma_ss_n64, __half, "f16", "0")
+SWAA_WGMMA_SS64(wgmma_ss_n64_bmn, __nv_bfloat16, "bf16", "1")
+SWAA_WGMMA_SS64(wgmma_ss_n64_bmn, __half, "f16", "1")
+SWAA_WGMMA_SS(wgmma_ss, __nv_bfloat16, "bf16", "0")
+SWAA_WGMMA_SS(wgmma_ss, __half, "f16", "0")
+SWAA_WGMMA_SS(wgmma_ss_n128_bmn, __nv_bfloat16, "bf16", "1")
+SWAA_WGMMA_SS(wgmma_ss_n128_bmn, __half, "f16", "1")
 SWAA_WGMMA_RS(__nv_bfloat16, "bf16")
 SWAA_WGMMA_RS(__half, "f16")
+// ---------------------------------------------------------------------------
+// Bulk (async-proxy) copies shared -> global: groups and their completion.
+
+__device__ __forceinline__ void bulk_commit_group() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+// Waits until the committed bulk copies have finished reading shared memory.
+__device__ __forceinline__ void bulk_wait_group_read0() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+// Waits until the committed bulk copies are complete (their writes performed).
+__device__ __forceinline__ void bulk_wait_group0() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+// Orders this thread's ordinary shared-memory writes before later async-proxy
+// (wgmma, TMA, bulk copy) accesses to them.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 #undef SWAA_WGMMA_SS
 #undef SWAA_WGMMA_RS
 #undef SWAA_WGMMA_RS64
