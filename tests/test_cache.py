@@ -112,6 +112,86 @@ def test_decode_splits_combine_cpu(num_splits):
     torch.testing.assert_close(vc[:, :, slot], v[:, :, 0], atol=0, rtol=0)
 
 
+def nan_key_propagates(device, dtype, nan_position, decode_variants):
+    """A NaN in one cached key makes exactly the outputs (and lse) of the queries
+    that see it NaN, as in swa_attention / SDPA: the kernels must not drop it as
+    "nothing seen" (a zero output) or through a NaN-skipping maximum in the
+    split combine.  Streams chunks and then decode steps, each step under the
+    next of `decode_variants` ((num_splits, env) pairs), past the step where a
+    window position leaves the window (its outputs turn finite again); a sink
+    position stays visible for good."""
+    import os
+    torch.manual_seed(31 + nan_position)
+    B, Hq, Hkv, D, W, S = 2, 4, 2, 64, 300, 2
+    scale = 1 / math.sqrt(D)
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=dtype, device=device)
+
+    def check(out, lse, first):
+        lc = out.shape[2]
+        pos = torch.arange(first, first + lc, device=device)
+        sees = (nan_position <= pos) & ((pos - nan_position < W) | (nan_position < S))
+        want = torch.zeros(B, Hq, lc, dtype=torch.bool, device=device)
+        want[0, 2:] = sees  # row 0, KV head 1 (query heads 2 and 3)
+        assert torch.equal(lse.isnan(), want), (first, lc)
+        assert torch.equal(out.isnan().all(-1), want), (first, lc)
+        assert torch.isfinite(out[~want]).all(), (first, lc)
+        return bool(sees.any()), bool((~sees).any())
+
+    seen_nan = seen_finite = False
+    steps = [150, 1, 1, 1, 1, 240] + [1] * 10  # the decode steps at 396..405 cross 400
+    variant = 0
+    for lc in steps:
+        first = int(cache.seqlens[0])
+        q = torch.randn(B, Hq, lc, D, dtype=dtype, device=device)
+        k = torch.randn(B, Hkv, lc, D, dtype=dtype, device=device)
+        v = torch.randn(B, Hkv, lc, D, dtype=dtype, device=device)
+        if first <= nan_position < first + lc:
+            k[0, 1, nan_position - first, 5] = float("nan")
+        if lc > 1:
+            out, lse = cache.attend(q, k, v, return_lse=True)
+        else:
+            num_splits, env = decode_variants[variant % len(decode_variants)]
+            variant += 1
+            saved = {name: os.environ.get(name) for name in env}
+            os.environ.update(env)
+            try:
+                out, lse = torch.ops.swaa.ring_decode(q, k, v, cache.keys, cache.values,
+                                                      cache.seqlens, None, W, S, scale,
+                                                      num_splits, True)
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+        some_nan, some_finite = check(out, lse, first)
+        seen_nan |= some_nan and lc == 1
+        seen_finite |= some_finite and lc == 1
+    assert seen_nan  # the case covers decode steps that see the NaN key
+    assert seen_finite == (nan_position >= S)  # ... and, for a window key, steps past it
+
+
+@pytest.mark.parametrize("nan_position", [1, 100])
+def test_nan_key_propagates_cpu(nan_position):
+    stream_variants = [(splits, {}) for splits in (1, 3, 8)]
+    nan_key_propagates("cpu", torch.float32, nan_position, stream_variants)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("nan_position", [1, 100])
+def test_nan_key_propagates_cuda(dtype, nan_position):
+    # every combine of the split decode: cluster, the global kernel with serial
+    # and staged loads, the fused one; and the chunk kernel for the prefill
+    global_ = {"SWAA_DECODE_COMBINE": "global", "SWAA_DECODE_GLOBAL_COMBINE": "kernel"}
+    variants = [(0, {}), (1, {}), (3, {"SWAA_DECODE_COMBINE": "cluster"}),
+                (3, {**global_, "SWAA_DECODE_COMBINE_LOADS": "serial"}),
+                (5, {**global_, "SWAA_DECODE_COMBINE_LOADS": "staged"}),
+                (5, {"SWAA_DECODE_COMBINE": "global", "SWAA_DECODE_GLOBAL_COMBINE": "fused"})]
+    nan_key_propagates("cuda", dtype, nan_position, variants)
+
+
 def test_slots_follow_the_contract_cpu():
     # Position t lives in slot t (t < sink) or sink + (t - sink) % window.
     B, Hkv, D, W, S = 1, 1, 4, 5, 2

@@ -290,7 +290,7 @@ __global__ void __launch_bounds__(kThreads) ring_decode_kernel(const RingParams 
       sum += sm_sum[r][g] * w;
       out += sm_acc[r][g][d] * w;
     }
-    const bool seen = sum > acc_t(0);
+    const bool seen = sum != acc_t(0);  // NaN (a NaN score) counts as seen
     const acc_t normalised = seen ? out / sum : acc_t(0);
     const acc_t lse2 = seen ? m + log2_of(sum) : neg_inf<acc_t>();  // log2 units
     const int64_t bh = b * p.q_heads + h0 + g;
@@ -337,7 +337,7 @@ __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, 
                                                int tid, int n_threads) {
   const acc_t* lse_s = part_lse + bh * splits;
   acc_t m = neg_inf<acc_t>();
-  for (int s = 0; s < splits; ++s) m = max(m, lse_s[s]);
+  for (int s = 0; s < splits; ++s) m = max_keep_nan(m, lse_s[s]);
   T* out = static_cast<T*>(p.out) + bh * kDim;
   if (m == neg_inf<acc_t>()) {  // padded row: nothing attended
     for (int d = tid; d < kDim; d += n_threads) out[d] = from_acc<T>(acc_t(0));
@@ -402,16 +402,16 @@ __device__ __forceinline__ void combine_splits_staged(const RingParams& p, int64
   for (int s = threadIdx.x; s < splits; s += kThreads) {
     const float lse = load_partial(part_lse + bh * splits + s);
     weight[s] = lse;
-    m = max(m, lse);
+    m = max_keep_nan(m, lse);
   }
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2)
-    m = max(m, __shfl_xor_sync(0xffffffffu, m, offset));
+    m = max_keep_nan(m, __shfl_xor_sync(0xffffffffu, m, offset));
   if (lane == 0) warp_max[warp] = m;
   __syncthreads();
   m = warp_max[0];
 #pragma unroll
-  for (int w = 1; w < kThreads / 32; ++w) m = max(m, warp_max[w]);
+  for (int w = 1; w < kThreads / 32; ++w) m = max_keep_nan(m, warp_max[w]);
   T* out = static_cast<T*>(p.out) + bh * kDim;
   if (m == neg_inf<float>()) {  // padded row: nothing attended (uniform over the block)
     for (int d = threadIdx.x; d < kDim; d += kThreads) out[d] = from_acc<T>(0.f);
@@ -522,7 +522,7 @@ __device__ __forceinline__ void fused_combine(const RingParams& p, int64_t bh0, 
   if (threadIdx.x < n_heads) {
     float* w = weight + threadIdx.x * splits;
     float m = neg_inf<float>();
-    for (int s = 0; s < splits; ++s) m = max(m, w[s]);
+    for (int s = 0; s < splits; ++s) m = max_keep_nan(m, w[s]);
     float sum = 0.f;
     if (m != neg_inf<float>()) {
       for (int s = 0; s < splits; ++s) {
@@ -854,7 +854,7 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
       sum += warp_sum[w * C::kHeads + head] * weight;
       acc += warp_o[w * C::kHeads * kDim + i] * weight;
     }
-    const bool seen = sum > 0.f;
+    const bool seen = sum != 0.f;  // NaN (a NaN score) counts as seen
     const float lse2 = seen ? m + log2f(sum) : neg_inf<float>();
     if constexpr (kGlobalCombine) {
       const int64_t part = (b * p.q_heads + h0 + head) * splits + split;
@@ -903,7 +903,8 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   for (int i = split * C::kThreads + threadIdx.x; i < n_heads * kDim; i += splits * C::kThreads) {
     const int head = i / kDim;
     float m = neg_inf<float>();
-    for (int r = 0; r < splits; ++r) m = max(m, cluster.map_shared_rank(cta_lse, r)[head]);
+    for (int r = 0; r < splits; ++r)
+      m = max_keep_nan(m, cluster.map_shared_rank(cta_lse, r)[head]);
     const int64_t bh = b * p.q_heads + h0 + head;
     T* out = static_cast<T*>(p.out) + bh * kDim + i % kDim;
     if (m == neg_inf<float>()) {  // padded row: nothing attended
@@ -1058,7 +1059,7 @@ __global__ void __launch_bounds__(kThreads) ring_chunk_kernel(const RingParams p
   for (int r = 0; r < kChunkRowsPerWarp; ++r) {
     const int rr = my_row0 + r;
     if (rr >= rows_total) continue;
-    const bool seen = rr < rows && run_sum[r] > acc_t(0);
+    const bool seen = rr < rows && run_sum[r] != acc_t(0);  // NaN counts as seen
     const acc_t inv = seen ? acc_t(1) / run_sum[r] : acc_t(0);
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) out[rr * kDim + lane + 32 * i] = from_acc<T>(acc[r][i] * inv);
