@@ -38,6 +38,12 @@
 #             the waits), per-kernel times (tune --parts bwd-fused), fwd+bwd swaa vs swaa-fused
 #             vs swaa-fused-cols vs flex at N=32768 (FUSED_BENCH_ARGS).  ~5 min (estimate).
 #             Backs: docs/cuda_kernels.md "v7" (to be measured).
+#   profile   Nsight Compute (ncu --clock-control none) of one backward call of the Hopper
+#             kernels (bench/ncu_case.py), v6 (SWAA_BWD_HOPPER=1) and v7 (4) at each of
+#             PROFILE_SHAPES ("D,N,W,S ...", default "128,32768,4096,0 64,32768,4096,0"): speed of
+#             light, occupancy, launch, warp-state and scheduler statistics, memory and compute
+#             workload, as text in profile/ncu_bwd<knob>_d<D>_n<N>_w<W>_s<S>.log.  ~1-2 min
+#             (estimate).  Backs: docs/cuda_kernels.md "v7" (where its kernel loses time).
 #   bench     issue 3's grid: bench/bench_cuda_kernels.py, swaa vs flex vs sdpa, fwd and fwd+bwd,
 #             D 128/64, N 8k/32k/128k, W 1024/4096, S 0/4/128; then the plot and the ratios from
 #             the saved rows.  ~5.5 min (session 4: 323 s).
@@ -100,7 +106,7 @@
 #   TESTS             test files (default tests/test_*.py); TEST_ARGS extra pytest arguments
 #                     (e.g. "-m cuda", "-k pack"); TEST_TIMEOUT per file (300)
 #   SAN_TIMEOUT       per sanitizer tool (240)
-#   TUNE_TIMEOUT      per tuning part (240)
+#   TUNE_TIMEOUT      per tuning part (240); PROFILE_TIMEOUT per ncu run of `profile` (180)
 #   BENCH=mine|lead   bench/bench_cuda_kernels.py (default) or bench/bench_attention.py --preset gpu;
 #                     BENCH_ARGS replaces the benchmark's shape arguments; BENCH_TIMEOUT (540)
 #   DECODE_AB=0       decode: only the automatic plan and the memory benchmark (~40 s)
@@ -117,7 +123,7 @@
 #   QUALITY           finetune | pretrain | ddp; finetune: CONFIGS, FT_S (480); pretrain: BUDGET_S
 #                     (360), EVAL_S (150), SEQ_LEN (16384); ddp: DDP_STEPS (100)
 
-STEPS_KNOWN=(build test sanitize tune bench decode loop e2e pack quality fused all)
+STEPS_KNOWN=(build test sanitize tune profile bench decode loop e2e pack quality fused all)
 
 usage() {
   echo "usage: bash bench/gpu_check.sh STEP [STEP ...]"
@@ -253,6 +259,22 @@ step_tune() {
   for part in fwd-variants bwd-variants knobs; do  # the most telling first
     run_part "$part" "${TUNE_TIMEOUT:-240}" python bench/tune_cuda_kernels.py --parts "$part" \
       --out "$STEP_DIR/cuda_tuning.jsonl"
+  done
+}
+
+step_profile() {
+  local ncu shape D N W S knob
+  ncu=$(command -v ncu || echo "$CUDA_HOME/bin/ncu")
+  for shape in ${PROFILE_SHAPES:-128,32768,4096,0 64,32768,4096,0}; do
+    IFS=, read -r D N W S <<< "$shape"
+    for knob in 1 4; do
+      TAIL_LINES=5 run_part "ncu_bwd${knob}_d${D}_n${N}_w${W}_s${S}" "${PROFILE_TIMEOUT:-180}" \
+        "$ncu" --profile-from-start off --clock-control none -k regex:bwd_ \
+        --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+        --section ComputeWorkloadAnalysis \
+        python bench/ncu_case.py --bwd "$knob" --D "$D" --N "$N" --W "$W" --S "$S"
+    done
   done
 }
 

@@ -115,7 +115,7 @@ def main():
         os.environ.update(knobs)
         env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("SWAA_DECODE")}
         print(f"--- knobs: {env or 'none (defaults)'}")
-        pdl = os.environ.get("SWAA_DECODE_PDL") == "1"
+        pdl = os.environ.get("SWAA_DECODE_PDL", "1") != "0"  # on by default
         for B in (int(b) for b in args.batches.split(",")):
             byt = 2 * B * 8 * 4100 * 128 * 2
             total = 0.0

@@ -20,6 +20,7 @@ Hopper backward).  Parts (--parts, default all):
   python bench/sanitize_case.py --device cpu      # the same calls on the CPU (a smoke test)
 """
 import argparse
+import itertools
 import os
 
 import torch
@@ -96,12 +97,14 @@ def ring_calls(device):
                 for heads in (48, 2, 2)]
         cache.attend(*step, lengths=torch.tensor([1, 1, 0], device=device))
     # decode4: the combine kernel with staged loads, advancing seqlens, as a
-    # programmatic dependent launch (5 and 40 splits: one and several load batches)
+    # programmatic dependent launch (the defaults), and with the other values of
+    # the three knobs; 5 and 40 splits: one and several load batches
     os.environ.update(SWAA_DECODE_TILE="64", SWAA_DECODE_STAGES="3",
-                      SWAA_DECODE_GLOBAL_COMBINE="kernel", SWAA_DECODE_COMBINE_LOADS="staged",
-                      SWAA_DECODE_ADVANCE="kernel", SWAA_DECODE_PDL="1")
-    for splits in (5, 40):
-        os.environ["SWAA_DECODE_SPLITS"] = str(splits)
+                      SWAA_DECODE_GLOBAL_COMBINE="kernel")
+    for (loads, advance, pdl), splits in itertools.product(
+            (("staged", "kernel", "1"), ("serial", "op", "0")), (5, 40)):
+        os.environ.update(SWAA_DECODE_COMBINE_LOADS=loads, SWAA_DECODE_ADVANCE=advance,
+                          SWAA_DECODE_PDL=pdl, SWAA_DECODE_SPLITS=str(splits))
         cache = RingKVCache(3, 2, 128, window=3000, sink=4, dtype=torch.bfloat16, device=device)
         cache.keys.normal_()
         cache.values.normal_()

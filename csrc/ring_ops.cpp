@@ -194,9 +194,9 @@ TORCH_LIBRARY_FRAGMENT(swaa, m) {
   // split of the window across blocks/threads (flash-decoding).
   // advance = true also advances seqlens[b] by the row's valid positions
   // (min(max(lengths[b], 0), 1), or 1), after the attention, on the device:
-  // what RingKVCache.attend did with a separate seqlens.add_ (on CUDA, with
-  // SWAA_DECODE_ADVANCE=kernel and a second (combine) kernel in the plan,
-  // that kernel does it: one launch fewer per step).
+  // what RingKVCache.attend did with a separate seqlens.add_ (on CUDA, when
+  // the plan has a second (combine) kernel, that kernel does it: one launch
+  // fewer per step; SWAA_DECODE_ADVANCE=op keeps the add).
   m.def(
       "ring_decode(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache,"
       " Tensor(c!) seqlens, Tensor? lengths, int window, int sink, float scale,"

@@ -210,10 +210,10 @@ class RingKVCache:
         scale = float(scale)
         lc = k.shape[2]
         if lc == 1:
-            # advance=True: the op also advances seqlens (on CUDA with
-            # SWAA_DECODE_ADVANCE=kernel inside its combine kernel where the
-            # plan has one, saving a launch per step; else with the same add
-            # as _advance).
+            # advance=True: the op also advances seqlens (on CUDA inside its
+            # combine kernel where the plan has one, saving a launch per step;
+            # else, or with SWAA_DECODE_ADVANCE=op, with the same add as
+            # _advance).
             out, lse = torch.ops.swaa.ring_decode(q, k, v, self.keys, self.values, self._seqlens,
                                                   lengths, self.window, self.sink, scale, 0, True)
         else:

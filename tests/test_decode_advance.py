@@ -1,14 +1,14 @@
-"""decode4's knobs of the split decode's global combine, each off by default and each required to
-give the default's bits:
+"""decode4's knobs of the split decode's global combine (all three on by default since the H200
+run of session 6), each required to give the plain path's bits:
 
   SWAA_DECODE_COMBINE_LOADS=staged  the combine kernel stages the split lse values in shared
                                     memory and loads the partials ahead (same arithmetic, same
-                                    order as combine_splits);
+                                    order as combine_splits; plain: serial);
   SWAA_DECODE_ADVANCE=kernel        ring_decode(advance=True) advances seqlens inside the combine
-                                    kernel (global plan) instead of a separate add;
-  SWAA_DECODE_PDL=1                 the combine kernel is a programmatic dependent launch.
+                                    kernel (global plan) instead of a separate add (plain: op);
+  SWAA_DECODE_PDL=1                 the combine kernel is a programmatic dependent launch (plain: 0).
 
-Every combination against the default (serial, op, no PDL): out, lse, both caches and seqlens,
+Every combination against the plain path (serial, op, no PDL): out, lse, both caches and seqlens,
 bit for bit, at B = 1, 8, 64, with padded rows, rows at different positions, wrapped rings and
 sink > window; graph capture + replays against eager; failed calls.  CUDA only (sm_90 for the
 bf16 / fp16 split kernel); the CPU side of `advance` is in tests/test_cache.py."""
@@ -29,7 +29,7 @@ pytestmark = [
 ]
 
 KNOBS = ("SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL")
-DEFAULT = ("serial", "op", "0")
+PLAIN = ("serial", "op", "0")
 COMBOS = list(itertools.product(("serial", "staged"), ("op", "kernel"), ("0", "1")))
 PLAN = re.compile(r"-> (\d+) splits, (\w+) combine \((\w+)[^)]*\)")
 
@@ -79,7 +79,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("batch,window,sink,splits,combine", CASES)
-def test_every_knob_combination_gives_the_default_bits(batch, window, sink, splits, combine,
+def test_every_knob_combination_gives_the_plain_bits(batch, window, sink, splits, combine,
                                                       monkeypatch, capfd):
     Hq, Hkv, D, W, S = 32, 8, 128, window, sink
     case = random_ring(batch, Hq, Hkv, D, W, S, torch.bfloat16, seed=batch * 1000 + W + S)
@@ -102,14 +102,14 @@ def test_every_knob_combination_gives_the_default_bits(batch, window, sink, spli
         assert (", advances seqlens" in line) == (combo[1] == "kernel" and kernel_combine), line
         assert torch.equal(result[4], expected_seqlens), combo  # advanced exactly once
     for combo in COMBOS:
-        assert_same_bits(results[combo], results[DEFAULT], combo)
-    default = results[DEFAULT]
-    assert not torch.isnan(default[0].float()).any()
-    check_against_reference(case, default[:4] + (None,), W, S, rows=range(min(batch, 6)),
+        assert_same_bits(results[combo], results[PLAIN], combo)
+    plain = results[PLAIN]
+    assert not torch.isnan(plain[0].float()).any()
+    check_against_reference(case, plain[:4] + (None,), W, S, rows=range(min(batch, 6)),
                             tol=2e-2)
 
 
-@pytest.mark.parametrize("combo", [c for c in COMBOS if c != DEFAULT])
+@pytest.mark.parametrize("combo", [c for c in COMBOS if c != PLAIN])
 def test_advance_false_leaves_seqlens_alone(combo, monkeypatch, capfd):
     case = random_ring(8, 32, 8, 128, 1000, 4, torch.bfloat16, seed=5)
     monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
@@ -140,10 +140,10 @@ def stream_steps(cache, steps, lengths):
     return outs
 
 
-@pytest.mark.parametrize("combo", [c for c in COMBOS if c != DEFAULT])
-def test_streamed_steps_match_the_default(combo, monkeypatch):
+@pytest.mark.parametrize("combo", [c for c in COMBOS if c != PLAIN])
+def test_streamed_steps_match_the_plain_path(combo, monkeypatch):
     # 30 eager decode steps through RingKVCache.attend (row 1 wraps the ring,
-    # row 3 is past it; row 2 padded throughout, row 0 starts at 0) in the default mode and
+    # row 3 is past it; row 2 padded throughout, row 0 starts at 0) in the plain mode and
     # with the knobs: same outputs, caches and seqlens after every step.
     torch.manual_seed(30)
     B, Hq, Hkv, D, W, S = 4, 32, 8, 128, 200, 4  # 4 key tiles: 3 splits
@@ -160,7 +160,7 @@ def test_streamed_steps_match_the_default(combo, monkeypatch):
     steps = [tuple(torch.randn(B, h, 1, D, dtype=torch.bfloat16, device="cuda")
                    for h in (Hq, Hkv, Hkv)) for _ in range(30)]
     for step in steps:
-        set_combo(monkeypatch, DEFAULT)
+        set_combo(monkeypatch, PLAIN)
         want = caches[0].attend(*step, lengths=lengths, return_lse=True)
         set_combo(monkeypatch, combo)
         got = caches[1].attend(*step, lengths=lengths, return_lse=True)
@@ -175,7 +175,7 @@ def test_streamed_steps_match_the_default(combo, monkeypatch):
 @pytest.mark.parametrize("batch,splits", [(1, 33), (8, 4)])
 def test_graph_replays_match_eager(combo, batch, splits, monkeypatch):
     # A decode step captured with the knobs, replayed 50 times (a new token
-    # each), against an eager twin in the default mode: the same bits every
+    # each), against an eager twin in the plain mode: the same bits every
     # step, and seqlens advanced exactly once per replay (the in-kernel
     # advance is a node of the graph).  One padded row, rows at different
     # positions, the ring wraps.
@@ -206,7 +206,7 @@ def test_graph_replays_match_eager(combo, batch, splits, monkeypatch):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_out = graph_cache.attend(*static, lengths=lengths)
-    set_combo(monkeypatch, DEFAULT)  # the graph keeps its capture's knobs
+    set_combo(monkeypatch, PLAIN)  # the graph keeps its capture's knobs
     eager_cache.attend(*static, lengths=lengths)  # the warm-up's twin
     assert torch.equal(graph_cache.seqlens, eager_cache.seqlens)  # capture ran nothing
     for step in range(50):

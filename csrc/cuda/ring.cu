@@ -1221,23 +1221,26 @@ int compute_major() {
 //                              when a batch fills the GPU only partly
 //                              (timed side by side by the decode step of
 //                              bench/gpu_check.sh: runs *_cost_slots / *_cost_sm);
-//   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
-//                              dependent of the split kernel (off by default:
-//                              no gain measured, session 3; decode4 moved the
-//                              split kernel's trigger to its first instruction
-//                              and the combine's prologue before its wait);
-//   SWAA_DECODE_COMBINE_LOADS=serial | staged
-//                              the combine kernel's loads: combine_splits, or
-//                              combine_splits_staged (lse values staged in
-//                              shared memory, partials loaded ahead; the same
-//                              bits; at most kStagedMaxSplits splits, serial
-//                              above); decode4, unmeasured;
-//   SWAA_DECODE_ADVANCE=op | kernel
+//   SWAA_DECODE_PDL=1 | 0      launch the global combine as a programmatic
+//                              dependent of the split kernel (default 1: the
+//                              split kernel triggers at its first instruction,
+//                              the combine runs its prologue before its wait;
+//                              decode4, H200 session 6: 1-3% faster per step at
+//                              B = 1 and 8, in every round and combination);
+//   SWAA_DECODE_COMBINE_LOADS=staged | serial
+//                              the combine kernel's loads: combine_splits_staged
+//                              (default: lse values staged in shared memory,
+//                              partials loaded ahead; at most kStagedMaxSplits
+//                              splits, serial above) or combine_splits; the
+//                              same bits.  Session 6: B = 1 (33 splits) step
+//                              21.2 -> 16.3 us alone; B = 8 (4 splits) within
+//                              +-2% (wins 5 of 12 pairs);
+//   SWAA_DECODE_ADVANCE=kernel | op
 //                              ring_decode(advance = true): seqlens advanced by
-//                              an ATen add after the kernels (op), or by the
-//                              combine kernel where the plan has one (kernel;
-//                              cluster and fused plans keep the add): one
-//                              launch fewer per step; decode4, unmeasured;
+//                              the combine kernel where the plan has one
+//                              (default; cluster and fused plans keep the add)
+//                              or by an ATen add after the kernels (op): one
+//                              launch fewer per step, 1-5% at B = 1 and 8;
 //   SWAA_DECODE_GLOBAL_COMBINE=kernel | fused
 //                              how a global plan merges its splits: the
 //                              second kernel (default) or the CTA of each
@@ -1318,20 +1321,20 @@ bool fused_combine_requested() {
   return env != nullptr && std::string(env) == "fused";
 }
 
-// SWAA_DECODE_COMBINE_LOADS=serial (default) | staged: combine_splits or
-// combine_splits_staged in the combine kernel (the same bits).
+// SWAA_DECODE_COMBINE_LOADS=staged (default) | serial: combine_splits_staged
+// or combine_splits in the combine kernel (the same bits).
 bool staged_combine_requested() {
   const char* env = std::getenv("SWAA_DECODE_COMBINE_LOADS");
-  return env != nullptr && std::string(env) == "staged";
+  return env == nullptr || std::string(env) != "serial";
 }
 
-// SWAA_DECODE_ADVANCE=op (default) | kernel: how ring_decode(advance = true)
-// advances seqlens: an ATen add after the kernels (one more launch, as the
-// Python seqlens.add_ before decode4), or in the combine kernel where the
-// plan has one (global plan, kernel combine); other plans keep the add.
+// SWAA_DECODE_ADVANCE=kernel (default) | op: how ring_decode(advance = true)
+// advances seqlens: in the combine kernel where the plan has one (global
+// plan, kernel combine; other plans keep the add), or by an ATen add after
+// the kernels (one more launch, as the Python seqlens.add_ before decode4).
 bool advance_in_kernel_requested() {
   const char* env = std::getenv("SWAA_DECODE_ADVANCE");
-  return env != nullptr && std::string(env) == "kernel";
+  return env == nullptr || std::string(env) != "op";
 }
 
 // Tilings the global-combine kernel is built with (SplitDecode): 16 kWarps
@@ -1554,7 +1557,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                           : ring_decode_combine_kernel<T, kDim, false>;
     const float* part_out_ptr = part_out.data_ptr<float>();
     const float* part_lse_ptr = part_lse.data_ptr<float>();
-    if (decode_env_int("SWAA_DECODE_PDL", 0, 0, 1) == 1) {
+    if (decode_env_int("SWAA_DECODE_PDL", 1, 0, 1) == 1) {
       // Programmatic dependent launch: the combine's CTAs are scheduled while
       // the split kernel runs (its trigger is its first instruction) and wait
       // at griddepcontrol.wait, instead of launching after its completion.
