@@ -11,17 +11,31 @@ caches so the working set exceeds L2) at one batch size, for every variant of
   splits    SWAA_DECODE_SPLITS = 2 .. 8 with SWAA_DECODE_COMBINE=global, and
             the automatic plan ("auto", whatever it picks)
 
+With `--set decode4` it sweeps instead, at each of `--batches` with the
+automatic plan, every combination of decode4's knobs of the combine kernel
+(each off by default, each giving the default's bits):
+
+  loads     SWAA_DECODE_COMBINE_LOADS = serial | staged (lse values staged in
+            shared memory, partial loads issued ahead)
+  advance   SWAA_DECODE_ADVANCE = op (a separate add of seqlens) | kernel (the
+            combine kernel advances seqlens: one launch fewer per step)
+  pdl       SWAA_DECODE_PDL = 0 | 1 (the combine kernel as a programmatic
+            dependent launch of the split kernel)
+
 The knobs are read at every launch, so one process serves all variants: each
 variant sets them, captures a fresh graph and times its replays.  Variants
 run in `--rounds` interleaved rounds (drift of clocks or of the machine hits
 every variant alike); the summary gives the median over rounds.  Rows:
-bench "decode", impl "ring", plus combine / tile / stages / splits / round.
+bench "decode", impl "ring", plus the variant's keys (combine / tile / stages
+/ balance / splits, or loads / advance / pdl), sweep and round.
 
     python bench/bench_decode_sweep.py --batch 8 --out /tmp/sweep.jsonl
+    python bench/bench_decode_sweep.py --set decode4 --batches 1,8,64 --out /tmp/d4.jsonl
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -34,7 +48,12 @@ import bench_decode  # noqa: E402
 import common  # noqa: E402
 
 KNOBS = ("SWAA_DECODE_GLOBAL_COMBINE", "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES",
-         "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE")
+         "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE",
+         "SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL")
+# decode4: variant key -> knob; the first value of each list is the default
+DECODE4 = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["serial", "staged"]),
+           "advance": ("SWAA_DECODE_ADVANCE", ["op", "kernel"]),
+           "pdl": ("SWAA_DECODE_PDL", ["0", "1"])}
 
 
 def variants(combines, tilings, balances, splits):
@@ -46,9 +65,20 @@ def variants(combines, tilings, balances, splits):
                            "balance": balance, "splits": s}
 
 
+def decode4_variants():
+    """Every combination of decode4's knobs, the default first."""
+    keys = list(DECODE4)
+    for values in itertools.product(*(DECODE4[k][1] for k in keys)):
+        yield dict(zip(keys, values))
+
+
 def set_knobs(v):
     for name in KNOBS:
         os.environ.pop(name, None)
+    if "loads" in v:  # a decode4 variant
+        for key, (name, _) in DECODE4.items():
+            os.environ[name] = v[key]
+        return
     os.environ["SWAA_DECODE_GLOBAL_COMBINE"] = v["combine"]
     os.environ["SWAA_DECODE_TILE"] = str(v["tile"])
     os.environ["SWAA_DECODE_STAGES"] = str(v["stages"])
@@ -60,7 +90,12 @@ def set_knobs(v):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--set", choices=("decode3", "decode4"), default="decode3",
+                    help="which knobs to sweep (decode3: combine x tiling x balance x splits at "
+                         "--batch; decode4: loads x advance x pdl at each of --batches)")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batches", default=None,
+                    help="comma-separated batch sizes (default: --batch)")
     ap.add_argument("--splits", default="2,3,4,5,6,7,8")
     ap.add_argument("--combines", default="kernel,fused")
     ap.add_argument("--tilings", default="64x3,64x2,32x4,32x6", help="TILExSTAGES,...")
@@ -74,9 +109,8 @@ def main() -> None:
         sys.exit("bench_decode_sweep: needs a CUDA GPU")
 
     device = torch.device("cuda")
-    B, Hq, Hkv, D, W, S, dtype = args.batch, 32, 8, 128, 4096, 4, torch.bfloat16
+    Hq, Hkv, D, W, S, dtype = 32, 8, 128, 4096, 4, torch.bfloat16
     es = torch.empty((), dtype=dtype).element_size()
-    nbytes = 2 * B * Hkv * (S + W) * D * es + 2 * B * Hkv * D * es
     l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
     copy_bw = bench_decode.copy_bandwidth(device, 1 << 30)
     meta = common.run_metadata(device)
@@ -86,48 +120,61 @@ def main() -> None:
     out_path = Path(args.out) if args.out else \
         common.RESULTS_DIR / f"decode_sweep_{meta['gpu'].replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tilings = [tuple(int(x) for x in t.split("x")) for t in args.tilings.split(",")]
-    splits = [int(s) for s in args.splits.split(",") if s]
-    balances = [int(x) for x in args.balances.split(",")]
-    todo = list(variants(args.combines.split(","), tilings, balances, splits))
-    print(f"{meta['gpu']}: copy bandwidth {copy_bw / 1e9:.0f} GB/s; B={B} Hq={Hq} Hkv={Hkv} D={D} "
-          f"W={W} S={S} {dtype}; {len(todo)} variants x {args.rounds} rounds; "
-          f"{nbytes / 1e6:.2f} MB per step")
+    if args.set == "decode4":
+        todo = list(decode4_variants())
+    else:
+        tilings = [tuple(int(x) for x in t.split("x")) for t in args.tilings.split(",")]
+        splits = [int(s) for s in args.splits.split(",") if s]
+        balances = [int(x) for x in args.balances.split(",")]
+        todo = list(variants(args.combines.split(","), tilings, balances, splits))
+    batches = [int(b) for b in (args.batches or str(args.batch)).split(",")]
 
-    steps = bench_decode.make_ring(B, Hq, Hkv, D, W, S, dtype, device,
-                                   bench_decode.n_sets_for(nbytes, l2))
-    rows = []
-    for round_ in range(args.rounds):
-        for v in todo:
-            set_knobs(v)
-            sec, mode = bench_decode.time_steps(steps, device, args.budget, graph=True)
-            row = dict(bench="decode", impl="ring", B=B, Hq=Hq, Hkv=Hkv, W=W, S=S, D=D,
-                       dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,
-                       gbps=nbytes / sec / 1e9, bw_fraction=nbytes / sec / copy_bw,
-                       bytes=nbytes, timing=mode, round=round_, **v, **meta,
-                       knobs={k: os.environ[k] for k in KNOBS if k in os.environ})
-            rows.append(row)
-        print(f"  round {round_ + 1}/{args.rounds} done")
-    for name in KNOBS:
-        os.environ.pop(name, None)
-    common.append_rows(out_path, rows)
+    for B in batches:
+        nbytes = 2 * B * Hkv * (S + W) * D * es + 2 * B * Hkv * D * es
+        print(f"{meta['gpu']}: copy bandwidth {copy_bw / 1e9:.0f} GB/s; B={B} Hq={Hq} Hkv={Hkv} "
+              f"D={D} W={W} S={S} {dtype}; {args.set}: {len(todo)} variants x {args.rounds} "
+              f"rounds; {nbytes / 1e6:.2f} MB per step")
+        steps = bench_decode.make_ring(B, Hq, Hkv, D, W, S, dtype, device,
+                                       bench_decode.n_sets_for(nbytes, l2))
+        rows = []
+        for round_ in range(args.rounds):
+            for v in todo:
+                set_knobs(v)
+                sec, mode = bench_decode.time_steps(steps, device, args.budget, graph=True)
+                row = dict(bench="decode", impl="ring", B=B, Hq=Hq, Hkv=Hkv, W=W, S=S, D=D,
+                           dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,
+                           gbps=nbytes / sec / 1e9, bw_fraction=nbytes / sec / copy_bw,
+                           bytes=nbytes, timing=mode, sweep=args.set, round=round_, **v, **meta,
+                           knobs={k: os.environ[k] for k in KNOBS if k in os.environ})
+                rows.append(row)
+            print(f"  round {round_ + 1}/{args.rounds} done")
+        for name in KNOBS:
+            os.environ.pop(name, None)
+        common.append_rows(out_path, rows)
+        del steps
+        torch.cuda.empty_cache()
+        print_summary(rows, todo, B, nbytes, copy_bw, args.rounds)
+    print(f"rows appended to {out_path}")
 
-    # Median over rounds per variant, fastest first.
+
+def print_summary(rows, todo, B, nbytes, copy_bw, rounds):
+    """Median over rounds per variant, fastest first, with its speed-up over the
+    first variant (the default of a decode4 sweep)."""
     table = []
     for v in todo:
         ms = [r["ms"] for r in rows if all(r[k] == v[k] for k in v)]
-        med = statistics.median(ms)
-        table.append((med, v, min(ms), max(ms)))
+        table.append((statistics.median(ms), v, min(ms), max(ms)))
+    base = table[0][0]
     table.sort(key=lambda t: t[0])
-    print(f"\nB={B}: median over {args.rounds} rounds (ms per decode step; 0.8 of copy bandwidth "
-          f"= {nbytes / (0.8 * copy_bw) * 1e3:.4f} ms)")
-    print(f"{'combine':8s} {'tile':>4s} {'stages':>6s} {'balance':>7s} {'splits':>6s} {'ms':>8s} "
-          f"{'min':>8s} {'max':>8s} {'bw_fraction':>11s}")
+    keys = list(todo[0])
+    print(f"\nB={B}: median over {rounds} rounds (ms per decode step; 0.8 of copy bandwidth "
+          f"= {nbytes / (0.8 * copy_bw) * 1e3:.4f} ms; x: over {todo[0]})")
+    print(" ".join(f"{k:>8s}" for k in keys) +
+          f" {'ms':>8s} {'min':>8s} {'max':>8s} {'bw_fraction':>11s} {'x':>6s}")
     for med, v, lo, hi in table:
-        print(f"{v['combine']:8s} {v['tile']:4d} {v['stages']:6d} {v['balance']:7d} "
-              f"{v['splits']!s:>6s} {med:8.4f} {lo:8.4f} {hi:8.4f} "
-              f"{nbytes / (med / 1e3) / copy_bw:11.3f}")
-    print(f"rows appended to {out_path}")
+        print(" ".join(f"{v[k]!s:>8s}" for k in keys) +
+              f" {med:8.4f} {lo:8.4f} {hi:8.4f} {nbytes / (med / 1e3) / copy_bw:11.3f} "
+              f"{base / med:6.3f}")
 
 
 if __name__ == "__main__":

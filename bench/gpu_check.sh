@@ -38,6 +38,12 @@
 #             the waits), per-kernel times (tune --parts bwd-fused), fwd+bwd swaa vs swaa-fused
 #             vs swaa-fused-cols vs flex at N=32768 (FUSED_BENCH_ARGS).  ~5 min (estimate).
 #             Backs: docs/cuda_kernels.md "v7" (to be measured).
+#   profile   Nsight Compute (ncu --clock-control none) of one backward call of the Hopper
+#             kernels (bench/ncu_case.py), v6 (SWAA_BWD_HOPPER=1) and v7 (4) at each of
+#             PROFILE_SHAPES ("D,N,W,S ...", default "128,32768,4096,0 64,32768,4096,0"): speed of
+#             light, occupancy, launch, warp-state and scheduler statistics, memory and compute
+#             workload, as text in profile/ncu_bwd<knob>_d<D>_n<N>_w<W>_s<S>.log.  ~1-2 min
+#             (estimate).  Backs: docs/cuda_kernels.md "v7" (where its kernel loses time).
 #   bench     issue 3's grid: bench/bench_cuda_kernels.py, swaa vs flex vs sdpa, fwd and fwd+bwd,
 #             D 128/64, N 8k/32k/128k, W 1024/4096, S 0/4/128; then the plot and the ratios from
 #             the saved rows.  ~5.5 min (session 4: 323 s).
@@ -49,7 +55,10 @@
 #             split kernel's variants at B=8 (bench/bench_decode_sweep.py: combine kernel / fused
 #             x tiling x balanced splits x split count, ~30 s), the fused combine at B=1/8/64, and
 #             the planner's two cost models; bench/bench_memory.py; a summary of every run.
-#             ~3.5 min (auto plan + memory alone, DECODE_AB=0: ~40 s).
+#             ~3.5 min (auto plan + memory alone, DECODE_AB=0: ~40 s; DECODE_AB=decode4: the
+#             auto plan, decode4's combine-kernel knobs instead of the older A/B runs
+#             (decode4_parts: staged loads x advance in the kernel x PDL at B=1/8/64, all on,
+#             profiles), memory, ~3.5 min).
 #             Backs: README "Decode step with the ring cache", "Streaming memory",
 #             docs/ring_cache.md "Measured"; bench/results/decode_H200.jsonl, memory_H200.jsonl.
 #   loop      issue 7's decode loop in ms/token: bench/count_step_kernels.py (kernels per step)
@@ -97,12 +106,14 @@
 #   TESTS             test files (default tests/test_*.py); TEST_ARGS extra pytest arguments
 #                     (e.g. "-m cuda", "-k pack"); TEST_TIMEOUT per file (300)
 #   SAN_TIMEOUT       per sanitizer tool (240)
-#   TUNE_TIMEOUT      per tuning part (240)
+#   TUNE_TIMEOUT      per tuning part (240); PROFILE_TIMEOUT per ncu run of `profile` (180)
 #   BENCH=mine|lead   bench/bench_cuda_kernels.py (default) or bench/bench_attention.py --preset gpu;
 #                     BENCH_ARGS replaces the benchmark's shape arguments; BENCH_TIMEOUT (540)
-#   DECODE_AB=0       decode: only the automatic plan and the memory benchmark; LEGACY=1 adds the
-#                     session-1 CUDA-core decode kernel (SWAA_RING_DECODE=legacy); DECODE_TIMEOUT
-#                     per bench_decode run (240)
+#   DECODE_AB=0       decode: only the automatic plan and the memory benchmark (~40 s)
+#   DECODE_AB=decode4 decode: the automatic plan, decode4's parts (decode4_parts) and the memory
+#                     benchmark, without the older A/B runs (~3.5 min; the default DECODE_AB=1
+#                     does not run decode4's parts); LEGACY=1 adds the session-1 CUDA-core decode
+#                     kernel (SWAA_RING_DECODE=legacy); DECODE_TIMEOUT per bench_decode run (240)
 #   LOOPC_HF=1        loop: also transformers' rows (hf-sdpa, hf-static-compile); LOOPC_STEP=1 also
 #                     the whole step compiled as one graph (batch 1, minutes of compile: better in
 #                     a call of its own with LOOPC_ONLY_STEP=1); LOOP_ARGS extra bench_decode_loop.py
@@ -112,7 +123,7 @@
 #   QUALITY           finetune | pretrain | ddp; finetune: CONFIGS, FT_S (480); pretrain: BUDGET_S
 #                     (360), EVAL_S (150), SEQ_LEN (16384); ddp: DDP_STEPS (100)
 
-STEPS_KNOWN=(build test sanitize tune bench decode loop e2e pack quality fused all)
+STEPS_KNOWN=(build test sanitize tune profile bench decode loop e2e pack quality fused all)
 
 usage() {
   echo "usage: bash bench/gpu_check.sh STEP [STEP ...]"
@@ -251,6 +262,22 @@ step_tune() {
   done
 }
 
+step_profile() {
+  local ncu shape D N W S knob
+  ncu=$(command -v ncu || echo "$CUDA_HOME/bin/ncu")
+  for shape in ${PROFILE_SHAPES:-128,32768,4096,0 64,32768,4096,0}; do
+    IFS=, read -r D N W S <<< "$shape"
+    for knob in 1 4; do
+      TAIL_LINES=5 run_part "ncu_bwd${knob}_d${D}_n${N}_w${W}_s${S}" "${PROFILE_TIMEOUT:-180}" \
+        "$ncu" --profile-from-start off --clock-control none -k regex:bwd_ \
+        --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+        --section ComputeWorkloadAnalysis \
+        python bench/ncu_case.py --bwd "$knob" --D "$D" --N "$N" --W "$W" --S "$S"
+    done
+  done
+}
+
 step_bench() {
   local rows=$STEP_DIR/cuda_kernels.jsonl
   # shellcheck disable=SC2086
@@ -312,11 +339,35 @@ for key, m in sorted(by.items()):
 PY
 }
 
+# decode4's knobs of the global combine kernel (staged loads, the position update in the kernel,
+# PDL; each off by default, each the default's bits): every combination at B=1, 8, 64 in one
+# process (3 interleaved rounds, medians, speed-up over the default), all three on against the
+# default for the ring and ring_full rows, and per-kernel device times and the step span with
+# each knob alone and all three (bench/profile_decode.py; under PDL compare the span, not the
+# kernels' sum).  B=64 plans a cluster (no combine kernel: every knob is inert), so its rows are
+# the no-regression / noise row: 8 variants of identical code show the sweep's spread.  Only with
+# DECODE_AB=decode4 (it would push the default decode step past one call's budget).
+# ~2.5 min (estimate).
+decode4_parts() {
+  local rows=$1 t=$2
+  run_part decode4_sweep "$t" env SWAA_DECODE_VERBOSE=1 python bench/bench_decode_sweep.py \
+    --set decode4 --batches 1,8,64 --rounds 3 --run "${STAMP}_decode4_sweep" --out "$rows"
+  run_part decode4_all_on "$t" env SWAA_DECODE_COMBINE_LOADS=staged SWAA_DECODE_ADVANCE=kernel \
+    SWAA_DECODE_PDL=1 python bench/bench_decode.py --impls ring,ring_full --batches 1,8,64 \
+    --run "${STAMP}_decode4_all_on" --out "$rows"
+  TAIL_LINES=60 run_part decode4_profile "$t" python bench/profile_decode.py --batches 1,8,64 \
+    --variant default --variant SWAA_DECODE_COMBINE_LOADS=staged \
+    --variant SWAA_DECODE_ADVANCE=kernel --variant SWAA_DECODE_PDL=1 \
+    --variant SWAA_DECODE_COMBINE_LOADS=staged,SWAA_DECODE_ADVANCE=kernel,SWAA_DECODE_PDL=1
+}
+
 step_decode() {
   local rows=$STEP_DIR/decode.jsonl t=${DECODE_TIMEOUT:-240} splits cost
   run_part auto "$t" env SWAA_DECODE_VERBOSE=1 \
     python bench/bench_decode.py --run "${STAMP}_auto" --out "$rows"
-  if [[ ${DECODE_AB:-1} == 1 ]]; then
+  if [[ ${DECODE_AB:-1} == decode4 ]]; then
+    decode4_parts "$rows" "$t"
+  elif [[ ${DECODE_AB:-1} == 1 ]]; then
     # the plan's knobs forced, ring rows only (csrc/cuda/ring.cu lists them)
     run_part ab_cluster "$t" env SWAA_DECODE_COMBINE=cluster python bench/bench_decode.py \
       --impls ring,ring_full --batches 1,8,64 --run "${STAMP}_combine_cluster" --out "$rows"

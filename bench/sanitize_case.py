@@ -20,6 +20,7 @@ Hopper backward).  Parts (--parts, default all):
   python bench/sanitize_case.py --device cpu      # the same calls on the CPU (a smoke test)
 """
 import argparse
+import itertools
 import os
 
 import torch
@@ -61,7 +62,8 @@ def backward_calls(device):
 
 
 RING_KNOBS = ("SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE", "SWAA_DECODE_GLOBAL_COMBINE",
-              "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES")
+              "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES", "SWAA_DECODE_COMBINE_LOADS",
+              "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL")
 
 
 def ring_calls(device):
@@ -94,6 +96,24 @@ def ring_calls(device):
         step = [torch.randn(3, heads, 1, 128, device=device, dtype=torch.bfloat16)
                 for heads in (48, 2, 2)]
         cache.attend(*step, lengths=torch.tensor([1, 1, 0], device=device))
+    # decode4: the combine kernel with staged loads, advancing seqlens, as a
+    # programmatic dependent launch (the defaults), and with the other values of
+    # the three knobs; 5 and 40 splits: one and several load batches
+    os.environ.update(SWAA_DECODE_TILE="64", SWAA_DECODE_STAGES="3",
+                      SWAA_DECODE_GLOBAL_COMBINE="kernel")
+    for (loads, advance, pdl), splits in itertools.product(
+            (("staged", "kernel", "1"), ("serial", "op", "0")), (5, 40)):
+        os.environ.update(SWAA_DECODE_COMBINE_LOADS=loads, SWAA_DECODE_ADVANCE=advance,
+                          SWAA_DECODE_PDL=pdl, SWAA_DECODE_SPLITS=str(splits))
+        cache = RingKVCache(3, 2, 128, window=3000, sink=4, dtype=torch.bfloat16, device=device)
+        cache.keys.normal_()
+        cache.values.normal_()
+        cache.seqlens.copy_(torch.tensor([0, 2990, 50000], device=device))
+        for _ in range(2):
+            step = [torch.randn(3, heads, 1, 128, device=device, dtype=torch.bfloat16)
+                    for heads in (24, 2, 2)]
+            cache.attend(*step, lengths=torch.tensor([1, 1, 0], device=device))
+        assert cache.seqlens.tolist() == [2, 2992, 50000], cache.seqlens.tolist()
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)

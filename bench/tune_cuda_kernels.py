@@ -21,7 +21,8 @@ them on the same inputs.  Four parts (--parts, default the first three):
                 with the default (Hopper) kernels, which read them too.
   bwd-fused     the single-pass Hopper backward (SWAA_BWD_HOPPER=4, docs/
                 cuda_kernels.md "v7") against the two passes (1), also with its dQ
-                split by columns (SWAA_BWD_FUSED_DQ=1), with per-kernel times, on
+                split by columns (SWAA_BWD_FUSED_DQ=1), and both with the KV heads
+                one after the other (SWAA_BWD_ORDER=0), with per-kernel times, on
                 FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
 
 bwd-variants and knobs time six shapes (D, N, W, S, full_from) chosen to move the
@@ -279,11 +280,15 @@ def main() -> None:
             profile_settings=[{**sm80_fwd, **sm80_bwd}])
     if "bwd-fused" in args.parts:
         cols = {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"}  # dQ split by columns (D=128)
-        rows += shape_rows(
-            meta, fwd_settings=[{}],
-            bwd_settings=[{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols],
-            profile_settings=[{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols],
-            shapes=FUSED_SHAPES)
+        # SWAA_BWD_ORDER=0 (the KV heads one after the other): the CTAs running at
+        # once then add into the float32 dQ of one KV head's query heads only, a
+        # working set that can stay in L2 (ncu, session 6: with heads inner v7's
+        # kernel ran at 70% of DRAM bandwidth, L2 hit rate 34%)
+        settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols,
+                    {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "0"},
+                    {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_ORDER": "0"}]
+        rows += shape_rows(meta, fwd_settings=[{}], bwd_settings=settings,
+                           profile_settings=settings, shapes=FUSED_SHAPES)
     append_rows(args.out, rows)
     print(f"{len(rows)} rows appended to {args.out}")
 

@@ -174,6 +174,13 @@ RingCall prepare_ring(RingOp op, const at::Tensor& q, const at::Tensor& k, const
   return call;
 }
 
+void advance_seqlens(const at::Tensor& seqlens, const RingCall& call) {
+  if (call.lengths.defined())
+    seqlens.add_(call.lengths.clamp(0, call.params.chunk_len));
+  else
+    seqlens.add_(call.params.chunk_len);
+}
+
 }  // namespace swaa
 
 TORCH_LIBRARY_FRAGMENT(swaa, m) {
@@ -185,10 +192,15 @@ TORCH_LIBRARY_FRAGMENT(swaa, m) {
   // One new position per row: attention over the ring plus the new key, and
   // the in-place write of the new key/value.  num_splits = 0 chooses the
   // split of the window across blocks/threads (flash-decoding).
+  // advance = true also advances seqlens[b] by the row's valid positions
+  // (min(max(lengths[b], 0), 1), or 1), after the attention, on the device:
+  // what RingKVCache.attend did with a separate seqlens.add_ (on CUDA, when
+  // the plan has a second (combine) kernel, that kernel does it: one launch
+  // fewer per step; SWAA_DECODE_ADVANCE=op keeps the add).
   m.def(
       "ring_decode(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache,"
-      " Tensor seqlens, Tensor? lengths, int window, int sink, float scale, int num_splits=0)"
-      " -> (Tensor out, Tensor lse)");
+      " Tensor(c!) seqlens, Tensor? lengths, int window, int sink, float scale,"
+      " int num_splits=0, bool advance=False) -> (Tensor out, Tensor lse)");
   // Lc positions per row: attention over the old ring plus the chunk; no write.
   m.def(
       "ring_chunk(Tensor q, Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, Tensor seqlens,"

@@ -29,4 +29,10 @@ RingCall prepare_ring(RingOp op, const at::Tensor& q, const at::Tensor& k, const
                       const at::Tensor& seqlens, const std::optional<at::Tensor>& lengths,
                       int64_t window, int64_t sink, double scale);
 
+// seqlens[b] += the valid positions of row b's chunk (min(max(lengths[b], 0),
+// Lc), or Lc), with ATen ops on the current stream (no host sync): the
+// position update of ring_decode(advance = true) where no kernel of the op
+// does it.
+void advance_seqlens(const at::Tensor& seqlens, const RingCall& call);
+
 }  // namespace swaa

@@ -210,14 +210,18 @@ class RingKVCache:
         scale = float(scale)
         lc = k.shape[2]
         if lc == 1:
+            # advance=True: the op also advances seqlens (on CUDA inside its
+            # combine kernel where the plan has one, saving a launch per step;
+            # else, or with SWAA_DECODE_ADVANCE=op, with the same add as
+            # _advance).
             out, lse = torch.ops.swaa.ring_decode(q, k, v, self.keys, self.values, self._seqlens,
-                                                  lengths, self.window, self.sink, scale, 0)
+                                                  lengths, self.window, self.sink, scale, 0, True)
         else:
             out, lse = torch.ops.swaa.ring_chunk(q, k, v, self.keys, self.values, self._seqlens,
                                                  lengths, self.window, self.sink, scale)
             torch.ops.swaa.ring_append(self.keys, self.values, k, v, self._seqlens, lengths,
                                        self.window, self.sink)
-        self._advance(lc, lengths)
+            self._advance(lc, lengths)
         return (out, lse) if return_lse else out
 
     def append(self, k: torch.Tensor, v: torch.Tensor, *,
@@ -253,7 +257,7 @@ def _ring_append_fake(k_cache, v_cache, k, v, seqlens, lengths, window, sink):
 
 @torch.library.register_fake("swaa::ring_decode")
 def _ring_decode_fake(q, k, v, k_cache, v_cache, seqlens, lengths, window, sink, scale,
-                      num_splits=0):
+                      num_splits=0, advance=False):
     return torch.empty_like(q, memory_format=torch.contiguous_format), \
         q.new_empty(q.shape[:3], dtype=torch.float32)
 

@@ -112,6 +112,86 @@ def test_decode_splits_combine_cpu(num_splits):
     torch.testing.assert_close(vc[:, :, slot], v[:, :, 0], atol=0, rtol=0)
 
 
+def nan_key_propagates(device, dtype, nan_position, decode_variants):
+    """A NaN in one cached key makes exactly the outputs (and lse) of the queries
+    that see it NaN, as in swa_attention / SDPA: the kernels must not drop it as
+    "nothing seen" (a zero output) or through a NaN-skipping maximum in the
+    split combine.  Streams chunks and then decode steps, each step under the
+    next of `decode_variants` ((num_splits, env) pairs), past the step where a
+    window position leaves the window (its outputs turn finite again); a sink
+    position stays visible for good."""
+    import os
+    torch.manual_seed(31 + nan_position)
+    B, Hq, Hkv, D, W, S = 2, 4, 2, 64, 300, 2
+    scale = 1 / math.sqrt(D)
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=dtype, device=device)
+
+    def check(out, lse, first):
+        lc = out.shape[2]
+        pos = torch.arange(first, first + lc, device=device)
+        sees = (nan_position <= pos) & ((pos - nan_position < W) | (nan_position < S))
+        want = torch.zeros(B, Hq, lc, dtype=torch.bool, device=device)
+        want[0, 2:] = sees  # row 0, KV head 1 (query heads 2 and 3)
+        assert torch.equal(lse.isnan(), want), (first, lc)
+        assert torch.equal(out.isnan().all(-1), want), (first, lc)
+        assert torch.isfinite(out[~want]).all(), (first, lc)
+        return bool(sees.any()), bool((~sees).any())
+
+    seen_nan = seen_finite = False
+    steps = [150, 1, 1, 1, 1, 240] + [1] * 10  # the decode steps at 396..405 cross 400
+    variant = 0
+    for lc in steps:
+        first = int(cache.seqlens[0])
+        q = torch.randn(B, Hq, lc, D, dtype=dtype, device=device)
+        k = torch.randn(B, Hkv, lc, D, dtype=dtype, device=device)
+        v = torch.randn(B, Hkv, lc, D, dtype=dtype, device=device)
+        if first <= nan_position < first + lc:
+            k[0, 1, nan_position - first, 5] = float("nan")
+        if lc > 1:
+            out, lse = cache.attend(q, k, v, return_lse=True)
+        else:
+            num_splits, env = decode_variants[variant % len(decode_variants)]
+            variant += 1
+            saved = {name: os.environ.get(name) for name in env}
+            os.environ.update(env)
+            try:
+                out, lse = torch.ops.swaa.ring_decode(q, k, v, cache.keys, cache.values,
+                                                      cache.seqlens, None, W, S, scale,
+                                                      num_splits, True)
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+        some_nan, some_finite = check(out, lse, first)
+        seen_nan |= some_nan and lc == 1
+        seen_finite |= some_finite and lc == 1
+    assert seen_nan  # the case covers decode steps that see the NaN key
+    assert seen_finite == (nan_position >= S)  # ... and, for a window key, steps past it
+
+
+@pytest.mark.parametrize("nan_position", [1, 100])
+def test_nan_key_propagates_cpu(nan_position):
+    stream_variants = [(splits, {}) for splits in (1, 3, 8)]
+    nan_key_propagates("cpu", torch.float32, nan_position, stream_variants)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("nan_position", [1, 100])
+def test_nan_key_propagates_cuda(dtype, nan_position):
+    # every combine of the split decode: cluster, the global kernel with serial
+    # and staged loads, the fused one; and the chunk kernel for the prefill
+    global_ = {"SWAA_DECODE_COMBINE": "global", "SWAA_DECODE_GLOBAL_COMBINE": "kernel"}
+    variants = [(0, {}), (1, {}), (3, {"SWAA_DECODE_COMBINE": "cluster"}),
+                (3, {**global_, "SWAA_DECODE_COMBINE_LOADS": "serial"}),
+                (5, {**global_, "SWAA_DECODE_COMBINE_LOADS": "staged"}),
+                (5, {"SWAA_DECODE_COMBINE": "global", "SWAA_DECODE_GLOBAL_COMBINE": "fused"})]
+    nan_key_propagates("cuda", dtype, nan_position, variants)
+
+
 def test_slots_follow_the_contract_cpu():
     # Position t lives in slot t (t < sink) or sink + (t - sink) % window.
     B, Hkv, D, W, S = 1, 1, 4, 5, 2
@@ -319,13 +399,76 @@ def opcheck_inputs(device, dtype, D=16):
                         W, S, 0.25)),
         ("ring_decode", (mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D), kc.clone(),
                          vc.clone(), seq, None, W, S, 0.25, 0)),
+        # advance=True: seqlens is written too (schema: Tensor(c!) seqlens)
+        ("ring_decode", (mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D), kc.clone(),
+                         vc.clone(), seq.clone(), None, W, S, 0.25, 0, True)),
+        ("ring_decode", (mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D), kc.clone(),
+                         vc.clone(), seq.clone(), torch.tensor([1, 0], device=device), W, S,
+                         0.25, 0, True)),
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+OPCHECK_CASES = range(6)
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES)
 def test_opcheck_cpu(case):
     name, args = opcheck_inputs("cpu", torch.float32)[case]
     torch.library.opcheck(getattr(torch.ops.swaa, name).default, args)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_decode_advance_matches_separate_add_cpu(with_lengths):
+    # ring_decode(advance=True) (what attend calls for Lc == 1) gives the bits
+    # of advance=False followed by the position update attend did itself
+    # before, over steps with rows at different positions, a padded row and
+    # ring wraps, and advances seqlens by exactly min(max(lengths[b], 0), 1).
+    torch.manual_seed(21)
+    B, Hq, Hkv, D, W, S = 3, 4, 2, 16, 5, 2
+    mk = lambda *shape: torch.randn(*shape)  # noqa: E731
+    kc, vc = mk(B, Hkv, S + W, D), mk(B, Hkv, S + W, D)
+    twins = [(kc.clone(), vc.clone(), torch.tensor([0, 6, 17])) for _ in range(2)]
+    for step in range(12):
+        q, k, v = mk(B, Hq, 1, D), mk(B, Hkv, 1, D), mk(B, Hkv, 1, D)
+        lengths = torch.tensor([1, step % 2, 1]) if with_lengths else None
+        (kc1, vc1, seq1), (kc2, vc2, seq2) = twins
+        before = seq1.clone()
+        out1, lse1 = torch.ops.swaa.ring_decode(q, k, v, kc1, vc1, seq1, lengths, W, S, 0.25, 0,
+                                                True)
+        out2, lse2 = torch.ops.swaa.ring_decode(q, k, v, kc2, vc2, seq2, lengths, W, S, 0.25, 0)
+        assert torch.equal(seq2, before)  # advance=False leaves seqlens alone
+        seq2.add_(lengths.clamp(0, 1) if with_lengths else 1)
+        for a, b in ((out1, out2), (lse1, lse2), (kc1, kc2), (vc1, vc2), (seq1, seq2)):
+            assert torch.equal(a, b), step
+        step_size = lengths if with_lengths else torch.ones(B, dtype=torch.int64)
+        assert torch.equal(seq1, before + step_size)
+
+
+def test_decode_advance_failed_call_leaves_seqlens_cpu():
+    # A call that raises (bad shape, bad lengths) advances nothing and writes
+    # nothing; the next valid call advances once.
+    B, Hq, Hkv, D, W, S = 2, 4, 2, 8, 4, 1
+    kc, vc = torch.randn(B, Hkv, S + W, D), torch.randn(B, Hkv, S + W, D)
+    seq = torch.tensor([3, 9])
+    q, k, v = torch.randn(B, Hq, 1, D), torch.randn(B, Hkv, 1, D), torch.randn(B, Hkv, 1, D)
+    before = (kc.clone(), vc.clone(), seq.clone())
+    with pytest.raises(ValueError, match="q heads"):
+        torch.ops.swaa.ring_decode(q[:, :3], k, v, kc, vc, seq, None, W, S, 1.0, 0, True)
+    with pytest.raises(ValueError, match="lengths\\[1\\] = 2"):
+        torch.ops.swaa.ring_decode(q, k, v, kc, vc, seq, torch.tensor([1, 2]), W, S, 1.0, 0, True)
+    with pytest.raises(ValueError, match="k head dim"):
+        torch.ops.swaa.ring_decode(q, k[..., :4], v, kc, vc, seq, None, W, S, 1.0, 0, True)
+    with pytest.raises(ValueError, match="num_splits"):  # checked after prepare_ring
+        torch.ops.swaa.ring_decode(q, k, v, kc, vc, seq, None, W, S, 1.0, -1, True)
+    for a, b in zip((kc, vc, seq), before):
+        assert torch.equal(a, b)
+    torch.ops.swaa.ring_decode(q, k, v, kc, vc, seq, None, W, S, 1.0, 0, True)
+    assert seq.tolist() == [4, 10]
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
+    cache.attend(q, k, v)
+    with pytest.raises(ValueError):
+        cache.attend(q, k, v[:, :1])
+    assert cache.seqlens.tolist() == [1, 1]
 
 
 # --------------------------------------------------------------------------- CUDA
@@ -726,7 +869,7 @@ def test_cuda_graph_decode_matches_eager():
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", OPCHECK_CASES)
 def test_opcheck_cuda(case):
     name, args = opcheck_inputs("cuda", torch.bfloat16, D=64)[case]
     torch.library.opcheck(getattr(torch.ops.swaa, name).default, args)

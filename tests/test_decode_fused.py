@@ -19,7 +19,7 @@ pytestmark = [
 ]
 
 PLAN = re.compile(r"-> (\d+) splits, (\w+) combine \(([^,]+(?:, fused not available)?), "
-                  r"tile (\d+) x (\d+) stages, \d+ B smem(, balanced)?\)")
+                  r"tile (\d+) x (\d+) stages, \d+ B smem(, balanced)?(?:, [^)]*)?\)")
 
 
 def plans_of(text):

@@ -178,3 +178,48 @@ def test_forward_variant_table_names_the_fastest_variant(capsys):
     assert "D=128: speed-up over SWAA_FWD_HOPPER=1 (geometric mean): 1: 1.000x, 5: 1.250x; " \
            "fastest: 5" in text
     assert re.search(r"D=64: .*; fastest: 1$", text, re.M)
+
+
+def test_decode4_parts_sweep_every_knob_combination_default_first():
+    # the decode step's decode4 parts: the sweep's variants (its speed-ups are over the first)
+    # and the profile's --variant parsing, which gpu_check.sh's profile part relies on
+    assert re.search(r"^decode4_parts\(\) \{", TEXT, re.M)
+    # opt-in only (DECODE_AB=decode4): the default decode step must stay within one call's budget
+    calls = re.findall(r"^ *(.*\n) *decode4_parts \"", TEXT, re.M)
+    assert calls == ['if [[ ${DECODE_AB:-1} == decode4 ]]; then\n'], calls
+    assert {"set", "batches", "rounds"} <= INVOCATIONS["bench/bench_decode_sweep.py"]
+    assert {"batches", "variant"} <= INVOCATIONS["bench/profile_decode.py"]
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_decode_sweep as sweep
+    import profile_decode
+
+    variants = list(sweep.decode4_variants())
+    assert len(variants) == 8 and len({tuple(v.values()) for v in variants}) == 8
+    assert variants[0] == {"loads": "serial", "advance": "op", "pdl": "0"}
+    assert profile_decode.parse_variant("default") == {}
+    assert profile_decode.parse_variant("SWAA_DECODE_ADVANCE=kernel,SWAA_DECODE_PDL=1") == {
+        "SWAA_DECODE_ADVANCE": "kernel", "SWAA_DECODE_PDL": "1"}
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        profile_decode.parse_variant("staged")
+    for variant in re.findall(r"--variant (\S+)", TEXT):
+        for name in profile_decode.parse_variant(variant):
+            assert name in sweep.KNOBS, name
+
+
+def test_profile_step_span_counts_overlapping_kernels_once():
+    # profile_decode.py's step span (review_decode4 finding 4): under PDL the combine kernel's
+    # record starts inside the split kernel's, so the span, not the sum, is the step's time
+    sys.path.insert(0, str(ROOT / "bench"))
+    import profile_decode
+
+    steps = [[("split", 0.0, 37.0), ("combine", 2.0, 40.0)],          # PDL: overlapping
+             [("split", 100.0, 138.0), ("combine", 139.5, 142.5)]]    # serial: a gap
+    records = [r for step in reversed(steps) for r in reversed(step)]  # any order
+    assert profile_decode.step_spans(records, 2) == [40.0, 42.5]
+    with pytest.raises(ValueError, match="equal steps"):
+        profile_decode.step_spans(records[:3], 2)
+    with pytest.raises(ValueError, match="same kernels"):
+        profile_decode.step_spans([("split", 0, 1), ("combine", 2, 3), ("add", 4, 5),
+                                   ("split", 6, 7)], 2)
+    name = "void swaa::(anonymous namespace)::ring_decode_combine_kernel<__nv_bfloat16, 128, true>"
+    assert profile_decode.short_name(name) == "ring_decode_combine_kernel<__nv_bfloat16, 128, true>"

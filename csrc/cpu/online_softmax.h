@@ -51,9 +51,13 @@ struct OnlineSoftmax {
     gemm_pb<acc_t>(rows, n, dim, acc_t(1), scores, lds, values, ldv, acc.data(), dim);
   }
 
+  // True when row r saw a key; a NaN score makes the sum NaN, which counts as
+  // seen (the output and lse are NaN, as in swa_attention), not as nothing.
+  bool seen(int64_t r) const { return sum[r] != acc_t(0); }
+
   // Natural-log log-sum-exp of row r; -inf when the row saw nothing.
   acc_t lse(int64_t r) const {
-    return sum[r] > 0 ? max[r] + std::log(sum[r]) : -std::numeric_limits<acc_t>::infinity();
+    return seen(r) ? max[r] + std::log(sum[r]) : -std::numeric_limits<acc_t>::infinity();
   }
 };
 

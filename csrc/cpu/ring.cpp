@@ -153,7 +153,7 @@ void chunk_kernel(const RingParams& p) {
       auto* out = static_cast<scalar_t*>(p.out) + ((b * p.q_heads + h) * p.chunk_len + row0) * D;
       float* lse = p.lse + (b * p.q_heads + h) * p.chunk_len + row0;
       for (int64_t r = 0; r < rows_total; ++r) {
-        const bool seen = r < rows && state.sum[r] > 0;  // padding rows: zero, lse -inf
+        const bool seen = r < rows && state.seen(r);  // padding rows: zero, lse -inf
         const acc_t inv = seen ? acc_t(1) / state.sum[r] : acc_t(0);
         for (int64_t d = 0; d < D; ++d)
           out[r * D + d] = static_cast<scalar_t>(seen ? state.acc[r * D + d] * inv : acc_t(0));
@@ -216,7 +216,7 @@ void decode_kernel(const RingParams& p, int64_t splits) {
       }
       for (int64_t g = 0; g < G; ++g) {
         const int64_t slot = ((b * p.q_heads + kvh * G + g) * splits + split);
-        const acc_t inv = state.sum[g] > 0 ? acc_t(1) / state.sum[g] : acc_t(0);
+        const acc_t inv = state.seen(g) ? acc_t(1) / state.sum[g] : acc_t(0);
         for (int64_t d = 0; d < D; ++d) part_out[slot * D + d] = state.acc[g * D + d] * inv;
         part_lse[slot] = state.lse(g);
       }
@@ -229,7 +229,7 @@ void decode_kernel(const RingParams& p, int64_t splits) {
     for (int64_t bh = begin; bh < end; ++bh) {
       const acc_t* lse_s = part_lse.data() + bh * splits;
       acc_t lse_max = -std::numeric_limits<acc_t>::infinity();
-      for (int64_t s = 0; s < splits; ++s) lse_max = std::max(lse_max, lse_s[s]);
+      for (int64_t s = 0; s < splits; ++s) lse_max = max_keep_nan(lse_max, lse_s[s]);
       auto* out = static_cast<scalar_t*>(p.out) + bh * D;
       if (lse_max == -std::numeric_limits<acc_t>::infinity()) {  // padded row
         for (int64_t d = 0; d < D; ++d) out[d] = scalar_t(0);
@@ -277,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor> ring_chunk_cpu(const at::Tensor& q, const at:
 std::tuple<at::Tensor, at::Tensor> ring_decode_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,
     const at::Tensor& v_cache, const at::Tensor& seqlens, const std::optional<at::Tensor>& lengths,
-    int64_t window, int64_t sink, double scale, int64_t num_splits) {
+    int64_t window, int64_t sink, double scale, int64_t num_splits, bool advance) {
   RingCall call = prepare_ring(RingOp::kDecode, q, k, v, k_cache, v_cache, seqlens, lengths,
                                window, sink, scale);
   TORCH_CHECK_VALUE(num_splits >= 0, "ring_decode: num_splits must be >= 0, got ", num_splits);
@@ -287,6 +287,7 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cpu(
                                     decode_kernel<scalar_t>(call.params, splits);
                                     append_kernel<scalar_t>(call.params);
                                   });
+  if (advance) advance_seqlens(seqlens, call);
   return {call.out, call.lse};
 }
 

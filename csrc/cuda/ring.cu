@@ -290,7 +290,7 @@ __global__ void __launch_bounds__(kThreads) ring_decode_kernel(const RingParams 
       sum += sm_sum[r][g] * w;
       out += sm_acc[r][g][d] * w;
     }
-    const bool seen = sum > acc_t(0);
+    const bool seen = sum != acc_t(0);  // NaN (a NaN score) counts as seen
     const acc_t normalised = seen ? out / sum : acc_t(0);
     const acc_t lse2 = seen ? m + log2_of(sum) : neg_inf<acc_t>();  // log2 units
     const int64_t bh = b * p.q_heads + h0 + g;
@@ -337,7 +337,7 @@ __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, 
                                                int tid, int n_threads) {
   const acc_t* lse_s = part_lse + bh * splits;
   acc_t m = neg_inf<acc_t>();
-  for (int s = 0; s < splits; ++s) m = max(m, lse_s[s]);
+  for (int s = 0; s < splits; ++s) m = max_keep_nan(m, lse_s[s]);
   T* out = static_cast<T*>(p.out) + bh * kDim;
   if (m == neg_inf<acc_t>()) {  // padded row: nothing attended
     for (int d = tid; d < kDim; d += n_threads) out[d] = from_acc<T>(acc_t(0));
@@ -357,16 +357,122 @@ __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, 
   if (tid == 0) p.lse[bh] = static_cast<float>((m + log2_of(weight_sum)) * acc_t(kLn2));
 }
 
-// Merges the splits of each (row, query head) through their log-sum-exp.
+// SWAA_DECODE_COMBINE_LOADS=staged: combine_splits with the same arithmetic in
+// the same order (the same bits), laid out for latency.  combine_splits'
+// thread chain is three loops over the splits of dependent L2 loads (the lse
+// values for the maximum, again for the weight sum, then per output the lse
+// and, behind `w > 0`, the partial).  Here one thread per split loads the lse
+// values at once into shared memory (the maximum, exact in any order, is a
+// block reduction), one thread per split turns them into the weights
+// exp2(lse_s - m) (the same value as combine_splits' for each s), and each
+// output thread then runs the weight sum and its fma chain over s = 0, 1, ..
+// in split order from shared memory, with the partials of kStagedBatch splits
+// loaded ahead into registers (independent loads in flight), keeping the skip
+// of splits with weight 0 (fma with w == 0 is not a no-op when the partial is
+// inf or NaN).  Every value is read once, so the loads stay L2-only
+// (load_partial, as in fused_combine): nothing to gain from L1, and no L1
+// line can be stale when the kernel was scheduled (PDL) before the split
+// kernel wrote the partials.  At most kStagedMaxSplits splits (the launcher
+// falls back to combine_splits above that).  kThreads threads per (row, head): one output
+// each at D = 128.  Keep in step with combine_splits (tests/test_decode_fused.py
+// checks bit equality).
+constexpr int kStagedMaxSplits = 1024;  // kDecodeSplitsMax: 4 KB of shared memory
+// Partial loads in flight per thread.  8, not 16: 16 took 55 registers (56
+// allocated, 7168 per CTA), so under PDL only one staged combine CTA fitted
+// beside the two split CTAs of an SM (216 registers allocated each: 10240 of
+// 65536 left), and at B = 8 (256 combine CTAs, 132 SMs) about half of them
+// could not be resident at their wait.  With 8: 39 registers (40 allocated,
+// 5120 per CTA), two fit, as the serial combine's 32 do.  The cost is
+// ceil(splits / 8) instead of ceil(splits / 16) dependent L2 trips: 5 instead
+// of 3 at B = 1 (33 splits), 1 either way at B = 8 (4 splits).  A minimum-
+// blocks launch bound would cap the registers with 16 loads too, but on the
+// shared template it also changed the serial (default) kernels' allocation
+// (32 -> 48 registers with `kStaged ? 12 : 1`), and whether 16 loads stay in
+// flight under a 40-register cap cannot be checked without the SASS.
+constexpr int kStagedBatch = 8;
+
 template <typename T, int kDim>
+__device__ __forceinline__ void combine_splits_staged(const RingParams& p, int64_t bh, int splits,
+                                                      const float* part_out,
+                                                      const float* part_lse) {
+  __shared__ float weight[kStagedMaxSplits];  // lse, then weights, per split
+  __shared__ float warp_max[kThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float m = neg_inf<float>();
+  for (int s = threadIdx.x; s < splits; s += kThreads) {
+    const float lse = load_partial(part_lse + bh * splits + s);
+    weight[s] = lse;
+    m = max_keep_nan(m, lse);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2)
+    m = max_keep_nan(m, __shfl_xor_sync(0xffffffffu, m, offset));
+  if (lane == 0) warp_max[warp] = m;
+  __syncthreads();
+  m = warp_max[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; ++w) m = max_keep_nan(m, warp_max[w]);
+  T* out = static_cast<T*>(p.out) + bh * kDim;
+  if (m == neg_inf<float>()) {  // padded row: nothing attended (uniform over the block)
+    for (int d = threadIdx.x; d < kDim; d += kThreads) out[d] = from_acc<T>(0.f);
+    if (threadIdx.x == 0) p.lse[bh] = -std::numeric_limits<float>::infinity();
+    return;
+  }
+  for (int s = threadIdx.x; s < splits; s += kThreads) weight[s] = exp2_of(weight[s] - m);
+  __syncthreads();
+  float weight_sum = 0.f;  // every thread sums, in split order: thread 0's gives the lse
+  for (int d = threadIdx.x; d < kDim; d += kThreads) {  // thread 0 always has d = 0
+    const float* partial = part_out + bh * splits * kDim + d;
+    float o = 0.f;
+    weight_sum = 0.f;
+    for (int s0 = 0; s0 < splits; s0 += kStagedBatch) {
+      float x[kStagedBatch];
+#pragma unroll
+      for (int j = 0; j < kStagedBatch; ++j)
+        x[j] = s0 + j < splits ? load_partial(partial + int64_t(s0 + j) * kDim) : 0.f;
+#pragma unroll
+      for (int j = 0; j < kStagedBatch; ++j) {
+        if (s0 + j < splits) {
+          const float w = weight[s0 + j];
+          weight_sum += w;
+          if (w > 0.f) o = fma_rn(w, x[j], o);
+        }
+      }
+    }
+    out[d] = from_acc<T>(divide_rn(o, weight_sum));
+  }
+  if (threadIdx.x == 0)
+    p.lse[bh] = static_cast<float>((m + log2_of(weight_sum)) * float(kLn2));
+}
+
+// Merges the splits of each (row, query head) through their log-sum-exp: one
+// block per (row, query head).  kStaged: combine_splits_staged (float
+// partials only).  advance != nullptr (SWAA_DECODE_ADVANCE=kernel): the block
+// of each row's first query head also advances advance[b] (the op's seqlens)
+// by the row's valid positions, after the wait for the split kernel: that
+// kernel read seqlens[b], nothing in this launch reads it.
+template <typename T, int kDim, bool kStaged = false>
 __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
-    const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse) {
+    const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse,
+    int64_t* advance) {
+  // Prologue: nothing here depends on the split kernel (lengths is an input
+  // of the op, written before the split kernel started).
+  const int64_t bh = blockIdx.x;
+  const int64_t b = bh / p.q_heads;
+  const bool advances = advance != nullptr && bh % p.q_heads == 0 && threadIdx.x == 0;
+  const int64_t step = advances ? p.valid(b) : 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Launched as a programmatic dependent (SWAA_DECODE_PDL=1): wait until the
   // split kernel has finished and its partials are visible.  A no-op otherwise.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
-  combine_splits<T, kDim>(p, blockIdx.x, splits, part_out, part_lse, threadIdx.x, kThreads);
+  if constexpr (kStaged) {
+    static_assert(std::is_same_v<acc_of<T>, float>, "staged loads: float partials only");
+    combine_splits_staged<T, kDim>(p, bh, splits, part_out, part_lse);
+  } else {
+    combine_splits<T, kDim>(p, bh, splits, part_out, part_lse, threadIdx.x, kThreads);
+  }
+  if (advances) advance[b] += step;
 }
 
 
@@ -416,7 +522,7 @@ __device__ __forceinline__ void fused_combine(const RingParams& p, int64_t bh0, 
   if (threadIdx.x < n_heads) {
     float* w = weight + threadIdx.x * splits;
     float m = neg_inf<float>();
-    for (int s = 0; s < splits; ++s) m = max(m, w[s]);
+    for (int s = 0; s < splits; ++s) m = max_keep_nan(m, w[s]);
     float sum = 0.f;
     if (m != neg_inf<float>()) {
       for (int s = 0; s < splits; ++s) {
@@ -530,6 +636,19 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   extern __shared__ __align__(128) unsigned char decode_smem[];
   T* tiles = reinterpret_cast<T*>(decode_smem);
 
+  // With SWAA_DECODE_PDL=1 the combine kernel may be scheduled once every CTA
+  // of this grid has passed this point (or exited).  Its griddepcontrol.wait
+  // waits for this whole grid to complete and its writes to be visible, so
+  // the trigger orders no memory and is safe anywhere: it goes first, so the
+  // combine grid is scheduled as soon as the last split CTA has started.  In
+  // a one-wave plan (B = 1 and 8 at W = 4096) its CTAs (serial: 32
+  // registers; staged: 39 registers, 4 KB: two CTAs of either fit in the
+  // 10240 registers two split CTAs leave on an SM, see kStagedBatch)
+  // then sit resident beside the split CTAs at their wait and start the
+  // moment the split kernel ends; in a plan of several waves the trigger
+  // fires only when the last wave has started, so a combine CTA never takes
+  // a slot that a split CTA waits for.  A no-op without a dependent launch.
+  if constexpr (kGlobalCombine) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int splits = static_cast<int>(gridDim.x);  // all splits of (b, kvh): the cluster
   const int split = static_cast<int>(blockIdx.x);  // == cluster.block_rank() with clusters
   const int64_t kvh = blockIdx.y / head_chunks;
@@ -589,10 +708,6 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
       cuda::cp_async_16(v_tile + at, v_row + chunk * 8, valid);
     }
   };
-
-  // With SWAA_DECODE_PDL=1 the combine kernel may be scheduled now; it waits
-  // (griddepcontrol.wait) for this grid to finish.  A no-op otherwise.
-  if constexpr (kGlobalCombine) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 
   // Start the pipeline before anything else waits on memory.
 #pragma unroll
@@ -739,7 +854,7 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
       sum += warp_sum[w * C::kHeads + head] * weight;
       acc += warp_o[w * C::kHeads * kDim + i] * weight;
     }
-    const bool seen = sum > 0.f;
+    const bool seen = sum != 0.f;  // NaN (a NaN score) counts as seen
     const float lse2 = seen ? m + log2f(sum) : neg_inf<float>();
     if constexpr (kGlobalCombine) {
       const int64_t part = (b * p.q_heads + h0 + head) * splits + split;
@@ -788,7 +903,8 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   for (int i = split * C::kThreads + threadIdx.x; i < n_heads * kDim; i += splits * C::kThreads) {
     const int head = i / kDim;
     float m = neg_inf<float>();
-    for (int r = 0; r < splits; ++r) m = max(m, cluster.map_shared_rank(cta_lse, r)[head]);
+    for (int r = 0; r < splits; ++r)
+      m = max_keep_nan(m, cluster.map_shared_rank(cta_lse, r)[head]);
     const int64_t bh = b * p.q_heads + h0 + head;
     T* out = static_cast<T*>(p.out) + bh * kDim + i % kDim;
     if (m == neg_inf<float>()) {  // padded row: nothing attended
@@ -943,7 +1059,7 @@ __global__ void __launch_bounds__(kThreads) ring_chunk_kernel(const RingParams p
   for (int r = 0; r < kChunkRowsPerWarp; ++r) {
     const int rr = my_row0 + r;
     if (rr >= rows_total) continue;
-    const bool seen = rr < rows && run_sum[r] > acc_t(0);
+    const bool seen = rr < rows && run_sum[r] != acc_t(0);  // NaN counts as seen
     const acc_t inv = seen ? acc_t(1) / run_sum[r] : acc_t(0);
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) out[rr * kDim + lane + 32 * i] = from_acc<T>(acc[r][i] * inv);
@@ -1105,9 +1221,26 @@ int compute_major() {
 //                              when a batch fills the GPU only partly
 //                              (timed side by side by the decode step of
 //                              bench/gpu_check.sh: runs *_cost_slots / *_cost_sm);
-//   SWAA_DECODE_PDL=1          launch the global combine as a programmatic
-//                              dependent of the split kernel (off by default:
-//                              no gain measured, session 3);
+//   SWAA_DECODE_PDL=1 | 0      launch the global combine as a programmatic
+//                              dependent of the split kernel (default 1: the
+//                              split kernel triggers at its first instruction,
+//                              the combine runs its prologue before its wait;
+//                              decode4, H200 session 6: 1-3% faster per step at
+//                              B = 1 and 8, in every round and combination);
+//   SWAA_DECODE_COMBINE_LOADS=staged | serial
+//                              the combine kernel's loads: combine_splits_staged
+//                              (default: lse values staged in shared memory,
+//                              partials loaded ahead; at most kStagedMaxSplits
+//                              splits, serial above) or combine_splits; the
+//                              same bits.  Session 6: B = 1 (33 splits) step
+//                              21.2 -> 16.3 us alone; B = 8 (4 splits) within
+//                              +-2% (wins 5 of 12 pairs);
+//   SWAA_DECODE_ADVANCE=kernel | op
+//                              ring_decode(advance = true): seqlens advanced by
+//                              the combine kernel where the plan has one
+//                              (default; cluster and fused plans keep the add)
+//                              or by an ATen add after the kernels (op): one
+//                              launch fewer per step, 1-5% at B = 1 and 8;
 //   SWAA_DECODE_GLOBAL_COMBINE=kernel | fused
 //                              how a global plan merges its splits: the
 //                              second kernel (default) or the CTA of each
@@ -1188,6 +1321,22 @@ bool fused_combine_requested() {
   return env != nullptr && std::string(env) == "fused";
 }
 
+// SWAA_DECODE_COMBINE_LOADS=staged (default) | serial: combine_splits_staged
+// or combine_splits in the combine kernel (the same bits).
+bool staged_combine_requested() {
+  const char* env = std::getenv("SWAA_DECODE_COMBINE_LOADS");
+  return env == nullptr || std::string(env) != "serial";
+}
+
+// SWAA_DECODE_ADVANCE=kernel (default) | op: how ring_decode(advance = true)
+// advances seqlens: in the combine kernel where the plan has one (global
+// plan, kernel combine; other plans keep the add), or by an ATen add after
+// the kernels (one more launch, as the Python seqlens.add_ before decode4).
+bool advance_in_kernel_requested() {
+  const char* env = std::getenv("SWAA_DECODE_ADVANCE");
+  return env == nullptr || std::string(env) != "op";
+}
+
 // Tilings the global-combine kernel is built with (SplitDecode): 16 kWarps
 // keys per tile, kStages tiles in flight.  Shared memory per CTA at D = 128
 // (D = 64: half): 96 KB (default, 2 CTAs per SM on sm_90), 64 KB (64 x 2:
@@ -1212,7 +1361,7 @@ DecodeTiling decode_tiling_knob() {
 
 // Calls f(std::integral_constant<int, kWarps>, std::integral_constant<int, kStages>).
 template <int kDim, typename F>
-void with_decode_tiling(DecodeTiling tiling, F&& f) {
+auto with_decode_tiling(DecodeTiling tiling, F&& f) {
   using std::integral_constant;
   if constexpr (kDim == 128) switch (tiling) {
     case DecodeTiling::kTile64Stages2: return f(integral_constant<int, 4>(), integral_constant<int, 2>());
@@ -1330,9 +1479,12 @@ bool first_time_seen(const std::array<int64_t, 11>& key) {
   return seen.insert(key).second;
 }
 
+// Launches the split decode (and the combine kernel of a global plan).
+// advance != nullptr: the op's seqlens, to be advanced by the combine kernel
+// if the plan has one.  Returns whether a kernel advanced it.
 template <typename T, int kDim, int kWarps, int kStages>
-void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at::Tensor& like,
-                               cudaStream_t stream) {
+bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at::Tensor& like,
+                               cudaStream_t stream, int64_t* advance) {
   using C = SplitDecode<T, kDim, kWarps, kStages>;
   constexpr bool kDefaultTiling = kWarps == 4 && kStages == default_decode_stages<kDim>();
   const int64_t head_chunks = (p.group() + C::kHeads - 1) / C::kHeads;
@@ -1359,15 +1511,21 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int64_t splits = plan.splits;
   const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
   if (!plan.global_combine || splits > C::kFusedMaxSplits) arrivals = nullptr;
+  // The combine kernel runs: global plan, not fused.
+  const bool combine_kernel = plan.global_combine && arrivals == nullptr;
+  const bool staged = combine_kernel && staged_combine_requested() && splits <= kStagedMaxSplits;
+  if (!combine_kernel) advance = nullptr;
   const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
   if (verbose == 2 ||
       (verbose == 1 &&
        first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
                         plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim,
-                        (arrivals != nullptr ? 1 : 0) + 2 * split_align, kWarps, kStages})))
+                        (arrivals != nullptr ? 1 : 0) + 2 * split_align + 256 * staged +
+                            512 * (advance != nullptr),
+                        kWarps, kStages})))
     std::fprintf(stderr,
                  "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
-                 "combine (%s, tile %d x %d stages, %d B smem%s)\n",
+                 "combine (%s, tile %d x %d stages, %d B smem%s%s%s)\n",
                  static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
                  static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
                  static_cast<long long>(splits), plan.global_combine ? "global" : "cluster",
@@ -1375,7 +1533,8 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                  : arrivals != nullptr ? "fused"
                  : fused_requested ? "kernel, fused not available"
                          : "kernel",
-                 C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "");
+                 C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "",
+                 staged ? ", staged loads" : "", advance != nullptr ? ", advances seqlens" : "");
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
                   static_cast<unsigned>(p.batch));
   if (plan.global_combine) {
@@ -1393,10 +1552,15 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                                                        split_align, part_out.data_ptr<float>(),
                                                        part_lse.data_ptr<float>(), arrivals);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (arrivals != nullptr) return;  // fused: the last CTA of each row combined
-    if (decode_env_int("SWAA_DECODE_PDL", 0, 0, 1) == 1) {
-      // Programmatic dependent launch: the combine's launch overlaps the
-      // split kernel's tail instead of following its completion.
+    if (arrivals != nullptr) return false;  // fused: the last CTA of each row combined
+    auto combine = staged ? ring_decode_combine_kernel<T, kDim, true>
+                          : ring_decode_combine_kernel<T, kDim, false>;
+    const float* part_out_ptr = part_out.data_ptr<float>();
+    const float* part_lse_ptr = part_lse.data_ptr<float>();
+    if (decode_env_int("SWAA_DECODE_PDL", 1, 0, 1) == 1) {
+      // Programmatic dependent launch: the combine's CTAs are scheduled while
+      // the split kernel runs (its trigger is its first instruction) and wait
+      // at griddepcontrol.wait, instead of launching after its completion.
       cudaLaunchConfig_t config = {};
       config.gridDim = dim3(static_cast<unsigned>(p.batch * p.q_heads));
       config.blockDim = dim3(kThreads);
@@ -1406,16 +1570,14 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
       attribute[0].val.programmaticStreamSerializationAllowed = 1;
       config.attrs = attribute;
       config.numAttrs = 1;
-      C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_combine_kernel<T, kDim>, p,
-                                        static_cast<int>(splits),
-                                        static_cast<const float*>(part_out.data_ptr<float>()),
-                                        static_cast<const float*>(part_lse.data_ptr<float>())));
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&config, combine, p, static_cast<int>(splits),
+                                        part_out_ptr, part_lse_ptr, advance));
     } else {
-      ring_decode_combine_kernel<T, kDim><<<p.batch * p.q_heads, kThreads, 0, stream>>>(
-          p, static_cast<int>(splits), part_out.data_ptr<float>(), part_lse.data_ptr<float>());
+      combine<<<p.batch * p.q_heads, kThreads, 0, stream>>>(p, static_cast<int>(splits),
+                                                            part_out_ptr, part_lse_ptr, advance);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    return;
+    return advance != nullptr;
   }
   if constexpr (kDefaultTiling) {
     cudaLaunchAttribute attribute;
@@ -1427,15 +1589,16 @@ void launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                                       static_cast<float*>(nullptr),
                                       static_cast<unsigned int*>(nullptr)));
   }
+  return false;
 }
 
 template <typename T, int kDim>
-void launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tensor& like,
-                         cudaStream_t stream) {
-  if (p.batch == 0) return;
-  with_decode_tiling<kDim>(decode_tiling_knob<kDim>(), [&](auto warps, auto stages) {
-    launch_split_decode_tiled<T, kDim, decltype(warps)::value, decltype(stages)::value>(
-        p, num_splits, like, stream);
+bool launch_split_decode(const RingParams& p, int64_t num_splits, const at::Tensor& like,
+                         cudaStream_t stream, int64_t* advance) {
+  if (p.batch == 0) return false;
+  return with_decode_tiling<kDim>(decode_tiling_knob<kDim>(), [&](auto warps, auto stages) {
+    return launch_split_decode_tiled<T, kDim, decltype(warps)::value, decltype(stages)::value>(
+        p, num_splits, like, stream, advance);
   });
 }
 
@@ -1491,7 +1654,7 @@ std::tuple<at::Tensor, at::Tensor> ring_chunk_cuda(const at::Tensor& q_in, const
 std::tuple<at::Tensor, at::Tensor> ring_decode_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& k_cache,
     const at::Tensor& v_cache, const at::Tensor& seqlens, const std::optional<at::Tensor>& lengths,
-    int64_t window, int64_t sink, double scale, int64_t num_splits) {
+    int64_t window, int64_t sink, double scale, int64_t num_splits, bool advance) {
   const at::Tensor q = aligned_input(q_in), k = aligned_input(k_in), v = aligned_input(v_in);
   RingCall call = prepare_ring(RingOp::kDecode, q, k, v, k_cache, v_cache, seqlens, lengths,
                                window, sink, scale);
@@ -1509,12 +1672,15 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cuda(
   const auto dtype = k_cache.scalar_type();
   if ((dtype == at::kBFloat16 || dtype == at::kHalf) && compute_major() >= 9 &&
       !legacy_decode_requested()) {
-    SWAA_HEAD_DIM_SWITCH(p.head_dim, [&] {
+    // SWAA_DECODE_ADVANCE=kernel: the combine kernel advances seqlens if the plan has one.
+    int64_t* in_kernel =
+        advance && advance_in_kernel_requested() ? seqlens.data_ptr<int64_t>() : nullptr;
+    const bool advanced = SWAA_HEAD_DIM_SWITCH(p.head_dim, [&] {
       if (dtype == at::kBFloat16)
-        launch_split_decode<__nv_bfloat16, kDim>(p, num_splits, call.out, stream);
-      else
-        launch_split_decode<__half, kDim>(p, num_splits, call.out, stream);
+        return launch_split_decode<__nv_bfloat16, kDim>(p, num_splits, call.out, stream, in_kernel);
+      return launch_split_decode<__half, kDim>(p, num_splits, call.out, stream, in_kernel);
     });
+    if (advance && !advanced) advance_seqlens(seqlens, call);
     return {call.out, call.lse};
   }
   // float32 / float64 (and bf16 / fp16 before sm_90): CUDA-core kernel plus
@@ -1543,12 +1709,13 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (splits > 1) {
           ring_decode_combine_kernel<T, kDim><<<p.batch * p.q_heads, kThreads, 0, stream>>>(
-              p, static_cast<int>(splits), part_out_ptr, part_lse_ptr);
+              p, static_cast<int>(splits), part_out_ptr, part_lse_ptr, nullptr);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });
     });
   });
+  if (advance) advance_seqlens(seqlens, call);
   return {call.out, call.lse};
 }
 

@@ -36,6 +36,12 @@ template <typename T>
 SWAA_HD T min_of(T a, T b) { return a < b ? a : b; }
 template <typename T>
 SWAA_HD T max_of(T a, T b) { return a > b ? a : b; }
+// The larger of a and b, NaN when either is NaN (max_of, fmaxf and std::max
+// drop a NaN operand, depending on its side).  The decode combines take the
+// maximum of the splits' log-sum-exps with it, so a split that saw a NaN score
+// makes the result NaN, as in swa_attention, instead of being skipped.
+template <typename T>
+SWAA_HD T max_keep_nan(T a, T b) { return (a != a || a > b) ? a : b; }
 
 // The per-sequence masking rule.
 struct Visibility {
