@@ -138,7 +138,7 @@ def nan_key_propagates(device, dtype, nan_position, decode_variants):
         return bool(sees.any()), bool((~sees).any())
 
     seen_nan = seen_finite = False
-    steps = [150, 1, 1, 1, 1, 240] + [1] * 10  # the decode steps at 396..405 cross 400
+    steps = [150, 1, 1, 1, 1, 240] + [1] * 10  # the decode steps at 394..403 cross 400
     variant = 0
     for lc in steps:
         first = int(cache.seqlens[0])
@@ -175,6 +175,64 @@ def nan_key_propagates(device, dtype, nan_position, decode_variants):
 def test_nan_key_propagates_cpu(nan_position):
     stream_variants = [(splits, {}) for splits in (1, 3, 8)]
     nan_key_propagates("cpu", torch.float32, nan_position, stream_variants)
+
+
+def nan_first_score_cases(device, dtype):
+    """The NaN cases where the NaN is the first score a row meets (no finite key
+    before it in the row's first tile), which an online softmax that skips rows
+    whose running maximum is still -inf would take for "nothing seen": a NaN new
+    key at the first decode step, a NaN query, and key 0 NaN with sink = 0, in
+    the chunk kernel and in swa_attention.  Exactly the queries that see the NaN
+    get a NaN output and lse; the rest stays finite."""
+    torch.manual_seed(7)
+    B, Hq, Hkv, D, W = 2, 4, 2, 64, 300
+    rnd = lambda *shape: torch.randn(*shape, dtype=dtype, device=device)  # noqa: E731
+
+    def check(out, lse, want):
+        assert torch.equal(lse.isnan(), want)
+        assert torch.equal(out.isnan().all(-1), want)
+        assert torch.isfinite(out[~want]).all()
+
+    # a NaN new key at the first decode step (seqlens = 0: the only key)
+    for sink in (0, 4):
+        cache = RingKVCache(B, Hkv, D, window=W, sink=sink, dtype=dtype, device=device)
+        k = rnd(B, Hkv, 1, D)
+        k[1, 0, 0, 3] = float("nan")
+        out, lse = cache.attend(rnd(B, Hq, 1, D), k, rnd(B, Hkv, 1, D), return_lse=True)
+        want = torch.zeros(B, Hq, 1, dtype=torch.bool, device=device)
+        want[1, :2] = True  # row 1, KV head 0 (query heads 0 and 1)
+        check(out, lse, want)
+    # a NaN query after 50 positions, and after 400 (a wrapped ring)
+    for history in (50, 400):
+        cache = RingKVCache(B, Hkv, D, window=W, sink=2, dtype=dtype, device=device)
+        cache.attend(rnd(B, Hq, history, D), rnd(B, Hkv, history, D), rnd(B, Hkv, history, D))
+        q = rnd(B, Hq, 1, D)
+        q[0, 3, 0, 10] = float("nan")
+        out, lse = cache.attend(q, rnd(B, Hkv, 1, D), rnd(B, Hkv, 1, D), return_lse=True)
+        want = torch.zeros(B, Hq, 1, dtype=torch.bool, device=device)
+        want[0, 3] = True
+        check(out, lse, want)
+    # key 0 NaN, sink = 0: a chunk from position 0 (ring_chunk) and swa_attention;
+    # the queries at positions < W see it (all 40 here for W = 300; 40 < W)
+    for window in (W, 16):
+        q, k, v = rnd(B, Hq, 40, D), rnd(B, Hkv, 40, D), rnd(B, Hkv, 40, D)
+        k[0, 1, 0, 0] = float("nan")
+        want = torch.zeros(B, Hq, 40, dtype=torch.bool, device=device)
+        want[0, 2:] = torch.arange(40, device=device) < window  # KV head 1: query heads 2, 3
+        cache = RingKVCache(B, Hkv, D, window=window, sink=0, dtype=dtype, device=device)
+        check(*cache.attend(q, k, v, return_lse=True), want)
+        check(*swa_attention(q, k, v, window=window, sink=0, return_lse=True), want)
+
+
+def test_nan_first_score_cpu():
+    nan_first_score_cases("cpu", torch.float32)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_nan_first_score_cuda(dtype):
+    nan_first_score_cases("cuda", dtype)
 
 
 @pytest.mark.cuda

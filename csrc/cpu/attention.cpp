@@ -92,7 +92,8 @@ void fwd_kernel(const AttnParams& p) {
       scalar_t* o = o_base + b * p.o_batch_stride + h * p.o_head_stride + row0 * p.o_row_stride;
       float* lse = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + row0;
       for (int64_t r = 0; r < rows; ++r) {
-        // Every query sees at least itself, so the sum is > 0.
+        // Every query sees at least itself, so the sum is > 0 (NaN when a
+        // score is NaN: the row's out and lse are NaN then).
         const acc_t inv = acc_t(1) / softmax.sum[r];
         for (int64_t d = 0; d < D; ++d)
           o[r * p.o_row_stride + d] = static_cast<scalar_t>(softmax.acc[r * D + d] * inv);

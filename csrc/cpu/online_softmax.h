@@ -35,12 +35,14 @@ struct OnlineSoftmax {
       acc_t tile_max = kNegInf;
       for (int64_t c = 0; c < n; ++c) tile_max = std::max(tile_max, s[c]);
       const acc_t new_max = std::max(max[r], tile_max);
-      if (new_max == kNegInf) {  // nothing visible to this row yet
-        std::fill(s, s + n, acc_t(0));
-        continue;
-      }
-      const acc_t correction = exp_fast(max[r] - new_max);
-      for (int64_t c = 0; c < n; ++c) s[c] = exp_fast(s[c] - new_max);  // vectorised
+      // A row that has seen nothing yet (new_max = -inf: every score so far
+      // masked, or NaN, which std::max drops) subtracts 0: masked scores give
+      // exp(-inf) = 0 as before, and a NaN score a NaN probability, so the row
+      // turns NaN (as on CUDA) instead of being taken for empty.  The same
+      // bits as subtracting new_max whenever new_max is finite.
+      const acc_t m_safe = new_max == kNegInf ? acc_t(0) : new_max;
+      const acc_t correction = exp_fast(max[r] - m_safe);
+      for (int64_t c = 0; c < n; ++c) s[c] = exp_fast(s[c] - m_safe);  // vectorised
       acc_t tile_sum = 0;
       for (int64_t c = 0; c < n; ++c) tile_sum += s[c];
       sum[r] = sum[r] * correction + tile_sum;
