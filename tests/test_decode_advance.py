@@ -1,9 +1,10 @@
-"""decode4's knobs of the split decode's global combine (all three on by default since the H200
-run of session 6), each required to give the plain path's bits:
+"""decode4's knobs of the split decode's global combine (on by default since the H200 run of
+session 6; the staged loads above 8 splits), each required to give the plain path's bits:
 
   SWAA_DECODE_COMBINE_LOADS=staged  the combine kernel stages the split lse values in shared
                                     memory and loads the partials ahead (same arithmetic, same
-                                    order as combine_splits; plain: serial);
+                                    order as combine_splits; plain: serial; default: auto,
+                                    staged above kStagedBatch = 8 splits);
   SWAA_DECODE_ADVANCE=kernel        ring_decode(advance=True) advances seqlens inside the combine
                                     kernel (global plan) instead of a separate add (plain: op);
   SWAA_DECODE_PDL=1                 the combine kernel is a programmatic dependent launch (plain: 0).
@@ -348,7 +349,8 @@ def test_zero_weight_split_with_non_finite_partial(dtype, poison, monkeypatch, c
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_staged_equals_serial_for_every_split_count(dtype, head_dim, monkeypatch, capfd):
     # staged == serial bit for bit for splits 1..33, 64, 129 and 200 (brief
-    # decode4; review_decode4 finding 2): both dtypes, D = 64 (threads 64-127
+    # decode4; review_decode4 finding 2), and the default (auto, unset or
+    # named) picks staged exactly above 8 splits: both dtypes, D = 64 (threads 64-127
     # own no output, thread 0's weight sum gives the lse) and 128, exactly one
     # load batch (8 = kStagedBatch), several, and their tails.  B = 2, the
     # second row padded; W = 16000 (250 key tiles) so no split count is
@@ -363,8 +365,11 @@ def test_staged_equals_serial_for_every_split_count(dtype, head_dim, monkeypatch
     for splits in [*range(1, 34), 64, 129, 200]:
         monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
         got = {}
-        for loads in ("serial", "staged"):
-            monkeypatch.setenv("SWAA_DECODE_COMBINE_LOADS", loads)
+        for loads in ("serial", "staged", "auto", None):  # None: unset, the default (auto)
+            if loads is None:
+                monkeypatch.delenv("SWAA_DECODE_COMBINE_LOADS", raising=False)
+            else:
+                monkeypatch.setenv("SWAA_DECODE_COMBINE_LOADS", loads)
             capfd.readouterr()
             got[loads] = torch.ops.swaa.ring_decode(q, k, v, kc, vc, seqlens, lengths, W, S,
                                                     scale, 0, False)
@@ -373,9 +378,12 @@ def test_staged_equals_serial_for_every_split_count(dtype, head_dim, monkeypatch
                        if x.startswith("swaa ring_decode:")]
             n_splits, kind, mode = PLAN.search(line).groups()
             assert (int(n_splits), kind, mode) == (splits, "global", "kernel"), line
-            assert (", staged loads" in line) == (loads == "staged"), line
-        for x, y, what in zip(got["serial"], got["staged"], ("out", "lse")):
-            assert torch.equal(x, y), (splits, what)
+            # auto: staged above kStagedBatch (8) splits only (one load batch saves nothing)
+            staged = loads == "staged" or (loads in ("auto", None) and splits > 8)
+            assert (", staged loads" in line) == staged, (loads, line)
+        for loads in ("staged", "auto", None):
+            for x, y, what in zip(got["serial"], got[loads], ("out", "lse")):
+                assert torch.equal(x, y), (splits, loads, what)
         out, lse = got["serial"]
         assert torch.isfinite(out[0]).all() and torch.all(out[1] == 0), splits
         assert torch.all(torch.isneginf(lse[1])), splits

@@ -1227,14 +1227,15 @@ int compute_major() {
 //                              the combine runs its prologue before its wait;
 //                              decode4, H200 session 6: 1-3% faster per step at
 //                              B = 1 and 8, in every round and combination);
-//   SWAA_DECODE_COMBINE_LOADS=staged | serial
+//   SWAA_DECODE_COMBINE_LOADS=auto | staged | serial
 //                              the combine kernel's loads: combine_splits_staged
-//                              (default: lse values staged in shared memory,
-//                              partials loaded ahead; at most kStagedMaxSplits
-//                              splits, serial above) or combine_splits; the
-//                              same bits.  Session 6: B = 1 (33 splits) step
-//                              21.2 -> 16.3 us alone; B = 8 (4 splits) within
-//                              +-2% (wins 5 of 12 pairs);
+//                              (lse values staged in shared memory, partials
+//                              loaded ahead; at most kStagedMaxSplits splits,
+//                              serial above) or combine_splits; the same bits.
+//                              auto (default): staged above kStagedBatch (8)
+//                              splits.  Session 6: B = 1 (33 splits) step
+//                              21.2 -> 16.3 us alone; B = 8 (4 splits) staged
+//                              lost 10 of 12 pairs under PDL;
 //   SWAA_DECODE_ADVANCE=kernel | op
 //                              ring_decode(advance = true): seqlens advanced by
 //                              the combine kernel where the plan has one
@@ -1321,11 +1322,20 @@ bool fused_combine_requested() {
   return env != nullptr && std::string(env) == "fused";
 }
 
-// SWAA_DECODE_COMBINE_LOADS=staged (default) | serial: combine_splits_staged
-// or combine_splits in the combine kernel (the same bits).
-bool staged_combine_requested() {
+// SWAA_DECODE_COMBINE_LOADS=auto (default) | staged | serial:
+// combine_splits_staged or combine_splits in the combine kernel (the same
+// bits).  auto: staged above kStagedBatch splits only.  With at most one load
+// batch the staged loads save no L2 trip and take 39 registers and 4 KB of
+// shared memory per CTA against 32 and none; on the H200 (session 6) staged
+// lost to serial in 10 of the 12 PDL pairs at B = 8 (4 splits; 0.3-0.65 us a
+// step in run 2) and won all 12 at B = 1 (33 splits; 16.1-16.3 us against
+// 19.6-21.2 us alone).
+bool staged_combine_requested(int64_t splits) {
   const char* env = std::getenv("SWAA_DECODE_COMBINE_LOADS");
-  return env == nullptr || std::string(env) != "serial";
+  const std::string v = env == nullptr ? "auto" : env;
+  if (v == "staged") return true;
+  if (v == "serial") return false;
+  return splits > kStagedBatch;
 }
 
 // SWAA_DECODE_ADVANCE=kernel (default) | op: how ring_decode(advance = true)
@@ -1513,7 +1523,8 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   if (!plan.global_combine || splits > C::kFusedMaxSplits) arrivals = nullptr;
   // The combine kernel runs: global plan, not fused.
   const bool combine_kernel = plan.global_combine && arrivals == nullptr;
-  const bool staged = combine_kernel && staged_combine_requested() && splits <= kStagedMaxSplits;
+  const bool staged =
+      combine_kernel && staged_combine_requested(splits) && splits <= kStagedMaxSplits;
   if (!combine_kernel) advance = nullptr;
   const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
   if (verbose == 2 ||
