@@ -13,7 +13,8 @@ caches so the working set exceeds L2) at one batch size, for every variant of
 
 With `--set decode4` it sweeps instead, at each of `--batches` with the
 automatic plan, every combination of decode4's knobs of the combine kernel
-(each off by default, each giving the default's bits):
+(the plain values first: serial, op, 0; the defaults since session 6 are auto
+loads (staged above 8 splits), kernel, 1; every combination gives the same bits):
 
   loads     SWAA_DECODE_COMBINE_LOADS = serial | staged (lse values staged in
             shared memory, partial loads issued ahead)
@@ -50,7 +51,7 @@ import common  # noqa: E402
 KNOBS = ("SWAA_DECODE_GLOBAL_COMBINE", "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES",
          "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE",
          "SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL")
-# decode4: variant key -> knob; the first value of each list is the default
+# decode4: variant key -> knob; the first value of each list is the plain path (not the default)
 DECODE4 = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["serial", "staged"]),
            "advance": ("SWAA_DECODE_ADVANCE", ["op", "kernel"]),
            "pdl": ("SWAA_DECODE_PDL", ["0", "1"])}
@@ -66,7 +67,7 @@ def variants(combines, tilings, balances, splits):
 
 
 def decode4_variants():
-    """Every combination of decode4's knobs, the default first."""
+    """Every combination of decode4's knobs, the plain path (serial, op, 0) first."""
     keys = list(DECODE4)
     for values in itertools.product(*(DECODE4[k][1] for k in keys)):
         yield dict(zip(keys, values))
@@ -159,7 +160,7 @@ def main() -> None:
 
 def print_summary(rows, todo, B, nbytes, copy_bw, rounds):
     """Median over rounds per variant, fastest first, with its speed-up over the
-    first variant (the default of a decode4 sweep)."""
+    first variant (the plain path of a decode4 sweep)."""
     table = []
     for v in todo:
         ms = [r["ms"] for r in rows if all(r[k] == v[k] for k in v)]

@@ -42,8 +42,11 @@
 #             kernels (bench/ncu_case.py), v6 (SWAA_BWD_HOPPER=1) and v7 (4) at each of
 #             PROFILE_SHAPES ("D,N,W,S ...", default "128,32768,4096,0 64,32768,4096,0"): speed of
 #             light, occupancy, launch, warp-state and scheduler statistics, memory and compute
-#             workload, as text in profile/ncu_bwd<knob>_d<D>_n<N>_w<W>_s<S>.log.  ~1-2 min
-#             (estimate).  Backs: docs/cuda_kernels.md "v7" (where its kernel loses time).
+#             workload, as text in profile/ncu_bwd<knob>_d<D>_n<N>_w<W>_s<S>.log; then, for v7
+#             at the last shape, the per-instruction stall sampling (SourceCounters) as a
+#             report (profile/v7_source_*.ncu-rep) and its source page as CSV (.csv).  47 s for
+#             the sections at two shapes (session 6); the source part is new (~30 s estimate).
+#             Backs: docs/cuda_kernels.md "v7" (where its kernel loses time).
 #   bench     issue 3's grid: bench/bench_cuda_kernels.py, swaa vs flex vs sdpa, fwd and fwd+bwd,
 #             D 128/64, N 8k/32k/128k, W 1024/4096, S 0/4/128; then the plot and the ratios from
 #             the saved rows.  ~5.5 min (session 4: 323 s).
@@ -51,7 +54,7 @@
 #             "Measured: session 4", "Goals of the issue" (docs/cuda_kernels_history.md: "The two
 #             numbers"); bench/results/cuda_kernels_h200.jsonl.
 #   decode    issue 4: bench/bench_decode.py with the automatic plan (every impl), the plan knobs
-#             A/B (combine cluster / global / PDL, 66 and 132 splits), the B=8 split sweep, the
+#             A/B (combine cluster / global / global without PDL, 66 and 132 splits), the B=8 split sweep, the
 #             split kernel's variants at B=8 (bench/bench_decode_sweep.py: combine kernel / fused
 #             x tiling x balanced splits x split count, ~30 s), the fused combine at B=1/8/64, and
 #             the planner's two cost models; bench/bench_memory.py; a summary of every run.
@@ -276,6 +279,15 @@ step_profile() {
         python bench/ncu_case.py --bwd "$knob" --D "$D" --N "$N" --W "$W" --S "$S"
     done
   done
+  # v7's stall sampling per instruction at the last shape (which instruction its warps wait
+  # on): the report (SourceCounters) and its source page as CSV, SASS with the CUDA lines
+  local rep=$STEP_DIR/v7_source_d${D}_n${N}_w${W}_s${S}
+  run_part "ncu_source_bwd4_d${D}" "${PROFILE_TIMEOUT:-180}" \
+    "$ncu" --profile-from-start off --clock-control none -k regex:bwd_fused_sm90 \
+    --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
+    python bench/ncu_case.py --bwd 4 --D "$D" --N "$N" --W "$W" --S "$S" || return
+  run_part ncu_source_page 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
+    --print-source sass > '$rep.csv'"
 }
 
 step_bench() {
@@ -340,11 +352,12 @@ PY
 }
 
 # decode4's knobs of the global combine kernel (staged loads, the position update in the kernel,
-# PDL; each off by default, each the default's bits): every combination at B=1, 8, 64 in one
-# process (3 interleaved rounds, medians, speed-up over the default), all three on against the
-# default for the ring and ring_full rows, and per-kernel device times and the step span with
-# each knob alone and all three (bench/profile_decode.py; under PDL compare the span, not the
-# kernels' sum).  B=64 plans a cluster (no combine kernel: every knob is inert), so its rows are
+# PDL; on by default since session 6, staged above 8 splits; the plain values serial / op / 0
+# give the same bits): every combination at B=1, 8, 64 in one process (3 interleaved rounds,
+# medians, speed-up over the plain path), the plain path against the `auto` part's defaults for
+# the ring and ring_full rows, and per-kernel device times and the step span of the defaults,
+# each knob off alone, all three off and staged forced (bench/profile_decode.py; under PDL
+# compare the span, not the kernels' sum).  B=64 plans a cluster (no combine kernel: every knob is inert), so its rows are
 # the no-regression / noise row: 8 variants of identical code show the sweep's spread.  Only with
 # DECODE_AB=decode4 (it would push the default decode step past one call's budget).
 # ~2.5 min (estimate).
@@ -352,13 +365,14 @@ decode4_parts() {
   local rows=$1 t=$2
   run_part decode4_sweep "$t" env SWAA_DECODE_VERBOSE=1 python bench/bench_decode_sweep.py \
     --set decode4 --batches 1,8,64 --rounds 3 --run "${STAMP}_decode4_sweep" --out "$rows"
-  run_part decode4_all_on "$t" env SWAA_DECODE_COMBINE_LOADS=staged SWAA_DECODE_ADVANCE=kernel \
-    SWAA_DECODE_PDL=1 python bench/bench_decode.py --impls ring,ring_full --batches 1,8,64 \
-    --run "${STAMP}_decode4_all_on" --out "$rows"
-  TAIL_LINES=60 run_part decode4_profile "$t" python bench/profile_decode.py --batches 1,8,64 \
-    --variant default --variant SWAA_DECODE_COMBINE_LOADS=staged \
-    --variant SWAA_DECODE_ADVANCE=kernel --variant SWAA_DECODE_PDL=1 \
-    --variant SWAA_DECODE_COMBINE_LOADS=staged,SWAA_DECODE_ADVANCE=kernel,SWAA_DECODE_PDL=1
+  run_part decode4_plain "$t" env SWAA_DECODE_COMBINE_LOADS=serial SWAA_DECODE_ADVANCE=op \
+    SWAA_DECODE_PDL=0 python bench/bench_decode.py --impls ring,ring_full --batches 1,8,64 \
+    --run "${STAMP}_decode4_plain" --out "$rows"
+  TAIL_LINES=70 run_part decode4_profile "$t" python bench/profile_decode.py --batches 1,8,64 \
+    --variant default --variant SWAA_DECODE_COMBINE_LOADS=serial \
+    --variant SWAA_DECODE_ADVANCE=op --variant SWAA_DECODE_PDL=0 \
+    --variant SWAA_DECODE_COMBINE_LOADS=serial,SWAA_DECODE_ADVANCE=op,SWAA_DECODE_PDL=0 \
+    --variant SWAA_DECODE_COMBINE_LOADS=staged
 }
 
 step_decode() {
@@ -373,9 +387,9 @@ step_decode() {
       --impls ring,ring_full --batches 1,8,64 --run "${STAMP}_combine_cluster" --out "$rows"
     run_part ab_global "$t" env SWAA_DECODE_COMBINE=global python bench/bench_decode.py \
       --impls ring,ring_full --batches 1,8,64 --run "${STAMP}_combine_global" --out "$rows"
-    run_part ab_global_pdl "$t" env SWAA_DECODE_COMBINE=global SWAA_DECODE_PDL=1 \
+    run_part ab_global_nopdl "$t" env SWAA_DECODE_COMBINE=global SWAA_DECODE_PDL=0 \
       python bench/bench_decode.py --impls ring,ring_full --batches 1,8 \
-      --run "${STAMP}_global_pdl" --out "$rows"
+      --run "${STAMP}_global_nopdl" --out "$rows"
     for splits in 66 132; do  # B=1: 2 and 4 waves of CTAs on 132 SMs at Hkv=8
       run_part "ab_splits_$splits" "$t" env SWAA_DECODE_SPLITS=$splits python bench/bench_decode.py \
         --impls ring,ring_full --batches 1 --run "${STAMP}_splits_$splits" --out "$rows"

@@ -5,19 +5,19 @@ Prints, per kernel, the average device time per call and the bandwidth it would 
 of the ring's bytes were charged to it: tells the split kernel's own bandwidth from the time of
 the combine kernel and of the position update, which bench/bench_decode.py measures together.
 The split decode's knobs are read at every launch, so they come from the environment, or, one
-profile each, from `--variant` (repeatable: `--variant SWAA_DECODE_ADVANCE=kernel,SWAA_DECODE_PDL=1`;
+profile each, from `--variant` (repeatable: `--variant SWAA_DECODE_ADVANCE=op,SWAA_DECODE_PDL=0`;
 `--variant default` is the environment as it is).  GPU only.  Session 5's output:
 bench/results/logs/decode_floor_profile_H200_session5.log.
 
 Besides the sum of the kernels' device times, each batch prints the step span: the median over
-steps of (end of the step's last kernel - start of its first), gaps included.  Under
-SWAA_DECODE_PDL=1 the combine kernel is launched while the split kernel runs and its CTAs wait
+steps of (end of the step's last kernel - start of its first), gaps included.  Under PDL (the
+default; SWAA_DECODE_PDL=0 turns it off) the combine kernel is launched while the split kernel runs and its CTAs wait
 at griddepcontrol.wait, so its record starts early: its "us per call" includes that wait and the
 sum counts the overlap twice.  Compare PDL variants by the span (or bench_decode.py's step time),
 not by the sum.
 
     python bench/profile_decode.py --batches 1,8 --variant default \
-        --variant SWAA_DECODE_COMBINE_LOADS=staged,SWAA_DECODE_ADVANCE=kernel,SWAA_DECODE_PDL=1
+        --variant SWAA_DECODE_COMBINE_LOADS=serial,SWAA_DECODE_ADVANCE=op,SWAA_DECODE_PDL=0
 """
 import argparse
 import collections

@@ -14,7 +14,13 @@ Hopper backward).  Parts (--parts, default all):
         the global one with the combine kernel and fused, SWAA_DECODE_GLOBAL_
         COMBINE=kernel / fused; 4 splits); then fused decode steps with 24 query
         heads per KV head (a partial head chunk) in every tiling of the global
-        kernel (SWAA_DECODE_TILE x SWAA_DECODE_STAGES: 64x3, 64x2, 32x4, 32x6)
+        kernel (SWAA_DECODE_TILE x SWAA_DECODE_STAGES: 64x3, 64x2, 32x4, 32x6);
+        then the combine kernel at 5 and 40 splits with decode4's knobs forced
+        both ways (staged loads + seqlens advanced in the kernel + PDL, and
+        serial + the add + no PDL; a padded row, seqlens advanced once).  The
+        ring knobs of the caller's environment are cleared first (the earlier
+        steps run the defaults: PDL and the in-kernel advance on, staged loads
+        above 8 splits)
 
   compute-sanitizer --tool memcheck --error-exitcode 3 python bench/sanitize_case.py
   python bench/sanitize_case.py --device cpu      # the same calls on the CPU (a smoke test)
@@ -67,7 +73,7 @@ RING_KNOBS = ("SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE", "SWAA_DECODE_GLOBAL_C
 
 
 def ring_calls(device):
-    saved = {name: os.environ.get(name) for name in RING_KNOBS}
+    saved = {name: os.environ.pop(name, None) for name in RING_KNOBS}  # the defaults, not the caller's
     os.environ["SWAA_DECODE_SPLITS"] = "4"
     for combine, global_combine in (("cluster", "kernel"), ("global", "kernel"),
                                     ("global", "fused")):

@@ -99,7 +99,7 @@ def test_the_invocations_are_found():
             "bench/bench_decode.py", "bench/bench_memory.py", "bench/bench_decode_loop.py",
             "bench/count_step_kernels.py", "bench/bench_e2e.py", "bench/bench_pack.py",
             "bench/bench_attention.py", "bench/quality/evaluate.py", "bench/quality/pretrain.py",
-            "bench/quality/data.py", "-m swaa_ext.cli finetune"} <= set(INVOCATIONS)
+            "bench/quality/data.py", "bench/ncu_case.py", "-m swaa_ext.cli finetune"} <= set(INVOCATIONS)
     assert {"parts", "out"} <= INVOCATIONS["bench/tune_cuda_kernels.py"]
     assert {"S", "N", "out"} <= INVOCATIONS["bench/bench_cuda_kernels.py"]
     assert {"preset", "plot", "plot-from", "run"} <= INVOCATIONS["bench/bench_e2e.py"]
@@ -180,7 +180,7 @@ def test_forward_variant_table_names_the_fastest_variant(capsys):
     assert re.search(r"D=64: .*; fastest: 1$", text, re.M)
 
 
-def test_decode4_parts_sweep_every_knob_combination_default_first():
+def test_decode4_parts_sweep_every_knob_combination_plain_first():
     # the decode step's decode4 parts: the sweep's variants (its speed-ups are over the first)
     # and the profile's --variant parsing, which gpu_check.sh's profile part relies on
     assert re.search(r"^decode4_parts\(\) \{", TEXT, re.M)
@@ -197,8 +197,8 @@ def test_decode4_parts_sweep_every_knob_combination_default_first():
     assert len(variants) == 8 and len({tuple(v.values()) for v in variants}) == 8
     assert variants[0] == {"loads": "serial", "advance": "op", "pdl": "0"}
     assert profile_decode.parse_variant("default") == {}
-    assert profile_decode.parse_variant("SWAA_DECODE_ADVANCE=kernel,SWAA_DECODE_PDL=1") == {
-        "SWAA_DECODE_ADVANCE": "kernel", "SWAA_DECODE_PDL": "1"}
+    assert profile_decode.parse_variant("SWAA_DECODE_ADVANCE=op,SWAA_DECODE_PDL=0") == {
+        "SWAA_DECODE_ADVANCE": "op", "SWAA_DECODE_PDL": "0"}
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         profile_decode.parse_variant("staged")
     for variant in re.findall(r"--variant (\S+)", TEXT):

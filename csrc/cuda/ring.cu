@@ -323,13 +323,15 @@ __device__ __forceinline__ double fma_rn(double a, double b, double c) { return 
 // combine kernels (global plan and the legacy fp32/fp64 path).  Keep in step
 // with fused_combine: tests/test_decode_fused.py checks bit equality.
 // Plain (L1-cached) loads, unlike fused_combine's load_partial: the combine
-// kernel starts after the split kernel's grid has finished, so its partials
-// are visible, and the lse of each split, re-read for every output, then
-// comes from L1.  Session 5 measured this kernel with L2-only loads (__ldcg):
-// 10.9 us at B = 1 (33 splits), the whole step 23.4 us against 17.8 us in
-// session 4 with plain loads (bench/results/logs/
-// decode_floor_profile_H200_session5.log); back to plain loads, to be
-// re-measured.  The loads do not change the values, so the bits stay those
+// kernel reads the partials only after the split grid has completed (stream
+// order, or griddepcontrol.wait under PDL, which makes that grid's writes
+// visible to this one), and the lse of each split, re-read for every output,
+// then comes from L1.  Session 5 measured this kernel with L2-only loads
+// (__ldcg): 10.9 us at B = 1 (33 splits), the whole step 23.4 us against
+// 17.8 us in session 4 with plain loads (bench/results/logs/
+// decode_floor_profile_H200_session5.log); back to plain loads, session 6
+// measured the plain path's step at 19.6-21.2 us (B = 1; the default there
+// now takes the staged loads).  The loads do not change the values, so the bits stay those
 // of fused_combine.
 template <typename T, int kDim, typename acc_t>
 __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, int splits,
@@ -1225,8 +1227,9 @@ int compute_major() {
 //                              dependent of the split kernel (default 1: the
 //                              split kernel triggers at its first instruction,
 //                              the combine runs its prologue before its wait;
-//                              decode4, H200 session 6: 1-3% faster per step at
-//                              B = 1 and 8, in every round and combination);
+//                              decode4, H200 session 6: 3-7% faster per step at
+//                              B = 1 and 1-3% at B = 8, in every round and
+//                              combination; docs/ring_cache.md "decode4");
 //   SWAA_DECODE_COMBINE_LOADS=auto | staged | serial
 //                              the combine kernel's loads: combine_splits_staged
 //                              (lse values staged in shared memory, partials
@@ -1241,7 +1244,8 @@ int compute_major() {
 //                              the combine kernel where the plan has one
 //                              (default; cluster and fused plans keep the add)
 //                              or by an ATen add after the kernels (op): one
-//                              launch fewer per step, 1-5% at B = 1 and 8;
+//                              launch fewer per step (alone against the plain
+//                              path, session 6: ~5% at B = 1, 2-3% at B = 8);
 //   SWAA_DECODE_GLOBAL_COMBINE=kernel | fused
 //                              how a global plan merges its splits: the
 //                              second kernel (default) or the CTA of each
