@@ -201,6 +201,9 @@ def test_decode4_parts_sweep_every_knob_combination_plain_first():
         "SWAA_DECODE_ADVANCE": "op", "SWAA_DECODE_PDL": "0"}
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         profile_decode.parse_variant("staged")
+    # PDL is on unless SWAA_DECODE_PDL parses to 0 (as decode_env_int in csrc/cuda/ring.cu)
+    assert [profile_decode.pdl_on(v) for v in (None, "1", "0", "00", "+0", " 0", "0 ", "2", "x")] == [
+        True, True, False, False, False, False, True, True, True]
     for variant in re.findall(r"--variant (\S+)", TEXT):
         for name in profile_decode.parse_variant(variant):
             assert name in sweep.KNOBS, name
