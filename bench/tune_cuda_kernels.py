@@ -22,7 +22,8 @@ them on the same inputs.  Four parts (--parts, default the first three):
   bwd-fused     the single-pass Hopper backward (SWAA_BWD_HOPPER=4, docs/
                 cuda_kernels.md "v7") against the two passes (1), also with its dQ
                 split by columns (SWAA_BWD_FUSED_DQ=1), and both with the KV heads
-                one after the other (SWAA_BWD_ORDER=0), with per-kernel times, on
+                one after the other (SWAA_BWD_ORDER=0), and v6 with its two passes
+                on two streams (SWAA_BWD_CONCURRENT=1), with per-kernel times, on
                 FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
 
 bwd-variants and knobs time six shapes (D, N, W, S, full_from) chosen to move the
@@ -52,7 +53,8 @@ import swaa_ext  # noqa: F401, E402  (registers torch.ops.swaa)
 
 PARTS = ("fwd-variants", "bwd-variants", "knobs", "bwd-fused")
 KNOBS = ("SWAA_FWD_HOPPER", "SWAA_BWD_HOPPER", "SWAA_FWD_WARPS", "SWAA_FWD_ORDER", "SWAA_BWD_ORDER",
-         "SWAA_BWD_SPLIT", "SWAA_BWD_KV_BLOCK_M", "SWAA_WARP_SKIP", "SWAA_BWD_FUSED_DQ")
+         "SWAA_BWD_SPLIT", "SWAA_BWD_KV_BLOCK_M", "SWAA_WARP_SKIP", "SWAA_BWD_FUSED_DQ",
+         "SWAA_BWD_CONCURRENT")
 # (D, N, W, S, full_from) of the bwd-variants and knobs parts
 TUNING_SHAPES = [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
                  (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
@@ -287,7 +289,10 @@ def main() -> None:
         settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols,
                     {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "0"},
                     {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_ORDER": "0"}]
-        rows += shape_rows(meta, fwd_settings=[{}], bwd_settings=settings,
+        # v6 with its dq pass on a second stream beside the dk/dv pass (no kernel profile:
+        # the two overlap, so per-kernel times would not add up to the call)
+        concurrent = {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_CONCURRENT": "1"}
+        rows += shape_rows(meta, fwd_settings=[{}], bwd_settings=settings + [concurrent],
                            profile_settings=settings, shapes=FUSED_SHAPES)
     append_rows(args.out, rows)
     print(f"{len(rows)} rows appended to {args.out}")

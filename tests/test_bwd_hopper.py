@@ -306,6 +306,48 @@ def test_bitwise_repeatable(both_passes, monkeypatch, D):
     assert torch.equal(dq0, bwd(dout, q, k, v, out, lse, 200, 4, ff)[0])
 
 
+@pytest.mark.parametrize("D", [64, 128])
+def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
+    """SWAA_BWD_CONCURRENT=1 runs the dq pass on a second stream beside the dk/dv
+    pass: the same kernels, so dq, dk, dv are bitwise those of the one-stream
+    default, with split sink blocks (the reduce after dk/dv) and per-sequence
+    full_from; on a non-default caller stream; and captured in a CUDA graph
+    (the fork and join become graph edges) whose replays match eager."""
+    q, k, v, dout = inputs(2, 8, 2, 3000, 3000, seed=21, D=D)
+    ff = torch.tensor([1 << 40, 1700], dtype=torch.int64, device="cuda")
+    out, lse = fwd(q, k, v, 300, 130, ff)
+    for split in ("1", "3"):
+        monkeypatch.setenv("SWAA_BWD_SPLIT", split)
+        monkeypatch.setenv("SWAA_BWD_CONCURRENT", "0")
+        want = bwd(dout, q, k, v, out, lse, 300, 130, ff)
+        monkeypatch.setenv("SWAA_BWD_CONCURRENT", "1")
+        got = bwd(dout, q, k, v, out, lse, 300, 130, ff)
+        for name, a, b in zip(("dq", "dk", "dv"), got, want):
+            assert torch.equal(a, b), f"{name} differs with the concurrent passes (split {split})"
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = bwd(dout, q, k, v, out, lse, 300, 130, ff)
+    torch.cuda.current_stream().wait_stream(side)
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert torch.equal(a, b), f"{name} differs on a caller stream of its own"
+    graph = torch.cuda.CUDAGraph()
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        bwd(dout, q, k, v, out, lse, 300, 130, ff)
+    torch.cuda.current_stream().wait_stream(warm)
+    with torch.cuda.graph(graph):
+        captured = bwd(dout, q, k, v, out, lse, 300, 130, ff)
+    for _ in range(3):
+        for t in captured:
+            t.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for name, a, b in zip(("dq", "dk", "dv"), captured, want):
+            assert torch.equal(a, b), f"{name} differs in a graph replay"
+
+
 def test_stride_fallback_and_strided_views(both_passes):
     """K/V expanded over the batch (stride 0) take the sm_80 backward; (B, L, H, D)
     views take the Hopper one; both give the reference gradients."""

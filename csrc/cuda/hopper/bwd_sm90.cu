@@ -191,6 +191,45 @@ cudaError_t launch_dkdv_reduce(const AttnParams& p, const DkdvSchedule& sched,
   return cudaGetLastError();
 }
 
+// A second stream per device and host thread, and the two events that fork it
+// from the caller's stream and join it back (SWAA_BWD_CONCURRENT=1).  Under
+// CUDA-graph capture the fork puts the side stream into the capture and the
+// join ends its part of it, so a captured backward replays both branches.
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr, join = nullptr;
+};
+
+// The calling thread's side stream on the current device, created on first
+// use; nullptr (run on one stream) where it cannot be made now: a device
+// index past the cache, or a first use while `caller` is being captured
+// (creating streams and events is no work to put in a capture).
+SideStream* side_stream(cudaStream_t caller) {
+  thread_local SideStream per_device[kMaxDevices];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  SideStream& s = per_device[device];
+  if (s.join != nullptr) return &s;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(caller, &capture) != cudaSuccess ||
+      capture != cudaStreamCaptureStatusNone) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  if (s.stream == nullptr && cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking) != cudaSuccess)
+    s.stream = nullptr;
+  if (s.stream != nullptr && s.fork == nullptr &&
+      cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming) != cudaSuccess)
+    s.fork = nullptr;
+  if (s.fork != nullptr && cudaEventCreateWithFlags(&s.join, cudaEventDisableTiming) != cudaSuccess)
+    s.join = nullptr;
+  (void)cudaGetLastError();  // a failure here only means one stream
+  return s.join != nullptr ? &s : nullptr;
+}
+
 template <typename T, int D>
 cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
                    const std::function<float*(int64_t)>& workspace, const Maps& dkdv_maps,
@@ -217,24 +256,46 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   cudaError_t err = launch_prep<T, D>(p, delta, lse2_pad, delta_pad, q_len_pad, stream);
   if (err != cudaSuccess) return err;
 
-  if (passes & kHopperDq) {
+  const bool dq = (passes & kHopperDq) != 0;
+  auto launch_dq = [&](cudaStream_t on) {
     const int64_t grid = ceil_div(p.q_len, C::kDqBlockM) * p.q_heads * p.batch;
-    bwd_dq_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kDqSmem, stream>>>(
+    bwd_dq_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kDqSmem, on>>>(
         p, lse2_pad, delta_pad, q_len_pad, heads_inner, dq_maps.q, dq_maps.k, dq_maps.v,
         dq_maps.dout);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  if (dkdv) {
+    return cudaGetLastError();
+  };
+  auto launch_dkdv = [&] {
     const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
     bwd_dkdv_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kDkdvSmem, stream>>>(
         p, lse2_pad, delta_pad, q_len_pad, sched, dkdv_maps.q, dkdv_maps.k, dkdv_maps.v,
         dkdv_maps.dout);
     err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    err = launch_dkdv_reduce<T, D>(p, sched, stream);
+    return err == cudaSuccess ? launch_dkdv_reduce<T, D>(p, sched, stream) : err;
+  };
+  SideStream* side = dq && dkdv && knob("SWAA_BWD_CONCURRENT", 0, 0, 1) == 1
+                         ? side_stream(stream)
+                         : nullptr;
+  if (side == nullptr) {  // one stream (the default)
+    if (dq && (err = launch_dq(stream)) != cudaSuccess) return err;
+    return dkdv ? launch_dkdv() : cudaSuccess;
   }
-  return err;
+  // SWAA_BWD_CONCURRENT=1 (off by default, unmeasured): the two passes read
+  // the same inputs and write disjoint outputs, so after the prep kernel the
+  // dq pass can run on a second stream beside the dk/dv pass.  dk/dv (the
+  // longer CTAs) is launched first; the dq CTAs fill the SMs its last wave
+  // leaves idle instead of waiting for the whole grid.  The same kernels and
+  // arguments: bitwise the same results.
+  err = cudaEventRecord(side->fork, stream);  // after the prep kernel
+  if (err == cudaSuccess) err = cudaStreamWaitEvent(side->stream, side->fork, 0);
+  if (err != cudaSuccess) return err;
+  err = launch_dkdv();
+  cudaError_t dq_err = err == cudaSuccess ? launch_dq(side->stream) : cudaSuccess;
+  // Join whatever happened: the caller's stream must never run ahead of work
+  // on the side stream (the dq output and the workspace).
+  if (dq_err == cudaSuccess) dq_err = cudaEventRecord(side->join, side->stream);
+  const cudaError_t join = cudaStreamWaitEvent(stream, side->join, 0);
+  if (err != cudaSuccess) return err;
+  return dq_err != cudaSuccess ? dq_err : join;
 }
 
 // The single pass (bwd_fused_sm90.cuh): preprocessing, the fused kernel
