@@ -109,7 +109,9 @@
 #   TESTS             test files (default tests/test_*.py); TEST_ARGS extra pytest arguments
 #                     (e.g. "-m cuda", "-k pack"); TEST_TIMEOUT per file (300)
 #   SAN_TIMEOUT       per sanitizer tool (240)
-#   TUNE_TIMEOUT      per tuning part (240); PROFILE_TIMEOUT per ncu run of `profile` (180)
+#   TUNE_TIMEOUT      per tuning part (240); TUNE_PARTS the parts of `tune` (default
+#                     "fwd-variants bwd-variants knobs"; bwd-fused: v6/v7 and their knobs, ~1.5 min);
+#                     PROFILE_TIMEOUT per ncu run of `profile` (180)
 #   BENCH=mine|lead   bench/bench_cuda_kernels.py (default) or bench/bench_attention.py --preset gpu;
 #                     BENCH_ARGS replaces the benchmark's shape arguments; BENCH_TIMEOUT (540)
 #   DECODE_AB=0       decode: only the automatic plan and the memory benchmark (~40 s)
@@ -259,7 +261,7 @@ step_sanitize() {
 
 step_tune() {
   local part
-  for part in fwd-variants bwd-variants knobs; do  # the most telling first
+  for part in ${TUNE_PARTS:-fwd-variants bwd-variants knobs}; do  # the most telling first
     run_part "$part" "${TUNE_TIMEOUT:-240}" python bench/tune_cuda_kernels.py --parts "$part" \
       --out "$STEP_DIR/cuda_tuning.jsonl"
   done
