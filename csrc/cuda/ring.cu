@@ -331,8 +331,8 @@ __device__ __forceinline__ double fma_rn(double a, double b, double c) { return 
 // 17.8 us in session 4 with plain loads (bench/results/logs/
 // decode_floor_profile_H200_session5.log); back to plain loads, session 6
 // measured the plain path's step at 19.6-21.2 us (B = 1; the default there
-// now takes the staged loads).  The loads do not change the values, so the bits stay those
-// of fused_combine.
+// now takes the staged loads).  The loads do not change the values, so the
+// bits stay those of fused_combine.
 template <typename T, int kDim, typename acc_t>
 __device__ __forceinline__ void combine_splits(const RingParams& p, int64_t bh, int splits,
                                                const acc_t* part_out, const acc_t* part_lse,

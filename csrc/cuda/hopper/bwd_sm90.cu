@@ -219,7 +219,8 @@ SideStream* side_stream(cudaStream_t caller) {
     (void)cudaGetLastError();
     return nullptr;
   }
-  if (s.stream == nullptr && cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking) != cudaSuccess)
+  if (s.stream == nullptr &&
+      cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking) != cudaSuccess)
     s.stream = nullptr;
   if (s.stream != nullptr && s.fork == nullptr &&
       cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming) != cudaSuccess)
