@@ -289,7 +289,8 @@ step_profile() {
     --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
     python bench/ncu_case.py --bwd 4 --D "$D" --N "$N" --W "$W" --S "$S" || return
   run_part ncu_source_page 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
-    --print-source sass > '$rep.csv'"
+    --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
+    --csv --print-source sass > '$rep.csv'"
 }
 
 step_bench() {

@@ -1227,9 +1227,10 @@ int compute_major() {
 //                              dependent of the split kernel (default 1: the
 //                              split kernel triggers at its first instruction,
 //                              the combine runs its prologue before its wait;
-//                              decode4, H200 session 6: 3-7% faster per step at
-//                              B = 1 and 1-3% at B = 8, in every round and
-//                              combination; docs/ring_cache.md "decode4");
+//                              decode4, H200 session 6: faster in every round
+//                              and combination, by 3-7% per step at B = 1 and
+//                              1-3% at B = 8 on the medians; docs/ring_cache.md
+//                              "decode4");
 //   SWAA_DECODE_COMBINE_LOADS=auto | staged | serial
 //                              the combine kernel's loads: combine_splits_staged
 //                              (lse values staged in shared memory, partials
@@ -1245,7 +1246,7 @@ int compute_major() {
 //                              (default; cluster and fused plans keep the add)
 //                              or by an ATen add after the kernels (op): one
 //                              launch fewer per step (alone against the plain
-//                              path, session 6: ~5% at B = 1, 2-3% at B = 8);
+//                              path, session 6: 5-6% at B = 1, 1-3% at B = 8);
 //   SWAA_DECODE_GLOBAL_COMBINE=kernel | fused
 //                              how a global plan merges its splits: the
 //                              second kernel (default) or the CTA of each
