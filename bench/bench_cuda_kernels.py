@@ -8,6 +8,7 @@ Same process, same inputs, same GPU:
   sdpa  torch SDPA full causal (does more work: every causal pair)
   swaa-fused  swaa with SWAA_BWD_HOPPER=4 (the single-pass Hopper backward)
   swaa-fused-cols  the same with SWAA_BWD_FUSED_DQ=1 (its dQ split by columns, D=128)
+  swaa-concurrent  swaa with SWAA_BWD_CONCURRENT=1 (the two backward passes on two streams)
 Times are the median of CUDA-event timings over --reps runs that rotate over
 two input sets (so L2 does not hold one set).  Effective TFLOP/s count the
 visible (query, key) pairs of the SWA mask only, 4*D flops per pair forward and
@@ -34,7 +35,8 @@ import swaa_ext
 
 # swaa run under extra environment knobs (read by swaa::bwd at each call)
 IMPL_ENV = {"swaa-fused": {"SWAA_BWD_HOPPER": "4"},
-            "swaa-fused-cols": {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"}}
+            "swaa-fused-cols": {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"},
+            "swaa-concurrent": {"SWAA_BWD_CONCURRENT": "1"}}
 
 
 def visible_pairs(n: int, window: int, sink: int) -> int:
