@@ -221,7 +221,8 @@ def nan_first_score_cases(device, dtype):
         want[0, 2:] = torch.arange(40, device=device) < window  # KV head 1: query heads 2, 3
         cache = RingKVCache(B, Hkv, D, window=window, sink=0, dtype=dtype, device=device)
         check(*cache.attend(q, k, v, return_lse=True), want)
-        check(*swa_attention(q, k, v, window=window, sink=0, return_lse=True), want)
+        if device == "cpu" or dtype != torch.float32:  # the CUDA attention op is 16-bit only
+            check(*swa_attention(q, k, v, window=window, sink=0, return_lse=True), want)
 
 
 def test_nan_first_score_cpu():
