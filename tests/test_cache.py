@@ -112,7 +112,7 @@ def test_decode_splits_combine_cpu(num_splits):
     torch.testing.assert_close(vc[:, :, slot], v[:, :, 0], atol=0, rtol=0)
 
 
-def nan_key_propagates(device, dtype, nan_position, decode_variants):
+def nan_key_propagates(device, dtype, nan_position, decode_variants, monkeypatch):
     """A NaN in one cached key makes exactly the outputs (and lse) of the queries
     that see it NaN, as in swa_attention / SDPA: the kernels must not drop it as
     "nothing seen" (a zero output) or through a NaN-skipping maximum in the
@@ -120,7 +120,6 @@ def nan_key_propagates(device, dtype, nan_position, decode_variants):
     next of `decode_variants` ((num_splits, env) pairs), past the step where a
     window position leaves the window (its outputs turn finite again); a sink
     position stays visible for good."""
-    import os
     torch.manual_seed(31 + nan_position)
     B, Hq, Hkv, D, W, S = 2, 4, 2, 64, 300, 2
     scale = 1 / math.sqrt(D)
@@ -152,18 +151,12 @@ def nan_key_propagates(device, dtype, nan_position, decode_variants):
         else:
             num_splits, env = decode_variants[variant % len(decode_variants)]
             variant += 1
-            saved = {name: os.environ.get(name) for name in env}
-            os.environ.update(env)
-            try:
+            with monkeypatch.context() as m:
+                for name, value in env.items():
+                    m.setenv(name, value)
                 out, lse = torch.ops.swaa.ring_decode(q, k, v, cache.keys, cache.values,
                                                       cache.seqlens, None, W, S, scale,
                                                       num_splits, True)
-            finally:
-                for name, value in saved.items():
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
         some_nan, some_finite = check(out, lse, first)
         seen_nan |= some_nan and lc == 1
         seen_finite |= some_finite and lc == 1
@@ -172,9 +165,9 @@ def nan_key_propagates(device, dtype, nan_position, decode_variants):
 
 
 @pytest.mark.parametrize("nan_position", [1, 100])
-def test_nan_key_propagates_cpu(nan_position):
+def test_nan_key_propagates_cpu(nan_position, monkeypatch):
     stream_variants = [(splits, {}) for splits in (1, 3, 8)]
-    nan_key_propagates("cpu", torch.float32, nan_position, stream_variants)
+    nan_key_propagates("cpu", torch.float32, nan_position, stream_variants, monkeypatch)
 
 
 def nan_first_score_cases(device, dtype):
@@ -240,7 +233,7 @@ def test_nan_first_score_cuda(dtype):
 @cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("nan_position", [1, 100])
-def test_nan_key_propagates_cuda(dtype, nan_position):
+def test_nan_key_propagates_cuda(dtype, nan_position, monkeypatch):
     # every combine of the split decode: cluster, the global kernel with serial
     # and staged loads, the fused one; and the chunk kernel for the prefill
     global_ = {"SWAA_DECODE_COMBINE": "global", "SWAA_DECODE_GLOBAL_COMBINE": "kernel"}
@@ -248,7 +241,7 @@ def test_nan_key_propagates_cuda(dtype, nan_position):
                 (3, {**global_, "SWAA_DECODE_COMBINE_LOADS": "serial"}),
                 (5, {**global_, "SWAA_DECODE_COMBINE_LOADS": "staged"}),
                 (5, {"SWAA_DECODE_COMBINE": "global", "SWAA_DECODE_GLOBAL_COMBINE": "fused"})]
-    nan_key_propagates("cuda", dtype, nan_position, variants)
+    nan_key_propagates("cuda", dtype, nan_position, variants, monkeypatch)
 
 
 def test_slots_follow_the_contract_cpu():

@@ -19,7 +19,7 @@ import re
 
 import pytest
 import torch
-from test_decode_fused import check_against_reference, random_ring
+from test_decode_fused import check_against_reference, random_ring, twin_rings
 
 from swaa_ext import RingKVCache
 
@@ -150,13 +150,7 @@ def test_streamed_steps_match_the_plain_path(combo, monkeypatch):
     B, Hq, Hkv, D, W, S = 4, 32, 8, 128, 200, 4  # 4 key tiles: 3 splits
     monkeypatch.setenv("SWAA_DECODE_COMBINE", "global")
     monkeypatch.setenv("SWAA_DECODE_SPLITS", "3")
-    caches = [RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
-              for _ in range(2)]
-    for c in caches:
-        torch.manual_seed(31)
-        c.keys.normal_()
-        c.values.normal_()
-        c.seqlens.copy_(torch.tensor([0, 190, 500, 1000], device="cuda"))
+    caches = twin_rings(B, Hkv, D, W, S, 31, [0, 190, 500, 1000])
     lengths = torch.tensor([1, 1, 0, 1], device="cuda")
     steps = [tuple(torch.randn(B, h, 1, D, dtype=torch.bfloat16, device="cuda")
                    for h in (Hq, Hkv, Hkv)) for _ in range(30)]

@@ -50,6 +50,19 @@ def random_ring(B, Hq, Hkv, D, W, S, dtype, seed):
     return q, k, v, kc, vc, torch.tensor(positions).cuda(), lengths.cuda()
 
 
+def twin_rings(B, Hkv, D, W, S, seed, seqlens):
+    """Two bf16 CUDA rings with the same random contents (torch.manual_seed(seed) before each
+    fill) and the same positions: a graph or knob twin against an eager one."""
+    caches = [RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+              for _ in range(2)]
+    for c in caches:
+        torch.manual_seed(seed)
+        c.keys.normal_()
+        c.values.normal_()
+        c.seqlens.copy_(torch.tensor(seqlens, device="cuda"))
+    return caches
+
+
 def decode(case, W, S, capfd=None):
     """One ring_decode call on copies of the case's caches: (out, lse, k_cache, v_cache, plans)."""
     q, k, v, kc0, vc0, seqlens, lengths = case
@@ -381,14 +394,7 @@ def test_cuda_graph_fused_combine_matches_eager_kernel_combine(tile, stages, bal
     B, Hq, Hkv, D, W, S = 3, 32, 8, 128, 300, 4
     set_knobs(monkeypatch, COMBINE="global", SPLITS=5, TILE=tile, STAGES=stages, VERBOSE=2,
               BALANCE=balance)
-    caches = [RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
-              for _ in range(2)]
-    for c in caches:
-        torch.manual_seed(22)
-        c.keys.normal_()
-        c.values.normal_()
-        c.seqlens.copy_(torch.tensor([0, 280, 5 * W + 9], device="cuda"))
-    graph_cache, eager_cache = caches
+    graph_cache, eager_cache = twin_rings(B, Hkv, D, W, S, 22, [0, 280, 5 * W + 9])
     static = [torch.randn(B, h, 1, D, dtype=torch.bfloat16, device="cuda") for h in (Hq, Hkv, Hkv)]
     set_knobs(monkeypatch, GLOBAL_COMBINE="fused")
     side = torch.cuda.Stream()
