@@ -19,7 +19,11 @@ no mask: every cached key is visible to a decode query), the fastest way to
 run GQA decode through SDPA.  Each impl keeps several independent caches and
 steps them in turn so the working set exceeds the L2 cache; on CUDA one graph
 holds one step of every cache and its replays are timed with CUDA events
-(eager event timing where capture fails, recorded in `timing`).  ms is the
+(eager event timing where capture fails, recorded in `timing`).  Each timed
+replay is queued behind a spin kernel that outlasts its submission, so the
+events see the GPU's work and not the host's launch latency (`launch`:
+"queued"; `--launch host` times the way sessions 1-6 did: the start event
+fires on an idle GPU, which then waits a few us for the replay).  ms is the
 median per step.  gbps = (K and V read once + the new token written) / ms;
 bw_fraction = gbps / device-to-device copy bandwidth measured in the same run.
 
@@ -54,8 +58,40 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(steps, device, budget_s: float, graph: bool):
-    """Median seconds of one call of each of `steps` (callables), run in turn."""
+_SPIN_CYCLES_PER_S: dict = {}
+
+
+def spin_cycles(device, seconds: float) -> int:
+    """Cycles of torch.cuda._sleep that keep `device` busy for about `seconds`."""
+    key = str(device)
+    if key not in _SPIN_CYCLES_PER_S:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1000)
+        rates = []
+        for _ in range(3):
+            start.record()
+            torch.cuda._sleep(1 << 21)
+            end.record()
+            end.synchronize()
+            rates.append((1 << 21) / (start.elapsed_time(end) / 1e3))
+        _SPIN_CYCLES_PER_S[key] = statistics.median(rates)
+    return max(1000, int(seconds * _SPIN_CYCLES_PER_S[key]))
+
+
+def time_steps(steps, device, budget_s: float, graph: bool, launch: str = "queued"):
+    """Median seconds of one call of each of `steps` (callables), run in turn.
+
+    launch="queued" (default): every timed replay is queued behind a spin kernel
+    (torch.cuda._sleep) that outlasts the host's submission of the replay, so the
+    two events time the GPU's work and not the host's launch latency, as inside
+    a model's decode graph where the attention step sits between other kernels.
+    A sample whose submission outlasted the spin is dropped and the spin doubled.
+    launch="host" (sessions 1-6): the start event fires at once on an idle GPU,
+    which then waits for the host to submit the replay (a few us per replay).
+    """
+    if launch not in ("queued", "host"):
+        raise ValueError(f"launch must be 'queued' or 'host', got {launch!r}")
+
     def run_all():
         for s in steps:
             s()
@@ -90,27 +126,54 @@ def time_steps(steps, device, budget_s: float, graph: bool):
             print(f"    graph capture failed ({type(e).__name__}: {str(e)[:120]}); eager timing")
             torch.cuda.synchronize(device)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    replay()
-    end.record()
-    end.synchronize()
-    first = start.elapsed_time(end) / 1e3
-    reps = int(min(200, max(10, budget_s / max(first, 1e-6))))
-    samples = []
-    for _ in range(reps):
+    spin_s = 0.0
+    if launch == "queued":
+        # how long the host takes to submit one replay, measured behind a long spin
+        torch.cuda._sleep(spin_cycles(device, 5e-3))
+        t0 = time.perf_counter()
+        replay()
+        spin_s = min(0.05, max(50e-6, 3 * (time.perf_counter() - t0) + 20e-6))
+        sync(device)
+
+    def sample():
+        """GPU seconds of one replay, or None when the spin did not cover its submission."""
+        t0 = time.perf_counter()
+        if spin_s:
+            torch.cuda._sleep(spin_cycles(device, spin_s))
         start.record()
         replay()
         end.record()
+        submitted = time.perf_counter() - t0
         end.synchronize()
-        samples.append(start.elapsed_time(end) / 1e3)
+        if spin_s and submitted >= spin_s:
+            return None
+        return start.elapsed_time(end) / 1e3
+
+    first = None
+    while first is None:
+        first = sample()
+        if first is None:
+            spin_s = min(2 * spin_s, 0.1)
+    reps = int(min(200, max(10, budget_s / max(first, 1e-6))))
+    samples, dropped = [], 0
+    while len(samples) < reps:
+        t = sample()
+        if t is None:
+            dropped += 1
+            if dropped > reps:
+                raise RuntimeError(f"the host's submission kept outlasting a {spin_s * 1e3:.1f} ms "
+                                   "spin; time with launch='host'")
+            spin_s = min(2 * spin_s, 0.1)
+            continue
+        samples.append(t)
     return statistics.median(samples) / len(steps), mode
 
 
-def copy_bandwidth(device, nbytes: int) -> float:
+def copy_bandwidth(device, nbytes: int, launch: str = "queued") -> float:
     """Bytes/s of a device-to-device copy (read + write counted)."""
     x = torch.randn(nbytes // 4, device=device)
     y = torch.empty_like(x)
-    sec, _ = time_steps([lambda: y.copy_(x)], device, 0.3, graph=False)
+    sec, _ = time_steps([lambda: y.copy_(x)], device, 0.3, graph=False, launch=launch)
     return 2 * x.nbytes / sec
 
 
@@ -233,9 +296,11 @@ def print_summary(path: Path) -> None:
     """ms per decode step and bw_fraction of every row, grouped by (impl, B): the runs
     of one shape (plan knobs, split counts, cost models) on adjacent lines."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    print(f"{'impl':18s} {'B':>3s} {'run':34s} {'ms':>8s} bw_fraction")
+    print(f"{'impl':18s} {'B':>3s} {'run':34s} {'launch':6s} {'ms':>8s} bw_fraction")
     for r in sorted(rows, key=lambda r: (r["impl"], r["B"])):  # stable: runs in file order
-        print(f"{r['impl']:18s} {r['B']:3d} {r['run']:34s} {r['ms']:8.4f} {r['bw_fraction']:.3f}")
+        launch = r.get("launch", "host")  # rows before session 7 were timed with "host"
+        print(f"{r['impl']:18s} {r['B']:3d} {r['run']:34s} {launch:6s} {r['ms']:8.4f} "
+              f"{r['bw_fraction']:.3f}")
 
 
 def main() -> None:
@@ -249,6 +314,10 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="results file bench/results/<name>.jsonl")
     ap.add_argument("--out", default=None, help="explicit output path (overrides --name)")
     ap.add_argument("--run", default=None, help="run label stored in every row")
+    ap.add_argument("--launch", default="queued",
+                    help="comma list of timings: queued (each replay behind a spin kernel: GPU "
+                         "time only) and/or host (sessions 1-6: the host's launch latency "
+                         "included); rows carry `launch`")
     ap.add_argument("--summary-from", type=Path, metavar="ROWS",
                     help="measure nothing: print the rows of ROWS, every run of one (impl, B) "
                          "together")
@@ -258,18 +327,22 @@ def main() -> None:
         return
 
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    launches = args.launch.split(",")
+    for launch in launches:
+        if launch not in ("queued", "host"):
+            ap.error(f"--launch: unknown timing {launch!r} (queued, host)")
     if device.type == "cuda":
         Hq, Hkv, D, W, S, dtype = 32, 8, 128, 4096, 4, torch.bfloat16
         batches = [1, 8, 64]
         fulls = [32768, 131072]
         l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
-        copy_bw = copy_bandwidth(device, 1 << 30)
+        copy_bws = {launch: copy_bandwidth(device, 1 << 30, launch) for launch in launches}
     else:
         Hq, Hkv, D, W, S, dtype = 4, 2, 64, 256, 4, torch.float32
         batches = [1, 4]
         fulls = [2048]
         l2 = 1 << 20
-        copy_bw = copy_bandwidth(device, 64 << 20)
+        copy_bws = {launch: copy_bandwidth(device, 64 << 20, launch) for launch in launches}
     if args.batches:
         batches = [int(x) for x in args.batches.split(",")]
     if args.full:
@@ -283,10 +356,10 @@ def main() -> None:
     out_path = Path(args.out) if args.out else \
         ROOT / "bench" / "results" / f"{args.name or 'decode_' + gpu.replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    meta["copy_gbps"] = copy_bw / 1e9
     meta["knobs"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("SWAA_DECODE_")
                      or k == "SWAA_RING_DECODE"}
-    print(f"{gpu}: copy bandwidth {copy_bw / 1e9:.0f} GB/s; Hq={Hq} Hkv={Hkv} D={D} W={W} S={S} "
+    bws = ", ".join(f"{bw / 1e9:.0f} GB/s ({launch})" for launch, bw in copy_bws.items())
+    print(f"{gpu}: copy bandwidth {bws}; Hq={Hq} Hkv={Hkv} D={D} W={W} S={S} "
           f"{dtype}")
     rows = []
     for B in batches:
@@ -321,9 +394,11 @@ def main() -> None:
             cases.append(("hf_static_sliding", ring_bytes,
                           lambda n: make_hf(B, Hq, Hkv, D, W, S, dtype, device, n), True))
         for impl, nbytes, build, graph in cases:
+            timed = {}
             try:
                 steps = build(n_sets_for(nbytes, l2))
-                sec, mode = time_steps(steps, device, args.budget, graph)
+                for launch in launches:
+                    timed[launch] = time_steps(steps, device, args.budget, graph, launch)
             except Exception as e:  # noqa: BLE001  (e.g. a transformers API change)
                 print(f"  B={B} {impl}: FAILED {type(e).__name__}: {str(e)[:200]}")
                 continue
@@ -331,32 +406,39 @@ def main() -> None:
                 steps = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            row = dict(bench="decode", impl=impl, B=B, Hq=Hq, Hkv=Hkv, W=W, S=S, D=D,
-                       dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,
-                       gbps=nbytes / sec / 1e9, bw_fraction=nbytes / sec / copy_bw, bytes=nbytes,
-                       timing=mode, **meta)
-            rows.append(row)
-            print(f"  B={B:3d} {impl:18s} {row['ms']:8.4f} ms {row['gbps']:8.1f} GB/s "
-                  f"bw_fraction {row['bw_fraction']:.2f} ({mode})")
+            for launch, (sec, mode) in timed.items():
+                copy_bw = copy_bws[launch]
+                row = dict(bench="decode", impl=impl, B=B, Hq=Hq, Hkv=Hkv, W=W, S=S, D=D,
+                           dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,
+                           gbps=nbytes / sec / 1e9, bw_fraction=nbytes / sec / copy_bw,
+                           bytes=nbytes, timing=mode, launch=launch, copy_gbps=copy_bw / 1e9,
+                           **meta)
+                rows.append(row)
+                print(f"  B={B:3d} {impl:18s} {row['ms']:8.4f} ms {row['gbps']:8.1f} GB/s "
+                      f"bw_fraction {row['bw_fraction']:.2f} ({mode}, {launch})")
     common.append_rows(out_path, rows)
     # Goals of issue 4, side by side.
-    by = {(r["impl"], r["B"]): r for r in rows}
-    print("\nB    ring_ms  vs_sdpa_contiguous  vs_hf_static_sliding  ring_bw_fraction")
-    for B in batches:
-        ring = by.get(("ring", B))
-        if ring is None:
-            continue
-        a, b = by.get(("sdpa_contiguous", B)), by.get(("hf_static_sliding", B))
-        print(f"{B:<4d} {ring['ms']:8.4f}  {(ring['ms'] / a['ms']) if a else float('nan'):18.2f}x"
-              f"  {(b['ms'] / ring['ms']) if b else float('nan'):19.2f}x faster"
-              f"  {ring['bw_fraction']:.2f}")
-    pairs = [(r, by.get((r["impl"][len("ring_"):], r["B"]))) for r in rows
-             if r["impl"].startswith("ring_full_")]
-    if pairs:
-        print("\nB    impl               ms      vs SDPA full  bw_fraction")
-        for r, f in pairs:
-            print(f"{r['B']:<4d} {r['impl']:18s} {r['ms']:7.4f}  "
-                  f"{(f['ms'] / r['ms']) if f else float('nan'):8.2f}x faster  {r['bw_fraction']:.2f}")
+    for launch in launches:
+        by = {(r["impl"], r["B"]): r for r in rows if r["launch"] == launch}
+        print(f"\ntiming: {launch}")
+        print("B    ring_ms  vs_sdpa_contiguous  vs_hf_static_sliding  ring_bw_fraction")
+        for B in batches:
+            ring = by.get(("ring", B))
+            if ring is None:
+                continue
+            a, b = by.get(("sdpa_contiguous", B)), by.get(("hf_static_sliding", B))
+            print(f"{B:<4d} {ring['ms']:8.4f}  "
+                  f"{(ring['ms'] / a['ms']) if a else float('nan'):18.2f}x"
+                  f"  {(b['ms'] / ring['ms']) if b else float('nan'):19.2f}x faster"
+                  f"  {ring['bw_fraction']:.2f}")
+        pairs = [(r, by.get((r["impl"][len("ring_"):], r["B"]))) for r in by.values()
+                 if r["impl"].startswith("ring_full_")]
+        if pairs:
+            print("B    impl               ms      vs SDPA full  bw_fraction")
+            for r, f in pairs:
+                print(f"{r['B']:<4d} {r['impl']:18s} {r['ms']:7.4f}  "
+                      f"{(f['ms'] / r['ms']) if f else float('nan'):8.2f}x faster  "
+                      f"{r['bw_fraction']:.2f}")
     print(f"rows appended to {out_path}")
 
 

@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.1, help="seconds of timing per variant")
     ap.add_argument("--out", default=None, help="JSONL path (default bench/results/...)")
     ap.add_argument("--run", default=None, help="run label stored in every row")
+    ap.add_argument("--launch", default="queued", choices=("queued", "host"),
+                    help="timing of bench_decode.time_steps (queued: GPU time only)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_decode_sweep: needs a CUDA GPU")
@@ -113,11 +115,12 @@ def main() -> None:
     Hq, Hkv, D, W, S, dtype = 32, 8, 128, 4096, 4, torch.bfloat16
     es = torch.empty((), dtype=dtype).element_size()
     l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
-    copy_bw = bench_decode.copy_bandwidth(device, 1 << 30)
+    copy_bw = bench_decode.copy_bandwidth(device, 1 << 30, args.launch)
     meta = common.run_metadata(device)
     if args.run:
         meta["run"] = args.run
     meta["copy_gbps"] = copy_bw / 1e9
+    meta["launch"] = args.launch
     out_path = Path(args.out) if args.out else \
         common.RESULTS_DIR / f"decode_sweep_{meta['gpu'].replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,8 @@ def main() -> None:
         for round_ in range(args.rounds):
             for v in todo:
                 set_knobs(v)
-                sec, mode = bench_decode.time_steps(steps, device, args.budget, graph=True)
+                sec, mode = bench_decode.time_steps(steps, device, args.budget, graph=True,
+                                                      launch=args.launch)
                 row = dict(bench="decode", impl="ring", B=B, Hq=Hq, Hkv=Hkv, W=W, S=S, D=D,
                            dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,
                            gbps=nbytes / sec / 1e9, bw_fraction=nbytes / sec / copy_bw,

@@ -62,6 +62,9 @@
 #             auto plan, decode4's combine-kernel knobs instead of the older A/B runs
 #             (decode4_parts: staged loads x advance in the kernel x PDL at B=1/8/64, all on,
 #             profiles), memory, ~3.5 min).
+#             The auto part times every impl twice: each replay queued behind a spin kernel
+#             (`launch: queued`, GPU time only, the README's numbers) and as sessions 1-6 did
+#             (`host`: the idle GPU waits for the replay's submission).
 #             Backs: README "Decode step with the ring cache", "Streaming memory",
 #             docs/ring_cache.md "Measured"; bench/results/decode_H200.jsonl, memory_H200.jsonl.
 #   loop      issue 7's decode loop in ms/token: bench/count_step_kernels.py (kernels per step)
@@ -380,8 +383,10 @@ decode4_parts() {
 
 step_decode() {
   local rows=$STEP_DIR/decode.jsonl t=${DECODE_TIMEOUT:-240} splits cost
+  # both timings in one process (rows carry `launch`): queued (GPU time, the README's) and host
+  # (the host's launch latency included, as sessions 1-6 timed)
   run_part auto "$t" env SWAA_DECODE_VERBOSE=1 \
-    python bench/bench_decode.py --run "${STAMP}_auto" --out "$rows"
+    python bench/bench_decode.py --launch queued,host --run "${STAMP}_auto" --out "$rows"
   if [[ ${DECODE_AB:-1} == decode4 ]]; then
     decode4_parts "$rows" "$t"
   elif [[ ${DECODE_AB:-1} == 1 ]]; then

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,3 +55,49 @@ def test_ring_benchmarks_cpu_smoke(tmp_path, script):
     _run([script, "--cpu", "--out", str(out)], tmp_path)
     rows = _rows(out)
     assert {r["impl"] for r in rows} >= {"ring"}
+
+
+def _bench_decode():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_decode
+
+    return bench_decode
+
+
+def test_decode_rows_carry_each_launch_timing(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    _run(["bench/bench_decode.py", "--cpu", "--impls", "ring", "--batches", "1", "--budget",
+          "0.02", "--launch", "queued,host", "--out", str(out)], tmp_path)
+    rows = _rows(out)
+    assert sorted(r["launch"] for r in rows) == ["host", "queued"]
+    assert all(r["copy_gbps"] > 0 for r in rows)
+
+
+def test_decode_timing_rejects_an_unknown_launch(tmp_path):
+    bench_decode = _bench_decode()
+    with pytest.raises(ValueError, match="launch must be"):
+        bench_decode.time_steps([lambda: None], torch.device("cpu"), 0.01, False, "soon")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "bench/bench_decode.py", "--cpu", "--launch", "later",
+                           "--out", str(tmp_path / "r.jsonl")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown timing 'later'" in proc.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_queued_timing_sees_the_gpu_work_only():
+    # A graph of one short kernel: timed "host", the idle GPU waits for the replay's
+    # submission after the start event; timed "queued", the spin kernel in front hides that.
+    bench_decode = _bench_decode()
+    device = torch.device("cuda")
+    x = torch.zeros(1, device=device)
+    queued, mode = bench_decode.time_steps([lambda: x.add_(1)], device, 0.05, True, "queued")
+    host, _ = bench_decode.time_steps([lambda: x.add_(1)], device, 0.05, True, "host")
+    assert mode == "graph"
+    assert queued < host, (queued, host)
+    # a step of known length (a 200 us spin) is timed as such
+    cycles = bench_decode.spin_cycles(device, 200e-6)
+    spin, _ = bench_decode.time_steps([lambda: torch.cuda._sleep(cycles)], device, 0.05, True,
+                                      "queued")
+    assert 150e-6 < spin < 260e-6, spin
