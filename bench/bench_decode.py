@@ -86,8 +86,11 @@ def time_steps(steps, device, budget_s: float, graph: bool, launch: str = "queue
     two events time the GPU's work and not the host's launch latency, as inside
     a model's decode graph where the attention step sits between other kernels.
     A sample whose submission outlasted the spin is dropped and the spin doubled.
+    A step whose submission waits for the GPU (HF's eager update copies from
+    pageable host memory) cannot be queued: it is timed "host" instead.
     launch="host" (sessions 1-6): the start event fires at once on an idle GPU,
     which then waits for the host to submit the replay (a few us per replay).
+    Returns (seconds, "graph" | "eager" | "wall", the launch timing used).
     """
     if launch not in ("queued", "host"):
         raise ValueError(f"launch must be 'queued' or 'host', got {launch!r}")
@@ -104,7 +107,7 @@ def time_steps(steps, device, budget_s: float, graph: bool, launch: str = "queue
             t0 = time.perf_counter()
             run_all()
             samples.append(time.perf_counter() - t0)
-        return statistics.median(samples) / len(steps), "wall"
+        return statistics.median(samples) / len(steps), "wall", launch
 
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -129,11 +132,18 @@ def time_steps(steps, device, budget_s: float, graph: bool, launch: str = "queue
     spin_s = 0.0
     if launch == "queued":
         # how long the host takes to submit one replay, measured behind a long spin
-        torch.cuda._sleep(spin_cycles(device, 5e-3))
+        probe = 5e-3
+        torch.cuda._sleep(spin_cycles(device, probe))
         t0 = time.perf_counter()
         replay()
-        spin_s = min(0.05, max(50e-6, 3 * (time.perf_counter() - t0) + 20e-6))
+        submit = time.perf_counter() - t0
         sync(device)
+        if submit > 0.8 * probe:  # the submission waited for the spin: it synchronises
+            print(f"    the step's submission waits for the GPU ({submit * 1e3:.1f} ms behind a "
+                  f"{probe * 1e3:.0f} ms spin); timed with launch='host'")
+            launch = "host"
+        else:
+            spin_s = min(0.05, max(50e-6, 3 * submit + 20e-6))
 
     def sample():
         """GPU seconds of one replay, or None when the spin did not cover its submission."""
@@ -153,6 +163,9 @@ def time_steps(steps, device, budget_s: float, graph: bool, launch: str = "queue
     while first is None:
         first = sample()
         if first is None:
+            if spin_s >= 0.1:
+                raise RuntimeError("the host's submission of one replay outlasted a 0.1 s "
+                                   "spin; time with launch='host'")
             spin_s = min(2 * spin_s, 0.1)
     reps = int(min(200, max(10, budget_s / max(first, 1e-6))))
     samples, dropped = [], 0
@@ -166,14 +179,14 @@ def time_steps(steps, device, budget_s: float, graph: bool, launch: str = "queue
             spin_s = min(2 * spin_s, 0.1)
             continue
         samples.append(t)
-    return statistics.median(samples) / len(steps), mode
+    return statistics.median(samples) / len(steps), mode, launch
 
 
 def copy_bandwidth(device, nbytes: int, launch: str = "queued") -> float:
     """Bytes/s of a device-to-device copy (read + write counted)."""
     x = torch.randn(nbytes // 4, device=device)
     y = torch.empty_like(x)
-    sec, _ = time_steps([lambda: y.copy_(x)], device, 0.3, graph=False, launch=launch)
+    sec, _, _ = time_steps([lambda: y.copy_(x)], device, 0.3, graph=False, launch=launch)
     return 2 * x.nbytes / sec
 
 
@@ -406,16 +419,16 @@ def main() -> None:
                 steps = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            for launch, (sec, mode) in timed.items():
-                copy_bw = copy_bws[launch]
+            for launch, (sec, mode, used) in timed.items():
+                copy_bw = copy_bws[used]
                 row = dict(bench="decode", impl=impl, B=B, Hq=Hq, Hkv=Hkv, W=W, S=S, D=D,
                            dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,
                            gbps=nbytes / sec / 1e9, bw_fraction=nbytes / sec / copy_bw,
-                           bytes=nbytes, timing=mode, launch=launch, copy_gbps=copy_bw / 1e9,
+                           bytes=nbytes, timing=mode, launch=used, copy_gbps=copy_bw / 1e9,
                            **meta)
                 rows.append(row)
                 print(f"  B={B:3d} {impl:18s} {row['ms']:8.4f} ms {row['gbps']:8.1f} GB/s "
-                      f"bw_fraction {row['bw_fraction']:.2f} ({mode}, {launch})")
+                      f"bw_fraction {row['bw_fraction']:.2f} ({mode}, {used})")
     common.append_rows(out_path, rows)
     # Goals of issue 4, side by side.
     for launch in launches:

@@ -144,7 +144,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for v in todo:
                 set_knobs(v)
-                sec, mode = bench_decode.time_steps(steps, device, args.budget, graph=True,
+                sec, mode, _ = bench_decode.time_steps(steps, device, args.budget, graph=True,
                                                       launch=args.launch)
                 row = dict(bench="decode", impl="ring", B=B, Hq=Hq, Hkv=Hkv, W=W, S=S, D=D,
                            dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,

@@ -92,12 +92,26 @@ def test_queued_timing_sees_the_gpu_work_only():
     bench_decode = _bench_decode()
     device = torch.device("cuda")
     x = torch.zeros(1, device=device)
-    queued, mode = bench_decode.time_steps([lambda: x.add_(1)], device, 0.05, True, "queued")
-    host, _ = bench_decode.time_steps([lambda: x.add_(1)], device, 0.05, True, "host")
-    assert mode == "graph"
+    queued, mode, used = bench_decode.time_steps([lambda: x.add_(1)], device, 0.05, True,
+                                                 "queued")
+    host, _, _ = bench_decode.time_steps([lambda: x.add_(1)], device, 0.05, True, "host")
+    assert (mode, used) == ("graph", "queued")
     assert queued < host, (queued, host)
     # a step of known length (a 200 us spin) is timed as such
     cycles = bench_decode.spin_cycles(device, 200e-6)
-    spin, _ = bench_decode.time_steps([lambda: torch.cuda._sleep(cycles)], device, 0.05, True,
-                                      "queued")
+    spin, _, _ = bench_decode.time_steps([lambda: torch.cuda._sleep(cycles)], device, 0.05, True,
+                                         "queued")
     assert 150e-6 < spin < 260e-6, spin
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_queued_timing_falls_back_when_the_step_waits_for_the_gpu():
+    # a step that reads a value back waits for the spin in front of it: such a step
+    # (HF's eager cache update synchronises) is timed "host" instead of hanging
+    bench_decode = _bench_decode()
+    device = torch.device("cuda")
+    x = torch.ones(1024, device=device)
+    sec, mode, used = bench_decode.time_steps([lambda: x.sum().item()], device, 0.02, False,
+                                              "queued")
+    assert (mode, used) == ("eager", "host") and sec > 0
