@@ -47,6 +47,10 @@
 #             report (profile/v7_source_*.ncu-rep) and its source page as CSV (.csv).  47 s for
 #             the sections at two shapes (session 6); the source part is new (~30 s estimate).
 #             Backs: docs/cuda_kernels.md "v7" (where its kernel loses time).
+#             PROFILE_DECODE=B: one ring decode step at batch B instead (ncu_case.py --decode):
+#             sections of the split kernel and the combine, then the split kernel's stall
+#             sampling per instruction (profile/decode_source_b<B>.csv).  Backs:
+#             docs/ring_cache.md "Open items" (where the B=8 split kernel loses time).
 #   bench     issue 3's grid: bench/bench_cuda_kernels.py, swaa vs flex vs sdpa, fwd and fwd+bwd,
 #             D 128/64, N 8k/32k/128k, W 1024/4096, S 0/4/128; then the plot and the ratios from
 #             the saved rows.  ~5.5 min (session 4: 323 s).
@@ -273,6 +277,10 @@ step_tune() {
 step_profile() {
   local ncu shape D N W S knob
   ncu=$(command -v ncu || echo "$CUDA_HOME/bin/ncu")
+  if [[ -n ${PROFILE_DECODE:-} ]]; then  # the ring decode step at batch PROFILE_DECODE instead
+    profile_decode "$ncu" "$PROFILE_DECODE"
+    return
+  fi
   for shape in ${PROFILE_SHAPES:-128,32768,4096,0 64,32768,4096,0}; do
     IFS=, read -r D N W S <<< "$shape"
     for knob in 1 4; do
@@ -294,6 +302,24 @@ step_profile() {
   run_part ncu_source_page 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
     --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
     --csv --print-source sass > '$rep.csv'"
+}
+
+# One ring decode step at batch $2 (bench/ncu_case.py --decode): the sections of the split
+# kernel and the combine as text, then the split kernel's stall sampling per instruction
+# (SourceCounters) as a report and its source page as CSV (SASS with the CUDA lines).
+profile_decode() {
+  local ncu=$1 B=$2 rep=$STEP_DIR/decode_source_b$2
+  TAIL_LINES=5 run_part "ncu_decode_b$B" "${PROFILE_TIMEOUT:-180}" \
+    "$ncu" --profile-from-start off --clock-control none -k regex:ring_decode \
+    --section SpeedOfLight --section Occupancy --section LaunchStats \
+    --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+    python bench/ncu_case.py --decode "$B" || return
+  run_part "ncu_source_decode_b$B" "${PROFILE_TIMEOUT:-180}" \
+    "$ncu" --profile-from-start off --clock-control none -k regex:ring_decode_split \
+    --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
+    python bench/ncu_case.py --decode "$B" || return
+  run_part ncu_source_page_decode 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source \
+    --csv --print-source cuda,sass > '$rep.csv'"
 }
 
 step_bench() {

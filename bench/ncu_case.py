@@ -5,13 +5,21 @@ v7's loss against v6 (docs/cuda_kernels.md "v7": its kernel took 1.59-2.17x v6's
 and no profile said why).  The forward and a first backward (compile caches, allocations) run
 outside the profiled range; only the second backward is inside it.
 
+With `--decode B` it profiles one ring decode step instead (issue 4's shape: Hq=32, Hkv=8,
+D=128, W=4096, S=4, bfloat16, a full ring, the default plan): the split kernel and the combine,
+to find where the split kernel at B=8 loses the ~8 us it spends beyond its steady bandwidth
+(docs/ring_cache.md "Measured in session 7").
+
     python bench/ncu_case.py --bwd 4 --D 128 --N 32768 --W 4096 --S 0
     ncu --profile-from-start off --clock-control none -k regex:bwd_ python bench/ncu_case.py ...
+    python bench/ncu_case.py --decode 8
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -28,9 +36,14 @@ def main() -> None:
     ap.add_argument("--N", type=int, default=32768)
     ap.add_argument("--W", type=int, default=4096)
     ap.add_argument("--S", type=int, default=0)
+    ap.add_argument("--decode", type=int, metavar="B", default=None,
+                    help="profile one ring decode step at batch B instead of a backward")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("ncu_case.py needs a CUDA GPU")
+    if args.decode is not None:
+        profile_decode_step(args.decode)
+        return
     os.environ["SWAA_BWD_HOPPER"] = str(args.bwd)
     g = torch.Generator(device="cuda").manual_seed(0)
     shape = lambda heads: (1, heads, args.N, args.D)  # noqa: E731
@@ -48,6 +61,22 @@ def main() -> None:
     torch.cuda.profiler.stop()
     print(f"profiled one backward: SWAA_BWD_HOPPER={args.bwd} D={args.D} N={args.N} "
           f"W={args.W} S={args.S}", flush=True)
+
+
+def profile_decode_step(B: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_decode
+
+    (step,) = bench_decode.make_ring(B, 32, 8, 128, 4096, 4, torch.bfloat16,
+                                     torch.device("cuda"), 1)
+    for _ in range(3):  # warm-up, not profiled
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+    print(f"profiled one decode step: B={B} Hq=32 Hkv=8 D=128 W=4096 S=4", flush=True)
 
 
 if __name__ == "__main__":
