@@ -115,3 +115,28 @@ def test_queued_timing_falls_back_when_the_step_waits_for_the_gpu():
     sec, mode, used = bench_decode.time_steps([lambda: x.sum().item()], device, 0.02, False,
                                               "queued")
     assert (mode, used) == ("eager", "host") and sec > 0
+
+
+def test_ncu_source_stalls_ranks_source_lines(tmp_path):
+    # a source page CSV as ncu exports it: a section per file, source-line rows followed by
+    # their SASS rows (no line number: not counted)
+    header = ['"Line No"', '"Source"', '"Address"', '"Source"',
+              '"Warp Stall Sampling (All Samples)"', '"stall_wait"', '"stall_long_sb"',
+              '"stall_wait (Not Issued)"']
+    text = "\n".join([
+        '"File Path","/src/ring.cu"', '"Function Name","k"', ",".join(header),
+        '"10","slot = f(pos);","","","30","25","5","1"',
+        '"","","0x10","IMAD R1, R2","30","25","5","1"',
+        '"11","wait();","","","90","0","90","0"',
+        '"File Path","/src/ring.h"', '"Function Name","k"', ",".join(header),
+        '"5","off -= window;","","","30","30","0","0"',
+    ])
+    path = tmp_path / "page.csv"
+    path.write_text(text + "\n")
+    out = _run(["bench/ncu_source_stalls.py", str(path)], tmp_path)
+    lines = out.splitlines()
+    assert lines[0] == "page.csv: 150 warp samples on 3 source lines"
+    assert lines[1] == "stall reasons: long_sb 63.3%, wait 36.7%"
+    assert lines[4].startswith(" 60.0%  ring.cu:11") and "long_sb 100%" in lines[4]
+    assert lines[5].startswith(" 20.0%  ring.cu:10") and "wait 83%, long_sb 17%" in lines[5]
+    assert lines[6].startswith(" 20.0%  ring.h:5")
