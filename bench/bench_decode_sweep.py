@@ -120,7 +120,6 @@ def main() -> None:
     if args.run:
         meta["run"] = args.run
     meta["copy_gbps"] = copy_bw / 1e9
-    meta["launch"] = args.launch
     out_path = Path(args.out) if args.out else \
         common.RESULTS_DIR / f"decode_sweep_{meta['gpu'].replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,12 +143,13 @@ def main() -> None:
         for round_ in range(args.rounds):
             for v in todo:
                 set_knobs(v)
-                sec, mode, _ = bench_decode.time_steps(steps, device, args.budget, graph=True,
-                                                      launch=args.launch)
+                sec, mode, used = bench_decode.time_steps(steps, device, args.budget,
+                                                          graph=True, launch=args.launch)
                 row = dict(bench="decode", impl="ring", B=B, Hq=Hq, Hkv=Hkv, W=W, S=S, D=D,
                            dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,
                            gbps=nbytes / sec / 1e9, bw_fraction=nbytes / sec / copy_bw,
-                           bytes=nbytes, timing=mode, sweep=args.set, round=round_, **v, **meta,
+                           bytes=nbytes, timing=mode, launch=used, sweep=args.set,
+                           round=round_, **v, **meta,
                            knobs={k: os.environ[k] for k in KNOBS if k in os.environ})
                 rows.append(row)
             print(f"  round {round_ + 1}/{args.rounds} done")

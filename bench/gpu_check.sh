@@ -319,7 +319,8 @@ profile_decode() {
     --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
     python bench/ncu_case.py --decode "$B" || return
   run_part ncu_source_page_decode 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source \
-    --csv --print-source cuda,sass > '$rep.csv'"
+    --csv --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
+    --csv --print-source sass > '$rep.csv'"
 }
 
 step_bench() {

@@ -8,7 +8,7 @@ outside the profiled range; only the second backward is inside it.
 With `--decode B` it profiles one ring decode step instead (issue 4's shape: Hq=32, Hkv=8,
 D=128, W=4096, S=4, bfloat16, a full ring, the default plan): the split kernel and the combine,
 to find where the split kernel at B=8 loses the ~8 us it spends beyond its steady bandwidth
-(docs/ring_cache.md "Measured in session 7").
+(docs/ring_cache.md "Session 7").
 
     python bench/ncu_case.py --bwd 4 --D 128 --N 32768 --W 4096 --S 0
     ncu --profile-from-start off --clock-control none -k regex:bwd_ python bench/ncu_case.py ...

@@ -10,6 +10,8 @@ row, then one row per source line followed by the SASS rows ncu attributes to it
 source-line rows (a line number in the first column) are counted; ncu repeats an inlined
 instruction under every line of its inline stack, so lines of inlined helpers overlap the lines
 that call them and the percentages are shares of the line rows, not of distinct instructions.
+ncu's reasons include `selected` (the warp was issuing) and `not_selected` (eligible, another
+warp issued): the share of samples that are not waits.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def read_sections(path: Path):
 
 
 def line_stalls(sections):
-    """{file:line: (samples, Counter of stall reasons, source text)} of the source-line rows."""
+    """{(file, line): (samples, Counter of stall reasons, source text)} of the source-line rows."""
     lines = {}
     for file, header, rows in sections:
         col = {name: i for i, name in enumerate(header)}
@@ -51,7 +53,7 @@ def line_stalls(sections):
                 continue
             stalls = collections.Counter(
                 {h[len("stall_"):]: float(row[col[h]] or 0) for h in reasons})
-            lines[f"{Path(file).name}:{row[0].strip()}"] = (samples, stalls, row[1].strip())
+            lines[(file, int(row[0]))] = (samples, stalls, row[1].strip())
     return lines
 
 
@@ -72,7 +74,8 @@ def main() -> None:
                                          for k, v in reasons.most_common(10)))
     print(f"\n{'share':>6s}  {'line':30s} top reasons | source")
     ranked = sorted(lines.items(), key=lambda kv: -kv[1][0])[:args.top]
-    for name, (samples, stalls, text) in ranked:
+    for (file, line), (samples, stalls, text) in ranked:
+        name = f"{Path(file).name}:{line}"
         top = ", ".join(f"{k} {100 * v / samples:.0f}%" for k, v in stalls.most_common(3)
                         if v and samples)
         print(f"{100 * samples / total:5.1f}%  {name:30s} {top} | {text[:100]}")

@@ -140,3 +140,27 @@ def test_ncu_source_stalls_ranks_source_lines(tmp_path):
     assert lines[4].startswith(" 60.0%  ring.cu:11") and "long_sb 100%" in lines[4]
     assert lines[5].startswith(" 20.0%  ring.cu:10") and "wait 83%, long_sb 17%" in lines[5]
     assert lines[6].startswith(" 20.0%  ring.h:5")
+
+
+@pytest.mark.parametrize("launches", ["queued", "queued,host"])
+def test_decode_step_that_falls_back_to_host_timing_is_timed_once(launches, tmp_path,
+                                                                   monkeypatch):
+    # HF's step cannot be queued on a GPU: time_steps reports the "host" timing it used.
+    # The rows must use the host copy bandwidth and the host request must not time it again.
+    bench_decode = _bench_decode()
+    calls = []
+
+    def fake_time_steps(steps, device, budget_s, graph, launch="queued"):
+        calls.append(launch)
+        return 1e-3, "eager", "host"
+
+    monkeypatch.setattr(bench_decode, "time_steps", fake_time_steps)
+    monkeypatch.setattr(bench_decode, "copy_bandwidth",
+                        lambda device, nbytes, launch="queued": {"queued": 2e9, "host": 1e9}[launch])
+    out = tmp_path / "rows.jsonl"
+    monkeypatch.setattr(sys, "argv", ["bench_decode.py", "--cpu", "--impls", "ring", "--batches",
+                                      "1", "--launch", launches, "--out", str(out)])
+    bench_decode.main()
+    rows = _rows(out)
+    assert calls == ["queued"]
+    assert [(r["launch"], r["copy_gbps"]) for r in rows] == [("host", 1.0)]
