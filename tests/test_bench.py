@@ -57,6 +57,12 @@ def test_ring_benchmarks_cpu_smoke(tmp_path, script):
     assert {r["impl"] for r in rows} >= {"ring"}
 
 
+def gpu_test(test):
+    """Marked `cuda` and skipped without a CUDA GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(),
+                                               reason="needs a CUDA GPU")(test))
+
+
 def _bench_decode():
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_decode
@@ -84,8 +90,7 @@ def test_decode_timing_rejects_an_unknown_launch(tmp_path):
     assert proc.returncode == 2 and "unknown timing 'later'" in proc.stderr
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_test
 def test_queued_timing_sees_the_gpu_work_only():
     # A graph of one short kernel: timed "host", the idle GPU waits for the replay's
     # submission after the start event; timed "queued", the spin kernel in front hides that.
@@ -104,8 +109,7 @@ def test_queued_timing_sees_the_gpu_work_only():
     assert 150e-6 < spin < 260e-6, spin
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_test
 def test_queued_timing_falls_back_when_the_step_waits_for_the_gpu():
     # a step that reads a value back waits for the spin in front of it: such a step
     # (HF's eager cache update synchronises) is timed "host" instead of hanging
