@@ -58,6 +58,7 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+LAUNCHES = ("queued", "host")  # the timings of time_steps
 _SPIN_CYCLES_PER_S: dict = {}
 
 
@@ -92,7 +93,7 @@ def time_steps(steps, device, budget_s: float, graph: bool, launch: str = "queue
     which then waits for the host to submit the replay (a few us per replay).
     Returns (seconds, "graph" | "eager" | "wall", the launch timing used).
     """
-    if launch not in ("queued", "host"):
+    if launch not in LAUNCHES:
         raise ValueError(f"launch must be 'queued' or 'host', got {launch!r}")
 
     def run_all():
@@ -159,26 +160,20 @@ def time_steps(steps, device, budget_s: float, graph: bool, launch: str = "queue
             return None
         return start.elapsed_time(end) / 1e3
 
-    first = None
-    while first is None:
-        first = sample()
-        if first is None:
-            if spin_s >= 0.1:
-                raise RuntimeError("the host's submission of one replay outlasted a 0.1 s "
-                                   "spin; time with launch='host'")
+    def covered_sample():
+        """sample(), doubling the spin (up to 0.1 s) after each uncovered submission."""
+        nonlocal spin_s
+        for _ in range(12):
+            t = sample()
+            if t is not None:
+                return t
             spin_s = min(2 * spin_s, 0.1)
+        raise RuntimeError(f"the host's submission kept outlasting a {spin_s * 1e3:.1f} ms "
+                           "spin; time with launch='host'")
+
+    first = covered_sample()
     reps = int(min(200, max(10, budget_s / max(first, 1e-6))))
-    samples, dropped = [], 0
-    while len(samples) < reps:
-        t = sample()
-        if t is None:
-            dropped += 1
-            if dropped > reps:
-                raise RuntimeError(f"the host's submission kept outlasting a {spin_s * 1e3:.1f} ms "
-                                   "spin; time with launch='host'")
-            spin_s = min(2 * spin_s, 0.1)
-            continue
-        samples.append(t)
+    samples = [covered_sample() for _ in range(reps)]
     return statistics.median(samples) / len(steps), mode, launch
 
 
@@ -342,7 +337,7 @@ def main() -> None:
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     launches = args.launch.split(",")
     for launch in launches:
-        if launch not in ("queued", "host"):
+        if launch not in LAUNCHES:
             ap.error(f"--launch: unknown timing {launch!r} (queued, host)")
     if device.type == "cuda":
         Hq, Hkv, D, W, S, dtype = 32, 8, 128, 4096, 4, torch.bfloat16
@@ -357,7 +352,7 @@ def main() -> None:
         l2 = 1 << 20
         copy_size = 64 << 20
     # both timings' copy bandwidth: a step that cannot be queued is timed "host" (HF's)
-    copy_bws = {launch: copy_bandwidth(device, copy_size, launch) for launch in ("queued", "host")}
+    copy_bws = {launch: copy_bandwidth(device, copy_size, launch) for launch in LAUNCHES}
     if args.batches:
         batches = [int(x) for x in args.batches.split(",")]
     if args.full:

@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.1, help="seconds of timing per variant")
     ap.add_argument("--out", default=None, help="JSONL path (default bench/results/...)")
     ap.add_argument("--run", default=None, help="run label stored in every row")
-    ap.add_argument("--launch", default="queued", choices=("queued", "host"),
+    ap.add_argument("--launch", default="queued", choices=bench_decode.LAUNCHES,
                     help="timing of bench_decode.time_steps (queued: GPU time only)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
