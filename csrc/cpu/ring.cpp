@@ -92,6 +92,23 @@ void gather_tile(const KeySource<scalar_t>& src, int64_t n, int64_t D, PosAt&& p
   }
 }
 
+// Gathers the K and V rows of `n` keys held in consecutive slots slot0 ..
+// slot0 + n - 1 (OldKeys::consecutive_slots): no slot arithmetic per key.
+template <typename scalar_t, typename acc_t>
+void gather_slots(const KeySource<scalar_t>& src, int64_t slot0, int64_t n, int64_t D,
+                  std::vector<acc_t>& k_tile, std::vector<acc_t>& v_tile) {
+  k_tile.resize(n * D);
+  v_tile.resize(n * D);
+  for (int64_t c = 0; c < n; ++c) {
+    const scalar_t* kr = src.k_cache + (slot0 + c) * src.kc_row;
+    const scalar_t* vr = src.v_cache + (slot0 + c) * src.vc_row;
+    for (int64_t d = 0; d < D; ++d) {
+      k_tile[c * D + d] = static_cast<acc_t>(kr[d]);
+      v_tile[c * D + d] = static_cast<acc_t>(vr[d]);
+    }
+  }
+}
+
 template <typename scalar_t>
 void append_kernel(const RingParams& p) {
   const int64_t D = p.head_dim;
@@ -193,6 +210,7 @@ void decode_kernel(const RingParams& p, int64_t splits) {
       const int64_t pos = src.written;  // the query's position
       // Keys: the old visible ones in ascending position, then the new one.
       const OldKeys old = OldKeys::of(p.ring, pos, src.written);
+      const RingCursor cursor = RingCursor::at(p.ring, old.cursor_first(p.ring));
       const int64_t n_keys = p.valid(b) > 0 ? old.count() + 1 : 0;
       const int64_t per_split = (n_keys + splits - 1) / splits;
       const int64_t key_begin = std::min(n_keys, split * per_split);
@@ -208,8 +226,12 @@ void decode_kernel(const RingParams& p, int64_t splits) {
           p.q_head_stride, G, D, q_rows);
       for (int64_t i0 = key_begin; i0 < key_end; i0 += kBlockK) {
         const int64_t n = std::min(kBlockK, key_end - i0);
-        gather_tile<scalar_t, acc_t>(src, n, D, [&](int64_t c) { return pos_at(i0 + c); }, k_tile,
-                                     v_tile);
+        const int64_t slot0 = old.consecutive_slots(cursor, i0, n);  // the CUDA kernel's rule
+        if (slot0 >= 0)
+          gather_slots<scalar_t, acc_t>(src, slot0, n, D, k_tile, v_tile);
+        else
+          gather_tile<scalar_t, acc_t>(src, n, D, [&](int64_t c) { return pos_at(i0 + c); },
+                                       k_tile, v_tile);
         cpu::gemm_abt<acc_t>(G, n, D, acc_t(p.scale), qr.ptr, qr.ld, k_tile.data(), D,
                              scores.data(), kBlockK, scratch);
         state.update(scores.data(), kBlockK, n, v_tile.data(), D);

@@ -80,6 +80,21 @@ struct OldKeys {
   SWAA_HD int64_t position(int64_t index) const {
     return index < head_end ? index : body_begin + (index - head_end);
   }
+  // First position of the window keys, where a RingCursor over them starts.
+  SWAA_HD int64_t cursor_first(const RingLayout& ring) const {
+    return body_begin > ring.sink ? body_begin : ring.sink;
+  }
+  // Slot of key `index` when keys index .. index + n - 1 are window keys in n
+  // consecutive slots (no sink key among them, no wrap of the ring inside
+  // them), else -1.  A gather then computes one slot per tile of keys instead
+  // of one per key.  `cursor` is RingCursor::at(ring, cursor_first(ring)).
+  SWAA_HD int64_t consecutive_slots(const RingCursor& cursor, int64_t index, int64_t n) const {
+    if (index < head_end || index + n > count()) return -1;
+    const int64_t pos = position(index);
+    if (pos < cursor.first) return -1;  // a window key below the sink slots: not in the ring body
+    const int64_t slot = cursor.slot(pos - cursor.first);
+    return slot + n <= cursor.sink + cursor.window ? slot : -1;
+  }
 };
 
 // Parameters of one ring-cache call (append, decode or chunk), filled once on
