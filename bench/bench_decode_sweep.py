@@ -32,6 +32,10 @@ bench "decode", impl "ring", plus the variant's keys (combine / tile / stages
 
     python bench/bench_decode_sweep.py --batch 8 --out /tmp/sweep.jsonl
     python bench/bench_decode_sweep.py --set decode4 --batches 1,8,64 --out /tmp/d4.jsonl
+With `--set decode5`, the same at each of `--batches` for decode5's knob of the split kernel:
+  gather    SWAA_DECODE_TILE_GATHER = 0 (one slot per key, the path before decode5) | 1 (one
+            slot per tile of window keys in consecutive slots, the default; same bits)
+    python bench/bench_decode_sweep.py --set decode5 --batches 1,8,64 --rounds 5
 """
 from __future__ import annotations
 
@@ -50,7 +54,8 @@ import common  # noqa: E402
 
 KNOBS = ("SWAA_DECODE_GLOBAL_COMBINE", "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES",
          "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE",
-         "SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL")
+         "SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL",
+         "SWAA_DECODE_TILE_GATHER")
 # decode4: variant key -> knob; the first value of each list is the plain path (not the default)
 DECODE4 = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["serial", "staged"]),
            "advance": ("SWAA_DECODE_ADVANCE", ["op", "kernel"]),
@@ -66,20 +71,27 @@ def variants(combines, tilings, balances, splits):
                            "balance": balance, "splits": s}
 
 
-def decode4_variants():
-    """Every combination of decode4's knobs, the plain path (serial, op, 0) first."""
-    keys = list(DECODE4)
-    for values in itertools.product(*(DECODE4[k][1] for k in keys)):
+# decode5: the split kernel's gather; the first value is the path before decode5
+DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
+KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5}
+
+
+def decode4_variants(knobs=DECODE4):
+    """Every combination of a knob set's values (decode4's by default), the plain path
+    (the first value of each knob: serial, op, 0) first."""
+    keys = list(knobs)
+    for values in itertools.product(*(knobs[k][1] for k in keys)):
         yield dict(zip(keys, values))
 
 
 def set_knobs(v):
     for name in KNOBS:
         os.environ.pop(name, None)
-    if "loads" in v:  # a decode4 variant
-        for key, (name, _) in DECODE4.items():
-            os.environ[name] = v[key]
-        return
+    for knobs in KNOB_SETS.values():
+        if set(v) == set(knobs):  # a decode4 / decode5 variant
+            for key, (name, _) in knobs.items():
+                os.environ[name] = v[key]
+            return
     os.environ["SWAA_DECODE_GLOBAL_COMBINE"] = v["combine"]
     os.environ["SWAA_DECODE_TILE"] = str(v["tile"])
     os.environ["SWAA_DECODE_STAGES"] = str(v["stages"])
@@ -91,7 +103,7 @@ def set_knobs(v):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", choices=("decode3", "decode4"), default="decode3",
+    ap.add_argument("--set", choices=("decode3", "decode4", "decode5"), default="decode3",
                     help="which knobs to sweep (decode3: combine x tiling x balance x splits at "
                          "--batch; decode4: loads x advance x pdl at each of --batches)")
     ap.add_argument("--batch", type=int, default=8)
@@ -123,8 +135,8 @@ def main() -> None:
     out_path = Path(args.out) if args.out else \
         common.RESULTS_DIR / f"decode_sweep_{meta['gpu'].replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    if args.set == "decode4":
-        todo = list(decode4_variants())
+    if args.set in KNOB_SETS:
+        todo = list(decode4_variants(KNOB_SETS[args.set]))
     else:
         tilings = [tuple(int(x) for x in t.split("x")) for t in args.tilings.split(",")]
         splits = [int(s) for s in args.splits.split(",") if s]

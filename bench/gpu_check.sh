@@ -65,7 +65,9 @@
 #             ~3.5 min (auto plan + memory alone, DECODE_AB=0: ~40 s; DECODE_AB=decode4: the
 #             auto plan, decode4's combine-kernel knobs instead of the older A/B runs
 #             (decode4_parts: staged loads x advance in the kernel x PDL at B=1/8/64, all on,
-#             profiles), memory, ~3.5 min).
+#             profiles), memory, ~3.5 min; DECODE_AB=decode5: the auto plan, the split kernel's
+#             gather per tile vs per key (bench_decode_sweep.py --set decode5, 5 rounds) and the
+#             per-key ring / ring_full rows, memory, ~2 min (estimate)).
 #             The auto part times every impl twice: each replay queued behind a spin kernel
 #             (`launch: queued`, GPU time only, the README's numbers) and as sessions 1-6 did
 #             (`host`: the idle GPU waits for the replay's submission).
@@ -416,6 +418,14 @@ step_decode() {
     python bench/bench_decode.py --launch queued,host --run "${STAMP}_auto" --out "$rows"
   if [[ ${DECODE_AB:-1} == decode4 ]]; then
     decode4_parts "$rows" "$t"
+  elif [[ ${DECODE_AB:-1} == decode5 ]]; then
+    # decode5: the split kernel's gather, one slot per tile (default) against one per key,
+    # 5 interleaved rounds at B=1/8/64; then the per-key path's ring and ring_full rows beside
+    # the auto part's (same bits either way: tests/test_decode_advance.py)
+    run_part decode5_sweep "$t" env SWAA_DECODE_VERBOSE=1 python bench/bench_decode_sweep.py \
+      --set decode5 --batches 1,8,64 --rounds 5 --run "${STAMP}_decode5_sweep" --out "$rows"
+    run_part decode5_per_key "$t" env SWAA_DECODE_TILE_GATHER=0 python bench/bench_decode.py \
+      --impls ring,ring_full --batches 1,8,64 --run "${STAMP}_decode5_per_key" --out "$rows"
   elif [[ ${DECODE_AB:-1} == 1 ]]; then
     # the plan's knobs forced, ring rows only (csrc/cuda/ring.cu lists them)
     run_part ab_cluster "$t" env SWAA_DECODE_COMBINE=cluster python bench/bench_decode.py \

@@ -381,3 +381,63 @@ def test_staged_equals_serial_for_every_split_count(dtype, head_dim, monkeypatch
         out, lse = got["serial"]
         assert torch.isfinite(out[0]).all() and torch.all(out[1] == 0), splits
         assert torch.all(torch.isneginf(lse[1])), splits
+
+
+# decode5: SWAA_DECODE_TILE_GATHER=1 (default) computes one slot per tile of window keys in
+# consecutive slots; 0 keeps one per key.  Same bytes to the same places: same bits, including
+# rings with window 1 and 3 (no tile fits), sink > window, tiling 32 x 4 and balanced splits
+# (tiles that straddle a wrap or the sink / window boundary at other offsets), the cluster plan
+# and a never-wrapping long ring.
+TILE_GATHER_CASES = [
+    # (batch, window, sink, splits, combine, extra knobs)
+    (1, 1, 0, 1, "global", {}),
+    (2, 3, 5, 2, "global", {}),
+    (1, 1000, 4, None, None, {}),
+    (1, 4096, 4, None, None, {}),
+    (8, 4096, 4, None, None, {}),
+    (8, 4096, 4, None, None, {"SWAA_DECODE_BALANCE": "1"}),
+    (8, 1000, 4, 5, "global", {"SWAA_DECODE_TILE": "32", "SWAA_DECODE_STAGES": "4"}),
+    (8, 40, 300, 3, "global", {}),
+    (8, 1000, 4, 3, "cluster", {}),
+    (8, 1000, 130, 4, "global", {"SWAA_DECODE_GLOBAL_COMBINE": "fused"}),
+    (64, 1000, 4, None, None, {}),
+]
+
+
+@pytest.mark.parametrize("batch,window,sink,splits,combine,extra", TILE_GATHER_CASES)
+def test_tile_gather_gives_the_per_key_bits(batch, window, sink, splits, combine, extra,
+                                            monkeypatch, capfd):
+    Hq, Hkv, D, W, S = 32, 8, 128, window, sink
+    case = random_ring(batch, Hq, Hkv, D, W, S, torch.bfloat16, seed=7 * batch + W + 3 * S)
+    monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")
+    if splits is not None:
+        monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
+    if combine is not None:
+        monkeypatch.setenv("SWAA_DECODE_COMBINE", combine)
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    results = {}
+    for gather in ("0", "1"):
+        monkeypatch.setenv("SWAA_DECODE_TILE_GATHER", gather)
+        results[gather] = result = decode(case, W, S, capfd)
+        (line,) = result[5]
+        assert (", per-key gather" in line) == (gather == "0"), line
+    assert_same_bits(results["1"], results["0"], "tile gather")
+    check_against_reference(case, results["1"][:4] + (None,), W, S, rows=range(min(batch, 6)),
+                            tol=2e-2)
+
+
+def test_tile_gather_over_a_long_never_wrapping_ring(monkeypatch):
+    # how generate decodes a full-attention layer: window = the history, sink 0, every slot read
+    B, Hq, Hkv, D, L = 2, 32, 8, 128, 32768
+    caches = twin_rings(B, Hkv, D, L, 0, 5, [L - 1, 20000])
+    q = torch.randn(B, Hq, 1, D, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(B, Hkv, 1, D, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn(B, Hkv, 1, D, dtype=torch.bfloat16, device="cuda")
+    outs = []
+    for cache, gather in zip(caches, ("0", "1")):
+        monkeypatch.setenv("SWAA_DECODE_TILE_GATHER", gather)
+        outs.append(cache.attend(q, k, v))
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(caches[0].keys, caches[1].keys)
+    assert torch.equal(caches[0].seqlens, caches[1].seqlens)

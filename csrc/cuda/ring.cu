@@ -630,7 +630,8 @@ template <typename T, int kDim, bool kGlobalCombine, int kWarps = 4,
 __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThreads,
                                   SplitDecode<T, kDim, kWarps, kStages>::kMinBlocks)
     ring_decode_split_kernel(const RingParams p, int head_chunks, int split_align,
-                             float* part_out, float* part_lse, unsigned int* arrivals) {
+                             int tile_gather, float* part_out, float* part_lse,
+                             unsigned int* arrivals) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = SplitDecode<T, kDim, kWarps, kStages>;
   using Mma = cuda::MmaOp<T>;
@@ -696,8 +697,9 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
     // tile, then a fixed stride per pass.  (The per-key slot arithmetic below
     // took about half of the warps' stall samples at B = 8 in session 7's
     // ncu profile; same bytes to the same places either way.)  The condition
-    // is the same for every thread of the CTA.
-    const int64_t slot0 = first + C::kTileKeys <= key_end
+    // is the same for every thread of the CTA.  SWAA_DECODE_TILE_GATHER=0
+    // (tile_gather == 0) keeps the per-key path for every tile.
+    const int64_t slot0 = tile_gather && first + C::kTileKeys <= key_end
                               ? old.consecutive_slots(cursor, first, C::kTileKeys) : -1;
     if (slot0 >= 0) {
       const T* k_row = k_cache + (slot0 + row_of_thread) * p.kc_row_stride + chunk * 8;
@@ -1289,6 +1291,10 @@ int compute_major() {
 //   SWAA_DECODE_BALANCE=1      splits of equal key counts instead of whole
 //                              tiles (W + S = 4100, 4 splits: 1025 keys each
 //                              instead of 1088, 1088, 1088, 836); unmeasured;
+//   SWAA_DECODE_TILE_GATHER=1 | 0  the split kernel computes one slot per
+//                              tile of window keys in consecutive slots (1,
+//                              decode5, the default) or one per key (0, the
+//                              path before session 7); same bits;
 //   SWAA_DECODE_TILE=64 | 32, SWAA_DECODE_STAGES=N
 //                              tiling of the global kernel at D = 128: keys
 //                              per tile x tiles in flight, one of 64x3
@@ -1545,6 +1551,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
       decode_cost_knob_is_sm());
   const int64_t splits = plan.splits;
   const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
+  const int tile_gather = decode_env_int("SWAA_DECODE_TILE_GATHER", 1, 0, 1);
   if (!plan.global_combine || splits > C::kFusedMaxSplits) arrivals = nullptr;
   // The combine kernel runs: global plan, not fused.
   const bool combine_kernel = plan.global_combine && arrivals == nullptr;
@@ -1557,11 +1564,11 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
        first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
                         plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim,
                         (arrivals != nullptr ? 1 : 0) + 2 * split_align + 256 * staged +
-                            512 * (advance != nullptr),
+                            512 * (advance != nullptr) + 1024 * tile_gather,
                         kWarps, kStages})))
     std::fprintf(stderr,
                  "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
-                 "combine (%s, tile %d x %d stages, %d B smem%s%s%s)\n",
+                 "combine (%s, tile %d x %d stages, %d B smem%s%s%s%s)\n",
                  static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
                  static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
                  static_cast<long long>(splits), plan.global_combine ? "global" : "cluster",
@@ -1570,7 +1577,8 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                  : fused_requested ? "kernel, fused not available"
                          : "kernel",
                  C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "",
-                 staged ? ", staged loads" : "", advance != nullptr ? ", advances seqlens" : "");
+                 staged ? ", staged loads" : "", advance != nullptr ? ", advances seqlens" : "",
+                 tile_gather ? "" : ", per-key gather");
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
                   static_cast<unsigned>(p.batch));
   if (plan.global_combine) {
@@ -1585,7 +1593,8 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     }
     ring_decode_split_kernel<T, kDim, true, kWarps, kStages>
         <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, static_cast<int>(head_chunks),
-                                                       split_align, part_out.data_ptr<float>(),
+                                                       split_align, tile_gather,
+                                                       part_out.data_ptr<float>(),
                                                        part_lse.data_ptr<float>(), arrivals);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (arrivals != nullptr) return false;  // fused: the last CTA of each row combined
@@ -1620,7 +1629,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     const cudaLaunchConfig_t config =
         cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
-                                      static_cast<int>(head_chunks), split_align,
+                                      static_cast<int>(head_chunks), split_align, tile_gather,
                                       static_cast<float*>(nullptr),
                                       static_cast<float*>(nullptr),
                                       static_cast<unsigned int*>(nullptr)));
