@@ -76,7 +76,7 @@ DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
 KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5}
 
 
-def decode4_variants(knobs=DECODE4):
+def knob_variants(knobs=DECODE4):
     """Every combination of a knob set's values (decode4's by default), the plain path
     (the first value of each knob: serial, op, 0) first."""
     keys = list(knobs)
@@ -136,7 +136,7 @@ def main() -> None:
         common.RESULTS_DIR / f"decode_sweep_{meta['gpu'].replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if args.set in KNOB_SETS:
-        todo = list(decode4_variants(KNOB_SETS[args.set]))
+        todo = list(knob_variants(KNOB_SETS[args.set]))
     else:
         tilings = [tuple(int(x) for x in t.split("x")) for t in args.tilings.split(",")]
         splits = [int(s) for s in args.splits.split(",") if s]

@@ -398,6 +398,7 @@ TILE_GATHER_CASES = [
     (8, 4096, 4, None, None, {"SWAA_DECODE_BALANCE": "1"}),
     (8, 1000, 4, 5, "global", {"SWAA_DECODE_TILE": "32", "SWAA_DECODE_STAGES": "4"}),
     (8, 40, 300, 3, "global", {}),
+    (8, 200, 300, 3, "global", {}),  # sink > window with whole tiles of window keys
     (8, 1000, 4, 3, "cluster", {}),
     (8, 1000, 130, 4, "global", {"SWAA_DECODE_GLOBAL_COMBINE": "fused"}),
     (64, 1000, 4, None, None, {}),
@@ -405,10 +406,11 @@ TILE_GATHER_CASES = [
 
 
 @pytest.mark.parametrize("batch,window,sink,splits,combine,extra", TILE_GATHER_CASES)
-def test_tile_gather_gives_the_per_key_bits(batch, window, sink, splits, combine, extra,
+@pytest.mark.parametrize("D,dtype", [(128, torch.bfloat16), (64, torch.float16)])
+def test_tile_gather_gives_the_per_key_bits(batch, window, sink, splits, combine, extra, D, dtype,
                                             monkeypatch, capfd):
-    Hq, Hkv, D, W, S = 32, 8, 128, window, sink
-    case = random_ring(batch, Hq, Hkv, D, W, S, torch.bfloat16, seed=7 * batch + W + 3 * S)
+    Hq, Hkv, W, S = 32, 8, window, sink
+    case = random_ring(batch, Hq, Hkv, D, W, S, dtype, seed=7 * batch + W + 3 * S + D)
     monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")
     if splits is not None:
         monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
@@ -440,4 +442,5 @@ def test_tile_gather_over_a_long_never_wrapping_ring(monkeypatch):
         outs.append(cache.attend(q, k, v))
     assert torch.equal(outs[0], outs[1])
     assert torch.equal(caches[0].keys, caches[1].keys)
+    assert torch.equal(caches[0].values, caches[1].values)
     assert torch.equal(caches[0].seqlens, caches[1].seqlens)

@@ -193,7 +193,7 @@ def test_decode4_parts_sweep_every_knob_combination_plain_first():
     import bench_decode_sweep as sweep
     import profile_decode
 
-    variants = list(sweep.decode4_variants())
+    variants = list(sweep.knob_variants())
     assert len(variants) == 8 and len({tuple(v.values()) for v in variants}) == 8
     assert variants[0] == {"loads": "serial", "advance": "op", "pdl": "0"}
     assert profile_decode.parse_variant("default") == {}

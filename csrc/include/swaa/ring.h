@@ -91,7 +91,7 @@ struct OldKeys {
   SWAA_HD int64_t consecutive_slots(const RingCursor& cursor, int64_t index, int64_t n) const {
     if (index < head_end || index + n > count()) return -1;
     const int64_t pos = position(index);
-    if (pos < cursor.first) return -1;  // a window key below the sink slots: not in the ring body
+    if (pos < cursor.first) return -1;  // before the cursor's first position (defensive)
     const int64_t slot = cursor.slot(pos - cursor.first);
     return slot + n <= cursor.sink + cursor.window ? slot : -1;
   }
