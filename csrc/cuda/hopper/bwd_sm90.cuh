@@ -117,8 +117,7 @@ constexpr int dq_sm90_smem_bytes() {
 
 template <typename S>
 __device__ __forceinline__ S& aligned_smem(unsigned char* raw) {
-  return *reinterpret_cast<S*>((reinterpret_cast<uintptr_t>(raw) + 1023) &
-                               ~static_cast<uintptr_t>(1023));
+  return *reinterpret_cast<S*>(align_smem<1024>(raw));
 }
 
 // ---------------------------------------------------------------------------

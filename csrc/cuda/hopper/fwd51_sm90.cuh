@@ -229,8 +229,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
   constexpr int BM = C::kBlockM, BN = C::kBlockN, ST = C::kStages, NB = D / 8;
   constexpr int NC = C::kConsumers, QB = C::kQBuffers;
   extern __shared__ unsigned char smem_raw[];
-  auto& s = *reinterpret_cast<Fwd51Smem<T, D, PERSISTENT>*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
+  auto& s = *reinterpret_cast<Fwd51Smem<T, D, PERSISTENT>*>(align_smem<1024>(smem_raw));
 
   // Work units u = blockIdx.x, blockIdx.x + gridDim.x, ...: one per CTA
   // unless PERSISTENT (the launcher sizes the grid).

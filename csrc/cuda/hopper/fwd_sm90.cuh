@@ -85,8 +85,7 @@ __global__ void __launch_bounds__(FwdSm90Config<D>::kThreads, 1)
   using C = FwdSm90Config<D>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, ST = C::kStages, NB = D / 8;  // NB: n8 blocks of O
   extern __shared__ unsigned char smem_raw[];
-  auto& s = *reinterpret_cast<FwdSm90Smem<T, D>*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
+  auto& s = *reinterpret_cast<FwdSm90Smem<T, D>*>(align_smem<1024>(smem_raw));
 
   // The CTA's rows and key tiles: same decode and order as fwd_kernel.
   const int n_m = static_cast<int>((p.q_len + BM - 1) / BM);

@@ -20,6 +20,17 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The dynamic shared memory `raw` rounded up to `kAlign` bytes by pointer
+// arithmetic on `raw` itself, so the compiler still knows the result points
+// into shared memory and emits LDS / STS for accesses through it.  Rounding
+// through uintptr_t loses that: every access through the struct became a
+// generic LD.E / ST.E (session 7's ncu profile of the single-pass backward).
+template <int kAlign>
+__device__ __forceinline__ unsigned char* align_smem(unsigned char* raw) {
+  static_assert(kAlign > 0 && (kAlign & (kAlign - 1)) == 0, "alignment must be a power of two");
+  return raw + ((kAlign - (smem_u32(raw) & (kAlign - 1))) & (kAlign - 1));
+}
+
 // ---------------------------------------------------------------------------
 // mbarrier (64-bit barrier object in shared memory)
 
