@@ -6,6 +6,8 @@ Same process, same inputs, same GPU:
   swaa  swaa_ext.swa_attention (window W, sink S)
   flex  FlexAttention compiled, block mask of causal and (q - k < W or k < S)
   sdpa  torch SDPA full causal (does more work: every causal pair)
+  swaa-v6  swaa with SWAA_BWD_HOPPER=1 (the two-pass Hopper backward; the default
+           picks it or the single pass by shape)
   swaa-fused  swaa with SWAA_BWD_HOPPER=4 (the single-pass Hopper backward)
   swaa-fused-cols  the same with SWAA_BWD_FUSED_DQ=1 (its dQ split by columns, D=128)
   swaa-concurrent  swaa with SWAA_BWD_CONCURRENT=1 (the two backward passes on two streams)
@@ -34,7 +36,8 @@ import torch.nn.functional as F
 import swaa_ext
 
 # swaa run under extra environment knobs (read by swaa::bwd at each call)
-IMPL_ENV = {"swaa-fused": {"SWAA_BWD_HOPPER": "4"},
+IMPL_ENV = {"swaa-v6": {"SWAA_BWD_HOPPER": "1"},
+            "swaa-fused": {"SWAA_BWD_HOPPER": "4"},
             "swaa-fused-cols": {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"},
             "swaa-concurrent": {"SWAA_BWD_CONCURRENT": "1"}}
 
@@ -171,7 +174,7 @@ def main() -> None:
                 if impl.startswith("swaa"):  # which kernels ran (SWAA_FWD_HOPPER / _BWD_HOPPER)
                     row["swaa_fwd_path"] = torch.ops.swaa.fwd_path(*sets[0][:3])
                     q0, k0, v0, do0 = sets[0]
-                    row["swaa_bwd_path"] = torch.ops.swaa.bwd_path(do0, q0, k0, v0)
+                    row["swaa_bwd_path"] = torch.ops.swaa.bwd_path(do0, q0, k0, v0, W, S)
                 if ref_impl and impl != ref_impl and impl != "sdpa":
                     row["max_diff_vs_flex_last512"] = round(
                         (outs[impl] - outs[ref_impl]).abs().max().item(), 5)

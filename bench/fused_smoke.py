@@ -68,7 +68,7 @@ def check(D, B, Hq, Hkv, Lq, Lk, W, S, ff, dtype, split) -> bool:
     out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff_t, 0.088)
     args = (do, q, k, v, out, lse, W, S, ff_t, 0.088)
     os.environ["SWAA_BWD_HOPPER"] = "4"
-    path = torch.ops.swaa.bwd_path(do, q, k, v)
+    path = torch.ops.swaa.bwd_path(do, q, k, v, W, S, ff_t)
     t0 = time.time()
     g4 = bwd("4", args)
     first_s = time.time() - t0

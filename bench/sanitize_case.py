@@ -7,7 +7,9 @@ Hopper backward).  Parts (--parts, default all):
         the GPU has SMs, so the persistent forward loops over several tiles
   bwd   the backward of the odd case, once as chosen by the sizes and once with
         the sink key blocks' dk/dv split into 3 pieces (SWAA_BWD_SPLIT=3:
-        partial sums + reduce kernel)
+        partial sums + reduce kernel); then a windowed case without full_from
+        and keys four windows long, where the default takes the single pass
+        (v7, its turn watchdog off)
   ring  RingKVCache: a padded prefill chunk longer than the window (the ring
         wraps; ring_chunk + ring_append), then decode steps through the split
         decode kernel with each combine (SWAA_DECODE_COMBINE=cluster / global,
@@ -64,6 +66,18 @@ def backward_calls(device):
             out, lse = torch.ops.swaa.fwd(q, k, v, *args)
             torch.ops.swaa.bwd(torch.randn_like(out), q, k, v, out, lse, *args)
     os.environ.pop("SWAA_BWD_SPLIT")
+    # every row windowed, keys >= 4 windows: the default takes the single pass
+    # (prefer_single_pass); its turn watchdog off, since the tools stretch waits
+    watchdog = os.environ.get("SWAA_BWD_FUSED_WATCHDOG")
+    os.environ["SWAA_BWD_FUSED_WATCHDOG"] = "0"
+    q = torch.randn(1, 4, 600, 128, device=device, dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 600, 128, device=device, dtype=torch.bfloat16)
+    out, lse = torch.ops.swaa.fwd(q, k, k, 64, 4, None, 0.1)
+    torch.ops.swaa.bwd(torch.randn_like(out), q, k, k, out, lse, 64, 4, None, 0.1)
+    if watchdog is None:
+        os.environ.pop("SWAA_BWD_FUSED_WATCHDOG")
+    else:
+        os.environ["SWAA_BWD_FUSED_WATCHDOG"] = watchdog
     print("bwd calls done", flush=True)
 
 

@@ -200,7 +200,7 @@ def bwd_rows(meta, bwd_settings, q, k, v, do, shape, ff):
             # the split changes the summation order of the sink keys' dk/dv only
             diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads, ref))
             ms = median_ms(lambda: torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale))
-            path = torch.ops.swaa.bwd_path(do, q, k, v)
+            path = torch.ops.swaa.bwd_path(do, q, k, v, W, S, ff)
         rows.append(dict(meta, what="bwd", knob=label(setting), path=path, **shape,
                          ms=round(ms, 4), tflops=round(flop / ms / 1e9, 1),
                          max_diff_to_default=diff))

@@ -152,7 +152,7 @@ def test_fused_against_two_passes(fused, monkeypatch, case, dtype, variant):
 @pytest.mark.parametrize("variant", FUSED_VARIANTS, ids=["D64", "D128-keys", "D128-cols"])
 def test_fused_dq_bitwise_under_every_schedule(fused, monkeypatch, variant):
     """dq is the same bits on 3 runs and with every CTA schedule: split sink
-    blocks off / automatic / 3 / 64 pieces, both CTA orders.  (Under
+    blocks off / automatic / 3 / 64 pieces, both CTA orders and the default one.  (Under
     SWAA_POISON_OUTPUTS=1, as in the GPU test step, the accumulator starts as NaN
     on every call, so a tile some schedule fails to store cannot show the
     previous call's values.)"""
@@ -163,9 +163,12 @@ def test_fused_dq_bitwise_under_every_schedule(fused, monkeypatch, variant):
     out, lse = fwd(q, k, v, 200, 130, ff)
     first = None
     for split in ("0", "1", "3", "64"):
-        for order in ("0", "1"):
+        for order in ("0", "1", None):  # None: the default (fused_slices_inner)
             monkeypatch.setenv("SWAA_BWD_SPLIT", split)
-            monkeypatch.setenv("SWAA_BWD_ORDER", order)
+            if order is None:
+                monkeypatch.delenv("SWAA_BWD_ORDER", raising=False)
+            else:
+                monkeypatch.setenv("SWAA_BWD_ORDER", order)
             for _ in range(3):
                 dq, dk, dv = bwd(dout, q, k, v, out, lse, 200, 130, ff)
                 if first is None:
@@ -224,3 +227,54 @@ def test_fused_long_chains_in_subprocess(fused):
     res = subprocess.run([sys.executable, "-c", script], env=env, check=False,
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0 and "all ok" in res.stdout, res.stdout[-2000:] + res.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------
+# The default choice (SWAA_BWD_HOPPER unset): the single pass where every row is
+# windowed and the keys are at least four windows (+ sink) long
+# (prefer_single_pass in csrc/cuda/attention.cpp), the two passes otherwise.
+
+DEFAULT_PATHS = [  # (Lk, window, sink, full_from, path with SWAA_BWD_HOPPER unset)
+    (1024, 128, 4, None, "sm90-fused"),    # 1024 >= 4 * 132
+    (1024, 252, 4, None, "sm90-fused"),    # 1024 = 4 * 256: the edge
+    (1024, 253, 4, None, "sm90"),          # just under four windows
+    (1024, None, 0, None, "sm90"),         # no window: rows see every key
+    (1024, 128, 4, 512, "sm90"),           # full_from: long key loops
+    (300, 64, 0, None, "sm90-fused"),
+]
+
+
+@pytest.mark.parametrize("case", DEFAULT_PATHS, ids=lambda c: "x".join(map(str, c[:4])))
+def test_default_path_by_shape(fused, monkeypatch, case):
+    """bwd_path with the mask names the default's choice; the knob overrides it."""
+    Lk, window, sink, ff, path = case
+    q, k, v, dout = inputs(1, 4, 2, Lk, Lk, torch.bfloat16, seed=1, D=128)
+    ff = full_from_of(ff, 1, Lk)
+    monkeypatch.delenv("SWAA_BWD_HOPPER")
+    assert torch.ops.swaa.bwd_path(dout, q, k, v, window, sink, ff) == path
+    assert torch.ops.swaa.bwd_path(dout, q, k, v) == "sm90"  # no mask given: no window
+    for knob in ("1", "4"):
+        monkeypatch.setenv("SWAA_BWD_HOPPER", knob)
+        assert torch.ops.swaa.bwd_path(dout, q, k, v, window, sink, ff) == PATHS[knob]
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_default_backward_takes_the_chosen_pass(fused, monkeypatch, D):
+    """With SWAA_BWD_HOPPER unset the backward's bits are the single pass's where
+    bwd_path says sm90-fused and the two passes' where it says sm90 (their dq
+    differ in the last bit somewhere, so the comparison can tell them apart)."""
+    q, k, v, dout = inputs(2, 8, 2, 1024, 1024, torch.bfloat16, seed=5, D=D)
+    for window, sink, path in ((128, 4, "sm90-fused"), (300, 4, "sm90")):
+        out, lse = fwd(q, k, v, window, sink, None, 0.1)
+        monkeypatch.setenv("SWAA_BWD_HOPPER", "4")
+        g4 = bwd(dout, q, k, v, out, lse, window, sink, None, 0.1)
+        monkeypatch.setenv("SWAA_BWD_HOPPER", "1")
+        g1 = bwd(dout, q, k, v, out, lse, window, sink, None, 0.1)
+        assert not torch.equal(g4[0], g1[0]), "dq of the two kernels equal: no evidence"
+        monkeypatch.delenv("SWAA_BWD_HOPPER")
+        assert torch.ops.swaa.bwd_path(dout, q, k, v, window, sink) == path
+        g = bwd(dout, q, k, v, out, lse, window, sink, None, 0.1)
+        check_grads(q, k, v, dout, g, **mask_kwargs(window, sink, None, 0.1))
+        expected = g4 if path == "sm90-fused" else g1
+        for name, a, b in zip(("dq", "dk", "dv"), g, expected):
+            assert torch.equal(a, b), f"default {name} is not the {path} kernel's ({window=})"

@@ -119,8 +119,9 @@ def mask_kwargs(window, sink, ff, scale):
 
 def test_bwd_path_selection(monkeypatch):
     """bwd_path names the kernels swaa::bwd takes: sm80 with SWAA_BWD_HOPPER=0,
-    sm90 / sm90-dkdv / sm90-dq / sm90-fused with 1 / 2 / 3 / 4 (1 when unset) on a
-    9.0 device with a Hopper build (contiguous or (B, L, H, D) views, D 64 and 128,
+    sm90 / sm90-dkdv / sm90-dq / sm90-fused with 1 / 2 / 3 / 4 (unset: 1 without a
+    window, the shape rule of test_bwd_fused.py otherwise) on a 9.0 device with a
+    Hopper build (contiguous or (B, L, H, D) views, D 64 and 128,
     bf16 and fp16), the sm_80 kernels with a reason for stride-0 (expanded) K/V."""
     q, k, v, dout = inputs(2, 4, 2, 300, 300)
     monkeypatch.setenv("SWAA_BWD_HOPPER", "0")

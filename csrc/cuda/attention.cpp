@@ -211,20 +211,35 @@ std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
 }
 
 // The Hopper backward (csrc/cuda/hopper/bwd_sm90.*, wgmma + TMA, docs/cuda_kernels.md
-// "v6") is taken when the build has it, SWAA_BWD_HOPPER (read at every call)
+// "v6", "v7") is taken when the build has it, SWAA_BWD_HOPPER (read at every call)
 // asks for it, the device is compute capability 9.0 and the call fits (TMA-
 // describable q, k, v, dout).  SWAA_BWD_HOPPER = 0: the sm_80 backward;
-// 1 (default: 1.7-1.9x faster than 0 on an H200, bench/results/
-// cuda_tuning_bwd_hopper.jsonl): both passes on Hopper; 2: dk/dv on Hopper,
-// dq on sm_80; 3: dq on Hopper, dk/dv on sm_80; 4: one pass on Hopper (dk/dv
-// kernel that also accumulates dq in a fixed order, docs/cuda_kernels.md "v7";
-// off by default: 0.77-1.02x the speed of 1 on an H200, session 5).
-constexpr int kBwdHopperDefault = 1;
-int bwd_hopper_knob() {
+// 1: both passes on Hopper (v6); 2: dk/dv on Hopper, dq on sm_80; 3: dq on
+// Hopper, dk/dv on sm_80; 4: one pass on Hopper (v7: the dk/dv kernel also
+// accumulates dq in a fixed order).  Unset: 4 where prefer_single_pass() says
+// so, else 1.
+
+// The default choice between the two passes (v6) and the single pass (v7).
+// Measured on an H200 (session 8, bench/results/cuda_tuning_h200.jsonl, run
+// 20261128T164314Z-aa45cf; docs/cuda_kernels.md "v7"): v7 is 1.03-1.24x v6 at
+// W=1024 (S 0, 4, 128; N 8k-128k; D 64 and 128) and 1.01-1.10x at N=32k,
+// W=4096 (with the slices-outer CTA order, fused_slices_inner), but 0.95x
+// at N=8k, W=4096 (keys only two windows long) and 0.98x with full_from
+// (rows that see every key: long key loops, as without a window).  So: every
+// row windowed (a window, no full_from tensor) and the keys at least four
+// windows (+ sink) long.  v7 also holds a float32 dq accumulator (4 bytes x
+// B x Hq x Lq x D, freed after the call) where v6 holds none.
+bool prefer_single_pass(const AttnParams& p) {
+  return p.full_from == nullptr && p.window != kNoWindow &&
+         p.k_len >= 4 * (p.window + p.sink);
+}
+
+int bwd_hopper_knob(const AttnParams& p) {
   const char* env = std::getenv("SWAA_BWD_HOPPER");
-  if (env == nullptr) return kBwdHopperDefault;
+  const int fallback = prefer_single_pass(p) ? 4 : 1;
+  if (env == nullptr) return fallback;
   const int v = std::atoi(env);
-  return v >= 0 && v <= 4 ? v : kBwdHopperDefault;
+  return v >= 0 && v <= 4 ? v : fallback;
 }
 // cuda::sm90::kHopperFused (bwd_sm90.h, included only in Hopper builds).
 constexpr unsigned kBwdFusedBit = 8;
@@ -247,7 +262,7 @@ unsigned hopper_passes(int knob) {
 template <typename T, int D>
 std::string bwd_path_of(const AttnParams& p) {
 #if defined(SWAA_CUDA_HOPPER)
-  const int knob = bwd_hopper_knob();
+  const int knob = bwd_hopper_knob(p);
   if (knob == 0) return "sm80: SWAA_BWD_HOPPER=0";
   const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
                                                       : cuda::sm90::Dtype::kFp16;
@@ -268,7 +283,7 @@ template <typename T, int D>
 unsigned try_hopper_bwd(const AttnParams& p, float* delta, const cuda::Workspace& workspace,
                         cudaStream_t stream) {
 #if defined(SWAA_CUDA_HOPPER)
-  const unsigned passes = hopper_passes(bwd_hopper_knob());
+  const unsigned passes = hopper_passes(bwd_hopper_knob(p));
   if ((D != 64 && D != 128) || passes == 0) return cuda::kBwdAll;
   const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
                                                       : cuda::sm90::Dtype::kFp16;
@@ -318,13 +333,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
   return {call.dq, call.dk, call.dv};
 }
 
-// swaa::bwd_path(dout, q, k, v): which kernels swaa::bwd with these tensors
-// runs: "sm90" (both passes on Hopper), "sm90-dkdv" / "sm90-dq" (one pass on
-// Hopper, SWAA_BWD_HOPPER=2/3), "sm90-fused" (the single pass, SWAA_BWD_HOPPER=4),
-// else "sm80: <reason>".  Same input
-// preparation as bwd_cuda (out is taken to be laid out like dout).
+// swaa::bwd_path(dout, q, k, v, window, sink, full_from): which kernels
+// swaa::bwd with these tensors and this mask runs: "sm90" (both passes on
+// Hopper), "sm90-dkdv" / "sm90-dq" (one pass on Hopper, SWAA_BWD_HOPPER=2/3),
+// "sm90-fused" (the single pass: SWAA_BWD_HOPPER=4, or unset and
+// prefer_single_pass), else "sm80: <reason>".  Same input preparation as
+// bwd_cuda (out is taken to be laid out like dout).
 std::string bwd_path_cuda(const at::Tensor& dout_in, const at::Tensor& q_in,
-                          const at::Tensor& k_in, const at::Tensor& v_in) {
+                          const at::Tensor& k_in, const at::Tensor& v_in,
+                          std::optional<int64_t> window, int64_t sink,
+                          const std::optional<at::Tensor>& full_from) {
   const c10::cuda::CUDAGuard guard(q_in.device());
   at::Tensor dout = dout_in, q = q_in, k = k_in, v = v_in;
   if (q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && dout.dim() == 4 && q.numel() > 0 &&
@@ -334,7 +352,7 @@ std::string bwd_path_cuda(const at::Tensor& dout_in, const at::Tensor& q_in,
   const at::Tensor lse =
       q.dim() == 4 ? at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat))
                    : at::empty({0}, q.options().dtype(at::kFloat));
-  BwdCall call = prepare_bwd(dout, q, k, v, dout, lse, std::nullopt, 0, std::nullopt, 1.0);
+  BwdCall call = prepare_bwd(dout, q, k, v, dout, lse, window, sink, full_from, 1.0);
   const Variant variant = variant_of(q.scalar_type(), q.size(3), "swaa::bwd_path");
   std::string path = "sm80: empty input";
   if (q.numel() == 0 || k.numel() == 0) return path;
@@ -347,7 +365,9 @@ std::string bwd_path_cuda(const at::Tensor& dout_in, const at::Tensor& q_in,
 
 TORCH_LIBRARY_FRAGMENT(swaa, m) {
   m.def("fwd_path(Tensor q, Tensor k, Tensor v) -> str");
-  m.def("bwd_path(Tensor dout, Tensor q, Tensor k, Tensor v) -> str");
+  m.def(
+      "bwd_path(Tensor dout, Tensor q, Tensor k, Tensor v, int? window=None, int sink=0, "
+      "Tensor? full_from=None) -> str");
 }
 
 TORCH_LIBRARY_IMPL(swaa, CUDA, m) {

@@ -20,6 +20,17 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // docs/cuda_kernels_history.md "v4 measured").
 constexpr int kBwdSplit = 1;
 constexpr int kBwdOrder = 1;
+
+// The single pass's (v7's) CTA order when SWAA_BWD_ORDER is unset: slices
+// (batch x KV head) outer for windows of 2048 keys and more, so the CTAs
+// running at once share one slice's float32 dq accumulator in L2; inner (the
+// order of the other kernels) for shorter windows.  Measured on an H200
+// (session 8, run 20261128T164314Z-aa45cf): at W=4096 outer is 1.01-1.22x
+// inner (D=128, N=32k: 12.18 against 14.88 ms at S=0); at W=1024 inner is
+// 1.00-1.09x outer.  Bitwise neutral (dq is added in the same order either way).
+inline bool fused_slices_inner(const AttnParams& p) {
+  return p.window < 2048;
+}
 // At most this many split pieces per launch (all slices and split blocks
 // together): about two waves of CTAs on an H100/H200, and a bounded workspace
 // (256 x 2 x 128 x D floats: 32 MB at D=128).

@@ -311,7 +311,7 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   static const cudaError_t configured = allow_smem(bwd_fused_sm90_kernel<T, D, COLS>, kSmem);
   if (configured != cudaSuccess) return configured;
 
-  const bool heads_inner = knob("SWAA_BWD_ORDER", kBwdOrder, 0, 1) == 1;
+  const bool heads_inner = knob("SWAA_BWD_ORDER", fused_slices_inner(p) ? 1 : 0, 0, 1) == 1;
   const int64_t q_len_pad = ceil_div(p.q_len, kPadRows) * kPadRows;
   const int64_t n_pad = p.batch * p.q_heads * q_len_pad;
   DkdvSchedule sched = plan_dkdv<C::kKvBlockN, C::kKvBlockM>(p, split_knob(), heads_inner);
