@@ -29,15 +29,16 @@
 #             Backs: docs/cuda_kernels.md "Measured: session 4" (the forward variants, the
 #             backward knobs, the v6 per-kernel times), docs/cuda_kernels_history.md "v4 measured";
 #             bench/results/cuda_tuning_h200.jsonl, fwd_variants_h200.jsonl.
-#   fused     the single-pass Hopper backward (SWAA_BWD_HOPPER=4, docs/cuda_kernels.md "v7",
-#             written without a GPU): the host check of its schedule (nvcc, no GPU), a smoke test
+#   fused     the single-pass Hopper backward (SWAA_BWD_HOPPER=4, docs/cuda_kernels.md "v7";
+#             the default by shape since session 8): the host check of its schedule (nvcc, no GPU), a smoke test
 #             under 60 s (bench/fused_smoke.py: a deadlock cannot eat the call; the step stops
 #             when it fails), tests/test_bwd_fused.py (turn watchdog 2^22 polls, ~2-4 s, in
 #             both), compute-sanitizer memcheck, racecheck and synccheck of the backward with
 #             the knob, both dQ splits (SWAA_BWD_FUSED_DQ=0/1; watchdog off: the tools stretch
-#             the waits), per-kernel times (tune --parts bwd-fused), fwd+bwd swaa vs swaa-fused
-#             vs swaa-fused-cols vs flex at N=32768 (FUSED_BENCH_ARGS).  ~5 min (estimate).
-#             Backs: docs/cuda_kernels.md "v7" (to be measured).
+#             the waits), per-kernel times (tune --parts bwd-fused), fwd+bwd swaa (the default's
+#             choice) vs swaa-v6 (two passes) vs swaa-fused vs swaa-fused-cols vs flex at N=32768
+#             (FUSED_BENCH_ARGS).  ~5 min (236 s + build in session 5).
+#             Backs: docs/cuda_kernels.md "v7".
 #   profile   Nsight Compute (ncu --clock-control none) of one backward call of the Hopper
 #             kernels (bench/ncu_case.py), v6 (SWAA_BWD_HOPPER=1) and v7 (4) at each of
 #             PROFILE_SHAPES ("D,N,W,S ...", default "128,32768,4096,0 64,32768,4096,0"): speed of
@@ -368,7 +369,7 @@ step_fused() {
     --parts bwd-fused --out "$STEP_DIR/cuda_tuning.jsonl"
   # shellcheck disable=SC2086
   run_part bench_fused "${BENCH_TIMEOUT:-540}" python bench/bench_cuda_kernels.py \
-    --impls swaa swaa-fused swaa-fused-cols flex --passes fwd+bwd \
+    --impls swaa swaa-v6 swaa-fused swaa-fused-cols flex --passes fwd+bwd \
     ${FUSED_BENCH_ARGS:---N 32768 --S 0 4} --out "$STEP_DIR/cuda_kernels.jsonl"
   [[ -s $STEP_DIR/cuda_kernels.jsonl ]] || return
   TAIL_LINES=20 run_part ratios 60 python - "$STEP_DIR/cuda_kernels.jsonl" <<'PY'
@@ -377,7 +378,7 @@ by = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
     by.setdefault((r["D"], r["N"], r["W"], r["S"]), {})[r["impl"]] = r["ms"]
-impls = ("swaa", "swaa-fused", "swaa-fused-cols")
+impls = ("swaa", "swaa-v6", "swaa-fused", "swaa-fused-cols")
 print("fwd+bwd ms (flex / impl)  D N W S | " + " | ".join(impls) + " | flex")
 for key, m in sorted(by.items()):
     if "flex" in m:

@@ -1,7 +1,8 @@
 """One backward call of the Hopper kernels for Nsight Compute: the `profile` step of
 bench/gpu_check.sh runs it under `ncu --profile-from-start off`, once per backward (v6, the
-default two passes: SWAA_BWD_HOPPER=1; v7, the single pass: SWAA_BWD_HOPPER=4), to attribute
-v7's loss against v6 (docs/cuda_kernels.md "v7": its kernel took 1.59-2.17x v6's dk/dv kernel
+two passes: SWAA_BWD_HOPPER=1; v7, the single pass: SWAA_BWD_HOPPER=4; the default picks one by
+shape since session 8), to attribute
+v7's loss against v6 (sessions 6-7) (docs/cuda_kernels.md "v7": its kernel took 1.59-2.17x v6's dk/dv kernel
 and no profile said why).  The forward and a first backward (compile caches, allocations) run
 outside the profiled range; only the second backward is inside it.
 

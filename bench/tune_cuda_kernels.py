@@ -9,7 +9,7 @@ them on the same inputs.  Four parts (--parts, default the first three):
                 32k/128k, W 1024/4096, S=4): time, effective TFLOP/s, bitwise
                 equality to the first variant, a table and the fastest variant per
                 head dim (geometric mean of the speed-up over the first variant).
-  bwd-variants  the backwards: SWAA_BWD_HOPPER = 0 (sm_80), 1 (Hopper, default), 2
+  bwd-variants  the backwards: SWAA_BWD_HOPPER = 0 (sm_80), 1 (Hopper two passes; the default where the shape rule does not pick 4), 2
                 (Hopper dk/dv pass only), 3 (Hopper dq pass only), 1 without the
                 sink split; then the per-kernel CUDA time of one forward + backward
                 with the Hopper and with the sm_80 backward (torch.profiler).

@@ -130,8 +130,9 @@ def fwd_kernel(request, monkeypatch):
 
 
 def hopper_bwd_available():
-    """swaa::bwd takes the Hopper backward (the default on a 9.0 device with a
-    Hopper build; tests/test_bwd_hopper.py tests it in depth)."""
+    """swaa::bwd takes a Hopper backward (the default on a 9.0 device with a
+    Hopper build: v6 without a window, as asked here, v6 or v7 by shape otherwise;
+    tests/test_bwd_hopper.py and tests/test_bwd_fused.py test them in depth)."""
     if "hopper_bwd" not in _CACHE:
         q = torch.randn(1, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
         old = os.environ.pop("SWAA_BWD_HOPPER", None)
@@ -146,7 +147,9 @@ def hopper_bwd_available():
 @pytest.fixture(params=["sm80", "sm90"])
 def bwd_kernel(request, monkeypatch):
     """Runs a backward test with the sm_80 backward (SWAA_BWD_HOPPER=0) and,
-    where the device and build have it, the Hopper one (1, the default there)."""
+    where the device and build have it, the Hopper two passes (1; the default
+    takes them or the single pass by shape).  Tests without this fixture leave
+    the knob unset and take the default's choice."""
     if request.param == "sm90":
         if not hopper_bwd_available():
             pytest.skip("no Hopper backward on this device / in this build")

@@ -2,9 +2,11 @@
 csrc/cuda/hopper/bwd_fused_sm90.cuh, docs/cuda_kernels.md "v7"): one kernel over
 key blocks computes dk, dv and adds each item's dQ part into a float32
 accumulator in a fixed order (turn counters).  Kept apart from
-tests/test_bwd_hopper.py (the default backward): the GPU test step runs each
-file in its own process, so a trap of this kernel (its turn watchdog) or a
-hang cannot spoil the default path's results.
+tests/test_bwd_hopper.py (the two passes): the GPU test step runs each file in
+its own process, so a trap of this kernel (its turn watchdog) or a hang cannot
+spoil the two-pass results.  (Since session 8 the default takes this kernel by
+shape, so tests elsewhere that leave SWAA_BWD_HOPPER unset run it too; the
+default's choice is tested at the end of this file.)
 
 Here: the tests of test_bwd_hopper.py that take `both_passes` or `bwd_hopper`
 again, with knob 4 (the mask grid, split sink blocks, 8k, 32k, agreement with

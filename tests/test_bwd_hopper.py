@@ -1,6 +1,7 @@
 """GPU tests of the Hopper backward (csrc/cuda/hopper/bwd_sm90.*: wgmma + TMA,
 sm_90a, head dims 64 and 128; docs/cuda_kernels.md "v6").  SWAA_BWD_HOPPER
-picks it per call: 1 = both passes (dq and dk/dv) on Hopper (the default),
+picks it per call: 1 = both passes (dq and dk/dv) on Hopper ("v6"; unset: v6
+or the single pass by shape, tested in tests/test_bwd_fused.py),
 2 = dk/dv only, 3 = dq only, 0 = the sm_80 backward; 4 = the single pass
 ("v7") is tested in tests/test_bwd_fused.py (its own process in the GPU test
 step, so a trap there cannot spoil these), which runs the tests of this file
@@ -9,8 +10,9 @@ reference with the FlashAttention tolerance (tests/test_attention_cuda.py), and
 against the sm_80 backward; run-to-run bitwise equality, the split sink blocks,
 the stride fallback and poisoned outputs are covered too.  Skipped without a
 GPU, and (except the path test) where the device or build has no Hopper
-backward.  The other backward tests of tests/test_attention_cuda.py run through
-it too (it is the default there).
+backward.  The backward tests of tests/test_attention_cuda.py that pin
+SWAA_BWD_HOPPER=1 run through it too; those that leave it unset take v6 or v7 by
+shape.
 """
 from __future__ import annotations
 
@@ -133,7 +135,7 @@ def test_bwd_path_selection(monkeypatch):
     for knob, path in PATHS.items():
         monkeypatch.setenv("SWAA_BWD_HOPPER", knob)
         assert torch.ops.swaa.bwd_path(dout, q, k, v) == path
-    monkeypatch.delenv("SWAA_BWD_HOPPER")  # the default: both passes on Hopper
+    monkeypatch.delenv("SWAA_BWD_HOPPER")  # the default, no window given: both passes
     assert torch.ops.swaa.bwd_path(dout, q, k, v) == "sm90"
     monkeypatch.setenv("SWAA_BWD_HOPPER", "1")
     for shape in [(1, 1, 1, 1, 1), (2, 4, 1, 97, 300), (1, 2, 1, 4096, 4100)]:

@@ -223,7 +223,7 @@ std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
 // Measured on an H200 (session 8, bench/results/cuda_tuning_h200.jsonl, run
 // 20261128T164314Z-aa45cf; docs/cuda_kernels.md "v7"): v7 is 1.03-1.24x v6 at
 // W=1024 (S 0, 4, 128; N 8k-128k; D 64 and 128) and 1.01-1.10x at N=32k,
-// W=4096 (with the slices-outer CTA order, fused_slices_inner), but 0.95x
+// W=4096 (with the slices-outer CTA order, fused_slices_inner), but 0.96x
 // at N=8k, W=4096 (keys only two windows long) and 0.98x with full_from
 // (rows that see every key: long key loops, as without a window).  So: every
 // row windowed (a window, no full_from tensor) and the keys at least four
