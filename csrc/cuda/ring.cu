@@ -307,7 +307,6 @@ __global__ void __launch_bounds__(kThreads) ring_decode_kernel(const RingParams 
 // L2 loads (bypassing L1) of the split partials: the fused combine reads
 // partials that other CTAs of the same grid wrote on other SMs.
 __device__ __forceinline__ float load_partial(const float* x) { return __ldcg(x); }
-__device__ __forceinline__ double load_partial(const double* x) { return __ldcg(x); }
 // Round-to-nearest division and an explicit fma, whatever --use_fast_math
 // says: the combine kernel and the fused combine must not differ in how the
 // compiler lowers (hoists a reciprocal of, contracts) the same expression.
