@@ -120,7 +120,8 @@
 #                     (e.g. "-m cuda", "-k pack"); TEST_TIMEOUT per file (300)
 #   SAN_TIMEOUT       per sanitizer tool (240)
 #   TUNE_TIMEOUT      per tuning part (240); TUNE_PARTS the parts of `tune` (default
-#                     "fwd-variants bwd-variants knobs"; bwd-fused: v6/v7 and their knobs, ~1.5 min);
+#                     "fwd-variants bwd-variants knobs"; bwd-fused: v6/v7 and their knobs, ~1.5 min;
+#                     bwd-rule: v6 / v7 / the default at N = 2-8 windows, ~0.5 min, estimate);
 #                     PROFILE_TIMEOUT per ncu run of `profile` (180)
 #   BENCH=mine|lead   bench/bench_cuda_kernels.py (default) or bench/bench_attention.py --preset gpu;
 #                     BENCH_ARGS replaces the benchmark's shape arguments; BENCH_TIMEOUT (540)

@@ -1,6 +1,6 @@
 """Which settings of the CUDA kernels are fastest, and where does the backward
 spend its time?  Every knob is read at each launch, so one process compares
-them on the same inputs.  Four parts (--parts, default the first three):
+them on the same inputs.  Five parts (--parts, default the first three):
 
   fwd-variants  the Hopper forwards side by side: SWAA_FWD_HOPPER = 1, 2 (v5, v5
                 overlapped), 3, 4, 5, 6 (v5.1, v5.1 ping-pong, both with
@@ -25,6 +25,12 @@ them on the same inputs.  Four parts (--parts, default the first three):
                 one after the other (SWAA_BWD_ORDER=0), and v6 with its two passes
                 on two streams (SWAA_BWD_CONCURRENT=1), with per-kernel times, on
                 FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
+  bwd-rule      the default's choice between v6 and v7 (prefer_single_pass in
+                csrc/cuda/attention.cpp: v7 when the keys are >= 4 x (W + S) long)
+                checked across it: v6, v7 with each CTA order, and the default, at
+                N = 2, 3, 4, 6 and 8 windows (W 1024 and 4096, D 128 and 64, S=4),
+                then a table of v7 / v6 per shape and whether the default took the
+                faster one.
 
 bwd-variants and knobs time six shapes (D, N, W, S, full_from) chosen to move the
 knobs.  JSON rows (`what`: fwd_variant, fwd, bwd, kernel_ms) are appended to --out.
@@ -51,7 +57,7 @@ from common import append_rows, run_metadata  # noqa: E402
 
 import swaa_ext  # noqa: F401, E402  (registers torch.ops.swaa)
 
-PARTS = ("fwd-variants", "bwd-variants", "knobs", "bwd-fused")
+PARTS = ("fwd-variants", "bwd-variants", "knobs", "bwd-fused", "bwd-rule")
 KNOBS = ("SWAA_FWD_HOPPER", "SWAA_BWD_HOPPER", "SWAA_FWD_WARPS", "SWAA_FWD_ORDER", "SWAA_BWD_ORDER",
          "SWAA_BWD_SPLIT", "SWAA_BWD_KV_BLOCK_M", "SWAA_WARP_SKIP", "SWAA_BWD_FUSED_DQ",
          "SWAA_BWD_CONCURRENT")
@@ -65,6 +71,9 @@ FUSED_SHAPES = [(128, 32768, 4096, 0, None), (64, 32768, 1024, 0, None),
                 (64, 32768, 4096, 4, None), (128, 32768, 1024, 4, None),
                 (128, 8192, 1024, 128, None), (128, 32768, 4096, 4, 24576),
                 (64, 131072, 1024, 0, None)]
+# (D, N, W, S, full_from) of the bwd-rule part: N = 2 .. 8 windows around the rule's 4 x (W + S)
+RULE_SHAPES = [(D, r * W, W, 4, None) for D in (128, 64) for W in (1024, 4096)
+               for r in (2, 3, 4, 6, 8)]
 # the issue's shapes (S=4) of the fwd-variants part
 VARIANT_D, VARIANT_N, VARIANT_W, VARIANT_S = (128, 64), (8192, 32768, 131072), (1024, 4096), 4
 HQ, HKV = 32, 8
@@ -246,6 +255,30 @@ def shape_rows(meta, fwd_settings, bwd_settings, profile_settings, shapes=TUNING
     return rows
 
 
+# bwd-rule: the two passes, the single pass in each CTA order, and the default's choice
+RULE_SETTINGS = [{"SWAA_BWD_HOPPER": "1"},
+                 {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "1"},
+                 {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "0"}, {}]
+
+
+def print_rule_table(rows):
+    """v7 / v6 per shape (the better v7 order) and the default's pick."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["D"], r["W"], r["N"]), {})[r["knob"]] = r
+    print(f"{'D':>4} {'W':>5} {'N':>6} {'N/W':>4} {'v6 ms':>8} {'v7 o1':>8} {'v7 o0':>8} "
+          f"{'v6/v7':>6}  default")
+    for (D, W, N), m in sorted(by.items()):
+        v6 = m["SWAA_BWD_HOPPER=1"]["ms"]
+        o1 = m["SWAA_BWD_HOPPER=4,SWAA_BWD_ORDER=1"]["ms"]
+        o0 = m["SWAA_BWD_HOPPER=4,SWAA_BWD_ORDER=0"]["ms"]
+        default = m["defaults"]
+        best = "sm90-fused" if min(o0, o1) < v6 else "sm90"
+        verdict = "the faster" if default["path"] == best else "the SLOWER"
+        print(f"{D:>4} {W:>5} {N:>6} {N // W:>4} {v6:>8.3f} {o1:>8.3f} {o0:>8.3f} "
+              f"{v6 / min(o0, o1):>5.2f}x  {default['path']} ({default['ms']:.3f} ms, {verdict})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:3]))
@@ -286,14 +319,22 @@ def main() -> None:
         # once then add into the float32 dQ of one KV head's query heads only, a
         # working set that can stay in L2 (ncu, session 6: with heads inner v7's
         # kernel ran at 70% of DRAM bandwidth, L2 hit rate 34%)
+        # (v7's order when SWAA_BWD_ORDER is unset depends on the window since session 8:
+        # both orders are set explicitly here)
         settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols,
                     {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "0"},
+                    {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "1"},
                     {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_ORDER": "0"}]
         # v6 with its dq pass on a second stream beside the dk/dv pass (no kernel profile:
         # the two overlap, so per-kernel times would not add up to the call)
         concurrent = {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_CONCURRENT": "1"}
         rows += shape_rows(meta, fwd_settings=[{}], bwd_settings=settings + [concurrent],
                            profile_settings=settings, shapes=FUSED_SHAPES)
+    if "bwd-rule" in args.parts:
+        new = shape_rows(meta, fwd_settings=[], bwd_settings=RULE_SETTINGS,
+                         profile_settings=[], shapes=RULE_SHAPES)
+        print_rule_table(new)
+        rows += new
     append_rows(args.out, rows)
     print(f"{len(rows)} rows appended to {args.out}")
 

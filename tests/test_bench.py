@@ -168,3 +168,28 @@ def test_decode_step_that_falls_back_to_host_timing_is_timed_once(launches, tmp_
     rows = _rows(out)
     assert calls == ["queued"]
     assert [(r["launch"], r["copy_gbps"]) for r in rows] == [("host", 1.0)]
+
+
+def test_bwd_rule_table_says_whether_the_default_took_the_faster_kernel(capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tune_cuda_kernels
+
+    def rows(D, W, N, v6, o1, o0, default_path):
+        times = {"SWAA_BWD_HOPPER=1": (v6, "sm90"),
+                 "SWAA_BWD_HOPPER=4,SWAA_BWD_ORDER=1": (o1, "sm90-fused"),
+                 "SWAA_BWD_HOPPER=4,SWAA_BWD_ORDER=0": (o0, "sm90-fused"),
+                 "defaults": (v6 if default_path == "sm90" else min(o0, o1), default_path)}
+        return [dict(D=D, W=W, N=N, knob=k, ms=ms, path=p) for k, (ms, p) in times.items()]
+
+    tune_cuda_kernels.print_rule_table(
+        rows(128, 4096, 8192, 2.6, 3.2, 2.8, "sm90")            # v6 faster, taken
+        + rows(128, 1024, 4096, 1.2, 1.0, 1.1, "sm90")          # v7 faster, not taken
+        + rows(64, 1024, 8192, 2.0, 1.6, 1.7, "sm90-fused"))    # v7 faster, taken
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["D", "W", "N", "N/W"]
+    body = {tuple(line.split()[:3]): line for line in lines[1:]}
+    assert body[("128", "4096", "8192")].endswith("sm90 (2.600 ms, the faster)")
+    assert " 0.93x " in body[("128", "4096", "8192")]
+    assert body[("128", "1024", "4096")].endswith("sm90 (1.200 ms, the SLOWER)")
+    assert " 1.20x " in body[("128", "1024", "4096")]
+    assert body[("64", "1024", "8192")].endswith("sm90-fused (1.600 ms, the faster)")
