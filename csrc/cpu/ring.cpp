@@ -21,6 +21,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/online_softmax.h"
@@ -75,16 +76,15 @@ struct KeySource {
   }
 };
 
-// Gathers the K and V rows of `n` positions (given by pos_at(c)) as acc_t.
-template <typename scalar_t, typename acc_t, typename PosAt>
-void gather_tile(const KeySource<scalar_t>& src, int64_t n, int64_t D, PosAt&& pos_at,
-                 std::vector<acc_t>& k_tile, std::vector<acc_t>& v_tile) {
+// Gathers the K and V rows of `n` keys as acc_t; rows(c) gives key c's K and
+// V row pointers.
+template <typename acc_t, typename Rows>
+void gather_rows(int64_t n, int64_t D, Rows&& rows, std::vector<acc_t>& k_tile,
+                 std::vector<acc_t>& v_tile) {
   k_tile.resize(n * D);
   v_tile.resize(n * D);
   for (int64_t c = 0; c < n; ++c) {
-    const int64_t pos = pos_at(c);
-    const scalar_t* kr = src.key(pos);
-    const scalar_t* vr = src.value(pos);
+    const auto [kr, vr] = rows(c);
     for (int64_t d = 0; d < D; ++d) {
       k_tile[c * D + d] = static_cast<acc_t>(kr[d]);
       v_tile[c * D + d] = static_cast<acc_t>(vr[d]);
@@ -92,21 +92,24 @@ void gather_tile(const KeySource<scalar_t>& src, int64_t n, int64_t D, PosAt&& p
   }
 }
 
-// Gathers the K and V rows of `n` keys held in consecutive slots slot0 ..
-// slot0 + n - 1 (OldKeys::consecutive_slots): no slot arithmetic per key.
+// The rows of `n` positions (given by pos_at(c)): ring slots or the new keys.
+template <typename scalar_t, typename acc_t, typename PosAt>
+void gather_tile(const KeySource<scalar_t>& src, int64_t n, int64_t D, PosAt&& pos_at,
+                 std::vector<acc_t>& k_tile, std::vector<acc_t>& v_tile) {
+  gather_rows<acc_t>(n, D, [&](int64_t c) {
+    const int64_t pos = pos_at(c);
+    return std::pair{src.key(pos), src.value(pos)};
+  }, k_tile, v_tile);
+}
+
+// The rows of `n` keys held in consecutive slots slot0 .. slot0 + n - 1
+// (OldKeys::consecutive_slots): no slot arithmetic per key.
 template <typename scalar_t, typename acc_t>
 void gather_slots(const KeySource<scalar_t>& src, int64_t slot0, int64_t n, int64_t D,
                   std::vector<acc_t>& k_tile, std::vector<acc_t>& v_tile) {
-  k_tile.resize(n * D);
-  v_tile.resize(n * D);
-  for (int64_t c = 0; c < n; ++c) {
-    const scalar_t* kr = src.k_cache + (slot0 + c) * src.kc_row;
-    const scalar_t* vr = src.v_cache + (slot0 + c) * src.vc_row;
-    for (int64_t d = 0; d < D; ++d) {
-      k_tile[c * D + d] = static_cast<acc_t>(kr[d]);
-      v_tile[c * D + d] = static_cast<acc_t>(vr[d]);
-    }
-  }
+  gather_rows<acc_t>(n, D, [&](int64_t c) {
+    return std::pair{src.k_cache + (slot0 + c) * src.kc_row, src.v_cache + (slot0 + c) * src.vc_row};
+  }, k_tile, v_tile);
 }
 
 template <typename scalar_t>

@@ -280,7 +280,8 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
     if (dq && (err = launch_dq(stream)) != cudaSuccess) return err;
     return dkdv ? launch_dkdv() : cudaSuccess;
   }
-  // SWAA_BWD_CONCURRENT=1 (off by default, unmeasured): the two passes read
+  // SWAA_BWD_CONCURRENT=1 (off by default: 0.98-1.03x the one-stream backward on
+  // an H200, session 7, docs/cuda_kernels.md "Knobs"): the two passes read
   // the same inputs and write disjoint outputs, so after the prep kernel the
   // dq pass can run on a second stream beside the dk/dv pass.  dk/dv (the
   // longer CTAs) is launched first; the dq CTAs fill the SMs its last wave
