@@ -280,3 +280,37 @@ def test_default_backward_takes_the_chosen_pass(fused, monkeypatch, D):
         expected = g4 if path == "sm90-fused" else g1
         for name, a, b in zip(("dq", "dk", "dv"), g, expected):
             assert torch.equal(a, b), f"default {name} is not the {path} kernel's ({window=})"
+
+
+def test_default_takes_two_passes_when_the_accumulator_does_not_fit(fused, monkeypatch):
+    """The default's single pass needs a float32 dq accumulator (4 bytes x B x Hq x
+    Lq x D, here 256 MB); when the GPU memory allowed cannot hold it, the
+    backward warns and takes the two passes (their bits) instead of failing.
+    Asked for by name (SWAA_BWD_HOPPER=4), it fails."""
+    B, Hq, Hkv, L, D = 1, 32, 8, 16384, 128
+    q, k, v, dout = inputs(B, Hq, Hkv, L, L, torch.bfloat16, seed=9, D=D)
+    out, lse = fwd(q, k, v, 1024, 4, None, 0.1)
+    monkeypatch.setenv("SWAA_BWD_HOPPER", "1")
+    g1 = bwd(dout, q, k, v, out, lse, 1024, 4, None, 0.1)
+    monkeypatch.delenv("SWAA_BWD_HOPPER")
+    assert torch.ops.swaa.bwd_path(dout, q, k, v, 1024, 4) == "sm90-fused"
+    accumulator = 4 * B * Hq * L * D
+    grads = sum(t.numel() * t.element_size() for t in (q, k, v)) + 4 * B * Hq * L  # + delta
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    # the allocator's limit counts reserved memory: room for the gradients and
+    # half the accumulator (the two passes' workspace is a few MB)
+    allowed = torch.cuda.memory_reserved() + grads + accumulator // 2
+    torch.cuda.set_per_process_memory_fraction(
+        allowed / torch.cuda.get_device_properties(0).total_memory)
+    try:
+        with pytest.warns(UserWarning, match="took the two-pass backward"):
+            g = bwd(dout, q, k, v, out, lse, 1024, 4, None, 0.1)
+        monkeypatch.setenv("SWAA_BWD_HOPPER", "4")
+        with pytest.raises(torch.OutOfMemoryError):
+            bwd(dout, q, k, v, out, lse, 1024, 4, None, 0.1)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    for name, a, b in zip(("dq", "dk", "dv"), g, g1):
+        assert torch.equal(a, b), f"{name} is not the two passes' after the fallback"

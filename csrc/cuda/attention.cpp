@@ -217,7 +217,8 @@ std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
 // 1: both passes on Hopper (v6); 2: dk/dv on Hopper, dq on sm_80; 3: dq on
 // Hopper, dk/dv on sm_80; 4: one pass on Hopper (v7: the dk/dv kernel also
 // accumulates dq in a fixed order).  Unset: 4 where prefer_single_pass() says
-// so, else 1.
+// so, else 1 (and 1 when 4's workspace does not fit in GPU memory, with a
+// warning: try_hopper_bwd).
 
 // The default choice between the two passes (v6) and the single pass (v7).
 // Measured on an H200 (session 8, bench/results/cuda_tuning_h200.jsonl, run
@@ -283,12 +284,26 @@ template <typename T, int D>
 unsigned try_hopper_bwd(const AttnParams& p, float* delta, const cuda::Workspace& workspace,
                         cudaStream_t stream) {
 #if defined(SWAA_CUDA_HOPPER)
-  const unsigned passes = hopper_passes(bwd_hopper_knob(p));
+  unsigned passes = hopper_passes(bwd_hopper_knob(p));
   if ((D != 64 && D != 128) || passes == 0) return cuda::kBwdAll;
   const auto dtype = std::is_same_v<T, __nv_bfloat16> ? cuda::sm90::Dtype::kBf16
                                                       : cuda::sm90::Dtype::kFp16;
   cudaError_t err = cudaSuccess;
-  const bool launched = cuda::sm90::try_bwd(p, dtype, passes, delta, workspace, stream, &err);
+  bool launched = false;
+  try {
+    launched = cuda::sm90::try_bwd(p, dtype, passes, delta, workspace, stream, &err);
+  } catch (const c10::OutOfMemoryError&) {
+    // The single pass asks for its workspace before it launches anything, and
+    // its float32 dq accumulator (4 bytes x B x Hq x Lq x D) is what the two
+    // passes do without.  When the default chose it, take the two passes
+    // instead of failing; asked for by name (SWAA_BWD_HOPPER=4), fail.
+    if ((passes & kBwdFusedBit) == 0 || std::getenv("SWAA_BWD_HOPPER") != nullptr) throw;
+    TORCH_WARN("swaa::bwd: no GPU memory for the single-pass backward's float32 dq accumulator (",
+               4 * p.batch * p.q_heads * p.q_len * p.head_dim,
+               " bytes); took the two-pass backward instead (SWAA_BWD_HOPPER=1 always does)");
+    passes = hopper_passes(1);
+    launched = cuda::sm90::try_bwd(p, dtype, passes, delta, workspace, stream, &err);
+  }
   C10_CUDA_CHECK(err);
   return launched ? (cuda::kBwdDq | cuda::kBwdDkdv) & ~passes & cuda::kBwdAll : cuda::kBwdAll;
 #else
