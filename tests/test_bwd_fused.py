@@ -314,3 +314,37 @@ def test_default_takes_two_passes_when_the_accumulator_does_not_fit(fused, monke
         torch.cuda.empty_cache()
     for name, a, b in zip(("dq", "dk", "dv"), g, g1):
         assert torch.equal(a, b), f"{name} is not the two passes' after the fallback"
+
+
+def test_default_single_pass_on_a_side_stream_and_in_a_graph(fused, monkeypatch):
+    """The default's single pass (its turn counters and ticket reset by memsets
+    on the caller's stream, its workspace from the caching allocator) gives the
+    eager bits on a caller stream of its own and in a CUDA graph's replays, as
+    training under torch.compile's CUDA graphs runs it."""
+    monkeypatch.delenv("SWAA_BWD_HOPPER")
+    q, k, v, dout = inputs(2, 8, 2, 3000, 3000, seed=21, D=128)
+    out, lse = fwd(q, k, v, 300, 130)
+    assert torch.ops.swaa.bwd_path(dout, q, k, v, 300, 130) == "sm90-fused"
+    want = bwd(dout, q, k, v, out, lse, 300, 130)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = bwd(dout, q, k, v, out, lse, 300, 130)
+    torch.cuda.current_stream().wait_stream(side)
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert torch.equal(a, b), f"{name} differs on a caller stream of its own"
+    graph = torch.cuda.CUDAGraph()
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        bwd(dout, q, k, v, out, lse, 300, 130)
+    torch.cuda.current_stream().wait_stream(warm)
+    with torch.cuda.graph(graph):
+        captured = bwd(dout, q, k, v, out, lse, 300, 130)
+    for _ in range(3):
+        for t in captured:
+            t.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for name, a, b in zip(("dq", "dk", "dv"), captured, want):
+            assert torch.equal(a, b), f"{name} differs in a graph replay"
