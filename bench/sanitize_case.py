@@ -8,7 +8,7 @@ Hopper backward).  Parts (--parts, default all):
   bwd   the backward of the odd case, once as chosen by the sizes and once with
         the sink key blocks' dk/dv split into 3 pieces (SWAA_BWD_SPLIT=3:
         partial sums + reduce kernel); then a windowed case without full_from
-        and keys four windows long, where the default takes the single pass
+        and keys nine windows long, where the default takes the single pass
         (v7, its turn watchdog off)
   ring  RingKVCache: a padded prefill chunk longer than the window (the ring
         wraps; ring_chunk + ring_append), then decode steps through the split
@@ -66,7 +66,7 @@ def backward_calls(device):
             out, lse = torch.ops.swaa.fwd(q, k, v, *args)
             torch.ops.swaa.bwd(torch.randn_like(out), q, k, v, out, lse, *args)
     os.environ.pop("SWAA_BWD_SPLIT")
-    # every row windowed, keys >= 4 windows: the default takes the single pass
+    # every row windowed, keys >= 7 windows: the default takes the single pass
     # (prefer_single_pass); its turn watchdog off, since the tools stretch waits
     watchdog = os.environ.get("SWAA_BWD_FUSED_WATCHDOG")
     os.environ["SWAA_BWD_FUSED_WATCHDOG"] = "0"

@@ -26,7 +26,7 @@ them on the same inputs.  Five parts (--parts, default the first three):
                 on two streams (SWAA_BWD_CONCURRENT=1), with per-kernel times, on
                 FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
   bwd-rule      the default's choice between v6 and v7 (prefer_single_pass in
-                csrc/cuda/attention.cpp: v7 when the keys are >= 4 x (W + S) long)
+                csrc/cuda/attention.cpp: v7 when the keys are >= 7 x (W + S) long)
                 checked across it: v6, v7 with each CTA order, and the default, at
                 N = 2, 3, 4, 6 and 8 windows (W 1024 and 4096, D 128 and 64, S=4),
                 then a table of v7 / v6 per shape and whether the default took the
@@ -71,7 +71,8 @@ FUSED_SHAPES = [(128, 32768, 4096, 0, None), (64, 32768, 1024, 0, None),
                 (64, 32768, 4096, 4, None), (128, 32768, 1024, 4, None),
                 (128, 8192, 1024, 128, None), (128, 32768, 4096, 4, 24576),
                 (64, 131072, 1024, 0, None)]
-# (D, N, W, S, full_from) of the bwd-rule part: N = 2 .. 8 windows around the rule's 4 x (W + S)
+# (D, N, W, S, full_from) of the bwd-rule part: N = 2 .. 8 windows around the rule's 7 x (W + S)
+# (4 x (W + S) until session 9's run of this part)
 RULE_SHAPES = [(D, r * W, W, 4, None) for D in (128, 64) for W in (1024, 4096)
                for r in (2, 3, 4, 6, 8)]
 # the issue's shapes (S=4) of the fwd-variants part

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -233,16 +234,16 @@ def test_fused_long_chains_in_subprocess(fused):
 
 # ---------------------------------------------------------------------------
 # The default choice (SWAA_BWD_HOPPER unset): the single pass where every row is
-# windowed and the keys are at least four windows (+ sink) long
+# windowed and the keys are at least seven windows (+ sink) long
 # (prefer_single_pass in csrc/cuda/attention.cpp), the two passes otherwise.
 
 DEFAULT_PATHS = [  # (Lk, window, sink, full_from, path with SWAA_BWD_HOPPER unset)
-    (1024, 128, 4, None, "sm90-fused"),    # 1024 >= 4 * 132
-    (1024, 252, 4, None, "sm90-fused"),    # 1024 = 4 * 256: the edge
-    (1024, 253, 4, None, "sm90"),          # just under four windows
+    (1024, 128, 4, None, "sm90-fused"),    # 1024 >= 7 * 132
+    (1024, 142, 4, None, "sm90-fused"),    # 1024 >= 7 * 146 = 1022: the edge
+    (1024, 143, 4, None, "sm90"),          # 7 * 147 = 1029: just under seven windows
     (1024, None, 0, None, "sm90"),         # no window: rows see every key
     (1024, 128, 4, 512, "sm90"),           # full_from: long key loops
-    (300, 64, 0, None, "sm90-fused"),
+    (500, 64, 0, None, "sm90-fused"),
 ]
 
 
@@ -284,9 +285,12 @@ def test_default_backward_takes_the_chosen_pass(fused, monkeypatch, D):
 
 def test_default_takes_two_passes_when_the_accumulator_does_not_fit(fused, monkeypatch):
     """The default's single pass needs a float32 dq accumulator (4 bytes x B x Hq x
-    Lq x D, here 256 MB); when the GPU memory allowed cannot hold it, the
-    backward warns and takes the two passes (their bits) instead of failing.
-    Asked for by name (SWAA_BWD_HOPPER=4), it fails."""
+    Lq x D, here 256 MB); when the GPU has no room for it, the backward warns and
+    takes the two passes (their bits) instead of failing.  Asked for by name
+    (SWAA_BWD_HOPPER=4), it fails.  The GPU is filled with a ballast tensor so that
+    the gradients and half the accumulator still fit (session 8's version capped the
+    caching allocator with set_per_process_memory_fraction instead, and on the H200
+    the backward then found its memory: no fallback, no warning)."""
     B, Hq, Hkv, L, D = 1, 32, 8, 16384, 128
     q, k, v, dout = inputs(B, Hq, Hkv, L, L, torch.bfloat16, seed=9, D=D)
     out, lse = fwd(q, k, v, 1024, 4, None, 0.1)
@@ -298,22 +302,25 @@ def test_default_takes_two_passes_when_the_accumulator_does_not_fit(fused, monke
     grads = sum(t.numel() * t.element_size() for t in (q, k, v)) + 4 * B * Hq * L  # + delta
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
-    # the allocator's limit counts reserved memory: room for the gradients and
-    # half the accumulator (the two passes' workspace is a few MB)
-    allowed = torch.cuda.memory_reserved() + grads + accumulator // 2
-    torch.cuda.set_per_process_memory_fraction(
-        allowed / torch.cuda.get_device_properties(0).total_memory)
+    free, _ = torch.cuda.mem_get_info()
+    room = grads + accumulator // 2  # the two passes' workspace is a few MB
+    ballast = torch.empty(free - room, dtype=torch.uint8, device="cuda")
     try:
-        with pytest.warns(UserWarning, match="took the two-pass backward"):
+        with pytest.raises(torch.OutOfMemoryError):  # the set-up leaves no room for it
+            torch.empty(accumulator, dtype=torch.uint8, device="cuda")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             g = bwd(dout, q, k, v, out, lse, 1024, 4, None, 0.1)
         monkeypatch.setenv("SWAA_BWD_HOPPER", "4")
         with pytest.raises(torch.OutOfMemoryError):
             bwd(dout, q, k, v, out, lse, 1024, 4, None, 0.1)
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0)
+        del ballast
         torch.cuda.empty_cache()
     for name, a, b in zip(("dq", "dk", "dv"), g, g1):
         assert torch.equal(a, b), f"{name} is not the two passes' after the fallback"
+    messages = [str(w.message) for w in caught]
+    assert any("took the two-pass backward" in m for m in messages), messages
 
 
 def test_default_single_pass_on_a_side_stream_and_in_a_graph(fused, monkeypatch):
@@ -323,13 +330,13 @@ def test_default_single_pass_on_a_side_stream_and_in_a_graph(fused, monkeypatch)
     training under torch.compile's CUDA graphs runs it."""
     monkeypatch.delenv("SWAA_BWD_HOPPER")
     q, k, v, dout = inputs(2, 8, 2, 3000, 3000, seed=21, D=128)
-    out, lse = fwd(q, k, v, 300, 130)
-    assert torch.ops.swaa.bwd_path(dout, q, k, v, 300, 130) == "sm90-fused"
-    want = bwd(dout, q, k, v, out, lse, 300, 130)
+    out, lse = fwd(q, k, v, 300, 100)
+    assert torch.ops.swaa.bwd_path(dout, q, k, v, 300, 100) == "sm90-fused"
+    want = bwd(dout, q, k, v, out, lse, 300, 100)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        got = bwd(dout, q, k, v, out, lse, 300, 130)
+        got = bwd(dout, q, k, v, out, lse, 300, 100)
     torch.cuda.current_stream().wait_stream(side)
     for name, a, b in zip(("dq", "dk", "dv"), got, want):
         assert torch.equal(a, b), f"{name} differs on a caller stream of its own"
@@ -337,10 +344,10 @@ def test_default_single_pass_on_a_side_stream_and_in_a_graph(fused, monkeypatch)
     warm = torch.cuda.Stream()
     warm.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(warm):
-        bwd(dout, q, k, v, out, lse, 300, 130)
+        bwd(dout, q, k, v, out, lse, 300, 100)
     torch.cuda.current_stream().wait_stream(warm)
     with torch.cuda.graph(graph):
-        captured = bwd(dout, q, k, v, out, lse, 300, 130)
+        captured = bwd(dout, q, k, v, out, lse, 300, 100)
     for _ in range(3):
         for t in captured:
             t.fill_(float("nan"))

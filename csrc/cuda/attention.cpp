@@ -226,13 +226,17 @@ std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
 // W=1024 (S 0, 4, 128; N 8k-128k; D 64 and 128) and 1.01-1.10x at N=32k,
 // W=4096 (with the slices-outer CTA order, fused_slices_inner), but 0.96x
 // at N=8k, W=4096 (keys only two windows long) and 0.98x with full_from
-// (rows that see every key: long key loops, as without a window).  So: every
-// row windowed (a window, no full_from tensor) and the keys at least four
-// windows (+ sink) long.  v7 also holds a float32 dq accumulator (4 bytes x
-// B x Hq x Lq x D, freed after the call) where v6 holds none.
+// (rows that see every key: long key loops, as without a window).  Between
+// the two (session 9, run 20261128T175549Z-d187f7, the tuning part bwd-rule,
+// S=4, D 64/128, W 1024/4096): v7 against v6 at N = 2, 3, 4 windows
+// 0.80-0.96x; 6 windows 0.93-1.03x (two of four shapes slower); 8 windows
+// 1.01-1.07x (all four faster).  So: every row windowed (a window, no
+// full_from tensor) and the keys at least seven windows (+ sink) long.  v7
+// also holds a float32 dq accumulator (4 bytes x B x Hq x Lq x D, freed
+// after the call) where v6 holds none.
 bool prefer_single_pass(const AttnParams& p) {
   return p.full_from == nullptr && p.window != kNoWindow &&
-         p.k_len >= 4 * (p.window + p.sink);
+         p.k_len >= 7 * (p.window + p.sink);
 }
 
 int bwd_hopper_knob(const AttnParams& p) {
