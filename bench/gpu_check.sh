@@ -48,6 +48,11 @@
 #             report (profile/v7_source_*.ncu-rep) and its source page as CSV (.csv).  47 s for
 #             the sections at two shapes (session 6); the source part is new (~30 s estimate).
 #             Backs: docs/cuda_kernels.md "v7" (where its kernel loses time).
+#             PROFILE_FWD=1: one forward call instead, ours and SDPA's full causal, at each
+#             of PROFILE_SHAPES (default "128,8192,4096,0", where the two tie), sections of
+#             every kernel, then our kernel's stall sampling per instruction
+#             (profile/fwd_source_*.csv).  Backs: docs/cuda_kernels.md "Next steps" (the
+#             SDPA goal at N=8192, W=4096).
 #             PROFILE_DECODE=B: one ring decode step at batch B instead (ncu_case.py --decode):
 #             sections of the split kernel and the combine, then the split kernel's stall
 #             sampling per instruction (profile/decode_source_b<B>.csv).  Backs:
@@ -285,6 +290,10 @@ step_profile() {
     profile_decode "$ncu" "$PROFILE_DECODE"
     return
   fi
+  if [[ -n ${PROFILE_FWD:-} ]]; then  # the forward (ours and SDPA's) at PROFILE_SHAPES instead
+    profile_forward "$ncu"
+    return
+  fi
   for shape in ${PROFILE_SHAPES:-128,32768,4096,0 64,32768,4096,0}; do
     IFS=, read -r D N W S <<< "$shape"
     for knob in 1 4; do
@@ -304,6 +313,33 @@ step_profile() {
     --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
     python bench/ncu_case.py --bwd 4 --D "$D" --N "$N" --W "$W" --S "$S" || return
   run_part ncu_source_page 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
+    --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
+    --csv --print-source sass > '$rep.csv'"
+}
+
+# One forward call at each of PROFILE_SHAPES (default "128,8192,4096,0": where ours ties SDPA's
+# full causal), ours and SDPA's (bench/ncu_case.py --fwd): the sections of every kernel of the
+# call as text; then our kernel's stall sampling per instruction (SourceCounters) at the last
+# shape as a report and its source page as CSV.
+profile_forward() {
+  local ncu=$1 shape D N W S impl rep
+  local sections=(--section SpeedOfLight --section Occupancy --section LaunchStats
+    --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis
+    --section ComputeWorkloadAnalysis --section InstructionStats)
+  for shape in ${PROFILE_SHAPES:-128,8192,4096,0}; do
+    IFS=, read -r D N W S <<< "$shape"
+    for impl in swaa sdpa; do
+      TAIL_LINES=5 run_part "ncu_fwd_${impl}_d${D}_n${N}_w${W}_s${S}" "${PROFILE_TIMEOUT:-180}" \
+        "$ncu" --profile-from-start off --clock-control none "${sections[@]}" \
+        python bench/ncu_case.py --fwd "$impl" --D "$D" --N "$N" --W "$W" --S "$S"
+    done
+  done
+  rep=$STEP_DIR/fwd_source_d${D}_n${N}_w${W}_s${S}
+  run_part "ncu_source_fwd_d${D}" "${PROFILE_TIMEOUT:-180}" \
+    "$ncu" --profile-from-start off --clock-control none -k regex:fwd \
+    --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
+    python bench/ncu_case.py --fwd swaa --D "$D" --N "$N" --W "$W" --S "$S" || return
+  run_part ncu_source_page_fwd 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
     --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
     --csv --print-source sass > '$rep.csv'"
 }

@@ -6,6 +6,11 @@ v7's loss against v6 (sessions 6-7) (docs/cuda_kernels.md "v7": its kernel took 
 and no profile said why).  The forward and a first backward (compile caches, allocations) run
 outside the profiled range; only the second backward is inside it.
 
+With `--fwd swaa` (or `--fwd sdpa`) it profiles one forward call instead: ours (the default
+Hopper forward) or torch's SDPA full causal over the same q, k, v (K/V repeated to Hq heads, as
+the benchmark does), to compare the two kernels' pipes and stalls where they tie (N=8192,
+W=4096: the SDPA goal; docs/cuda_kernels.md "Next steps").
+
 With `--decode B` it profiles one ring decode step instead (issue 4's shape: Hq=32, Hkv=8,
 D=128, W=4096, S=4, bfloat16, a full ring, the default plan): the split kernel and the combine,
 to find where the split kernel at B=8 loses the ~8 us it spends beyond its steady bandwidth
@@ -14,6 +19,7 @@ to find where the split kernel at B=8 loses the ~8 us it spends beyond its stead
     python bench/ncu_case.py --bwd 4 --D 128 --N 32768 --W 4096 --S 0
     ncu --profile-from-start off --clock-control none -k regex:bwd_ python bench/ncu_case.py ...
     python bench/ncu_case.py --decode 8
+    python bench/ncu_case.py --fwd sdpa --D 128 --N 8192 --W 4096 --S 0
 """
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ def main() -> None:
     ap.add_argument("--N", type=int, default=32768)
     ap.add_argument("--W", type=int, default=4096)
     ap.add_argument("--S", type=int, default=0)
+    ap.add_argument("--fwd", choices=("swaa", "sdpa"), default=None,
+                    help="profile one forward call (ours, or SDPA full causal) instead")
     ap.add_argument("--decode", type=int, metavar="B", default=None,
                     help="profile one ring decode step at batch B instead of a backward")
     args = ap.parse_args()
@@ -44,6 +52,9 @@ def main() -> None:
         raise SystemExit("ncu_case.py needs a CUDA GPU")
     if args.decode is not None:
         profile_decode_step(args.decode)
+        return
+    if args.fwd is not None:
+        profile_forward(args.fwd, args.D, args.N, args.W, args.S)
         return
     os.environ["SWAA_BWD_HOPPER"] = str(args.bwd)
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -62,6 +73,30 @@ def main() -> None:
     torch.cuda.profiler.stop()
     print(f"profiled one backward: SWAA_BWD_HOPPER={args.bwd} D={args.D} N={args.N} "
           f"W={args.W} S={args.S}", flush=True)
+
+
+def profile_forward(impl: str, D: int, N: int, W: int, S: int) -> None:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shape = lambda heads: (1, heads, N, D)  # noqa: E731
+    q = torch.randn(shape(HQ), device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
+    if impl == "sdpa":
+        k = k.repeat_interleave(HQ // HKV, dim=1)
+        v = v.repeat_interleave(HQ // HKV, dim=1)
+        call = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
+            q, k, v, is_causal=True)
+    else:
+        call = lambda: torch.ops.swaa.fwd(q, k, v, W, S, None, D ** -0.5)  # noqa: E731
+        print("swaa forward path:", torch.ops.swaa.fwd_path(q, k, v), flush=True)
+    for _ in range(3):  # warm-up, not profiled
+        call()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    call()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+    print(f"profiled one forward: {impl} D={D} N={N} W={W} S={S}", flush=True)
 
 
 def profile_decode_step(B: int) -> None:

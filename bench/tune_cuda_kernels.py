@@ -4,7 +4,8 @@ them on the same inputs.  Five parts (--parts, default the first three):
 
   fwd-variants  the Hopper forwards side by side: SWAA_FWD_HOPPER = 1, 2 (v5, v5
                 overlapped), 3, 4, 5, 6 (v5.1, v5.1 ping-pong, both with
-                persistent CTAs; 6 is the default; docs/cuda_kernels.md "v5.1")
+                persistent CTAs; 6 is the default; docs/cuda_kernels.md "v5.1"),
+                7 (6 with the lean softmax, session 9)
                 on the issue's shapes (B=1, Hq=32, Hkv=8, bf16, D 128/64, N 8k/
                 32k/128k, W 1024/4096, S=4): time, effective TFLOP/s, bitwise
                 equality to the first variant, a table and the fastest variant per
@@ -283,7 +284,7 @@ def print_rule_table(rows):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:3]))
-    ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4", "5", "6"],
+    ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4", "5", "6", "7"],
                     help="fwd-variants: the SWAA_FWD_HOPPER values, the first is the baseline")
     ap.add_argument("--reps", type=int, default=10, help="fwd-variants: timed runs per row")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_tuning.jsonl"))

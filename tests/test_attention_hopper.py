@@ -42,7 +42,8 @@ def build_has_hopper():
 
 # SWAA_FWD_HOPPER value -> the path name swaa::fwd_path reports for it.
 HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90-v51-pingpong",
-                   "5": "sm90-v51-persistent", "6": "sm90-v51-pingpong-persistent"}
+                   "5": "sm90-v51-persistent", "6": "sm90-v51-pingpong-persistent",
+                   "7": "sm90-v51-pingpong-persistent-lean"}
 
 
 # The path a call takes with SWAA_FWD_HOPPER unset (kFwdHopperDefault in
@@ -51,7 +52,7 @@ DEFAULT_PATH = HOPPER_VARIANTS["6"]
 
 # Variants a plain run tests: all of them (SWAA_TEST_HOPPER_VARIANTS="6", say,
 # restricts a run to one).
-DEFAULT_TEST_VARIANTS = "1,2,3,4,5,6"
+DEFAULT_TEST_VARIANTS = "1,2,3,4,5,6,7"
 
 
 @pytest.fixture(params=list(HOPPER_VARIANTS), ids=list(HOPPER_VARIANTS.values()))
@@ -59,7 +60,9 @@ def hopper(request, monkeypatch):
     """Every Hopper variant: 1 (v5: S, softmax, P V in turn), 2 (v5, softmax of
     tile i overlapping P V of tile i - 1), 3 (v5.1: 192-row CTAs at D=64, deeper
     K/V ring, group tile skipping, TMA-store epilogue), 4 (v5.1 with ping-pong
-    of the consumer warp groups), 5, 6 (3, 4 with persistent CTAs)."""
+    of the consumer warp groups), 5, 6 (3, 4 with persistent CTAs), 7 (6 with the
+    lean softmax: one FFMA per score, O rescaled only when a row's max rises by more
+    than 2^8)."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
     only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", DEFAULT_TEST_VARIANTS)
@@ -306,6 +309,25 @@ def test_row_blocks_of_every_size(hopper, D):
                                  (575, 700, 190, 130)]:
         q, k, v = inputs(1, 4, 2, Lq, Lk, seed=Lq + Lk, D=D)
         assert torch.ops.swaa.fwd_path(q, k, v) == hopper
+        out, lse = fwd(q, k, v, window, sink, None, 0.1)
+        check_against_reference(q, k, v, out, lse, window=window, sink=sink, scale=0.1)
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_scores_that_keep_rising(hopper, D):
+    """Keys scaled by a ramp (0 .. 12 along the sequence), so a row's running max
+    rises by several log2 units per 128-key tile, over and over: the lean softmax
+    (variant 7) must rescale O and the sum whenever its stale reference falls
+    more than 8 (log2 units) behind, and keep the reference in between
+    (probabilities up to 2^8).  Random scores barely move the max after the first
+    tile, so the other tests hardly reach that path.  Every variant against the
+    float64 reference, full causal and windowed."""
+    B, Hq, Hkv, L = 1, 4, 2, 1100
+    q, k, v = inputs(B, Hq, Hkv, L, L, seed=77, D=D)
+    ramp = torch.linspace(0.0, 12.0, L, device="cuda")
+    k = (k.float() * ramp[:, None]).to(k.dtype)
+    assert torch.ops.swaa.fwd_path(q, k, v) == hopper
+    for window, sink in ((None, 0), (700, 4)):
         out, lse = fwd(q, k, v, window, sink, None, 0.1)
         check_against_reference(q, k, v, out, lse, window=window, sink=sink, scale=0.1)
 

@@ -31,8 +31,20 @@
 //     runs on across units).  A group hands its Q buffer back once the TMA
 //     store from it has been read, which it checks after the first tile of
 //     the next unit.
-// The arithmetic of each row is the same as v5's (same tiles in the same
-// order, same instructions), so v5.1 is expected to agree with v5 bitwise.
+//   - LEAN (SWAA_FWD_HOPPER=7 = 6 with a leaner softmax, session 9): the
+//     scores stay unscaled until the exponential, exp2(fma(s, scale, -m)),
+//     one FFMA per score instead of a multiply and a subtract (the row max
+//     of the unscaled scores times the positive scale is the max of the
+//     scaled ones, bit for bit: rounding is monotonic); and the running max
+//     is a stale reference that moves only when a tile's max exceeds it by
+//     more than kLazyRescale (log2 units), so most tiles skip the rescale of
+//     O (one FMUL per accumulator) -- a warp skips it when no lane's rows
+//     moved (FlashAttention-4's conditional rescaling).  Probabilities are
+//     then at most 2^kLazyRescale, exact in 16 bits as any other power of
+//     two; out and lse are the same function, rounded differently.
+// Without LEAN the arithmetic of each row is the same as v5's (same tiles in
+// the same order, same instructions), so v5.1 is expected to agree with v5
+// bitwise.
 #pragma once
 
 #include <cuda.h>
@@ -111,6 +123,9 @@ struct Fwd51Config {
   // group g's turn to issue wgmmas (PINGPONG; its 128 threads + the previous group's).
   static constexpr int kEpilogueBar = 1;
   static constexpr int kTurnBar = 1 + kConsumers;
+  // LEAN: how far (log2 units) a row's max may rise above its reference
+  // before O and the sum are rescaled; probabilities stay <= 2^8.
+  static constexpr float kLazyRescale = 8.f;
 };
 
 template <typename T, int D, bool PERSISTENT>
@@ -218,7 +233,7 @@ __device__ __forceinline__ Fwd51Unit fwd51_unit(const AttnParams& p, int u, int 
   return w;
 }
 
-template <typename T, int D, bool PINGPONG, bool PERSISTENT>
+template <typename T, int D, bool PINGPONG, bool PERSISTENT, bool LEAN = false>
 __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     fwd51_sm90_kernel(const AttnParams p, const __grid_constant__ CUtensorMap tm_q,
                       const __grid_constant__ CUtensorMap tm_k,
@@ -355,9 +370,39 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           wgmma_rs_n64<T>(o, pa[kk], desc);
       }
     };
-    // Scores of the unit's key tile `it` to probabilities, online softmax; as v5.
+    // Scores of the unit's key tile `it` to probabilities, online softmax; as
+    // v5 unless LEAN (see the top of the file).
     auto softmax_tile = [&](int it) {
       const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
+      if constexpr (LEAN) {
+        if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
+          mask_tile(sc, vis, wp_first + g, j0 + 2 * t, p.k_len);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int n = 0; n < 16; ++n)
+            mx = fmaxf(mx, fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          mx *= scale_log2;  // the max of the scaled scores (scale > 0: see the launcher)
+          const float ref = row_max[r];
+          const bool bump = mx > ref + C::kLazyRescale;  // false while both are -inf
+          const float new_ref = bump ? mx : ref;
+          const float m_safe = new_ref == -INFINITY ? 0.f : new_ref;  // row sees nothing yet
+          corr[r] = bump ? exp2f(ref - m_safe) : 1.f;
+          row_max[r] = new_ref;
+          float sum = 0.f;
+#pragma unroll
+          for (int n = 0; n < 16; ++n) {
+            sc[4 * n + 2 * r] = exp2f(fmaf(sc[4 * n + 2 * r], scale_log2, -m_safe));
+            sc[4 * n + 2 * r + 1] = exp2f(fmaf(sc[4 * n + 2 * r + 1], scale_log2, -m_safe));
+            sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
+          }
+          row_sum[r] = row_sum[r] * corr[r] + sum;
+        }
+        return;
+      }
 #pragma unroll
       for (int i = 0; i < 64; ++i) sc[i] *= scale_log2;
       if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
@@ -385,10 +430,14 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     };
     // O *= corr, then P as A fragments; as v5.
     auto rescale_and_pack = [&]() {
+      // LEAN: corr is exactly 1 for a row whose reference stayed; a warp
+      // whose 16 rows all stayed skips the multiplies (warp-uniform branch).
+      if (!LEAN || __any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) {
 #pragma unroll
-      for (int n = 0; n < NB; ++n)
+        for (int n = 0; n < NB; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o[4 * n + e] *= corr[e >> 1];
+          for (int e = 0; e < 4; ++e) o[4 * n + e] *= corr[e >> 1];
+      }
 #pragma unroll
       for (int kk = 0; kk < 8; ++kk) {
         pa[kk][0] = MmaOp<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);

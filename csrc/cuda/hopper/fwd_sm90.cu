@@ -4,7 +4,7 @@
 // translation unit; no
 // torch headers (errors go back to csrc/cuda/attention.cpp as cudaError_t).
 #include "cuda/hopper/fwd_sm90.h"
-#include "cuda/hopper/fwd51_sm90.cuh"  // v5.1 kernels (SWAA_FWD_HOPPER=3-6)
+#include "cuda/hopper/fwd51_sm90.cuh"  // v5.1 kernels (SWAA_FWD_HOPPER=3-7)
 
 #include <cuda.h>
 #include <cuda_bf16.h>
@@ -43,7 +43,7 @@ bool device_ok(Dtype dtype) {
   });
 }
 
-// v5.1 (variants 3-6): its smem fits the device and its sm_90a images load
+// v5.1 (variants 3-7): its smem fits the device and its sm_90a images load
 // (cached per device, as device_ok).
 template <typename T, int D>
 bool kernel51_present() {
@@ -52,7 +52,8 @@ bool kernel51_present() {
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, false, false>) == cudaSuccess &&
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, false>) == cudaSuccess &&
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, false, true>) == cudaSuccess &&
-      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true>) == cudaSuccess;
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true>) == cudaSuccess &&
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, true>) == cudaSuccess;
   if (!ok) (void)cudaGetLastError();
   return ok;
 }
@@ -88,7 +89,7 @@ struct Maps {
 };
 
 // variant: 1, 2 = v5 (plain, overlapped); 3, 4 = v5.1 (plain, ping-pong);
-// 5, 6 = 3, 4 with persistent CTAs.
+// 5, 6 = 3, 4 with persistent CTAs; 7 = 6 with the lean softmax.
 Fit prepare(const AttnParams& p, Dtype dtype, int variant, Maps* maps) {
   if (p.head_dim != 64 && p.head_dim != 128) return Fit::kHeadDim;
   if (!device_ok(dtype)) return Fit::kDevice;
@@ -144,33 +145,33 @@ cudaError_t launch_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
               : launch<__half, 64, OVERLAP>(p, maps, stream);
 }
 
-template <typename T, int D, bool PINGPONG, bool PERSISTENT>
+template <typename T, int D, bool PINGPONG, bool PERSISTENT, bool LEAN = false>
 cudaError_t launch51(const AttnParams& p, const Maps& maps, cudaStream_t stream) {
   using C = Fwd51Config<D, PERSISTENT>;
   constexpr int smem = fwd51_smem_bytes<T, D, PERSISTENT>();
   static const cudaError_t configured =
-      cudaFuncSetAttribute(fwd51_sm90_kernel<T, D, PINGPONG, PERSISTENT>,
+      cudaFuncSetAttribute(fwd51_sm90_kernel<T, D, PINGPONG, PERSISTENT, LEAN>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (configured != cudaSuccess) return configured;
   const int64_t units = ((p.q_len + C::kBlockM - 1) / C::kBlockM) * p.q_heads * p.batch;
   // Persistent: one CTA per SM (1 CTA fits per SM), each walking units
   // blockIdx.x + i * gridDim.x; otherwise one CTA per unit.
   const int64_t grid = PERSISTENT ? min_of<int64_t>(units, sm_count()) : units;
-  fwd51_sm90_kernel<T, D, PINGPONG, PERSISTENT>
+  fwd51_sm90_kernel<T, D, PINGPONG, PERSISTENT, LEAN>
       <<<static_cast<unsigned>(grid), C::kThreads, smem, stream>>>(p, maps.q, maps.k, maps.v,
                                                                   maps.o, heads_inner());
   return cudaGetLastError();
 }
 
-template <bool PINGPONG, bool PERSISTENT>
+template <bool PINGPONG, bool PERSISTENT, bool LEAN = false>
 cudaError_t launch51_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
                              cudaStream_t stream) {
   const bool bf16 = dtype == Dtype::kBf16;
   if (p.head_dim == 128)
-    return bf16 ? launch51<__nv_bfloat16, 128, PINGPONG, PERSISTENT>(p, maps, stream)
-                : launch51<__half, 128, PINGPONG, PERSISTENT>(p, maps, stream);
-  return bf16 ? launch51<__nv_bfloat16, 64, PINGPONG, PERSISTENT>(p, maps, stream)
-              : launch51<__half, 64, PINGPONG, PERSISTENT>(p, maps, stream);
+    return bf16 ? launch51<__nv_bfloat16, 128, PINGPONG, PERSISTENT, LEAN>(p, maps, stream)
+                : launch51<__half, 128, PINGPONG, PERSISTENT, LEAN>(p, maps, stream);
+  return bf16 ? launch51<__nv_bfloat16, 64, PINGPONG, PERSISTENT, LEAN>(p, maps, stream)
+              : launch51<__half, 64, PINGPONG, PERSISTENT, LEAN>(p, maps, stream);
 }
 
 }  // namespace
@@ -191,6 +192,12 @@ bool try_fwd(const AttnParams& p, Dtype dtype, int variant, cudaStream_t stream,
     case 4: *error = launch51_variant<true, false>(p, maps, dtype, stream); break;
     case 5: *error = launch51_variant<false, true>(p, maps, dtype, stream); break;
     case 6: *error = launch51_variant<true, true>(p, maps, dtype, stream); break;
+    // 7 scales the row max instead of every score, which needs scale > 0
+    // (always so in attention; otherwise it runs 6, the same function).
+    case 7:
+      *error = p.scale > 0 ? launch51_variant<true, true, true>(p, maps, dtype, stream)
+                           : launch51_variant<true, true>(p, maps, dtype, stream);
+      break;
     default: *error = launch_variant<false>(p, maps, dtype, stream); break;
   }
   return true;

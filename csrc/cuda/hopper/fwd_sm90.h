@@ -25,7 +25,8 @@ enum class Fit {
 // whose softmax of tile i overlaps P V of tile i - 1 in each consumer warp
 // group; 3 = v5.1 (fwd51_sm90.cuh: 192-row CTAs at D=64, deeper K/V ring,
 // group tile skipping, TMA-store epilogue); 4 = v5.1 with ping-pong of the
-// consumer groups; 5, 6 = 3, 4 with persistent CTAs (one per SM).
+// consumer groups; 5, 6 = 3, 4 with persistent CTAs (one per SM); 7 = 6 with
+// the lean softmax (LEAN in fwd51_sm90.cuh).
 
 // Whether the call described by p fits the Hopper kernel `variant` on the
 // current device.
