@@ -2,7 +2,8 @@
 fwd51_sm90.cuh, mask_tile) is the visibility predicate: a host program
 (tests/native/mask_tile_check.cu, compiled here with nvcc) compares it with the
 int64 per-element test of v5 (Visibility::visible, j < k_len) on random masks,
-tiles and rows, also past 2^31 positions.  Needs nvcc (CUDA_HOME or PATH), no GPU;
+tiles and rows, also past 2^31 positions; and variant 7's per-unit ranges of fully
+visible tiles (full_tiles) with Visibility::tile_fully_visible.  Needs nvcc (CUDA_HOME or PATH), no GPU;
 skipped without nvcc.
 """
 from __future__ import annotations
@@ -21,3 +22,6 @@ def test_mask_tile_is_the_visibility_predicate(tmp_path):
                              timeout=300, check=False)
         assert res.returncode == 0, res.stdout[-3000:]
         assert "mismatches 0" in res.stdout and "masked 0 " not in res.stdout, res.stdout
+        # variant 7's per-unit tile ranges (full_tiles): both outcomes seen, no mismatch
+        assert "tile_mismatches 0" in res.stdout, res.stdout
+        assert "fully_visible 0 " not in res.stdout, res.stdout

@@ -119,10 +119,11 @@ at::Tensor aligned(const at::Tensor& t) {
 // see cuda/hopper/fwd_sm90.h), the device is compute capability 9.0 and the
 // call fits (strides a TMA tensor map can describe); the sm_80 kernel
 // otherwise.  All compute the same function (tests/test_attention_cuda.py).
-// Default 6: the fastest on 11 of the 12 shapes of the grid (S=4) and
-// within 1% on the 12th (H200, bench/results/fwd_variants_h200.jsonl;
-// docs/cuda_kernels.md, v5.1).
-constexpr int kFwdHopperDefault = 6;
+// Default 7 since session 9: 1.01-1.06x variant 6 on all 12 shapes of the
+// issue's grid (S=4; H200, run 20261128T180317, tuning part fwd-variants,
+// bench/results/cuda_tuning_h200.jsonl; docs/cuda_kernels.md "v5.1").  6 was
+// the default from session 4 (the fastest on 11 of 12, within 1% on the 12th).
+constexpr int kFwdHopperDefault = 7;
 int hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
   if (env == nullptr) return kFwdHopperDefault;
@@ -195,7 +196,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q_in, const at::Te
 }
 
 // swaa::fwd_path(q, k, v): "sm90" (or "sm90-overlap", "sm90-v51", "sm90-v51-pingpong",
-// "sm90-v51-persistent", "sm90-v51-pingpong-persistent" for SWAA_FWD_HOPPER=2 ... 6) when swaa::fwd with these
+// "sm90-v51-persistent", "sm90-v51-pingpong-persistent", "sm90-v51-pingpong-persistent-lean"
+// for SWAA_FWD_HOPPER=2 ... 7) when swaa::fwd with these
 // tensors runs the Hopper kernel, else "sm80: <reason>" (tests and benchmarks check the path
 // they measure).  Same input preparation as fwd_cuda.
 std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in) {

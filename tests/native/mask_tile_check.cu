@@ -2,8 +2,10 @@
 // (csrc/cuda/hopper/fwd51_sm90.cuh, mask_tile): on random (window, sink,
 // full_from, k_len, tile, row) cases, including positions past 2^31, every
 // element it keeps or masks must match the int64 predicate v5 evaluates per
-// element (Visibility::visible and j < k_len).  Compiled and run by
-// tests/test_mask_tile.py; prints the counts, exit code 1 on a mismatch.
+// element (Visibility::visible and j < k_len).  And the per-unit tile ranges
+// of variant 7 (full_tiles) must accept exactly the tiles
+// Visibility::tile_fully_visible accepts for a warp's 16 rows.  Compiled and
+// run by tests/test_mask_tile.py; prints the counts, exit code 1 on a mismatch.
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -12,13 +14,14 @@
 
 int main(int argc, char** argv) {
   using swaa::Visibility;
+  using swaa::cuda::sm90::full_tiles;
   using swaa::cuda::sm90::mask_tile;
   const int n_cases = argc > 1 ? std::atoi(argv[1]) : 100000;
   std::mt19937_64 rng(argc > 2 ? std::atoll(argv[2]) : 1);
   auto uniform = [&](int64_t lo, int64_t hi) {
     return lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
   };
-  long elements = 0, masked = 0, mismatches = 0;
+  long elements = 0, masked = 0, mismatches = 0, full = 0, tile_mismatches = 0;
   for (int i = 0; i < n_cases; ++i) {
     const bool huge = i % 50 == 0;  // positions around and past 2^31
     const int64_t k_len = huge ? uniform(1, INT64_C(3) << 31) : uniform(1, 3000);
@@ -38,6 +41,16 @@ int main(int argc, char** argv) {
         const int64_t p = p_row + (e >> 1) * 8, j = j0 + 8 * n + 2 * t + (e & 1);
         if (!(j < k_len && vis.visible(p, j))) want[4 * n + e] = -INFINITY;
       }
+    const bool want_full = vis.tile_fully_visible(p_row, p_row + 15, j0, j0 + 127);
+    const bool got_full = full_tiles(vis, p_row, p_row + 15, 128).fully_visible(int(j0 / 128));
+    full += want_full;
+    if (got_full != want_full) {
+      if (tile_mismatches < 5)
+        std::printf("tile mismatch: window %lld sink %lld full_from %lld j0 %lld p_row %lld: "
+                    "got %d want %d\n", (long long)vis.window, (long long)vis.sink,
+                    (long long)vis.full_from, (long long)j0, (long long)p_row, got_full, want_full);
+      ++tile_mismatches;
+    }
     for (int e = 0; e < 64; ++e) {
       ++elements;
       masked += want[e] < 0.f;
@@ -52,5 +65,6 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("elements %ld masked %ld mismatches %ld\n", elements, masked, mismatches);
-  return mismatches == 0 ? 0 : 1;
+  std::printf("tiles %d fully_visible %ld tile_mismatches %ld\n", n_cases, full, tile_mismatches);
+  return mismatches == 0 && tile_mismatches == 0 ? 0 : 1;
 }

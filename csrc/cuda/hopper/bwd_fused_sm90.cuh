@@ -259,7 +259,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   extern __shared__ unsigned char smem_raw[];
   auto& s = aligned_smem<S>(smem_raw);
 
-  const int wg = threadIdx.x / 128;
+  const int wg = warp_group_index();  // warp-uniform: see sm90_ptx.cuh
   if (threadIdx.x == 0) {
     s.ticket = atomicAdd(fdq.ticket, 1);
     mbar_init(&s.kv_full, 1);

@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   auto& s = aligned_smem<DkdvSm90Smem<T, D>>(smem_raw);
 
   const DkdvWork w = dkdv_work<BN, BM>(p, sched);
-  const int wg = threadIdx.x / 128;
+  const int wg = warp_group_index();  // warp-uniform: see sm90_ptx.cuh
   if (threadIdx.x == 0) {
     mbar_init(&s.kv_full, 1);
     for (int i = 0; i < ST; ++i) {
@@ -476,7 +476,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   const Visibility vis = p.visibility(b);
   const TileList tiles = tiles_of(visible_keys(vis, p_first, p_last), BN);
 
-  const int wg = threadIdx.x / 128;
+  const int wg = warp_group_index();  // warp-uniform: see sm90_ptx.cuh
   if (threadIdx.x == 0) {
     mbar_init(&s.qdo_full, 1);
     for (int i = 0; i < ST; ++i) {

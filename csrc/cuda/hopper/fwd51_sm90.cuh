@@ -41,7 +41,13 @@
 //     O (one FMUL per accumulator) -- a warp skips it when no lane's rows
 //     moved (FlashAttention-4's conditional rescaling).  Probabilities are
 //     then at most 2^kLazyRescale, exact in 16 bits as any other power of
-//     two; out and lse are the same function, rounded differently.
+//     two; out and lse are the same function, rounded differently.  Its
+//     issue path is leaner too: the warp group index is broadcast from lane 0
+//     (warp_group_index), so the wgmma descriptors are built once and advanced
+//     by constants in uniform registers (ncu of 6 at N=8k, W=4096: ~9% of the
+//     consumers' samples rebuilt descriptors), and whether a tile needs the
+//     mask is three int compares against ranges set once per unit
+//     (full_tiles).
 // Without LEAN the arithmetic of each row is the same as v5's (same tiles in
 // the same order, same instructions), so v5.1 is expected to agree with v5
 // bitwise.
@@ -168,6 +174,34 @@ __device__ __forceinline__ SpanTiles span_tiles(const Visibility& vis, int64_t f
   return s;
 }
 
+// The key tiles (width `tile`) that Visibility::tile_fully_visible accepts for
+// the query positions [p_first, p_last], as int ranges worked out once per
+// unit: tile t is fully visible <=> t <= causal_last && (t < sink_end ||
+// t >= window_first).  From the same four tests: the tile's last key j0 +
+// tile - 1 <= p_first; it is below sink; p_first >= full_from (window_first
+// 0); p_last - j0 < window.  LEAN's softmax asks this per tile (three int
+// compares instead of tile_fully_visible's int64 ones).
+struct FullTiles {
+  int causal_last;
+  int sink_end;
+  int window_first;
+  __host__ __device__ __forceinline__ bool fully_visible(int t) const {
+    return t <= causal_last && (t < sink_end || t >= window_first);
+  }
+};
+
+__host__ __device__ __forceinline__ FullTiles full_tiles(const Visibility& vis, int64_t p_first,
+                                                         int64_t p_last, int tile) {
+  constexpr int64_t kBig = int64_t(1) << 30;
+  auto to_int = [](int64_t x) { return static_cast<int>(x < kBig ? x : kBig); };
+  FullTiles f;
+  f.causal_last = to_int((p_first + 1) / tile - 1);
+  f.sink_end = to_int(vis.sink / tile);
+  const int64_t d = p_last - vis.window;  // kNoWindow: very negative
+  f.window_first = p_first >= vis.full_from || d < 0 ? 0 : to_int(d / tile + 1);
+  return f;
+}
+
 // Sets to -inf the scores of a thread's 64 accumulator elements of a 16 x 128
 // tile that Visibility::visible (or j < k_len) rejects: element sc[4 n + e]
 // is query position p_row + 8 (e >> 1), key j_col + c with c = 8 n + (e & 1)
@@ -252,7 +286,8 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
   const int n_units = n_m * static_cast<int>(p.batch * p.q_heads);
   const int u_first = static_cast<int>(blockIdx.x), u_step = static_cast<int>(gridDim.x);
 
-  const int wg = threadIdx.x / 128;
+  // LEAN: warp-uniform to the compiler (warp_group_index in sm90_ptx.cuh).
+  const int wg = LEAN ? warp_group_index() : static_cast<int>(threadIdx.x / 128);
   if (threadIdx.x == 0) {
     for (int i = 0; i < QB; ++i) {
       mbar_init(&s.q_full[i], 1);
@@ -329,6 +364,14 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     held_q = -1;
   };
   auto parity_of = [](int n) { return static_cast<uint32_t>((n / ST) & 1); };
+  // LEAN: the wgmma descriptors of Q buffer 0, K stage 0 and V stage 0; the
+  // others are fixed byte offsets from them (desc_advance).
+  const uint64_t q_desc0 = desc_k_major(smem_u32(s.q[0][0]));
+  const uint64_t k_desc0 = desc_k_major(smem_u32(s.k[0][0]));
+  const uint64_t v_desc0 = desc_mn_major(smem_u32(s.v[0][0]), C::kHalfTileBytes);
+  constexpr uint32_t kQBufferBytes = sizeof(s.q[0]);
+  constexpr uint32_t kKStageBytes = sizeof(s.k[0]);
+  constexpr uint32_t kVStageBytes = sizeof(s.v[0]);
 
   for (int u = u_first, j = 0; u < n_units; u += u_step, ++j) {
     const Fwd51Unit w = fwd51_unit(p, u, n_m, BM, BN, heads_inner);
@@ -338,6 +381,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     const int qb = j % QB;
     const int64_t gp_first = w.p_first + cg * 64;  // position of the group's first row
     const int64_t wp_first = gp_first + warp * 16;
+    const FullTiles warp_full = full_tiles(vis, wp_first, wp_first + 15, BN);  // LEAN
     const SpanTiles group_tiles = span_tiles(vis, gp_first, gp_first + 63, p.k_len, BN);
 
 #pragma unroll
@@ -348,22 +392,30 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     mbar_wait(&s.q_full[qb], static_cast<uint32_t>((j / QB) & 1));
     const uint32_t q_addr = smem_u32(s.q[qb][0]) + cg * 64 * 128;  // this group's 64 rows
 
-    // S = Q K^T into sc (issued, not waited for); as v5.
+    // S = Q K^T into sc (issued, not waited for); as v5.  LEAN: every
+    // descriptor is a constant offset from one made before the unit loop.
     auto issue_s = [&](int st) {
       const uint32_t k_addr = smem_u32(s.k[st][0]);
+      const uint64_t q_desc = desc_advance(q_desc0, qb * kQBufferBytes + cg * 64 * 128);
+      const uint64_t k_desc = desc_advance(k_desc0, st * kKStageBytes);
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t off = (kk >> 2) * C::kQHalfBytes + (kk & 3) * 32;
         const uint32_t k_off = (kk >> 2) * C::kHalfTileBytes + (kk & 3) * 32;
-        wgmma_ss<T>(sc, desc_k_major(q_addr + off), desc_k_major(k_addr + k_off), kk > 0);
+        if constexpr (LEAN)
+          wgmma_ss<T>(sc, desc_advance(q_desc, off), desc_advance(k_desc, k_off), kk > 0);
+        else
+          wgmma_ss<T>(sc, desc_k_major(q_addr + off), desc_k_major(k_addr + k_off), kk > 0);
       }
     };
     // O += P V (issued, not waited for); as v5.
     auto issue_pv = [&](int st) {
       const uint32_t v_addr = smem_u32(s.v[st][0]);
+      const uint64_t v_desc = desc_advance(v_desc0, st * kVStageBytes);
 #pragma unroll
       for (int kk = 0; kk < 8; ++kk) {
-        const uint64_t desc = desc_mn_major(v_addr + kk * 16 * 128, C::kHalfTileBytes);
+        const uint64_t desc = LEAN ? desc_advance(v_desc, kk * 16 * 128)
+                                   : desc_mn_major(v_addr + kk * 16 * 128, C::kHalfTileBytes);
         if constexpr (D == 128)
           wgmma_rs<T>(o, pa[kk], desc);
         else
@@ -375,7 +427,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     auto softmax_tile = [&](int it) {
       const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
       if constexpr (LEAN) {
-        if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
+        if (!warp_full.fully_visible(tiles[it]))
           mask_tile(sc, vis, wp_first + g, j0 + 2 * t, p.k_len);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -401,31 +453,31 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           }
           row_sum[r] = row_sum[r] * corr[r] + sum;
         }
-        return;
-      }
+      } else {
 #pragma unroll
-      for (int i = 0; i < 64; ++i) sc[i] *= scale_log2;
-      if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
-        mask_tile(sc, vis, wp_first + g, j0 + 2 * t, p.k_len);
+        for (int i = 0; i < 64; ++i) sc[i] *= scale_log2;
+        if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
+          mask_tile(sc, vis, wp_first + g, j0 + 2 * t, p.k_len);
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = row_max[r];
+        for (int r = 0; r < 2; ++r) {
+          float mx = row_max[r];
 #pragma unroll
-        for (int n = 0; n < 16; ++n)
-          mx = fmaxf(mx, fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_safe = mx == -INFINITY ? 0.f : mx;  // row sees nothing yet
-        corr[r] = exp2f(row_max[r] - m_safe);
-        row_max[r] = mx;
-        float sum = 0.f;
+          for (int n = 0; n < 16; ++n)
+            mx = fmaxf(mx, fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float m_safe = mx == -INFINITY ? 0.f : mx;  // row sees nothing yet
+          corr[r] = exp2f(row_max[r] - m_safe);
+          row_max[r] = mx;
+          float sum = 0.f;
 #pragma unroll
-        for (int n = 0; n < 16; ++n) {
-          sc[4 * n + 2 * r] = exp2f(sc[4 * n + 2 * r] - m_safe);
-          sc[4 * n + 2 * r + 1] = exp2f(sc[4 * n + 2 * r + 1] - m_safe);
-          sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
+          for (int n = 0; n < 16; ++n) {
+            sc[4 * n + 2 * r] = exp2f(sc[4 * n + 2 * r] - m_safe);
+            sc[4 * n + 2 * r + 1] = exp2f(sc[4 * n + 2 * r + 1] - m_safe);
+            sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
+          }
+          row_sum[r] = row_sum[r] * corr[r] + sum;
         }
-        row_sum[r] = row_sum[r] * corr[r] + sum;
       }
     };
     // O *= corr, then P as A fragments; as v5.

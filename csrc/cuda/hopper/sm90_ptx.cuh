@@ -107,6 +107,16 @@ __device__ __forceinline__ void regs_alloc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
+// The warp group of the thread (threadIdx.x / 128), broadcast from lane 0:
+// the compiler then knows it is warp-uniform, and what derives from it (wgmma
+// descriptors, barrier addresses, the turn bookkeeping) can live in uniform
+// registers.  With a plain threadIdx.x / 128 ptxas rebuilt each descriptor in
+// ordinary registers and moved it over (R2UR) before every wgmma (session 9,
+// SASS of the forward: 127 R2UR against 30).
+__device__ __forceinline__ int warp_group_index() {
+  return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
+}
+
 // ---------------------------------------------------------------------------
 // wgmma shared-memory matrix descriptors, 128-byte swizzle (the layout TMA
 // writes with CU_TENSOR_MAP_SWIZZLE_128B: rows of 128 bytes, groups of 8
@@ -122,6 +132,14 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo_bytes,
   d |= static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32;
   d |= static_cast<uint64_t>(1) << 62;
   return d;
+}
+// The descriptor of the operand `bytes` further into shared memory: the start
+// address field is the low 14 bits and the whole window is below 256 KB, so
+// adding to the low word never carries into the other fields (one integer add
+// instead of rebuilding the descriptor).
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  const uint32_t lo = static_cast<uint32_t>(desc) + (bytes >> 4);
+  return (desc & 0xFFFFFFFF00000000ull) | lo;
 }
 // K-major operand (rows of 64 16-bit k values = 128 bytes; 8-row groups 1024
 // bytes apart).  The leading byte offset is unused for swizzled K-major
