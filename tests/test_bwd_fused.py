@@ -306,8 +306,8 @@ def test_default_takes_two_passes_when_the_accumulator_does_not_fit(fused, monke
     room = grads + accumulator // 2  # the two passes' workspace is a few MB
     ballast = torch.empty(free - room, dtype=torch.uint8, device="cuda")
     try:
-        with pytest.raises(torch.OutOfMemoryError):  # the set-up leaves no room for it
-            torch.empty(accumulator, dtype=torch.uint8, device="cuda")
+        with pytest.raises(torch.OutOfMemoryError):  # no room for the gradients and it
+            torch.empty(grads + accumulator, dtype=torch.uint8, device="cuda")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             g = bwd(dout, q, k, v, out, lse, 1024, 4, None, 0.1)
