@@ -285,42 +285,32 @@ def test_default_backward_takes_the_chosen_pass(fused, monkeypatch, D):
 
 def test_default_takes_two_passes_when_the_accumulator_does_not_fit(fused, monkeypatch):
     """The default's single pass needs a float32 dq accumulator (4 bytes x B x Hq x
-    Lq x D, here 256 MB); when the GPU has no room for it, the backward warns and
-    takes the two passes (their bits) instead of failing.  Asked for by name
-    (SWAA_BWD_HOPPER=4), it fails.  The GPU is filled with a ballast tensor so that
-    the gradients and half the accumulator still fit (session 8's version capped the
-    caching allocator with set_per_process_memory_fraction instead, and on the H200
-    the backward then found its memory: no fallback, no warning)."""
-    B, Hq, Hkv, L, D = 1, 32, 8, 16384, 128
-    q, k, v, dout = inputs(B, Hq, Hkv, L, L, torch.bfloat16, seed=9, D=D)
-    out, lse = fwd(q, k, v, 1024, 4, None, 0.1)
+    Lq x D) that the two passes do without; when asking for it fails with an
+    out-of-memory error, the backward warns and takes the two passes (their bits)
+    instead of failing.  Asked for by name (SWAA_BWD_HOPPER=4), it fails.
+    SWAA_TEST_FUSED_OOM makes the request fail as a full GPU would: on the H200
+    machine neither set_per_process_memory_fraction nor a ballast tensor that
+    left too little free memory made the allocation fail (session 9)."""
+    q, k, v, dout = inputs(2, 8, 2, 1024, 1024, torch.bfloat16, seed=9, D=128)
+    window, sink = 64, 4  # 1024 keys >= 7 x (64 + 4): the default takes the single pass
+    out, lse = fwd(q, k, v, window, sink, None, 0.1)
     monkeypatch.setenv("SWAA_BWD_HOPPER", "1")
-    g1 = bwd(dout, q, k, v, out, lse, 1024, 4, None, 0.1)
+    g1 = bwd(dout, q, k, v, out, lse, window, sink, None, 0.1)
     monkeypatch.delenv("SWAA_BWD_HOPPER")
-    assert torch.ops.swaa.bwd_path(dout, q, k, v, 1024, 4) == "sm90-fused"
-    accumulator = 4 * B * Hq * L * D
-    grads = sum(t.numel() * t.element_size() for t in (q, k, v)) + 4 * B * Hq * L  # + delta
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    free, _ = torch.cuda.mem_get_info()
-    room = grads + accumulator // 2  # the two passes' workspace is a few MB
-    ballast = torch.empty(free - room, dtype=torch.uint8, device="cuda")
-    try:
-        with pytest.raises(torch.OutOfMemoryError):  # no room for the gradients and it
-            torch.empty(grads + accumulator, dtype=torch.uint8, device="cuda")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            g = bwd(dout, q, k, v, out, lse, 1024, 4, None, 0.1)
-        monkeypatch.setenv("SWAA_BWD_HOPPER", "4")
-        with pytest.raises(torch.OutOfMemoryError):
-            bwd(dout, q, k, v, out, lse, 1024, 4, None, 0.1)
-    finally:
-        del ballast
-        torch.cuda.empty_cache()
+    assert torch.ops.swaa.bwd_path(dout, q, k, v, window, sink) == "sm90-fused"
+    g4 = bwd(dout, q, k, v, out, lse, window, sink, None, 0.1)
+    assert not torch.equal(g4[0], g1[0]), "dq of the two kernels equal: no evidence"
+    monkeypatch.setenv("SWAA_TEST_FUSED_OOM", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = bwd(dout, q, k, v, out, lse, window, sink, None, 0.1)
     for name, a, b in zip(("dq", "dk", "dv"), g, g1):
         assert torch.equal(a, b), f"{name} is not the two passes' after the fallback"
     messages = [str(w.message) for w in caught]
     assert any("took the two-pass backward" in m for m in messages), messages
+    monkeypatch.setenv("SWAA_BWD_HOPPER", "4")
+    with pytest.raises(torch.OutOfMemoryError, match="SWAA_TEST_FUSED_OOM"):
+        bwd(dout, q, k, v, out, lse, window, sink, None, 0.1)
 
 
 def test_default_single_pass_on_a_side_stream_and_in_a_graph(fused, monkeypatch):

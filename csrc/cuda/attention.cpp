@@ -298,8 +298,20 @@ unsigned try_hopper_bwd(const AttnParams& p, float* delta, const cuda::Workspace
                                                       : cuda::sm90::Dtype::kFp16;
   cudaError_t err = cudaSuccess;
   bool launched = false;
+  // SWAA_TEST_FUSED_OOM (tests only): the single pass's workspace request fails
+  // with the out-of-memory error a full GPU gives, so the fallback below can be
+  // tested without filling the GPU (on the H200 machine neither a memory
+  // fraction nor a ballast tensor made the allocation fail reliably).
+  const cuda::Workspace refuse = [](int64_t n) -> float* {
+    TORCH_CHECK_WITH(OutOfMemoryError, false, "SWAA_TEST_FUSED_OOM is set: refused a workspace of ",
+                     4 * n, " bytes");
+    return nullptr;
+  };
+  const bool refuse_fused =
+      (passes & kBwdFusedBit) != 0 && std::getenv("SWAA_TEST_FUSED_OOM") != nullptr;
   try {
-    launched = cuda::sm90::try_bwd(p, dtype, passes, delta, workspace, stream, &err);
+    launched = cuda::sm90::try_bwd(p, dtype, passes, delta, refuse_fused ? refuse : workspace,
+                                   stream, &err);
   } catch (const c10::OutOfMemoryError&) {
     // The single pass asks for its workspace before it launches anything, and
     // its float32 dq accumulator (4 bytes x B x Hq x Lq x D) is what the two
