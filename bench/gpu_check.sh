@@ -23,7 +23,7 @@
 #             synccheck of its forward.  ~1 min.  Racecheck may flag TMA / async-proxy or
 #             cluster (DSMEM) accesses: read before believing.
 #             Backs: README "CUDA attention" / docs/cuda_kernels.md "Correctness" (memcheck clean).
-#   tune      bench/tune_cuda_kernels.py, one process per part: fwd-variants (SWAA_FWD_HOPPER=1..6
+#   tune      bench/tune_cuda_kernels.py, one process per part: fwd-variants (SWAA_FWD_HOPPER=1..7
 #             side by side, ~15 s), bwd-variants (SWAA_BWD_HOPPER=0..3, per-kernel times, ~25 s),
 #             knobs (the sm_80 kernels' tile knobs, ~1.5 min).  ~2.5 min.
 #             Backs: docs/cuda_kernels.md "Measured: session 4" (the forward variants, the
@@ -53,6 +53,10 @@
 #             every kernel, then our kernel's stall sampling per instruction
 #             (profile/fwd_source_*.csv).  Backs: docs/cuda_kernels.md "Next steps" (the
 #             SDPA goal at N=8192, W=4096).
+#             PROFILE_BWD_SDPA=1: one backward instead, ours with the two passes (v6) and
+#             SDPA's full causal, at each of PROFILE_SHAPES (default "64,8192,4096,0"),
+#             sections of every kernel, then our dk/dv kernel's per-instruction sampling
+#             (profile/dkdv_source_*.csv).  Written in session 9, not yet run.
 #             PROFILE_DECODE=B: one ring decode step at batch B instead (ncu_case.py --decode):
 #             sections of the split kernel and the combine, then the split kernel's stall
 #             sampling per instruction (profile/decode_source_b<B>.csv).  Backs:
@@ -294,6 +298,10 @@ step_profile() {
     profile_forward "$ncu"
     return
   fi
+  if [[ -n ${PROFILE_BWD_SDPA:-} ]]; then  # our two-pass backward and SDPA's instead
+    profile_backward_vs_sdpa "$ncu"
+    return
+  fi
   for shape in ${PROFILE_SHAPES:-128,32768,4096,0 64,32768,4096,0}; do
     IFS=, read -r D N W S <<< "$shape"
     for knob in 1 4; do
@@ -340,6 +348,34 @@ profile_forward() {
     --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
     python bench/ncu_case.py --fwd swaa --D "$D" --N "$N" --W "$W" --S "$S" || return
   run_part ncu_source_page_fwd 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
+    --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
+    --csv --print-source sass > '$rep.csv'"
+}
+
+# One backward at each of PROFILE_SHAPES (default "64,8192,4096,0": the one shape group whose
+# forward+backward still loses to SDPA's), ours with the two passes (v6, what the default takes
+# there) and SDPA's full causal (bench/ncu_case.py --sdpa-bwd): the sections of every kernel of
+# the call as text; then our dk/dv kernel's stall sampling per instruction at the last shape.
+profile_backward_vs_sdpa() {
+  local ncu=$1 shape D N W S rep
+  local sections=(--section SpeedOfLight --section Occupancy --section LaunchStats
+    --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis
+    --section ComputeWorkloadAnalysis --section InstructionStats)
+  for shape in ${PROFILE_SHAPES:-64,8192,4096,0}; do
+    IFS=, read -r D N W S <<< "$shape"
+    TAIL_LINES=5 run_part "ncu_bwd1_vs_sdpa_d${D}_n${N}_w${W}_s${S}" "${PROFILE_TIMEOUT:-180}" \
+      "$ncu" --profile-from-start off --clock-control none "${sections[@]}" \
+      python bench/ncu_case.py --bwd 1 --D "$D" --N "$N" --W "$W" --S "$S"
+    TAIL_LINES=5 run_part "ncu_sdpa_bwd_d${D}_n${N}" "${PROFILE_TIMEOUT:-180}" \
+      "$ncu" --profile-from-start off --clock-control none "${sections[@]}" \
+      python bench/ncu_case.py --sdpa-bwd --D "$D" --N "$N"
+  done
+  rep=$STEP_DIR/dkdv_source_d${D}_n${N}_w${W}_s${S}
+  run_part "ncu_source_dkdv_d${D}" "${PROFILE_TIMEOUT:-180}" \
+    "$ncu" --profile-from-start off --clock-control none -k regex:bwd_dkdv_sm90 \
+    --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
+    python bench/ncu_case.py --bwd 1 --D "$D" --N "$N" --W "$W" --S "$S" || return
+  run_part ncu_source_page_dkdv 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
     --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
     --csv --print-source sass > '$rep.csv'"
 }

@@ -11,6 +11,11 @@ Hopper forward) or torch's SDPA full causal over the same q, k, v (K/V repeated 
 the benchmark does), to compare the two kernels' pipes and stalls where they tie (N=8192,
 W=4096: the SDPA goal; docs/cuda_kernels.md "Next steps").
 
+With `--sdpa-bwd` it profiles one backward of torch's SDPA full causal instead (the forward and
+its autograd graph made outside the profiled range), to put beside ours (`--bwd 1`) where our
+forward+backward still loses to SDPA's (N=8192, W=4096, D=64: docs/cuda_kernels.md "Next
+steps").
+
 With `--decode B` it profiles one ring decode step instead (issue 4's shape: Hq=32, Hkv=8,
 D=128, W=4096, S=4, bfloat16, a full ring, the default plan): the split kernel and the combine,
 to find where the split kernel at B=8 loses the ~8 us it spends beyond its steady bandwidth
@@ -20,6 +25,7 @@ to find where the split kernel at B=8 loses the ~8 us it spends beyond its stead
     ncu --profile-from-start off --clock-control none -k regex:bwd_ python bench/ncu_case.py ...
     python bench/ncu_case.py --decode 8
     python bench/ncu_case.py --fwd sdpa --D 128 --N 8192 --W 4096 --S 0
+    python bench/ncu_case.py --sdpa-bwd --D 64 --N 8192
 """
 from __future__ import annotations
 
@@ -45,6 +51,8 @@ def main() -> None:
     ap.add_argument("--S", type=int, default=0)
     ap.add_argument("--fwd", choices=("swaa", "sdpa"), default=None,
                     help="profile one forward call (ours, or SDPA full causal) instead")
+    ap.add_argument("--sdpa-bwd", action="store_true",
+                    help="profile one backward of SDPA full causal (K/V repeated) instead")
     ap.add_argument("--decode", type=int, metavar="B", default=None,
                     help="profile one ring decode step at batch B instead of a backward")
     args = ap.parse_args()
@@ -55,6 +63,9 @@ def main() -> None:
         return
     if args.fwd is not None:
         profile_forward(args.fwd, args.D, args.N, args.W, args.S)
+        return
+    if args.sdpa_bwd:
+        profile_sdpa_backward(args.D, args.N)
         return
     os.environ["SWAA_BWD_HOPPER"] = str(args.bwd)
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -97,6 +108,32 @@ def profile_forward(impl: str, D: int, N: int, W: int, S: int) -> None:
     torch.cuda.synchronize()
     torch.cuda.profiler.stop()
     print(f"profiled one forward: {impl} D={D} N={N} W={W} S={S}", flush=True)
+
+
+def profile_sdpa_backward(D: int, N: int) -> None:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shape = lambda heads: (1, heads, N, D)  # noqa: E731
+    q = torch.randn(shape(HQ), device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
+    do = torch.randn(shape(HQ), device="cuda", dtype=torch.bfloat16, generator=g)
+    k = k.repeat_interleave(HQ // HKV, dim=1)
+    v = v.repeat_interleave(HQ // HKV, dim=1)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+
+    def forward():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    for _ in range(3):  # warm-up, not profiled
+        forward().backward(do)
+    out = forward()  # the graph of the profiled backward
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    out.backward(do)
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+    print(f"profiled one SDPA backward (full causal): D={D} N={N}", flush=True)
 
 
 def profile_decode_step(B: int) -> None:

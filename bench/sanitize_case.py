@@ -1,5 +1,5 @@
 """Small swaa calls for compute-sanitizer (memcheck, racecheck, synccheck), with
-the default kernels (on an H100/H200: the Hopper forward variant 6 and the
+the default kernels (on an H100/H200: the Hopper forward variant 7 and the
 Hopper backward).  Parts (--parts, default all):
 
   fwd   odd lengths, GQA, sink, window and per-sequence full_from, both head dims

@@ -314,16 +314,20 @@ def test_row_blocks_of_every_size(hopper, D):
 
 
 @pytest.mark.parametrize("D", [64, 128])
-def test_scores_that_keep_rising(hopper, D):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_scores_that_keep_rising(hopper, dtype, D):
     """Keys scaled by a ramp (0 .. 12 along the sequence), so a row's running max
-    rises by several log2 units per 128-key tile, over and over: the lean softmax
-    (variant 7) must rescale O and the sum whenever its stale reference falls
-    more than 8 (log2 units) behind, and keep the reference in between
-    (probabilities up to 2^8).  Random scores barely move the max after the first
-    tile, so the other tests hardly reach that path.  Every variant against the
-    float64 reference, full causal and windowed."""
+    rises by several log2 units per 128-key tile, over and over (55-69 in all
+    after the first tile, full causal): the lean softmax (variant 7) must rescale
+    O and the sum whenever its stale reference falls more than 8 (log2 units)
+    behind, and keep the reference in between (probabilities up to 2^8).  Random
+    scores barely move the max after the first tile, so the other tests hardly
+    reach that path.  In float16 a reference that never moved would make
+    probabilities past 65504 (inf, then NaN); in bfloat16 it would still fit, so
+    there the test catches a wrong rescale but not a missing one.  Every variant
+    against the float64 reference, full causal and windowed."""
     B, Hq, Hkv, L = 1, 4, 2, 1100
-    q, k, v = inputs(B, Hq, Hkv, L, L, seed=77, D=D)
+    q, k, v = inputs(B, Hq, Hkv, L, L, dtype=dtype, seed=77, D=D)
     ramp = torch.linspace(0.0, 12.0, L, device="cuda")
     k = (k.float() * ramp[:, None]).to(k.dtype)
     assert torch.ops.swaa.fwd_path(q, k, v) == hopper

@@ -234,14 +234,15 @@ std::string fwd_path_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
 // (rows that see every key: long key loops, as without a window).  Between
 // the two (session 9, run 20261128T175549Z-d187f7, the tuning part bwd-rule,
 // S=4, D 64/128, W 1024/4096): v7 against v6 at N = 2, 3, 4 windows
-// 0.80-0.96x; 6 windows 0.93-1.03x (two of four shapes slower); 8 windows
+// 0.80-0.96x; 6 windows 0.93-1.03x (three of four shapes slower); 8 windows
 // 1.01-1.07x (all four faster).  So: every row windowed (a window, no
 // full_from tensor) and the keys at least seven windows (+ sink) long.  v7
 // also holds a float32 dq accumulator (4 bytes x B x Hq x Lq x D, freed
 // after the call) where v6 holds none.
 bool prefer_single_pass(const AttnParams& p) {
+  // k_len >= 7 (W + S), written so that no product can overflow (W + S <= 2^61)
   return p.full_from == nullptr && p.window != kNoWindow &&
-         p.k_len >= 7 * (p.window + p.sink);
+         p.window + p.sink <= p.k_len / 7;
 }
 
 int bwd_hopper_knob(const AttnParams& p) {
@@ -308,8 +309,9 @@ unsigned try_hopper_bwd(const AttnParams& p, float* delta, const cuda::Workspace
                      4 * n, " bytes");
     return nullptr;
   };
+  const char* refuse_env = std::getenv("SWAA_TEST_FUSED_OOM");
   const bool refuse_fused =
-      (passes & kBwdFusedBit) != 0 && std::getenv("SWAA_TEST_FUSED_OOM") != nullptr;
+      (passes & kBwdFusedBit) != 0 && refuse_env != nullptr && std::atoi(refuse_env) != 0;
   try {
     launched = cuda::sm90::try_bwd(p, dtype, passes, delta, refuse_fused ? refuse : workspace,
                                    stream, &err);
@@ -318,7 +320,8 @@ unsigned try_hopper_bwd(const AttnParams& p, float* delta, const cuda::Workspace
     // its float32 dq accumulator (4 bytes x B x Hq x Lq x D) is what the two
     // passes do without.  When the default chose it, take the two passes
     // instead of failing; asked for by name (SWAA_BWD_HOPPER=4), fail.
-    if ((passes & kBwdFusedBit) == 0 || std::getenv("SWAA_BWD_HOPPER") != nullptr) throw;
+    const char* knob = std::getenv("SWAA_BWD_HOPPER");
+    if ((passes & kBwdFusedBit) == 0 || (knob != nullptr && std::atoi(knob) == 4)) throw;
     TORCH_WARN("swaa::bwd: no GPU memory for the single-pass backward's float32 dq accumulator (",
                4 * p.batch * p.q_heads * p.q_len * p.head_dim,
                " bytes); took the two-pass backward instead (SWAA_BWD_HOPPER=1 always does)");

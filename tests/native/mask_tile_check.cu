@@ -32,6 +32,8 @@ int main(int argc, char** argv) {
     int64_t j0 = uniform(0, k_len / 128) * 128;                       // a key tile
     int64_t p_row = uniform(j0 > 300 ? j0 - 300 : 0, j0 + 400);       // a warp's row near it
     if (huge && i % 7 == 0) p_row = uniform(0, k_len + 200), j0 = uniform(0, 5) * 128;
+    if (i % 11 == 0) p_row -= uniform(1, 400);          // Lq > Lk: positions below 0
+    if (i % 13 == 0) vis.sink = uniform(0, k_len + 300);  // sinks up to past the keys
     const int t = static_cast<int>(uniform(0, 3));                    // the thread's column pair
     float got[64], want[64];
     for (int e = 0; e < 64; ++e) got[e] = want[e] = 1.f;
