@@ -320,7 +320,19 @@ step_profile() {
     "$ncu" --profile-from-start off --clock-control none -k regex:bwd_fused_sm90 \
     --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
     python bench/ncu_case.py --bwd 4 --D "$D" --N "$N" --W "$W" --S "$S" || return
-  run_part ncu_source_page 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
+  source_page "$ncu" "$rep" ncu_source_page
+}
+
+# ncu sections of the forward and backward comparisons (profile_forward, profile_backward_vs_sdpa)
+NCU_SECTIONS=(--section SpeedOfLight --section Occupancy --section LaunchStats
+  --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis
+  --section ComputeWorkloadAnalysis --section InstructionStats)
+
+# source_page <ncu> <report without .ncu-rep> <part name>: the report's source page as CSV (SASS
+# with the CUDA lines; SASS alone where the CUDA lines cannot be printed).
+source_page() {
+  local ncu=$1 rep=$2
+  run_part "$3" 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
     --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
     --csv --print-source sass > '$rep.csv'"
 }
@@ -331,14 +343,11 @@ step_profile() {
 # shape as a report and its source page as CSV.
 profile_forward() {
   local ncu=$1 shape D N W S impl rep
-  local sections=(--section SpeedOfLight --section Occupancy --section LaunchStats
-    --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis
-    --section ComputeWorkloadAnalysis --section InstructionStats)
   for shape in ${PROFILE_SHAPES:-128,8192,4096,0}; do
     IFS=, read -r D N W S <<< "$shape"
     for impl in swaa sdpa; do
       TAIL_LINES=5 run_part "ncu_fwd_${impl}_d${D}_n${N}_w${W}_s${S}" "${PROFILE_TIMEOUT:-180}" \
-        "$ncu" --profile-from-start off --clock-control none "${sections[@]}" \
+        "$ncu" --profile-from-start off --clock-control none "${NCU_SECTIONS[@]}" \
         python bench/ncu_case.py --fwd "$impl" --D "$D" --N "$N" --W "$W" --S "$S"
     done
   done
@@ -347,9 +356,7 @@ profile_forward() {
     "$ncu" --profile-from-start off --clock-control none -k regex:fwd \
     --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
     python bench/ncu_case.py --fwd swaa --D "$D" --N "$N" --W "$W" --S "$S" || return
-  run_part ncu_source_page_fwd 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
-    --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
-    --csv --print-source sass > '$rep.csv'"
+  source_page "$ncu" "$rep" ncu_source_page_fwd
 }
 
 # One backward at each of PROFILE_SHAPES (default "64,8192,4096,0": the one shape group whose
@@ -358,16 +365,13 @@ profile_forward() {
 # the call as text; then our dk/dv kernel's stall sampling per instruction at the last shape.
 profile_backward_vs_sdpa() {
   local ncu=$1 shape D N W S rep
-  local sections=(--section SpeedOfLight --section Occupancy --section LaunchStats
-    --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis
-    --section ComputeWorkloadAnalysis --section InstructionStats)
   for shape in ${PROFILE_SHAPES:-64,8192,4096,0}; do
     IFS=, read -r D N W S <<< "$shape"
     TAIL_LINES=5 run_part "ncu_bwd1_vs_sdpa_d${D}_n${N}_w${W}_s${S}" "${PROFILE_TIMEOUT:-180}" \
-      "$ncu" --profile-from-start off --clock-control none "${sections[@]}" \
+      "$ncu" --profile-from-start off --clock-control none "${NCU_SECTIONS[@]}" \
       python bench/ncu_case.py --bwd 1 --D "$D" --N "$N" --W "$W" --S "$S"
     TAIL_LINES=5 run_part "ncu_sdpa_bwd_d${D}_n${N}" "${PROFILE_TIMEOUT:-180}" \
-      "$ncu" --profile-from-start off --clock-control none "${sections[@]}" \
+      "$ncu" --profile-from-start off --clock-control none "${NCU_SECTIONS[@]}" \
       python bench/ncu_case.py --sdpa-bwd --D "$D" --N "$N"
   done
   rep=$STEP_DIR/dkdv_source_d${D}_n${N}_w${W}_s${S}
@@ -375,9 +379,7 @@ profile_backward_vs_sdpa() {
     "$ncu" --profile-from-start off --clock-control none -k regex:bwd_dkdv_sm90 \
     --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
     python bench/ncu_case.py --bwd 1 --D "$D" --N "$N" --W "$W" --S "$S" || return
-  run_part ncu_source_page_dkdv 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source --csv \
-    --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
-    --csv --print-source sass > '$rep.csv'"
+  source_page "$ncu" "$rep" ncu_source_page_dkdv
 }
 
 # One ring decode step at batch $2 (bench/ncu_case.py --decode): the sections of the split
@@ -394,9 +396,7 @@ profile_decode() {
     "$ncu" --profile-from-start off --clock-control none -k regex:ring_decode_split \
     --section SourceCounters --section WarpStateStats --import-source yes --export "$rep" \
     python bench/ncu_case.py --decode "$B" || return
-  run_part ncu_source_page_decode 120 bash -c "'$ncu' --import '$rep.ncu-rep' --page source \
-    --csv --print-source cuda,sass > '$rep.csv' || '$ncu' --import '$rep.ncu-rep' --page source \
-    --csv --print-source sass > '$rep.csv'"
+  source_page "$ncu" "$rep" ncu_source_page_decode
 }
 
 step_bench() {

@@ -41,6 +41,14 @@ import swaa_ext  # noqa: F401  (registers torch.ops.swaa)
 HQ, HKV = 32, 8  # issue 3's shapes
 
 
+def inputs(D: int, N: int):
+    """q, k, v, dout of the issue's shapes (B=1, Hq=32, Hkv=8, bf16), the same every call."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    make = lambda heads: torch.randn(1, heads, N, D, device="cuda", dtype=torch.bfloat16,  # noqa: E731
+                                     generator=g)
+    return make(HQ), make(HKV), make(HKV), make(HQ)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bwd", type=int, choices=(1, 4), default=1,
@@ -68,12 +76,7 @@ def main() -> None:
         profile_sdpa_backward(args.D, args.N)
         return
     os.environ["SWAA_BWD_HOPPER"] = str(args.bwd)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    shape = lambda heads: (1, heads, args.N, args.D)  # noqa: E731
-    q = torch.randn(shape(HQ), device="cuda", dtype=torch.bfloat16, generator=g)
-    k = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
-    do = torch.randn(shape(HQ), device="cuda", dtype=torch.bfloat16, generator=g)
+    q, k, v, do = inputs(args.D, args.N)
     fwd_args = (args.W, args.S, None, args.D ** -0.5)
     out, lse = torch.ops.swaa.fwd(q, k, v, *fwd_args)
     torch.ops.swaa.bwd(do, q, k, v, out, lse, *fwd_args)  # warm-up, not profiled
@@ -87,11 +90,7 @@ def main() -> None:
 
 
 def profile_forward(impl: str, D: int, N: int, W: int, S: int) -> None:
-    g = torch.Generator(device="cuda").manual_seed(0)
-    shape = lambda heads: (1, heads, N, D)  # noqa: E731
-    q = torch.randn(shape(HQ), device="cuda", dtype=torch.bfloat16, generator=g)
-    k = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
+    q, k, v, _ = inputs(D, N)
     if impl == "sdpa":
         k = k.repeat_interleave(HQ // HKV, dim=1)
         v = v.repeat_interleave(HQ // HKV, dim=1)
@@ -111,12 +110,7 @@ def profile_forward(impl: str, D: int, N: int, W: int, S: int) -> None:
 
 
 def profile_sdpa_backward(D: int, N: int) -> None:
-    g = torch.Generator(device="cuda").manual_seed(0)
-    shape = lambda heads: (1, heads, N, D)  # noqa: E731
-    q = torch.randn(shape(HQ), device="cuda", dtype=torch.bfloat16, generator=g)
-    k = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(shape(HKV), device="cuda", dtype=torch.bfloat16, generator=g)
-    do = torch.randn(shape(HQ), device="cuda", dtype=torch.bfloat16, generator=g)
+    q, k, v, do = inputs(D, N)
     k = k.repeat_interleave(HQ // HKV, dim=1)
     v = v.repeat_interleave(HQ // HKV, dim=1)
     for t in (q, k, v):
