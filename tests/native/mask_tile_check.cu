@@ -6,6 +6,7 @@
 // of variant 7 (full_tiles) must accept exactly the tiles
 // Visibility::tile_fully_visible accepts for a warp's 16 rows.  Compiled and
 // run by tests/test_mask_tile.py; prints the counts, exit code 1 on a mismatch.
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -29,6 +30,10 @@ int main(int argc, char** argv) {
     vis.window = i % 4 == 0 ? swaa::kNoWindow : uniform(1, huge ? INT64_C(3) << 31 : 2000);
     vis.sink = i % 3 == 0 ? 0 : uniform(0, 300);
     vis.full_from = i % 5 == 0 ? swaa::kNever : uniform(0, k_len + 10);
+    if (i % 17 == 0) {  // a full_from tensor is not clamped: negative and extreme values
+      const int64_t extremes[] = {INT64_MIN, INT64_MIN + 5, -swaa::kNever, -1, INT64_MAX};
+      vis.full_from = i % 3 == 0 ? -uniform(1, 5000) : extremes[uniform(0, 4)];
+    }
     int64_t j0 = uniform(0, k_len / 128) * 128;                       // a key tile
     int64_t p_row = uniform(j0 > 300 ? j0 - 300 : 0, j0 + 400);       // a warp's row near it
     if (huge && i % 7 == 0) p_row = uniform(0, k_len + 200), j0 = uniform(0, 5) * 128;
