@@ -49,6 +49,20 @@ def inputs(D: int, N: int):
     return make(HQ), make(HKV), make(HKV), make(HQ)
 
 
+def profile_once(call, what: str, warmups: int = 3, warmup=None) -> None:
+    """`warmups` runs of warmup (default: call) outside the profiled range (compile caches,
+    allocations), then one call inside it (torch.cuda.profiler.start/stop: ncu
+    --profile-from-start off sees only that)."""
+    for _ in range(warmups):
+        (warmup or call)()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    call()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+    print(f"profiled one {what}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bwd", type=int, choices=(1, 4), default=1,
@@ -79,14 +93,9 @@ def main() -> None:
     q, k, v, do = inputs(args.D, args.N)
     fwd_args = (args.W, args.S, None, args.D ** -0.5)
     out, lse = torch.ops.swaa.fwd(q, k, v, *fwd_args)
-    torch.ops.swaa.bwd(do, q, k, v, out, lse, *fwd_args)  # warm-up, not profiled
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    torch.ops.swaa.bwd(do, q, k, v, out, lse, *fwd_args)
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
-    print(f"profiled one backward: SWAA_BWD_HOPPER={args.bwd} D={args.D} N={args.N} "
-          f"W={args.W} S={args.S}", flush=True)
+    profile_once(lambda: torch.ops.swaa.bwd(do, q, k, v, out, lse, *fwd_args),
+                 f"backward: SWAA_BWD_HOPPER={args.bwd} D={args.D} N={args.N} W={args.W} "
+                 f"S={args.S}", warmups=1)
 
 
 def profile_forward(impl: str, D: int, N: int, W: int, S: int) -> None:
@@ -99,14 +108,7 @@ def profile_forward(impl: str, D: int, N: int, W: int, S: int) -> None:
     else:
         call = lambda: torch.ops.swaa.fwd(q, k, v, W, S, None, D ** -0.5)  # noqa: E731
         print("swaa forward path:", torch.ops.swaa.fwd_path(q, k, v), flush=True)
-    for _ in range(3):  # warm-up, not profiled
-        call()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    call()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
-    print(f"profiled one forward: {impl} D={D} N={N} W={W} S={S}", flush=True)
+    profile_once(call, f"forward: {impl} D={D} N={N} W={W} S={S}")
 
 
 def profile_sdpa_backward(D: int, N: int) -> None:
@@ -119,15 +121,9 @@ def profile_sdpa_backward(D: int, N: int) -> None:
     def forward():
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    for _ in range(3):  # warm-up, not profiled
-        forward().backward(do)
-    out = forward()  # the graph of the profiled backward
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    out.backward(do)
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
-    print(f"profiled one SDPA backward (full causal): D={D} N={N}", flush=True)
+    out = forward()  # the graph of the profiled backward, made outside the range
+    profile_once(lambda: out.backward(do), f"SDPA backward (full causal): D={D} N={N}",
+                 warmup=lambda: forward().backward(do))
 
 
 def profile_decode_step(B: int) -> None:
@@ -136,14 +132,7 @@ def profile_decode_step(B: int) -> None:
 
     (step,) = bench_decode.make_ring(B, 32, 8, 128, 4096, 4, torch.bfloat16,
                                      torch.device("cuda"), 1)
-    for _ in range(3):  # warm-up, not profiled
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
-    print(f"profiled one decode step: B={B} Hq=32 Hkv=8 D=128 W=4096 S=4", flush=True)
+    profile_once(step, f"decode step: B={B} Hq=32 Hkv=8 D=128 W=4096 S=4")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from swaa_ext.reference import tile_rel_err
 
 from test_bwd_hopper import (  # noqa: F401  (test_*: collected here again, with knob 4)
     PATHS,
+    assert_same_bits_on_a_side_stream_and_in_a_graph,
     bwd,
     check_grads,
     full_from_of,
@@ -328,25 +329,5 @@ def test_default_single_pass_on_a_side_stream_and_in_a_graph(fused, monkeypatch)
     out, lse = fwd(q, k, v, 300, 100)
     assert torch.ops.swaa.bwd_path(dout, q, k, v, 300, 100) == "sm90-fused"
     want = bwd(dout, q, k, v, out, lse, 300, 100)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        got = bwd(dout, q, k, v, out, lse, 300, 100)
-    torch.cuda.current_stream().wait_stream(side)
-    for name, a, b in zip(("dq", "dk", "dv"), got, want):
-        assert torch.equal(a, b), f"{name} differs on a caller stream of its own"
-    graph = torch.cuda.CUDAGraph()
-    warm = torch.cuda.Stream()
-    warm.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(warm):
-        bwd(dout, q, k, v, out, lse, 300, 100)
-    torch.cuda.current_stream().wait_stream(warm)
-    with torch.cuda.graph(graph):
-        captured = bwd(dout, q, k, v, out, lse, 300, 100)
-    for _ in range(3):
-        for t in captured:
-            t.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        for name, a, b in zip(("dq", "dk", "dv"), captured, want):
-            assert torch.equal(a, b), f"{name} differs in a graph replay"
+    assert_same_bits_on_a_side_stream_and_in_a_graph(
+        lambda: bwd(dout, q, k, v, out, lse, 300, 100), want)

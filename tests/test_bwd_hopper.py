@@ -309,6 +309,34 @@ def test_bitwise_repeatable(both_passes, monkeypatch, D):
     assert torch.equal(dq0, bwd(dout, q, k, v, out, lse, 200, 4, ff)[0])
 
 
+def assert_same_bits_on_a_side_stream_and_in_a_graph(run, want):
+    """run() (a backward: dq, dk, dv) gives want's bits on a caller stream of its
+    own and in the replays of a CUDA graph that captured it (outputs poisoned
+    before each replay)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = run()
+    torch.cuda.current_stream().wait_stream(side)
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert torch.equal(a, b), f"{name} differs on a caller stream of its own"
+    graph = torch.cuda.CUDAGraph()
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        run()
+    torch.cuda.current_stream().wait_stream(warm)
+    with torch.cuda.graph(graph):
+        captured = run()
+    for _ in range(3):
+        for t in captured:
+            t.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for name, a, b in zip(("dq", "dk", "dv"), captured, want):
+            assert torch.equal(a, b), f"{name} differs in a graph replay"
+
+
 @pytest.mark.parametrize("D", [64, 128])
 def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
     """SWAA_BWD_CONCURRENT=1 runs the dq pass on a second stream beside the dk/dv
@@ -327,28 +355,8 @@ def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
         got = bwd(dout, q, k, v, out, lse, 300, 130, ff)
         for name, a, b in zip(("dq", "dk", "dv"), got, want):
             assert torch.equal(a, b), f"{name} differs with the concurrent passes (split {split})"
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        got = bwd(dout, q, k, v, out, lse, 300, 130, ff)
-    torch.cuda.current_stream().wait_stream(side)
-    for name, a, b in zip(("dq", "dk", "dv"), got, want):
-        assert torch.equal(a, b), f"{name} differs on a caller stream of its own"
-    graph = torch.cuda.CUDAGraph()
-    warm = torch.cuda.Stream()
-    warm.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(warm):
-        bwd(dout, q, k, v, out, lse, 300, 130, ff)
-    torch.cuda.current_stream().wait_stream(warm)
-    with torch.cuda.graph(graph):
-        captured = bwd(dout, q, k, v, out, lse, 300, 130, ff)
-    for _ in range(3):
-        for t in captured:
-            t.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        for name, a, b in zip(("dq", "dk", "dv"), captured, want):
-            assert torch.equal(a, b), f"{name} differs in a graph replay"
+    assert_same_bits_on_a_side_stream_and_in_a_graph(
+        lambda: bwd(dout, q, k, v, out, lse, 300, 130, ff), want)
 
 
 def test_stride_fallback_and_strided_views(both_passes):
