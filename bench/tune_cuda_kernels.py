@@ -66,8 +66,9 @@ KNOBS = ("SWAA_FWD_HOPPER", "SWAA_BWD_HOPPER", "SWAA_FWD_WARPS", "SWAA_FWD_ORDER
 TUNING_SHAPES = [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
                  (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
                  (128, 32768, 4096, 4, 24576), (128, 131072, 1024, 4, None)]
-# (D, N, W, S, full_from) of the bwd-fused part: the shapes below 1.3x Flex first
-FUSED_SHAPES = [(128, 32768, 4096, 0, None), (64, 32768, 1024, 0, None),
+# (D, N, W, S, full_from) of the bwd-fused part: the one shape group still slower than SDPA
+# full causal in fwd+bwd (D=64, N=8192, W=4096), then the shapes below 1.3x Flex
+FUSED_SHAPES = [(64, 8192, 4096, 0, None), (128, 32768, 4096, 0, None), (64, 32768, 1024, 0, None),
                 (128, 8192, 4096, 0, None), (128, 32768, 4096, 4, None),
                 (64, 32768, 4096, 4, None), (128, 32768, 1024, 4, None),
                 (128, 8192, 1024, 128, None), (128, 32768, 4096, 4, 24576),
