@@ -317,8 +317,15 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
   mbar_wait(&s.kv_full, 0);
-  const uint32_t k_addr = smem_u32(s.k[0]) + cg * 64 * 128;  // the group's 64 key rows
-  const uint32_t v_addr = smem_u32(s.v[0]) + cg * 64 * 128;
+  // wgmma descriptors: made once, advanced by constant byte offsets (desc_advance).
+  const uint64_t k_desc = desc_k_major(smem_u32(s.k[0]) + cg * 64 * 128);  // the group's 64 key rows
+  const uint64_t v_desc = desc_k_major(smem_u32(s.v[0]) + cg * 64 * 128);
+  const uint64_t q_desc0 = desc_k_major(smem_u32(s.q[0][0]));        // stage 0; stage st is
+  const uint64_t do_desc0 = desc_k_major(smem_u32(s.dout[0][0]));    // st * kStageBytes further
+  const uint64_t q_mn0 = desc_mn_major(smem_u32(s.q[0][0]), kQHalf);
+  const uint64_t do_mn0 = desc_mn_major(smem_u32(s.dout[0][0]), kQHalf);
+  constexpr uint32_t kStageBytes = sizeof(s.q[0]);
+  static_assert(sizeof(s.q[0]) == sizeof(s.dout[0]), "Q and dO stages of one size");
 
   for (int it = w.first; it < w.end; ++it) {
     const int n = it - w.first, st = n % ST;
@@ -333,8 +340,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
                         (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
     mbar_wait(&s.full[st], parity);
     if (active) {
-      const uint32_t q_addr = smem_u32(s.q[st][0]);
-      const uint32_t do_addr = smem_u32(s.dout[st][0]);
+      const uint64_t q_desc = desc_advance(q_desc0, st * kStageBytes);
+      const uint64_t do_desc = desc_advance(do_desc0, st * kStageBytes);
       float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
       fence_regs(sc);
       fence_regs(dp);
@@ -343,21 +350,29 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
         const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(sc, desc_k_major(k_addr + a_off), desc_k_major(q_addr + b_off), kk > 0);
+        wgmma_ss_n64<T>(sc, desc_advance(k_desc, a_off), desc_advance(q_desc, b_off), kk > 0);
       }
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
         const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(dp, desc_k_major(v_addr + a_off), desc_k_major(do_addr + b_off), kk > 0);
+        wgmma_ss_n64<T>(dp, desc_advance(v_desc, a_off), desc_advance(do_desc, b_off), kk > 0);
       }
       wgmma_commit();
       wgmma_wait<0>();
       fence_regs(sc);
       fence_regs(dp);
 
+      // x = S^T scale log2 e - lse2 of the column, one FFMA per score (column
+      // values from the stage: lanes with equal t read the same words); then
+      // the mask sets x = -inf; P^T = exp2(x).
 #pragma unroll
-      for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
+      for (int nb = 0; nb < 8; ++nb) {
+        const float2 l2 = *reinterpret_cast<const float2*>(&s.lse2[st][nb * 8 + 2 * t]);
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          sc[4 * nb + e] = fmaf(sc[4 * nb + e], scale_log2, -((e & 1) ? l2.y : l2.x));
+      }
       if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15)) {
 #pragma unroll
         for (int nb = 0; nb < 8; ++nb)
@@ -368,14 +383,12 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
             if (!(j < p.k_len && vis.visible(pq, j))) sc[4 * nb + e] = -INFINITY;
           }
       }
-      // Column values from the stage (lanes with equal t read the same words).
 #pragma unroll
       for (int nb = 0; nb < 8; ++nb) {
-        const float2 l2 = *reinterpret_cast<const float2*>(&s.lse2[st][nb * 8 + 2 * t]);
         const float2 dl = *reinterpret_cast<const float2*>(&s.delta[st][nb * 8 + 2 * t]);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float prob = exp2f(sc[4 * nb + e] - ((e & 1) ? l2.y : l2.x));
+          const float prob = exp2f(sc[4 * nb + e]);
           sc[4 * nb + e] = prob;
           dp[4 * nb + e] = prob * (dp[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
         }
@@ -391,10 +404,10 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-        wgmma_rs_d<T, D>(dv, pa[kk], desc_mn_major(do_addr + kk * 16 * 128, kQHalf));
+        wgmma_rs_d<T, D>(dv, pa[kk], desc_advance(do_mn0, st * kStageBytes + kk * 16 * 128));
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-        wgmma_rs_d<T, D>(dk, dsa[kk], desc_mn_major(q_addr + kk * 16 * 128, kQHalf));
+        wgmma_rs_d<T, D>(dk, dsa[kk], desc_advance(q_mn0, st * kStageBytes + kk * 16 * 128));
       wgmma_commit();
       wgmma_wait<0>();
       fence_regs(dv);
@@ -541,15 +554,21 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
 
   mbar_wait(&s.qdo_full, 0);
-  const uint32_t q_addr = smem_u32(s.q[0]) + cg * 64 * 128;  // this group's 64 rows
-  const uint32_t do_addr = smem_u32(s.dout[0]) + cg * 64 * 128;
+  // wgmma descriptors: made once, advanced by constant byte offsets (desc_advance).
+  const uint64_t q_desc = desc_k_major(smem_u32(s.q[0]) + cg * 64 * 128);  // this group's 64 rows
+  const uint64_t do_desc = desc_k_major(smem_u32(s.dout[0]) + cg * 64 * 128);
+  const uint64_t k_desc0 = desc_k_major(smem_u32(s.k[0][0]));  // stage 0; stage st is
+  const uint64_t v_desc0 = desc_k_major(smem_u32(s.v[0][0]));  // st * kStageBytes further
+  const uint64_t k_mn0 = desc_mn_major(smem_u32(s.k[0][0]), kKHalf);
+  constexpr uint32_t kStageBytes = sizeof(s.k[0]);
+  static_assert(sizeof(s.k[0]) == sizeof(s.v[0]), "K and V stages of one size");
 
   for (int it = 0; it < tiles.count; ++it) {
     const int st = it % ST;
     const uint32_t parity = static_cast<uint32_t>((it / ST) & 1);
     const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
-    const uint32_t k_addr = smem_u32(s.k[st][0]);
-    const uint32_t v_addr = smem_u32(s.v[st][0]);
+    const uint64_t k_desc = desc_advance(k_desc0, st * kStageBytes);
+    const uint64_t v_desc = desc_advance(v_desc0, st * kStageBytes);
     mbar_wait(&s.k_full[st], parity);
     mbar_wait(&s.v_full[st], parity);
     float sc[32], dp[32];  // S, dP: row g + 8 (e >> 1), key column 8 n + 2 t + (e & 1)
@@ -560,21 +579,23 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t a_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
       const uint32_t b_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-      wgmma_ss_n64<T>(sc, desc_k_major(q_addr + a_off), desc_k_major(k_addr + b_off), kk > 0);
+      wgmma_ss_n64<T>(sc, desc_advance(q_desc, a_off), desc_advance(k_desc, b_off), kk > 0);
     }
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t a_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
       const uint32_t b_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-      wgmma_ss_n64<T>(dp, desc_k_major(do_addr + a_off), desc_k_major(v_addr + b_off), kk > 0);
+      wgmma_ss_n64<T>(dp, desc_advance(do_desc, a_off), desc_advance(v_desc, b_off), kk > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(sc);
     fence_regs(dp);
 
+    // x = S scale log2 e - lse2 of the row, one FFMA per score; the mask sets
+    // x = -inf; P = exp2(x).
 #pragma unroll
-    for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
+    for (int i = 0; i < 32; ++i) sc[i] = fmaf(sc[i], scale_log2, -lse2[(i >> 1) & 1]);
     if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1)) {
 #pragma unroll
       for (int nb = 0; nb < 8; ++nb)
@@ -588,7 +609,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
       const int r = (i >> 1) & 1;  // e >> 1 of element i = 4 n + e
-      const float prob = exp2f(sc[i] - lse2[r]);
+      const float prob = exp2f(sc[i]);
       dp[i] = prob * (dp[i] - dl[r]);
     }
     uint32_t dsa[4][4];  // dS as A fragments (k = the tile's 64 keys)
@@ -599,7 +620,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
-      wgmma_rs_d<T, D>(dq, dsa[kk], desc_mn_major(k_addr + kk * 16 * 128, kKHalf));
+      wgmma_rs_d<T, D>(dq, dsa[kk], desc_advance(k_mn0, st * kStageBytes + kk * 16 * 128));
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(dq);
