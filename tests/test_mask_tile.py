@@ -25,3 +25,6 @@ def test_mask_tile_is_the_visibility_predicate(tmp_path):
         # variant 7's per-unit tile ranges (full_tiles): both outcomes seen, no mismatch
         assert "tile_mismatches 0" in res.stdout, res.stdout
         assert "fully_visible 0 " not in res.stdout, res.stdout
+        # the backward's masks (mask_sm90.cuh): rows of queries and rows of keys
+        assert "backward_mismatches 0" in res.stdout, res.stdout
+        assert "backward elements 0 " not in res.stdout and " masked 0 backward" not in res.stdout

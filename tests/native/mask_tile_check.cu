@@ -12,10 +12,13 @@
 #include <random>
 
 #include "cuda/hopper/fwd51_sm90.cuh"
+#include "cuda/hopper/mask_sm90.cuh"
 
 int main(int argc, char** argv) {
   using swaa::Visibility;
   using swaa::cuda::sm90::full_tiles;
+  using swaa::cuda::sm90::mask_key_rows;
+  using swaa::cuda::sm90::mask_query_rows;
   using swaa::cuda::sm90::mask_tile;
   const int n_cases = argc > 1 ? std::atoi(argv[1]) : 100000;
   std::mt19937_64 rng(argc > 2 ? std::atoll(argv[2]) : 1);
@@ -23,6 +26,7 @@ int main(int argc, char** argv) {
     return lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
   };
   long elements = 0, masked = 0, mismatches = 0, full = 0, tile_mismatches = 0;
+  long bwd_elements = 0, bwd_masked = 0, bwd_mismatches = 0;
   for (int i = 0; i < n_cases; ++i) {
     const bool huge = i % 50 == 0;  // positions around and past 2^31
     const int64_t k_len = huge ? uniform(1, INT64_C(3) << 31) : uniform(1, 3000);
@@ -58,6 +62,34 @@ int main(int argc, char** argv) {
                     (long long)vis.full_from, (long long)j0, (long long)p_row, got_full, want_full);
       ++tile_mismatches;
     }
+    // The backward's masks (mask_sm90.cuh), 8 column blocks: rows are queries
+    // (the dq kernel) or keys (the dk/dv kernels' S^T).
+    {
+      float q_rows[32], k_rows[32];
+      for (int e = 0; e < 32; ++e) q_rows[e] = k_rows[e] = 1.f;
+      const int64_t row = p_row, col = j0 + 2 * t;  // queries x keys
+      const int64_t key_row = j0 + uniform(0, 15), query_col = p_row + 2 * t;  // keys x queries
+      mask_query_rows<8>(q_rows, vis, row, col, k_len);
+      mask_key_rows<8>(k_rows, vis, key_row, query_col, k_len);
+      for (int n = 0; n < 8; ++n)
+        for (int e = 0; e < 4; ++e) {
+          const int64_t pq = row + (e >> 1) * 8, jq = col + 8 * n + (e & 1);
+          const bool want_q = jq < k_len && vis.visible(pq, jq);
+          const int64_t jk = key_row + (e >> 1) * 8, pk = query_col + 8 * n + (e & 1);
+          const bool want_k = jk < k_len && vis.visible(pk, jk);
+          bwd_elements += 2;
+          bwd_masked += !want_q + !want_k;
+          const bool bad_q = (q_rows[4 * n + e] == 1.f) != want_q;
+          const bool bad_k = (k_rows[4 * n + e] == 1.f) != want_k;
+          if ((bad_q || bad_k) && bwd_mismatches < 5)
+            std::printf("backward mismatch (%s rows): window %lld sink %lld full_from %lld "
+                        "k_len %lld row %lld col %lld element %d\n", bad_q ? "query" : "key",
+                        (long long)vis.window, (long long)vis.sink, (long long)vis.full_from,
+                        (long long)k_len, (long long)(bad_q ? row : key_row),
+                        (long long)(bad_q ? col : query_col), 4 * n + e);
+          bwd_mismatches += bad_q + bad_k;
+        }
+    }
     for (int e = 0; e < 64; ++e) {
       ++elements;
       masked += want[e] < 0.f;
@@ -73,5 +105,7 @@ int main(int argc, char** argv) {
   }
   std::printf("elements %ld masked %ld mismatches %ld\n", elements, masked, mismatches);
   std::printf("tiles %d fully_visible %ld tile_mismatches %ld\n", n_cases, full, tile_mismatches);
-  return mismatches == 0 && tile_mismatches == 0 ? 0 : 1;
+  std::printf("backward elements %ld masked %ld backward_mismatches %ld\n", bwd_elements, bwd_masked,
+              bwd_mismatches);
+  return mismatches == 0 && tile_mismatches == 0 && bwd_mismatches == 0 ? 0 : 1;
 }

@@ -425,16 +425,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         for (int e = 0; e < 4; ++e)
           sc[4 * nb + e] = fmaf(sc[4 * nb + e], scale_log2, -((e & 1) ? l2.y : l2.x));
       }
-      if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15)) {
-#pragma unroll
-        for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int64_t j = wj_first + g + (e >> 1) * 8;
-            const int64_t pq = pos0 + nb * 8 + 2 * t + (e & 1);
-            if (!(j < p.k_len && vis.visible(pq, j))) sc[4 * nb + e] = -INFINITY;
-          }
-      }
+      if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
+        mask_key_rows<8>(sc, vis, wj_first + g, pos0 + 2 * t, p.k_len);
 #pragma unroll
       for (int nb = 0; nb < 8; ++nb) {
         const float2 dl = *reinterpret_cast<const float2*>(&s.delta[st][nb * 8 + 2 * t]);

@@ -42,6 +42,7 @@
 #include <cstdint>
 
 #include "cuda/attention_kernels.cuh"  // TileList, tiles_of, grid_pos, kLog2e, MmaOp, DkdvSchedule
+#include "cuda/hopper/mask_sm90.cuh"
 #include "cuda/hopper/sm90_ptx.cuh"
 #include "swaa/params.h"
 #include "swaa/visibility.h"
@@ -373,16 +374,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         for (int e = 0; e < 4; ++e)
           sc[4 * nb + e] = fmaf(sc[4 * nb + e], scale_log2, -((e & 1) ? l2.y : l2.x));
       }
-      if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15)) {
-#pragma unroll
-        for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int64_t j = wj_first + g + (e >> 1) * 8;
-            const int64_t pq = pos0 + nb * 8 + 2 * t + (e & 1);
-            if (!(j < p.k_len && vis.visible(pq, j))) sc[4 * nb + e] = -INFINITY;
-          }
-      }
+      if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
+        mask_key_rows<8>(sc, vis, wj_first + g, pos0 + 2 * t, p.k_len);
 #pragma unroll
       for (int nb = 0; nb < 8; ++nb) {
         const float2 dl = *reinterpret_cast<const float2*>(&s.delta[st][nb * 8 + 2 * t]);
@@ -596,16 +589,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     // x = -inf; P = exp2(x).
 #pragma unroll
     for (int i = 0; i < 32; ++i) sc[i] = fmaf(sc[i], scale_log2, -lse2[(i >> 1) & 1]);
-    if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1)) {
-#pragma unroll
-      for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t pq = wp_first + g + (e >> 1) * 8;
-          const int64_t j = j0 + nb * 8 + 2 * t + (e & 1);
-          if (!(j < p.k_len && vis.visible(pq, j))) sc[4 * nb + e] = -INFINITY;
-        }
-    }
+    if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
+      mask_query_rows<8>(sc, vis, wp_first + g, j0 + 2 * t, p.k_len);
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
       const int r = (i >> 1) & 1;  // e >> 1 of element i = 4 n + e
