@@ -58,13 +58,15 @@ __host__ __device__ __forceinline__ void mask_query_rows(float (&x)[4 * NB], con
 // || c >= ff), with
 //   lo = j - p_col   (causal: p >= j),
 //   hi = j + window - 1 - p_col, or no bound for a sink key,
-//   ff = full_from - p_col;
+//   ff = full_from - p_col (0 once every column is past full_from);
 // a key at or past k_len sees no query (lo past every column).
 template <int NB>
 __host__ __device__ __forceinline__ void mask_key_rows(float (&x)[4 * NB], const Visibility& vis,
                                                        int64_t j_row, int64_t p_col,
                                                        int64_t k_len) {
-  const int ff = clamp_column(vis.full_from - p_col);
+  // full_from may be any int64 (a tensor's values are not clamped): compare
+  // before subtracting, so INT64_MIN cannot wrap around.
+  const int ff = vis.full_from <= p_col ? 0 : clamp_column(vis.full_from - p_col);
   int lo[2], hi[2];
 #pragma unroll
   for (int rh = 0; rh < 2; ++rh) {
