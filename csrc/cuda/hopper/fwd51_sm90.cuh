@@ -60,6 +60,7 @@
 #include <cstdint>
 
 #include "cuda/attention_kernels.cuh"  // TileList, tiles_of, grid_pos, kLog2e, MmaOp
+#include "cuda/hopper/mask_sm90.cuh"
 #include "cuda/hopper/sm90_ptx.cuh"
 #include "swaa/params.h"
 #include "swaa/visibility.h"
@@ -215,26 +216,7 @@ __host__ __device__ __forceinline__ FullTiles full_tiles(const Visibility& vis, 
 // costs ~3 compares against a constant instead of ~20 int64 instructions.
 __host__ __device__ __forceinline__ void mask_tile(float (&sc)[64], const Visibility& vis,
                                                    int64_t p_row, int64_t j_col, int64_t k_len) {
-  auto clamp_c = [](int64_t x) {
-    return static_cast<int>(x < -1 ? -1 : x > 256 ? 256 : x);
-  };
-  const int sink_c = clamp_c(vis.sink - j_col);
-  int hi[2], lo[2];
-#pragma unroll
-  for (int rh = 0; rh < 2; ++rh) {
-    const int64_t p = p_row + 8 * rh;
-    const int64_t d = p - j_col;
-    hi[rh] = clamp_c(min_of<int64_t>(d, k_len - 1 - j_col));
-    lo[rh] = p >= vis.full_from ? 0 : clamp_c(d - vis.window + 1);
-  }
-#pragma unroll
-  for (int n = 0; n < 16; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int c = 8 * n + (e & 1), rh = e >> 1;
-      const bool ok = c <= hi[rh] && (c >= lo[rh] || c < sink_c);
-      if (!ok) sc[4 * n + e] = -INFINITY;
-    }
+  mask_query_rows<16>(sc, vis, p_row, j_col, k_len);  // mask_sm90.cuh, shared with the backward
 }
 
 // One work unit: kBlockM query rows of one (batch, query head).
