@@ -361,8 +361,16 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
   mbar_wait(&s.kv_full, 0);
-  const uint32_t k_addr = smem_u32(s.k[0]) + cg * 64 * 128;  // the group's 64 key rows
-  const uint32_t v_addr = smem_u32(s.v[0]) + cg * 64 * 128;
+  // S^T and dP^T descriptors as in the dk/dv kernel: made once, advanced by
+  // constant byte offsets (desc_advance).
+  const uint64_t k_desc = desc_k_major(smem_u32(s.k[0]) + cg * 64 * 128);  // the group's 64 key rows
+  const uint64_t v_desc = desc_k_major(smem_u32(s.v[0]) + cg * 64 * 128);
+  const uint64_t q_desc0 = desc_k_major(smem_u32(s.q[0][0]));      // stage 0; stage st is
+  const uint64_t do_desc0 = desc_k_major(smem_u32(s.dout[0][0]));  // st * kStageBytes further
+  const uint64_t q_mn0 = desc_mn_major(smem_u32(s.q[0][0]), kQHalf);
+  const uint64_t do_mn0 = desc_mn_major(smem_u32(s.dout[0][0]), kQHalf);
+  constexpr uint32_t kStageBytes = sizeof(s.q[0]);
+  static_assert(sizeof(s.q[0]) == sizeof(s.dout[0]), "Q and dO stages of one size");
 
   const int count = w.end - w.first;
   for (int n = 0; n < count; ++n) {
@@ -393,8 +401,6 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       s.dq_total[buf] = turn.total;
     }
     if (active) {
-      const uint32_t q_addr = smem_u32(s.q[st][0]);
-      const uint32_t do_addr = smem_u32(s.dout[st][0]);
       float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
       fence_regs(sc);
       fence_regs(dp);
@@ -403,13 +409,15 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
         const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(sc, desc_k_major(k_addr + a_off), desc_k_major(q_addr + b_off), kk > 0);
+        wgmma_ss_n64<T>(sc, desc_advance(k_desc, a_off),
+                        desc_advance(q_desc0, st * kStageBytes + b_off), kk > 0);
       }
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
         const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(dp, desc_k_major(v_addr + a_off), desc_k_major(do_addr + b_off), kk > 0);
+        wgmma_ss_n64<T>(dp, desc_advance(v_desc, a_off),
+                        desc_advance(do_desc0, st * kStageBytes + b_off), kk > 0);
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -472,10 +480,10 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-        wgmma_rs_d<T, D>(dv, pa[kk], desc_mn_major(do_addr + kk * 16 * 128, kQHalf));
+        wgmma_rs_d<T, D>(dv, pa[kk], desc_advance(do_mn0, st * kStageBytes + kk * 16 * 128));
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-        wgmma_rs_d<T, D>(dk, dsa[kk], desc_mn_major(q_addr + kk * 16 * 128, kQHalf));
+        wgmma_rs_d<T, D>(dk, dsa[kk], desc_advance(q_mn0, st * kStageBytes + kk * 16 * 128));
       wgmma_commit();
       wgmma_wait<0>();
       fence_regs(dv);
