@@ -424,23 +424,19 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       fence_regs(sc);
       fence_regs(dp);
 
-      // As the dk/dv kernel: x = S^T scale log2 e - lse2 (one FFMA), the mask
-      // sets x = -inf, P^T = exp2(x).
+      // As the dk/dv kernel (and bit for bit: tests/test_bwd_fused.py): x = S^T
+      // scale log2 e, the mask sets x = -inf, P^T = exp2(x - lse2).
 #pragma unroll
-      for (int nb = 0; nb < 8; ++nb) {
-        const float2 l2 = *reinterpret_cast<const float2*>(&s.lse2[st][nb * 8 + 2 * t]);
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sc[4 * nb + e] = fmaf(sc[4 * nb + e], scale_log2, -((e & 1) ? l2.y : l2.x));
-      }
+      for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
       if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
         mask_key_rows<8>(sc, vis, wj_first + g, pos0 + 2 * t, p.k_len);
 #pragma unroll
       for (int nb = 0; nb < 8; ++nb) {
         const float2 dl = *reinterpret_cast<const float2*>(&s.delta[st][nb * 8 + 2 * t]);
+        const float2 l2 = *reinterpret_cast<const float2*>(&s.lse2[st][nb * 8 + 2 * t]);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float prob = exp2f(sc[4 * nb + e]);
+          const float prob = exp2f(sc[4 * nb + e] - ((e & 1) ? l2.y : l2.x));
           sc[4 * nb + e] = prob;
           dp[4 * nb + e] = prob * (dp[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
         }
