@@ -12,7 +12,11 @@ Same process, same inputs, same GPU:
   swaa-fused-cols  the same with SWAA_BWD_FUSED_DQ=1 (its dQ split by columns, D=128)
   swaa-concurrent  swaa with SWAA_BWD_CONCURRENT=1 (the two backward passes on two streams)
 Times are the median of CUDA-event timings over --reps runs that rotate over
-two input sets (so L2 does not hold one set).  Effective TFLOP/s count the
+two input sets (so L2 does not hold one set), taken in --rounds interleaved
+rounds: every implementation of a shape is timed once per round, in turn, so
+a drift of the GPU's clocks or temperature during the shape's timing falls on
+all of them alike (session 10 saw one kernel's per-shape times move by up to
+13% between two calls; within one call the ratios are what to compare).  Effective TFLOP/s count the
 visible (query, key) pairs of the SWA mask only, 4*D flops per pair forward and
 3.5x that for forward+backward, for every implementation (sdpa included: its
 number says how fast it delivers the SWA result).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import itertools
 import json
 import os
@@ -53,12 +58,14 @@ def visible_pairs(n: int, window: int, sink: int) -> int:
     return pairs
 
 
-def time_ms(fn, sets, warmup: int, reps: int) -> float:
+def event_times(fn, sets, warmup: int, reps: int, first: int = 0) -> list[float]:
+    """CUDA-event times (ms) of `reps` calls of fn, input sets rotated from
+    index `first`, after `warmup` untimed calls."""
     for i in range(warmup):
         fn(*sets[i % len(sets)])
     torch.cuda.synchronize()
     times = []
-    for i in range(reps):
+    for i in range(first, first + reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         args = sets[i % len(sets)]
         start.record()
@@ -66,7 +73,35 @@ def time_ms(fn, sets, warmup: int, reps: int) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
+
+
+def time_ms(fn, sets, warmup: int, reps: int) -> float:
+    return statistics.median(event_times(fn, sets, warmup, reps))
+
+
+def interleaved_ms(jobs: dict, warmup: int, reps: int, rounds: int, timer=event_times) -> dict:
+    """Median time (ms) of each job, timed in `rounds` rounds that take the jobs
+    in turn (about reps / rounds calls of each per round, reps in all; the
+    warmup calls in the first round only).  jobs: name -> (fn, sets, env), env
+    the knobs set around the job's calls.  timer(fn, sets, warmup, reps, first)
+    returns the times of one block (event_times; tests pass a fake)."""
+    rounds = max(1, min(rounds, reps))
+    times = {name: [] for name in jobs}
+    for r in range(rounds):
+        n = reps // rounds + (1 if r < reps % rounds else 0)
+        for name, (fn, sets, env) in jobs.items():
+            saved = {key: os.environ.get(key) for key in env}
+            os.environ.update(env)
+            try:
+                times[name] += timer(fn, sets, warmup if r == 0 else 0, n, len(times[name]))
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -80,6 +115,8 @@ def main() -> None:
     ap.add_argument("--impls", nargs="+", default=["swaa", "flex", "sdpa"])
     ap.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"])
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds over the implementations (1: one block each)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_kernels.jsonl"))
     args = ap.parse_args()
@@ -146,31 +183,38 @@ def main() -> None:
             with torch.no_grad():
                 outs[impl] = run(impl, *sets[0][:3])[:, :, -512:].float()
         ref_impl = "flex" if "flex" in outs else None
+        grad_sets = [tuple(t.detach().requires_grad_(True) for t in s[:3]) + (s[3],) for s in sets]
+
+        def fwd_fn(q, k, v, do, impl):
+            with torch.no_grad():
+                run(impl, q, k, v)
+
+        def fwd_bwd_fn(q, k, v, do, impl):
+            q.grad = k.grad = v.grad = None
+            run(impl, q, k, v).backward(do)
+
+        # every (impl, pass) of the shape in interleaved rounds; SDPA once per
+        # (D, N): it does not depend on W, S
+        jobs = {}
+        for impl in args.impls:
+            for pass_ in args.passes:
+                if impl == "sdpa" and (D, N, pass_) in sdpa_done:
+                    continue
+                fn = functools.partial(fwd_fn if pass_ == "fwd" else fwd_bwd_fn, impl=impl)
+                jobs[(impl, pass_)] = (fn, sets if pass_ == "fwd" else grad_sets,
+                                       IMPL_ENV.get(impl, {}))
+        times = interleaved_ms(jobs, args.warmup, args.reps, args.rounds)
         for impl in args.impls:
             saved = {key: os.environ.get(key) for key in IMPL_ENV.get(impl, {})}
             os.environ.update(IMPL_ENV.get(impl, {}))
             for pass_ in args.passes:
-                if impl == "sdpa" and (D, N, pass_) in sdpa_done:
-                    ms = sdpa_done[(D, N, pass_)]  # independent of W, S
-                elif pass_ == "fwd":
-                    def fn(q, k, v, do, impl=impl):
-                        with torch.no_grad():
-                            run(impl, q, k, v)
-                    ms = time_ms(fn, sets, args.warmup, args.reps)
-                else:
-                    grad_sets = [tuple(t.detach().requires_grad_(True) for t in s[:3]) + (s[3],)
-                                 for s in sets]
-
-                    def fn(q, k, v, do, impl=impl):
-                        q.grad = k.grad = v.grad = None
-                        run(impl, q, k, v).backward(do)
-                    ms = time_ms(fn, grad_sets, args.warmup, args.reps)
+                ms = times[(impl, pass_)] if (impl, pass_) in times else sdpa_done[(D, N, pass_)]
                 if impl == "sdpa":
                     sdpa_done[(D, N, pass_)] = ms
                 flop = fwd_flop * (1.0 if pass_ == "fwd" else 3.5)
                 row = dict(meta, impl=impl, **{"pass": pass_}, B=B, Hq=args.Hq, Hkv=args.Hkv,
                            D=D, N=N, W=W, S=S, dtype="bfloat16", ms=round(ms, 4),
-                           tflops=round(flop / ms / 1e9, 1))
+                           tflops=round(flop / ms / 1e9, 1), rounds=max(1, min(args.rounds, args.reps)))
                 if impl.startswith("swaa"):  # which kernels ran (SWAA_FWD_HOPPER / _BWD_HOPPER)
                     row["swaa_fwd_path"] = torch.ops.swaa.fwd_path(*sets[0][:3])
                     q0, k0, v0, do0 = sets[0]

@@ -193,3 +193,35 @@ def test_bwd_rule_table_says_whether_the_default_took_the_faster_kernel(capsys):
     assert body[("128", "1024", "4096")].endswith("sm90 (1.200 ms, the SLOWER)")
     assert " 1.20x " in body[("128", "1024", "4096")]
     assert body[("64", "1024", "8192")].endswith("sm90-fused (1.600 ms, the faster)")
+
+
+def test_kernel_benchmark_interleaves_the_implementations(monkeypatch):
+    """bench_cuda_kernels.interleaved_ms takes every job once per round, in turn
+    (a drift of the GPU's clocks during a shape's timing then falls on every
+    implementation alike), warms up in the first round only, splits the reps
+    over the rounds, rotates the input sets across rounds, sets each job's knobs
+    around its own calls only, and returns the median of all its samples."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_cuda_kernels
+
+    monkeypatch.delenv("SWAA_TEST_KNOB", raising=False)
+    calls = []
+    clock = iter(range(1, 1000))
+
+    def timer(fn, sets, warmup, reps, first):
+        calls.append((fn, warmup, reps, first, os.environ.get("SWAA_TEST_KNOB")))
+        return [float(next(clock)) for _ in range(reps)]
+
+    jobs = {"a": ("fa", ["s0", "s1"], {}), "b": ("fb", ["s0", "s1"], {"SWAA_TEST_KNOB": "1"})}
+    ms = bench_cuda_kernels.interleaved_ms(jobs, warmup=3, reps=7, rounds=3, timer=timer)
+    assert [c[0] for c in calls] == ["fa", "fb"] * 3              # in turn, round after round
+    assert [c[1] for c in calls] == [3, 3, 0, 0, 0, 0]           # warmup in round one only
+    assert [c[2] for c in calls] == [3, 3, 2, 2, 2, 2]           # 7 reps over 3 rounds
+    assert [c[3] for c in calls] == [0, 0, 3, 3, 5, 5]           # input sets keep rotating
+    assert [c[4] for c in calls] == [None, "1"] * 3              # knobs around the job only
+    assert "SWAA_TEST_KNOB" not in os.environ
+    # a's samples: 1-3, 7-8, 11-12 -> median 7; b's: 4-6, 9-10, 13-14 -> median 9
+    assert ms == {"a": 7.0, "b": 9.0}
+    calls.clear()
+    bench_cuda_kernels.interleaved_ms(jobs, warmup=2, reps=4, rounds=1, timer=timer)
+    assert [(c[0], c[1], c[2]) for c in calls] == [("fa", 2, 4), ("fb", 2, 4)]
