@@ -15,11 +15,11 @@ Times are the median of CUDA-event timings over --reps runs that rotate over
 two input sets (so L2 does not hold one set), taken in --rounds interleaved
 rounds: every implementation of a shape is timed once per round, in turn, so
 a drift of the GPU's clocks or temperature during the shape's timing falls on
-all of them alike (session 10 saw one kernel's per-shape times move by up to
-13% between two calls; within one call the ratios are what to compare).  Effective TFLOP/s count the
-visible (query, key) pairs of the SWA mask only, 4*D flops per pair forward and
-3.5x that for forward+backward, for every implementation (sdpa included: its
-number says how fast it delivers the SWA result).
+all of them alike (between two calls session 10 saw one kernel's per-shape
+times move by up to 13%: compare ratios within one call).  Effective TFLOP/s
+count the visible (query, key) pairs of the SWA mask only, 4*D flops per pair
+forward and 3.5x that for forward+backward, for every implementation (sdpa
+included: its number says how fast it delivers the SWA result).
 
   python bench/bench_cuda_kernels.py --out bench/results/cuda_kernels.jsonl
 """
@@ -214,7 +214,8 @@ def main() -> None:
                 flop = fwd_flop * (1.0 if pass_ == "fwd" else 3.5)
                 row = dict(meta, impl=impl, **{"pass": pass_}, B=B, Hq=args.Hq, Hkv=args.Hkv,
                            D=D, N=N, W=W, S=S, dtype="bfloat16", ms=round(ms, 4),
-                           tflops=round(flop / ms / 1e9, 1), rounds=max(1, min(args.rounds, args.reps)))
+                           tflops=round(flop / ms / 1e9, 1),
+                           rounds=max(1, min(args.rounds, args.reps)))
                 if impl.startswith("swaa"):  # which kernels ran (SWAA_FWD_HOPPER / _BWD_HOPPER)
                     row["swaa_fwd_path"] = torch.ops.swaa.fwd_path(*sets[0][:3])
                     q0, k0, v0, do0 = sets[0]
