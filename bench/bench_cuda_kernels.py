@@ -9,7 +9,9 @@ Same process, same inputs, same GPU:
   swaa-v6  swaa with SWAA_BWD_HOPPER=1 (the two-pass Hopper backward; the default
            picks it or the single pass by shape)
   swaa-fused  swaa with SWAA_BWD_HOPPER=4 (the single-pass Hopper backward)
-  swaa-fused-cols  the same with SWAA_BWD_FUSED_DQ=1 (its dQ split by columns, D=128)
+  swaa-fused-cols  the same with SWAA_BWD_FUSED_DQ=1 (its dQ split by columns, D=128;
+                   the default there since session 10)
+  swaa-fused-keys  the same with SWAA_BWD_FUSED_DQ=0 (its dQ split by keys)
   swaa-concurrent  swaa with SWAA_BWD_CONCURRENT=1 (the two backward passes on two streams)
 Times are the median of CUDA-event timings over --reps runs that rotate over
 two input sets (so L2 does not hold one set), taken in --rounds interleaved
@@ -44,6 +46,7 @@ import swaa_ext
 IMPL_ENV = {"swaa-v6": {"SWAA_BWD_HOPPER": "1"},
             "swaa-fused": {"SWAA_BWD_HOPPER": "4"},
             "swaa-fused-cols": {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "1"},
+            "swaa-fused-keys": {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_FUSED_DQ": "0"},
             "swaa-concurrent": {"SWAA_BWD_CONCURRENT": "1"}}
 
 

@@ -442,7 +442,7 @@ step_fused() {
     --parts bwd-fused --out "$STEP_DIR/cuda_tuning.jsonl"
   # shellcheck disable=SC2086
   run_part bench_fused "${BENCH_TIMEOUT:-540}" python bench/bench_cuda_kernels.py \
-    --impls swaa swaa-v6 swaa-fused swaa-fused-cols flex --passes fwd+bwd \
+    --impls swaa swaa-v6 swaa-fused swaa-fused-cols swaa-fused-keys flex --passes fwd+bwd \
     ${FUSED_BENCH_ARGS:---N 32768 --S 0 4} --out "$STEP_DIR/cuda_kernels.jsonl"
   [[ -s $STEP_DIR/cuda_kernels.jsonl ]] || return
   TAIL_LINES=20 run_part ratios 60 python - "$STEP_DIR/cuda_kernels.jsonl" <<'PY'
@@ -451,7 +451,7 @@ by = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
     by.setdefault((r["D"], r["N"], r["W"], r["S"]), {})[r["impl"]] = r["ms"]
-impls = ("swaa", "swaa-v6", "swaa-fused", "swaa-fused-cols")
+impls = ("swaa", "swaa-v6", "swaa-fused", "swaa-fused-cols", "swaa-fused-keys")
 print("fwd+bwd ms (flex / impl)  D N W S | " + " | ".join(impls) + " | flex")
 for key, m in sorted(by.items()):
     if "flex" in m:

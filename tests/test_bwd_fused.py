@@ -40,7 +40,9 @@ from test_bwd_hopper import (  # noqa: F401  (test_*: collected here again, with
     fwd,
     hopper_bwd_available,
     inputs,
+    kernels_of,
     mask_kwargs,
+    template_args,
     test_agrees_with_sm80_backward,
     test_autograd_through_swa_attention,
     test_bitwise_repeatable,
@@ -94,6 +96,25 @@ def fused(monkeypatch):
     return PATHS["4"]
 
 
+@pytest.mark.parametrize("knob,D,cols", [(None, 128, True), (None, 64, False), ("0", 128, False),
+                                         ("1", 128, True), ("1", 64, False)])
+def test_dq_split_default_and_knob(fused, monkeypatch, knob, D, cols):
+    """The single pass splits its dQ product by columns at D=128 (the default since
+    session 10: faster in the tuning runs of sessions 5-10) and by keys at D=64;
+    SWAA_BWD_FUSED_DQ=0 / 1 choose at D=128 (1 is ignored at D=64).  The kernel's
+    COLS template argument, as the profiler names it, says which ran."""
+    if knob is None:
+        monkeypatch.delenv("SWAA_BWD_FUSED_DQ", raising=False)
+    else:
+        monkeypatch.setenv("SWAA_BWD_FUSED_DQ", knob)
+    q, k, v, dout = inputs(1, 4, 1, 1024, 1024, seed=5, D=D)
+    out, lse = fwd(q, k, v, 64, 4)
+    names = [n for n in kernels_of(lambda: bwd(dout, q, k, v, out, lse, 64, 4))
+             if "bwd_fused_sm90_kernel<" in n]
+    assert len(names) == 1, names
+    assert template_args(names[0])[1:3] == [str(D), "true" if cols else "false"], names
+
+
 # The imported tests, with knob 4 where they take both passes or one Hopper setting.
 @pytest.fixture(params=["4"], ids=["sm90-fused"])
 def both_passes(request, fused):
@@ -120,7 +141,8 @@ FUSED_CASES = [  # (B, Hq, Hkv, Lq, Lk, window, sink, full_from)
 ]
 
 # (D, SWAA_BWD_FUSED_DQ): the dQ product split over the consumer groups by keys
-# (0, the default) or by columns (1, D=128 only; ignored at D=64)
+# (0, the default at D=64) or by columns (1, D=128 only, its default there since
+# session 10; ignored at D=64)
 FUSED_VARIANTS = [(64, "0"), (128, "0"), (128, "1")]
 
 # dq of the single pass against the two passes', per 64-row tile relative to the

@@ -309,6 +309,22 @@ def test_bitwise_repeatable(both_passes, monkeypatch, D):
     assert torch.equal(dq0, bwd(dout, q, k, v, out, lse, 200, 4, ff)[0])
 
 
+def kernels_of(run):
+    """Names of the CUDA kernels run() launches (torch.profiler)."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    return [e.key for e in prof.key_averages()]
+
+
+def template_args(name):
+    """The template arguments of a kernel name as the profiler gives it
+    (`void ns::kernel<__nv_bfloat16, 128, true>(...)` -> ['__nv_bfloat16', '128', 'true'])."""
+    head = name.split("(")[0]
+    return head[head.index("<") + 1:head.rindex(">")].split(", ")
+
+
 def assert_same_bits_on_a_side_stream_and_in_a_graph(run, want):
     """run() (a backward: dq, dk, dv) gives want's bits on a caller stream of its
     own and in the replays of a CUDA graph that captured it (outputs poisoned

@@ -377,9 +377,14 @@ bool try_bwd(const AttnParams& p, Dtype dtype, unsigned passes, float* delta,
   if ((passes & kHopperFused) && (passes & kHopperDq) && (passes & kHopperDkdv) &&
       fused_device_ok()) {
     // SWAA_BWD_FUSED_DQ (D = 128): 0 = each consumer group takes the dQ of its
-    // own 64 keys, the parts summed in shared memory (default); 1 = each takes
-    // 64 of the dQ columns over all keys (barrier over both groups per item).
-    const bool cols = knob("SWAA_BWD_FUSED_DQ", 0, 0, 1) == 1;
+    // own 64 keys, the parts summed in shared memory; 1 = each takes 64 of the
+    // dQ columns over all keys (barrier over both groups per item), the default
+    // at D = 128 since session 10: in the 12 tuning runs of sessions 5-10 on
+    // six shapes (bench/results/cuda_tuning_h200.jsonl, part bwd-fused) the
+    // column split's backward ran at 0.97-1.14x the key split's, 1.02-1.07x at
+    // N=32k, W=4096, S=0 (one of the shapes where fwd+bwd stays below 1.3x
+    // Flex), never below 0.97x; docs/cuda_kernels.md "v7".
+    const bool cols = knob("SWAA_BWD_FUSED_DQ", p.head_dim == 128 ? 1 : 0, 0, 1) == 1;
     if (p.head_dim == 128) {
       if (cols)
         *error = bf16 ? launch_fused<__nv_bfloat16, 128, true>(p, delta, workspace, dkdv_maps, stream)
