@@ -361,16 +361,11 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
   mbar_wait(&s.kv_full, 0);
-  // S^T and dP^T descriptors as in the dk/dv kernel: made once, advanced by
-  // constant byte offsets (desc_advance).
-  const uint64_t k_desc = desc_k_major(smem_u32(s.k[0]) + cg * 64 * 128);  // the group's 64 key rows
-  const uint64_t v_desc = desc_k_major(smem_u32(s.v[0]) + cg * 64 * 128);
-  const uint64_t q_desc0 = desc_k_major(smem_u32(s.q[0][0]));      // stage 0; stage st is
-  const uint64_t do_desc0 = desc_k_major(smem_u32(s.dout[0][0]));  // st * kStageBytes further
-  const uint64_t q_mn0 = desc_mn_major(smem_u32(s.q[0][0]), kQHalf);
-  const uint64_t do_mn0 = desc_mn_major(smem_u32(s.dout[0][0]), kQHalf);
+  // The dk/dv kernel's descriptors (dkdv_descs, bwd_sm90.cuh).
+  const DkdvDescs descs = dkdv_descs(s, cg, kQHalf);
+  const uint64_t k_desc = descs.k, v_desc = descs.v, q_desc0 = descs.q0, do_desc0 = descs.do0;
+  const uint64_t q_mn0 = descs.q_mn0, do_mn0 = descs.do_mn0;
   constexpr uint32_t kStageBytes = sizeof(s.q[0]);
-  static_assert(sizeof(s.q[0]) == sizeof(s.dout[0]), "Q and dO stages of one size");
 
   const int count = w.end - w.first;
   for (int n = 0; n < count; ++n) {

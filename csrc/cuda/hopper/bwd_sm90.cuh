@@ -239,6 +239,27 @@ __device__ __forceinline__ void wgmma_rs_d(float (&acc)[D / 2], const uint32_t (
     wgmma_rs_n64<T>(acc, a, desc_b);
 }
 
+// The dk/dv products' wgmma descriptors, made once per consumer group and
+// advanced by constant byte offsets (desc_advance).  Shared by the dk/dv kernel
+// and the single pass, whose K, V, Q, dO tiles have one layout (their dk, dv
+// are tested bit for bit against each other): K and V rows 64 cg ... of the
+// block (K-major: the A operands of S^T, dP^T); stage 0 of Q and dO as the B
+// operands of S^T, dP^T (K-major) and of dV, dK (MN-major, the halves of D
+// q_half bytes apart).  Stage st is st * sizeof(s.q[0]) further.
+struct DkdvDescs {
+  uint64_t k, v, q0, do0, q_mn0, do_mn0;
+};
+template <typename Smem>
+__device__ __forceinline__ DkdvDescs dkdv_descs(const Smem& s, int cg, uint32_t q_half) {
+  static_assert(sizeof(s.q[0]) == sizeof(s.dout[0]), "Q and dO stages of one size");
+  return {desc_k_major(smem_u32(s.k[0]) + cg * 64 * 128),
+          desc_k_major(smem_u32(s.v[0]) + cg * 64 * 128),
+          desc_k_major(smem_u32(s.q[0][0])),
+          desc_k_major(smem_u32(s.dout[0][0])),
+          desc_mn_major(smem_u32(s.q[0][0]), q_half),
+          desc_mn_major(smem_u32(s.dout[0][0]), q_half)};
+}
+
 // ---------------------------------------------------------------------------
 // dk / dv
 
@@ -318,15 +339,10 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
   mbar_wait(&s.kv_full, 0);
-  // wgmma descriptors: made once, advanced by constant byte offsets (desc_advance).
-  const uint64_t k_desc = desc_k_major(smem_u32(s.k[0]) + cg * 64 * 128);  // the group's 64 key rows
-  const uint64_t v_desc = desc_k_major(smem_u32(s.v[0]) + cg * 64 * 128);
-  const uint64_t q_desc0 = desc_k_major(smem_u32(s.q[0][0]));        // stage 0; stage st is
-  const uint64_t do_desc0 = desc_k_major(smem_u32(s.dout[0][0]));    // st * kStageBytes further
-  const uint64_t q_mn0 = desc_mn_major(smem_u32(s.q[0][0]), kQHalf);
-  const uint64_t do_mn0 = desc_mn_major(smem_u32(s.dout[0][0]), kQHalf);
+  const DkdvDescs descs = dkdv_descs(s, cg, kQHalf);
+  const uint64_t k_desc = descs.k, v_desc = descs.v, q_desc0 = descs.q0, do_desc0 = descs.do0;
+  const uint64_t q_mn0 = descs.q_mn0, do_mn0 = descs.do_mn0;
   constexpr uint32_t kStageBytes = sizeof(s.q[0]);
-  static_assert(sizeof(s.q[0]) == sizeof(s.dout[0]), "Q and dO stages of one size");
 
   for (int it = w.first; it < w.end; ++it) {
     const int n = it - w.first, st = n % ST;
