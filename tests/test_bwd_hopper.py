@@ -375,6 +375,40 @@ def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
         lambda: bwd(dout, q, k, v, out, lse, 300, 130, ff), want)
 
 
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", [(2, 8, 2, 1500, 1500, 64, 40, None, "1"),
+                                  (2, 8, 2, 1500, 1500, 64, 40, None, "3"),
+                                  (2, 8, 2, 2049, 2049, 200, 4, "per", "1"),
+                                  (1, 4, 1, 300, 1000, 100, 130, None, "1"),
+                                  (2, 4, 4, 520, 520, None, 0, 260, "1"),
+                                  (1, 2, 1, 64, 64, 1, 0, None, "1"),
+                                  (1, 4, 2, 700, 700, 63, 0, None, "1")],
+                         ids=["sink40", "sink40-split3", "per-ff", "short-q-sink130", "full-ff",
+                              "one-item", "w63"])
+def test_pipelined_dkdv_same_bits(both_passes, monkeypatch, dtype, case, D):
+    """SWAA_BWD_PIPELINE=1 (the dk/dv kernel computing the next item's
+    probabilities while this item's dV, dK products run; D=64) issues the same
+    products in the same order: dq, dk, dv are bitwise the default's.  The cases
+    cover items the group skips (sink 40 < the block's second 64 keys: the far
+    rows see none of them), split sink blocks, per-sequence full_from, a short
+    query, a single item and windows of 1 and 63.  At D=128 the knob does
+    nothing (same kernel)."""
+    B, Hq, Hkv, Lq, Lk, window, sink, ff, split = case
+    monkeypatch.setenv("SWAA_BWD_SPLIT", split)
+    ff = full_from_of(ff, B, Lk)
+    q, k, v, dout = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + sink, D=D)
+    out, lse = fwd(q, k, v, window, sink, ff, 0.1)
+    monkeypatch.setenv("SWAA_BWD_PIPELINE", "0")
+    want = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
+    monkeypatch.setenv("SWAA_BWD_PIPELINE", "1")
+    got = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert torch.equal(a, b), f"{name} differs with SWAA_BWD_PIPELINE=1"
+    if D == 64 and case[-1] == "1" and window == 64:
+        check_grads(q, k, v, dout, got, **mask_kwargs(window, sink, ff, 0.1))
+
+
 def test_stride_fallback_and_strided_views(both_passes):
     """K/V expanded over the batch (stride 0) take the sm_80 backward; (B, L, H, D)
     views take the Hopper one; both give the reference gradients."""

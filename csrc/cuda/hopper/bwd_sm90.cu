@@ -242,6 +242,17 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   static const cudaError_t configured_dq = allow_smem(bwd_dq_sm90_kernel<T, D>, kDqSmem);
   if (configured_dkdv != cudaSuccess) return configured_dkdv;
   if (configured_dq != cudaSuccess) return configured_dq;
+  // SWAA_BWD_PIPELINE=1: the dk/dv kernel whose groups compute the next item's
+  // probabilities while this item's dV, dK products run (D=64 only: at D=128
+  // its registers would not fit; the knob does nothing there).  Same bits.
+  const bool pipelined = D == 64 && knob("SWAA_BWD_PIPELINE", 0, 0, 1) == 1;
+  auto dkdv_kernel = bwd_dkdv_sm90_kernel<T, D>;
+  if constexpr (D == 64) {
+    static const cudaError_t configured_pipe =
+        allow_smem(bwd_dkdv_sm90_kernel<T, D, true>, kDkdvSmem);
+    if (pipelined && configured_pipe != cudaSuccess) return configured_pipe;
+    if (pipelined) dkdv_kernel = bwd_dkdv_sm90_kernel<T, D, true>;
+  }
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", kBwdOrder, 0, 1) == 1;
   const int64_t q_len_pad = ceil_div(p.q_len, kPadRows) * kPadRows;
@@ -267,7 +278,7 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   };
   auto launch_dkdv = [&] {
     const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
-    bwd_dkdv_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kDkdvSmem, stream>>>(
+    dkdv_kernel<<<static_cast<unsigned>(grid), C::kThreads, kDkdvSmem, stream>>>(
         p, lse2_pad, delta_pad, q_len_pad, sched, dkdv_maps.q, dkdv_maps.k, dkdv_maps.v,
         dkdv_maps.dout);
     err = cudaGetLastError();
