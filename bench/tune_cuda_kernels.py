@@ -24,8 +24,8 @@ them on the same inputs.  Five parts (--parts, default the first three):
                 cuda_kernels.md "v7") against the two passes (1), also with its dQ
                 split by columns (SWAA_BWD_FUSED_DQ=1), and both with the KV heads
                 one after the other (SWAA_BWD_ORDER=0), and v6 with its two passes
-                on two streams (SWAA_BWD_CONCURRENT=1) or with the pipelined dk/dv
-                kernel (SWAA_BWD_PIPELINE=1, D=64), with per-kernel times, on
+                on two streams (SWAA_BWD_CONCURRENT=1) or with the pipelined
+                kernels (SWAA_BWD_PIPELINE=1), with per-kernel times, on
                 FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
   bwd-rule      the default's choice between v6 and v7 (prefer_single_pass in
                 csrc/cuda/attention.cpp: v7 when the keys are >= 7 x (W + S) long)
@@ -332,9 +332,9 @@ def main() -> None:
                     {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "0"},
                     {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "1"},
                     {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_ORDER": "0"},
-                    # v6 with the dk/dv kernel's groups overlapping the next item's
-                    # probabilities with this item's dV, dK products (D=64; at D=128
-                    # the same kernel as SWAA_BWD_HOPPER=1)
+                    # v6 with its consumer groups computing the next item's (tile's)
+                    # probabilities while this one's last products run (dq kernel:
+                    # D=64 and 128; dk/dv kernel: D=64)
                     {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_PIPELINE": "1"}]
         # v6 with its dq pass on a second stream beside the dk/dv pass (no kernel profile:
         # the two overlap, so per-kernel times would not add up to the call)

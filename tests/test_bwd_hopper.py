@@ -386,14 +386,14 @@ def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
                                   (1, 4, 2, 700, 700, 63, 0, None, "1")],
                          ids=["sink40", "sink40-split3", "per-ff", "short-q-sink130", "full-ff",
                               "one-item", "w63"])
-def test_pipelined_dkdv_same_bits(both_passes, monkeypatch, dtype, case, D):
-    """SWAA_BWD_PIPELINE=1 (the dk/dv kernel computing the next item's
-    probabilities while this item's dV, dK products run; D=64) issues the same
-    products in the same order: dq, dk, dv are bitwise the default's.  The cases
-    cover items the group skips (sink 40 < the block's second 64 keys: the far
+def test_pipelined_kernels_same_bits(both_passes, monkeypatch, dtype, case, D):
+    """SWAA_BWD_PIPELINE=1 (kernels whose consumer groups compute the next
+    item's or tile's probabilities while this one's last products run: the dq
+    kernel at D=64 and 128, the dk/dv kernel at D=64) issues the same products
+    in the same order: dq, dk, dv are bitwise the default's.  The cases cover
+    items a dk/dv group skips (sink 40 < the block's second 64 keys: the far
     rows see none of them), split sink blocks, per-sequence full_from, a short
-    query, a single item and windows of 1 and 63.  At D=128 the knob does
-    nothing (same kernel)."""
+    query, a single item or tile and windows of 1 and 63."""
     B, Hq, Hkv, Lq, Lk, window, sink, ff, split = case
     monkeypatch.setenv("SWAA_BWD_SPLIT", split)
     ff = full_from_of(ff, B, Lk)

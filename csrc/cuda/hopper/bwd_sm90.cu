@@ -242,16 +242,24 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   static const cudaError_t configured_dq = allow_smem(bwd_dq_sm90_kernel<T, D>, kDqSmem);
   if (configured_dkdv != cudaSuccess) return configured_dkdv;
   if (configured_dq != cudaSuccess) return configured_dq;
-  // SWAA_BWD_PIPELINE=1: the dk/dv kernel whose groups compute the next item's
-  // probabilities while this item's dV, dK products run (D=64 only: at D=128
-  // its registers would not fit; the knob does nothing there).  Same bits.
-  const bool pipelined = D == 64 && knob("SWAA_BWD_PIPELINE", 0, 0, 1) == 1;
+  // SWAA_BWD_PIPELINE=1: kernels whose consumer groups compute the next
+  // item's (tile's) probabilities while this one's last products run: the dq
+  // kernel at both head dims, the dk/dv kernel at D=64 (at D=128 its
+  // registers would not fit: the default dk/dv kernel there).  Same bits.
+  const bool pipelined = knob("SWAA_BWD_PIPELINE", 0, 0, 1) == 1;
+  auto dq_kernel = bwd_dq_sm90_kernel<T, D>;
   auto dkdv_kernel = bwd_dkdv_sm90_kernel<T, D>;
-  if constexpr (D == 64) {
-    static const cudaError_t configured_pipe =
-        allow_smem(bwd_dkdv_sm90_kernel<T, D, true>, kDkdvSmem);
-    if (pipelined && configured_pipe != cudaSuccess) return configured_pipe;
-    if (pipelined) dkdv_kernel = bwd_dkdv_sm90_kernel<T, D, true>;
+  if (pipelined) {
+    static const cudaError_t configured_dq_pipe =
+        allow_smem(bwd_dq_sm90_kernel<T, D, true>, kDqSmem);
+    if (configured_dq_pipe != cudaSuccess) return configured_dq_pipe;
+    dq_kernel = bwd_dq_sm90_kernel<T, D, true>;
+    if constexpr (D == 64) {
+      static const cudaError_t configured_dkdv_pipe =
+          allow_smem(bwd_dkdv_sm90_kernel<T, D, true>, kDkdvSmem);
+      if (configured_dkdv_pipe != cudaSuccess) return configured_dkdv_pipe;
+      dkdv_kernel = bwd_dkdv_sm90_kernel<T, D, true>;
+    }
   }
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", kBwdOrder, 0, 1) == 1;
@@ -271,7 +279,7 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   const bool dq = (passes & kHopperDq) != 0;
   auto launch_dq = [&](cudaStream_t on) {
     const int64_t grid = ceil_div(p.q_len, C::kDqBlockM) * p.q_heads * p.batch;
-    bwd_dq_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kDqSmem, on>>>(
+    dq_kernel<<<static_cast<unsigned>(grid), C::kThreads, kDqSmem, on>>>(
         p, lse2_pad, delta_pad, q_len_pad, heads_inner, dq_maps.q, dq_maps.k, dq_maps.v,
         dq_maps.dout);
     return cudaGetLastError();

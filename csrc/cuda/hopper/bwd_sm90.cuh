@@ -548,7 +548,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 // ---------------------------------------------------------------------------
 // dq
 
-template <typename T, int D>
+template <typename T, int D, bool kPipe = false>
 __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     bwd_dq_sm90_kernel(const AttnParams p, const float* lse2_pad, const float* delta_pad,
                        int64_t q_len_pad, bool heads_inner,
@@ -651,15 +651,20 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   constexpr uint32_t kStageBytes = sizeof(s.k[0]);
   static_assert(sizeof(s.k[0]) == sizeof(s.v[0]), "K and V stages of one size");
 
-  for (int it = 0; it < tiles.count; ++it) {
-    const int st = it % ST;
+  // The steps of one key tile, on the caller's registers: sc, dp (S, dP: row
+  // g + 8 (e >> 1), key column 8 n + 2 t + (e & 1)), dsa (dS as A fragments,
+  // k = the tile's 64 keys).
+  using Scores = float[32];
+  using Frags = uint32_t[4][4];
+  auto stage_wait = [&](int it) {
     const uint32_t parity = static_cast<uint32_t>((it / ST) & 1);
-    const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
+    mbar_wait(&s.k_full[it % ST], parity);
+    mbar_wait(&s.v_full[it % ST], parity);
+  };
+  // S = Q K^T and dP = dO V^T of the tile in stage st, issued (not waited for).
+  auto issue_scores = [&](Scores& sc, Scores& dp, int st) {
     const uint64_t k_desc = desc_advance(k_desc0, st * kStageBytes);
     const uint64_t v_desc = desc_advance(v_desc0, st * kStageBytes);
-    mbar_wait(&s.k_full[st], parity);
-    mbar_wait(&s.v_full[st], parity);
-    float sc[32], dp[32];  // S, dP: row g + 8 (e >> 1), key column 8 n + 2 t + (e & 1)
     fence_regs(sc);
     fence_regs(dp);
     wgmma_fence();
@@ -676,12 +681,11 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       wgmma_ss_n64<T>(dp, desc_advance(do_desc, a_off), desc_advance(v_desc, b_off), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sc);
-    fence_regs(dp);
-
-    // x = S scale log2 e - lse2 of the row, one FFMA per score; the mask sets
-    // x = -inf; P = exp2(x).
+  };
+  // dS of tile `it` in place in dp: x = S scale log2 e - lse2 of the row, one
+  // FFMA per score; the mask sets x = -inf; P = exp2(x), dS = P (dP - delta).
+  auto probabilities = [&](Scores& sc, Scores& dp, int it) {
+    const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
 #pragma unroll
     for (int i = 0; i < 32; ++i) sc[i] = fmaf(sc[i], scale_log2, -lse2[(i >> 1) & 1]);
     if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
@@ -692,19 +696,71 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       const float prob = exp2f(sc[i]);
       dp[i] = prob * (dp[i] - dl[r]);
     }
-    uint32_t dsa[4][4];  // dS as A fragments (k = the tile's 64 keys)
-    pack_a<T>(dsa, dp);
+  };
+  // dQ += dS K of the tile in stage st, issued (not waited for).
+  auto issue_dq = [&](Frags& dsa, int st) {
     fence_regs(dsa);
-
     fence_regs(dq);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
       wgmma_rs_d<T, D>(dq, dsa[kk], desc_advance(k_mn0, st * kStageBytes + kk * 16 * 128));
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(dq);
-    mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+  };
+
+  if constexpr (!kPipe) {
+    for (int it = 0; it < tiles.count; ++it) {
+      const int st = it % ST;
+      stage_wait(it);
+      float sc[32], dp[32];
+      uint32_t dsa[4][4];
+      issue_scores(sc, dp, st);
+      wgmma_wait<0>();
+      fence_regs(sc);
+      fence_regs(dp);
+      probabilities(sc, dp, it);
+      pack_a<T>(dsa, dp);
+      issue_dq(dsa, st);
+      wgmma_wait<0>();
+      fence_regs(dq);
+      fence_regs(dsa);
+      mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+    }
+  } else {
+    // SWAA_BWD_PIPELINE=1: the next tile's S, dP are issued before this
+    // tile's dQ product (wgmma groups complete in order), so the next tile's
+    // probabilities are computed while the dQ product runs; both are waited
+    // for within the iteration (as in the dk/dv kernel).  A group holds at
+    // most two stages (3 in the ring).  Same products, same order: same bits.
+    float sc[32], dp[32];
+    uint32_t dsa[4][4];
+    if (tiles.count > 0) {
+      stage_wait(0);
+      issue_scores(sc, dp, 0);
+      wgmma_wait<0>();
+      fence_regs(sc);
+      fence_regs(dp);
+      probabilities(sc, dp, 0);
+    }
+    for (int it = 0; it < tiles.count; ++it) {
+      const int st = it % ST;
+      pack_a<T>(dsa, dp);
+      if (it + 1 < tiles.count) {
+        stage_wait(it + 1);
+        issue_scores(sc, dp, (it + 1) % ST);
+        issue_dq(dsa, st);
+        wgmma_wait<1>();  // the next tile's scores; this tile's dQ may still run
+        fence_regs(sc);
+        fence_regs(dp);
+        probabilities(sc, dp, it + 1);
+      } else {
+        issue_dq(dsa, st);
+      }
+      wgmma_wait<0>();
+      fence_regs(dq);
+      fence_regs(dsa);
+      mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+    }
   }
 
   T* dq_out = static_cast<T*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
