@@ -335,7 +335,9 @@ def main() -> None:
                     # v6 with its consumer groups computing the next item's (tile's)
                     # probabilities while this one's last products run (dq kernel:
                     # D=64 and 128; dk/dv kernel: D=64)
-                    {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_PIPELINE": "1"}]
+                    {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_PIPELINE": "1"},
+                    # v7 with an item's dQ product issued with its dV, dK (D=64)
+                    {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_PIPELINE": "1"}]
         # v6 with its dq pass on a second stream beside the dk/dv pass (no kernel profile:
         # the two overlap, so per-kernel times would not add up to the call)
         concurrent = {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_CONCURRENT": "1"}

@@ -375,6 +375,24 @@ def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
         lambda: bwd(dout, q, k, v, out, lse, 300, 130, ff), want)
 
 
+def kernels_of(run):
+    """Names of the CUDA kernels run() launches (torch.profiler)."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    return [e.key for e in prof.key_averages()]
+
+
+def pipelined_kernel(name):
+    """A backward kernel instantiated with its pipelined schedule (the last
+    template argument, `true`: SWAA_BWD_PIPELINE=1)."""
+    head = name.split("(")[0]
+    return (any(k in head for k in ("bwd_dq_sm90_kernel<", "bwd_dkdv_sm90_kernel<"))
+            and head.endswith(", true>")) or (
+            "bwd_fused_sm90_kernel<" in head and head.endswith("false, true>"))
+
+
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", [(2, 8, 2, 1500, 1500, 64, 40, None, "1"),
@@ -389,8 +407,11 @@ def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
 def test_pipelined_kernels_same_bits(both_passes, monkeypatch, dtype, case, D):
     """SWAA_BWD_PIPELINE=1 (kernels whose consumer groups compute the next
     item's or tile's probabilities while this one's last products run: the dq
-    kernel at D=64 and 128, the dk/dv kernel at D=64) issues the same products
-    in the same order: dq, dk, dv are bitwise the default's.  The cases cover
+    kernel at D=64 and 128, the dk/dv kernel at D=64; in the single pass
+    (test_bwd_fused.py runs this test with SWAA_BWD_HOPPER=4) an item's dQ
+    product issued with its dV, dK at D=64) issues the same products in the
+    same order: dq, dk, dv are bitwise the default's, and the profiler sees the
+    pipelined kernels run.  The cases cover
     items a dk/dv group skips (sink 40 < the block's second 64 keys: the far
     rows see none of them), split sink blocks, per-sequence full_from, a short
     query, a single item or tile and windows of 1 and 63."""
@@ -401,8 +422,15 @@ def test_pipelined_kernels_same_bits(both_passes, monkeypatch, dtype, case, D):
     out, lse = fwd(q, k, v, window, sink, ff, 0.1)
     monkeypatch.setenv("SWAA_BWD_PIPELINE", "0")
     want = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
+    assert not any(pipelined_kernel(n) for n in kernels_of(
+        lambda: bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)))
     monkeypatch.setenv("SWAA_BWD_PIPELINE", "1")
     got = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
+    names = kernels_of(lambda: bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1))
+    # the knob took effect: the dq kernel (two passes, both head dims), the
+    # dk/dv kernel (two passes, D=64) or the single pass (D=64) is the pipelined one
+    if both_passes == "sm90" or D == 64:
+        assert any(pipelined_kernel(n) for n in names), names
     for name, a, b in zip(("dq", "dk", "dv"), got, want):
         assert torch.equal(a, b), f"{name} differs with SWAA_BWD_PIPELINE=1"
     if D == 64 and case[-1] == "1" and window == 64:

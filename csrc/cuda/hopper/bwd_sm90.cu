@@ -321,14 +321,16 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
 
 // The single pass (bwd_fused_sm90.cuh): preprocessing, the fused kernel
 // (dk, dv and the dq accumulator), the reduce of split sink blocks, dq out.
-// COLS: the dQ product's split over the consumer groups (SWAA_BWD_FUSED_DQ).
-template <typename T, int D, bool COLS>
+// COLS: the dQ product's split over the consumer groups (SWAA_BWD_FUSED_DQ);
+// PIPE: an item's dQ product issued with its dV, dK (SWAA_BWD_PIPELINE=1, D=64).
+template <typename T, int D, bool COLS, bool PIPE = false>
 cudaError_t launch_fused(const AttnParams& p, float* delta,
                          const std::function<float*(int64_t)>& workspace, const Maps& maps,
                          cudaStream_t stream) {
   using C = BwdSm90Config<D>;
   constexpr int kSmem = fused_sm90_smem_bytes<T, D, COLS>();
-  static const cudaError_t configured = allow_smem(bwd_fused_sm90_kernel<T, D, COLS>, kSmem);
+  static const cudaError_t configured =
+      allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE>, kSmem);
   if (configured != cudaSuccess) return configured;
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", fused_slices_inner(p) ? 1 : 0, 0, 1) == 1;
@@ -361,7 +363,7 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   if (err != cudaSuccess) return err;
 
   const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
-  bwd_fused_sm90_kernel<T, D, COLS><<<static_cast<unsigned>(grid), C::kThreads, kSmem, stream>>>(
+  bwd_fused_sm90_kernel<T, D, COLS, PIPE><<<static_cast<unsigned>(grid), C::kThreads, kSmem, stream>>>(
       p, lse2_pad, delta_pad, q_len_pad, sched, fdq, maps.q, maps.k, maps.v, maps.dout);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
@@ -411,6 +413,9 @@ bool try_bwd(const AttnParams& p, Dtype dtype, unsigned passes, float* delta,
       else
         *error = bf16 ? launch_fused<__nv_bfloat16, 128, false>(p, delta, workspace, dkdv_maps, stream)
                       : launch_fused<__half, 128, false>(p, delta, workspace, dkdv_maps, stream);
+    } else if (knob("SWAA_BWD_PIPELINE", 0, 0, 1) == 1) {
+      *error = bf16 ? launch_fused<__nv_bfloat16, 64, false, true>(p, delta, workspace, dkdv_maps, stream)
+                    : launch_fused<__half, 64, false, true>(p, delta, workspace, dkdv_maps, stream);
     } else {
       *error = bf16 ? launch_fused<__nv_bfloat16, 64, false>(p, delta, workspace, dkdv_maps, stream)
                     : launch_fused<__half, 64, false>(p, delta, workspace, dkdv_maps, stream);
