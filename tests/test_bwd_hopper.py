@@ -427,10 +427,14 @@ def test_pipelined_kernels_same_bits(both_passes, monkeypatch, dtype, case, D):
     monkeypatch.setenv("SWAA_BWD_PIPELINE", "1")
     got = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
     names = kernels_of(lambda: bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1))
-    # the knob took effect: the dq kernel (two passes, both head dims), the
-    # dk/dv kernel (two passes, D=64) or the single pass (D=64) is the pipelined one
-    if both_passes == "sm90" or D == 64:
-        assert any(pipelined_kernel(n) for n in names), names
+    # the knob took effect on exactly the kernels it is for: the dq kernel (two
+    # passes, both head dims), the dk/dv kernel (two passes, D=64), the single pass (D=64)
+    if both_passes == "sm90":
+        want_pipelined = {"bwd_dq_sm90_kernel"} | ({"bwd_dkdv_sm90_kernel"} if D == 64 else set())
+    else:
+        want_pipelined = {"bwd_fused_sm90_kernel"} if D == 64 else set()
+    got_pipelined = {n.split("<")[0].split("::")[-1] for n in names if pipelined_kernel(n)}
+    assert got_pipelined == want_pipelined, names
     for name, a, b in zip(("dq", "dk", "dv"), got, want):
         assert torch.equal(a, b), f"{name} differs with SWAA_BWD_PIPELINE=1"
     if D == 64 and case[-1] == "1" and window == 64:

@@ -110,6 +110,8 @@ bool fused_device_ok() {
            present(bwd_fused_sm90_kernel<__half, 128, false>) &&
            present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false>) &&
            present(bwd_fused_sm90_kernel<__half, 64, false>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false, true>) &&
+           present(bwd_fused_sm90_kernel<__half, 64, false, true>) &&
            present(bwd_fused_dq_out_kernel<__nv_bfloat16, 128>) &&
            present(bwd_fused_dq_out_kernel<__half, 128>) &&
            present(bwd_fused_dq_out_kernel<__nv_bfloat16, 64>) &&

@@ -274,6 +274,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = BwdSm90Config<D>;
   constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, ST = C::kKvStages;
+  static_assert(!kPipe || ST >= 2, "the pipelined loop holds two stages at once");
   constexpr uint32_t kKHalf = C::template half_bytes<BN>();  // between the halves of K, V
   constexpr uint32_t kQHalf = C::template half_bytes<BM>();  // between the halves of Q, dO
   extern __shared__ unsigned char smem_raw[];
@@ -559,6 +560,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = BwdSm90Config<D>;
   constexpr int BM = C::kDqBlockM, BN = C::kDqBlockN, ST = C::kDqStages;
+  static_assert(!kPipe || ST >= 2, "the pipelined loop holds two stages at once");
   constexpr uint32_t kQHalf = C::template half_bytes<BM>();  // between the halves of Q, dO
   constexpr uint32_t kKHalf = C::template half_bytes<BN>();  // between the halves of K, V
   extern __shared__ unsigned char smem_raw[];
