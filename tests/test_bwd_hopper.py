@@ -375,22 +375,13 @@ def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
         lambda: bwd(dout, q, k, v, out, lse, 300, 130, ff), want)
 
 
-def kernels_of(run):
-    """Names of the CUDA kernels run() launches (torch.profiler)."""
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        run()
-        torch.cuda.synchronize()
-    return [e.key for e in prof.key_averages()]
-
-
 def pipelined_kernel(name):
-    """A backward kernel instantiated with its pipelined schedule (the last
-    template argument, `true`: SWAA_BWD_PIPELINE=1)."""
-    head = name.split("(")[0]
-    return (any(k in head for k in ("bwd_dq_sm90_kernel<", "bwd_dkdv_sm90_kernel<"))
-            and head.endswith(", true>")) or (
-            "bwd_fused_sm90_kernel<" in head and head.endswith("false, true>"))
+    """A backward kernel instantiated with its pipelined schedule: its last
+    template argument (kPipe of the dq and dk/dv kernels, PIPE of the single
+    pass after COLS) is `true` (SWAA_BWD_PIPELINE=1)."""
+    kernel = name.split("<")[0].split("::")[-1]
+    return (kernel in ("bwd_dq_sm90_kernel", "bwd_dkdv_sm90_kernel", "bwd_fused_sm90_kernel")
+            and template_args(name)[-1] == "true")
 
 
 @pytest.mark.parametrize("D", [64, 128])
