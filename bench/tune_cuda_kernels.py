@@ -24,7 +24,8 @@ them on the same inputs.  Five parts (--parts, default the first three):
                 cuda_kernels.md "v7") against the two passes (1), also with its dQ
                 split by columns (SWAA_BWD_FUSED_DQ=1), and both with the KV heads
                 one after the other (SWAA_BWD_ORDER=0), and v6 with its two passes
-                on two streams (SWAA_BWD_CONCURRENT=1), with per-kernel times, on
+                on two streams (SWAA_BWD_CONCURRENT=1) or with the pipelined
+                kernels (SWAA_BWD_PIPELINE=1), with per-kernel times, on
                 FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
   bwd-rule      the default's choice between v6 and v7 (prefer_single_pass in
                 csrc/cuda/attention.cpp: v7 when the keys are >= 7 x (W + S) long)
@@ -61,7 +62,7 @@ import swaa_ext  # noqa: F401, E402  (registers torch.ops.swaa)
 PARTS = ("fwd-variants", "bwd-variants", "knobs", "bwd-fused", "bwd-rule")
 KNOBS = ("SWAA_FWD_HOPPER", "SWAA_BWD_HOPPER", "SWAA_FWD_WARPS", "SWAA_FWD_ORDER", "SWAA_BWD_ORDER",
          "SWAA_BWD_SPLIT", "SWAA_BWD_KV_BLOCK_M", "SWAA_WARP_SKIP", "SWAA_BWD_FUSED_DQ",
-         "SWAA_BWD_CONCURRENT")
+         "SWAA_BWD_CONCURRENT", "SWAA_BWD_PIPELINE")
 # (D, N, W, S, full_from) of the bwd-variants and knobs parts
 TUNING_SHAPES = [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
                  (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),
@@ -330,7 +331,13 @@ def main() -> None:
         settings = [{"SWAA_BWD_HOPPER": "1"}, {"SWAA_BWD_HOPPER": "4"}, cols, keys,
                     {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "0"},
                     {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "1"},
-                    {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_ORDER": "0"}]
+                    {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_ORDER": "0"},
+                    # v6 with its consumer groups computing the next item's (tile's)
+                    # probabilities while this one's last products run (dq kernel:
+                    # D=64 and 128; dk/dv kernel: D=64)
+                    {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_PIPELINE": "1"},
+                    # v7 with an item's dQ product issued with its dV, dK (D=64)
+                    {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_PIPELINE": "1"}]
         # v6 with its dq pass on a second stream beside the dk/dv pass (no kernel profile:
         # the two overlap, so per-kernel times would not add up to the call)
         concurrent = {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_CONCURRENT": "1"}

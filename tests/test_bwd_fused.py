@@ -49,6 +49,7 @@ from test_bwd_hopper import (  # noqa: F401  (test_*: collected here again, with
     test_long_8k,
     test_long_32k_against_sm80,
     test_mask_grid_matches_reference,
+    test_pipelined_kernels_same_bits,
     test_poisoned_outputs_are_all_written,
     test_single_pass_settings_match_reference,
     test_split_sink_blocks_match_reference,

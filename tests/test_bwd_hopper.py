@@ -375,6 +375,63 @@ def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
         lambda: bwd(dout, q, k, v, out, lse, 300, 130, ff), want)
 
 
+def pipelined_kernel(name):
+    """A backward kernel instantiated with its pipelined schedule: its last
+    template argument (kPipe of the dq and dk/dv kernels, PIPE of the single
+    pass after COLS) is `true` (SWAA_BWD_PIPELINE=1)."""
+    kernel = name.split("<")[0].split("::")[-1]
+    return (kernel in ("bwd_dq_sm90_kernel", "bwd_dkdv_sm90_kernel", "bwd_fused_sm90_kernel")
+            and template_args(name)[-1] == "true")
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", [(2, 8, 2, 1500, 1500, 64, 40, None, "1"),
+                                  (2, 8, 2, 1500, 1500, 64, 40, None, "3"),
+                                  (2, 8, 2, 2049, 2049, 200, 4, "per", "1"),
+                                  (1, 4, 1, 300, 1000, 100, 130, None, "1"),
+                                  (2, 4, 4, 520, 520, None, 0, 260, "1"),
+                                  (1, 2, 1, 64, 64, 1, 0, None, "1"),
+                                  (1, 4, 2, 700, 700, 63, 0, None, "1")],
+                         ids=["sink40", "sink40-split3", "per-ff", "short-q-sink130", "full-ff",
+                              "one-item", "w63"])
+def test_pipelined_kernels_same_bits(both_passes, monkeypatch, dtype, case, D):
+    """SWAA_BWD_PIPELINE=1 (kernels whose consumer groups compute the next
+    item's or tile's probabilities while this one's last products run: the dq
+    kernel at D=64 and 128, the dk/dv kernel at D=64; in the single pass
+    (test_bwd_fused.py runs this test with SWAA_BWD_HOPPER=4) an item's dQ
+    product issued with its dV, dK at D=64) issues the same products in the
+    same order: dq, dk, dv are bitwise the default's, and the profiler sees the
+    pipelined kernels run.  The cases cover
+    items a dk/dv group skips (sink 40 < the block's second 64 keys: the far
+    rows see none of them), split sink blocks, per-sequence full_from, a short
+    query, a single item or tile and windows of 1 and 63."""
+    B, Hq, Hkv, Lq, Lk, window, sink, ff, split = case
+    monkeypatch.setenv("SWAA_BWD_SPLIT", split)
+    ff = full_from_of(ff, B, Lk)
+    q, k, v, dout = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + sink, D=D)
+    out, lse = fwd(q, k, v, window, sink, ff, 0.1)
+    monkeypatch.setenv("SWAA_BWD_PIPELINE", "0")
+    want = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
+    assert not any(pipelined_kernel(n) for n in kernels_of(
+        lambda: bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)))
+    monkeypatch.setenv("SWAA_BWD_PIPELINE", "1")
+    got = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
+    names = kernels_of(lambda: bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1))
+    # the knob took effect on exactly the kernels it is for: the dq kernel (two
+    # passes, both head dims), the dk/dv kernel (two passes, D=64), the single pass (D=64)
+    if both_passes == "sm90":
+        want_pipelined = {"bwd_dq_sm90_kernel"} | ({"bwd_dkdv_sm90_kernel"} if D == 64 else set())
+    else:
+        want_pipelined = {"bwd_fused_sm90_kernel"} if D == 64 else set()
+    got_pipelined = {n.split("<")[0].split("::")[-1] for n in names if pipelined_kernel(n)}
+    assert got_pipelined == want_pipelined, names
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert torch.equal(a, b), f"{name} differs with SWAA_BWD_PIPELINE=1"
+    if D == 64 and case[-1] == "1" and window == 64:
+        check_grads(q, k, v, dout, got, **mask_kwargs(window, sink, ff, 0.1))
+
+
 def test_stride_fallback_and_strided_views(both_passes):
     """K/V expanded over the batch (stride 0) take the sm_80 backward; (B, L, H, D)
     views take the Hopper one; both give the reference gradients."""

@@ -239,7 +239,7 @@ __device__ __forceinline__ int dq_index(int row, int col) {
   return row * D + ((((col >> 1) ^ ((row & 7) << 2))) << 1) + (col & 1);
 }
 
-template <typename T, int D, bool COLS>
+template <typename T, int D, bool COLS, bool PIPE = false>
 __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     bwd_fused_sm90_kernel(const AttnParams p, const float* lse2_pad, const float* delta_pad,
                           int64_t q_len_pad, const DkdvSchedule sched, const FusedDq fdq,
@@ -250,6 +250,11 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = BwdSm90Config<D>;
   static_assert(!COLS || D == 128, "the column split needs D = 128");
+  // PIPE (SWAA_BWD_PIPELINE=1, D=64, keys split): an active item's dQ product
+  // is issued right behind its dV, dK products, one wait for all three (the
+  // group's barrier for its dS moves ahead of them); at D=128 dqp beside pa,
+  // dsa, dk, dv would not fit in the registers.
+  static_assert(!PIPE || (D == 64 && !COLS), "PIPE is for D = 64 with the keys split");
   using S = FusedSm90Smem<T, D, COLS>;
   constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, ST = C::kKvStages;
   constexpr uint32_t kKHalf = C::template half_bytes<BN>();  // between the halves of K, V
@@ -381,6 +386,23 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     const bool active = (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
                         (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
     T* const ds_mine = s.ds[COLS ? buf : 0][cg];  // this group's dS half
+    // K's address through an opaque move: the B descriptors of the dQ
+    // product are rebuilt here (a few integer ops) rather than hoisted out of
+    // the item loop into registers.
+    uint32_t k_base = smem_u32(s.k[0]);
+    asm volatile("" : "+r"(k_base));
+    // Keys split: dQ over this group's 64 keys, all D columns: 4 k16 steps, A
+    // = the group's dS half, B = the group's 64 key rows of K (issued, not
+    // committed).
+    auto issue_dq_keys = [&](float (&dqp)[D / 2]) {
+      const uint32_t ds_addr = smem_u32(ds_mine);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_d_bmn<T, D>(dqp, desc_k_major(ds_addr + kk * 32),
+                             desc_mn_major(k_base + (cg * 64 + kk * 16) * 128, kKHalf), kk > 0);
+    };
+    float dqp_keys[D / 2];  // element 4 n + e: query row warp * 16 + g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
+    bool dq_done = false;   // PIPE: issued and waited for with the item's dV, dK
     // The single dS buffer (keys split) is rewritten below: every warp of the
     // group must have finished the previous item's dQ wgmma, which reads all
     // 64 rows of it (a warp's wgmma wait covers its own part only).  The
@@ -465,6 +487,12 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       fence_proxy_async_shared();
       fence_regs(pa);
       fence_regs(dsa);
+      if constexpr (PIPE) {
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) dqp_keys[i] = 0.f;
+        group_bar_sync(cg);  // every thread's dS stores done before the dQ wgmma reads them
+        fence_regs(dqp_keys);
+      }
 
       fence_regs(dv);
       fence_regs(dk);
@@ -475,10 +503,17 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
         wgmma_rs_d<T, D>(dk, dsa[kk], desc_advance(q_mn0, st * kStageBytes + kk * 16 * 128));
+      if constexpr (PIPE) issue_dq_keys(dqp_keys);
       wgmma_commit();
       wgmma_wait<0>();
       fence_regs(dv);
       fence_regs(dk);
+      fence_regs(pa);
+      fence_regs(dsa);
+      if constexpr (PIPE) {
+        fence_regs(dqp_keys);
+        dq_done = true;
+      }
     } else {
       // No query of the item sees this group's keys: dS = 0 (the dQ product
       // below runs over both halves unconditionally).
@@ -489,11 +524,6 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       fence_proxy_async_shared();
     }
 
-    // K's address through an opaque move: the B descriptors of the dQ
-    // product are rebuilt here (a few integer ops) rather than hoisted out of
-    // the item loop into registers.
-    uint32_t k_base = smem_u32(s.k[0]);
-    asm volatile("" : "+r"(k_base));
     if constexpr (COLS) {
       // dQ columns 64 cg ... 64 cg + 63 over all 128 keys: 8 k16 steps, A =
       // both dS halves, B = K's 64-column half cg.
@@ -525,22 +555,18 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       fence_proxy_async_shared();  // the writer's bulk copy reads the stage
       mbar_arrive(&s.dq_full);
     } else {
-      // dQ over this group's 64 keys, all D columns: 4 k16 steps, A = the
-      // group's dS half, B = the group's 64 key rows of K.
-      float dqp[D / 2];  // element 4 n + e: query row warp * 16 + g + 8 (e >> 1), column 8 n + 2 t + (e & 1)
+      float (&dqp)[D / 2] = dqp_keys;
+      if (!dq_done) {
 #pragma unroll
-      for (int i = 0; i < D / 2; ++i) dqp[i] = 0.f;
-      group_bar_sync(cg);  // every thread's dS stores done before the wgmma reads them
-      const uint32_t ds_addr = smem_u32(ds_mine);
-      fence_regs(dqp);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_ss_d_bmn<T, D>(dqp, desc_k_major(ds_addr + kk * 32),
-                             desc_mn_major(k_base + (cg * 64 + kk * 16) * 128, kKHalf), kk > 0);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(dqp);
+        for (int i = 0; i < D / 2; ++i) dqp[i] = 0.f;
+        group_bar_sync(cg);  // every thread's dS stores done before the wgmma reads them
+        fence_regs(dqp);
+        wgmma_fence();
+        issue_dq_keys(dqp);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(dqp);
+      }
       mbar_arrive(&s.empty[st]);  // this thread is done with Q, dO of the stage
 
       // Stage X_0 + X_1: group 1 stores its part, group 0 adds its own to it

@@ -110,6 +110,8 @@ bool fused_device_ok() {
            present(bwd_fused_sm90_kernel<__half, 128, false>) &&
            present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false>) &&
            present(bwd_fused_sm90_kernel<__half, 64, false>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false, true>) &&
+           present(bwd_fused_sm90_kernel<__half, 64, false, true>) &&
            present(bwd_fused_dq_out_kernel<__nv_bfloat16, 128>) &&
            present(bwd_fused_dq_out_kernel<__half, 128>) &&
            present(bwd_fused_dq_out_kernel<__nv_bfloat16, 64>) &&
@@ -242,6 +244,25 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   static const cudaError_t configured_dq = allow_smem(bwd_dq_sm90_kernel<T, D>, kDqSmem);
   if (configured_dkdv != cudaSuccess) return configured_dkdv;
   if (configured_dq != cudaSuccess) return configured_dq;
+  // SWAA_BWD_PIPELINE=1: kernels whose consumer groups compute the next
+  // item's (tile's) probabilities while this one's last products run: the dq
+  // kernel at both head dims, the dk/dv kernel at D=64 (at D=128 its
+  // registers would not fit: the default dk/dv kernel there).  Same bits.
+  const bool pipelined = knob("SWAA_BWD_PIPELINE", 0, 0, 1) == 1;
+  auto dq_kernel = bwd_dq_sm90_kernel<T, D>;
+  auto dkdv_kernel = bwd_dkdv_sm90_kernel<T, D>;
+  if (pipelined) {
+    static const cudaError_t configured_dq_pipe =
+        allow_smem(bwd_dq_sm90_kernel<T, D, true>, kDqSmem);
+    if (configured_dq_pipe != cudaSuccess) return configured_dq_pipe;
+    dq_kernel = bwd_dq_sm90_kernel<T, D, true>;
+    if constexpr (D == 64) {
+      static const cudaError_t configured_dkdv_pipe =
+          allow_smem(bwd_dkdv_sm90_kernel<T, D, true>, kDkdvSmem);
+      if (configured_dkdv_pipe != cudaSuccess) return configured_dkdv_pipe;
+      dkdv_kernel = bwd_dkdv_sm90_kernel<T, D, true>;
+    }
+  }
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", kBwdOrder, 0, 1) == 1;
   const int64_t q_len_pad = ceil_div(p.q_len, kPadRows) * kPadRows;
@@ -260,14 +281,14 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   const bool dq = (passes & kHopperDq) != 0;
   auto launch_dq = [&](cudaStream_t on) {
     const int64_t grid = ceil_div(p.q_len, C::kDqBlockM) * p.q_heads * p.batch;
-    bwd_dq_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kDqSmem, on>>>(
+    dq_kernel<<<static_cast<unsigned>(grid), C::kThreads, kDqSmem, on>>>(
         p, lse2_pad, delta_pad, q_len_pad, heads_inner, dq_maps.q, dq_maps.k, dq_maps.v,
         dq_maps.dout);
     return cudaGetLastError();
   };
   auto launch_dkdv = [&] {
     const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
-    bwd_dkdv_sm90_kernel<T, D><<<static_cast<unsigned>(grid), C::kThreads, kDkdvSmem, stream>>>(
+    dkdv_kernel<<<static_cast<unsigned>(grid), C::kThreads, kDkdvSmem, stream>>>(
         p, lse2_pad, delta_pad, q_len_pad, sched, dkdv_maps.q, dkdv_maps.k, dkdv_maps.v,
         dkdv_maps.dout);
     err = cudaGetLastError();
@@ -302,14 +323,16 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
 
 // The single pass (bwd_fused_sm90.cuh): preprocessing, the fused kernel
 // (dk, dv and the dq accumulator), the reduce of split sink blocks, dq out.
-// COLS: the dQ product's split over the consumer groups (SWAA_BWD_FUSED_DQ).
-template <typename T, int D, bool COLS>
+// COLS: the dQ product's split over the consumer groups (SWAA_BWD_FUSED_DQ);
+// PIPE: an item's dQ product issued with its dV, dK (SWAA_BWD_PIPELINE=1, D=64).
+template <typename T, int D, bool COLS, bool PIPE = false>
 cudaError_t launch_fused(const AttnParams& p, float* delta,
                          const std::function<float*(int64_t)>& workspace, const Maps& maps,
                          cudaStream_t stream) {
   using C = BwdSm90Config<D>;
   constexpr int kSmem = fused_sm90_smem_bytes<T, D, COLS>();
-  static const cudaError_t configured = allow_smem(bwd_fused_sm90_kernel<T, D, COLS>, kSmem);
+  static const cudaError_t configured =
+      allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE>, kSmem);
   if (configured != cudaSuccess) return configured;
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", fused_slices_inner(p) ? 1 : 0, 0, 1) == 1;
@@ -342,7 +365,7 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   if (err != cudaSuccess) return err;
 
   const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
-  bwd_fused_sm90_kernel<T, D, COLS><<<static_cast<unsigned>(grid), C::kThreads, kSmem, stream>>>(
+  bwd_fused_sm90_kernel<T, D, COLS, PIPE><<<static_cast<unsigned>(grid), C::kThreads, kSmem, stream>>>(
       p, lse2_pad, delta_pad, q_len_pad, sched, fdq, maps.q, maps.k, maps.v, maps.dout);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
@@ -392,6 +415,9 @@ bool try_bwd(const AttnParams& p, Dtype dtype, unsigned passes, float* delta,
       else
         *error = bf16 ? launch_fused<__nv_bfloat16, 128, false>(p, delta, workspace, dkdv_maps, stream)
                       : launch_fused<__half, 128, false>(p, delta, workspace, dkdv_maps, stream);
+    } else if (knob("SWAA_BWD_PIPELINE", 0, 0, 1) == 1) {
+      *error = bf16 ? launch_fused<__nv_bfloat16, 64, false, true>(p, delta, workspace, dkdv_maps, stream)
+                    : launch_fused<__half, 64, false, true>(p, delta, workspace, dkdv_maps, stream);
     } else {
       *error = bf16 ? launch_fused<__nv_bfloat16, 64, false>(p, delta, workspace, dkdv_maps, stream)
                     : launch_fused<__half, 64, false>(p, delta, workspace, dkdv_maps, stream);

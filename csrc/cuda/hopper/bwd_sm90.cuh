@@ -263,7 +263,7 @@ __device__ __forceinline__ DkdvDescs dkdv_descs(const Smem& s, int cg, uint32_t 
 // ---------------------------------------------------------------------------
 // dk / dv
 
-template <typename T, int D>
+template <typename T, int D, bool kPipe = false>
 __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     bwd_dkdv_sm90_kernel(const AttnParams p, const float* lse2_pad, const float* delta_pad,
                          int64_t q_len_pad, const DkdvSchedule sched,
@@ -274,6 +274,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = BwdSm90Config<D>;
   constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, ST = C::kKvStages;
+  static_assert(!kPipe || ST >= 2, "the pipelined loop holds two stages at once");
   constexpr uint32_t kKHalf = C::template half_bytes<BN>();  // between the halves of K, V
   constexpr uint32_t kQHalf = C::template half_bytes<BM>();  // between the halves of Q, dO
   extern __shared__ unsigned char smem_raw[];
@@ -344,83 +345,164 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   const uint64_t q_mn0 = descs.q_mn0, do_mn0 = descs.do_mn0;
   constexpr uint32_t kStageBytes = sizeof(s.q[0]);
 
-  for (int it = w.first; it < w.end; ++it) {
-    const int n = it - w.first, st = n % ST;
-    const uint32_t parity = static_cast<uint32_t>((n / ST) & 1);
-    const int64_t pos0 = w.row0(it, BM) + p.q_offset;  // position of the item's first row
-    // Does any query of the item see any of this group's 64 keys?  (In a sink
-    // block the far rows see only the sink keys: the other group skips them.
-    // A skipped tile would add exact zeros.)
+  // Does any query of item `it` see any of this group's 64 keys?  (In a sink
+  // block the far rows see only the sink keys: the other group skips them.  A
+  // skipped item would add exact zeros.)
+  auto item_active = [&](int it) {
+    const int64_t pos0 = w.row0(it, BM) + p.q_offset;
     const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
     const int64_t wg_j_last = wg_j_first + 63;
-    const bool active = (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
-                        (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
-    mbar_wait(&s.full[st], parity);
-    if (active) {
-      const uint64_t q_desc = desc_advance(q_desc0, st * kStageBytes);
-      const uint64_t do_desc = desc_advance(do_desc0, st * kStageBytes);
-      float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
-      fence_regs(sc);
-      fence_regs(dp);
-      wgmma_fence();
+    return (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
+           (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
+  };
+  auto stage_of = [&](int it) { return (it - w.first) % ST; };
+  auto parity_of = [&](int it) { return static_cast<uint32_t>(((it - w.first) / ST) & 1); };
+  // The steps of one item, on the caller's registers: sc, dp (S^T, dP^T: key
+  // row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)), pa, dsa (P^T, dS^T
+  // as A fragments, k = the item's 64 queries).
+  using Scores = float[32];
+  using Frags = uint32_t[4][4];
+  // S^T = K Q^T and dP^T = V dO^T of the item in stage st, issued (not waited for).
+  auto issue_scores = [&](Scores& sc, Scores& dp, int st) {
+    const uint64_t q_desc = desc_advance(q_desc0, st * kStageBytes);
+    const uint64_t do_desc = desc_advance(do_desc0, st * kStageBytes);
+    fence_regs(sc);
+    fence_regs(dp);
+    wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-        const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(sc, desc_advance(k_desc, a_off), desc_advance(q_desc, b_off), kk > 0);
-      }
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
+      const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
+      wgmma_ss_n64<T>(sc, desc_advance(k_desc, a_off), desc_advance(q_desc, b_off), kk > 0);
+    }
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-        const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(dp, desc_advance(v_desc, a_off), desc_advance(do_desc, b_off), kk > 0);
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
+      const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
+      wgmma_ss_n64<T>(dp, desc_advance(v_desc, a_off), desc_advance(do_desc, b_off), kk > 0);
+    }
+    wgmma_commit();
+  };
+  // P^T and dS^T of item `it` (stage st) in place in sc, dp: x = S^T scale
+  // log2 e, the mask sets x = -inf, P^T = exp2(x - lse2 of the column) (column
+  // values from the stage: lanes with equal t read the same words).  Not one
+  // FFMA per score as in the dq kernel: with the column's lse2 loaded before
+  // the FFMAs this kernel ran 9-14% slower at D=128 (tuning run of session 10,
+  // docs/cuda_kernels.md "Measured: session 10").
+  auto probabilities = [&](Scores& sc, Scores& dp, int it, int st) {
+    const int64_t pos0 = w.row0(it, BM) + p.q_offset;  // position of the item's first row
+#pragma unroll
+    for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
+    if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
+      mask_key_rows<8>(sc, vis, wj_first + g, pos0 + 2 * t, p.k_len);
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+      const float2 dl = *reinterpret_cast<const float2*>(&s.delta[st][nb * 8 + 2 * t]);
+      const float2 l2 = *reinterpret_cast<const float2*>(&s.lse2[st][nb * 8 + 2 * t]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float prob = exp2f(sc[4 * nb + e] - ((e & 1) ? l2.y : l2.x));
+        sc[4 * nb + e] = prob;
+        dp[4 * nb + e] = prob * (dp[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
       }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(sc);
-      fence_regs(dp);
+    }
+  };
+  // dV += P^T dO, dK += dS^T Q of the item in stage st, issued (not waited for).
+  auto issue_grads = [&](Frags& pa, Frags& dsa, int st) {
+    fence_regs(pa);
+    fence_regs(dsa);
+    fence_regs(dv);
+    fence_regs(dk);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk)
+      wgmma_rs_d<T, D>(dv, pa[kk], desc_advance(do_mn0, st * kStageBytes + kk * 16 * 128));
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk)
+      wgmma_rs_d<T, D>(dk, dsa[kk], desc_advance(q_mn0, st * kStageBytes + kk * 16 * 128));
+    wgmma_commit();
+  };
+  // After a wait that completed issue_grads: its operands and accumulators are
+  // the registers' values again (the compiler must neither have reused pa, dsa
+  // nor moved dk, dv while the products ran).
+  auto grads_done = [&](Frags& pa, Frags& dsa) {
+    fence_regs(dv);
+    fence_regs(dk);
+    fence_regs(pa);
+    fence_regs(dsa);
+  };
 
-      // x = S^T scale log2 e, the mask sets x = -inf, P^T = exp2(x - lse2 of the
-      // column) (column values from the stage: lanes with equal t read the same
-      // words).  Not one FFMA per score as in the dq kernel: with the column's
-      // lse2 loaded before the FFMAs this kernel ran 9-14% slower at D=128
-      // (tuning run of session 10, docs/cuda_kernels.md "Measured: session 10").
-#pragma unroll
-      for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
-      if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
-        mask_key_rows<8>(sc, vis, wj_first + g, pos0 + 2 * t, p.k_len);
-#pragma unroll
-      for (int nb = 0; nb < 8; ++nb) {
-        const float2 dl = *reinterpret_cast<const float2*>(&s.delta[st][nb * 8 + 2 * t]);
-        const float2 l2 = *reinterpret_cast<const float2*>(&s.lse2[st][nb * 8 + 2 * t]);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float prob = exp2f(sc[4 * nb + e] - ((e & 1) ? l2.y : l2.x));
-          sc[4 * nb + e] = prob;
-          dp[4 * nb + e] = prob * (dp[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
-        }
+  if constexpr (!kPipe) {
+    // One item after the other: scores, wait, probabilities, gradients, wait.
+    // (The registers are the iteration's: nothing is live across items.)
+    for (int it = w.first; it < w.end; ++it) {
+      const int st = stage_of(it);
+      mbar_wait(&s.full[st], parity_of(it));
+      if (item_active(it)) {
+        float sc[32], dp[32];
+        uint32_t pa[4][4], dsa[4][4];
+        issue_scores(sc, dp, st);
+        wgmma_wait<0>();
+        fence_regs(sc);
+        fence_regs(dp);
+        probabilities(sc, dp, it, st);
+        pack_a<T>(pa, sc);
+        pack_a<T>(dsa, dp);
+        issue_grads(pa, dsa, st);
+        wgmma_wait<0>();
+        grads_done(pa, dsa);
       }
-      uint32_t pa[4][4], dsa[4][4];  // P^T, dS^T as A fragments (k = the item's 64 queries)
+      mbar_arrive(&s.empty[st]);  // this thread is done with the stage
+    }
+  } else {
+    // SWAA_BWD_PIPELINE=1 (D=64): while the tensor cores run item i's dV, dK
+    // products, the group computes item i+1's probabilities.  Item i+1's S^T,
+    // dP^T are issued before item i's dV, dK (wgmma groups complete in
+    // order), so `wgmma_wait<1>` hands back the scores while the gradients
+    // run; the wait for those comes before this iteration ends (no product is
+    // in flight across the loop's back edge, where ptxas would otherwise
+    // insert a wait of its own: warning C7517).  Only the very next item is
+    // looked ahead to: a group then holds at most two stages and never waits
+    // for a stage that the producer can fill only after this group releases
+    // one (3 stages).  The same products in the same order as one item after
+    // the other: the same bits.  sc, dp live across items: 64 registers
+    // beside dk, dv, pa, dsa (too many at D=128).
+    float sc[32], dp[32];
+    uint32_t pa[4][4], dsa[4][4];
+    bool have_probs = false;  // sc, dp hold item it's P^T, dS^T
+    for (int it = w.first; it < w.end; ++it) {
+      const int st = stage_of(it);
+      if (!have_probs) {
+        mbar_wait(&s.full[st], parity_of(it));
+        if (!item_active(it)) {
+          mbar_arrive(&s.empty[st]);  // this thread is done with the stage
+          continue;
+        }
+        issue_scores(sc, dp, st);
+        wgmma_wait<0>();
+        fence_regs(sc);
+        fence_regs(dp);
+        probabilities(sc, dp, it, st);
+      }
       pack_a<T>(pa, sc);
       pack_a<T>(dsa, dp);
-      fence_regs(pa);
-      fence_regs(dsa);
-
-      fence_regs(dv);
-      fence_regs(dk);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk)
-        wgmma_rs_d<T, D>(dv, pa[kk], desc_advance(do_mn0, st * kStageBytes + kk * 16 * 128));
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk)
-        wgmma_rs_d<T, D>(dk, dsa[kk], desc_advance(q_mn0, st * kStageBytes + kk * 16 * 128));
-      wgmma_commit();
+      have_probs = it + 1 < w.end && item_active(it + 1);
+      if (have_probs) {
+        const int next_st = stage_of(it + 1);
+        mbar_wait(&s.full[next_st], parity_of(it + 1));
+        issue_scores(sc, dp, next_st);
+        issue_grads(pa, dsa, st);
+        wgmma_wait<1>();  // the next item's scores; this item's dV, dK may still run
+        fence_regs(sc);
+        fence_regs(dp);
+        probabilities(sc, dp, it + 1, next_st);
+      } else {
+        issue_grads(pa, dsa, st);
+      }
       wgmma_wait<0>();
-      fence_regs(dv);
-      fence_regs(dk);
+      grads_done(pa, dsa);
+      mbar_arrive(&s.empty[st]);  // this thread is done with the stage
     }
-    mbar_arrive(&s.empty[st]);  // this thread is done with the stage
   }
 
   if (w.piece >= 0) {
@@ -467,7 +549,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 // ---------------------------------------------------------------------------
 // dq
 
-template <typename T, int D>
+template <typename T, int D, bool kPipe = false>
 __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     bwd_dq_sm90_kernel(const AttnParams p, const float* lse2_pad, const float* delta_pad,
                        int64_t q_len_pad, bool heads_inner,
@@ -478,6 +560,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = BwdSm90Config<D>;
   constexpr int BM = C::kDqBlockM, BN = C::kDqBlockN, ST = C::kDqStages;
+  static_assert(!kPipe || ST >= 2, "the pipelined loop holds two stages at once");
   constexpr uint32_t kQHalf = C::template half_bytes<BM>();  // between the halves of Q, dO
   constexpr uint32_t kKHalf = C::template half_bytes<BN>();  // between the halves of K, V
   extern __shared__ unsigned char smem_raw[];
@@ -570,15 +653,20 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   constexpr uint32_t kStageBytes = sizeof(s.k[0]);
   static_assert(sizeof(s.k[0]) == sizeof(s.v[0]), "K and V stages of one size");
 
-  for (int it = 0; it < tiles.count; ++it) {
-    const int st = it % ST;
+  // The steps of one key tile, on the caller's registers: sc, dp (S, dP: row
+  // g + 8 (e >> 1), key column 8 n + 2 t + (e & 1)), dsa (dS as A fragments,
+  // k = the tile's 64 keys).
+  using Scores = float[32];
+  using Frags = uint32_t[4][4];
+  auto stage_wait = [&](int it) {
     const uint32_t parity = static_cast<uint32_t>((it / ST) & 1);
-    const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
+    mbar_wait(&s.k_full[it % ST], parity);
+    mbar_wait(&s.v_full[it % ST], parity);
+  };
+  // S = Q K^T and dP = dO V^T of the tile in stage st, issued (not waited for).
+  auto issue_scores = [&](Scores& sc, Scores& dp, int st) {
     const uint64_t k_desc = desc_advance(k_desc0, st * kStageBytes);
     const uint64_t v_desc = desc_advance(v_desc0, st * kStageBytes);
-    mbar_wait(&s.k_full[st], parity);
-    mbar_wait(&s.v_full[st], parity);
-    float sc[32], dp[32];  // S, dP: row g + 8 (e >> 1), key column 8 n + 2 t + (e & 1)
     fence_regs(sc);
     fence_regs(dp);
     wgmma_fence();
@@ -595,12 +683,11 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       wgmma_ss_n64<T>(dp, desc_advance(do_desc, a_off), desc_advance(v_desc, b_off), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sc);
-    fence_regs(dp);
-
-    // x = S scale log2 e - lse2 of the row, one FFMA per score; the mask sets
-    // x = -inf; P = exp2(x).
+  };
+  // dS of tile `it` in place in dp: x = S scale log2 e - lse2 of the row, one
+  // FFMA per score; the mask sets x = -inf; P = exp2(x), dS = P (dP - delta).
+  auto probabilities = [&](Scores& sc, Scores& dp, int it) {
+    const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
 #pragma unroll
     for (int i = 0; i < 32; ++i) sc[i] = fmaf(sc[i], scale_log2, -lse2[(i >> 1) & 1]);
     if (!vis.tile_fully_visible(wp_first, wp_first + 15, j0, j0 + BN - 1))
@@ -611,19 +698,71 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       const float prob = exp2f(sc[i]);
       dp[i] = prob * (dp[i] - dl[r]);
     }
-    uint32_t dsa[4][4];  // dS as A fragments (k = the tile's 64 keys)
-    pack_a<T>(dsa, dp);
+  };
+  // dQ += dS K of the tile in stage st, issued (not waited for).
+  auto issue_dq = [&](Frags& dsa, int st) {
     fence_regs(dsa);
-
     fence_regs(dq);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
       wgmma_rs_d<T, D>(dq, dsa[kk], desc_advance(k_mn0, st * kStageBytes + kk * 16 * 128));
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(dq);
-    mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+  };
+
+  if constexpr (!kPipe) {
+    for (int it = 0; it < tiles.count; ++it) {
+      const int st = it % ST;
+      stage_wait(it);
+      float sc[32], dp[32];
+      uint32_t dsa[4][4];
+      issue_scores(sc, dp, st);
+      wgmma_wait<0>();
+      fence_regs(sc);
+      fence_regs(dp);
+      probabilities(sc, dp, it);
+      pack_a<T>(dsa, dp);
+      issue_dq(dsa, st);
+      wgmma_wait<0>();
+      fence_regs(dq);
+      fence_regs(dsa);
+      mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+    }
+  } else {
+    // SWAA_BWD_PIPELINE=1: the next tile's S, dP are issued before this
+    // tile's dQ product (wgmma groups complete in order), so the next tile's
+    // probabilities are computed while the dQ product runs; both are waited
+    // for within the iteration (as in the dk/dv kernel).  A group holds at
+    // most two stages (3 in the ring).  Same products, same order: same bits.
+    float sc[32], dp[32];
+    uint32_t dsa[4][4];
+    if (tiles.count > 0) {
+      stage_wait(0);
+      issue_scores(sc, dp, 0);
+      wgmma_wait<0>();
+      fence_regs(sc);
+      fence_regs(dp);
+      probabilities(sc, dp, 0);
+    }
+    for (int it = 0; it < tiles.count; ++it) {
+      const int st = it % ST;
+      pack_a<T>(dsa, dp);
+      if (it + 1 < tiles.count) {
+        stage_wait(it + 1);
+        issue_scores(sc, dp, (it + 1) % ST);
+        issue_dq(dsa, st);
+        wgmma_wait<1>();  // the next tile's scores; this tile's dQ may still run
+        fence_regs(sc);
+        fence_regs(dp);
+        probabilities(sc, dp, it + 1);
+      } else {
+        issue_dq(dsa, st);
+      }
+      wgmma_wait<0>();
+      fence_regs(dq);
+      fence_regs(dsa);
+      mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+    }
   }
 
   T* dq_out = static_cast<T*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
