@@ -27,6 +27,14 @@ them on the same inputs.  Five parts (--parts, default the first three):
                 on two streams (SWAA_BWD_CONCURRENT=1) or with the pipelined
                 kernels (SWAA_BWD_PIPELINE=1), with per-kernel times, on
                 FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
+  bwd-ab        an A/B of backward settings in interleaved rounds (--ab, default v6
+                and v7 each without and with SWAA_BWD_PIPELINE=1) on FUSED_SHAPES:
+                the backward's median time and each kernel's median CUDA time over
+                --rounds rounds that take the settings in turn, so a drift of the
+                clocks during the part moves every setting alike (session 11: in
+                bwd-fused, timed one setting after the other, the unchanged D=128
+                dk/dv kernel ran 1-15% faster in its later rows); a table of each
+                setting over the first one.
   bwd-rule      the default's choice between v6 and v7 (prefer_single_pass in
                 csrc/cuda/attention.cpp: v7 when the keys are >= 7 x (W + S) long)
                 checked across it: v6, v7 with each CTA order, and the default, at
@@ -54,12 +62,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cuda_kernels import time_ms  # noqa: E402  (rotates over input sets)
+from bench_cuda_kernels import interleaved_ms, time_ms  # noqa: E402  (rotates over input sets)
 from common import append_rows, run_metadata  # noqa: E402
 
 import swaa_ext  # noqa: F401, E402  (registers torch.ops.swaa)
 
-PARTS = ("fwd-variants", "bwd-variants", "knobs", "bwd-fused", "bwd-rule")
+PARTS = ("fwd-variants", "bwd-variants", "knobs", "bwd-fused", "bwd-rule", "bwd-ab")
 KNOBS = ("SWAA_FWD_HOPPER", "SWAA_BWD_HOPPER", "SWAA_FWD_WARPS", "SWAA_FWD_ORDER", "SWAA_BWD_ORDER",
          "SWAA_BWD_SPLIT", "SWAA_BWD_KV_BLOCK_M", "SWAA_WARP_SKIP", "SWAA_BWD_FUSED_DQ",
          "SWAA_BWD_CONCURRENT", "SWAA_BWD_PIPELINE")
@@ -220,25 +228,101 @@ def bwd_rows(meta, bwd_settings, q, k, v, do, shape, ff):
     return rows
 
 
+def profiled_kernel_ms(q, k, v, do, W, S, ff, scale):
+    """CUDA time (ms) of each swaa kernel in one forward + backward (torch.profiler)."""
+    out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+        torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
+        torch.cuda.synchronize()
+    kernels = {}
+    for e in prof.key_averages():
+        if "swaa" in e.key:
+            name = e.key.split("(")[0].split("<")[0].replace("void swaa::cuda::", "")
+            kernels[name] = e.device_time_total / 1000
+    return kernels
+
+
 def kernel_ms_rows(meta, profile_settings, q, k, v, do, shape, ff):
-    """CUDA time of each swaa kernel in one forward + backward (torch.profiler)."""
+    """CUDA time of each swaa kernel in one forward + backward per setting."""
     W, S, scale = shape["W"], shape["S"], shape["D"] ** -0.5
     rows = []
     for setting in profile_settings:
         with knob_env(setting):
-            out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
-            torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
-                torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
-                torch.cuda.synchronize()
-        kernels = {}
-        for e in prof.key_averages():
-            if "swaa" in e.key:
-                name = e.key.split("(")[0].split("<")[0].replace("void swaa::cuda::", "")
-                kernels[name] = round(e.device_time_total / 1000, 3)
-        rows.append(dict(meta, what="kernel_ms", knob=label(setting), **shape, kernels=kernels))
+            kernels = profiled_kernel_ms(q, k, v, do, W, S, ff, scale)
+        rows.append(dict(meta, what="kernel_ms", knob=label(setting), **shape,
+                         kernels={name: round(ms, 3) for name, ms in kernels.items()}))
     return rows
+
+
+def parse_setting(text):
+    """'SWAA_BWD_HOPPER=1,SWAA_BWD_PIPELINE=1' -> {knob: value}; 'defaults' -> {}."""
+    if text == "defaults":
+        return {}
+    setting = dict(item.split("=", 1) for item in text.split(","))
+    unknown = sorted(set(setting) - set(KNOBS))
+    if unknown:
+        raise SystemExit(f"--ab: unknown knob(s) {unknown}; known: {', '.join(KNOBS)}")
+    return setting
+
+
+def ab_rows(meta, settings, rounds, reps, shapes=FUSED_SHAPES):
+    """The backward of each setting and its kernels' CUDA times, in interleaved
+    rounds (see the bwd-ab part); rows `what` = "bwd_ab" with ms and kernels."""
+    rows = []
+    for D, N, W, S, F in shapes:
+        q, k, v, do = random_qkv(D, N, grad_out=True)
+        ff = None if F is None else torch.full((1,), F, dtype=torch.int64, device="cuda")
+        scale = D ** -0.5
+        flop = 2.5 * 4 * D * visible_pairs(N, W, S, F) * HQ
+        out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
+        ref = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
+
+        def bwd(q, k, v, out=out, lse=lse, do=do, W=W, S=S, ff=ff, scale=scale):
+            torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
+
+        jobs = {label(s): (bwd, [(q, k, v)], s) for s in settings}
+        ms = interleaved_ms(jobs, warmup=3, reps=reps, rounds=rounds)
+        kernel_times = {label(s): {} for s in settings}
+        for _ in range(rounds):
+            for s in settings:
+                with knob_env(s):
+                    for name, t in profiled_kernel_ms(q, k, v, do, W, S, ff, scale).items():
+                        kernel_times[label(s)].setdefault(name, []).append(t)
+        for s in settings:
+            with knob_env(s):
+                grads = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
+                path = torch.ops.swaa.bwd_path(do, q, k, v, W, S, ff)
+            diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads, ref))
+            name = label(s)
+            row = dict(meta, what="bwd_ab", knob=name, path=path, D=D, N=N, W=W, S=S,
+                       full_from=F, rounds=rounds, ms=round(ms[name], 4),
+                       tflops=round(flop / ms[name] / 1e9, 1), max_diff_to_default=diff,
+                       kernels={k_: round(statistics.median(t), 3)
+                                for k_, t in kernel_times[name].items()})
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del q, k, v, do, out, lse, ref, grads
+        torch.cuda.empty_cache()
+    print_ab_table(rows, [label(s) for s in settings])
+    return rows
+
+
+def print_ab_table(rows, names):
+    """Per shape: each setting's backward ms and its kernels' ms over the first setting's."""
+    base = names[0]
+    print(f"\nbwd-ab: median over interleaved rounds; x = {base} / setting (> 1: faster)")
+    by = {}
+    for r in rows:
+        by.setdefault((r["D"], r["N"], r["W"], r["S"], r["full_from"]), {})[r["knob"]] = r
+    for shape, m in by.items():
+        print("D={} N={} W={} S={} full_from={}".format(*shape))
+        for name in names:
+            r, b = m[name], m[base]
+            ks = ", ".join(f"{k.split('::')[-1]} {t:.3f} ({b['kernels'].get(k, float('nan')) / t:.3f}x)"
+                           for k, t in r["kernels"].items() if t >= 0.02)
+            print(f"  {name:<45} {r['ms']:>8.3f} ms ({b['ms'] / r['ms']:.3f}x)  {ks}")
 
 
 def shape_rows(meta, fwd_settings, bwd_settings, profile_settings, shapes=TUNING_SHAPES):
@@ -288,7 +372,12 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:3]))
     ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4", "5", "6", "7"],
                     help="fwd-variants: the SWAA_FWD_HOPPER values, the first is the baseline")
-    ap.add_argument("--reps", type=int, default=10, help="fwd-variants: timed runs per row")
+    ap.add_argument("--reps", type=int, default=10,
+                    help="fwd-variants: timed runs per row; bwd-ab: timed runs per setting (x2)")
+    ap.add_argument("--ab", nargs="+", metavar="KNOB=V[,KNOB=V]", default=None,
+                    help="bwd-ab: the settings, the first the baseline ('defaults' for none; "
+                         "default: v6, v6 pipelined, v7, v7 pipelined)")
+    ap.add_argument("--rounds", type=int, default=5, help="bwd-ab: interleaved rounds")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_tuning.jsonl"))
     args = ap.parse_args()
     for key in KNOBS:  # "defaults" means the built-in defaults
@@ -348,6 +437,11 @@ def main() -> None:
                          profile_settings=[], shapes=RULE_SHAPES)
         print_rule_table(new)
         rows += new
+    if "bwd-ab" in args.parts:
+        settings = [parse_setting(t) for t in (args.ab or [
+            "SWAA_BWD_HOPPER=1", "SWAA_BWD_HOPPER=1,SWAA_BWD_PIPELINE=1",
+            "SWAA_BWD_HOPPER=4", "SWAA_BWD_HOPPER=4,SWAA_BWD_PIPELINE=1"])]
+        rows += ab_rows(meta, settings, args.rounds, 2 * args.reps)
     append_rows(args.out, rows)
     print(f"{len(rows)} rows appended to {args.out}")
 
