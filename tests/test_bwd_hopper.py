@@ -378,10 +378,23 @@ def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
 def pipelined_kernel(name):
     """A backward kernel instantiated with its pipelined schedule: its last
     template argument (kPipe of the dq and dk/dv kernels, PIPE of the single
-    pass after COLS) is `true` (SWAA_BWD_PIPELINE=1)."""
+    pass after COLS) is `true`."""
     kernel = name.split("<")[0].split("::")[-1]
     return (kernel in ("bwd_dq_sm90_kernel", "bwd_dkdv_sm90_kernel", "bwd_fused_sm90_kernel")
             and template_args(name)[-1] == "true")
+
+
+def want_pipelined(both_passes, D, setting):
+    """The kernels SWAA_BWD_PIPELINE = setting (None: unset) runs pipelined:
+    by default (1) the dq kernel of the two passes at both head dims and the
+    single pass at D=64; 2 adds the dk/dv kernel at D=64; 0 none."""
+    level = 1 if setting is None else int(setting)
+    if level == 0:
+        return set()
+    if both_passes == "sm90":
+        return {"bwd_dq_sm90_kernel"} | ({"bwd_dkdv_sm90_kernel"} if D == 64 and level == 2
+                                         else set())
+    return {"bwd_fused_sm90_kernel"} if D == 64 else set()
 
 
 @pytest.mark.parametrize("D", [64, 128])
@@ -396,13 +409,13 @@ def pipelined_kernel(name):
                          ids=["sink40", "sink40-split3", "per-ff", "short-q-sink130", "full-ff",
                               "one-item", "w63"])
 def test_pipelined_kernels_same_bits(both_passes, monkeypatch, dtype, case, D):
-    """SWAA_BWD_PIPELINE=1 (kernels whose consumer groups compute the next
-    item's or tile's probabilities while this one's last products run: the dq
-    kernel at D=64 and 128, the dk/dv kernel at D=64; in the single pass
-    (test_bwd_fused.py runs this test with SWAA_BWD_HOPPER=4) an item's dQ
-    product issued with its dV, dK at D=64) issues the same products in the
-    same order: dq, dk, dv are bitwise the default's, and the profiler sees the
-    pipelined kernels run.  The cases cover
+    """The pipelined kernels (consumer groups that compute the next item's or
+    tile's probabilities while this one's last products run; in the single
+    pass, test_bwd_fused.py runs this test with SWAA_BWD_HOPPER=4, an item's dQ
+    product issued with its dV, dK) issue the same products in the same order:
+    with SWAA_BWD_PIPELINE unset (the default, 1) and 2, dq, dk, dv are
+    bitwise those of 0 (no pipelined kernel), and the profiler sees exactly
+    the kernels each setting is for run pipelined.  The cases cover
     items a dk/dv group skips (sink 40 < the block's second 64 keys: the far
     rows see none of them), split sink blocks, per-sequence full_from, a short
     query, a single item or tile and windows of 1 and 63."""
@@ -411,23 +424,25 @@ def test_pipelined_kernels_same_bits(both_passes, monkeypatch, dtype, case, D):
     ff = full_from_of(ff, B, Lk)
     q, k, v, dout = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + sink, D=D)
     out, lse = fwd(q, k, v, window, sink, ff, 0.1)
+
+    def run():
+        return bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
+
+    def pipelined_set():
+        return {n.split("<")[0].split("::")[-1] for n in kernels_of(run) if pipelined_kernel(n)}
+
     monkeypatch.setenv("SWAA_BWD_PIPELINE", "0")
-    want = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
-    assert not any(pipelined_kernel(n) for n in kernels_of(
-        lambda: bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)))
-    monkeypatch.setenv("SWAA_BWD_PIPELINE", "1")
-    got = bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1)
-    names = kernels_of(lambda: bwd(dout, q, k, v, out, lse, window, sink, ff, 0.1))
-    # the knob took effect on exactly the kernels it is for: the dq kernel (two
-    # passes, both head dims), the dk/dv kernel (two passes, D=64), the single pass (D=64)
-    if both_passes == "sm90":
-        want_pipelined = {"bwd_dq_sm90_kernel"} | ({"bwd_dkdv_sm90_kernel"} if D == 64 else set())
-    else:
-        want_pipelined = {"bwd_fused_sm90_kernel"} if D == 64 else set()
-    got_pipelined = {n.split("<")[0].split("::")[-1] for n in names if pipelined_kernel(n)}
-    assert got_pipelined == want_pipelined, names
-    for name, a, b in zip(("dq", "dk", "dv"), got, want):
-        assert torch.equal(a, b), f"{name} differs with SWAA_BWD_PIPELINE=1"
+    want = run()
+    assert pipelined_set() == set()
+    for setting in (None, "2"):
+        if setting is None:
+            monkeypatch.delenv("SWAA_BWD_PIPELINE")
+        else:
+            monkeypatch.setenv("SWAA_BWD_PIPELINE", setting)
+        got = run()
+        assert pipelined_set() == want_pipelined(both_passes, D, setting), setting
+        for name, a, b in zip(("dq", "dk", "dv"), got, want):
+            assert torch.equal(a, b), f"{name} differs with SWAA_BWD_PIPELINE={setting}"
     if D == 64 and case[-1] == "1" and window == 64:
         check_grads(q, k, v, dout, got, **mask_kwargs(window, sink, ff, 0.1))
 

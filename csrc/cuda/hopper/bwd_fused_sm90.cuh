@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = BwdSm90Config<D>;
   static_assert(!COLS || D == 128, "the column split needs D = 128");
-  // PIPE (SWAA_BWD_PIPELINE=1, D=64, keys split): an active item's dQ product
+  // PIPE (SWAA_BWD_PIPELINE >= 1, the default; D=64, keys split): an active item's dQ product
   // is issued right behind its dV, dK products, one wait for all three (the
   // group's barrier for its dS moves ahead of them); at D=128 dqp beside pa,
   // dsa, dk, dv would not fit in the registers.

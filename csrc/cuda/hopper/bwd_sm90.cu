@@ -244,19 +244,24 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   static const cudaError_t configured_dq = allow_smem(bwd_dq_sm90_kernel<T, D>, kDqSmem);
   if (configured_dkdv != cudaSuccess) return configured_dkdv;
   if (configured_dq != cudaSuccess) return configured_dq;
-  // SWAA_BWD_PIPELINE=1: kernels whose consumer groups compute the next
-  // item's (tile's) probabilities while this one's last products run: the dq
-  // kernel at both head dims, the dk/dv kernel at D=64 (at D=128 its
-  // registers would not fit: the default dk/dv kernel there).  Same bits.
-  const bool pipelined = knob("SWAA_BWD_PIPELINE", 0, 0, 1) == 1;
+  // Pipelined kernels: consumer groups that compute the next item's (tile's)
+  // probabilities while this one's last products run; the same products in the
+  // same order, so the same bits.  SWAA_BWD_PIPELINE = 0: none; 1 (the default
+  // since session 11): the dq kernel, 1.05-1.14x faster on all ten bwd-ab
+  // shapes (bench/results/cuda_tuning_h200.jsonl, interleaved rounds); 2: also
+  // the dk/dv kernel at D=64 (0.87-0.90x there: it stays a knob for study; at
+  // D=128 its registers would not fit).
+  const int pipeline = knob("SWAA_BWD_PIPELINE", 1, 0, 2);
   auto dq_kernel = bwd_dq_sm90_kernel<T, D>;
   auto dkdv_kernel = bwd_dkdv_sm90_kernel<T, D>;
-  if (pipelined) {
+  if (pipeline >= 1) {
     static const cudaError_t configured_dq_pipe =
         allow_smem(bwd_dq_sm90_kernel<T, D, true>, kDqSmem);
     if (configured_dq_pipe != cudaSuccess) return configured_dq_pipe;
     dq_kernel = bwd_dq_sm90_kernel<T, D, true>;
-    if constexpr (D == 64) {
+  }
+  if constexpr (D == 64) {
+    if (pipeline == 2) {
       static const cudaError_t configured_dkdv_pipe =
           allow_smem(bwd_dkdv_sm90_kernel<T, D, true>, kDkdvSmem);
       if (configured_dkdv_pipe != cudaSuccess) return configured_dkdv_pipe;
@@ -324,7 +329,7 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
 // The single pass (bwd_fused_sm90.cuh): preprocessing, the fused kernel
 // (dk, dv and the dq accumulator), the reduce of split sink blocks, dq out.
 // COLS: the dQ product's split over the consumer groups (SWAA_BWD_FUSED_DQ);
-// PIPE: an item's dQ product issued with its dV, dK (SWAA_BWD_PIPELINE=1, D=64).
+// PIPE: an item's dQ product issued with its dV, dK (SWAA_BWD_PIPELINE >= 1, D=64).
 template <typename T, int D, bool COLS, bool PIPE = false>
 cudaError_t launch_fused(const AttnParams& p, float* delta,
                          const std::function<float*(int64_t)>& workspace, const Maps& maps,
@@ -415,7 +420,9 @@ bool try_bwd(const AttnParams& p, Dtype dtype, unsigned passes, float* delta,
       else
         *error = bf16 ? launch_fused<__nv_bfloat16, 128, false>(p, delta, workspace, dkdv_maps, stream)
                       : launch_fused<__half, 128, false>(p, delta, workspace, dkdv_maps, stream);
-    } else if (knob("SWAA_BWD_PIPELINE", 0, 0, 1) == 1) {
+    } else if (knob("SWAA_BWD_PIPELINE", 1, 0, 2) >= 1) {
+      // D=64: an item's dQ product issued with its dV, dK (the default since
+      // session 11: its kernel 1.02-1.04x faster on the four D=64 bwd-ab shapes)
       *error = bf16 ? launch_fused<__nv_bfloat16, 64, false, true>(p, delta, workspace, dkdv_maps, stream)
                     : launch_fused<__half, 64, false, true>(p, delta, workspace, dkdv_maps, stream);
     } else {

@@ -455,7 +455,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       mbar_arrive(&s.empty[st]);  // this thread is done with the stage
     }
   } else {
-    // SWAA_BWD_PIPELINE=1 (D=64): while the tensor cores run item i's dV, dK
+    // SWAA_BWD_PIPELINE=2 (D=64): while the tensor cores run item i's dV, dK
     // products, the group computes item i+1's probabilities.  Item i+1's S^T,
     // dP^T are issued before item i's dV, dK (wgmma groups complete in
     // order), so `wgmma_wait<1>` hands back the scores while the gradients
@@ -729,7 +729,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
     }
   } else {
-    // SWAA_BWD_PIPELINE=1: the next tile's S, dP are issued before this
+    // SWAA_BWD_PIPELINE >= 1 (the default): the next tile's S, dP are issued before this
     // tile's dQ product (wgmma groups complete in order), so the next tile's
     // probabilities are computed while the dQ product runs; both are waited
     // for within the iteration (as in the dk/dv kernel).  A group holds at
