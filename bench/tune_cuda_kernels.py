@@ -24,17 +24,20 @@ them on the same inputs.  Five parts (--parts, default the first three):
                 cuda_kernels.md "v7") against the two passes (1), also with its dQ
                 split by columns (SWAA_BWD_FUSED_DQ=1), and both with the KV heads
                 one after the other (SWAA_BWD_ORDER=0), and v6 with its two passes
-                on two streams (SWAA_BWD_CONCURRENT=1) or with the pipelined
-                kernels (SWAA_BWD_PIPELINE=1), with per-kernel times, on
+                on two streams (SWAA_BWD_CONCURRENT=1), v6 and v7 without the
+                pipelined kernels (SWAA_BWD_PIPELINE=0) and v6 with the pipelined
+                dk/dv kernel (2), with per-kernel times (one setting after the
+                other: compare settings with bwd-ab), on
                 FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
   bwd-ab        an A/B of backward settings in interleaved rounds (--ab, default v6
-                and v7 each without and with SWAA_BWD_PIPELINE=1) on FUSED_SHAPES:
+                and v7 each with SWAA_BWD_PIPELINE=0 and as default) on FUSED_SHAPES:
                 the backward's median time and each kernel's median CUDA time over
                 --rounds rounds that take the settings in turn, so a drift of the
                 clocks during the part moves every setting alike (session 11: in
                 bwd-fused, timed one setting after the other, the unchanged D=128
                 dk/dv kernel ran 1-15% faster in its later rows); a table of each
-                setting over the first one.
+                setting over the first one (a kernel's over the first setting that
+                runs it).
   bwd-rule      the default's choice between v6 and v7 (prefer_single_pass in
                 csrc/cuda/attention.cpp: v7 when the keys are >= 7 x (W + S) long)
                 checked across it: v6, v7 with each CTA order, and the default, at
@@ -320,7 +323,10 @@ def print_ab_table(rows, names):
         print("D={} N={} W={} S={} full_from={}".format(*shape))
         for name in names:
             r, b = m[name], m[base]
-            ks = ", ".join(f"{k.split('::')[-1]} {t:.3f} ({b['kernels'].get(k, float('nan')) / t:.3f}x)"
+            # a kernel's time over the first setting that runs it
+            first = {k: next(m[n]["kernels"][k] for n in names if k in m[n]["kernels"])
+                     for k in r["kernels"]}
+            ks = ", ".join(f"{k.split('::')[-1]} {t:.3f} ({first[k] / t:.3f}x)"
                            for k, t in r["kernels"].items() if t >= 0.02)
             print(f"  {name:<45} {r['ms']:>8.3f} ms ({b['ms'] / r['ms']:.3f}x)  {ks}")
 
@@ -376,7 +382,7 @@ def main() -> None:
                     help="fwd-variants: timed runs per row; bwd-ab: timed runs per setting (x2)")
     ap.add_argument("--ab", nargs="+", metavar="KNOB=V[,KNOB=V]", default=None,
                     help="bwd-ab: the settings, the first the baseline ('defaults' for none; "
-                         "default: v6, v6 pipelined, v7, v7 pipelined)")
+                         "default: v6 and v7, each unpipelined and as default)")
     ap.add_argument("--rounds", type=int, default=5, help="bwd-ab: interleaved rounds")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_tuning.jsonl"))
     args = ap.parse_args()
@@ -421,12 +427,12 @@ def main() -> None:
                     {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "0"},
                     {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_ORDER": "1"},
                     {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_ORDER": "0"},
-                    # v6 with its consumer groups computing the next item's (tile's)
-                    # probabilities while this one's last products run (dq kernel:
-                    # D=64 and 128; dk/dv kernel: D=64)
-                    {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_PIPELINE": "1"},
-                    # v7 with an item's dQ product issued with its dV, dK (D=64)
-                    {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_PIPELINE": "1"}]
+                    # v6 and v7 without the pipelined kernels (the default since
+                    # session 11: v6's dq kernel, v7 at D=64), and v6 with the
+                    # pipelined dk/dv kernel too (D=64; 0.87-0.90x in session 11)
+                    {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_PIPELINE": "0"},
+                    {"SWAA_BWD_HOPPER": "4", "SWAA_BWD_PIPELINE": "0"},
+                    {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_PIPELINE": "2"}]
         # v6 with its dq pass on a second stream beside the dk/dv pass (no kernel profile:
         # the two overlap, so per-kernel times would not add up to the call)
         concurrent = {"SWAA_BWD_HOPPER": "1", "SWAA_BWD_CONCURRENT": "1"}
@@ -439,8 +445,8 @@ def main() -> None:
         rows += new
     if "bwd-ab" in args.parts:
         settings = [parse_setting(t) for t in (args.ab or [
-            "SWAA_BWD_HOPPER=1", "SWAA_BWD_HOPPER=1,SWAA_BWD_PIPELINE=1",
-            "SWAA_BWD_HOPPER=4", "SWAA_BWD_HOPPER=4,SWAA_BWD_PIPELINE=1"])]
+            "SWAA_BWD_HOPPER=1,SWAA_BWD_PIPELINE=0", "SWAA_BWD_HOPPER=1",
+            "SWAA_BWD_HOPPER=4,SWAA_BWD_PIPELINE=0", "SWAA_BWD_HOPPER=4"])]
         rows += ab_rows(meta, settings, args.rounds, 2 * args.reps)
     append_rows(args.out, rows)
     print(f"{len(rows)} rows appended to {args.out}")

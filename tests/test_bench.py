@@ -195,6 +195,32 @@ def test_bwd_rule_table_says_whether_the_default_took_the_faster_kernel(capsys):
     assert body[("64", "1024", "8192")].endswith("sm90-fused (1.600 ms, the faster)")
 
 
+def test_bwd_ab_settings_and_table(capsys):
+    """--ab settings parse into knob dicts (an unknown knob is refused), and the
+    A/B table gives each setting's backward over the first setting's and each
+    kernel's time over the first setting that runs it."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tune_cuda_kernels as tune
+
+    assert tune.parse_setting("defaults") == {}
+    assert tune.parse_setting("SWAA_BWD_HOPPER=4,SWAA_BWD_PIPELINE=0") == {
+        "SWAA_BWD_HOPPER": "4", "SWAA_BWD_PIPELINE": "0"}
+    with pytest.raises(SystemExit, match="SWAA_BWD_PIPLINE"):
+        tune.parse_setting("SWAA_BWD_PIPLINE=1")
+    shape = dict(D=64, N=8192, W=4096, S=0, full_from=None)
+    rows = [dict(shape, knob="a", ms=2.0, kernels={"x::dq": 1.0, "x::dkdv": 0.9}),
+            dict(shape, knob="b", ms=1.6, kernels={"x::dq": 0.8, "x::dkdv": 0.9}),
+            dict(shape, knob="c", ms=2.5, kernels={"x::fused": 2.0}),
+            dict(shape, knob="d", ms=2.0, kernels={"x::fused": 1.6})]
+    tune.print_ab_table(rows, ["a", "b", "c", "d"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("  ")}
+    assert "1.600 ms (1.250x)" in lines["b"] and "dq 0.800 (1.250x)" in lines["b"]
+    assert "dkdv 0.900 (1.000x)" in lines["b"]
+    assert "2.500 ms (0.800x)" in lines["c"] and "fused 2.000 (1.000x)" in lines["c"]
+    assert "fused 1.600 (1.250x)" in lines["d"]
+
+
 def test_kernel_benchmark_interleaves_the_implementations(monkeypatch):
     """bench_cuda_kernels.interleaved_ms takes every job once per round, in turn
     (a drift of the GPU's clocks during a shape's timing then falls on every
