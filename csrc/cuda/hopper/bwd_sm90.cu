@@ -251,7 +251,7 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   // shapes (bench/results/cuda_tuning_h200.jsonl, interleaved rounds); 2: also
   // the dk/dv kernel at D=64 (0.87-0.90x there: it stays a knob for study; at
   // D=128 its registers would not fit).
-  const int pipeline = knob("SWAA_BWD_PIPELINE", 1, 0, 2);
+  const int pipeline = knob("SWAA_BWD_PIPELINE", 1, 0, 2);  // 0, 2, else the default 1
   auto dq_kernel = bwd_dq_sm90_kernel<T, D>;
   auto dkdv_kernel = bwd_dkdv_sm90_kernel<T, D>;
   if (pipeline >= 1) {
@@ -420,7 +420,7 @@ bool try_bwd(const AttnParams& p, Dtype dtype, unsigned passes, float* delta,
       else
         *error = bf16 ? launch_fused<__nv_bfloat16, 128, false>(p, delta, workspace, dkdv_maps, stream)
                       : launch_fused<__half, 128, false>(p, delta, workspace, dkdv_maps, stream);
-    } else if (knob("SWAA_BWD_PIPELINE", 1, 0, 2) >= 1) {
+    } else if (knob("SWAA_BWD_PIPELINE", 1, 0, 2) != 0) {  // 0, 2, else the default 1
       // D=64: an item's dQ product issued with its dV, dK (the default since
       // session 11: its kernel 1.02-1.04x faster on the four D=64 bwd-ab shapes)
       *error = bf16 ? launch_fused<__nv_bfloat16, 64, false, true>(p, delta, workspace, dkdv_maps, stream)
