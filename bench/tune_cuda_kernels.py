@@ -26,8 +26,8 @@ them on the same inputs.  Five parts (--parts, default the first three):
                 one after the other (SWAA_BWD_ORDER=0), and v6 with its two passes
                 on two streams (SWAA_BWD_CONCURRENT=1), v6 and v7 without the
                 pipelined kernels (SWAA_BWD_PIPELINE=0) and v6 with the pipelined
-                dk/dv kernel (2), with per-kernel times (one setting after the
-                other: compare settings with bwd-ab), on
+                dk/dv kernel (2), with per-kernel times (one profile per setting,
+                one setting after the other: bwd-ab times kernels in rounds), on
                 FUSED_SHAPES: the shapes below 1.3x Flex first (S=0, W=4096, D=64).
   bwd-ab        an A/B of backward settings in interleaved rounds (--ab, default v6
                 and v7 each with SWAA_BWD_PIPELINE=0 and as default) on FUSED_SHAPES:
@@ -46,7 +46,9 @@ them on the same inputs.  Five parts (--parts, default the first three):
                 faster one.
 
 bwd-variants and knobs time six shapes (D, N, W, S, full_from) chosen to move the
-knobs.  JSON rows (`what`: fwd_variant, fwd, bwd, kernel_ms) are appended to --out.
+knobs.  Backward times (`what` = "bwd", every part) are medians over five
+interleaved rounds of the part's settings (since session 11); the per-kernel
+profiles of bwd-variants, knobs and bwd-fused are one run per setting.  JSON rows (`what`: fwd_variant, fwd, bwd, kernel_ms) are appended to --out.
 
   python bench/tune_cuda_kernels.py --parts fwd-variants --out /tmp/tuning.jsonl
 """
@@ -212,22 +214,40 @@ def fwd_rows(meta, fwd_settings, q, k, v, shape, ff):
     return rows
 
 
-def bwd_rows(meta, bwd_settings, q, k, v, do, shape, ff):
+def bwd_path(do, q, k, v, W, S, ff):
+    """The backward kernel a call takes (torch.ops.swaa.bwd_path; CUDA builds)."""
+    return torch.ops.swaa.bwd_path(do, q, k, v, W, S, ff)
+
+
+def bwd_rows(meta, bwd_settings, q, k, v, do, shape, ff, rounds=5):
+    """Each setting's backward: its difference to the default's gradients, its
+    path, and its median time over `rounds` interleaved rounds (every setting
+    timed in each round, so a drift of the clocks moves them alike)."""
     W, S, scale = shape["W"], shape["S"], shape["D"] ** -0.5
     flop = 2.5 * 4 * shape["D"] * visible_pairs(shape["N"], W, S, shape["full_from"]) * HQ
     out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
     ref = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
-    rows = []
+    checks = {}
     for setting in bwd_settings:
         with knob_env(setting):
             grads = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
             # the split changes the summation order of the sink keys' dk/dv only
             diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads, ref))
-            ms = median_ms(lambda: torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale))
-            path = torch.ops.swaa.bwd_path(do, q, k, v, W, S, ff)
-        rows.append(dict(meta, what="bwd", knob=label(setting), path=path, **shape,
-                         ms=round(ms, 4), tflops=round(flop / ms / 1e9, 1),
-                         max_diff_to_default=diff))
+            checks[label(setting)] = (diff, bwd_path(do, q, k, v, W, S, ff))
+        del grads
+
+    def bwd(q, k, v):
+        torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
+
+    ms = interleaved_ms({label(s): (bwd, [(q, k, v)], s) for s in bwd_settings},
+                        warmup=3, reps=10, rounds=rounds)
+    rows = []
+    for setting in bwd_settings:
+        name = label(setting)
+        diff, path = checks[name]
+        rows.append(dict(meta, what="bwd", knob=name, path=path, **shape,
+                         ms=round(ms[name], 4), tflops=round(flop / ms[name] / 1e9, 1),
+                         rounds=rounds, max_diff_to_default=diff))
     return rows
 
 

@@ -221,6 +221,36 @@ def test_bwd_ab_settings_and_table(capsys):
     assert "fused 1.600 (1.250x)" in lines["d"]
 
 
+def test_tuning_backward_rows_are_timed_in_interleaved_rounds(monkeypatch):
+    """tune_cuda_kernels.bwd_rows times all settings of a shape through
+    interleaved_ms (one job per setting, its knobs as the job's env) and
+    reports each setting's path and gradient difference (CPU ops here)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tune_cuda_kernels as tune
+
+    seen = {}
+
+    def fake_interleaved(jobs, warmup, reps, rounds):
+        seen.update(rounds=rounds, envs={name: env for name, (_, _, env) in jobs.items()})
+        for fn, sets, _ in jobs.values():
+            fn(*sets[0])  # the job runs the backward on the shape's inputs
+        return {name: 1.0 + i for i, name in enumerate(jobs)}
+
+    monkeypatch.setattr(tune, "interleaved_ms", fake_interleaved)
+    monkeypatch.setattr(tune, "bwd_path", lambda *args: "cpu")  # the op needs a CUDA build
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 96, 64, generator=g)
+    k, v = torch.randn(1, 2, 96, 64, generator=g), torch.randn(1, 2, 96, 64, generator=g)
+    do = torch.randn(q.shape, generator=g)
+    shape = dict(D=64, N=96, W=32, S=4, full_from=None)
+    settings = [{}, {"SWAA_BWD_SPLIT": "0"}]
+    rows = tune.bwd_rows({"run": "r"}, settings, q, k, v, do, shape, None, rounds=3)
+    assert seen == {"rounds": 3, "envs": {"defaults": {}, "SWAA_BWD_SPLIT=0": {"SWAA_BWD_SPLIT": "0"}}}
+    assert [(r["knob"], r["ms"], r["rounds"]) for r in rows] == [("defaults", 1.0, 3),
+                                                                  ("SWAA_BWD_SPLIT=0", 2.0, 3)]
+    assert all(r["max_diff_to_default"] == 0.0 and r["path"] == "cpu" for r in rows)
+
+
 def test_kernel_benchmark_interleaves_the_implementations(monkeypatch):
     """bench_cuda_kernels.interleaved_ms takes every job once per round, in turn
     (a drift of the GPU's clocks during a shape's timing then falls on every
