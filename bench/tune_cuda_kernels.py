@@ -1,6 +1,6 @@
 """Which settings of the CUDA kernels are fastest, and where does the backward
 spend its time?  Every knob is read at each launch, so one process compares
-them on the same inputs.  Five parts (--parts, default the first three):
+them on the same inputs.  Six parts (--parts, default the first three):
 
   fwd-variants  the Hopper forwards side by side: SWAA_FWD_HOPPER = 1, 2 (v5, v5
                 overlapped), 3, 4, 5, 6 (v5.1, v5.1 ping-pong, both with
@@ -283,7 +283,10 @@ def parse_setting(text):
     """'SWAA_BWD_HOPPER=1,SWAA_BWD_PIPELINE=1' -> {knob: value}; 'defaults' -> {}."""
     if text == "defaults":
         return {}
-    setting = dict(item.split("=", 1) for item in text.split(","))
+    items = text.split(",")
+    if not all("=" in item for item in items):
+        raise SystemExit(f"--ab: {text!r} is not KNOB=VALUE[,KNOB=VALUE...] or 'defaults'")
+    setting = dict(item.split("=", 1) for item in items)
     unknown = sorted(set(setting) - set(KNOBS))
     if unknown:
         raise SystemExit(f"--ab: unknown knob(s) {unknown}; known: {', '.join(KNOBS)}")
@@ -326,7 +329,7 @@ def ab_rows(meta, settings, rounds, reps, shapes=FUSED_SHAPES):
                                 for k_, t in kernel_times[name].items()})
             print(json.dumps(row), flush=True)
             rows.append(row)
-        del q, k, v, do, out, lse, ref, grads
+        del q, k, v, do, out, lse, ref, grads, jobs, bwd
         torch.cuda.empty_cache()
     print_ab_table(rows, [label(s) for s in settings])
     return rows

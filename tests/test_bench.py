@@ -207,6 +207,8 @@ def test_bwd_ab_settings_and_table(capsys):
         "SWAA_BWD_HOPPER": "4", "SWAA_BWD_PIPELINE": "0"}
     with pytest.raises(SystemExit, match="SWAA_BWD_PIPLINE"):
         tune.parse_setting("SWAA_BWD_PIPLINE=1")
+    with pytest.raises(SystemExit, match="not KNOB=VALUE"):
+        tune.parse_setting("SWAA_BWD_HOPPER")
     shape = dict(D=64, N=8192, W=4096, S=0, full_from=None)
     rows = [dict(shape, knob="a", ms=2.0, kernels={"x::dq": 1.0, "x::dkdv": 0.9}),
             dict(shape, knob="b", ms=1.6, kernels={"x::dq": 0.8, "x::dkdv": 0.9}),
@@ -233,7 +235,12 @@ def test_tuning_backward_rows_are_timed_in_interleaved_rounds(monkeypatch):
     def fake_interleaved(jobs, warmup, reps, rounds):
         seen.update(rounds=rounds, envs={name: env for name, (_, _, env) in jobs.items()})
         for fn, sets, _ in jobs.values():
-            fn(*sets[0])  # the job runs the backward on the shape's inputs
+            assert len(sets) == 1 and all(a is b for a, b in zip(sets[0], (q, k, v)))
+            calls = []
+            with monkeypatch.context() as m:  # the job runs the backward on the shape's inputs
+                m.setattr(tune.torch.ops.swaa, "bwd", lambda *args: calls.append(args))
+                fn(*sets[0])
+            assert len(calls) == 1 and calls[0][0] is do and calls[0][1] is q
         return {name: 1.0 + i for i, name in enumerate(jobs)}
 
     monkeypatch.setattr(tune, "interleaved_ms", fake_interleaved)

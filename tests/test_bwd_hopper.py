@@ -388,7 +388,7 @@ def want_pipelined(both_passes, D, setting):
     """The kernels SWAA_BWD_PIPELINE = setting (None: unset) runs pipelined:
     by default (1) the dq kernel of the two passes at both head dims and the
     single pass at D=64; 2 adds the dk/dv kernel at D=64; 0 none."""
-    level = 1 if setting is None else int(setting)
+    level = int(setting) if setting in ("0", "2") else 1  # unset, "1", anything else: 1
     if level == 0:
         return set()
     if both_passes == "sm90":
@@ -413,9 +413,10 @@ def test_pipelined_kernels_same_bits(both_passes, monkeypatch, dtype, case, D):
     tile's probabilities while this one's last products run; in the single
     pass, test_bwd_fused.py runs this test with SWAA_BWD_HOPPER=4, an item's dQ
     product issued with its dV, dK) issue the same products in the same order:
-    with SWAA_BWD_PIPELINE unset (the default, 1) and 2, dq, dk, dv are
-    bitwise those of 0 (no pipelined kernel), and the profiler sees exactly
-    the kernels each setting is for run pipelined.  The cases cover
+    with SWAA_BWD_PIPELINE unset (the default), 1, 2 and a value it does
+    not take ("on": the default, not 0), dq, dk, dv are bitwise those of 0
+    (no pipelined kernel), and the profiler sees exactly the kernels each
+    setting is for run pipelined.  The cases cover
     items a dk/dv group skips (sink 40 < the block's second 64 keys: the far
     rows see none of them), split sink blocks, per-sequence full_from, a short
     query, a single item or tile and windows of 1 and 63."""
@@ -434,7 +435,7 @@ def test_pipelined_kernels_same_bits(both_passes, monkeypatch, dtype, case, D):
     monkeypatch.setenv("SWAA_BWD_PIPELINE", "0")
     want = run()
     assert pipelined_set() == set()
-    for setting in (None, "2"):
+    for setting in (None, "1", "2", "on"):
         if setting is None:
             monkeypatch.delenv("SWAA_BWD_PIPELINE")
         else:

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "cuda/bwd_plan.cuh"  // ceil_div, knob, split_knob, plan_dkdv, kBwdOrder
 #include "cuda/hopper/bwd_fused_sm90.cuh"  // includes bwd_sm90.cuh
@@ -34,8 +35,10 @@ bool present(Kernel kernel) {
 
 template <typename T, int D>
 bool kernels_present() {
-  return present(bwd_dkdv_sm90_kernel<T, D>) && present(bwd_dq_sm90_kernel<T, D>) &&
-         present(bwd_prep_sm90_kernel<T, D>);
+  bool ok = present(bwd_dkdv_sm90_kernel<T, D>) && present(bwd_dq_sm90_kernel<T, D>) &&
+            present(bwd_dq_sm90_kernel<T, D, true>) && present(bwd_prep_sm90_kernel<T, D>);
+  if constexpr (D == 64) ok = ok && present(bwd_dkdv_sm90_kernel<T, D, true>);
+  return ok;
 }
 
 template <typename T, int D>
@@ -73,6 +76,16 @@ static_assert(fused_sm90_smem_bytes<__nv_bfloat16, 64, false>() <= kSm90SmemOpti
 // traps (default kTurnMaxPolls, ~30-60 s; the tests and the smoke use 2^22,
 // ~2-4 s; 0 = never, for compute-sanitizer runs, where legitimate waits
 // stretch).  Read at every launch; other values are ignored.
+// SWAA_BWD_PIPELINE: exactly "0" or "2", else (unset, "1", anything else) the
+// default 1; see launch().  (knob() would read a non-number as 0 through atoi.)
+int pipeline_knob() {
+  const char* env = std::getenv("SWAA_BWD_PIPELINE");
+  if (env == nullptr) return 1;
+  if (std::strcmp(env, "0") == 0) return 0;
+  if (std::strcmp(env, "2") == 0) return 2;
+  return 1;
+}
+
 uint32_t fused_watchdog() {
   const char* env = std::getenv("SWAA_BWD_FUSED_WATCHDOG");
   if (env == nullptr || env[0] == '\0') return kTurnMaxPolls;
@@ -251,7 +264,7 @@ cudaError_t launch(const AttnParams& p, unsigned passes, float* delta,
   // shapes (bench/results/cuda_tuning_h200.jsonl, interleaved rounds); 2: also
   // the dk/dv kernel at D=64 (0.87-0.90x there: it stays a knob for study; at
   // D=128 its registers would not fit).
-  const int pipeline = knob("SWAA_BWD_PIPELINE", 1, 0, 2);  // 0, 2, else the default 1
+  const int pipeline = pipeline_knob();
   auto dq_kernel = bwd_dq_sm90_kernel<T, D>;
   auto dkdv_kernel = bwd_dkdv_sm90_kernel<T, D>;
   if (pipeline >= 1) {
@@ -420,7 +433,7 @@ bool try_bwd(const AttnParams& p, Dtype dtype, unsigned passes, float* delta,
       else
         *error = bf16 ? launch_fused<__nv_bfloat16, 128, false>(p, delta, workspace, dkdv_maps, stream)
                       : launch_fused<__half, 128, false>(p, delta, workspace, dkdv_maps, stream);
-    } else if (knob("SWAA_BWD_PIPELINE", 1, 0, 2) != 0) {  // 0, 2, else the default 1
+    } else if (pipeline_knob() != 0) {
       // D=64: an item's dQ product issued with its dV, dK (the default since
       // session 11: its kernel 1.02-1.04x faster on the four D=64 bwd-ab shapes)
       *error = bf16 ? launch_fused<__nv_bfloat16, 64, false, true>(p, delta, workspace, dkdv_maps, stream)
