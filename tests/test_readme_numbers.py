@@ -1,0 +1,153 @@
+"""The measured tables in the README and docs/cuda_kernels.md come from the
+committed rows (bench/results/*.jsonl) of the run they name: a table edited
+without its data, or rows replaced without the table, fails here.  Every
+printed number must be the row's value rounded to the digits printed; ratios
+are recomputed from the rows' times."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+KERNEL_ROWS = RESULTS / "cuda_kernels_h200.jsonl"
+DECODE_ROWS = RESULTS / "decode_H200.jsonl"
+
+
+def rows_of(path: Path, run: str) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    found = [r for r in rows if r.get("run") == run]
+    assert found, f"no rows of run {run} in {path.relative_to(ROOT)}"
+    return found
+
+
+def section(text: str, heading_start: str) -> str:
+    """The markdown section whose heading starts with heading_start, up to the next
+    heading of the same or a higher level."""
+    match = re.search(rf"^(#+) {re.escape(heading_start)}.*$", text, re.M)
+    assert match, f"no section {heading_start!r}"
+    level = len(match.group(1))
+    rest = text[match.end():]
+    end = re.search(rf"^#{{1,{level}}} ", rest, re.M)
+    return rest[:end.start()] if end else rest
+
+
+def first_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """Header cells and body rows of the first markdown table in text."""
+    lines = [line.strip() for line in text.splitlines()]
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|--"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip() for c in line.strip("|").split("|")])
+    return table[0], table[2:]  # table[1] is the alignment row
+
+
+def assert_printed(printed: str, value: float, what: str) -> None:
+    """printed (e.g. '0.89', '1.40x', '465') is value rounded to its digits."""
+    text = printed.strip().rstrip("x")
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    assert abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-9, \
+        f"{what}: printed {printed}, the rows give {value:.6g}"
+
+
+def ms_and_tflops(cell: str) -> tuple[str, str]:
+    match = re.fullmatch(r"([\d.]+) \(([\d.]+)\)", cell)
+    assert match, cell
+    return match.group(1), match.group(2)
+
+
+def check_kernel_table(header: list[str], body: list[list[str]], rows: list[dict], S: int | None):
+    """The kernel benchmark's table: D, N, W[, S], fwd ms (TFLOP/s), flex fwd ms, fwd vs
+    flex, fwd+bwd ms (TFLOP/s), bwd kernel, flex fwd+bwd ms, fwd+bwd vs flex, sdpa ms."""
+    by = {(r["impl"], r["pass"], r["D"], r["N"], r["W"], r["S"]): r for r in rows}
+    has_s = header[3] == "S"
+    assert has_s == (S is None), header
+    for cells in body:
+        D, N, W = (int(c) for c in cells[:3])
+        s = int(cells[3]) if has_s else S
+        rest = cells[4:] if has_s else cells[3:]
+        where = f"D={D} N={N} W={W} S={s}"
+
+        def row(impl, pass_, where=where, D=D, N=N, W=W, s=s):
+            key = (impl, pass_, D, N, W, s)
+            assert key in by, f"{where}: no {impl} {pass_} row"
+            return by[key]
+
+        swaa_f, swaa_fb = row("swaa", "fwd"), row("swaa", "fwd+bwd")
+        flex_f, flex_fb = row("flex", "fwd"), row("flex", "fwd+bwd")
+        sdpa_f, sdpa_fb = row("sdpa", "fwd"), row("sdpa", "fwd+bwd")
+        ms, tf = ms_and_tflops(rest[0])
+        assert_printed(ms, swaa_f["ms"], f"{where} fwd ms")
+        assert_printed(tf, swaa_f["tflops"], f"{where} fwd TFLOP/s")
+        assert_printed(rest[1], flex_f["ms"], f"{where} flex fwd ms")
+        assert_printed(rest[2], flex_f["ms"] / swaa_f["ms"], f"{where} fwd vs flex")
+        ms, tf = ms_and_tflops(rest[3])
+        assert_printed(ms, swaa_fb["ms"], f"{where} fwd+bwd ms")
+        assert_printed(tf, swaa_fb["tflops"], f"{where} fwd+bwd TFLOP/s")
+        kernel = {"sm90": "v6", "sm90-fused": "v7"}[swaa_fb["swaa_bwd_path"]]
+        assert rest[4] == kernel, f"{where}: bwd kernel {rest[4]}, the row ran {kernel}"
+        assert_printed(rest[5], flex_fb["ms"], f"{where} flex fwd+bwd ms")
+        assert_printed(rest[6], flex_fb["ms"] / swaa_fb["ms"], f"{where} fwd+bwd vs flex")
+        sdpa = [c.strip() for c in rest[7].split("/")]
+        assert_printed(sdpa[0], sdpa_f["ms"], f"{where} sdpa fwd ms")
+        assert_printed(sdpa[1], sdpa_fb["ms"], f"{where} sdpa fwd+bwd ms")
+
+
+def test_readme_cuda_attention_table_is_its_runs_rows():
+    text = section((ROOT / "README.md").read_text(), "CUDA attention")
+    run = re.search(r"Run (\d{8}T\d{6}) \(commit", text)
+    assert run, "the README's CUDA attention section names no run"
+    header, body = first_table(text)
+    assert len(body) >= 8
+    check_kernel_table(header, body, rows_of(KERNEL_ROWS, run.group(1)), S=4)
+
+
+def test_docs_latest_measured_table_is_its_runs_rows():
+    """docs/cuda_kernels.md's newest "Measured: session N" section (all 36 shapes)."""
+    text = (ROOT / "docs" / "cuda_kernels.md").read_text()
+    sessions = [int(n) for n in re.findall(r"^## Measured: session (\d+)", text, re.M)]
+    latest = section(text, f"Measured: session {max(sessions)}")
+    run = re.search(r"run (\d{8}T\d{6})", latest)
+    assert run
+    header, body = first_table(latest)
+    assert len(body) == 36
+    check_kernel_table(header, body, rows_of(KERNEL_ROWS, run.group(1)), S=None)
+    # the README quotes the same run
+    readme = section((ROOT / "README.md").read_text(), "CUDA attention")
+    assert f"Run {run.group(1)} " in readme
+
+
+def test_readme_decode_table_is_its_runs_rows():
+    text = section((ROOT / "README.md").read_text(), "Decode step with the ring cache")
+    run = re.search(r"run `(\S+)`, commit \w+,\s+session \d+, launch `(\w+)`", text)
+    assert run, "the README's decode section names no run and launch"
+    rows = rows_of(DECODE_ROWS, run.group(1))
+    # HF's step cannot be queued: it has host-timed rows only (see the section)
+    by = {(r["impl"], r["B"]): r for r in rows if r["launch"] == "host"}
+    by.update({(r["impl"], r["B"]): r for r in rows if r["launch"] == run.group(2)})
+    header, body = first_table(text)
+    impls = ["ring", "sdpa_contiguous", "hf_static_sliding", "full_131072", "ring_full_131072"]
+    assert len(header) == 2 + len(impls), header
+    for cells in body:
+        B = int(cells[0])
+        for impl, printed in zip(impls, cells[1:6]):
+            assert (impl, B) in by, f"B={B}: no {impl} row"
+            assert_printed(printed, by[(impl, B)]["ms"], f"B={B} {impl} ms")
+        assert_printed(cells[6], by[("ring", B)]["bw_fraction"], f"B={B} ring bw_fraction")
+
+
+@pytest.mark.parametrize("printed, value, ok", [("0.89", 0.8912, True), ("0.89", 0.896, False),
+                                                ("1.40x", 1.4049, True), ("465", 465.4, True),
+                                                ("465", 466.0, False)])
+def test_assert_printed_checks_the_printed_digits(printed, value, ok):
+    if ok:
+        assert_printed(printed, value, "x")
+    else:
+        with pytest.raises(AssertionError):
+            assert_printed(printed, value, "x")
