@@ -407,6 +407,15 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       }
     }
   };
+  // The item's S^T, dP^T issued and waited for (nothing else in flight), then
+  // its P^T, dS^T in place.
+  auto scores_to_probabilities = [&](Scores& sc, Scores& dp, int it, int st) {
+    issue_scores(sc, dp, st);
+    wgmma_wait<0>();
+    fence_regs(sc);
+    fence_regs(dp);
+    probabilities(sc, dp, it, st);
+  };
   // dV += P^T dO, dK += dS^T Q of the item in stage st, issued (not waited for).
   auto issue_grads = [&](Frags& pa, Frags& dsa, int st) {
     fence_regs(pa);
@@ -441,11 +450,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       if (item_active(it)) {
         float sc[32], dp[32];
         uint32_t pa[4][4], dsa[4][4];
-        issue_scores(sc, dp, st);
-        wgmma_wait<0>();
-        fence_regs(sc);
-        fence_regs(dp);
-        probabilities(sc, dp, it, st);
+        scores_to_probabilities(sc, dp, it, st);
         pack_a<T>(pa, sc);
         pack_a<T>(dsa, dp);
         issue_grads(pa, dsa, st);
@@ -478,11 +483,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
           mbar_arrive(&s.empty[st]);  // this thread is done with the stage
           continue;
         }
-        issue_scores(sc, dp, st);
-        wgmma_wait<0>();
-        fence_regs(sc);
-        fence_regs(dp);
-        probabilities(sc, dp, it, st);
+        scores_to_probabilities(sc, dp, it, st);
       }
       pack_a<T>(pa, sc);
       pack_a<T>(dsa, dp);
