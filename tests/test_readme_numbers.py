@@ -151,3 +151,36 @@ def test_assert_printed_checks_the_printed_digits(printed, value, ok):
     else:
         with pytest.raises(AssertionError):
             assert_printed(printed, value, "x")
+
+
+def test_readme_summary_of_the_grid_is_its_runs_rows():
+    """The "Where we stand" paragraph's ranges and counts over the run's 36 shapes."""
+    text = section((ROOT / "README.md").read_text(), "CUDA attention")
+    run = re.search(r"Run (\d{8}T\d{6}) \(commit", text).group(1)
+    ms = {}
+    for r in rows_of(KERNEL_ROWS, run):
+        ms[(r["impl"], r["pass"], r["D"], r["N"], r["W"], r["S"])] = r
+    shapes = sorted({k[2:] for k in ms})
+    assert len(shapes) == 36
+
+    def ratios(pass_, other="flex", S=None):
+        return [ms[(other, pass_, *s)]["ms"] / ms[("swaa", pass_, *s)]["ms"]
+                for s in shapes if S is None or s[3] == S]
+
+    def span(values):
+        return f"{min(values):.2f}-{max(values):.2f}x"
+
+    para = " ".join(text[text.index("Where we stand (issue 3)"):].split())
+    fb, f = ratios("fwd+bwd"), ratios("fwd")
+    assert f"forward+backward is **{span(fb)}** FlexAttention" in para
+    assert f">= 1.3x on {sum(x >= 1.3 for x in fb)} of 36" in para
+    for S in (0, 4, 128):
+        assert f"S={S}: {span(ratios('fwd+bwd', S=S))}" in para, S
+    assert f"the forward **{span(f)}** (>= 1.5x on {sum(x >= 1.5 for x in f)} of 36)" in para
+    tflops = {S: ms[("swaa", "fwd", 128, 32768, 4096, S)]["tflops"] for S in (0, 4, 128)}
+    assert f"**{tflops[4]:.0f} TFLOP/s** at N=32k, W=4096, D=128 ({tflops[0]:.0f} at S=0, " \
+           f"{tflops[128]:.0f} at S=128" in para
+    for D in (64, 128):
+        sdpa = [ms[("sdpa", "fwd+bwd", *s)]["ms"] / ms[("swaa", "fwd+bwd", *s)]["ms"]
+                for s in shapes if s[0] == D and s[1] == 8192 and s[2] == 4096]
+        assert f"{min(sdpa):.2f}-{max(sdpa):.2f}x" in para, D
