@@ -128,6 +128,8 @@
 #   TESTS             test files (default tests/test_*.py); TEST_ARGS extra pytest arguments
 #                     (e.g. "-m cuda", "-k pack"); TEST_TIMEOUT per file (300)
 #   SAN_TIMEOUT       per sanitizer tool (240)
+#   TUNE_AB           the bwd-ab part's settings, space-separated KNOB=V[,KNOB=V] (the first is
+#                     the baseline; default: v6 and v7, each unpipelined and as default)
 #   TUNE_TIMEOUT      per tuning part (240); TUNE_PARTS the parts of `tune` (default
 #                     "fwd-variants bwd-variants knobs"; bwd-fused: v6/v7 and their knobs, ~1.5 min;
 #                     bwd-rule: v6 / v7 / the default at N = 2-8 windows, ~0.5 min, estimate);
@@ -282,8 +284,9 @@ step_sanitize() {
 step_tune() {
   local part
   for part in ${TUNE_PARTS:-fwd-variants bwd-variants knobs}; do  # the most telling first
+    # shellcheck disable=SC2086  # TUNE_AB: bwd-ab's settings, space-separated
     run_part "$part" "${TUNE_TIMEOUT:-240}" python bench/tune_cuda_kernels.py --parts "$part" \
-      --out "$STEP_DIR/cuda_tuning.jsonl"
+      ${TUNE_AB:+--ab $TUNE_AB} --out "$STEP_DIR/cuda_tuning.jsonl"
   done
 }
 
