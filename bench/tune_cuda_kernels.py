@@ -219,7 +219,7 @@ def bwd_path(do, q, k, v, W, S, ff):
     return torch.ops.swaa.bwd_path(do, q, k, v, W, S, ff)
 
 
-def bwd_rows(meta, bwd_settings, q, k, v, do, shape, ff, rounds=5):
+def bwd_rows(meta, bwd_settings, q, k, v, do, shape, ff, rounds=5, reps=10):
     """Each setting's backward: its difference to the default's gradients, its
     path, and its median time over `rounds` interleaved rounds (every setting
     timed in each round, so a drift of the clocks moves them alike)."""
@@ -240,7 +240,7 @@ def bwd_rows(meta, bwd_settings, q, k, v, do, shape, ff, rounds=5):
         torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
 
     ms = interleaved_ms({label(s): (bwd, [(q, k, v)], s) for s in bwd_settings},
-                        warmup=3, reps=10, rounds=rounds)
+                        warmup=3, reps=reps, rounds=rounds)
     rows = []
     for setting in bwd_settings:
         name = label(setting)
@@ -294,42 +294,27 @@ def parse_setting(text):
 
 
 def ab_rows(meta, settings, rounds, reps, shapes=FUSED_SHAPES):
-    """The backward of each setting and its kernels' CUDA times, in interleaved
-    rounds (see the bwd-ab part); rows `what` = "bwd_ab" with ms and kernels."""
+    """The backward of each setting (bwd_rows: interleaved rounds) and its
+    kernels' CUDA times, also in interleaved rounds (see the bwd-ab part); rows
+    `what` = "bwd_ab" with ms and kernels."""
     rows = []
     for D, N, W, S, F in shapes:
         q, k, v, do = random_qkv(D, N, grad_out=True)
         ff = None if F is None else torch.full((1,), F, dtype=torch.int64, device="cuda")
-        scale = D ** -0.5
-        flop = 2.5 * 4 * D * visible_pairs(N, W, S, F) * HQ
-        out, lse = torch.ops.swaa.fwd(q, k, v, W, S, ff, scale)
-        ref = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
-
-        def bwd(q, k, v, out=out, lse=lse, do=do, W=W, S=S, ff=ff, scale=scale):
-            torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
-
-        jobs = {label(s): (bwd, [(q, k, v)], s) for s in settings}
-        ms = interleaved_ms(jobs, warmup=3, reps=reps, rounds=rounds)
+        shape = dict(D=D, N=N, W=W, S=S, full_from=F)
+        timed = bwd_rows(meta, settings, q, k, v, do, shape, ff, rounds=rounds, reps=reps)
         kernel_times = {label(s): {} for s in settings}
         for _ in range(rounds):
             for s in settings:
                 with knob_env(s):
-                    for name, t in profiled_kernel_ms(q, k, v, do, W, S, ff, scale).items():
+                    for name, t in profiled_kernel_ms(q, k, v, do, W, S, ff, D ** -0.5).items():
                         kernel_times[label(s)].setdefault(name, []).append(t)
-        for s in settings:
-            with knob_env(s):
-                grads = torch.ops.swaa.bwd(do, q, k, v, out, lse, W, S, ff, scale)
-                path = torch.ops.swaa.bwd_path(do, q, k, v, W, S, ff)
-            diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads, ref))
-            name = label(s)
-            row = dict(meta, what="bwd_ab", knob=name, path=path, D=D, N=N, W=W, S=S,
-                       full_from=F, rounds=rounds, ms=round(ms[name], 4),
-                       tflops=round(flop / ms[name] / 1e9, 1), max_diff_to_default=diff,
-                       kernels={k_: round(statistics.median(t), 3)
-                                for k_, t in kernel_times[name].items()})
+        for row in timed:
+            row.update(what="bwd_ab", kernels={k_: round(statistics.median(t), 3)
+                                               for k_, t in kernel_times[row["knob"]].items()})
             print(json.dumps(row), flush=True)
             rows.append(row)
-        del q, k, v, do, out, lse, ref, grads, jobs, bwd
+        del q, k, v, do
         torch.cuda.empty_cache()
     print_ab_table(rows, [label(s) for s in settings])
     return rows

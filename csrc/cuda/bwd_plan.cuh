@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 
@@ -46,19 +47,28 @@ constexpr int64_t kMaxPieces = 256;
 // other), SWAA_BWD_SPLIT = 0 (sink key blocks in one CTA), 1 (split, piece
 // count from the sizes) or k >= 2 (exactly k pieces per sink block, for
 // tests), SWAA_WARP_SKIP = 0 or 1 (forward and dq: a warp skips the key
-// tiles none of its 16 rows can see; bitwise neutral).  Other values are
-// ignored.
-inline int knob(const char* name, int fallback, int a, int b) {
+// tiles none of its 16 rows can see; bitwise neutral).  Other values, and
+// anything that is not a whole number, are ignored.
+//
+// The whole number an environment variable holds; false when it is unset,
+// empty or anything else (atoi would read "on" as 0, a value most knobs take).
+inline bool env_int(const char* name, int* value) {
   const char* env = std::getenv(name);
-  if (env == nullptr) return fallback;
-  const int v = std::atoi(env);
-  return v == a || v == b ? v : fallback;
+  if (env == nullptr || env[0] == '\0') return false;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  if (*end != '\0' || v < INT_MIN || v > INT_MAX) return false;
+  *value = static_cast<int>(v);
+  return true;
+}
+// fallback, or a or b when the variable holds one of them.
+inline int knob(const char* name, int fallback, int a, int b) {
+  int v = 0;
+  return env_int(name, &v) && (v == a || v == b) ? v : fallback;
 }
 inline int split_knob() {
-  const char* env = std::getenv("SWAA_BWD_SPLIT");
-  if (env == nullptr) return kBwdSplit;
-  const int v = std::atoi(env);
-  return v >= 0 && v <= 4096 ? v : kBwdSplit;
+  int v = 0;
+  return env_int("SWAA_BWD_SPLIT", &v) && v >= 0 && v <= 4096 ? v : kBwdSplit;
 }
 
 // The dk/dv CTA layout (DkdvSchedule in attention_kernels.cuh) from static

@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 
 #include "cuda/bwd_plan.cuh"  // ceil_div, knob, split_knob, plan_dkdv, kBwdOrder
 #include "cuda/hopper/bwd_fused_sm90.cuh"  // includes bwd_sm90.cuh
@@ -76,15 +75,9 @@ static_assert(fused_sm90_smem_bytes<__nv_bfloat16, 64, false>() <= kSm90SmemOpti
 // traps (default kTurnMaxPolls, ~30-60 s; the tests and the smoke use 2^22,
 // ~2-4 s; 0 = never, for compute-sanitizer runs, where legitimate waits
 // stretch).  Read at every launch; other values are ignored.
-// SWAA_BWD_PIPELINE: exactly "0" or "2", else (unset, "1", anything else) the
-// default 1; see launch().  (knob() would read a non-number as 0 through atoi.)
-int pipeline_knob() {
-  const char* env = std::getenv("SWAA_BWD_PIPELINE");
-  if (env == nullptr) return 1;
-  if (std::strcmp(env, "0") == 0) return 0;
-  if (std::strcmp(env, "2") == 0) return 2;
-  return 1;
-}
+// SWAA_BWD_PIPELINE: 0 or 2, else (unset, 1, anything else) the default 1;
+// see launch().
+int pipeline_knob() { return knob("SWAA_BWD_PIPELINE", 1, 0, 2); }
 
 uint32_t fused_watchdog() {
   const char* env = std::getenv("SWAA_BWD_FUSED_WATCHDOG");
