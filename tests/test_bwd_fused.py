@@ -205,6 +205,39 @@ def test_fused_dq_bitwise_under_every_schedule(fused, monkeypatch, variant):
                 assert torch.equal(dq, first), f"dq differs (split {split}, order {order})"
 
 
+@pytest.mark.parametrize("variant", [(64, "0", "1"), (64, "0", "0"), (128, "0", "1"),
+                                     (128, "1", "1")],
+                         ids=["D64-pipe", "D64", "D128-keys", "D128-cols"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_stmatrix_ds_stores_same_bits(fused, monkeypatch, dtype, variant):
+    """SWAA_BWD_FUSED_STSM=1 (dS stored with stmatrix, branch stsm) writes the same
+    bytes to the same places as the 16-bit stores: dq, dk, dv bitwise equal, on
+    a case with split sink blocks, an inactive group (sink 40) and per-sequence
+    full_from; the profiler sees the STSM kernel run."""
+    D, split_dq, pipeline = variant
+    monkeypatch.setenv("SWAA_BWD_FUSED_DQ", split_dq)
+    monkeypatch.setenv("SWAA_BWD_PIPELINE", pipeline)
+    monkeypatch.setenv("SWAA_BWD_SPLIT", "3")
+    q, k, v, dout = inputs(2, 8, 2, 1500, 1500, dtype, seed=7, D=D)
+    ff = torch.tensor([700, 1 << 40], dtype=torch.int64, device="cuda")
+    out, lse = fwd(q, k, v, 200, 40, ff, 0.1)
+
+    def run():
+        return bwd(dout, q, k, v, out, lse, 200, 40, ff, 0.1)
+
+    def stsm_kernels():
+        return [template_args(n)[4] for n in kernels_of(run) if "bwd_fused_sm90_kernel<" in n]
+
+    monkeypatch.setenv("SWAA_BWD_FUSED_STSM", "0")
+    want = run()
+    assert stsm_kernels() == ["false"]
+    monkeypatch.setenv("SWAA_BWD_FUSED_STSM", "1")
+    got = run()
+    assert stsm_kernels() == ["true"]
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert torch.equal(a, b), f"{name} differs with SWAA_BWD_FUSED_STSM=1"
+
+
 def test_fused_long_chains_in_subprocess(fused):
     """Long turn chains (up to 256 contributions per dq tile): one slice (B = 1,
     one KV head) at 16k, W=2048; 32k, W=4096 with GQA, both dQ splits and D=64;

@@ -377,10 +377,12 @@ def test_concurrent_passes_same_bits(both_passes, monkeypatch, D):
 
 def pipelined_kernel(name):
     """A backward kernel instantiated with its pipelined schedule: its last
-    template argument (kPipe of the dq and dk/dv kernels, PIPE of the single
-    pass after COLS) is `true`."""
+    template argument (kPipe of the dq and dk/dv kernels) or the single pass's
+    PIPE (after COLS) is `true`."""
     kernel = name.split("<")[0].split("::")[-1]
-    return (kernel in ("bwd_dq_sm90_kernel", "bwd_dkdv_sm90_kernel", "bwd_fused_sm90_kernel")
+    if kernel == "bwd_fused_sm90_kernel":  # <T, D, COLS, PIPE, STSM>
+        return template_args(name)[3] == "true"
+    return (kernel in ("bwd_dq_sm90_kernel", "bwd_dkdv_sm90_kernel")
             and template_args(name)[-1] == "true")
 
 

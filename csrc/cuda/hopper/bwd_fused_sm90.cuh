@@ -101,6 +101,15 @@ __device__ __forceinline__ int ld_acquire_gpu(const int* ptr) {
 __device__ __forceinline__ void st_release_gpu(int* ptr, int v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(ptr), "r"(v) : "memory");
 }
+// Four 8 x 8 16-bit matrices from their mma fragments (r[i]: matrix i) to shared
+// memory transposed: lane 8 i + j gives the address of the 16-byte row that
+// receives column j of matrix i.
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t row_addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
+                   row_addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
 // Named barrier 1 over the two consumer warp groups (barrier 0 is __syncthreads).
 __device__ __forceinline__ void consumers_bar_sync() {
   asm volatile("bar.sync 1, 256;\n" ::: "memory");
@@ -239,7 +248,10 @@ __device__ __forceinline__ int dq_index(int row, int col) {
   return row * D + ((((col >> 1) ^ ((row & 7) << 2))) << 1) + (col & 1);
 }
 
-template <typename T, int D, bool COLS, bool PIPE = false>
+// STSM (SWAA_BWD_FUSED_STSM=1, branch stsm): the consumers store dS with four
+// stmatrix.x4.trans per thread and item instead of 64 16-bit stores (same bytes
+// to the same places, so the same results bit for bit).
+template <typename T, int D, bool COLS, bool PIPE = false, bool STSM = false>
 __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     bwd_fused_sm90_kernel(const AttnParams p, const float* lse2_pad, const float* delta_pad,
                           int64_t q_len_pad, const DkdvSchedule sched, const FusedDq fdq,
@@ -469,21 +481,35 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       // query & 7 = 2 t + e and key / 8 = 2 warp + (wd & 1): four per-thread
       // offsets plus compile-time row steps.
       unsigned char* ds_half = reinterpret_cast<unsigned char*>(ds_mine);
-      int ds_off[2][2];  // [e][wd & 1]
+      if constexpr (STSM) {
+        // Word wd of dsa[kk] is the fragment of an 8 x 8 matrix: rows = keys
+        // warp * 16 + 8 (wd & 1) + 0..7, columns = queries 16 kk + 8 (wd >> 1)
+        // + 0..7.  stmatrix .trans writes column j of matrix i (= wd) as the
+        // 16-byte row whose address lane 8 i + j gives: query 16 kk + 8 (i >> 1)
+        // + j, key chunk 2 warp + (i & 1), swizzled with query & 7 = j.
+        const int i = lane >> 3, j = lane & 7;
+        const uint32_t row_addr = smem_u32(ds_half) + (8 * (i >> 1) + j) * 128 +
+                                  (((2 * warp + (i & 1)) ^ j) << 4);
 #pragma unroll
-      for (int e = 0; e < 2; ++e)
+        for (int kk = 0; kk < 4; ++kk)
+          stmatrix_x4_trans(row_addr + kk * 16 * 128, dsa[kk]);
+      } else {
+        int ds_off[2][2];  // [e][wd & 1]
 #pragma unroll
-        for (int w1 = 0; w1 < 2; ++w1)
-          ds_off[e][w1] = (2 * t + e) * 128 + (((2 * warp + w1) ^ (2 * t + e)) << 4) + 2 * g;
+        for (int e = 0; e < 2; ++e)
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
+          for (int w1 = 0; w1 < 2; ++w1)
+            ds_off[e][w1] = (2 * t + e) * 128 + (((2 * warp + w1) ^ (2 * t + e)) << 4) + 2 * g;
 #pragma unroll
-        for (int wd = 0; wd < 4; ++wd)
+        for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-          for (int e = 0; e < 2; ++e)
-            *reinterpret_cast<uint16_t*>(ds_half + ds_off[e][wd & 1] +
-                                         (16 * kk + 8 * (wd >> 1)) * 128) =
-                static_cast<uint16_t>(e ? (dsa[kk][wd] >> 16) : (dsa[kk][wd] & 0xFFFFu));
+          for (int wd = 0; wd < 4; ++wd)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              *reinterpret_cast<uint16_t*>(ds_half + ds_off[e][wd & 1] +
+                                           (16 * kk + 8 * (wd >> 1)) * 128) =
+                  static_cast<uint16_t>(e ? (dsa[kk][wd] >> 16) : (dsa[kk][wd] & 0xFFFFu));
+      }
       fence_proxy_async_shared();
       fence_regs(pa);
       fence_regs(dsa);

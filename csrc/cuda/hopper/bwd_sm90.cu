@@ -345,6 +345,14 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   static const cudaError_t configured =
       allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE>, kSmem);
   if (configured != cudaSuccess) return configured;
+  // SWAA_BWD_FUSED_STSM=1 (branch stsm): dS stored with stmatrix (same bits)
+  auto kernel = bwd_fused_sm90_kernel<T, D, COLS, PIPE>;
+  if (knob("SWAA_BWD_FUSED_STSM", 0, 0, 1) == 1) {
+    static const cudaError_t configured_stsm =
+        allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>, kSmem);
+    if (configured_stsm != cudaSuccess) return configured_stsm;
+    kernel = bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>;
+  }
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", fused_slices_inner(p) ? 1 : 0, 0, 1) == 1;
   const int64_t q_len_pad = ceil_div(p.q_len, kPadRows) * kPadRows;
@@ -376,7 +384,7 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   if (err != cudaSuccess) return err;
 
   const int64_t grid = int64_t(sched.n_units()) * p.kv_heads * p.batch;
-  bwd_fused_sm90_kernel<T, D, COLS, PIPE><<<static_cast<unsigned>(grid), C::kThreads, kSmem, stream>>>(
+  kernel<<<static_cast<unsigned>(grid), C::kThreads, kSmem, stream>>>(
       p, lse2_pad, delta_pad, q_len_pad, sched, fdq, maps.q, maps.k, maps.v, maps.dout);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
