@@ -210,8 +210,8 @@ def test_fused_dq_bitwise_under_every_schedule(fused, monkeypatch, variant):
                          ids=["D64-pipe", "D64", "D128-keys", "D128-cols"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_stmatrix_ds_stores_same_bits(fused, monkeypatch, dtype, variant):
-    """SWAA_BWD_FUSED_STSM=1 (dS stored with stmatrix, branch stsm) writes the same
-    bytes to the same places as the 16-bit stores: dq, dk, dv bitwise equal, on
+    """SWAA_BWD_FUSED_STSM=1 and unset (dS stored with stmatrix, the default) write
+    the same bytes to the same places as =0 (16-bit stores): dq, dk, dv bitwise equal, on
     a case with split sink blocks, an inactive group (sink 40) and per-sequence
     full_from; the profiler sees the STSM kernel run."""
     D, split_dq, pipeline = variant
@@ -231,11 +231,15 @@ def test_stmatrix_ds_stores_same_bits(fused, monkeypatch, dtype, variant):
     monkeypatch.setenv("SWAA_BWD_FUSED_STSM", "0")
     want = run()
     assert stsm_kernels() == ["false"]
-    monkeypatch.setenv("SWAA_BWD_FUSED_STSM", "1")
-    got = run()
-    assert stsm_kernels() == ["true"]
-    for name, a, b in zip(("dq", "dk", "dv"), got, want):
-        assert torch.equal(a, b), f"{name} differs with SWAA_BWD_FUSED_STSM=1"
+    for setting in (None, "1"):  # unset: the default since session 12
+        if setting is None:
+            monkeypatch.delenv("SWAA_BWD_FUSED_STSM")
+        else:
+            monkeypatch.setenv("SWAA_BWD_FUSED_STSM", setting)
+        got = run()
+        assert stsm_kernels() == ["true"], f"SWAA_BWD_FUSED_STSM={setting}"
+        for name, a, b in zip(("dq", "dk", "dv"), got, want):
+            assert torch.equal(a, b), f"{name} differs with SWAA_BWD_FUSED_STSM={setting}"
 
 
 def test_fused_long_chains_in_subprocess(fused):

@@ -110,14 +110,14 @@ bool fused_device_ok() {
     return smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, true>() &&
            smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, false>() &&
            smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 64, false>() &&
-           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, true>) &&
-           present(bwd_fused_sm90_kernel<__half, 128, true>) &&
-           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, false>) &&
-           present(bwd_fused_sm90_kernel<__half, 128, false>) &&
-           present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false>) &&
-           present(bwd_fused_sm90_kernel<__half, 64, false>) &&
-           present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false, true>) &&
-           present(bwd_fused_sm90_kernel<__half, 64, false, true>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, true, false, true>) &&
+           present(bwd_fused_sm90_kernel<__half, 128, true, false, true>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, false, false, true>) &&
+           present(bwd_fused_sm90_kernel<__half, 128, false, false, true>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false, false, true>) &&
+           present(bwd_fused_sm90_kernel<__half, 64, false, false, true>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false, true, true>) &&
+           present(bwd_fused_sm90_kernel<__half, 64, false, true, true>) &&
            present(bwd_fused_dq_out_kernel<__nv_bfloat16, 128>) &&
            present(bwd_fused_dq_out_kernel<__half, 128>) &&
            present(bwd_fused_dq_out_kernel<__nv_bfloat16, 64>) &&
@@ -342,17 +342,17 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
                          cudaStream_t stream) {
   using C = BwdSm90Config<D>;
   constexpr int kSmem = fused_sm90_smem_bytes<T, D, COLS>();
-  static const cudaError_t configured =
-      allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE>, kSmem);
+  // SWAA_BWD_FUSED_STSM: 1 (default since session 12) stores dS with stmatrix,
+  // 0 with 16-bit stores; the same bytes to the same places (same bits).
+  const bool stsm = knob("SWAA_BWD_FUSED_STSM", 1, 0, 1) == 1;
+  auto kernel = stsm ? bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>
+                     : bwd_fused_sm90_kernel<T, D, COLS, PIPE, false>;
+  static const cudaError_t configured_stsm =
+      allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>, kSmem);
+  static const cudaError_t configured_plain =
+      allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, false>, kSmem);
+  const cudaError_t configured = stsm ? configured_stsm : configured_plain;
   if (configured != cudaSuccess) return configured;
-  // SWAA_BWD_FUSED_STSM=1 (branch stsm): dS stored with stmatrix (same bits)
-  auto kernel = bwd_fused_sm90_kernel<T, D, COLS, PIPE>;
-  if (knob("SWAA_BWD_FUSED_STSM", 0, 0, 1) == 1) {
-    static const cudaError_t configured_stsm =
-        allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>, kSmem);
-    if (configured_stsm != cudaSuccess) return configured_stsm;
-    kernel = bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>;
-  }
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", fused_slices_inner(p) ? 1 : 0, 0, 1) == 1;
   const int64_t q_len_pad = ceil_div(p.q_len, kPadRows) * kPadRows;
