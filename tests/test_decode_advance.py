@@ -429,6 +429,32 @@ def test_tile_gather_gives_the_per_key_bits(batch, window, sink, splits, combine
                             tol=2e-2)
 
 
+@pytest.mark.parametrize("batch,window,sink,splits,combine,extra", TILE_GATHER_CASES)
+@pytest.mark.parametrize("D,dtype", [(128, torch.bfloat16), (64, torch.float16)])
+def test_l2_prefetch_gives_the_same_bits(batch, window, sink, splits, combine, extra, D, dtype,
+                                         monkeypatch, capfd):
+    """SWAA_DECODE_PREFETCH=N (bulk L2 prefetches of tiles ahead of the cp.async stages) moves
+    no data the kernel reads: the same bits as 0 for every plan of the tile-gather cases, and
+    the plan line shows the distance that ran."""
+    Hq, Hkv, W, S = 32, 8, window, sink
+    case = random_ring(batch, Hq, Hkv, D, W, S, dtype, seed=11 * batch + W + 5 * S + D)
+    monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")
+    if splits is not None:
+        monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
+    if combine is not None:
+        monkeypatch.setenv("SWAA_DECODE_COMBINE", combine)
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    results = {}
+    for distance in ("0", "1", "3"):
+        monkeypatch.setenv("SWAA_DECODE_PREFETCH", distance)
+        results[distance] = result = decode(case, W, S, capfd)
+        (line,) = result[5]
+        assert f"L2 prefetch {distance})" in line, line
+    assert_same_bits(results["1"], results["0"], "L2 prefetch 1")
+    assert_same_bits(results["3"], results["0"], "L2 prefetch 3")
+
+
 def test_tile_gather_over_a_long_never_wrapping_ring(monkeypatch):
     # how generate decodes a full-attention layer: window = the history, sink 0, every slot read
     B, Hq, Hkv, D, L = 2, 32, 8, 128, 32768

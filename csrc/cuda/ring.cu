@@ -629,8 +629,8 @@ template <typename T, int kDim, bool kGlobalCombine, int kWarps = 4,
 __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThreads,
                                   SplitDecode<T, kDim, kWarps, kStages>::kMinBlocks)
     ring_decode_split_kernel(const RingParams p, int head_chunks, int split_align,
-                             int tile_gather, float* part_out, float* part_lse,
-                             unsigned int* arrivals) {
+                             int tile_gather, int prefetch_tiles, float* part_out,
+                             float* part_lse, unsigned int* arrivals) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = SplitDecode<T, kDim, kWarps, kStages>;
   using Mma = cuda::MmaOp<T>;
@@ -732,12 +732,38 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
     }
   };
 
+  // SWAA_DECODE_PREFETCH=N: thread 0 asks the L2 for the tile N tiles past
+  // the newest one in the shared-memory pipeline, K and V each one bulk
+  // prefetch of the tile's consecutive slots (rows of kDim elements), so
+  // more bytes are on their way from DRAM than the stages' cp.async keep in
+  // flight, without registers or shared memory.  Tiles off the tile path
+  // (sink keys, a wrap, the new key) and padded rows are not prefetched.
+  // Moves no data the kernel reads: same bits with any N.
+  const bool rows_dense = p.kc_row_stride == kDim && p.vc_row_stride == kDim &&
+                          reinterpret_cast<uintptr_t>(k_cache) % 16 == 0 &&
+                          reinterpret_cast<uintptr_t>(v_cache) % 16 == 0;
+  auto prefetch_tile = [&](int tile) {
+    if (tile >= n_tiles) return;
+    const int64_t first = key_begin + int64_t(tile) * C::kTileKeys;
+    if (first + C::kTileKeys > key_end) return;
+    const int64_t slot0 = old.consecutive_slots(cursor, first, C::kTileKeys);
+    if (slot0 < 0) return;
+    constexpr uint32_t kBytes = C::kTileKeys * kDim * sizeof(T);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(k_cache + slot0 * kDim),
+                 "r"(kBytes) : "memory");
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(v_cache + slot0 * kDim),
+                 "r"(kBytes) : "memory");
+  };
+  const bool prefetching = prefetch_tiles > 0 && tile_gather && rows_dense && threadIdx.x == 0;
+
   // Start the pipeline before anything else waits on memory.
 #pragma unroll
   for (int s = 0; s < C::kStages - 1; ++s) {
     if (s < n_tiles) load_tile(s, s);
     cuda::cp_async_commit();
   }
+  if (prefetching)
+    for (int i = 0; i < prefetch_tiles; ++i) prefetch_tile(C::kStages - 1 + i);
 
   // The new key/value go to their slot (split 0 of the first head chunk),
   // after the first tiles are requested: the copy waits for its loads, and
@@ -784,6 +810,7 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
       const int next = t + C::kStages - 1;
       if (next < n_tiles) load_tile(next, next % C::kStages);
       cuda::cp_async_commit();
+      if (prefetching) prefetch_tile(next + prefetch_tiles);
     }
     const T* k_tile = tiles + (t % C::kStages) * 2 * C::kTileElems;
     const T* v_tile = k_tile + C::kTileElems;
@@ -1294,6 +1321,11 @@ int compute_major() {
 //                              tile of window keys in consecutive slots (1,
 //                              decode5, the default) or one per key (0, the
 //                              path before session 7); same bits;
+//   SWAA_DECODE_PREFETCH=N (0..16, default 0) the split kernel's thread 0
+//                              prefetches into L2 the K and V tiles N tiles
+//                              ahead of its cp.async stages (one bulk
+//                              prefetch each; tile-path tiles of a cache
+//                              with rows of D elements); same bits;
 //   SWAA_DECODE_TILE=64 | 32, SWAA_DECODE_STAGES=N
 //                              tiling of the global kernel at D = 128: keys
 //                              per tile x tiles in flight, one of 64x3
@@ -1551,6 +1583,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int64_t splits = plan.splits;
   const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
   const int tile_gather = decode_env_int("SWAA_DECODE_TILE_GATHER", 1, 0, 1);
+  const int prefetch_tiles = decode_env_int("SWAA_DECODE_PREFETCH", 0, 0, 16);
   if (!plan.global_combine || splits > C::kFusedMaxSplits) arrivals = nullptr;
   // The combine kernel runs: global plan, not fused.
   const bool combine_kernel = plan.global_combine && arrivals == nullptr;
@@ -1563,11 +1596,12 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
        first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
                         plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim,
                         (arrivals != nullptr ? 1 : 0) + 2 * split_align + 256 * staged +
-                            512 * (advance != nullptr) + 1024 * tile_gather,
+                            512 * (advance != nullptr) + 1024 * tile_gather +
+                            2048 * prefetch_tiles,
                         kWarps, kStages})))
     std::fprintf(stderr,
                  "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
-                 "combine (%s, tile %d x %d stages, %d B smem%s%s%s%s)\n",
+                 "combine (%s, tile %d x %d stages, %d B smem%s%s%s%s, L2 prefetch %d)\n",
                  static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
                  static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
                  static_cast<long long>(splits), plan.global_combine ? "global" : "cluster",
@@ -1577,7 +1611,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                          : "kernel",
                  C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "",
                  staged ? ", staged loads" : "", advance != nullptr ? ", advances seqlens" : "",
-                 tile_gather ? "" : ", per-key gather");
+                 tile_gather ? "" : ", per-key gather", prefetch_tiles);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
                   static_cast<unsigned>(p.batch));
   if (plan.global_combine) {
@@ -1593,6 +1627,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     ring_decode_split_kernel<T, kDim, true, kWarps, kStages>
         <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, static_cast<int>(head_chunks),
                                                        split_align, tile_gather,
+                                                       prefetch_tiles,
                                                        part_out.data_ptr<float>(),
                                                        part_lse.data_ptr<float>(), arrivals);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1629,7 +1664,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
         cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
                                       static_cast<int>(head_chunks), split_align, tile_gather,
-                                      static_cast<float*>(nullptr),
+                                      prefetch_tiles, static_cast<float*>(nullptr),
                                       static_cast<float*>(nullptr),
                                       static_cast<unsigned int*>(nullptr)));
   }
