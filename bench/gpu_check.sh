@@ -130,6 +130,8 @@
 #   SAN_TIMEOUT       per sanitizer tool (240)
 #   TUNE_AB           the bwd-ab part's settings, space-separated KNOB=V[,KNOB=V] (the first is
 #                     the baseline; default: v6 and v7, each unpipelined and as default)
+#   TUNE_SHAPES       the bwd-ab part's shapes, space-separated D,N,W,S[,FULL_FROM] (default: the
+#                     bwd-fused part's ten)
 #   TUNE_TIMEOUT      per tuning part (240); TUNE_PARTS the parts of `tune` (default
 #                     "fwd-variants bwd-variants knobs"; bwd-fused: v6/v7 and their knobs, ~1.5 min;
 #                     bwd-rule: v6 / v7 / the default at N = 2-8 windows, ~0.5 min, estimate);
@@ -284,9 +286,10 @@ step_sanitize() {
 step_tune() {
   local part
   for part in ${TUNE_PARTS:-fwd-variants bwd-variants knobs}; do  # the most telling first
-    # shellcheck disable=SC2086  # TUNE_AB: bwd-ab's settings, space-separated
+    # shellcheck disable=SC2086  # TUNE_AB, TUNE_SHAPES: bwd-ab's settings and shapes
     run_part "$part" "${TUNE_TIMEOUT:-240}" python bench/tune_cuda_kernels.py --parts "$part" \
-      ${TUNE_AB:+--ab $TUNE_AB} --out "$STEP_DIR/cuda_tuning.jsonl"
+      ${TUNE_AB:+--ab $TUNE_AB} ${TUNE_SHAPES:+--shapes $TUNE_SHAPES} \
+      --out "$STEP_DIR/cuda_tuning.jsonl"
   done
 }
 

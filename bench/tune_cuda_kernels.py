@@ -293,6 +293,18 @@ def parse_setting(text):
     return setting
 
 
+def parse_shape(text):
+    """'128,8192,1024,4' -> (128, 8192, 1024, 4, None); a fifth number is full_from."""
+    try:
+        numbers = [int(x) for x in text.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (4, 5) or numbers[0] not in (64, 128) or min(numbers[1:4]) < 0 \
+            or numbers[1] < 1:
+        raise SystemExit(f"--shapes: {text!r} is not D,N,W,S[,FULL_FROM] with D 64 or 128")
+    return tuple(numbers) + (None,) * (5 - len(numbers))
+
+
 def ab_rows(meta, settings, rounds, reps, shapes=FUSED_SHAPES):
     """The backward of each setting (bwd_rows: interleaved rounds) and its
     kernels' CUDA times, also in interleaved rounds (see the bwd-ab part); rows
@@ -392,6 +404,8 @@ def main() -> None:
                     help="bwd-ab: the settings, the first the baseline ('defaults' for none; "
                          "default: v6 and v7, each unpipelined and as default)")
     ap.add_argument("--rounds", type=int, default=5, help="bwd-ab: interleaved rounds")
+    ap.add_argument("--shapes", nargs="+", metavar="D,N,W,S[,FULL_FROM]", default=None,
+                    help="bwd-ab: the shapes (default: the bwd-fused part's ten)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cuda_tuning.jsonl"))
     args = ap.parse_args()
     for key in KNOBS:  # "defaults" means the built-in defaults
@@ -455,7 +469,8 @@ def main() -> None:
         settings = [parse_setting(t) for t in (args.ab or [
             "SWAA_BWD_HOPPER=1,SWAA_BWD_PIPELINE=0", "SWAA_BWD_HOPPER=1",
             "SWAA_BWD_HOPPER=4,SWAA_BWD_PIPELINE=0", "SWAA_BWD_HOPPER=4"])]
-        rows += ab_rows(meta, settings, args.rounds, 2 * args.reps)
+        shapes = FUSED_SHAPES if args.shapes is None else [parse_shape(t) for t in args.shapes]
+        rows += ab_rows(meta, settings, args.rounds, 2 * args.reps, shapes)
     append_rows(args.out, rows)
     print(f"{len(rows)} rows appended to {args.out}")
 

@@ -209,6 +209,11 @@ def test_bwd_ab_settings_and_table(capsys):
         tune.parse_setting("SWAA_BWD_PIPLINE=1")
     with pytest.raises(SystemExit, match="not KNOB=VALUE"):
         tune.parse_setting("SWAA_BWD_HOPPER")
+    assert tune.parse_shape("128,8192,1024,4") == (128, 8192, 1024, 4, None)
+    assert tune.parse_shape("64,32768,4096,4,24576") == (64, 32768, 4096, 4, 24576)
+    for bad in ("96,8192,1024,4", "128,8192,1024", "128,8k,1024,4", "128,8192,-1,4"):
+        with pytest.raises(SystemExit, match="not D,N,W,S"):
+            tune.parse_shape(bad)
     shape = dict(D=64, N=8192, W=4096, S=0, full_from=None)
     rows = [dict(shape, knob="a", ms=2.0, kernels={"x::dq": 1.0, "x::dkdv": 0.9}),
             dict(shape, knob="b", ms=1.6, kernels={"x::dq": 0.8, "x::dkdv": 0.9}),
