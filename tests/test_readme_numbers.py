@@ -184,3 +184,23 @@ def test_readme_summary_of_the_grid_is_its_runs_rows():
         sdpa = [ms[("sdpa", "fwd+bwd", *s)]["ms"] / ms[("swaa", "fwd+bwd", *s)]["ms"]
                 for s in shapes if s[0] == D and s[1] == 8192 and s[2] == 4096]
         assert f"{min(sdpa):.2f}-{max(sdpa):.2f}x" in para, D
+
+
+def test_grid_tables_prints_the_committed_tables():
+    """bench/grid_tables.py, which the docs say to paste from, prints the README's S=4 table
+    and docs/cuda_kernels.md's latest 36-row table line for line from the run they name."""
+    import sys
+    sys.path.insert(0, str(ROOT / "bench"))
+    import grid_tables
+
+    readme = section((ROOT / "README.md").read_text(), "CUDA attention")
+    run = re.search(r"Run (\d{8}T\d{6}) \(commit", readme).group(1)
+    by = grid_tables.load(KERNEL_ROWS, run)
+    docs = (ROOT / "docs" / "cuda_kernels.md").read_text()
+    for line in grid_tables.readme_table(by).splitlines()[2:]:
+        assert line in readme, line
+    for line in grid_tables.docs_table(by).splitlines()[2:]:
+        assert line in docs, line
+    assert len(grid_tables.docs_table(by).splitlines()) == 38
+    summary = grid_tables.summary(by)
+    assert "forward+backward vs flex: " in summary and "of 36" in summary
