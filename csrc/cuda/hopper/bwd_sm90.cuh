@@ -88,6 +88,7 @@ struct alignas(1024) DkdvSm90Smem {
   T dout[C::kKvStages][C::kHalves][C::kKvBlockM * C::kHalfCols];
   float lse2[C::kKvStages][C::kKvBlockM];   // lse * log2(e) of the item's rows (+inf past q_len)
   float delta[C::kKvStages][C::kKvBlockM];  // delta of the item's rows (0 past q_len)
+  int item_row0[C::kKvStages];  // the item's first query row, from the producer (see the kernel)
   uint64_t kv_full;
   uint64_t full[C::kKvStages];
   uint64_t empty[C::kKvStages];
@@ -311,6 +312,12 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         if (use > 0) mbar_wait(&s.empty[st], (use - 1) & 1);
         const int h = static_cast<int>(w.head(it));
         const int r0 = static_cast<int>(w.row0(it, BM));
+        // The consumers read the item's first row from here (ordered before
+        // their reads by the full barrier), not from DkdvWork::row0: its
+        // division by a run-time divisor sat on their path from the barrier to
+        // the item's first product (7.3% of the unpipelined kernel's warp
+        // samples at D=64 in session 12's ncu profile, 14.5% pipelined).
+        s.item_row0[st] = r0;
         mbar_arrive_expect_tx(&s.full[st], 2 * BM * D * 2 + 2 * BM * 4);
         for (int half = 0; half < C::kHalves; ++half) {
           tma_load_4d(s.q[st][half], &tm_q, &s.full[st], half * C::kHalfCols, r0, h, w.b);
@@ -345,11 +352,12 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   const uint64_t q_mn0 = descs.q_mn0, do_mn0 = descs.do_mn0;
   constexpr uint32_t kStageBytes = sizeof(s.q[0]);
 
-  // Does any query of item `it` see any of this group's 64 keys?  (In a sink
-  // block the far rows see only the sink keys: the other group skips them.  A
-  // skipped item would add exact zeros.)
-  auto item_active = [&](int it) {
-    const int64_t pos0 = w.row0(it, BM) + p.q_offset;
+  // Does any query of the item in stage st see any of this group's 64 keys?
+  // (In a sink block the far rows see only the sink keys: the other group
+  // skips them.  A skipped item would add exact zeros.)  After the stage's
+  // full barrier: the item's first row comes from the producer.
+  auto item_active = [&](int st) {
+    const int64_t pos0 = s.item_row0[st] + p.q_offset;
     const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
     const int64_t wg_j_last = wg_j_first + 63;
     return (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
@@ -389,8 +397,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   // FFMA per score as in the dq kernel: with the column's lse2 loaded before
   // the FFMAs this kernel ran 9-14% slower at D=128 (tuning run of session 10,
   // docs/cuda_kernels.md "Measured: session 10").
-  auto probabilities = [&](Scores& sc, Scores& dp, int it, int st) {
-    const int64_t pos0 = w.row0(it, BM) + p.q_offset;  // position of the item's first row
+  auto probabilities = [&](Scores& sc, Scores& dp, int st) {
+    const int64_t pos0 = s.item_row0[st] + p.q_offset;  // position of the item's first row
 #pragma unroll
     for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
     if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
@@ -409,12 +417,12 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   };
   // The item's S^T, dP^T issued and waited for (nothing else in flight), then
   // its P^T, dS^T in place.
-  auto scores_to_probabilities = [&](Scores& sc, Scores& dp, int it, int st) {
+  auto scores_to_probabilities = [&](Scores& sc, Scores& dp, int st) {
     issue_scores(sc, dp, st);
     wgmma_wait<0>();
     fence_regs(sc);
     fence_regs(dp);
-    probabilities(sc, dp, it, st);
+    probabilities(sc, dp, st);
   };
   // dV += P^T dO, dK += dS^T Q of the item in stage st, issued (not waited for).
   auto issue_grads = [&](Frags& pa, Frags& dsa, int st) {
@@ -447,10 +455,10 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     for (int it = w.first; it < w.end; ++it) {
       const int st = stage_of(it);
       mbar_wait(&s.full[st], parity_of(it));
-      if (item_active(it)) {
+      if (item_active(st)) {
         float sc[32], dp[32];
         uint32_t pa[4][4], dsa[4][4];
-        scores_to_probabilities(sc, dp, it, st);
+        scores_to_probabilities(sc, dp, st);
         pack_a<T>(pa, sc);
         pack_a<T>(dsa, dp);
         issue_grads(pa, dsa, st);
@@ -479,24 +487,30 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       const int st = stage_of(it);
       if (!have_probs) {
         mbar_wait(&s.full[st], parity_of(it));
-        if (!item_active(it)) {
+        if (!item_active(st)) {
           mbar_arrive(&s.empty[st]);  // this thread is done with the stage
           continue;
         }
-        scores_to_probabilities(sc, dp, it, st);
+        scores_to_probabilities(sc, dp, st);
       }
       pack_a<T>(pa, sc);
       pack_a<T>(dsa, dp);
-      have_probs = it + 1 < w.end && item_active(it + 1);
+      // The next item's stage is waited for before its activity is known (its
+      // first row is in the stage); an inactive next item is waited for again,
+      // at once, at the top of the next iteration.
+      const int next_st = stage_of(it + 1);
+      have_probs = it + 1 < w.end;
       if (have_probs) {
-        const int next_st = stage_of(it + 1);
         mbar_wait(&s.full[next_st], parity_of(it + 1));
+        have_probs = item_active(next_st);
+      }
+      if (have_probs) {
         issue_scores(sc, dp, next_st);
         issue_grads(pa, dsa, st);
         wgmma_wait<1>();  // the next item's scores; this item's dV, dK may still run
         fence_regs(sc);
         fence_regs(dp);
-        probabilities(sc, dp, it + 1, next_st);
+        probabilities(sc, dp, next_st);
       } else {
         issue_grads(pa, dsa, st);
       }
