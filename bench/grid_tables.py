@@ -44,35 +44,39 @@ def ratio(by, shape, pass_, other="flex"):
     return by[(other, pass_, *shape)]["ms"] / by[("swaa", pass_, *shape)]["ms"]
 
 
-def docs_table(by) -> str:
-    lines = ["| D | N | W | S | fwd ms (TFLOP/s) | flex fwd ms | fwd vs flex | fwd+bwd ms (TFLOP/s) "
-             "| bwd | flex fwd+bwd ms | fwd+bwd vs flex | sdpa fwd / fwd+bwd ms |",
-             "|---:|---:|---:|---:|---|---:|---:|---|---|---:|---:|---|"]
-    for s in shapes_of(by):
+def kernel_table(by, shapes, with_s: bool, fwd_ms) -> str:
+    """One markdown row per shape: swaa's times and TFLOP/s, Flex's, the ratios, the backward
+    kernel that ran and SDPA's times; `fwd_ms` formats the forward times."""
+    if with_s:
+        lines = ["| D | N | W | S | fwd ms (TFLOP/s) | flex fwd ms | fwd vs flex "
+                 "| fwd+bwd ms (TFLOP/s) | bwd | flex fwd+bwd ms | fwd+bwd vs flex "
+                 "| sdpa fwd / fwd+bwd ms |",
+                 "|---:|---:|---:|---:|---|---:|---:|---|---|---:|---:|---|"]
+    else:
+        lines = ["| D | N | W | fwd ms (TFLOP/s) | flex fwd ms | fwd vs flex | fwd+bwd ms (TFLOP/s) "
+                 "| bwd kernel | flex fwd+bwd ms | fwd+bwd vs flex | sdpa causal fwd / fwd+bwd ms |",
+                 "|---|---|---|---|---:|---:|---|---|---:|---:|---|"]
+    for s in shapes:
         f, fb = by[("swaa", "fwd", *s)], by[("swaa", "fwd+bwd", *s)]
+        s_cell = f"| {s[3]} " if with_s else ""
         lines.append(
-            f"| {s[0]} | {s[1]} | {s[2]} | {s[3]} | {sig(f['ms'])} ({f['tflops']:.0f}) "
-            f"| {sig(by[('flex', 'fwd', *s)]['ms'])} | {ratio(by, s, 'fwd'):.2f}x "
+            f"| {s[0]} | {s[1]} | {s[2]} {s_cell}| {fwd_ms(f['ms'])} ({f['tflops']:.0f}) "
+            f"| {fwd_ms(by[('flex', 'fwd', *s)]['ms'])} | {ratio(by, s, 'fwd'):.2f}x "
             f"| {fb['ms']:.2f} ({fb['tflops']:.0f}) | {BWD_KERNEL[fb['swaa_bwd_path']]} "
             f"| {by[('flex', 'fwd+bwd', *s)]['ms']:.2f} | {ratio(by, s, 'fwd+bwd'):.2f}x "
             f"| {by[('sdpa', 'fwd', *s)]['ms']:.2f} / {by[('sdpa', 'fwd+bwd', *s)]['ms']:.2f} |")
     return "\n".join(lines)
+
+
+def docs_table(by) -> str:
+    """docs/cuda_kernels.md's table: all shapes, an S column, 4-digit forward times."""
+    return kernel_table(by, shapes_of(by), True, sig)
 
 
 def readme_table(by) -> str:
-    lines = ["| D | N | W | fwd ms (TFLOP/s) | flex fwd ms | fwd vs flex | fwd+bwd ms (TFLOP/s) "
-             "| bwd kernel | flex fwd+bwd ms | fwd+bwd vs flex | sdpa causal fwd / fwd+bwd ms |",
-             "|---|---|---|---|---:|---:|---|---|---:|---:|---|"]
-    for D, N, W in README_SHAPES:
-        s = (D, N, W, 4)
-        f, fb = by[("swaa", "fwd", *s)], by[("swaa", "fwd+bwd", *s)]
-        lines.append(
-            f"| {D} | {N} | {W} | {f['ms']:.2f} ({f['tflops']:.0f}) "
-            f"| {by[('flex', 'fwd', *s)]['ms']:.2f} | {ratio(by, s, 'fwd'):.2f}x "
-            f"| {fb['ms']:.2f} ({fb['tflops']:.0f}) | {BWD_KERNEL[fb['swaa_bwd_path']]} "
-            f"| {by[('flex', 'fwd+bwd', *s)]['ms']:.2f} | {ratio(by, s, 'fwd+bwd'):.2f}x "
-            f"| {by[('sdpa', 'fwd', *s)]['ms']:.2f} / {by[('sdpa', 'fwd+bwd', *s)]['ms']:.2f} |")
-    return "\n".join(lines)
+    """The README's table: README_SHAPES at S=4, no S column, forward times in 2 decimals."""
+    return kernel_table(by, [(D, N, W, 4) for D, N, W in README_SHAPES], False,
+                        lambda ms: f"{ms:.2f}")
 
 
 def span(values) -> str:

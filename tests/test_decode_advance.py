@@ -405,12 +405,8 @@ TILE_GATHER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("batch,window,sink,splits,combine,extra", TILE_GATHER_CASES)
-@pytest.mark.parametrize("D,dtype", [(128, torch.bfloat16), (64, torch.float16)])
-def test_tile_gather_gives_the_per_key_bits(batch, window, sink, splits, combine, extra, D, dtype,
-                                            monkeypatch, capfd):
-    Hq, Hkv, W, S = 32, 8, window, sink
-    case = random_ring(batch, Hq, Hkv, D, W, S, dtype, seed=7 * batch + W + 3 * S + D)
+def set_plan(monkeypatch, splits, combine, extra):
+    """A TILE_GATHER_CASES case's plan knobs, and the plan line printed at every launch."""
     monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")
     if splits is not None:
         monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
@@ -418,6 +414,15 @@ def test_tile_gather_gives_the_per_key_bits(batch, window, sink, splits, combine
         monkeypatch.setenv("SWAA_DECODE_COMBINE", combine)
     for name, value in extra.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("batch,window,sink,splits,combine,extra", TILE_GATHER_CASES)
+@pytest.mark.parametrize("D,dtype", [(128, torch.bfloat16), (64, torch.float16)])
+def test_tile_gather_gives_the_per_key_bits(batch, window, sink, splits, combine, extra, D, dtype,
+                                            monkeypatch, capfd):
+    Hq, Hkv, W, S = 32, 8, window, sink
+    case = random_ring(batch, Hq, Hkv, D, W, S, dtype, seed=7 * batch + W + 3 * S + D)
+    set_plan(monkeypatch, splits, combine, extra)
     results = {}
     for gather in ("0", "1"):
         monkeypatch.setenv("SWAA_DECODE_TILE_GATHER", gather)
@@ -438,13 +443,7 @@ def test_l2_prefetch_gives_the_same_bits(batch, window, sink, splits, combine, e
     the plan line shows the distance that ran."""
     Hq, Hkv, W, S = 32, 8, window, sink
     case = random_ring(batch, Hq, Hkv, D, W, S, dtype, seed=11 * batch + W + 5 * S + D)
-    monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")
-    if splits is not None:
-        monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
-    if combine is not None:
-        monkeypatch.setenv("SWAA_DECODE_COMBINE", combine)
-    for name, value in extra.items():
-        monkeypatch.setenv(name, value)
+    set_plan(monkeypatch, splits, combine, extra)
     results = {}
     for distance in ("0", "1", "3"):
         monkeypatch.setenv("SWAA_DECODE_PREFETCH", distance)
