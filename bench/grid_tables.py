@@ -32,7 +32,7 @@ def load(path: Path, run: str) -> dict:
 
 def sig(x: float, digits: int = 4) -> str:
     """x with `digits` significant digits, at most 3 decimals (0.354, 2.091, 17.03)."""
-    decimals = min(3, max(0, digits - 1 - int(math.floor(math.log10(abs(x))))))
+    decimals = min(3, max(0, digits - 1 - math.floor(math.log10(abs(x)))))
     return f"{x:.{decimals}f}"
 
 
@@ -48,13 +48,13 @@ def kernel_table(by, shapes, with_s: bool, fwd_ms) -> str:
     """One markdown row per shape: swaa's times and TFLOP/s, Flex's, the ratios, the backward
     kernel that ran and SDPA's times; `fwd_ms` formats the forward times."""
     if with_s:
-        lines = ["| D | N | W | S | fwd ms (TFLOP/s) | flex fwd ms | fwd vs flex "
-                 "| fwd+bwd ms (TFLOP/s) | bwd | flex fwd+bwd ms | fwd+bwd vs flex "
-                 "| sdpa fwd / fwd+bwd ms |",
+        lines = [("| D | N | W | S | fwd ms (TFLOP/s) | flex fwd ms | fwd vs flex "
+                  "| fwd+bwd ms (TFLOP/s) | bwd | flex fwd+bwd ms | fwd+bwd vs flex "
+                  "| sdpa fwd / fwd+bwd ms |"),
                  "|---:|---:|---:|---:|---|---:|---:|---|---|---:|---:|---|"]
     else:
-        lines = ["| D | N | W | fwd ms (TFLOP/s) | flex fwd ms | fwd vs flex | fwd+bwd ms (TFLOP/s) "
-                 "| bwd kernel | flex fwd+bwd ms | fwd+bwd vs flex | sdpa causal fwd / fwd+bwd ms |",
+        lines = [("| D | N | W | fwd ms (TFLOP/s) | flex fwd ms | fwd vs flex | fwd+bwd ms (TFLOP/s) "
+                  "| bwd kernel | flex fwd+bwd ms | fwd+bwd vs flex | sdpa causal fwd / fwd+bwd ms |"),
                  "|---|---|---|---|---:|---:|---|---|---:|---:|---|"]
     for s in shapes:
         f, fb = by[("swaa", "fwd", *s)], by[("swaa", "fwd+bwd", *s)]
@@ -87,8 +87,8 @@ def summary(by, previous=None) -> str:
     shapes = shapes_of(by)
     fb = {s: ratio(by, s, "fwd+bwd") for s in shapes}
     f = {s: ratio(by, s, "fwd") for s in shapes}
-    out = [f"forward+backward vs flex: {span(fb.values())}, >= 1.3x on "
-           f"{sum(x >= 1.3 for x in fb.values())} of {len(shapes)}"]
+    out = [(f"forward+backward vs flex: {span(fb.values())}, >= 1.3x on "
+            f"{sum(x >= 1.3 for x in fb.values())} of {len(shapes)}")]
     out += [f"  below 1.3x: D={s[0]} N={s[1]} W={s[2]} S={s[3]}: {x:.3f}x"
             for s, x in fb.items() if x < 1.3]
     for S in (0, 4, 128):

@@ -27,11 +27,11 @@ def rows_of(path: Path, run: str) -> list[dict]:
 def section(text: str, heading_start: str) -> str:
     """The markdown section whose heading starts with heading_start, up to the next
     heading of the same or a higher level."""
-    match = re.search(rf"^(#+) {re.escape(heading_start)}.*$", text, re.M)
+    match = re.search(rf"^(#+) {re.escape(heading_start)}.*$", text, re.MULTILINE)
     assert match, f"no section {heading_start!r}"
     level = len(match.group(1))
     rest = text[match.end():]
-    end = re.search(rf"^#{{1,{level}}} ", rest, re.M)
+    end = re.search(rf"^#{{1,{level}}} ", rest, re.MULTILINE)
     return rest[:end.start()] if end else rest
 
 
@@ -111,7 +111,7 @@ def test_readme_cuda_attention_table_is_its_runs_rows():
 def test_docs_latest_measured_table_is_its_runs_rows():
     """docs/cuda_kernels.md's newest "Measured: session N" section (all 36 shapes)."""
     text = (ROOT / "docs" / "cuda_kernels.md").read_text()
-    sessions = [int(n) for n in re.findall(r"^## Measured: session (\d+)", text, re.M)]
+    sessions = [int(n) for n in re.findall(r"^## Measured: session (\d+)", text, re.MULTILINE)]
     latest = section(text, f"Measured: session {max(sessions)}")
     run = re.search(r"run (\d{8}T\d{6})", latest)
     assert run
