@@ -418,6 +418,8 @@ step_bench() {
   [[ -s $rows ]] || return
   TAIL_LINES=40 run_part plot 120 \
     python bench/bench_attention.py --plot-from "$rows" --plot "$STEP_DIR/attention.png"
+  # the tables and figures to paste into the README and docs/cuda_kernels.md
+  TAIL_LINES=80 run_part grid_tables 60 python bench/grid_tables.py --rows "$rows"
 }
 
 step_fused() {

@@ -204,3 +204,9 @@ def test_grid_tables_prints_the_committed_tables():
     assert len(grid_tables.docs_table(by).splitlines()) == 38
     summary = grid_tables.summary(by)
     assert "forward+backward vs flex: " in summary and "of 36" in summary
+    # a partial grid (gpu_check's bench step with BENCH_ARGS): only its complete shapes
+    partial = {k: r for k, r in by.items() if k[2:4] == (128, 8192) and k[:2] != ("sdpa", "fwd")
+               or k[2:5] == (64, 32768, 1024)}
+    assert grid_tables.shapes_of(partial) == [(64, 32768, 1024, 0), (64, 32768, 1024, 4),
+                                              (64, 32768, 1024, 128)]
+    assert "of 3" in grid_tables.summary(partial, previous=by)
