@@ -62,10 +62,11 @@
 #             sampling per instruction (profile/decode_source_b<B>.csv).  Backs:
 #             docs/ring_cache.md "Open items" (where the B=8 split kernel loses time).
 #   bench     issue 3's grid: bench/bench_cuda_kernels.py, swaa vs flex vs sdpa, fwd and fwd+bwd,
-#             D 128/64, N 8k/32k/128k, W 1024/4096, S 0/4/128; then the plot and the ratios from
-#             the saved rows.  ~5.5 min (session 4: 323 s).
+#             D 128/64, N 8k/32k/128k, W 1024/4096, S 0/4/128; then the plot, and the tables
+#             and figures to paste (bench/grid_tables.py on the saved rows).  ~6 min (session 12:
+#             346 s).
 #             Backs: README "CUDA attention" (table, plot, vs Flex/SDPA), docs/cuda_kernels.md
-#             "Measured: session 4", "Goals of the issue" (docs/cuda_kernels_history.md: "The two
+#             "Measured: session N", "Goals of the issue" (docs/cuda_kernels_history.md: "The two
 #             numbers"); bench/results/cuda_kernels_h200.jsonl.
 #   decode    issue 4: bench/bench_decode.py with the automatic plan (every impl), the plan knobs
 #             A/B (combine cluster / global / global without PDL, 66 and 132 splits), the B=8 split sweep, the
