@@ -453,23 +453,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       fence_regs(sc);
       fence_regs(dp);
 
-      // As the dk/dv kernel (and bit for bit: tests/test_bwd_fused.py): x = S^T
-      // scale log2 e, the mask sets x = -inf, P^T = exp2(x - lse2).
-#pragma unroll
-      for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
-      if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
-        mask_key_rows<8>(sc, vis, wj_first + g, pos0 + 2 * t, p.k_len);
-#pragma unroll
-      for (int nb = 0; nb < 8; ++nb) {
-        const float2 dl = *reinterpret_cast<const float2*>(&s.delta[st][nb * 8 + 2 * t]);
-        const float2 l2 = *reinterpret_cast<const float2*>(&s.lse2[st][nb * 8 + 2 * t]);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float prob = exp2f(sc[4 * nb + e] - ((e & 1) ? l2.y : l2.x));
-          sc[4 * nb + e] = prob;
-          dp[4 * nb + e] = prob * (dp[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
-        }
-      }
+      // As the dk/dv kernel, with its function (bit for bit: tests/test_bwd_fused.py).
+      transposed_probabilities(sc, dp, vis, pos0, wj_first, g, t, p.k_len, scale_log2,
+                               s.lse2[st], s.delta[st]);
       uint32_t pa[4][4], dsa[4][4];  // P^T, dS^T as A fragments (k = the item's 64 queries)
       pack_a<T>(pa, sc);
       pack_a<T>(dsa, dp);

@@ -231,6 +231,38 @@ __device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&x)[32]
 
 // acc (64 x D) += A (64 x 16, registers) * B (16 x D, smem, MN-major, halves
 // `half_bytes` apart).
+// P^T and dS^T of one consumer group's item in place in sc, dp (S^T, dP^T:
+// key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)): x = S^T scale
+// log2 e, the mask sets x = -inf, P^T = exp2(x - lse2 of the column), dS^T =
+// P^T (dP^T - delta of the column); lse2, delta: the item's 64 column values
+// from its stage (lanes with equal t read the same words).  The dk/dv kernel
+// and the single pass both call it, so their dk, dv are the same bits.  Not
+// one FFMA per score as in the dq kernel: with the column's lse2 loaded before
+// the FFMAs the dk/dv kernel ran 9-14% slower at D=128 (tuning run of session
+// 10, docs/cuda_kernels.md "Measured: session 10").
+__device__ __forceinline__ void transposed_probabilities(float (&sc)[32], float (&dp)[32],
+                                                         const Visibility& vis, int64_t pos0,
+                                                         int64_t wj_first, int g, int t,
+                                                         int64_t k_len, float scale_log2,
+                                                         const float* lse2, const float* delta) {
+  constexpr int BM = 64;  // the item's query rows (the columns here)
+#pragma unroll
+  for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
+  if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
+    mask_key_rows<8>(sc, vis, wj_first + g, pos0 + 2 * t, k_len);
+#pragma unroll
+  for (int nb = 0; nb < 8; ++nb) {
+    const float2 dl = *reinterpret_cast<const float2*>(&delta[nb * 8 + 2 * t]);
+    const float2 l2 = *reinterpret_cast<const float2*>(&lse2[nb * 8 + 2 * t]);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float prob = exp2f(sc[4 * nb + e] - ((e & 1) ? l2.y : l2.x));
+      sc[4 * nb + e] = prob;
+      dp[4 * nb + e] = prob * (dp[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
+    }
+  }
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void wgmma_rs_d(float (&acc)[D / 2], const uint32_t (&a)[4],
                                            uint64_t desc_b) {
@@ -276,6 +308,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   using C = BwdSm90Config<D>;
   constexpr int BN = C::kKvBlockN, BM = C::kKvBlockM, ST = C::kKvStages;
   static_assert(!kPipe || ST >= 2, "the pipelined loop holds two stages at once");
+  static_assert(BM == 64, "transposed_probabilities: 64 query columns per item");
   constexpr uint32_t kKHalf = C::template half_bytes<BN>();  // between the halves of K, V
   constexpr uint32_t kQHalf = C::template half_bytes<BM>();  // between the halves of Q, dO
   extern __shared__ unsigned char smem_raw[];
@@ -391,29 +424,11 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     }
     wgmma_commit();
   };
-  // P^T and dS^T of item `it` (stage st) in place in sc, dp: x = S^T scale
-  // log2 e, the mask sets x = -inf, P^T = exp2(x - lse2 of the column) (column
-  // values from the stage: lanes with equal t read the same words).  Not one
-  // FFMA per score as in the dq kernel: with the column's lse2 loaded before
-  // the FFMAs this kernel ran 9-14% slower at D=128 (tuning run of session 10,
-  // docs/cuda_kernels.md "Measured: session 10").
+  // P^T and dS^T of the item in stage st in place in sc, dp.
   auto probabilities = [&](Scores& sc, Scores& dp, int st) {
     const int64_t pos0 = s.item_row0[st] + p.q_offset;  // position of the item's first row
-#pragma unroll
-    for (int i = 0; i < 32; ++i) sc[i] *= scale_log2;
-    if (!vis.tile_fully_visible(pos0, pos0 + BM - 1, wj_first, wj_first + 15))
-      mask_key_rows<8>(sc, vis, wj_first + g, pos0 + 2 * t, p.k_len);
-#pragma unroll
-    for (int nb = 0; nb < 8; ++nb) {
-      const float2 dl = *reinterpret_cast<const float2*>(&s.delta[st][nb * 8 + 2 * t]);
-      const float2 l2 = *reinterpret_cast<const float2*>(&s.lse2[st][nb * 8 + 2 * t]);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float prob = exp2f(sc[4 * nb + e] - ((e & 1) ? l2.y : l2.x));
-        sc[4 * nb + e] = prob;
-        dp[4 * nb + e] = prob * (dp[4 * nb + e] - ((e & 1) ? dl.y : dl.x));
-      }
-    }
+    transposed_probabilities(sc, dp, vis, pos0, wj_first, g, t, p.k_len, scale_log2, s.lse2[st],
+                             s.delta[st]);
   };
   // The item's S^T, dP^T issued and waited for (nothing else in flight), then
   // its P^T, dS^T in place.
