@@ -242,6 +242,37 @@ def test_stmatrix_ds_stores_same_bits(fused, monkeypatch, dtype, variant):
             assert torch.equal(a, b), f"{name} differs with SWAA_BWD_FUSED_STSM={setting}"
 
 
+@pytest.mark.parametrize("variant", [(64, "0", "1"), (64, "0", "0"), (128, "0", "1"),
+                                     (128, "1", "1")],
+                         ids=["D64-pipe", "D64", "D128-keys", "D128-cols"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_dq_staging_buffers_same_bits(fused, monkeypatch, dtype, variant):
+    """SWAA_BWD_FUSED_DQ_BUFS=2 and unset (D=64: the consumers stage item n's dQ part in the
+    second buffer while the writer still adds item n - 1) give the bits of =1 (one buffer):
+    the same parts reach the accumulator in the same turn order.  D=128 has room for one
+    buffer only, so its kernels ignore 2.  Same case as the stmatrix test (split sink
+    blocks, an inactive group, per-sequence full_from, items of several query heads)."""
+    D, split_dq, pipeline = variant
+    monkeypatch.setenv("SWAA_BWD_FUSED_DQ", split_dq)
+    monkeypatch.setenv("SWAA_BWD_PIPELINE", pipeline)
+    monkeypatch.setenv("SWAA_BWD_SPLIT", "3")
+    q, k, v, dout = inputs(2, 8, 2, 1500, 1500, dtype, seed=8, D=D)
+    ff = torch.tensor([700, 1 << 40], dtype=torch.int64, device="cuda")
+    out, lse = fwd(q, k, v, 200, 40, ff, 0.1)
+    monkeypatch.setenv("SWAA_BWD_FUSED_DQ_BUFS", "1")
+    want = bwd(dout, q, k, v, out, lse, 200, 40, ff, 0.1)
+    assert all(torch.isfinite(t).all() for t in want)
+    for setting in (None, "2"):  # unset: the default
+        if setting is None:
+            monkeypatch.delenv("SWAA_BWD_FUSED_DQ_BUFS")
+        else:
+            monkeypatch.setenv("SWAA_BWD_FUSED_DQ_BUFS", setting)
+        for _ in range(2):
+            got = bwd(dout, q, k, v, out, lse, 200, 40, ff, 0.1)
+            for name, a, b in zip(("dq", "dk", "dv"), got, want):
+                assert torch.equal(a, b), f"{name} differs with SWAA_BWD_FUSED_DQ_BUFS={setting}"
+
+
 def test_fused_long_chains_in_subprocess(fused):
     """Long turn chains (up to 256 contributions per dq tile): one slice (B = 1,
     one KV head) at 16k, W=2048; 32k, W=4096 with GQA, both dQ splits and D=64;

@@ -142,7 +142,12 @@ struct alignas(1024) FusedSm90Smem {
   // buffered by item parity (a group may write item n + 1 while the other
   // still reads item n), else read by its own group only.
   T ds[COLS ? 2 : 1][BN / 64][BM * 64];
-  float dq[BM * D];  // the item's dQ part, float2 columns swizzled by row & 7
+  // The item's dQ part, float2 columns swizzled by row & 7, in buffer n % bufs
+  // (FusedDq::dq_bufs): with two (D = 64; at D = 128 a second one does not fit
+  // in shared memory) the consumers stage item n while the writer still waits
+  // for the turn of item n - 1 and adds it.
+  static constexpr int kDqBufs = D == 64 ? 2 : 1;
+  float dq[kDqBufs][BM * D];
   float lse2[ST][BM];
   float delta[ST][BM];
   int item_row0[ST];  // the stage's item: first query row and query head (from the producer,
@@ -150,14 +155,17 @@ struct alignas(1024) FusedSm90Smem {
   uint64_t kv_full;
   uint64_t full[ST];
   uint64_t empty[ST];
-  uint64_t dq_full;   // consumers -> writer: the staging buffer holds the item's dQ part
-  uint64_t dq_empty;  // writer -> consumers: the bulk add has read it
-  uint64_t g1_staged; // group 1 -> group 0: group 1's dQ part is in the staging buffer
+  // Per staging buffer b, phase k = the buffer's k-th item (n = k bufs + b):
+  uint64_t dq_full[kDqBufs];    // consumers -> writer: the buffer holds the item's dQ part
+  uint64_t dq_empty[kDqBufs];   // writer -> consumers: the bulk add has read it
+  uint64_t g1_staged[kDqBufs];  // group 1 -> group 0: group 1's dQ part is in the buffer
   // Item n's accumulator tile ((b * q_heads + h) * tiles + m) and dq_turn(),
-  // in slot n & 1 (written at the start of item n, read by the writer after
-  // dq_full of item n: the slot's previous reader is two items back).
-  int64_t dq_tile[2];
-  int dq_rank[2], dq_total[2];
+  // in slot n & 3 (written at the start of item n by group 0, read by the
+  // writer after dq_full of item n).  The slot's previous reader, the writer
+  // of item n - 4, is done: group 0 reached item n after its wait for group 1
+  // at item n - 1, which waited for the writer's read of item n - 1 - bufs.
+  int64_t dq_tile[4];
+  int dq_rank[4], dq_total[4];
   int ticket;
 };
 
@@ -173,6 +181,7 @@ struct FusedDq {
   int* turns;          // (batch, q_heads, q_len_pad / 64): contributions added so far
   int* ticket;         // CTA start counter
   int tiles;           // q_len_pad / 64
+  int dq_bufs;         // dQ staging buffers: 2 (D = 64, SWAA_BWD_FUSED_DQ_BUFS) or 1
   uint32_t max_polls;  // the writer's watchdog: polls of one turn before it traps
                        // (SWAA_BWD_FUSED_WATCHDOG; UINT32_MAX: never)
 };
@@ -275,6 +284,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   static_assert(BN == 128 && BM == 64, "the dS layout assumes 128 keys x 64 queries");
   extern __shared__ unsigned char smem_raw[];
   auto& s = aligned_smem<S>(smem_raw);
+  // dQ staging buffers in use: item n goes to buffer n % bufs, the k = n / bufs
+  // th use of that buffer (phase k of its barriers).
+  const int bufs = S::kDqBufs == 2 && fdq.dq_bufs == 2 ? 2 : 1;
 
   const int wg = warp_group_index();  // warp-uniform: see sm90_ptx.cuh
   if (threadIdx.x == 0) {
@@ -284,9 +296,11 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       mbar_init(&s.full[i], 1);
       mbar_init(&s.empty[i], C::kConsumers * 128);
     }
-    mbar_init(&s.dq_full, COLS ? 256 : 128);
-    mbar_init(&s.dq_empty, 1);
-    mbar_init(&s.g1_staged, 128);
+    for (int i = 0; i < S::kDqBufs; ++i) {
+      mbar_init(&s.dq_full[i], COLS ? 256 : 128);
+      mbar_init(&s.dq_empty[i], 1);
+      mbar_init(&s.g1_staged[i], 128);
+    }
     mbar_fence_init();
   }
   __syncthreads();
@@ -327,10 +341,12 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       // turn (few registers here: the producer group runs with kProducerRegs).
       const int count = w.end - w.first;
       for (int n = 0; n < count; ++n) {
-        mbar_wait(&s.dq_full, n & 1);
-        const int64_t tile = ld_shared_b64(&s.dq_tile[n & 1]);
-        const int rank = ld_shared_b32(&s.dq_rank[n & 1]);
-        const int total = ld_shared_b32(&s.dq_total[n & 1]);
+        const int b = bufs == 2 ? n & 1 : 0;
+        const int use = bufs == 2 ? n >> 1 : n;
+        mbar_wait(&s.dq_full[b], use & 1);
+        const int64_t tile = ld_shared_b64(&s.dq_tile[n & 3]);
+        const int rank = ld_shared_b32(&s.dq_rank[n & 3]);
+        const int total = ld_shared_b32(&s.dq_total[n & 3]);
         int* counter = fdq.turns + tile;
         float* dst = fdq.accum + tile * (BM * D);
         if (rank > 0) {
@@ -344,13 +360,13 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
             if (++polls > fdq.max_polls) __trap();
           }
           fence_async_global();
-          bulk_add_global_f32(dst, s.dq, BM * D * 4);
+          bulk_add_global_f32(dst, s.dq[b], BM * D * 4);
         } else {
-          bulk_store_global(dst, s.dq, BM * D * 4);
+          bulk_store_global(dst, s.dq[b], BM * D * 4);
         }
         bulk_commit_group();
         bulk_wait_group_read0();
-        mbar_arrive(&s.dq_empty);  // the consumers may stage the next item
+        mbar_arrive(&s.dq_empty[b]);  // the consumers may stage the buffer's next item
         if (rank + 1 < total) {
           bulk_wait_group0();
           fence_async_global();
@@ -387,6 +403,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   const int count = w.end - w.first;
   for (int n = 0; n < count; ++n) {
     const int st = n % ST, buf = n & 1;
+    const int dqb = bufs == 2 ? n & 1 : 0;      // the item's dQ staging buffer
+    const int dq_use = bufs == 2 ? n >> 1 : n;  // and its use of that buffer
     const uint32_t parity = static_cast<uint32_t>((n / ST) & 1);
     mbar_wait(&s.full[st], parity);
     const int row0 = s.item_row0[st];
@@ -424,10 +442,10 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     }
     if (threadIdx.x == 128) {  // the item's tile and turn, for the writer
       const DqTurn turn = dq_turn<BN, BM>(p, vis, row0, static_cast<int>(w.j_first / BN));
-      s.dq_tile[buf] =
+      s.dq_tile[n & 3] =
           (static_cast<int64_t>(w.b) * p.q_heads + s.item_head[st]) * fdq.tiles + row0 / BM;
-      s.dq_rank[buf] = turn.rank;
-      s.dq_total[buf] = turn.total;
+      s.dq_rank[n & 3] = turn.rank;
+      s.dq_total[n & 3] = turn.total;
     }
     if (active) {
       float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
@@ -555,17 +573,18 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       fence_regs(dqp);
       mbar_arrive(&s.empty[st]);  // this thread is done with Q, dO of the stage
 
-      if (n > 0) mbar_wait(&s.dq_empty, (n - 1) & 1);  // the writer has read item n - 1
+      // the writer has read the buffer's previous item, n - bufs
+      if (dq_use > 0) mbar_wait(&s.dq_empty[dqb], (dq_use - 1) & 1);
 #pragma unroll
       for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = warp * 16 + g + 8 * r;
-          *reinterpret_cast<float2*>(&s.dq[dq_index<D>(row, cg * 64 + nb * 8 + 2 * t)]) =
+          *reinterpret_cast<float2*>(&s.dq[dqb][dq_index<D>(row, cg * 64 + nb * 8 + 2 * t)]) =
               make_float2(dqp[4 * nb + 2 * r], dqp[4 * nb + 2 * r + 1]);
         }
       fence_proxy_async_shared();  // the writer's bulk copy reads the stage
-      mbar_arrive(&s.dq_full);
+      mbar_arrive(&s.dq_full[dqb]);
     } else {
       float (&dqp)[D / 2] = dqp_keys;
       if (!dq_done) {
@@ -584,18 +603,20 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
       // Stage X_0 + X_1: group 1 stores its part, group 0 adds its own to it
       // and hands the sum to the writer.
       if (cg == 1) {
-        if (n > 0) mbar_wait(&s.dq_empty, (n - 1) & 1);  // the writer has read item n - 1
+        // the writer has read the buffer's previous item, n - bufs
+        if (dq_use > 0) mbar_wait(&s.dq_empty[dqb], (dq_use - 1) & 1);
 #pragma unroll
         for (int nb = 0; nb < D / 8; ++nb)
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const int row = warp * 16 + g + 8 * r;
-            *reinterpret_cast<float2*>(&s.dq[dq_index<D>(row, nb * 8 + 2 * t)]) =
+            *reinterpret_cast<float2*>(&s.dq[dqb][dq_index<D>(row, nb * 8 + 2 * t)]) =
                 make_float2(dqp[4 * nb + 2 * r], dqp[4 * nb + 2 * r + 1]);
           }
-        mbar_arrive(&s.g1_staged);
+        mbar_arrive(&s.g1_staged[dqb]);
       } else {
-        mbar_wait(&s.g1_staged, n & 1);  // (so also after the writer's read of item n - 1)
+        // (so also after the writer's read of the buffer's previous item)
+        mbar_wait(&s.g1_staged[dqb], dq_use & 1);
         // Group 1's values are loaded kBatch column blocks at a time, all loads
         // of a batch before its adds and stores: one load in flight per add
         // (a load after every store, which the compiler cannot reorder) was
@@ -610,19 +631,19 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
 #pragma unroll
             for (int r = 0; r < 2; ++r)
               other[b][r] = *reinterpret_cast<const float2*>(
-                  &s.dq[dq_index<D>(warp * 16 + g + 8 * r, (nb0 + b) * 8 + 2 * t)]);
+                  &s.dq[dqb][dq_index<D>(warp * 16 + g + 8 * r, (nb0 + b) * 8 + 2 * t)]);
 #pragma unroll
           for (int b = 0; b < kBatch; ++b)
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
               const int nb = nb0 + b;
-              *reinterpret_cast<float2*>(&s.dq[dq_index<D>(warp * 16 + g + 8 * r, nb * 8 + 2 * t)]) =
+              *reinterpret_cast<float2*>(&s.dq[dqb][dq_index<D>(warp * 16 + g + 8 * r, nb * 8 + 2 * t)]) =
                   make_float2(dqp[4 * nb + 2 * r] + other[b][r].x,
                               dqp[4 * nb + 2 * r + 1] + other[b][r].y);
             }
         }
         fence_proxy_async_shared();  // the writer's bulk copy reads the stage
-        mbar_arrive(&s.dq_full);
+        mbar_arrive(&s.dq_full[dqb]);
       }
     }
   }

@@ -373,6 +373,11 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   fdq.ticket = fdq.turns + p.batch * p.q_heads * tiles;
   fdq.tiles = static_cast<int>(tiles);
   fdq.max_polls = fused_watchdog();
+  // SWAA_BWD_FUSED_DQ_BUFS: 2 (default) stages item n's dQ part while the
+  // writer still adds item n - 1 (D = 64; D = 128 has room for one buffer);
+  // 1: one buffer, the consumers wait for the writer.  Same sums in the same
+  // order (same bits).
+  fdq.dq_bufs = static_cast<int>(knob("SWAA_BWD_FUSED_DQ_BUFS", 2, 1, 2));
   cudaError_t err = cudaMemsetAsync(fdq.turns, 0, n_ints * sizeof(int), stream);
   if (err != cudaSuccess) return err;
   if (poison_accumulator()) {  // 0xFFFFFFFF is a float NaN
