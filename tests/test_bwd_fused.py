@@ -205,25 +205,34 @@ def test_fused_dq_bitwise_under_every_schedule(fused, monkeypatch, variant):
                 assert torch.equal(dq, first), f"dq differs (split {split}, order {order})"
 
 
-@pytest.mark.parametrize("variant", [(64, "0", "1"), (64, "0", "0"), (128, "0", "1"),
-                                     (128, "1", "1")],
-                         ids=["D64-pipe", "D64", "D128-keys", "D128-cols"])
+# The single pass's variants (D, SWAA_BWD_FUSED_DQ, SWAA_BWD_PIPELINE) for the tests of its
+# same-bits knobs, and their case: split sink blocks, an inactive group (sink 40),
+# per-sequence full_from, items of several query heads.
+single_pass_variants = pytest.mark.parametrize(
+    "variant", [(64, "0", "1"), (64, "0", "0"), (128, "0", "1"), (128, "1", "1")],
+    ids=["D64-pipe", "D64", "D128-keys", "D128-cols"])
+
+
+def single_pass_case(monkeypatch, variant, dtype, seed):
+    """Sets the variant's knobs; returns run(), the backward of the knob-test case."""
+    D, split_dq, pipeline = variant
+    monkeypatch.setenv("SWAA_BWD_FUSED_DQ", split_dq)
+    monkeypatch.setenv("SWAA_BWD_PIPELINE", pipeline)
+    monkeypatch.setenv("SWAA_BWD_SPLIT", "3")
+    q, k, v, dout = inputs(2, 8, 2, 1500, 1500, dtype, seed=seed, D=D)
+    ff = torch.tensor([700, 1 << 40], dtype=torch.int64, device="cuda")
+    out, lse = fwd(q, k, v, 200, 40, ff, 0.1)
+    return lambda: bwd(dout, q, k, v, out, lse, 200, 40, ff, 0.1)
+
+
+@single_pass_variants
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_stmatrix_ds_stores_same_bits(fused, monkeypatch, dtype, variant):
     """SWAA_BWD_FUSED_STSM=1 and unset (dS stored with stmatrix, the default) write
     the same bytes to the same places as =0 (16-bit stores): dq, dk, dv bitwise equal, on
     a case with split sink blocks, an inactive group (sink 40) and per-sequence
     full_from; the profiler sees the STSM kernel run."""
-    D, split_dq, pipeline = variant
-    monkeypatch.setenv("SWAA_BWD_FUSED_DQ", split_dq)
-    monkeypatch.setenv("SWAA_BWD_PIPELINE", pipeline)
-    monkeypatch.setenv("SWAA_BWD_SPLIT", "3")
-    q, k, v, dout = inputs(2, 8, 2, 1500, 1500, dtype, seed=7, D=D)
-    ff = torch.tensor([700, 1 << 40], dtype=torch.int64, device="cuda")
-    out, lse = fwd(q, k, v, 200, 40, ff, 0.1)
-
-    def run():
-        return bwd(dout, q, k, v, out, lse, 200, 40, ff, 0.1)
+    run = single_pass_case(monkeypatch, variant, dtype, seed=7)
 
     def stsm_kernels():
         return [template_args(n)[4] for n in kernels_of(run) if "bwd_fused_sm90_kernel<" in n]
@@ -242,25 +251,16 @@ def test_stmatrix_ds_stores_same_bits(fused, monkeypatch, dtype, variant):
             assert torch.equal(a, b), f"{name} differs with SWAA_BWD_FUSED_STSM={setting}"
 
 
-@pytest.mark.parametrize("variant", [(64, "0", "1"), (64, "0", "0"), (128, "0", "1"),
-                                     (128, "1", "1")],
-                         ids=["D64-pipe", "D64", "D128-keys", "D128-cols"])
+@single_pass_variants
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_dq_staging_buffers_same_bits(fused, monkeypatch, dtype, variant):
     """SWAA_BWD_FUSED_DQ_BUFS=2 and unset (D=64: the consumers stage item n's dQ part in the
     second buffer while the writer still adds item n - 1) give the bits of =1 (one buffer):
     the same parts reach the accumulator in the same turn order.  D=128 has room for one
-    buffer only, so its kernels ignore 2.  Same case as the stmatrix test (split sink
-    blocks, an inactive group, per-sequence full_from, items of several query heads)."""
-    D, split_dq, pipeline = variant
-    monkeypatch.setenv("SWAA_BWD_FUSED_DQ", split_dq)
-    monkeypatch.setenv("SWAA_BWD_PIPELINE", pipeline)
-    monkeypatch.setenv("SWAA_BWD_SPLIT", "3")
-    q, k, v, dout = inputs(2, 8, 2, 1500, 1500, dtype, seed=8, D=D)
-    ff = torch.tensor([700, 1 << 40], dtype=torch.int64, device="cuda")
-    out, lse = fwd(q, k, v, 200, 40, ff, 0.1)
+    buffer only, so its kernels ignore 2.  Same case as the stmatrix test."""
+    run = single_pass_case(monkeypatch, variant, dtype, seed=8)
     monkeypatch.setenv("SWAA_BWD_FUSED_DQ_BUFS", "1")
-    want = bwd(dout, q, k, v, out, lse, 200, 40, ff, 0.1)
+    want = run()
     assert all(torch.isfinite(t).all() for t in want)
     for setting in (None, "2"):  # unset: the default
         if setting is None:
@@ -268,7 +268,7 @@ def test_dq_staging_buffers_same_bits(fused, monkeypatch, dtype, variant):
         else:
             monkeypatch.setenv("SWAA_BWD_FUSED_DQ_BUFS", setting)
         for _ in range(2):
-            got = bwd(dout, q, k, v, out, lse, 200, 40, ff, 0.1)
+            got = run()
             for name, a, b in zip(("dq", "dk", "dv"), got, want):
                 assert torch.equal(a, b), f"{name} differs with SWAA_BWD_FUSED_DQ_BUFS={setting}"
 
