@@ -229,8 +229,31 @@ __device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&x)[32]
   }
 }
 
-// acc (64 x D) += A (64 x 16, registers) * B (16 x D, smem, MN-major, halves
-// `half_bytes` apart).
+// Two 64 x 64 products over the head dim in one wgmma group, issued and not
+// committed: x = A0 B0^T, y = A1 B1^T, every operand K-major in shared memory
+// with its D columns in 64-column halves a_half (A) / b_half (B) bytes apart.
+// The scores of the dk/dv kernel (S^T, dP^T) and of the dq kernel (S, dP).
+// (The single pass issues the dk/dv kernel's products with the stage offset
+// folded into each step's advance: through this function its SASS changes,
+// not yet timed.)
+template <typename T, int D>
+__device__ __forceinline__ void issue_product_pair(float (&x)[32], float (&y)[32], uint64_t a0,
+                                                   uint64_t b0, uint64_t a1, uint64_t b1,
+                                                   uint32_t a_half, uint32_t b_half) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t a_off = (kk >> 2) * a_half + (kk & 3) * 32;
+    const uint32_t b_off = (kk >> 2) * b_half + (kk & 3) * 32;
+    wgmma_ss_n64<T>(x, desc_advance(a0, a_off), desc_advance(b0, b_off), kk > 0);
+  }
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t a_off = (kk >> 2) * a_half + (kk & 3) * 32;
+    const uint32_t b_off = (kk >> 2) * b_half + (kk & 3) * 32;
+    wgmma_ss_n64<T>(y, desc_advance(a1, a_off), desc_advance(b1, b_off), kk > 0);
+  }
+}
+
 // P^T and dS^T of one consumer group's item in place in sc, dp (S^T, dP^T:
 // key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)): x = S^T scale
 // log2 e, the mask sets x = -inf, P^T = exp2(x - lse2 of the column), dS^T =
@@ -410,18 +433,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     fence_regs(sc);
     fence_regs(dp);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-      const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-      wgmma_ss_n64<T>(sc, desc_advance(k_desc, a_off), desc_advance(q_desc, b_off), kk > 0);
-    }
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-      const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-      wgmma_ss_n64<T>(dp, desc_advance(v_desc, a_off), desc_advance(do_desc, b_off), kk > 0);
-    }
+    issue_product_pair<T, D>(sc, dp, k_desc, q_desc, v_desc, do_desc, kKHalf, kQHalf);
     wgmma_commit();
   };
   // P^T and dS^T of the item in stage st in place in sc, dp.
@@ -700,18 +712,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     fence_regs(sc);
     fence_regs(dp);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t a_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-      const uint32_t b_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-      wgmma_ss_n64<T>(sc, desc_advance(q_desc, a_off), desc_advance(k_desc, b_off), kk > 0);
-    }
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t a_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-      const uint32_t b_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-      wgmma_ss_n64<T>(dp, desc_advance(do_desc, a_off), desc_advance(v_desc, b_off), kk > 0);
-    }
+    issue_product_pair<T, D>(sc, dp, q_desc, k_desc, do_desc, v_desc, kQHalf, kKHalf);
     wgmma_commit();
   };
   // dS of tile `it` in place in dp: x = S scale log2 e - lse2 of the row, one
