@@ -229,8 +229,8 @@ __device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&x)[32]
   }
 }
 
-// Two 64 x 64 products over the head dim in one wgmma group, issued and not
-// committed: x = A0 B0^T, y = A1 B1^T, every operand K-major in shared memory
+// Two 64 x 64 products over the head dim issued as one committed wgmma group
+// (not waited for): x = A0 B0^T, y = A1 B1^T, every operand K-major in shared memory
 // with its D columns in 64-column halves a_half (A) / b_half (B) bytes apart.
 // The scores of the dk/dv kernel (S^T, dP^T) and of the dq kernel (S, dP).
 // (The single pass issues the dk/dv kernel's products with the stage offset
@@ -240,6 +240,9 @@ template <typename T, int D>
 __device__ __forceinline__ void issue_product_pair(float (&x)[32], float (&y)[32], uint64_t a0,
                                                    uint64_t b0, uint64_t a1, uint64_t b1,
                                                    uint32_t a_half, uint32_t b_half) {
+  fence_regs(x);
+  fence_regs(y);
+  wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint32_t a_off = (kk >> 2) * a_half + (kk & 3) * 32;
@@ -252,6 +255,7 @@ __device__ __forceinline__ void issue_product_pair(float (&x)[32], float (&y)[32
     const uint32_t b_off = (kk >> 2) * b_half + (kk & 3) * 32;
     wgmma_ss_n64<T>(y, desc_advance(a1, a_off), desc_advance(b1, b_off), kk > 0);
   }
+  wgmma_commit();
 }
 
 // P^T and dS^T of one consumer group's item in place in sc, dp (S^T, dP^T:
@@ -430,11 +434,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   auto issue_scores = [&](Scores& sc, Scores& dp, int st) {
     const uint64_t q_desc = desc_advance(q_desc0, st * kStageBytes);
     const uint64_t do_desc = desc_advance(do_desc0, st * kStageBytes);
-    fence_regs(sc);
-    fence_regs(dp);
-    wgmma_fence();
     issue_product_pair<T, D>(sc, dp, k_desc, q_desc, v_desc, do_desc, kKHalf, kQHalf);
-    wgmma_commit();
   };
   // P^T and dS^T of the item in stage st in place in sc, dp.
   auto probabilities = [&](Scores& sc, Scores& dp, int st) {
@@ -709,11 +709,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   auto issue_scores = [&](Scores& sc, Scores& dp, int st) {
     const uint64_t k_desc = desc_advance(k_desc0, st * kStageBytes);
     const uint64_t v_desc = desc_advance(v_desc0, st * kStageBytes);
-    fence_regs(sc);
-    fence_regs(dp);
-    wgmma_fence();
     issue_product_pair<T, D>(sc, dp, q_desc, k_desc, do_desc, v_desc, kQHalf, kKHalf);
-    wgmma_commit();
   };
   // dS of tile `it` in place in dp: x = S scale log2 e - lse2 of the row, one
   // FFMA per score; the mask sets x = -inf; P = exp2(x), dS = P (dP - delta).
