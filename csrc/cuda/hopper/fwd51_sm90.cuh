@@ -48,6 +48,14 @@
 //     consumers' samples rebuilt descriptors), and whether a tile needs the
 //     mask is three int compares against ranges set once per unit
 //     (full_tiles).
+//   - LEAN is a level: 1 the above (variant 7); 2 (variant 8) trims the
+//     instructions of each turn further: the three ints of each warp's
+//     full_tiles stay in registers (pin_reg; without the pin ptxas recomputes
+//     them from the unit in int64 after every tile's S wait, ~50 dependent
+//     instructions in front of the softmax: cuobjdump, session 14), the K/V
+//     stage and its parity come from unsigned arithmetic (no sign fix-ups),
+//     and a row's max starts from its first pair of scores instead of -inf.
+//     Same arithmetic, so the same bits as 1.
 // Without LEAN the arithmetic of each row is the same as v5's (same tiles in
 // the same order, same instructions), so v5.1 is expected to agree with v5
 // bitwise.
@@ -101,6 +109,10 @@ __device__ __forceinline__ void fence_frags(uint32_t (&r)[8][4]) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
 }
+
+// Makes `x` opaque to the compiler, so it keeps the value in a register
+// instead of recomputing it where it is used.
+__device__ __forceinline__ void pin_reg(int& x) { asm volatile("" : "+r"(x)); }
 
 // ---------------------------------------------------------------------------
 
@@ -249,7 +261,10 @@ __device__ __forceinline__ Fwd51Unit fwd51_unit(const AttnParams& p, int u, int 
   return w;
 }
 
-template <typename T, int D, bool PINGPONG, bool PERSISTENT, bool LEAN = false>
+// LEAN levels (see the top of the file).
+constexpr int kLean = 1, kLeanPinned = 2;
+
+template <typename T, int D, bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     fwd51_sm90_kernel(const AttnParams p, const __grid_constant__ CUtensorMap tm_q,
                       const __grid_constant__ CUtensorMap tm_k,
@@ -269,7 +284,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
   const int u_first = static_cast<int>(blockIdx.x), u_step = static_cast<int>(gridDim.x);
 
   // LEAN: warp-uniform to the compiler (warp_group_index in sm90_ptx.cuh).
-  const int wg = LEAN ? warp_group_index() : static_cast<int>(threadIdx.x / 128);
+  const int wg = LEAN >= kLean ? warp_group_index() : static_cast<int>(threadIdx.x / 128);
   if (threadIdx.x == 0) {
     for (int i = 0; i < QB; ++i) {
       mbar_init(&s.q_full[i], 1);
@@ -345,7 +360,15 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     }
     held_q = -1;
   };
-  auto parity_of = [](int n) { return static_cast<uint32_t>((n / ST) & 1); };
+  // Stage and phase parity of the n-th K/V tile (n >= 0; kLeanPinned: in
+  // unsigned arithmetic, which needs no sign fix-ups).
+  auto stage_of = [](int n) {
+    return LEAN >= kLeanPinned ? static_cast<int>(static_cast<uint32_t>(n) % ST) : n % ST;
+  };
+  auto parity_of = [](int n) {
+    return LEAN >= kLeanPinned ? (static_cast<uint32_t>(n) / ST) & 1
+                               : static_cast<uint32_t>((n / ST) & 1);
+  };
   // LEAN: the wgmma descriptors of Q buffer 0, K stage 0 and V stage 0; the
   // others are fixed byte offsets from them (desc_advance).
   const uint64_t q_desc0 = desc_k_major(smem_u32(s.q[0][0]));
@@ -363,7 +386,12 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     const int qb = j % QB;
     const int64_t gp_first = w.p_first + cg * 64;  // position of the group's first row
     const int64_t wp_first = gp_first + warp * 16;
-    const FullTiles warp_full = full_tiles(vis, wp_first, wp_first + 15, BN);  // LEAN
+    FullTiles warp_full = full_tiles(vis, wp_first, wp_first + 15, BN);  // LEAN
+    if constexpr (LEAN >= kLeanPinned) {
+      pin_reg(warp_full.causal_last);
+      pin_reg(warp_full.sink_end);
+      pin_reg(warp_full.window_first);
+    }
     const SpanTiles group_tiles = span_tiles(vis, gp_first, gp_first + 63, p.k_len, BN);
 
 #pragma unroll
@@ -384,7 +412,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t off = (kk >> 2) * C::kQHalfBytes + (kk & 3) * 32;
         const uint32_t k_off = (kk >> 2) * C::kHalfTileBytes + (kk & 3) * 32;
-        if constexpr (LEAN)
+        if constexpr (LEAN >= kLean)
           wgmma_ss<T>(sc, desc_advance(q_desc, off), desc_advance(k_desc, k_off), kk > 0);
         else
           wgmma_ss<T>(sc, desc_k_major(q_addr + off), desc_k_major(k_addr + k_off), kk > 0);
@@ -396,7 +424,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       const uint64_t v_desc = desc_advance(v_desc0, st * kVStageBytes);
 #pragma unroll
       for (int kk = 0; kk < 8; ++kk) {
-        const uint64_t desc = LEAN ? desc_advance(v_desc, kk * 16 * 128)
+        const uint64_t desc = LEAN >= kLean ? desc_advance(v_desc, kk * 16 * 128)
                                    : desc_mn_major(v_addr + kk * 16 * 128, C::kHalfTileBytes);
         if constexpr (D == 128)
           wgmma_rs<T>(o, pa[kk], desc);
@@ -408,14 +436,15 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     // v5 unless LEAN (see the top of the file).
     auto softmax_tile = [&](int it) {
       const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
-      if constexpr (LEAN) {
+      if constexpr (LEAN >= kLean) {
         if (!warp_full.fully_visible(tiles[it]))
           mask_tile(sc, vis, wp_first + g, j0 + 2 * t, p.k_len);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          float mx = -INFINITY;
+          // (kLeanPinned: from the first pair; the same max)
+          float mx = LEAN >= kLeanPinned ? fmaxf(sc[2 * r], sc[2 * r + 1]) : -INFINITY;
 #pragma unroll
-          for (int n = 0; n < 16; ++n)
+          for (int n = LEAN >= kLeanPinned ? 1 : 0; n < 16; ++n)
             mx = fmaxf(mx, fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -466,7 +495,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     auto rescale_and_pack = [&]() {
       // LEAN: corr is exactly 1 for a row whose reference stayed; a warp
       // whose 16 rows all stayed skips the multiplies (warp-uniform branch).
-      if (!LEAN || __any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) {
+      if (LEAN < kLean || __any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) {
 #pragma unroll
         for (int n = 0; n < NB; ++n)
 #pragma unroll
@@ -545,9 +574,9 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       int pending = -1;  // tile (of the unit) whose P V is still to be issued
       for (int turn = 0; turn < turns; ++turn) {
         const bool has_tile = turn < tiles.count;
-        const int n = kv + turn, st = n % ST;
+        const int n = kv + turn, st = stage_of(n);
         const bool do_s = has_tile && group_tiles.needs(tiles[turn]);
-        const int pv_st = pending >= 0 ? (kv + pending) % ST : 0;
+        const int pv_st = pending >= 0 ? stage_of(kv + pending) : 0;
         if (has_tile) mbar_wait(&s.k_full[st], parity_of(n));
         if (pending >= 0) mbar_wait(&s.v_full[pv_st], parity_of(kv + pending));
         if (!(j == 0 && turn == 0 && cg == 0)) named_bar_sync(C::kTurnBar + cg, 256);

@@ -53,7 +53,9 @@ bool kernel51_present() {
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, false>) == cudaSuccess &&
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, false, true>) == cudaSuccess &&
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true>) == cudaSuccess &&
-      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, true>) == cudaSuccess;
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, kLean>) == cudaSuccess &&
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, kLeanPinned>) ==
+          cudaSuccess;
   if (!ok) (void)cudaGetLastError();
   return ok;
 }
@@ -89,7 +91,8 @@ struct Maps {
 };
 
 // variant: 1, 2 = v5 (plain, overlapped); 3, 4 = v5.1 (plain, ping-pong);
-// 5, 6 = 3, 4 with persistent CTAs; 7 = 6 with the lean softmax.
+// 5, 6 = 3, 4 with persistent CTAs; 7 = 6 with the lean softmax; 8 = 7 with
+// fewer instructions per turn (LEAN level 2).
 Fit prepare(const AttnParams& p, Dtype dtype, int variant, Maps* maps) {
   if (p.head_dim != 64 && p.head_dim != 128) return Fit::kHeadDim;
   if (!device_ok(dtype)) return Fit::kDevice;
@@ -145,7 +148,7 @@ cudaError_t launch_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
               : launch<__half, 64, OVERLAP>(p, maps, stream);
 }
 
-template <typename T, int D, bool PINGPONG, bool PERSISTENT, bool LEAN = false>
+template <typename T, int D, bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 cudaError_t launch51(const AttnParams& p, const Maps& maps, cudaStream_t stream) {
   using C = Fwd51Config<D, PERSISTENT>;
   constexpr int smem = fwd51_smem_bytes<T, D, PERSISTENT>();
@@ -163,7 +166,7 @@ cudaError_t launch51(const AttnParams& p, const Maps& maps, cudaStream_t stream)
   return cudaGetLastError();
 }
 
-template <bool PINGPONG, bool PERSISTENT, bool LEAN = false>
+template <bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 cudaError_t launch51_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
                              cudaStream_t stream) {
   const bool bf16 = dtype == Dtype::kBf16;
@@ -192,10 +195,14 @@ bool try_fwd(const AttnParams& p, Dtype dtype, int variant, cudaStream_t stream,
     case 4: *error = launch51_variant<true, false>(p, maps, dtype, stream); break;
     case 5: *error = launch51_variant<false, true>(p, maps, dtype, stream); break;
     case 6: *error = launch51_variant<true, true>(p, maps, dtype, stream); break;
-    // 7 scales the row max instead of every score, which needs scale > 0
-    // (always so in attention; otherwise it runs 6, the same function).
+    // 7, 8 scale the row max instead of every score, which needs scale > 0
+    // (always so in attention; otherwise they run 6, the same function).
     case 7:
-      *error = p.scale > 0 ? launch51_variant<true, true, true>(p, maps, dtype, stream)
+      *error = p.scale > 0 ? launch51_variant<true, true, kLean>(p, maps, dtype, stream)
+                           : launch51_variant<true, true>(p, maps, dtype, stream);
+      break;
+    case 8:
+      *error = p.scale > 0 ? launch51_variant<true, true, kLeanPinned>(p, maps, dtype, stream)
                            : launch51_variant<true, true>(p, maps, dtype, stream);
       break;
     default: *error = launch_variant<false>(p, maps, dtype, stream); break;

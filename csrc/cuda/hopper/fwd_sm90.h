@@ -26,7 +26,9 @@ enum class Fit {
 // group; 3 = v5.1 (fwd51_sm90.cuh: 192-row CTAs at D=64, deeper K/V ring,
 // group tile skipping, TMA-store epilogue); 4 = v5.1 with ping-pong of the
 // consumer groups; 5, 6 = 3, 4 with persistent CTAs (one per SM); 7 = 6 with
-// the lean softmax (LEAN in fwd51_sm90.cuh).
+// the lean softmax (LEAN in fwd51_sm90.cuh); 8 = 7 with fewer instructions
+// per turn (LEAN level 2: the warps' fully-visible tile ranges kept in
+// registers, unsigned stage arithmetic).
 
 // Whether the call described by p fits the Hopper kernel `variant` on the
 // current device.
