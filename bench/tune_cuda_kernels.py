@@ -5,7 +5,8 @@ them on the same inputs.  Six parts (--parts, default the first three):
   fwd-variants  the Hopper forwards side by side: SWAA_FWD_HOPPER = 1, 2 (v5, v5
                 overlapped), 3, 4, 5, 6 (v5.1, v5.1 ping-pong, both with
                 persistent CTAs; docs/cuda_kernels.md "v5.1"), 7 (6 with the lean
-                softmax and issue path, session 9; the default since)
+                softmax and issue path, session 9), 8 (7 with fewer instructions
+                per key tile, session 14; the default since)
                 on the issue's shapes (B=1, Hq=32, Hkv=8, bf16, D 128/64, N 8k/
                 32k/128k, W 1024/4096, S=4): time, effective TFLOP/s, bitwise
                 equality to the first variant, a table and the fastest variant per
