@@ -127,7 +127,9 @@
 #   SKIP_BUILD=1      use the build in place; MAX_JOBS (16), SWAA_CUDA_ARCHS (9.0), CUDA_HOME,
 #                     BUILD_TIMEOUT (400)
 #   TESTS             test files (default tests/test_*.py); TEST_ARGS extra pytest arguments
-#                     (e.g. "-m cuda", "-k pack"); TEST_TIMEOUT per file (300)
+#                     (e.g. "-m cuda", "-k pack"; split into words, so no spaces inside one);
+#                     TEST_K a -k expression passed as one argument (e.g. "a or b");
+#                     TEST_TIMEOUT per file (300)
 #   SAN_TIMEOUT       per sanitizer tool (240)
 #   TUNE_AB           the bwd-ab part's settings, space-separated KNOB=V[,KNOB=V] (the first is
 #                     the baseline; default: v6 and v7, each unpipelined and as default)
@@ -266,7 +268,8 @@ step_test() {
   for f in ${TESTS:-tests/test_*.py}; do
     # shellcheck disable=SC2086
     run_part "$(basename "$f" .py)" "${TEST_TIMEOUT:-300}" env SWAA_POISON_OUTPUTS=1 \
-      python -X faulthandler -m pytest -q -ra --maxfail=10 -p no:cacheprovider ${TEST_ARGS:-} "$f"
+      python -X faulthandler -m pytest -q -ra --maxfail=10 -p no:cacheprovider ${TEST_ARGS:-} \
+      ${TEST_K:+-k "$TEST_K"} "$f"
   done
   DETAIL="$(for log in "$STEP_DIR"/*.log; do tail -n 1 "$log"; done \
     | grep -Eo '[0-9]+ (passed|failed|skipped|deselected|errors?)' \

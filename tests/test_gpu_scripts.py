@@ -134,6 +134,20 @@ def test_a_step_writes_its_log_line_and_archive(tmp_path):
     assert {"log", "console.txt", "./build/build_info.log", "./test/test_decode_plan.log"} <= names
 
 
+def test_test_k_reaches_pytest_as_one_expression(tmp_path):
+    # a -k expression with spaces: TEST_ARGS would split it into words (pytest then looks for
+    # a file "or"); TEST_K passes it whole
+    names = re.findall(r"^def (test_\w+)", (ROOT / "tests/test_decode_plan.py").read_text(), re.M)
+    expr = f"{names[0]} or {names[1]}"
+    proc, out = _gpu_check(tmp_path, "test", TESTS="tests/test_decode_plan.py", TEST_K=expr)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    log = (out / "log").read_text()
+    assert re.search(r"^test +ok .*deselected", log, re.M), log
+    with tarfile.open(out / "gpu_check_test.tgz") as tar:
+        part = tar.extractfile("./test/test_decode_plan.log").read().decode()
+    assert re.search(r"\b[1-9]\d* passed", part) and "deselected" in part, part[-2000:]
+
+
 def test_a_failing_part_fails_its_step_and_the_run(tmp_path):
     proc, out = _gpu_check(tmp_path, "test", TESTS="tests/test_no_such_file.py")
     assert proc.returncode == 1
