@@ -4,8 +4,11 @@
 // element it keeps or masks must match the int64 predicate v5 evaluates per
 // element (Visibility::visible and j < k_len).  And the per-unit tile ranges
 // of variant 7 (full_tiles) must accept exactly the tiles
-// Visibility::tile_fully_visible accepts for a warp's 16 rows.  Compiled and
-// run by tests/test_mask_tile.py; prints the counts, exit code 1 on a mismatch.
+// Visibility::tile_fully_visible accepts for a warp's 16 rows.  And where a
+// tile is not fully visible, variant 9's one-bound masks (mask_kind,
+// mask_tile_of_kind) must give the predicate's elements for every thread row
+// of the warp.  Compiled and run by tests/test_mask_tile.py; prints the
+// counts, exit code 1 on a mismatch.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -19,7 +22,10 @@ int main(int argc, char** argv) {
   using swaa::cuda::sm90::full_tiles;
   using swaa::cuda::sm90::mask_key_rows;
   using swaa::cuda::sm90::mask_query_rows;
+  using swaa::cuda::sm90::mask_kind;
   using swaa::cuda::sm90::mask_tile;
+  using swaa::cuda::sm90::mask_tile_of_kind;
+  using swaa::cuda::sm90::mask_tiles;
   const int n_cases = argc > 1 ? std::atoi(argv[1]) : 100000;
   std::mt19937_64 rng(argc > 2 ? std::atoll(argv[2]) : 1);
   auto uniform = [&](int64_t lo, int64_t hi) {
@@ -27,6 +33,7 @@ int main(int argc, char** argv) {
   };
   long elements = 0, masked = 0, mismatches = 0, full = 0, tile_mismatches = 0;
   long bwd_elements = 0, bwd_masked = 0, bwd_mismatches = 0;
+  long kinds[4] = {0, 0, 0, 0}, kind_mismatches = 0;
   for (int i = 0; i < n_cases; ++i) {
     const bool huge = i % 50 == 0;  // positions around and past 2^31
     const int64_t k_len = huge ? uniform(1, INT64_C(3) << 31) : uniform(1, 3000);
@@ -53,8 +60,33 @@ int main(int argc, char** argv) {
         if (!(j < k_len && vis.visible(p, j))) want[4 * n + e] = -INFINITY;
       }
     const bool want_full = vis.tile_fully_visible(p_row, p_row + 15, j0, j0 + 127);
-    const bool got_full = full_tiles(vis, p_row, p_row + 15, 128).fully_visible(int(j0 / 128));
+    const auto warp_full = full_tiles(vis, p_row, p_row + 15, 128);
+    const bool got_full = warp_full.fully_visible(int(j0 / 128));
     full += want_full;
+    // Variant 9: a tile that needs a mask, masked with the bounds its kind keeps,
+    // for a thread row g of the warp whose rows start at p_row.
+    if (!got_full) {
+      const auto kind = mask_kind(warp_full, mask_tiles(vis, p_row, p_row + 15, k_len, 128),
+                                  int(j0 / 128));
+      ++kinds[kind];
+      const int g = static_cast<int>(uniform(0, 7));
+      float x[64];
+      for (int e = 0; e < 64; ++e) x[e] = 1.f;
+      mask_tile_of_kind(x, kind, vis, p_row + g, j0 + 2 * t, k_len);
+      for (int n = 0; n < 16; ++n)
+        for (int e = 0; e < 4; ++e) {
+          const int64_t p = p_row + g + (e >> 1) * 8, j = j0 + 8 * n + 2 * t + (e & 1);
+          const bool want = j < k_len && vis.visible(p, j);
+          if ((x[4 * n + e] == 1.f) != want) {
+            if (kind_mismatches < 5)
+              std::printf("kind %d mismatch: window %lld sink %lld full_from %lld k_len %lld "
+                          "j0 %lld p_row %lld g %d t %d element %d\n", int(kind),
+                          (long long)vis.window, (long long)vis.sink, (long long)vis.full_from,
+                          (long long)k_len, (long long)j0, (long long)p_row, g, t, 4 * n + e);
+            ++kind_mismatches;
+          }
+        }
+    }
     if (got_full != want_full) {
       if (tile_mismatches < 5)
         std::printf("tile mismatch: window %lld sink %lld full_from %lld j0 %lld p_row %lld: "
@@ -107,5 +139,9 @@ int main(int argc, char** argv) {
   std::printf("tiles %d fully_visible %ld tile_mismatches %ld\n", n_cases, full, tile_mismatches);
   std::printf("backward elements %ld masked %ld backward_mismatches %ld\n", bwd_elements, bwd_masked,
               bwd_mismatches);
-  return mismatches == 0 && tile_mismatches == 0 && bwd_mismatches == 0 ? 0 : 1;
+  std::printf("mask kinds upper %ld sink %ld lower %ld both %ld kind_mismatches %ld\n", kinds[0],
+              kinds[1], kinds[2], kinds[3], kind_mismatches);
+  return mismatches == 0 && tile_mismatches == 0 && bwd_mismatches == 0 && kind_mismatches == 0
+             ? 0
+             : 1;
 }
