@@ -379,11 +379,15 @@ def test_lean_levels_same_bits(monkeypatch, dtype, D):
         pytest.skip("no Hopper forward on this device / in this build")
     ff = torch.tensor([1 << 40, 900], dtype=torch.int64, device="cuda")
     # (B, Hq, Hkv, Lq, Lk, window, sink, full_from): sink tiles, a sink that ends
-    # inside a tile (130), windows on and off the 128-key tile edges, Lq < Lk
+    # inside a tile (130), windows on and one past or short of the 128-key tile
+    # edges (so that some warp's window starts exactly on a tile), Lq < Lk with an
+    # offset that is not a multiple of 16
     cases = [(2, 8, 2, 1500, 1500, 333, 4, ff), (1, 4, 2, 577, 577, 1, 0, None),
              (2, 16, 4, 4000, 4000, 700, 4, ff), (1, 4, 2, 1100, 1100, None, 0, None),
              (1, 4, 2, 2000, 2000, 200, 130, None), (1, 4, 2, 1000, 1000, 256, 0, None),
-             (1, 4, 2, 700, 1500, 300, 4, None)]
+             (1, 4, 2, 700, 1500, 300, 4, None), (1, 4, 2, 1500, 1500, 129, 4, None),
+             (1, 4, 2, 1500, 1500, 257, 4, None), (1, 4, 2, 1500, 1500, 130, 4, None),
+             (1, 4, 2, 700, 1501, 129, 4, None)]
     for B, Hq, Hkv, Lq, Lk, window, sink, full_from in cases:
         q, k, v = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + Lk, D=D)
         if window is None:  # keys on a ramp: the running max keeps rising

@@ -247,6 +247,7 @@ enum MaskKind : int { kMaskUpper, kMaskSink, kMaskLower, kMaskBoth };
 __host__ __device__ __forceinline__ MaskTiles mask_tiles(const Visibility& vis, int64_t p_first,
                                                          int64_t p_last, int64_t k_len, int tile) {
   const int64_t window_start = p_first - vis.window + 1;  // kNoWindow: very negative
+  // (window_start < tile only guards the sign: [0, tile) divides to 0 anyway)
   return {clamp_tile((vis.sink + tile - 1) / tile), clamp_tile(k_len / tile),
           p_last >= vis.full_from || window_start < tile ? 0 : clamp_tile(window_start / tile)};
 }
@@ -452,8 +453,9 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       pin_reg(warp_full.sink_end);
       pin_reg(warp_full.window_first);
     }
-    MaskTiles warp_masks = mask_tiles(vis, wp_first, wp_first + 15, p.k_len, BN);  // kLeanMasks
+    MaskTiles warp_masks{};
     if constexpr (LEAN >= kLeanMasks) {
+      warp_masks = mask_tiles(vis, wp_first, wp_first + 15, p.k_len, BN);
       pin_reg(warp_masks.sink_free_first);
       pin_reg(warp_masks.complete_end);
       pin_reg(warp_masks.before_window_end);
