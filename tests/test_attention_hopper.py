@@ -44,7 +44,8 @@ def build_has_hopper():
 HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90-v51-pingpong",
                    "5": "sm90-v51-persistent", "6": "sm90-v51-pingpong-persistent",
                    "7": "sm90-v51-pingpong-persistent-lean",
-                   "8": "sm90-v51-pingpong-persistent-lean-pinned"}
+                   "8": "sm90-v51-pingpong-persistent-lean-pinned",
+                   "9": "sm90-v51-pingpong-persistent-lean-masks"}
 
 
 # The path a call takes with SWAA_FWD_HOPPER unset (kFwdHopperDefault in
@@ -53,7 +54,7 @@ DEFAULT_PATH = HOPPER_VARIANTS["8"]
 
 # Variants a plain run tests: all of them (SWAA_TEST_HOPPER_VARIANTS="6", say,
 # restricts a run to one).
-DEFAULT_TEST_VARIANTS = "1,2,3,4,5,6,7,8"
+DEFAULT_TEST_VARIANTS = "1,2,3,4,5,6,7,8,9"
 
 
 @pytest.fixture(params=list(HOPPER_VARIANTS), ids=list(HOPPER_VARIANTS.values()))
@@ -63,7 +64,8 @@ def hopper(request, monkeypatch):
     K/V ring, group tile skipping, TMA-store epilogue), 4 (v5.1 with ping-pong
     of the consumer warp groups), 5, 6 (3, 4 with persistent CTAs), 7 (6 with the
     lean softmax: one FFMA per score, O rescaled only when a row's max rises by more
-    than 2^8), 8 (7 with LEAN level 2: fewer instructions per turn, fwd51_sm90.cuh)."""
+    than 2^8), 8 (7 with LEAN level 2: fewer instructions per turn, fwd51_sm90.cuh), 9 (8 with
+    one-bound masks on most boundary tiles, LEAN level 3)."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
     only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", DEFAULT_TEST_VARIANTS)
@@ -364,28 +366,38 @@ def test_many_units_per_cta(hopper, monkeypatch, D):
 
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_lean_level_2_same_bits(monkeypatch, dtype, D):
-    """Variant 8 (LEAN level 2 in fwd51_sm90.cuh: the warps' fully-visible
-    tile ranges pinned in registers, unsigned stage arithmetic, the row max
-    from the first pair) changes how the kernel computes its indices, not what
-    it computes: out and lse equal variant 7's bit for bit.  Masked and
+def test_lean_levels_same_bits(monkeypatch, dtype, D):
+    """Variants 8 and 9 (LEAN levels 2 and 3 in fwd51_sm90.cuh: the warps'
+    fully-visible tile ranges pinned in registers, unsigned stage arithmetic,
+    the row max from the first pair; then masks of the one bound that can reject
+    on most boundary tiles) change how the kernel finds what to compute, not
+    what it computes: out and lse equal variant 7's bit for bit.  Masked and
     unmasked tiles, a sink, full_from for one sequence, rows that see no tile
     of a group (window 1), rising scores (O rescaled mid-row), several units
     per CTA."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
     ff = torch.tensor([1 << 40, 900], dtype=torch.int64, device="cuda")
-    cases = [(2, 8, 2, 1500, 333, 4, ff), (1, 4, 2, 577, 1, 0, None),
-             (2, 16, 4, 4000, 700, 4, ff), (1, 4, 2, 1100, None, 0, None)]
-    for B, Hq, Hkv, L, window, sink, full_from in cases:
-        q, k, v = inputs(B, Hq, Hkv, L, L, dtype, seed=L, D=D)
+    # (B, Hq, Hkv, Lq, Lk, window, sink, full_from): sink tiles, a sink that ends
+    # inside a tile (130), windows on and one past or short of the 128-key tile
+    # edges (so that some warp's window starts exactly on a tile), Lq < Lk with an
+    # offset that is not a multiple of 16
+    cases = [(2, 8, 2, 1500, 1500, 333, 4, ff), (1, 4, 2, 577, 577, 1, 0, None),
+             (2, 16, 4, 4000, 4000, 700, 4, ff), (1, 4, 2, 1100, 1100, None, 0, None),
+             (1, 4, 2, 2000, 2000, 200, 130, None), (1, 4, 2, 1000, 1000, 256, 0, None),
+             (1, 4, 2, 700, 1500, 300, 4, None), (1, 4, 2, 1500, 1500, 129, 4, None),
+             (1, 4, 2, 1500, 1500, 257, 4, None), (1, 4, 2, 1500, 1500, 130, 4, None),
+             (1, 4, 2, 700, 1501, 129, 4, None)]
+    for B, Hq, Hkv, Lq, Lk, window, sink, full_from in cases:
+        q, k, v = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + Lk, D=D)
         if window is None:  # keys on a ramp: the running max keeps rising
-            ramp = torch.linspace(0.0, 12.0, L, device="cuda")
+            ramp = torch.linspace(0.0, 12.0, Lk, device="cuda")
             k = (k.float() * ramp[:, None]).to(k.dtype)
         results = {}
-        for knob in ("7", "8"):
+        for knob in ("7", "8", "9"):
             monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
             assert torch.ops.swaa.fwd_path(q, k, v) == HOPPER_VARIANTS[knob]
             results[knob] = fwd(q, k, v, window, sink, full_from, 0.1)
-        for name, a, b in zip(("out", "lse"), results["7"], results["8"]):
-            assert torch.equal(a, b), f"{name} of variant 8 differs from 7: {(B, L, window)}"
+        for knob in ("8", "9"):
+            for name, a, b in zip(("out", "lse"), results["7"], results[knob]):
+                assert torch.equal(a, b), f"{name} of {knob} differs from 7: {(Lq, Lk, window)}"

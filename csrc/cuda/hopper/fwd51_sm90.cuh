@@ -55,7 +55,11 @@
 //     instructions in front of the softmax: cuobjdump, session 14), the K/V
 //     stage and its parity come from unsigned arithmetic (no sign fix-ups),
 //     and a row's max starts from its first pair of scores instead of -inf.
-//     Same arithmetic, so the same bits as 1.
+//     Same arithmetic, so the same bits as 1.  3 (variant 9) also masks a
+//     boundary tile with only the clause that can reject there (mask_kind:
+//     the causal one on the diagonal tile, the window's on its first tile,
+//     the sink's on the sink tile; one compare per element instead of
+//     three), the same elements.
 // Without LEAN the arithmetic of each row is the same as v5's (same tiles in
 // the same order, same instructions), so v5.1 is expected to agree with v5
 // bitwise.
@@ -203,16 +207,57 @@ struct FullTiles {
   }
 };
 
+constexpr int64_t kBigTile = int64_t(1) << 30;  // tile indices are clamped to it
+__host__ __device__ __forceinline__ int clamp_tile(int64_t x) {
+  return static_cast<int>(x < kBigTile ? x : kBigTile);
+}
+
 __host__ __device__ __forceinline__ FullTiles full_tiles(const Visibility& vis, int64_t p_first,
                                                          int64_t p_last, int tile) {
-  constexpr int64_t kBig = int64_t(1) << 30;
-  auto to_int = [](int64_t x) { return static_cast<int>(x < kBig ? x : kBig); };
   FullTiles f;
-  f.causal_last = to_int((p_first + 1) / tile - 1);
-  f.sink_end = to_int(vis.sink / tile);
+  f.causal_last = clamp_tile((p_first + 1) / tile - 1);
+  f.sink_end = clamp_tile(vis.sink / tile);
   const int64_t d = p_last - vis.window;  // kNoWindow: very negative
-  f.window_first = p_first >= vis.full_from || d < 0 ? 0 : to_int(d / tile + 1);
+  f.window_first = p_first >= vis.full_from || d < 0 ? 0 : clamp_tile(d / tile + 1);
   return f;
+}
+
+// Which clauses of mask_tile's test (c <= hi: causal and keys before k_len;
+// c >= lo: inside the window; c < sink_c: a sink key) can reject elements of
+// a tile that is not fully visible to a warp's rows [p_first, p_last]
+// (LEAN >= kLeanMasks):
+//   kMaskUpper  the window-or-sink clause holds for every element (the tile
+//               lies in the sink, or at or past window_first): c <= hi;
+//   otherwise, when c <= hi holds for every element (t <= causal_last, no key
+//   past k_len):
+//   kMaskSink   every key lies before every row's window, and no row is past
+//               full_from: c < sink_c (the sink tile, once rows are W + 128
+//               past it);
+//   kMaskLower  no key is a sink key: c >= lo (the window's first tile);
+//   kMaskBoth   anything else: the whole test.
+// With FullTiles' ranges and three more:
+struct MaskTiles {
+  int sink_free_first;    // tiles t >= this hold no sink key: ceil(sink / tile)
+  int complete_end;       // tiles t < this hold no key at or past k_len: k_len / tile
+  int before_window_end;  // tiles t < this end before every row's window (0 if a
+                          // row is past full_from): (p_first - window + 1) / tile
+};
+enum MaskKind : int { kMaskUpper, kMaskSink, kMaskLower, kMaskBoth };
+
+__host__ __device__ __forceinline__ MaskTiles mask_tiles(const Visibility& vis, int64_t p_first,
+                                                         int64_t p_last, int64_t k_len, int tile) {
+  const int64_t window_start = p_first - vis.window + 1;  // kNoWindow: very negative
+  // (window_start < tile only guards the sign: [0, tile) divides to 0 anyway)
+  return {clamp_tile((vis.sink + tile - 1) / tile), clamp_tile(k_len / tile),
+          p_last >= vis.full_from || window_start < tile ? 0 : clamp_tile(window_start / tile)};
+}
+
+__host__ __device__ __forceinline__ MaskKind mask_kind(const FullTiles& f, const MaskTiles& m,
+                                                       int t) {
+  if (t < f.sink_end || t >= f.window_first) return kMaskUpper;
+  if (t > f.causal_last || t >= m.complete_end) return kMaskBoth;
+  if (t < m.before_window_end) return kMaskSink;
+  return t >= m.sink_free_first ? kMaskLower : kMaskBoth;
 }
 
 // Sets to -inf the scores of a thread's 64 accumulator elements of a 16 x 128
@@ -229,6 +274,22 @@ __host__ __device__ __forceinline__ FullTiles full_tiles(const Visibility& vis, 
 __host__ __device__ __forceinline__ void mask_tile(float (&sc)[64], const Visibility& vis,
                                                    int64_t p_row, int64_t j_col, int64_t k_len) {
   mask_query_rows<16>(sc, vis, p_row, j_col, k_len);  // mask_sm90.cuh, shared with the backward
+}
+
+// mask_tile with only the clause that `kind` says can reject (mask_kind): one
+// compare per element instead of three on most boundary tiles (the diagonal
+// tile, the window's first tile, the sink tile).  Same result.
+__host__ __device__ __forceinline__ void mask_tile_of_kind(float (&sc)[64], MaskKind kind,
+                                                           const Visibility& vis, int64_t p_row,
+                                                           int64_t j_col, int64_t k_len) {
+  if (kind == kMaskUpper)
+    mask_query_rows_upper<16>(sc, p_row, j_col, k_len);
+  else if (kind == kMaskSink)
+    mask_query_rows_sink<16>(sc, vis, j_col);
+  else if (kind == kMaskLower)
+    mask_query_rows_lower<16>(sc, vis, p_row, j_col);
+  else
+    mask_query_rows<16>(sc, vis, p_row, j_col, k_len);
 }
 
 // One work unit: kBlockM query rows of one (batch, query head).
@@ -262,7 +323,7 @@ __device__ __forceinline__ Fwd51Unit fwd51_unit(const AttnParams& p, int u, int 
 }
 
 // LEAN levels (see the top of the file).
-constexpr int kLean = 1, kLeanPinned = 2;
+constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3;
 
 template <typename T, int D, bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
@@ -392,6 +453,13 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       pin_reg(warp_full.sink_end);
       pin_reg(warp_full.window_first);
     }
+    MaskTiles warp_masks{};
+    if constexpr (LEAN >= kLeanMasks) {
+      warp_masks = mask_tiles(vis, wp_first, wp_first + 15, p.k_len, BN);
+      pin_reg(warp_masks.sink_free_first);
+      pin_reg(warp_masks.complete_end);
+      pin_reg(warp_masks.before_window_end);
+    }
     const SpanTiles group_tiles = span_tiles(vis, gp_first, gp_first + 63, p.k_len, BN);
 
 #pragma unroll
@@ -436,9 +504,16 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     // v5 unless LEAN (see the top of the file).
     auto softmax_tile = [&](int it) {
       const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
-      if constexpr (LEAN >= kLean) {
+      if constexpr (LEAN >= kLeanMasks) {
+        // (mask_kind is warp-uniform: the branches stay convergent)
+        if (!warp_full.fully_visible(tiles[it]))
+          mask_tile_of_kind(sc, mask_kind(warp_full, warp_masks, tiles[it]), vis, wp_first + g,
+                            j0 + 2 * t, p.k_len);
+      } else if constexpr (LEAN >= kLean) {
         if (!warp_full.fully_visible(tiles[it]))
           mask_tile(sc, vis, wp_first + g, j0 + 2 * t, p.k_len);
+      }
+      if constexpr (LEAN >= kLean) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           // (kLeanPinned: from the first pair; the same max)

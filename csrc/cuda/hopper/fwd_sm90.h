@@ -28,7 +28,8 @@ enum class Fit {
 // consumer groups; 5, 6 = 3, 4 with persistent CTAs (one per SM); 7 = 6 with
 // the lean softmax (LEAN in fwd51_sm90.cuh); 8 = 7 with fewer instructions
 // per turn (LEAN level 2: the warps' fully-visible tile ranges kept in
-// registers, unsigned stage arithmetic).
+// registers, unsigned stage arithmetic); 9 = 8 masking most boundary tiles
+// with the one bound that can reject there (LEAN level 3).
 
 // Whether the call described by p fits the Hopper kernel `variant` on the
 // current device.

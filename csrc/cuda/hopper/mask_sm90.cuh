@@ -31,6 +31,16 @@ __host__ __device__ __forceinline__ int clamp_column(int64_t x) {
 //   hi = min(p - j_col, k_len - 1 - j_col)   (causal, keys past the end),
 //   lo = p - j_col - window + 1, or 0 once p >= full_from,
 //   sink_c = sink - j_col.
+// The per-row bounds for the one-bound masks below (d = p - j_col).
+// mask_query_rows keeps its own copy of the two lines: written through these
+// helpers its SASS changes (nvcc 13.0), untimed.
+__host__ __device__ __forceinline__ int query_row_hi(int64_t d, int64_t j_col, int64_t k_len) {
+  return clamp_column(d < k_len - 1 - j_col ? d : k_len - 1 - j_col);
+}
+__host__ __device__ __forceinline__ int query_row_lo(const Visibility& vis, int64_t p, int64_t d) {
+  return p >= vis.full_from ? 0 : clamp_column(d - vis.window + 1);
+}
+
 template <int NB>
 __host__ __device__ __forceinline__ void mask_query_rows(float (&x)[4 * NB], const Visibility& vis,
                                                          int64_t p_row, int64_t j_col,
@@ -51,6 +61,54 @@ __host__ __device__ __forceinline__ void mask_query_rows(float (&x)[4 * NB], con
       const int c = 8 * n + (e & 1), rh = e >> 1;
       if (!(c <= hi[rh] && (c >= lo[rh] || c < sink_c))) x[4 * n + e] = -INFINITY;
     }
+}
+
+// mask_query_rows for a tile where only the upper bound can reject: every
+// element has c >= lo or c < sink_c (the tile lies in the sink or wholly
+// inside every row's window), so visible <=> c <= hi.  One compare per element.
+template <int NB>
+__host__ __device__ __forceinline__ void mask_query_rows_upper(float (&x)[4 * NB], int64_t p_row,
+                                                               int64_t j_col, int64_t k_len) {
+  int hi[2];
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) hi[rh] = query_row_hi(p_row + 8 * rh - j_col, j_col, k_len);
+#pragma unroll
+  for (int n = 0; n < NB; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (8 * n + (e & 1) > hi[e >> 1]) x[4 * n + e] = -INFINITY;
+}
+
+// mask_query_rows for a tile where only the window's lower bound can reject:
+// every element has c <= hi (the tile's keys are below every row's position
+// and k_len) and none is a sink key (c >= sink_c), so visible <=> c >= lo.
+template <int NB>
+__host__ __device__ __forceinline__ void mask_query_rows_lower(float (&x)[4 * NB],
+                                                               const Visibility& vis,
+                                                               int64_t p_row, int64_t j_col) {
+  int lo[2];
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) lo[rh] = query_row_lo(vis, p_row + 8 * rh, p_row + 8 * rh - j_col);
+#pragma unroll
+  for (int n = 0; n < NB; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (8 * n + (e & 1) < lo[e >> 1]) x[4 * n + e] = -INFINITY;
+}
+
+// mask_query_rows for a tile whose keys all lie before every row's window
+// (and before every row's position and k_len): visible <=> c < sink_c.  No
+// per-row work.
+template <int NB>
+__host__ __device__ __forceinline__ void mask_query_rows_sink(float (&x)[4 * NB],
+                                                              const Visibility& vis,
+                                                              int64_t j_col) {
+  const int sink_c = clamp_column(vis.sink - j_col);
+#pragma unroll
+  for (int n = 0; n < NB; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (8 * n + (e & 1) >= sink_c) x[4 * n + e] = -INFINITY;
 }
 
 // Rows are keys (j_row, j_row + 8), columns queries p_col + c (the S^T tiles
