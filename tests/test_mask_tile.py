@@ -3,7 +3,8 @@ fwd51_sm90.cuh, mask_tile) is the visibility predicate: a host program
 (tests/native/mask_tile_check.cu, compiled here with nvcc) compares it with the
 int64 per-element test of v5 (Visibility::visible, j < k_len) on random masks,
 tiles and rows, also past 2^31 positions; and variant 7's per-unit ranges of fully
-visible tiles (full_tiles) with Visibility::tile_fully_visible.  Needs nvcc (CUDA_HOME or PATH), no GPU;
+visible tiles (full_tiles) with Visibility::tile_fully_visible, and the backward
+kernels' per-item test (group_items) with the key span (visible_keys) it replaces.  Needs nvcc (CUDA_HOME or PATH), no GPU;
 skipped without nvcc.
 """
 from __future__ import annotations
@@ -28,3 +29,5 @@ def test_mask_tile_is_the_visibility_predicate(tmp_path):
         # the backward's masks (mask_sm90.cuh): rows of queries and rows of keys
         assert "backward_mismatches 0" in res.stdout, res.stdout
         assert "backward elements 0 " not in res.stdout and " masked 0 backward" not in res.stdout
+        # the backward kernels' per-item test (group_items): both outcomes, no mismatch
+        assert "item_mismatches 0" in res.stdout and " active 0 " not in res.stdout, res.stdout
