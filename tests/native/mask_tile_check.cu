@@ -112,6 +112,10 @@ int main(int argc, char** argv) {
       const int64_t pos0 = r == 0 ? uniform(a > 200 ? a - 200 : 0, a + 200) : uniform(0, k_len - 1);
       if (pos0 > k_len - 1) continue;
       check_item(vis, k_len, a, pos0);
+      if (r == 1) {  // full_from at the last key and one past it: the guard of full_pos
+        Visibility at_end = vis;
+        for (int64_t ff : {k_len - 1, k_len}) at_end.full_from = ff, check_item(at_end, k_len, a, pos0);
+      }
     }
     // The backward's masks (mask_sm90.cuh), 8 column blocks: rows are queries
     // (the dq kernel) or keys (the dk/dv kernels' S^T).

@@ -401,6 +401,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   const uint64_t q_mn0 = descs.q_mn0, do_mn0 = descs.do_mn0;
   constexpr uint32_t kStageBytes = sizeof(s.q[0]);
 
+  static_assert(BM == GroupItems::kSpan, "group_items: items of 64 rows, groups of 64 keys");
   const GroupItems items = group_items(vis, wg_j_first, p.k_len);  // bwd_sm90.cuh
   const int count = w.end - w.first;
   for (int n = 0; n < count; ++n) {

@@ -259,7 +259,8 @@ __device__ __forceinline__ void issue_product_pair(float (&x)[32], float (&y)[32
 }
 
 // Whether a consumer group's 64 keys [a, a + 63] are seen by any query of an
-// item, the item's 64 rows starting at position pos0 (pos0 <= k_len - 1):
+// item, the item's 64 rows starting at position pos0 (0 <= pos0 <= k_len - 1:
+// item rows are below q_len, and q_offset = k_len - q_len >= 0, ops.cpp):
 // visible_keys(vis, pos0, min(pos0 + 63, k_len - 1)) meets the keys.  Worked
 // out from visible_keys once per CTA, so an item costs three int64 compares
 // instead of the key span (session 14, branch bwdactive):
@@ -269,6 +270,7 @@ __device__ __forceinline__ void issue_product_pair(float (&x)[32], float (&y)[32
 // as visible_keys' head and body; a group at or past k_len sees nothing.
 // tests/native/mask_tile_check.cu compares it with the key span.
 struct GroupItems {
+  static constexpr int kSpan = 64;  // an item's query rows, a group's keys (63 below)
   int64_t first_pos;  // items from here on reach the keys causally
   int64_t last_pos;   // items up to here reach them through the window (INT64_MAX: sink keys)
   int64_t full_pos;   // items whose last row is at or past this see every earlier key
@@ -451,6 +453,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   // (In a sink block the far rows see only the sink keys: the other group
   // skips them.  A skipped item would add exact zeros.)  After the stage's
   // full barrier: the item's first row comes from the producer.
+  static_assert(BM == GroupItems::kSpan, "group_items: items of 64 rows, groups of 64 keys");
   const GroupItems items = group_items(vis, wg_j_first, p.k_len);
   auto item_active = [&](int st) { return items.active(s.item_row0[st] + p.q_offset); };
   auto stage_of = [&](int it) { return (it - w.first) % ST; };
