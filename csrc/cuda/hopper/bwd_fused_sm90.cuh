@@ -455,24 +455,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     };
     if (active) {
       float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
-      fence_regs(sc);
-      fence_regs(dp);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-        const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(sc, desc_advance(k_desc, a_off),
-                        desc_advance(q_desc0, st * kStageBytes + b_off), kk > 0);
-      }
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-        const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(dp, desc_advance(v_desc, a_off),
-                        desc_advance(do_desc0, st * kStageBytes + b_off), kk > 0);
-      }
-      wgmma_commit();
+      // As the dk/dv kernel (bwd_sm90.cuh), committed, not waited for.
+      issue_product_pair<T, D>(sc, dp, k_desc, desc_advance(q_desc0, st * kStageBytes), v_desc,
+                               desc_advance(do_desc0, st * kStageBytes), kKHalf, kQHalf);
       publish_turn();
       wgmma_wait<0>();
       fence_regs(sc);

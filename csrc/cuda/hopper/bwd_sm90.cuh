@@ -232,10 +232,8 @@ __device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&x)[32]
 // Two 64 x 64 products over the head dim issued as one committed wgmma group
 // (not waited for): x = A0 B0^T, y = A1 B1^T, every operand K-major in shared memory
 // with its D columns in 64-column halves a_half (A) / b_half (B) bytes apart.
-// The scores of the dk/dv kernel (S^T, dP^T) and of the dq kernel (S, dP).
-// (The single pass issues the dk/dv kernel's products with the stage offset
-// folded into each step's advance: through this function its SASS changes,
-// not yet timed.)
+// The scores of the dk/dv kernel and the single pass (S^T, dP^T) and of the
+// dq kernel (S, dP).
 template <typename T, int D>
 __device__ __forceinline__ void issue_product_pair(float (&x)[32], float (&y)[32], uint64_t a0,
                                                    uint64_t b0, uint64_t a1, uint64_t b1,
