@@ -3,8 +3,10 @@ fwd51_sm90.cuh, mask_tile) is the visibility predicate: a host program
 (tests/native/mask_tile_check.cu, compiled here with nvcc) compares it with the
 int64 per-element test of v5 (Visibility::visible, j < k_len) on random masks,
 tiles and rows, also past 2^31 positions; and variant 7's per-unit ranges of fully
-visible tiles (full_tiles) with Visibility::tile_fully_visible, and variant 9's
-one-bound masks of the tiles that are not (mask_kind, mask_tile_of_kind).  Needs nvcc (CUDA_HOME or PATH), no GPU;
+visible tiles (full_tiles) with Visibility::tile_fully_visible, variant 9's
+one-bound masks of the tiles that are not (mask_kind, mask_tile_of_kind), and the
+backward kernels' per-item test (group_items) with the key span (visible_keys) it
+replaces.  Needs nvcc (CUDA_HOME or PATH), no GPU;
 skipped without nvcc.
 """
 from __future__ import annotations
@@ -35,3 +37,5 @@ def test_mask_tile_is_the_visibility_predicate(tmp_path):
                           r"kind_mismatches (\d+)", res.stdout)
         assert kinds, res.stdout
         assert all(int(n) > 0 for n in kinds.groups()[:4]) and kinds.group(5) == "0", res.stdout
+        # the backward kernels' per-item test (group_items): both outcomes, no mismatch
+        assert "item_mismatches 0" in res.stdout and " active 0 " not in res.stdout, res.stdout

@@ -7,19 +7,23 @@
 // Visibility::tile_fully_visible accepts for a warp's 16 rows.  And where a
 // tile is not fully visible, variant 9's one-bound masks (mask_kind,
 // mask_tile_of_kind) must give the predicate's elements for every thread row
-// of the warp.  Compiled and run by tests/test_mask_tile.py; prints the
-// counts, exit code 1 on a mismatch.
+// of the warp.  And the backward kernels' per-item test (group_items) must
+// agree with the key span (visible_keys) it replaces.  Compiled and run by
+// tests/test_mask_tile.py; prints the counts, exit code 1 on a mismatch.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 
+#include "cuda/hopper/bwd_sm90.cuh"
 #include "cuda/hopper/fwd51_sm90.cuh"
 #include "cuda/hopper/mask_sm90.cuh"
 
 int main(int argc, char** argv) {
   using swaa::Visibility;
   using swaa::cuda::sm90::full_tiles;
+  using swaa::cuda::sm90::group_items;
   using swaa::cuda::sm90::mask_key_rows;
   using swaa::cuda::sm90::mask_query_rows;
   using swaa::cuda::sm90::mask_kind;
@@ -89,6 +93,43 @@ int main(int argc, char** argv) {
       ++kind_mismatches;
     }
   }
+  long items = 0, items_active = 0, item_mismatches = 0;
+  // One item test against the key span it replaces (group_items, bwd_sm90.cuh).
+  auto check_item = [&](const Visibility& vis, int64_t k_len, int64_t a, int64_t pos0) {
+    const swaa::KeySpan seen = swaa::visible_keys(vis, pos0, std::min(pos0 + 63, k_len - 1));
+    const bool want = (a < seen.head.end && a + 63 >= seen.head.begin) ||
+                      (a < seen.body.end && a + 63 >= seen.body.begin);
+    const bool got = group_items(vis, a, k_len).active(pos0);
+    ++items;
+    items_active += want;
+    if (got != want) {
+      if (item_mismatches < 5)
+        std::printf("item mismatch: window %lld sink %lld full_from %lld k_len %lld a %lld "
+                    "pos0 %lld: got %d want %d\n", (long long)vis.window, (long long)vis.sink,
+                    (long long)vis.full_from, (long long)k_len, (long long)a, (long long)pos0,
+                    got, want);
+      ++item_mismatches;
+    }
+  };
+  // Each bound of the test exactly, and one past: the window's last item
+  // (a + 63 + window - 1), the first item whose last row reaches full_from
+  // (also where full_from is the last key), the first causal item, a group at
+  // k_len, sink keys.
+  {
+    Visibility vis;
+    vis.window = 100, vis.sink = 0, vis.full_from = swaa::kNever;
+    for (int64_t pos0 : {289, 290, 291}) check_item(vis, 1000, 128, pos0);
+    for (int64_t pos0 : {63, 64, 65}) check_item(vis, 1000, 128, pos0);
+    vis.full_from = 400;
+    for (int64_t pos0 : {336, 337}) check_item(vis, 1000, 0, pos0);
+    vis.full_from = 999;
+    for (int64_t pos0 : {935, 936}) check_item(vis, 1000, 0, pos0);
+    vis.full_from = 1000;  // past the last key: never reached
+    for (int64_t pos0 : {936, 999}) check_item(vis, 1000, 0, pos0);
+    for (int64_t pos0 : {900, 999}) check_item(vis, 1000, 1024, pos0);
+    vis.sink = 200;
+    for (int64_t pos0 : {500, 999}) check_item(vis, 1000, 128, pos0);
+  }
   for (int i = 0; i < n_cases; ++i) {
     const bool huge = i % 50 == 0;  // positions around and past 2^31
     const int64_t k_len = huge ? uniform(1, INT64_C(3) << 31) : uniform(1, 3000);
@@ -118,7 +159,27 @@ int main(int argc, char** argv) {
     const auto warp_full = full_tiles(vis, p_row, p_row + 15, 128);
     const bool got_full = warp_full.fully_visible(int(j0 / 128));
     full += want_full;
+    if (got_full != want_full) {
+      if (tile_mismatches < 5)
+        std::printf("tile mismatch: window %lld sink %lld full_from %lld j0 %lld p_row %lld: "
+                    "got %d want %d\n", (long long)vis.window, (long long)vis.sink,
+                    (long long)vis.full_from, (long long)j0, (long long)p_row, got_full, want_full);
+      ++tile_mismatches;
+    }
     if (!got_full) check_kind(vis, k_len, j0, p_row);
+    // The backward kernels' item test (group_items, bwd_sm90.cuh): does any of
+    // an item's 64 query rows from pos0 see a group's 64 keys from a?  As the
+    // kernels asked before: visible_keys of the rows meets the keys.
+    for (int r = 0; r < 4; ++r) {
+      const int64_t a = uniform(0, k_len / 64 + 1) * 64;
+      const int64_t pos0 = r == 0 ? uniform(a > 200 ? a - 200 : 0, a + 200) : uniform(0, k_len - 1);
+      if (pos0 > k_len - 1) continue;
+      check_item(vis, k_len, a, pos0);
+      if (r == 1) {  // full_from at the last key and one past it: the guard of full_pos
+        Visibility at_end = vis;
+        for (int64_t ff : {k_len - 1, k_len}) at_end.full_from = ff, check_item(at_end, k_len, a, pos0);
+      }
+    }
     // The backward's masks (mask_sm90.cuh), 8 column blocks: rows are queries
     // (the dq kernel) or keys (the dk/dv kernels' S^T).
     {
@@ -166,7 +227,9 @@ int main(int argc, char** argv) {
               bwd_mismatches);
   std::printf("mask kinds upper %ld sink %ld lower %ld both %ld kind_mismatches %ld\n", kinds[0],
               kinds[1], kinds[2], kinds[3], kind_mismatches);
-  return mismatches == 0 && tile_mismatches == 0 && bwd_mismatches == 0 && kind_mismatches == 0
+  std::printf("items %ld active %ld item_mismatches %ld\n", items, items_active, item_mismatches);
+  return mismatches == 0 && tile_mismatches == 0 && bwd_mismatches == 0 && kind_mismatches == 0 &&
+                 item_mismatches == 0
              ? 0
              : 1;
 }

@@ -160,10 +160,11 @@ struct alignas(1024) FusedSm90Smem {
   uint64_t dq_empty[kDqBufs];   // writer -> consumers: the bulk add has read it
   uint64_t g1_staged[kDqBufs];  // group 1 -> group 0: group 1's dQ part is in the buffer
   // Item n's accumulator tile ((b * q_heads + h) * tiles + m) and dq_turn(),
-  // in slot n & 3 (written at the start of item n by group 0, read by the
-  // writer after dq_full of item n).  The slot's previous reader, the writer
-  // of item n - 4, is done: group 0 reached item n after its wait for group 1
-  // at item n - 1, which waited for the writer's read of item n - 1 - bufs.
+  // in slot n & 3 (written during item n by thread 128 of group 0, before
+  // its arrival on dq_full; read by the writer after dq_full of item n).
+  // The slot's previous reader, the writer of item n - 4, is done: group 0
+  // reached item n after its wait for group 1 at item n - 1, which waited for
+  // the writer's read of item n - 1 - bufs.
   int64_t dq_tile[4];
   int dq_rank[4], dq_total[4];
   int ticket;
@@ -400,6 +401,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   const uint64_t q_mn0 = descs.q_mn0, do_mn0 = descs.do_mn0;
   constexpr uint32_t kStageBytes = sizeof(s.q[0]);
 
+  static_assert(BM == GroupItems::kSpan, "group_items: items of 64 rows, groups of 64 keys");
+  const GroupItems items = group_items(vis, wg_j_first, p.k_len);  // bwd_sm90.cuh
   const int count = w.end - w.first;
   for (int n = 0; n < count; ++n) {
     const int st = n % ST, buf = n & 1;
@@ -411,10 +414,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     const int64_t pos0 = row0 + p.q_offset;  // position of the item's first row
     // Does any query of the item see any of this group's 64 keys?  (As in the
     // dk/dv kernel: in a sink block the far rows see only the sink keys.)
-    const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
-    const int64_t wg_j_last = wg_j_first + 63;
-    const bool active = (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
-                        (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
+    const bool active = items.active(pos0);
     T* const ds_mine = s.ds[COLS ? buf : 0][cg];  // this group's dS half
     // K's address through an opaque move: the B descriptors of the dQ
     // product are rebuilt here (a few integer ops) rather than hoisted out of
@@ -440,33 +440,25 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     if constexpr (!COLS) {
       if (n > 0) group_bar_sync(cg);
     }
-    if (threadIdx.x == 128) {  // the item's tile and turn, for the writer
-      const DqTurn turn = dq_turn<BN, BM>(p, vis, row0, static_cast<int>(w.j_first / BN));
-      s.dq_tile[n & 3] =
-          (static_cast<int64_t>(w.b) * p.q_heads + s.item_head[st]) * fdq.tiles + row0 / BM;
-      s.dq_rank[n & 3] = turn.rank;
-      s.dq_total[n & 3] = turn.total;
-    }
+    // The item's tile and turn, for the writer: worked out by thread 128 (the
+    // first of consumer group 0) while the item's S^T, dP^T run, since a
+    // wgmma waits for all four warps of its group (at the start of the item
+    // the ~80 integer instructions held group 0's products back each item).
+    auto publish_turn = [&]() {
+      if (threadIdx.x == 128) {
+        const DqTurn turn = dq_turn<BN, BM>(p, vis, row0, static_cast<int>(w.j_first / BN));
+        s.dq_tile[n & 3] =
+            (static_cast<int64_t>(w.b) * p.q_heads + s.item_head[st]) * fdq.tiles + row0 / BM;
+        s.dq_rank[n & 3] = turn.rank;
+        s.dq_total[n & 3] = turn.total;
+      }
+    };
     if (active) {
       float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
-      fence_regs(sc);
-      fence_regs(dp);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-        const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(sc, desc_advance(k_desc, a_off),
-                        desc_advance(q_desc0, st * kStageBytes + b_off), kk > 0);
-      }
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
-        const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
-        wgmma_ss_n64<T>(dp, desc_advance(v_desc, a_off),
-                        desc_advance(do_desc0, st * kStageBytes + b_off), kk > 0);
-      }
-      wgmma_commit();
+      // As the dk/dv kernel (bwd_sm90.cuh), committed, not waited for.
+      issue_product_pair<T, D>(sc, dp, k_desc, desc_advance(q_desc0, st * kStageBytes), v_desc,
+                               desc_advance(do_desc0, st * kStageBytes), kKHalf, kQHalf);
+      publish_turn();
       wgmma_wait<0>();
       fence_regs(sc);
       fence_regs(dp);
@@ -545,6 +537,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         dq_done = true;
       }
     } else {
+      publish_turn();
       // No query of the item sees this group's keys: dS = 0 (the dQ product
       // below runs over both halves unconditionally).
       uint4* ds_half = reinterpret_cast<uint4*>(ds_mine);

@@ -232,10 +232,8 @@ __device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&x)[32]
 // Two 64 x 64 products over the head dim issued as one committed wgmma group
 // (not waited for): x = A0 B0^T, y = A1 B1^T, every operand K-major in shared memory
 // with its D columns in 64-column halves a_half (A) / b_half (B) bytes apart.
-// The scores of the dk/dv kernel (S^T, dP^T) and of the dq kernel (S, dP).
-// (The single pass issues the dk/dv kernel's products with the stage offset
-// folded into each step's advance: through this function its SASS changes,
-// not yet timed.)
+// The scores of the dk/dv kernel and the single pass (S^T, dP^T) and of the
+// dq kernel (S, dP).
 template <typename T, int D>
 __device__ __forceinline__ void issue_product_pair(float (&x)[32], float (&y)[32], uint64_t a0,
                                                    uint64_t b0, uint64_t a1, uint64_t b1,
@@ -256,6 +254,43 @@ __device__ __forceinline__ void issue_product_pair(float (&x)[32], float (&y)[32
     wgmma_ss_n64<T>(y, desc_advance(a1, a_off), desc_advance(b1, b_off), kk > 0);
   }
   wgmma_commit();
+}
+
+// Whether a consumer group's 64 keys [a, a + 63] are seen by any query of an
+// item, the item's 64 rows starting at position pos0 (0 <= pos0 <= k_len - 1:
+// item rows are below q_len, and q_offset = k_len - q_len >= 0, ops.cpp):
+// visible_keys(vis, pos0, min(pos0 + 63, k_len - 1)) meets the keys.  Worked
+// out from visible_keys once per CTA, so an item costs three int64 compares
+// instead of the key span (session 14, branch bwdactive):
+//   active <=> a <= p_last && (a < sink || p_last >= full_from
+//                              || pos0 <= a + 63 + window - 1),
+// p_last = min(pos0 + 63, k_len - 1): the sink clause and the window clause
+// as visible_keys' head and body; a group at or past k_len sees nothing.
+// tests/native/mask_tile_check.cu compares it with the key span.
+struct GroupItems {
+  static constexpr int kSpan = 64;  // an item's query rows, a group's keys (63 below)
+  int64_t first_pos;  // items from here on reach the keys causally
+  int64_t last_pos;   // items up to here reach them through the window (INT64_MAX: sink keys)
+  int64_t full_pos;   // items whose last row is at or past this see every earlier key
+  __host__ __device__ __forceinline__ bool active(int64_t pos0) const {
+    return pos0 >= first_pos && (pos0 <= last_pos || pos0 + 63 >= full_pos);
+  }
+};
+
+__host__ __device__ __forceinline__ GroupItems group_items(const Visibility& vis, int64_t a,
+                                                           int64_t k_len) {
+  constexpr int64_t kNone = INT64_MAX;  // no position reaches it (pos0 + 63 < 2^62)
+  GroupItems r;
+  r.first_pos = a <= k_len - 1 ? a - 63 : kNone;
+  r.last_pos = a < vis.sink ? kNone : a + 63 + vis.window - 1;  // window <= 2^60: no overflow
+  // p_last >= full_from <=> pos0 + 63 >= full_from and k_len - 1 >= full_from
+  r.full_pos = k_len - 1 >= vis.full_from ? vis.full_from : kNone;
+#if defined(__CUDA_ARCH__)
+  // Kept in registers: ptxas would rather recompute them per item (as it did
+  // the forward's full_tiles, fwd51_sm90.cuh pin_reg).
+  asm volatile("" : "+l"(r.first_pos), "+l"(r.last_pos), "+l"(r.full_pos));
+#endif
+  return r;
 }
 
 // P^T and dS^T of one consumer group's item in place in sc, dp (S^T, dP^T:
@@ -416,13 +451,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   // (In a sink block the far rows see only the sink keys: the other group
   // skips them.  A skipped item would add exact zeros.)  After the stage's
   // full barrier: the item's first row comes from the producer.
-  auto item_active = [&](int st) {
-    const int64_t pos0 = s.item_row0[st] + p.q_offset;
-    const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
-    const int64_t wg_j_last = wg_j_first + 63;
-    return (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
-           (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
-  };
+  static_assert(BM == GroupItems::kSpan, "group_items: items of 64 rows, groups of 64 keys");
+  const GroupItems items = group_items(vis, wg_j_first, p.k_len);
+  auto item_active = [&](int st) { return items.active(s.item_row0[st] + p.q_offset); };
   auto stage_of = [&](int it) { return (it - w.first) % ST; };
   auto parity_of = [&](int it) { return static_cast<uint32_t>(((it - w.first) / ST) & 1); };
   // The steps of one item, on the caller's registers: sc, dp (S^T, dP^T: key
