@@ -121,7 +121,9 @@ at::Tensor aligned(const at::Tensor& t) {
 // see cuda/hopper/fwd_sm90.h), the device is compute capability 9.0 and the
 // call fits (strides a TMA tensor map can describe); the sm_80 kernel
 // otherwise.  All compute the same function (tests/test_attention_cuda.py).
-// Default 8 since session 14: 7 with fewer instructions per turn, the same
+// Default 9 since session 15: 8 with one-clause masks on boundary tiles, the
+// same bits (A/B in bench/results/logs/fwd_v9_ab_H200_session15.log).
+// 8 was the default in session 14: 7 with fewer instructions per turn, the same
 // bits; its forward kernel 1.036-1.047x faster at D=64 and 1.007-1.069x at
 // D=128 on 14 shapes, both setting orders (H200, tuning part bwd-ab, log
 // bench/results/logs/fwd_v8_ab_H200_session14.log).  7 was the default from
@@ -130,7 +132,7 @@ at::Tensor aligned(const at::Tensor& t) {
 // fwd-variants, bench/results/cuda_tuning_h200.jsonl; docs/cuda_kernels.md
 // "Variant 7").  6 was the default from session 4 (the fastest on 11 of 12,
 // within 1% on the 12th).
-constexpr int kFwdHopperDefault = 8;
+constexpr int kFwdHopperDefault = 9;
 int hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
   if (env == nullptr) return kFwdHopperDefault;
