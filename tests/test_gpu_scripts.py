@@ -240,3 +240,27 @@ def test_profile_step_span_counts_overlapping_kernels_once():
                                    ("split", 6, 7)], 2)
     name = "void swaa::(anonymous namespace)::ring_decode_combine_kernel<__nv_bfloat16, 128, true>"
     assert profile_decode.short_name(name) == "ring_decode_combine_kernel<__nv_bfloat16, 128, true>"
+
+
+def test_every_hopper_forward_is_tuned_and_tested():
+    """The forward knob's range in csrc/cuda/attention.cpp, the tuning part fwd-variants'
+    default list and the Hopper test fixture's variants name the same kernels (session 15 found
+    variant 9 missing from the tuning list), and the tests' DEFAULT_PATH is the C++ default's."""
+    cpp = (ROOT / "csrc" / "cuda" / "attention.cpp").read_text()
+    top = int(re.search(r"return v >= 0 && v <= (\d+) \? v : kFwdHopperDefault;", cpp).group(1))
+    default = re.search(r"^constexpr int kFwdHopperDefault = (\d+);", cpp, re.M).group(1)
+    body = cpp[cpp.index("const char* hopper_variant_name(int knob)"):]
+    names = dict(re.findall(r'case (\d+): return "([^"]+)";', body[:body.index("\n}\n")]))
+    knobs = [str(v) for v in range(1, top + 1)]
+    assert set(names) == set(knobs) - {"1"}  # 1 is the switch's default: "sm90"
+
+    tune = (ROOT / "bench" / "tune_cuda_kernels.py").read_text()
+    listed = re.search(r'"--variants", nargs="\+", default=\[([^\]]*)\]', tune).group(1)
+    assert re.findall(r'"(\d+)"', listed) == knobs
+
+    hopper = (ROOT / "tests" / "test_attention_hopper.py").read_text()
+    table = hopper[hopper.index("HOPPER_VARIANTS = {"):]
+    fixture = dict(re.findall(r'"(\d+)": "(sm90[^"]*)"', table[:table.index("}")]))
+    assert fixture == {"1": "sm90", **names}
+    assert re.search(r'^DEFAULT_PATH = HOPPER_VARIANTS\["(\d+)"\]', hopper, re.M).group(1) == default
+    assert re.search(r'^DEFAULT_TEST_VARIANTS = "([\d,]+)"', hopper, re.M).group(1) == ",".join(knobs)
