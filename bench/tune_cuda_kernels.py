@@ -78,7 +78,7 @@ PARTS = ("fwd-variants", "bwd-variants", "knobs", "bwd-fused", "bwd-rule", "bwd-
 KNOBS = ("SWAA_FWD_HOPPER", "SWAA_BWD_HOPPER", "SWAA_FWD_WARPS", "SWAA_FWD_ORDER", "SWAA_BWD_ORDER",
          "SWAA_BWD_SPLIT", "SWAA_BWD_KV_BLOCK_M", "SWAA_WARP_SKIP", "SWAA_BWD_FUSED_DQ",
          "SWAA_BWD_CONCURRENT", "SWAA_BWD_PIPELINE", "SWAA_BWD_FUSED_STSM",
-         "SWAA_BWD_FUSED_DQ_BUFS")
+         "SWAA_BWD_FUSED_DQ_BUFS", "SWAA_BWD_FUSED_ITEM")
 # (D, N, W, S, full_from) of the bwd-variants and knobs parts
 TUNING_SHAPES = [(128, 32768, 4096, 4, None), (64, 32768, 4096, 4, None),
                  (128, 8192, 1024, 128, None), (128, 32768, 1024, 4, None),

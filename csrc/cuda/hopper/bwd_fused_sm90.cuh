@@ -261,7 +261,12 @@ __device__ __forceinline__ int dq_index(int row, int col) {
 // STSM (SWAA_BWD_FUSED_STSM=1, branch stsm): the consumers store dS with four
 // stmatrix.x4.trans per thread and item instead of 64 16-bit stores (same bytes
 // to the same places, so the same results bit for bit).
-template <typename T, int D, bool COLS, bool PIPE = false, bool STSM = false>
+// OLD_ITEM (SWAA_BWD_FUSED_ITEM=0, for an interleaved A/B): an item starts as
+// in session 14: whether the group's keys are seen from the item's key span,
+// the dQ writer's tile and turn before the item's first products, the S^T,
+// dP^T loops written out.  The same items and sums, so the same bits.
+template <typename T, int D, bool COLS, bool PIPE = false, bool STSM = false,
+          bool OLD_ITEM = false>
 __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     bwd_fused_sm90_kernel(const AttnParams p, const float* lse2_pad, const float* delta_pad,
                           int64_t q_len_pad, const DkdvSchedule sched, const FusedDq fdq,
@@ -414,7 +419,15 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     const int64_t pos0 = row0 + p.q_offset;  // position of the item's first row
     // Does any query of the item see any of this group's 64 keys?  (As in the
     // dk/dv kernel: in a sink block the far rows see only the sink keys.)
-    const bool active = items.active(pos0);
+    bool active;
+    if constexpr (OLD_ITEM) {
+      const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
+      const int64_t wg_j_last = wg_j_first + 63;
+      active = (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
+               (wg_j_first < seen.body.end && wg_j_last >= seen.body.begin);
+    } else {
+      active = items.active(pos0);
+    }
     T* const ds_mine = s.ds[COLS ? buf : 0][cg];  // this group's dS half
     // K's address through an opaque move: the B descriptors of the dQ
     // product are rebuilt here (a few integer ops) rather than hoisted out of
@@ -453,12 +466,34 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         s.dq_total[n & 3] = turn.total;
       }
     };
+    if constexpr (OLD_ITEM) publish_turn();
     if (active) {
       float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
-      // As the dk/dv kernel (bwd_sm90.cuh), committed, not waited for.
-      issue_product_pair<T, D>(sc, dp, k_desc, desc_advance(q_desc0, st * kStageBytes), v_desc,
-                               desc_advance(do_desc0, st * kStageBytes), kKHalf, kQHalf);
-      publish_turn();
+      if constexpr (OLD_ITEM) {
+        fence_regs(sc);
+        fence_regs(dp);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
+          const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
+          wgmma_ss_n64<T>(sc, desc_advance(k_desc, a_off),
+                          desc_advance(q_desc0, st * kStageBytes + b_off), kk > 0);
+        }
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint32_t a_off = (kk >> 2) * kKHalf + (kk & 3) * 32;
+          const uint32_t b_off = (kk >> 2) * kQHalf + (kk & 3) * 32;
+          wgmma_ss_n64<T>(dp, desc_advance(v_desc, a_off),
+                          desc_advance(do_desc0, st * kStageBytes + b_off), kk > 0);
+        }
+        wgmma_commit();
+      } else {
+        // As the dk/dv kernel (bwd_sm90.cuh), committed, not waited for.
+        issue_product_pair<T, D>(sc, dp, k_desc, desc_advance(q_desc0, st * kStageBytes), v_desc,
+                                 desc_advance(do_desc0, st * kStageBytes), kKHalf, kQHalf);
+        publish_turn();
+      }
       wgmma_wait<0>();
       fence_regs(sc);
       fence_regs(dp);
@@ -537,7 +572,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         dq_done = true;
       }
     } else {
-      publish_turn();
+      if constexpr (!OLD_ITEM) publish_turn();
       // No query of the item sees this group's keys: dS = 0 (the dQ product
       // below runs over both halves unconditionally).
       uint4* ds_half = reinterpret_cast<uint4*>(ds_mine);

@@ -345,13 +345,24 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   // SWAA_BWD_FUSED_STSM: 1 (default since session 12) stores dS with stmatrix,
   // 0 with 16-bit stores; the same bytes to the same places (same bits).
   const bool stsm = knob("SWAA_BWD_FUSED_STSM", 1, 0, 1) == 1;
-  auto kernel = stsm ? bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>
-                     : bwd_fused_sm90_kernel<T, D, COLS, PIPE, false>;
+  // SWAA_BWD_FUSED_ITEM: 1 (default since session 15) starts an item with the
+  // per-CTA test of whether it sees the group's keys (group_items) and works
+  // out the dQ writer's turn while the item's first products run; 0 starts it
+  // as session 14 did (OLD_ITEM in bwd_fused_sm90.cuh; with stmatrix dS
+  // stores only), for interleaved A/Bs.  Same bits.
+  const bool old_item = knob("SWAA_BWD_FUSED_ITEM", 1, 0, 1) == 0;
+  auto kernel = old_item ? bwd_fused_sm90_kernel<T, D, COLS, PIPE, true, true>
+                : stsm   ? bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>
+                         : bwd_fused_sm90_kernel<T, D, COLS, PIPE, false>;
   static const cudaError_t configured_stsm =
       allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>, kSmem);
   static const cudaError_t configured_plain =
       allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, false>, kSmem);
-  const cudaError_t configured = stsm ? configured_stsm : configured_plain;
+  static const cudaError_t configured_old =
+      allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, true, true>, kSmem);
+  const cudaError_t configured = old_item ? configured_old
+                                 : stsm   ? configured_stsm
+                                          : configured_plain;
   if (configured != cudaSuccess) return configured;
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", fused_slices_inner(p) ? 1 : 0, 0, 1) == 1;
