@@ -277,26 +277,28 @@ def test_dq_staging_buffers_same_bits(fused, monkeypatch, dtype, variant):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_item_start_same_bits(fused, monkeypatch, dtype, variant):
     """SWAA_BWD_FUSED_ITEM=0 (an item starts as in session 14: its key span, then the dQ
-    writer's turn, then the products) gives the bits of =1 and unset (the default since
-    session 15: the per-CTA item test, the turn worked out while the first products run):
-    the same items and sums.  The profiler sees the OLD_ITEM kernel run only with 0."""
+    writer's turn, then the products; the default at D=128) and =1 (the per-CTA item test,
+    the turn worked out while the first products run; the default at D=64) give the same
+    bits: the same items and sums.  The profiler sees the ITEM_SPAN kernel exactly when
+    the setting, or the head dim's default, asks for it."""
     run = single_pass_case(monkeypatch, variant, dtype, seed=9)
+    D = variant[0]
 
-    def old_item_kernels():
+    def span_kernels():
         names = [n for n in kernels_of(run) if "bwd_fused_sm90_kernel<" in n]
-        return [len(template_args(n)) == 6 and template_args(n)[5] == "true" for n in names]
+        return [template_args(n)[5] == "true" for n in names]  # <T, D, COLS, PIPE, STSM, ITEM_SPAN>
 
     monkeypatch.setenv("SWAA_BWD_FUSED_ITEM", "0")
     want = run()
     assert all(torch.isfinite(t).all() for t in want)
-    assert old_item_kernels() == [True]
-    for setting in (None, "1"):  # unset: the default
-        if setting is None:
+    assert span_kernels() == [True]
+    for setting, span in ((None, D == 128), ("1", False), ("0", True)):
+        if setting is None:  # the head dim's default
             monkeypatch.delenv("SWAA_BWD_FUSED_ITEM")
         else:
             monkeypatch.setenv("SWAA_BWD_FUSED_ITEM", setting)
         got = run()
-        assert old_item_kernels() == [False], f"SWAA_BWD_FUSED_ITEM={setting}"
+        assert span_kernels() == [span], f"SWAA_BWD_FUSED_ITEM={setting}"
         for name, a, b in zip(("dq", "dk", "dv"), got, want):
             assert torch.equal(a, b), f"{name} differs with SWAA_BWD_FUSED_ITEM={setting}"
 

@@ -380,7 +380,7 @@ def pipelined_kernel(name):
     template argument (kPipe of the dq and dk/dv kernels) or the single pass's
     PIPE (after COLS) is `true`."""
     kernel = name.split("<")[0].split("::")[-1]
-    if kernel == "bwd_fused_sm90_kernel":  # <T, D, COLS, PIPE, STSM>
+    if kernel == "bwd_fused_sm90_kernel":  # <T, D, COLS, PIPE, STSM, ITEM_SPAN>
         return template_args(name)[3] == "true"
     return (kernel in ("bwd_dq_sm90_kernel", "bwd_dkdv_sm90_kernel")
             and template_args(name)[-1] == "true")

@@ -261,12 +261,15 @@ __device__ __forceinline__ int dq_index(int row, int col) {
 // STSM (SWAA_BWD_FUSED_STSM=1, branch stsm): the consumers store dS with four
 // stmatrix.x4.trans per thread and item instead of 64 16-bit stores (same bytes
 // to the same places, so the same results bit for bit).
-// OLD_ITEM (SWAA_BWD_FUSED_ITEM=0, for an interleaved A/B): an item starts as
+// ITEM_SPAN (SWAA_BWD_FUSED_ITEM=0, the default at D=128): an item starts as
 // in session 14: whether the group's keys are seen from the item's key span,
 // the dQ writer's tile and turn before the item's first products, the S^T,
-// dP^T loops written out.  The same items and sums, so the same bits.
+// dP^T loops written out.  Without it (D=64): the per-CTA test (group_items)
+// and the turn worked out while the products run.  The same items and sums,
+// so the same bits; which is faster depends on D (docs/cuda_kernels.md, v7,
+// "Item start").
 template <typename T, int D, bool COLS, bool PIPE = false, bool STSM = false,
-          bool OLD_ITEM = false>
+          bool ITEM_SPAN = false>
 __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     bwd_fused_sm90_kernel(const AttnParams p, const float* lse2_pad, const float* delta_pad,
                           int64_t q_len_pad, const DkdvSchedule sched, const FusedDq fdq,
@@ -420,7 +423,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     // Does any query of the item see any of this group's 64 keys?  (As in the
     // dk/dv kernel: in a sink block the far rows see only the sink keys.)
     bool active;
-    if constexpr (OLD_ITEM) {
+    if constexpr (ITEM_SPAN) {
       const KeySpan seen = visible_keys(vis, pos0, min_of<int64_t>(pos0 + BM - 1, p.k_len - 1));
       const int64_t wg_j_last = wg_j_first + 63;
       active = (wg_j_first < seen.head.end && wg_j_last >= seen.head.begin) ||
@@ -466,10 +469,10 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         s.dq_total[n & 3] = turn.total;
       }
     };
-    if constexpr (OLD_ITEM) publish_turn();
+    if constexpr (ITEM_SPAN) publish_turn();
     if (active) {
       float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
-      if constexpr (OLD_ITEM) {
+      if constexpr (ITEM_SPAN) {
         fence_regs(sc);
         fence_regs(dp);
         wgmma_fence();
@@ -572,7 +575,7 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
         dq_done = true;
       }
     } else {
-      if constexpr (!OLD_ITEM) publish_turn();
+      if constexpr (!ITEM_SPAN) publish_turn();
       // No query of the item sees this group's keys: dS = 0 (the dQ product
       // below runs over both halves unconditionally).
       uint4* ds_half = reinterpret_cast<uint4*>(ds_mine);

@@ -110,10 +110,10 @@ bool fused_device_ok() {
     return smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, true>() &&
            smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 128, false>() &&
            smem_optin >= fused_sm90_smem_bytes<__nv_bfloat16, 64, false>() &&
-           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, true, false, true>) &&
-           present(bwd_fused_sm90_kernel<__half, 128, true, false, true>) &&
-           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, false, false, true>) &&
-           present(bwd_fused_sm90_kernel<__half, 128, false, false, true>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, true, false, true, true>) &&
+           present(bwd_fused_sm90_kernel<__half, 128, true, false, true, true>) &&
+           present(bwd_fused_sm90_kernel<__nv_bfloat16, 128, false, false, true, true>) &&
+           present(bwd_fused_sm90_kernel<__half, 128, false, false, true, true>) &&
            present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false, false, true>) &&
            present(bwd_fused_sm90_kernel<__half, 64, false, false, true>) &&
            present(bwd_fused_sm90_kernel<__nv_bfloat16, 64, false, true, true>) &&
@@ -345,25 +345,24 @@ cudaError_t launch_fused(const AttnParams& p, float* delta,
   // SWAA_BWD_FUSED_STSM: 1 (default since session 12) stores dS with stmatrix,
   // 0 with 16-bit stores; the same bytes to the same places (same bits).
   const bool stsm = knob("SWAA_BWD_FUSED_STSM", 1, 0, 1) == 1;
-  // SWAA_BWD_FUSED_ITEM: 1 (default since session 15) starts an item with the
-  // per-CTA test of whether it sees the group's keys (group_items) and works
-  // out the dQ writer's turn while the item's first products run; 0 starts it
-  // as session 14 did (OLD_ITEM in bwd_fused_sm90.cuh; with stmatrix dS
-  // stores only), for interleaved A/Bs.  Same bits.
-  const bool old_item = knob("SWAA_BWD_FUSED_ITEM", 1, 0, 1) == 0;
-  auto kernel = old_item ? bwd_fused_sm90_kernel<T, D, COLS, PIPE, true, true>
-                : stsm   ? bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>
-                         : bwd_fused_sm90_kernel<T, D, COLS, PIPE, false>;
-  static const cudaError_t configured_stsm =
-      allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, true>, kSmem);
-  static const cudaError_t configured_plain =
-      allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, false>, kSmem);
-  static const cudaError_t configured_old =
-      allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, true, true>, kSmem);
-  const cudaError_t configured = old_item ? configured_old
-                                 : stsm   ? configured_stsm
-                                          : configured_plain;
-  if (configured != cudaSuccess) return configured;
+  // SWAA_BWD_FUSED_ITEM: how an item starts (bwd_fused_sm90.cuh, ITEM_SPAN).
+  // 1 (default at D=64): the per-CTA test of whether the item sees the group's
+  // keys (group_items), the dQ writer's turn worked out while the item's first
+  // products run; 0 (default at D=128): the item's key span, the turn before
+  // the products, as in session 14.  Same bits.  Session 15, H200, interleaved
+  // rounds in both orders (log bench/results/logs/fused_item_ab_H200_session15.log):
+  // 1 over 0 on the fused kernel 1.046-1.067x at D=64, 0.976-0.998x at D=128.
+  const bool span = knob("SWAA_BWD_FUSED_ITEM", D == 64 ? 1 : 0, 0, 1) == 0;
+  auto kernel = span ? (stsm ? bwd_fused_sm90_kernel<T, D, COLS, PIPE, true, true>
+                             : bwd_fused_sm90_kernel<T, D, COLS, PIPE, false, true>)
+                     : (stsm ? bwd_fused_sm90_kernel<T, D, COLS, PIPE, true, false>
+                             : bwd_fused_sm90_kernel<T, D, COLS, PIPE, false, false>);
+  static const cudaError_t configured[2][2] = {
+      {allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, false, false>, kSmem),
+       allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, true, false>, kSmem)},
+      {allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, false, true>, kSmem),
+       allow_smem(bwd_fused_sm90_kernel<T, D, COLS, PIPE, true, true>, kSmem)}};
+  if (configured[span][stsm] != cudaSuccess) return configured[span][stsm];
 
   const bool heads_inner = knob("SWAA_BWD_ORDER", fused_slices_inner(p) ? 1 : 0, 0, 1) == 1;
   const int64_t q_len_pad = ceil_div(p.q_len, kPadRows) * kPadRows;
