@@ -473,6 +473,9 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
     if (active) {
       float sc[32], dp[32];  // S^T, dP^T: key row g + 8 (e >> 1), query column 8 n + 2 t + (e & 1)
       if constexpr (ITEM_SPAN) {
+        // Written out, not issue_product_pair: the same products, but the pair
+        // helper changes ptxas's order (+8 instructions at D=128), and this path
+        // is the kernel D=128 was measured with (session 15, "Item start").
         fence_regs(sc);
         fence_regs(dp);
         wgmma_fence();
