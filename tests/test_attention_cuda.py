@@ -109,7 +109,8 @@ _HOPPER_KNOB = {"sm90": "1", "sm90-overlap": "2", "sm90-v51": "3", "sm90-v51-pin
                 "sm90-v51-persistent": "5", "sm90-v51-pingpong-persistent": "6",
                 "sm90-v51-pingpong-persistent-lean": "7",
                 "sm90-v51-pingpong-persistent-lean-pinned": "8",
-                "sm90-v51-pingpong-persistent-lean-masks": "9"}
+                "sm90-v51-pingpong-persistent-lean-masks": "9",
+                "sm90-v51-pingpong-persistent-lean-overlap": "10"}
 
 
 @pytest.fixture(params=["sm80"] + list(_HOPPER_KNOB))

@@ -59,7 +59,13 @@
 //     boundary tile with only the clause that can reject there (mask_kind:
 //     the causal one on the diagonal tile, the window's on its first tile,
 //     the sink's on the sink tile; one compare per element instead of
-//     three), the same elements.
+//     three), the same elements.  4 (variant 10) adds FlashAttention-3's
+//     intra-warpgroup overlap to the ping-pong turn: S of tile i is issued
+//     before P V of tile i - 1, in its own commit group, and the softmax of
+//     tile i runs once S is done, while P V still runs; only O's rescale and
+//     the packing of P wait for P V.  The same operations on every element,
+//     so the same bits (fence_wait_placement keeps ptxas from moving that
+//     wait back above the softmax).
 // Without LEAN the arithmetic of each row is the same as v5's (same tiles in
 // the same order, same instructions), so v5.1 is expected to agree with v5
 // bitwise.
@@ -323,7 +329,7 @@ __device__ __forceinline__ Fwd51Unit fwd51_unit(const AttnParams& p, int u, int 
 }
 
 // LEAN levels (see the top of the file).
-constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3;
+constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3, kLeanOverlap = 4;
 
 template <typename T, int D, bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
@@ -646,6 +652,31 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         fence_regs(o);
         fence_frags(pa);
       };
+      // kLeanOverlap, a turn with both products: S of tile i first, then P V
+      // of tile i - 1, in two commit groups; the softmax of tile i runs once
+      // S is done (wait for one group) while P V still runs, and only O's
+      // rescale and the packing of P, which touch what P V reads and writes,
+      // wait for P V.  Same operations in the same order per element.
+      auto turn_overlapped = [&](int turn, int pv_st, int s_st) {
+        fence_regs(sc);
+        fence_regs(o);
+        fence_frags(pa);
+        wgmma_fence();
+        issue_s(s_st);
+        wgmma_commit();
+        issue_pv(pv_st);
+        wgmma_commit();
+        pass_turn(turn);
+        wgmma_wait<1>();
+        fence_regs(sc);
+        softmax_tile(turn);
+        fence_wait_placement();  // else ptxas waits for P V before the softmax
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_frags(pa);
+        mbar_arrive(&s.empty[pv_st]);
+        rescale_and_pack();
+      };
       int pending = -1;  // tile (of the unit) whose P V is still to be issued
       for (int turn = 0; turn < turns; ++turn) {
         const bool has_tile = turn < tiles.count;
@@ -655,6 +686,11 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         if (has_tile) mbar_wait(&s.k_full[st], parity_of(n));
         if (pending >= 0) mbar_wait(&s.v_full[pv_st], parity_of(kv + pending));
         if (!(j == 0 && turn == 0 && cg == 0)) named_bar_sync(C::kTurnBar + cg, 256);
+        if (LEAN >= kLeanOverlap && pending >= 0 && do_s) {
+          turn_overlapped(turn, pv_st, st);  // (turn >= 1: no Q to release here)
+          pending = turn;
+          continue;
+        }
         if (pending >= 0 && do_s)
           turn_gemms.template operator()<true, true>(turn, pv_st, st);
         else if (pending >= 0)
