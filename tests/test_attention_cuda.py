@@ -117,11 +117,12 @@ _HOPPER_KNOB = {"sm90": "1", "sm90-overlap": "2", "sm90-v51": "3", "sm90-v51-pin
 def fwd_kernel(request, monkeypatch):
     """Runs a test with the sm_80 forward (SWAA_FWD_HOPPER=0) and, where the
     device and build have them, with every Hopper forward (SWAA_FWD_HOPPER=1,
-    2: docs/cuda_kernels.md, v5; 3-6: v5.1; 7: 6 with the lean softmax; 8, 9:
-    7 with LEAN levels 2, 3)."""
+    2: docs/cuda_kernels.md, v5; 3-6: v5.1; 7: 6 with the lean softmax; 8, 9,
+    10: 7 with LEAN levels 2, 3, 4)."""
     # SWAA_TEST_HOPPER_VARIANTS restricts a run to the variants it names
-    # ("0" = sm80; tests/test_attention_hopper.py, DEFAULT_TEST_VARIANTS).
-    only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", "0,1,2,3,4,5,6,7,8,9")
+    # ("0" = sm80; tests/test_attention_hopper.py, DEFAULT_TEST_VARIANTS); by
+    # default every one in _HOPPER_KNOB.
+    only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", ",".join(["0", *_HOPPER_KNOB.values()]))
     if _HOPPER_KNOB.get(request.param, "0") not in only.split(","):
         pytest.skip(f"{request.param} not in SWAA_TEST_HOPPER_VARIANTS={only}")
     if request.param.startswith("sm90"):
