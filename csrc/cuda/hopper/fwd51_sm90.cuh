@@ -59,8 +59,12 @@
 //     boundary tile with only the clause that can reject there (mask_kind:
 //     the causal one on the diagonal tile, the window's on its first tile,
 //     the sink's on the sink tile; one compare per element instead of
-//     three), the same elements.  4 (variant 10) adds FlashAttention-3's
-//     intra-warpgroup overlap to the ping-pong turn: S of tile i is issued
+//     three), the same elements.  4 (variant 10) frees a stage's K and V
+//     apart, K as soon as the tile's S is done (a second "empty" barrier per
+//     stage; FlashAttention-3's separate K and V pipelines): with the two
+//     stages of D=128, variant 9 could load tile i + 1 only after tile
+//     i - 1's P V, one turn before its S.  5 (variant 11) adds
+//     FlashAttention-3's intra-warpgroup overlap to the ping-pong turn: S of tile i is issued
 //     before P V of tile i - 1, in its own commit group, and the softmax of
 //     tile i runs once S is done, while P V still runs; only O's rescale and
 //     the packing of P wait for P V.  The same operations on every element,
@@ -167,7 +171,8 @@ struct alignas(1024) Fwd51Smem {
   uint64_t q_empty[C::kQBuffers];  // one arrival per consumer group (PERSISTENT)
   uint64_t k_full[C::kStages];
   uint64_t v_full[C::kStages];
-  uint64_t empty[C::kStages];
+  uint64_t empty[C::kStages];    // the stage's K and V are free (kLeanSplit: its K)
+  uint64_t v_empty[C::kStages];  // kLeanSplit: the stage's V is free
 };
 
 template <typename T, int D, bool PERSISTENT>
@@ -329,7 +334,7 @@ __device__ __forceinline__ Fwd51Unit fwd51_unit(const AttnParams& p, int u, int 
 }
 
 // LEAN levels (see the top of the file).
-constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3, kLeanOverlap = 4;
+constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3, kLeanSplit = 4, kLeanOverlap = 5;
 
 template <typename T, int D, bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
@@ -361,6 +366,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       mbar_init(&s.k_full[i], 1);
       mbar_init(&s.v_full[i], 1);
       mbar_init(&s.empty[i], NC * 128);
+      if constexpr (LEAN >= kLeanSplit) mbar_init(&s.v_empty[i], NC * 128);
     }
     mbar_fence_init();
   }
@@ -393,6 +399,8 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           mbar_arrive_expect_tx(&s.k_full[st], C::kTileBytes);
           for (int half = 0; half < C::kHalves; ++half)
             tma_load_4d(s.k[st][half], &tm_k, &s.k_full[st], half * C::kHalfCols, j0, w.kvh, w.b);
+          // kLeanSplit: K and V of a stage are freed apart (K once S is done)
+          if (LEAN >= kLeanSplit && use > 0) mbar_wait(&s.v_empty[st], (use - 1) & 1);
           mbar_arrive_expect_tx(&s.v_full[st], C::kTileBytes);
           for (int half = 0; half < C::kHalves; ++half)
             tma_load_4d(s.v[st][half], &tm_v, &s.v_full[st], half * C::kHalfCols, j0, w.kvh, w.b);
@@ -426,6 +434,20 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       mbar_arrive(&s.q_empty[held_q]);
     }
     held_q = -1;
+  };
+  // A consumer thread is done with the K or the V of stage st.  Below
+  // kLeanSplit the stage is freed once, for both (release_kv after its P V);
+  // from kLeanSplit on, K as soon as the tile's S is done and V after its P V
+  // (FlashAttention-3's separate K and V pipelines): with two stages (D=128)
+  // the producer can then load tile i + 1's K while tile i's P V runs.
+  auto release_k = [&](int st) {
+    if constexpr (LEAN >= kLeanSplit) mbar_arrive(&s.empty[st]);
+  };
+  auto release_v = [&](int st) {
+    if constexpr (LEAN >= kLeanSplit)
+      mbar_arrive(&s.v_empty[st]);
+    else
+      mbar_arrive(&s.empty[st]);
   };
   // Stage and phase parity of the n-th K/V tile (n >= 0; kLeanPinned: in
   // unsigned arithmetic, which needs no sign fix-ups).
@@ -600,7 +622,8 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           // No row of this group sees the tile.  The waits keep this group's
           // arrivals on empty[st] in step with the stage's uses.
           mbar_wait(&s.v_full[st], parity_of(n));
-          mbar_arrive(&s.empty[st]);
+          release_k(st);
+          release_v(st);
         } else {
           fence_regs(sc);
           wgmma_fence();
@@ -608,6 +631,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           wgmma_commit();
           wgmma_wait<0>();
           fence_regs(sc);
+          release_k(st);
           softmax_tile(it);
           rescale_and_pack();
           mbar_wait(&s.v_full[st], parity_of(n));  // V's copy overlapped S and the softmax
@@ -618,7 +642,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           wgmma_wait<0>();
           fence_regs(o);
           fence_frags(pa);
-          mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+          release_v(st);  // this thread is done with K and V of the stage
         }
         if (it == 0) release_q();  // the previous unit's store has long been read by now
       }
@@ -669,12 +693,13 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         pass_turn(turn);
         wgmma_wait<1>();
         fence_regs(sc);
+        release_k(s_st);
         softmax_tile(turn);
         fence_wait_placement();  // else ptxas waits for P V before the softmax
         wgmma_wait<0>();
         fence_regs(o);
         fence_frags(pa);
-        mbar_arrive(&s.empty[pv_st]);
+        release_v(pv_st);
         rescale_and_pack();
       };
       int pending = -1;  // tile (of the unit) whose P V is still to be issued
@@ -699,15 +724,17 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           turn_gemms.template operator()<false, true>(turn, pv_st, st);
         else
           pass_turn(turn);
-        if (pending >= 0) mbar_arrive(&s.empty[pv_st]);
+        if (pending >= 0) release_v(pv_st);
         pending = -1;
         if (do_s) {
+          release_k(st);
           softmax_tile(turn);
           rescale_and_pack();
           pending = turn;
         } else if (has_tile) {
           mbar_wait(&s.v_full[st], parity_of(n));  // see the plain loop
-          mbar_arrive(&s.empty[st]);
+          release_k(st);
+          release_v(st);
         }
         if (turn == 0) release_q();  // the previous unit's store has long been read by now
       }
