@@ -436,10 +436,14 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     held_q = -1;
   };
   // A consumer thread is done with the K or the V of stage st.  Below
-  // kLeanSplit the stage is freed once, for both (release_kv after its P V);
-  // from kLeanSplit on, K as soon as the tile's S is done and V after its P V
+  // kLeanSplit the stage is freed once, for both, by release_v after the
+  // tile's P V (release_k does nothing); from kLeanSplit on, K (empty) as
+  // soon as the tile's S is done and V (v_empty) after its P V
   // (FlashAttention-3's separate K and V pipelines): with two stages (D=128)
-  // the producer can then load tile i + 1's K while tile i's P V runs.
+  // the producer can then load tile i + 1's K while tile i's P V runs.  (It
+  // still loads in the order K, V, K, ...: K of tile n + 1 waits for V of
+  // tile n's stage to come free, so under kLeanOverlap, whose V comes free
+  // after the softmax, K loads a little later than under kLeanSplit alone.)
   auto release_k = [&](int st) {
     if constexpr (LEAN >= kLeanSplit) mbar_arrive(&s.empty[st]);
   };
@@ -620,7 +624,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         mbar_wait(&s.k_full[st], parity_of(n));
         if (!group_tiles.needs(tiles[it])) {
           // No row of this group sees the tile.  The waits keep this group's
-          // arrivals on empty[st] in step with the stage's uses.
+          // arrivals on empty[st] (and v_empty[st]) in step with the stage's uses.
           mbar_wait(&s.v_full[st], parity_of(n));
           release_k(st);
           release_v(st);
@@ -642,7 +646,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           wgmma_wait<0>();
           fence_regs(o);
           fence_frags(pa);
-          release_v(st);  // this thread is done with K and V of the stage
+          release_v(st);  // this thread is done with V (below kLeanSplit: K and V)
         }
         if (it == 0) release_q();  // the previous unit's store has long been read by now
       }
@@ -650,7 +654,8 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       // Turns 0 .. count of the unit: in turn i this group issues P V of tile
       // i - 1 (if it computed that tile) and S of tile i (if it needs it),
       // passes the turn to the next group (round robin), waits for both,
-      // releases tile i - 1's stage, then runs the softmax of tile i while
+      // releases tile i - 1's stage (from kLeanSplit: its V, and tile i's K),
+      // then runs the softmax of tile i while
       // the other groups' wgmmas run.  Every group takes every turn (also
       // with nothing to issue), so the barrier arrivals always pair up; the
       // turns run on across units, only the CTA's very first turn needs no
