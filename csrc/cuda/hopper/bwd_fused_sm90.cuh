@@ -410,7 +410,8 @@ __global__ void __launch_bounds__(BwdSm90Config<D>::kThreads, 1)
   constexpr uint32_t kStageBytes = sizeof(s.q[0]);
 
   static_assert(BM == GroupItems::kSpan, "group_items: items of 64 rows, groups of 64 keys");
-  const GroupItems items = group_items(vis, wg_j_first, p.k_len);  // bwd_sm90.cuh
+  GroupItems items{};  // (ITEM_SPAN asks each item's key span instead)
+  if constexpr (!ITEM_SPAN) items = group_items(vis, wg_j_first, p.k_len);  // bwd_sm90.cuh
   const int count = w.end - w.first;
   for (int n = 0; n < count; ++n) {
     const int st = n % ST, buf = n & 1;
