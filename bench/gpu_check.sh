@@ -23,7 +23,7 @@
 #             synccheck of its forward.  ~1 min.  Racecheck may flag TMA / async-proxy or
 #             cluster (DSMEM) accesses: read before believing.
 #             Backs: README "CUDA attention" / docs/cuda_kernels.md "Correctness" (memcheck clean).
-#   tune      bench/tune_cuda_kernels.py, one process per part: fwd-variants (SWAA_FWD_HOPPER=1..9
+#   tune      bench/tune_cuda_kernels.py, one process per part: fwd-variants (SWAA_FWD_HOPPER=1..11
 #             side by side, ~15 s), bwd-variants (SWAA_BWD_HOPPER=0..3, per-kernel times, ~25 s),
 #             knobs (the sm_80 kernels' tile knobs, ~1.5 min).  ~2.5 min.
 #             Backs: docs/cuda_kernels.md "Measured: session 4" (the forward variants, the

@@ -45,7 +45,9 @@ HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90
                    "5": "sm90-v51-persistent", "6": "sm90-v51-pingpong-persistent",
                    "7": "sm90-v51-pingpong-persistent-lean",
                    "8": "sm90-v51-pingpong-persistent-lean-pinned",
-                   "9": "sm90-v51-pingpong-persistent-lean-masks"}
+                   "9": "sm90-v51-pingpong-persistent-lean-masks",
+                   "10": "sm90-v51-pingpong-persistent-lean-split",
+                   "11": "sm90-v51-pingpong-persistent-lean-overlap"}
 
 
 # The path a call takes with SWAA_FWD_HOPPER unset (kFwdHopperDefault in
@@ -54,7 +56,7 @@ DEFAULT_PATH = HOPPER_VARIANTS["9"]
 
 # Variants a plain run tests: all of them (SWAA_TEST_HOPPER_VARIANTS="6", say,
 # restricts a run to one).
-DEFAULT_TEST_VARIANTS = "1,2,3,4,5,6,7,8,9"
+DEFAULT_TEST_VARIANTS = "1,2,3,4,5,6,7,8,9,10,11"
 
 
 @pytest.fixture(params=list(HOPPER_VARIANTS), ids=list(HOPPER_VARIANTS.values()))
@@ -65,7 +67,9 @@ def hopper(request, monkeypatch):
     of the consumer warp groups), 5, 6 (3, 4 with persistent CTAs), 7 (6 with the
     lean softmax: one FFMA per score, O rescaled only when a row's max rises by more
     than 2^8), 8 (7 with LEAN level 2: fewer instructions per turn, fwd51_sm90.cuh), 9 (8 with
-    one-bound masks on most boundary tiles, LEAN level 3)."""
+    one-bound masks on most boundary tiles, LEAN level 3), 10 (9 freeing a stage's K once the
+    tile's S is done and its V after P V, LEAN level 4), 11 (10 whose softmax of tile i runs
+    while its own P V of tile i - 1 does, LEAN level 5)."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
     only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", DEFAULT_TEST_VARIANTS)
@@ -367,11 +371,13 @@ def test_many_units_per_cta(hopper, monkeypatch, D):
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_lean_levels_same_bits(monkeypatch, dtype, D):
-    """Variants 8 and 9 (LEAN levels 2 and 3 in fwd51_sm90.cuh: the warps'
+    """Variants 8-11 (LEAN levels 2-5 in fwd51_sm90.cuh: the warps'
     fully-visible tile ranges pinned in registers, unsigned stage arithmetic,
     the row max from the first pair; then masks of the one bound that can reject
-    on most boundary tiles) change how the kernel finds what to compute, not
-    what it computes: out and lse equal variant 7's bit for bit.  Masked and
+    on most boundary tiles; then a stage's K and V freed apart; then the softmax
+    of a tile while the group's own P V of the previous one runs) change how the
+    kernel finds what to compute, or when, not what it computes: out and lse
+    equal variant 7's bit for bit.  Masked and
     unmasked tiles, a sink, full_from for one sequence, rows that see no tile
     of a group (window 1), rising scores (O rescaled mid-row), several units
     per CTA."""
@@ -394,10 +400,10 @@ def test_lean_levels_same_bits(monkeypatch, dtype, D):
             ramp = torch.linspace(0.0, 12.0, Lk, device="cuda")
             k = (k.float() * ramp[:, None]).to(k.dtype)
         results = {}
-        for knob in ("7", "8", "9"):
+        for knob in ("7", "8", "9", "10", "11"):
             monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
             assert torch.ops.swaa.fwd_path(q, k, v) == HOPPER_VARIANTS[knob]
             results[knob] = fwd(q, k, v, window, sink, full_from, 0.1)
-        for knob in ("8", "9"):
+        for knob in ("8", "9", "10", "11"):
             for name, a, b in zip(("out", "lse"), results["7"], results[knob]):
                 assert torch.equal(a, b), f"{name} of {knob} differs from 7: {(Lq, Lk, window)}"

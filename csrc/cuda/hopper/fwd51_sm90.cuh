@@ -59,7 +59,17 @@
 //     boundary tile with only the clause that can reject there (mask_kind:
 //     the causal one on the diagonal tile, the window's on its first tile,
 //     the sink's on the sink tile; one compare per element instead of
-//     three), the same elements.
+//     three), the same elements.  4 (variant 10) frees a stage's K and V
+//     apart, K as soon as the tile's S is done (a second "empty" barrier per
+//     stage; FlashAttention-3's separate K and V pipelines): with the two
+//     stages of D=128, variant 9 could load tile i + 1 only after tile
+//     i - 1's P V, one turn before its S.  5 (variant 11) adds
+//     FlashAttention-3's intra-warpgroup overlap to the ping-pong turn: S of tile i is issued
+//     before P V of tile i - 1, in its own commit group, and the softmax of
+//     tile i runs once S is done, while P V still runs; only O's rescale and
+//     the packing of P wait for P V.  The same operations on every element,
+//     so the same bits (fence_wait_placement keeps ptxas from moving that
+//     wait back above the softmax).
 // Without LEAN the arithmetic of each row is the same as v5's (same tiles in
 // the same order, same instructions), so v5.1 is expected to agree with v5
 // bitwise.
@@ -161,7 +171,8 @@ struct alignas(1024) Fwd51Smem {
   uint64_t q_empty[C::kQBuffers];  // one arrival per consumer group (PERSISTENT)
   uint64_t k_full[C::kStages];
   uint64_t v_full[C::kStages];
-  uint64_t empty[C::kStages];
+  uint64_t empty[C::kStages];    // the stage's K and V are free (kLeanSplit: its K)
+  uint64_t v_empty[C::kStages];  // kLeanSplit: the stage's V is free
 };
 
 template <typename T, int D, bool PERSISTENT>
@@ -323,7 +334,7 @@ __device__ __forceinline__ Fwd51Unit fwd51_unit(const AttnParams& p, int u, int 
 }
 
 // LEAN levels (see the top of the file).
-constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3;
+constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3, kLeanSplit = 4, kLeanOverlap = 5;
 
 template <typename T, int D, bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
@@ -355,6 +366,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       mbar_init(&s.k_full[i], 1);
       mbar_init(&s.v_full[i], 1);
       mbar_init(&s.empty[i], NC * 128);
+      if constexpr (LEAN >= kLeanSplit) mbar_init(&s.v_empty[i], NC * 128);
     }
     mbar_fence_init();
   }
@@ -387,6 +399,8 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           mbar_arrive_expect_tx(&s.k_full[st], C::kTileBytes);
           for (int half = 0; half < C::kHalves; ++half)
             tma_load_4d(s.k[st][half], &tm_k, &s.k_full[st], half * C::kHalfCols, j0, w.kvh, w.b);
+          // kLeanSplit: K and V of a stage are freed apart (K once S is done)
+          if (LEAN >= kLeanSplit && use > 0) mbar_wait(&s.v_empty[st], (use - 1) & 1);
           mbar_arrive_expect_tx(&s.v_full[st], C::kTileBytes);
           for (int half = 0; half < C::kHalves; ++half)
             tma_load_4d(s.v[st][half], &tm_v, &s.v_full[st], half * C::kHalfCols, j0, w.kvh, w.b);
@@ -420,6 +434,24 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       mbar_arrive(&s.q_empty[held_q]);
     }
     held_q = -1;
+  };
+  // A consumer thread is done with the K or the V of stage st.  Below
+  // kLeanSplit the stage is freed once, for both, by release_v after the
+  // tile's P V (release_k does nothing); from kLeanSplit on, K (empty) as
+  // soon as the tile's S is done and V (v_empty) after its P V
+  // (FlashAttention-3's separate K and V pipelines): with two stages (D=128)
+  // the producer can then load tile i + 1's K while tile i's P V runs.  (It
+  // still loads in the order K, V, K, ...: K of tile n + 1 waits for V of
+  // tile n's stage to come free, so under kLeanOverlap, whose V comes free
+  // after the softmax, K loads a little later than under kLeanSplit alone.)
+  auto release_k = [&](int st) {
+    if constexpr (LEAN >= kLeanSplit) mbar_arrive(&s.empty[st]);
+  };
+  auto release_v = [&](int st) {
+    if constexpr (LEAN >= kLeanSplit)
+      mbar_arrive(&s.v_empty[st]);
+    else
+      mbar_arrive(&s.empty[st]);
   };
   // Stage and phase parity of the n-th K/V tile (n >= 0; kLeanPinned: in
   // unsigned arithmetic, which needs no sign fix-ups).
@@ -592,9 +624,10 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         mbar_wait(&s.k_full[st], parity_of(n));
         if (!group_tiles.needs(tiles[it])) {
           // No row of this group sees the tile.  The waits keep this group's
-          // arrivals on empty[st] in step with the stage's uses.
+          // arrivals on empty[st] (and v_empty[st]) in step with the stage's uses.
           mbar_wait(&s.v_full[st], parity_of(n));
-          mbar_arrive(&s.empty[st]);
+          release_k(st);
+          release_v(st);
         } else {
           fence_regs(sc);
           wgmma_fence();
@@ -602,6 +635,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           wgmma_commit();
           wgmma_wait<0>();
           fence_regs(sc);
+          release_k(st);
           softmax_tile(it);
           rescale_and_pack();
           mbar_wait(&s.v_full[st], parity_of(n));  // V's copy overlapped S and the softmax
@@ -612,7 +646,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           wgmma_wait<0>();
           fence_regs(o);
           fence_frags(pa);
-          mbar_arrive(&s.empty[st]);  // this thread is done with K and V of the stage
+          release_v(st);  // this thread is done with V (below kLeanSplit: K and V)
         }
         if (it == 0) release_q();  // the previous unit's store has long been read by now
       }
@@ -620,7 +654,8 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       // Turns 0 .. count of the unit: in turn i this group issues P V of tile
       // i - 1 (if it computed that tile) and S of tile i (if it needs it),
       // passes the turn to the next group (round robin), waits for both,
-      // releases tile i - 1's stage, then runs the softmax of tile i while
+      // releases tile i - 1's stage (from kLeanSplit: its V, and tile i's K),
+      // then runs the softmax of tile i while
       // the other groups' wgmmas run.  Every group takes every turn (also
       // with nothing to issue), so the barrier arrivals always pair up; the
       // turns run on across units, only the CTA's very first turn needs no
@@ -646,6 +681,32 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         fence_regs(o);
         fence_frags(pa);
       };
+      // kLeanOverlap, a turn with both products: S of tile i first, then P V
+      // of tile i - 1, in two commit groups; the softmax of tile i runs once
+      // S is done (wait for one group) while P V still runs, and only O's
+      // rescale and the packing of P, which touch what P V reads and writes,
+      // wait for P V.  Same operations in the same order per element.
+      auto turn_overlapped = [&](int turn, int pv_st, int s_st) {
+        fence_regs(sc);
+        fence_regs(o);
+        fence_frags(pa);
+        wgmma_fence();
+        issue_s(s_st);
+        wgmma_commit();
+        issue_pv(pv_st);
+        wgmma_commit();
+        pass_turn(turn);
+        wgmma_wait<1>();
+        fence_regs(sc);
+        release_k(s_st);
+        softmax_tile(turn);
+        fence_wait_placement();  // else ptxas waits for P V before the softmax
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_frags(pa);
+        release_v(pv_st);
+        rescale_and_pack();
+      };
       int pending = -1;  // tile (of the unit) whose P V is still to be issued
       for (int turn = 0; turn < turns; ++turn) {
         const bool has_tile = turn < tiles.count;
@@ -655,6 +716,11 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         if (has_tile) mbar_wait(&s.k_full[st], parity_of(n));
         if (pending >= 0) mbar_wait(&s.v_full[pv_st], parity_of(kv + pending));
         if (!(j == 0 && turn == 0 && cg == 0)) named_bar_sync(C::kTurnBar + cg, 256);
+        if (LEAN >= kLeanOverlap && pending >= 0 && do_s) {
+          turn_overlapped(turn, pv_st, st);  // (turn >= 1: no Q to release here)
+          pending = turn;
+          continue;
+        }
         if (pending >= 0 && do_s)
           turn_gemms.template operator()<true, true>(turn, pv_st, st);
         else if (pending >= 0)
@@ -663,15 +729,17 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           turn_gemms.template operator()<false, true>(turn, pv_st, st);
         else
           pass_turn(turn);
-        if (pending >= 0) mbar_arrive(&s.empty[pv_st]);
+        if (pending >= 0) release_v(pv_st);
         pending = -1;
         if (do_s) {
+          release_k(st);
           softmax_tile(turn);
           rescale_and_pack();
           pending = turn;
         } else if (has_tile) {
           mbar_wait(&s.v_full[st], parity_of(n));  // see the plain loop
-          mbar_arrive(&s.empty[st]);
+          release_k(st);
+          release_v(st);
         }
         if (turn == 0) release_q();  // the previous unit's store has long been read by now
       }

@@ -57,6 +57,10 @@ bool kernel51_present() {
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, kLeanPinned>) ==
           cudaSuccess &&
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, kLeanMasks>) ==
+          cudaSuccess &&
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, kLeanSplit>) ==
+          cudaSuccess &&
+      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, kLeanOverlap>) ==
           cudaSuccess;
   if (!ok) (void)cudaGetLastError();
   return ok;
@@ -95,7 +99,9 @@ struct Maps {
 // variant: 1, 2 = v5 (plain, overlapped); 3, 4 = v5.1 (plain, ping-pong);
 // 5, 6 = 3, 4 with persistent CTAs; 7 = 6 with the lean softmax; 8 = 7 with
 // fewer instructions per turn (LEAN level 2); 9 = 8 with masks of one bound
-// on most boundary tiles (LEAN level 3).
+// on most boundary tiles (LEAN level 3); 10 = 9 freeing a stage's K and V
+// apart (LEAN level 4); 11 = 10 with each group's softmax of tile i
+// overlapping its own P V of tile i - 1 (LEAN level 5).
 Fit prepare(const AttnParams& p, Dtype dtype, int variant, Maps* maps) {
   if (p.head_dim != 64 && p.head_dim != 128) return Fit::kHeadDim;
   if (!device_ok(dtype)) return Fit::kDevice;
@@ -198,7 +204,7 @@ bool try_fwd(const AttnParams& p, Dtype dtype, int variant, cudaStream_t stream,
     case 4: *error = launch51_variant<true, false>(p, maps, dtype, stream); break;
     case 5: *error = launch51_variant<false, true>(p, maps, dtype, stream); break;
     case 6: *error = launch51_variant<true, true>(p, maps, dtype, stream); break;
-    // 7-9 scale the row max instead of every score, which needs scale > 0
+    // 7-11 scale the row max instead of every score, which needs scale > 0
     // (always so in attention; otherwise they run 6, the same function).
     case 7:
       *error = p.scale > 0 ? launch51_variant<true, true, kLean>(p, maps, dtype, stream)
@@ -210,6 +216,14 @@ bool try_fwd(const AttnParams& p, Dtype dtype, int variant, cudaStream_t stream,
       break;
     case 9:
       *error = p.scale > 0 ? launch51_variant<true, true, kLeanMasks>(p, maps, dtype, stream)
+                           : launch51_variant<true, true>(p, maps, dtype, stream);
+      break;
+    case 10:
+      *error = p.scale > 0 ? launch51_variant<true, true, kLeanSplit>(p, maps, dtype, stream)
+                           : launch51_variant<true, true>(p, maps, dtype, stream);
+      break;
+    case 11:
+      *error = p.scale > 0 ? launch51_variant<true, true, kLeanOverlap>(p, maps, dtype, stream)
                            : launch51_variant<true, true>(p, maps, dtype, stream);
       break;
     default: *error = launch_variant<false>(p, maps, dtype, stream); break;

@@ -29,7 +29,10 @@ enum class Fit {
 // the lean softmax (LEAN in fwd51_sm90.cuh); 8 = 7 with fewer instructions
 // per turn (LEAN level 2: the warps' fully-visible tile ranges kept in
 // registers, unsigned stage arithmetic); 9 = 8 masking most boundary tiles
-// with the one bound that can reject there (LEAN level 3).
+// with the one bound that can reject there (LEAN level 3); 10 = 9 freeing a
+// stage's K once the tile's S is done and its V after P V (LEAN level 4);
+// 11 = 10 whose consumer groups run the softmax of tile i while their own P V
+// of tile i - 1 runs (LEAN level 5).
 
 // Whether the call described by p fits the Hopper kernel `variant` on the
 // current device.

@@ -315,6 +315,17 @@ __device__ __forceinline__ void bulk_wait_group0() {
 __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+// Keeps ptxas from moving a later wgmma_wait above the instructions before
+// this point.  ptxas places a `wgmma.wait_group` by its own latency estimate,
+// early, whatever the PTX order: the forward's overlapped turn (fwd51_sm90.cuh,
+// kLeanOverlap) waits for P V after the softmax in PTX, and without this fence
+// ptxas put the wait (WARPGROUP.DEPBAR) at the start of the softmax (session
+// 15, cuobjdump; empty asm statements, __syncwarp and a proxy fence did not
+// hold it).  fence.acq_rel.cta (MEMBAR.ALL.CTA) does; it orders this thread's
+// memory accesses too, of which the softmax has none.
+__device__ __forceinline__ void fence_wait_placement() {
+  asm volatile("fence.acq_rel.cta;\n" ::: "memory");
+}
 
 #undef SWAA_WGMMA_SS
 #undef SWAA_WGMMA_RS
