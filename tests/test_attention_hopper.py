@@ -52,7 +52,7 @@ HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90
 
 # The path a call takes with SWAA_FWD_HOPPER unset (kFwdHopperDefault in
 # csrc/cuda/attention.cpp).
-DEFAULT_PATH = HOPPER_VARIANTS["9"]
+DEFAULT_PATH = HOPPER_VARIANTS["11"]
 
 # Variants a plain run tests: all of them (SWAA_TEST_HOPPER_VARIANTS="6", say,
 # restricts a run to one).

@@ -122,7 +122,11 @@ at::Tensor aligned(const at::Tensor& t) {
 // see cuda/hopper/fwd_sm90.h), the device is compute capability 9.0 and the
 // call fits (strides a TMA tensor map can describe); the sm_80 kernel
 // otherwise.  All compute the same function (tests/test_attention_cuda.py).
-// Default 9 since session 15: 8 with one-clause masks on boundary tiles, the
+// Default 11 since session 16: 9 with K and V freed apart (10) and each consumer
+// group's softmax beside its own P V; the same bits.  Forward kernel 1.09-1.22x
+// 9 at D=128 (6 shapes) and 1.01-1.04x at D=64 (4 shapes), both setting orders
+// (H200, bench/results/logs/fwd_v11_ab_H200_session16.log).
+// Default 9 in session 15: 8 with one-clause masks on boundary tiles, the
 // same bits (A/B in bench/results/logs/fwd_v9_ab_H200_session15.log).
 // 8 was the default in session 14: 7 with fewer instructions per turn, the same
 // bits; its forward kernel 1.036-1.047x faster at D=64 and 1.007-1.069x at
@@ -133,7 +137,7 @@ at::Tensor aligned(const at::Tensor& t) {
 // fwd-variants, bench/results/cuda_tuning_h200.jsonl; docs/cuda_kernels.md
 // "Variant 7").  6 was the default from session 4 (the fastest on 11 of 12,
 // within 1% on the 12th).
-constexpr int kFwdHopperDefault = 9;
+constexpr int kFwdHopperDefault = 11;
 int hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
   if (env == nullptr) return kFwdHopperDefault;
