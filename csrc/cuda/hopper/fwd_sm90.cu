@@ -186,6 +186,15 @@ cudaError_t launch51_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
               : launch51<__half, 64, PINGPONG, PERSISTENT, LEAN>(p, maps, stream);
 }
 
+// Variants 7-11 (LEAN levels) scale the row max instead of every score, which
+// needs scale > 0 (always so in attention); otherwise they run 6, the same
+// function.
+template <int LEAN>
+cudaError_t launch_lean(const AttnParams& p, const Maps& maps, Dtype dtype, cudaStream_t stream) {
+  return p.scale > 0 ? launch51_variant<true, true, LEAN>(p, maps, dtype, stream)
+                     : launch51_variant<true, true>(p, maps, dtype, stream);
+}
+
 }  // namespace
 
 Fit fits(const AttnParams& p, Dtype dtype, int variant) {
@@ -204,28 +213,11 @@ bool try_fwd(const AttnParams& p, Dtype dtype, int variant, cudaStream_t stream,
     case 4: *error = launch51_variant<true, false>(p, maps, dtype, stream); break;
     case 5: *error = launch51_variant<false, true>(p, maps, dtype, stream); break;
     case 6: *error = launch51_variant<true, true>(p, maps, dtype, stream); break;
-    // 7-11 scale the row max instead of every score, which needs scale > 0
-    // (always so in attention; otherwise they run 6, the same function).
-    case 7:
-      *error = p.scale > 0 ? launch51_variant<true, true, kLean>(p, maps, dtype, stream)
-                           : launch51_variant<true, true>(p, maps, dtype, stream);
-      break;
-    case 8:
-      *error = p.scale > 0 ? launch51_variant<true, true, kLeanPinned>(p, maps, dtype, stream)
-                           : launch51_variant<true, true>(p, maps, dtype, stream);
-      break;
-    case 9:
-      *error = p.scale > 0 ? launch51_variant<true, true, kLeanMasks>(p, maps, dtype, stream)
-                           : launch51_variant<true, true>(p, maps, dtype, stream);
-      break;
-    case 10:
-      *error = p.scale > 0 ? launch51_variant<true, true, kLeanSplit>(p, maps, dtype, stream)
-                           : launch51_variant<true, true>(p, maps, dtype, stream);
-      break;
-    case 11:
-      *error = p.scale > 0 ? launch51_variant<true, true, kLeanOverlap>(p, maps, dtype, stream)
-                           : launch51_variant<true, true>(p, maps, dtype, stream);
-      break;
+    case 7: *error = launch_lean<kLean>(p, maps, dtype, stream); break;
+    case 8: *error = launch_lean<kLeanPinned>(p, maps, dtype, stream); break;
+    case 9: *error = launch_lean<kLeanMasks>(p, maps, dtype, stream); break;
+    case 10: *error = launch_lean<kLeanSplit>(p, maps, dtype, stream); break;
+    case 11: *error = launch_lean<kLeanOverlap>(p, maps, dtype, stream); break;
     default: *error = launch_variant<false>(p, maps, dtype, stream); break;
   }
   return true;
