@@ -14,6 +14,7 @@ csrc/cpu/ring.cpp, csrc/cuda/ring.cu).  See docs/ring_cache.md.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Union
 
 import torch
@@ -21,6 +22,16 @@ import torch
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.swaa.ring_*)
 
 __all__ = ["RingKVCache"]
+
+# A chunk (Lc > 1) attends through the tiled forward kernel (swa_attention: tensor cores on
+# CUDA) over the ring's keys put back in position order, instead of ring_chunk (CUDA cores,
+# fp32), once every row's ring is full and the chunk has at least GATHER_MIN_CHUNK positions
+# (CPU, B=1, Hq=8, Hkv=2, D=64: 0.98-1.14x ring_chunk at Lc=64, 1.25-1.34x from 256; below 64
+# the gather of the whole window costs more than it saves).  SWAA_RING_CHUNK (read at every
+# call): "auto" (this rule), "kernel" (always ring_chunk), "gather" (the forward kernel whenever
+# every ring is full, any Lc > 1).  On CUDA only bfloat16 and float16 (the forward kernels'
+# dtypes) take the gather.
+GATHER_MIN_CHUNK = 64
 
 
 def _check_positive_int(name: str, value, minimum: int) -> int:
@@ -73,6 +84,10 @@ class RingKVCache:
         self.device = self.keys.device  # "cuda" resolved to "cuda:<current>"
         self.values = torch.zeros(shape, dtype=dtype, device=self.device)
         self._seqlens = torch.zeros(batch, dtype=torch.int64, device=self.device)
+        # A host-side lower bound of every row's position, kept without reading the device:
+        # calls without `lengths` add their Lc, reset() zeroes it.  CUDA graph replays move the
+        # rows further without updating it, which keeps it a lower bound.
+        self._min_seen = 0
 
     # ------------------------------------------------------------------ state
     @property
@@ -96,6 +111,7 @@ class RingKVCache:
         """Forget the history of every row, or only of ``rows`` (a bool mask
         (B,) or integer indices) so a finished row can take a new sequence.
         Stored keys need no clearing: a row at position 0 sees none of them."""
+        self._min_seen = 0
         if rows is None:
             self._seqlens.zero_()
             return
@@ -216,9 +232,15 @@ class RingKVCache:
             # _advance).
             out, lse = torch.ops.swaa.ring_decode(q, k, v, self.keys, self.values, self._seqlens,
                                                   lengths, self.window, self.sink, scale, 0, True)
+            if lengths is None:
+                self._min_seen += 1
         else:
-            out, lse = torch.ops.swaa.ring_chunk(q, k, v, self.keys, self.values, self._seqlens,
-                                                 lengths, self.window, self.sink, scale)
+            if self._chunk_by_gather(lc):
+                out, lse = self._attend_gathered(q, k, v, lengths, scale)
+            else:
+                out, lse = torch.ops.swaa.ring_chunk(q, k, v, self.keys, self.values,
+                                                     self._seqlens, lengths, self.window,
+                                                     self.sink, scale)
             torch.ops.swaa.ring_append(self.keys, self.values, k, v, self._seqlens, lengths,
                                        self.window, self.sink)
             self._advance(lc, lengths)
@@ -236,8 +258,48 @@ class RingKVCache:
                                    self.window, self.sink)
         self._advance(k.shape[2], lengths)
 
+    def _chunk_by_gather(self, lc: int) -> bool:
+        """Whether a chunk of ``lc`` positions attends through the forward kernel (see
+        GATHER_MIN_CHUNK); only once every ring is full, known on the host (``_min_seen``)."""
+        mode = os.environ.get("SWAA_RING_CHUNK", "auto")
+        if mode not in ("auto", "kernel", "gather"):
+            raise ValueError(f"SWAA_RING_CHUNK must be auto, kernel or gather, got {mode!r}")
+        if mode == "kernel" or self._min_seen < self.sink + self.window:
+            return False
+        on_cuda = self.device.type == "cuda"
+        if on_cuda and self.dtype not in (torch.bfloat16, torch.float16):
+            return False  # the CUDA forward kernels take bfloat16 and float16 only
+        return mode == "gather" or lc >= GATHER_MIN_CHUNK
+
+    def _attend_gathered(self, q, k, v, lengths, scale):
+        """A chunk's attention when every row has seen at least ``sink + window`` positions:
+        the ring holds the sinks and exactly the ``window`` positions before the chunk, so
+        ``[sinks, those positions in order, the chunk]`` is the row's visible history with the
+        gap between the sinks and the window removed, and swa_attention over it (same window and
+        sink, queries at the end) sees, for every query, the same keys at the same distances.
+        The gather reads the ring before ring_append overwrites it."""
+        s, w = self.sink, self.window
+        b, hkv, _, d = self.keys.shape
+        # position seqlens - w + i of row b sits in slot s + (seqlens - s + i) % w
+        order = torch.arange(w, device=self.device)
+        slots = s + torch.remainder(self._seqlens[:, None] - s + order[None, :], w)
+        slots = slots[:, None, :, None].expand(b, hkv, w, d)
+        keys = torch.cat([self.keys[:, :, :s], self.keys.gather(2, slots), k], dim=2)
+        values = torch.cat([self.values[:, :, :s], self.values.gather(2, slots), v], dim=2)
+        out, lse = torch.ops.swaa.fwd(q, keys, values, w, s, None, scale)
+        if lengths is not None:
+            # queries past lengths[b] are padding: zero output, -inf lse (the real queries
+            # before them cannot see the padded keys: causality)
+            lc = q.shape[2]
+            pad = (torch.arange(lc, device=self.device)[None, :]
+                   >= lengths.to(torch.int64).clamp(0, lc)[:, None])
+            out = out.masked_fill(pad[:, None, :, None], 0)
+            lse = lse.masked_fill(pad[:, None, :], float("-inf"))
+        return out, lse
+
     def _advance(self, lc: int, lengths: Optional[torch.Tensor]) -> None:
         if lengths is None:
+            self._min_seen += lc
             self._seqlens.add_(lc)
         else:
             self._seqlens.add_(lengths.to(torch.int64).clamp(0, lc))

@@ -523,6 +523,124 @@ def test_decode_advance_failed_call_leaves_seqlens_cpu():
     assert cache.seqlens.tolist() == [1, 1]
 
 
+# ------------------------------------------------- chunks through the forward kernel (gather)
+def gather_spy(monkeypatch):
+    """Counts the chunks that RingKVCache attends through the forward kernel."""
+    calls = []
+    original = RingKVCache._attend_gathered
+
+    def spy(self, *args):
+        calls.append(args[0].shape[2])
+        return original(self, *args)
+
+    monkeypatch.setattr(RingKVCache, "_attend_gathered", spy)
+    return calls
+
+
+@pytest.mark.parametrize("window,sink", [(1, 0), (1, 3), (5, 9), (16, 4), (7, 1), (40, 3)])
+def test_chunk_gather_matches_swa_attention_cpu(window, sink, monkeypatch):
+    """SWAA_RING_CHUNK=gather: once every ring is full, chunks attend through swa_attention
+    over [sinks, the window in position order, the chunk]; out and lse as over the history."""
+    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
+    calls = gather_spy(monkeypatch)
+    torch.manual_seed(window * 10 + sink)
+    B, Hq, Hkv, D = 2, 4, 2, 16
+    cache = RingKVCache(B, Hkv, D, window=window, sink=sink, dtype=torch.float32, device="cpu")
+    ks, vs, gathered = [], [], 0
+    sizes = [2, 1] + chunk_sizes(window, 12, seed=window + sink) + [3 * window + 5, 2]
+    for lc in sizes:
+        full = cache._min_seen >= sink + window
+        q, k, v = torch.randn(B, Hq, lc, D), torch.randn(B, Hkv, lc, D), torch.randn(B, Hkv, lc, D)
+        ks.append(k), vs.append(v)
+        out, lse = cache.attend(q, k, v, return_lse=True)
+        ref, ref_lse = swa_attention(q, torch.cat(ks, 2), torch.cat(vs, 2), window=window,
+                                     sink=sink, return_lse=True)
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=2e-5)
+        gathered += full and lc > 1
+    assert len(calls) == gathered > 0
+    assert cache.seqlens.tolist() == [sum(sizes)] * B
+
+
+def test_chunk_gather_rows_at_different_positions_and_padding_cpu(monkeypatch):
+    """Rows that diverge (padded chunks) after their rings filled: the gather follows each
+    row's own slots; padded queries give zero and -inf lse."""
+    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
+    calls = gather_spy(monkeypatch)
+    torch.manual_seed(11)
+    B, Hq, Hkv, D, W, S = 3, 4, 2, 16, 6, 2
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
+    hist_k, hist_v = [[] for _ in range(B)], [[] for _ in range(B)]
+    steps = [(9, None), (5, [5, 0, 3]), (7, [2, 7, 0]), (4, None), (1, None), (13, [13, 1, 6]),
+             (8, None)]
+    for lc, lens in steps:
+        q, k, v = torch.randn(B, Hq, lc, D), torch.randn(B, Hkv, lc, D), torch.randn(B, Hkv, lc, D)
+        lengths = None if lens is None else torch.tensor(lens)
+        out, lse = cache.attend(q, k, v, lengths=lengths, return_lse=True)
+        for b in range(B):
+            n = lc if lens is None else lens[b]
+            hist_k[b].append(k[b:b + 1, :, :n]), hist_v[b].append(v[b:b + 1, :, :n])
+            assert torch.all(out[b, :, n:] == 0) and torch.all(lse[b, :, n:] == float("-inf"))
+            if n:
+                ref, ref_lse = swa_attention(q[b:b + 1, :, :n], torch.cat(hist_k[b], 2),
+                                             torch.cat(hist_v[b], 2), window=W, sink=S,
+                                             return_lse=True)
+                torch.testing.assert_close(out[b:b + 1, :, :n], ref, atol=2e-5, rtol=2e-5)
+                torch.testing.assert_close(lse[b:b + 1, :, :n], ref_lse, atol=2e-5, rtol=2e-5)
+    # every chunk after the first 9 positions (the rings are 8 slots): padded ones too
+    assert calls == [5, 7, 4, 13, 8]
+    assert len(set(cache.seqlens.tolist())) == B
+
+
+def test_chunk_gather_waits_for_full_rings_cpu(monkeypatch):
+    """The host-side bound that decides the gather drops with reset: a row reset to position 0
+    must not attend to its old ring contents."""
+    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
+    calls = gather_spy(monkeypatch)
+    torch.manual_seed(12)
+    B, Hq, Hkv, D, W, S = 2, 2, 1, 8, 4, 1
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
+    k0, v0 = torch.randn(B, Hkv, 9, D), torch.randn(B, Hkv, 9, D)
+    cache.attend(torch.randn(B, Hq, 9, D), k0, v0)
+    cache.reset(torch.tensor([True, False]))
+    q, k, v = torch.randn(B, Hq, 3, D), torch.randn(B, Hkv, 3, D), torch.randn(B, Hkv, 3, D)
+    out = cache.attend(q, k, v)
+    assert calls == []  # row 0 is at position 0 again: ring_chunk, not the gather
+    torch.testing.assert_close(out[:1], swa_attention(q[:1], k[:1], v[:1], window=W, sink=S),
+                               atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out[1:], swa_attention(q[1:], torch.cat([k0[1:], k[1:]], 2),
+                                                      torch.cat([v0[1:], v[1:]], 2), window=W,
+                                                      sink=S), atol=2e-5, rtol=2e-5)
+    cache.reset()
+    assert cache._min_seen == 0
+
+
+def test_chunk_gather_auto_rule_and_bad_setting_cpu(monkeypatch):
+    """auto: chunks of GATHER_MIN_CHUNK positions and more once the rings are full; kernel:
+    never; a bad SWAA_RING_CHUNK raises before the cache changes."""
+    from swaa_ext.cache import GATHER_MIN_CHUNK
+    calls = gather_spy(monkeypatch)
+    torch.manual_seed(13)
+    W, S, D = 8, 2, 16
+    cache = RingKVCache(1, 1, D, window=W, sink=S, dtype=torch.float32, device="cpu")
+
+    def step(lc):
+        cache.attend(torch.randn(1, 2, lc, D), torch.randn(1, 1, lc, D), torch.randn(1, 1, lc, D))
+
+    monkeypatch.delenv("SWAA_RING_CHUNK", raising=False)
+    step(GATHER_MIN_CHUNK)       # rings empty: ring_chunk
+    step(GATHER_MIN_CHUNK - 1)   # too short
+    step(GATHER_MIN_CHUNK)       # gathered
+    monkeypatch.setenv("SWAA_RING_CHUNK", "kernel")
+    step(GATHER_MIN_CHUNK)
+    assert calls == [GATHER_MIN_CHUNK]
+    monkeypatch.setenv("SWAA_RING_CHUNK", "fast")
+    before = cache.seqlens.clone(), cache.keys.clone()
+    with pytest.raises(ValueError, match="SWAA_RING_CHUNK must be auto, kernel or gather"):
+        step(GATHER_MIN_CHUNK)
+    assert torch.equal(cache.seqlens, before[0]) and torch.equal(cache.keys, before[1])
+
+
 # --------------------------------------------------------------------------- CUDA
 def bf16_check(window, sink):
     def check(out, q, K, V, *_):
@@ -562,6 +680,44 @@ def test_stream_matches_cpu_cuda_other_dtypes(dtype):
         ref = cpu.attend(q.float(), k.float(), v.float())
         tol = 2e-5 if dtype == torch.float32 else 2e-3
         torch.testing.assert_close(out.float().cpu(), ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim,window,sink", [(64, 300, 4), (128, 1024, 0), (128, 200, 130)])
+def test_chunk_gather_cuda(dtype, head_dim, window, sink, monkeypatch):
+    """The default (auto) on CUDA: chunks of >= GATHER_MIN_CHUNK positions after the rings
+    fill go through the tensor-core forward; each against the float64 reference, and against
+    the same stream through ring_chunk (SWAA_RING_CHUNK=kernel)."""
+    calls = gather_spy(monkeypatch)
+    torch.manual_seed(head_dim + window)
+    B, Hq, Hkv = 2, 8, 2
+    sizes = [window + sink + 5, 64, 1, 500, 3, 129, 1]
+    caches = {}
+    for mode in ("auto", "kernel"):
+        monkeypatch.setenv("SWAA_RING_CHUNK", mode)
+        caches[mode] = RingKVCache(B, Hkv, head_dim, window=window, sink=sink, dtype=dtype,
+                                   device="cuda")
+    ks, vs = [], []
+    for lc in sizes:
+        q = torch.randn(B, Hq, lc, head_dim, dtype=dtype, device="cuda")
+        k = torch.randn(B, Hkv, lc, head_dim, dtype=dtype, device="cuda")
+        v = torch.randn(B, Hkv, lc, head_dim, dtype=dtype, device="cuda")
+        ks.append(k), vs.append(v)
+        outs = {}
+        for mode, cache in caches.items():
+            monkeypatch.setenv("SWAA_RING_CHUNK", mode)
+            outs[mode] = cache.attend(q, k, v)
+        K, V = torch.cat(ks, 2).float(), torch.cat(vs, 2).float()
+        ref = reference_attention(q.float(), K, V, window=window, sink=sink,
+                                  compute_dtype=torch.float64).float()
+        torch_err = (reference_attention(q, torch.cat(ks, 2), torch.cat(vs, 2), window=window,
+                                         sink=sink, compute_dtype=dtype).float() - ref).abs().max()
+        for mode, out in outs.items():
+            err = (out.float() - ref).abs().max()
+            assert err <= 2 * torch_err + 2e-3, (mode, lc, err.item(), torch_err.item())
+    assert calls == [64, 500, 129]
 
 
 @pytest.mark.cuda
