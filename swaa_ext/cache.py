@@ -84,9 +84,9 @@ class RingKVCache:
         self.device = self.keys.device  # "cuda" resolved to "cuda:<current>"
         self.values = torch.zeros(shape, dtype=dtype, device=self.device)
         self._seqlens = torch.zeros(batch, dtype=torch.int64, device=self.device)
-        # A host-side lower bound of every row's position, kept without reading the device:
-        # calls without `lengths` add their Lc, reset() zeroes it.  CUDA graph replays move the
-        # rows further without updating it, which keeps it a lower bound.
+        # A host-side lower bound of every row's position, kept without reading the device
+        # (_raise_bound): calls without `lengths` add their Lc, reset() zeroes it.  CUDA graph
+        # replays move the rows further without updating it, which keeps it a lower bound.
         self._min_seen = 0
 
     # ------------------------------------------------------------------ state
@@ -233,7 +233,7 @@ class RingKVCache:
             out, lse = torch.ops.swaa.ring_decode(q, k, v, self.keys, self.values, self._seqlens,
                                                   lengths, self.window, self.sink, scale, 0, True)
             if lengths is None:
-                self._min_seen += 1
+                self._raise_bound(1)
         else:
             if self._chunk_by_gather(lc):
                 out, lse = self._attend_gathered(q, k, v, lengths, scale)
@@ -297,9 +297,20 @@ class RingKVCache:
             lse = lse.masked_fill(pad[:, None, :], float("-inf"))
         return out, lse
 
+    def _raise_bound(self, lc: int) -> None:
+        """Adds ``lc`` to the lower bound of the positions, except where the add of ``seqlens``
+        that it mirrors does not run now: while a CUDA graph is captured (the add runs at each
+        replay, not at capture) and while torch.compile traces (a changing int in the trace
+        would recompile every call).  Skipping only loosens the bound."""
+        if torch.compiler.is_compiling():
+            return
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return
+        self._min_seen += lc
+
     def _advance(self, lc: int, lengths: Optional[torch.Tensor]) -> None:
         if lengths is None:
-            self._min_seen += lc
+            self._raise_bound(lc)
             self._seqlens.add_(lc)
         else:
             self._seqlens.add_(lengths.to(torch.int64).clamp(0, lc))

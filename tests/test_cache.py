@@ -722,6 +722,39 @@ def test_chunk_gather_cuda(dtype, head_dim, window, sink, monkeypatch):
 
 @pytest.mark.cuda
 @cuda
+def test_chunk_right_after_graph_capture_cuda():
+    """Capturing a decode step records its seqlens add without running it, so the host-side
+    bound must not count it: a chunk attended right after the capture (no replay) at
+    sink + window - 1 positions would otherwise gather a slot never written.  (Written in
+    session 16 after the review; not yet run on a GPU.)"""
+    torch.manual_seed(17)
+    B, Hq, Hkv, D, W, S = 1, 4, 2, 64, 8, 2
+
+    def rnd(heads, lc):
+        return torch.randn(B, heads, lc, D, dtype=torch.bfloat16, device="cuda")
+
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+    ks, vs = [rnd(Hkv, S + W - 2)], []
+    vs.append(rnd(Hkv, S + W - 2))
+    cache.attend(rnd(Hq, S + W - 2), ks[0], vs[0])
+    static = [rnd(Hq, 1), rnd(Hkv, 1), rnd(Hkv, 1)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: a real step (position S + W - 2)
+        cache.attend(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    ks.append(static[1].clone()), vs.append(static[2].clone())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        cache.attend(*static)
+    assert cache.seqlens.tolist() == [S + W - 1] and cache._min_seen == S + W - 1
+    q, k, v = rnd(Hq, 64), rnd(Hkv, 64), rnd(Hkv, 64)
+    ks.append(k), vs.append(v)
+    bf16_check(W, S)(cache.attend(q, k, v), q, torch.cat(ks, 2), torch.cat(vs, 2))
+
+
+@pytest.mark.cuda
+@cuda
 def test_decode_many_splits_cuda():
     # B = 1 with a long window: the decode kernel splits the window across blocks.
     torch.manual_seed(9)
@@ -1085,6 +1118,30 @@ def test_opcheck_cuda(case):
 
 def test_public_export():
     assert "RingKVCache" in swaa_ext.__all__ and swaa_ext.RingKVCache is RingKVCache
+
+
+def test_torch_compile_compiles_each_step_kind_once_cpu():
+    """Compiled decode steps and chunks reuse one graph each: the host-side bound of the
+    positions (which picks the gather) must not change inside the trace (session 16's review:
+    it recompiled every call).  Compiled calls leave the bound where the eager prefill put it,
+    so the chunks take the gather."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(14)
+    W, S, D = 5, 1, 16
+    compiled = RingKVCache(1, 2, D, window=W, sink=S, dtype=torch.float32, device="cpu")
+    eager = RingKVCache(1, 2, D, window=W, sink=S, dtype=torch.float32, device="cpu")
+    prefill = [torch.randn(1, h, 70, D) for h in (4, 2, 2)]
+    compiled.attend(*prefill), eager.attend(*prefill)  # eager: both rings full
+    step = torch.compile(lambda q, k, v: compiled.attend(q, k, v), fullgraph=True,
+                         backend="aot_eager")
+    before = counters["stats"]["unique_graphs"]
+    for lc in (1,) * 6 + (64,) * 4:
+        q, k, v = torch.randn(1, 4, lc, D), torch.randn(1, 2, lc, D), torch.randn(1, 2, lc, D)
+        torch.testing.assert_close(step(q, k, v), eager.attend(q, k, v), atol=1e-6, rtol=1e-6)
+    assert counters["stats"]["unique_graphs"] - before <= 2
+    assert compiled._min_seen == 70 and compiled._chunk_by_gather(64)
+    assert eager._min_seen == 70 + 6 + 4 * 64
+    assert torch.equal(compiled.seqlens, eager.seqlens)
 
 
 def test_torch_compile_fullgraph_cpu():
