@@ -23,14 +23,16 @@ from . import _C  # noqa: F401  (loads the library: registers torch.ops.swaa.rin
 
 __all__ = ["RingKVCache"]
 
-# A chunk (Lc > 1) attends through the tiled forward kernel (swa_attention: tensor cores on
-# CUDA) over the ring's keys put back in position order, instead of ring_chunk (CUDA cores,
-# fp32), once every row's ring is full and the chunk has at least GATHER_MIN_CHUNK positions
-# (CPU, B=1, Hq=8, Hkv=2, D=64: 0.98-1.14x ring_chunk at Lc=64, 1.25-1.34x from 256; below 64
-# the gather of the whole window costs more than it saves).  SWAA_RING_CHUNK (read at every
-# call): "auto" (this rule), "kernel" (always ring_chunk), "gather" (the forward kernel whenever
-# every ring is full, any Lc > 1).  On CUDA only bfloat16 and float16 (the forward kernels'
-# dtypes) take the gather.
+# A chunk (Lc > 1) of at least GATHER_MIN_CHUNK positions attends through the tiled forward
+# kernel (swa_attention: tensor cores on CUDA) over the ring's keys in position order plus the
+# chunk, instead of ring_chunk (CUDA cores, fp32), whenever the host knows that order without
+# reading the device: every ring full ("gather": sinks, then the window gathered in order), or
+# every row at one known position short of that ("prefix": slots 0 .. n - 1; the first chunk of
+# a stream is the chunk alone).  CPU, B=1, Hq=8, Hkv=2, D=64: 0.98-1.14x ring_chunk at Lc=64,
+# 1.25-1.34x from 256; below 64 the copy of the window costs more than it saves.
+# SWAA_RING_CHUNK (read at every call): "auto" (this rule), "kernel" (always ring_chunk),
+# "gather" (the forward kernel whenever the order is known, any Lc > 1).  On CUDA only bfloat16
+# and float16 (the forward kernels' dtypes) take the forward kernel.
 GATHER_MIN_CHUNK = 64
 
 
@@ -84,10 +86,14 @@ class RingKVCache:
         self.device = self.keys.device  # "cuda" resolved to "cuda:<current>"
         self.values = torch.zeros(shape, dtype=dtype, device=self.device)
         self._seqlens = torch.zeros(batch, dtype=torch.int64, device=self.device)
-        # A host-side lower bound of every row's position, kept without reading the device
-        # (_raise_bound): calls without `lengths` add their Lc, reset() zeroes it.  CUDA graph
-        # replays move the rows further without updating it, which keeps it a lower bound.
+        # What the host knows of the positions without reading the device (_note_advance):
+        # _min_seen, a lower bound of every row's position (calls without `lengths` add their
+        # Lc, reset() zeroes it; CUDA graph replays move the rows on without it, which keeps it
+        # a lower bound); _exact, the position of every row while they are all equal and known
+        # (None from a call with `lengths`, a reset of some rows, a graph capture or a compiled
+        # call on, until reset()).
         self._min_seen = 0
+        self._exact: Optional[int] = 0
 
     # ------------------------------------------------------------------ state
     @property
@@ -112,6 +118,7 @@ class RingKVCache:
         (B,) or integer indices) so a finished row can take a new sequence.
         Stored keys need no clearing: a row at position 0 sees none of them."""
         self._min_seen = 0
+        self._exact = 0 if rows is None else None
         if rows is None:
             self._seqlens.zero_()
             return
@@ -232,11 +239,13 @@ class RingKVCache:
             # _advance).
             out, lse = torch.ops.swaa.ring_decode(q, k, v, self.keys, self.values, self._seqlens,
                                                   lengths, self.window, self.sink, scale, 0, True)
-            if lengths is None:
-                self._raise_bound(1)
+            self._note_advance(1, lengths)
         else:
-            if self._chunk_by_gather(lc):
+            source = self._chunk_source(lc)
+            if source == "gather":
                 out, lse = self._attend_gathered(q, k, v, lengths, scale)
+            elif source == "prefix":
+                out, lse = self._attend_prefix(q, k, v, lengths, scale)
             else:
                 out, lse = torch.ops.swaa.ring_chunk(q, k, v, self.keys, self.values,
                                                      self._seqlens, lengths, self.window,
@@ -258,18 +267,38 @@ class RingKVCache:
                                    self.window, self.sink)
         self._advance(k.shape[2], lengths)
 
-    def _chunk_by_gather(self, lc: int) -> bool:
-        """Whether a chunk of ``lc`` positions attends through the forward kernel (see
-        GATHER_MIN_CHUNK); only once every ring is full, known on the host (``_min_seen``)."""
+    def _chunk_source(self, lc: int) -> str:
+        """How a chunk of ``lc`` positions attends: "gather" or "prefix" through the forward
+        kernel (see GATHER_MIN_CHUNK), else "kernel" (ring_chunk).  "gather" once every ring is
+        full (``_min_seen``); "prefix" while every row sits at the same known position short of
+        that (``_exact``), whose ring then holds positions 0 .. _exact - 1 in slots 0 ..
+        _exact - 1.  Not "prefix" under graph capture or torch.compile: the slice length would
+        be fixed in a graph that later runs at other positions."""
         mode = os.environ.get("SWAA_RING_CHUNK", "auto")
         if mode not in ("auto", "kernel", "gather"):
             raise ValueError(f"SWAA_RING_CHUNK must be auto, kernel or gather, got {mode!r}")
-        if mode == "kernel" or self._min_seen < self.sink + self.window:
-            return False
         on_cuda = self.device.type == "cuda"
+        if mode == "kernel" or (mode == "auto" and lc < GATHER_MIN_CHUNK):
+            return "kernel"
         if on_cuda and self.dtype not in (torch.bfloat16, torch.float16):
-            return False  # the CUDA forward kernels take bfloat16 and float16 only
-        return mode == "gather" or lc >= GATHER_MIN_CHUNK
+            return "kernel"  # the CUDA forward kernels take bfloat16 and float16 only
+        if self._min_seen >= self.sink + self.window:
+            return "gather"
+        tracing = torch.compiler.is_compiling() or (
+            on_cuda and torch.cuda.is_current_stream_capturing())
+        if not tracing and self._exact is not None:
+            return "prefix"
+        return "kernel"
+
+    def _attend_prefix(self, q, k, v, lengths, scale):
+        """A chunk's attention while every row sits at position ``_exact`` < sink + window: no
+        slot has been reused yet, so slots 0 .. _exact - 1 hold positions 0 .. _exact - 1 and
+        ``[those slots, the chunk]`` is each row's history (the first chunk of a stream: the
+        chunk alone)."""
+        n = self._exact
+        keys = torch.cat([self.keys[:, :, :n], k], dim=2) if n else k
+        values = torch.cat([self.values[:, :, :n], v], dim=2) if n else v
+        return self._attend_history(q, keys, values, lengths, scale)
 
     def _attend_gathered(self, q, k, v, lengths, scale):
         """A chunk's attention when every row has seen at least ``sink + window`` positions:
@@ -286,7 +315,12 @@ class RingKVCache:
         slots = slots[:, None, :, None].expand(b, hkv, w, d)
         keys = torch.cat([self.keys[:, :, :s], self.keys.gather(2, slots), k], dim=2)
         values = torch.cat([self.values[:, :, :s], self.values.gather(2, slots), v], dim=2)
-        out, lse = torch.ops.swaa.fwd(q, keys, values, w, s, None, scale)
+        return self._attend_history(q, keys, values, lengths, scale)
+
+    def _attend_history(self, q, keys, values, lengths, scale):
+        """swa_attention of the chunk's queries (the last Lc positions of ``keys``) with the
+        cache's window and sink; padded queries (``lengths``) zeroed."""
+        out, lse = torch.ops.swaa.fwd(q, keys, values, self.window, self.sink, None, scale)
         if lengths is not None:
             # queries past lengths[b] are padding: zero output, -inf lse (the real queries
             # before them cannot see the padded keys: causality)
@@ -297,20 +331,23 @@ class RingKVCache:
             lse = lse.masked_fill(pad[:, None, :], float("-inf"))
         return out, lse
 
-    def _raise_bound(self, lc: int) -> None:
-        """Adds ``lc`` to the lower bound of the positions, except where the add of ``seqlens``
-        that it mirrors does not run now: while a CUDA graph is captured (the add runs at each
-        replay, not at capture) and while torch.compile traces (a changing int in the trace
-        would recompile every call).  Skipping only loosens the bound."""
-        if torch.compiler.is_compiling():
-            return
-        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    def _note_advance(self, lc: int, lengths: Optional[torch.Tensor]) -> None:
+        """Updates what the host knows of the positions for a call that advances every row by
+        ``lc`` (or by ``lengths``).  While a CUDA graph is captured the add of ``seqlens`` runs
+        at each replay, not now, and while torch.compile traces, a changing int would recompile
+        every call: the lower bound stays (only looser) and the exact position becomes unknown
+        (the compiled trace replays that store).  Calls with ``lengths`` make rows differ."""
+        capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if torch.compiler.is_compiling() or capturing or lengths is not None:
+            self._exact = None
             return
         self._min_seen += lc
+        if self._exact is not None:
+            self._exact += lc
 
     def _advance(self, lc: int, lengths: Optional[torch.Tensor]) -> None:
+        self._note_advance(lc, lengths)
         if lengths is None:
-            self._raise_bound(lc)
             self._seqlens.add_(lc)
         else:
             self._seqlens.add_(lengths.to(torch.int64).clamp(0, lc))

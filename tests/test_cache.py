@@ -524,32 +524,37 @@ def test_decode_advance_failed_call_leaves_seqlens_cpu():
 
 
 # ------------------------------------------------- chunks through the forward kernel (gather)
-def gather_spy(monkeypatch):
-    """Counts the chunks that RingKVCache attends through the forward kernel."""
-    calls = []
-    original = RingKVCache._attend_gathered
+def chunk_sources(monkeypatch):
+    """Records how RingKVCache attends each chunk: "gather", "prefix" (the forward kernel) or
+    "kernel" (ring_chunk)."""
+    sources = []
+    original = RingKVCache._chunk_source
 
-    def spy(self, *args):
-        calls.append(args[0].shape[2])
-        return original(self, *args)
+    def spy(self, lc):
+        sources.append(original(self, lc))
+        return sources[-1]
 
-    monkeypatch.setattr(RingKVCache, "_attend_gathered", spy)
-    return calls
+    monkeypatch.setattr(RingKVCache, "_chunk_source", spy)
+    return sources
 
 
 @pytest.mark.parametrize("window,sink", [(1, 0), (1, 3), (5, 9), (16, 4), (7, 1), (40, 3)])
 def test_chunk_gather_matches_swa_attention_cpu(window, sink, monkeypatch):
-    """SWAA_RING_CHUNK=gather: once every ring is full, chunks attend through swa_attention
-    over [sinks, the window in position order, the chunk]; out and lse as over the history."""
+    """SWAA_RING_CHUNK=gather: chunks attend through swa_attention over the ring's slots in
+    position order and the chunk, before the rings fill ("prefix": slots 0 .. n - 1) and after
+    ("gather": [sinks, the window in order]); out and lse as over the history."""
     monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
-    calls = gather_spy(monkeypatch)
+    sources = chunk_sources(monkeypatch)
     torch.manual_seed(window * 10 + sink)
     B, Hq, Hkv, D = 2, 4, 2, 16
     cache = RingKVCache(B, Hkv, D, window=window, sink=sink, dtype=torch.float32, device="cpu")
-    ks, vs, gathered = [], [], 0
+    ks, vs, expected = [], [], []
     sizes = [2, 1] + chunk_sizes(window, 12, seed=window + sink) + [3 * window + 5, 2]
+    seen = 0
     for lc in sizes:
-        full = cache._min_seen >= sink + window
+        if lc > 1:
+            expected.append("gather" if seen >= sink + window else "prefix")
+        seen += lc
         q, k, v = torch.randn(B, Hq, lc, D), torch.randn(B, Hkv, lc, D), torch.randn(B, Hkv, lc, D)
         ks.append(k), vs.append(v)
         out, lse = cache.attend(q, k, v, return_lse=True)
@@ -557,8 +562,7 @@ def test_chunk_gather_matches_swa_attention_cpu(window, sink, monkeypatch):
                                      sink=sink, return_lse=True)
         torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
         torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=2e-5)
-        gathered += full and lc > 1
-    assert len(calls) == gathered > 0
+    assert sources == expected and "gather" in sources and sources[0] == "prefix"
     assert cache.seqlens.tolist() == [sum(sizes)] * B
 
 
@@ -566,7 +570,7 @@ def test_chunk_gather_rows_at_different_positions_and_padding_cpu(monkeypatch):
     """Rows that diverge (padded chunks) after their rings filled: the gather follows each
     row's own slots; padded queries give zero and -inf lse."""
     monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
-    calls = gather_spy(monkeypatch)
+    sources = chunk_sources(monkeypatch)
     torch.manual_seed(11)
     B, Hq, Hkv, D, W, S = 3, 4, 2, 16, 6, 2
     cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
@@ -587,8 +591,9 @@ def test_chunk_gather_rows_at_different_positions_and_padding_cpu(monkeypatch):
                                              return_lse=True)
                 torch.testing.assert_close(out[b:b + 1, :, :n], ref, atol=2e-5, rtol=2e-5)
                 torch.testing.assert_close(lse[b:b + 1, :, :n], ref_lse, atol=2e-5, rtol=2e-5)
-    # every chunk after the first 9 positions (the rings are 8 slots): padded ones too
-    assert calls == [5, 7, 4, 13, 8]
+    # the first chunk from position 0, then every chunk (padded ones too) once the 8-slot
+    # rings are full
+    assert sources == ["prefix"] + ["gather"] * 5
     assert len(set(cache.seqlens.tolist())) == B
 
 
@@ -596,7 +601,7 @@ def test_chunk_gather_waits_for_full_rings_cpu(monkeypatch):
     """The host-side bound that decides the gather drops with reset: a row reset to position 0
     must not attend to its old ring contents."""
     monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
-    calls = gather_spy(monkeypatch)
+    sources = chunk_sources(monkeypatch)
     torch.manual_seed(12)
     B, Hq, Hkv, D, W, S = 2, 2, 1, 8, 4, 1
     cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
@@ -605,40 +610,68 @@ def test_chunk_gather_waits_for_full_rings_cpu(monkeypatch):
     cache.reset(torch.tensor([True, False]))
     q, k, v = torch.randn(B, Hq, 3, D), torch.randn(B, Hkv, 3, D), torch.randn(B, Hkv, 3, D)
     out = cache.attend(q, k, v)
-    assert calls == []  # row 0 is at position 0 again: ring_chunk, not the gather
+    # row 0 is at position 0 again, row 1 at 9: neither full nor one known position
+    assert sources == ["prefix", "kernel"]
     torch.testing.assert_close(out[:1], swa_attention(q[:1], k[:1], v[:1], window=W, sink=S),
                                atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(out[1:], swa_attention(q[1:], torch.cat([k0[1:], k[1:]], 2),
                                                       torch.cat([v0[1:], v[1:]], 2), window=W,
                                                       sink=S), atol=2e-5, rtol=2e-5)
     cache.reset()
-    assert cache._min_seen == 0
+    assert cache._min_seen == 0 and cache._exact == 0
+    out = cache.attend(q, k, v)  # both rows at 0 again: the chunk alone
+    assert sources[-1] == "prefix"
+    torch.testing.assert_close(out, swa_attention(q, k, v, window=W, sink=S), atol=2e-5,
+                               rtol=2e-5)
 
 
 def test_chunk_gather_auto_rule_and_bad_setting_cpu(monkeypatch):
-    """auto: chunks of GATHER_MIN_CHUNK positions and more once the rings are full; kernel:
-    never; a bad SWAA_RING_CHUNK raises before the cache changes."""
+    """auto: chunks of GATHER_MIN_CHUNK positions and more through the forward kernel, from an
+    empty ring on; kernel: never; a bad SWAA_RING_CHUNK raises before the cache changes."""
     from swaa_ext.cache import GATHER_MIN_CHUNK
-    calls = gather_spy(monkeypatch)
+    sources = chunk_sources(monkeypatch)
     torch.manual_seed(13)
-    W, S, D = 8, 2, 16
+    W, S, D = 100, 2, 16
     cache = RingKVCache(1, 1, D, window=W, sink=S, dtype=torch.float32, device="cpu")
 
     def step(lc):
         cache.attend(torch.randn(1, 2, lc, D), torch.randn(1, 1, lc, D), torch.randn(1, 1, lc, D))
 
     monkeypatch.delenv("SWAA_RING_CHUNK", raising=False)
-    step(GATHER_MIN_CHUNK)       # rings empty: ring_chunk
+    step(GATHER_MIN_CHUNK)       # position 0: the chunk alone
     step(GATHER_MIN_CHUNK - 1)   # too short
-    step(GATHER_MIN_CHUNK)       # gathered
+    step(GATHER_MIN_CHUNK)       # position 127 >= 102: full
     monkeypatch.setenv("SWAA_RING_CHUNK", "kernel")
     step(GATHER_MIN_CHUNK)
-    assert calls == [GATHER_MIN_CHUNK]
+    assert sources == ["prefix", "kernel", "gather", "kernel"]
     monkeypatch.setenv("SWAA_RING_CHUNK", "fast")
     before = cache.seqlens.clone(), cache.keys.clone()
     with pytest.raises(ValueError, match="SWAA_RING_CHUNK must be auto, kernel or gather"):
         step(GATHER_MIN_CHUNK)
     assert torch.equal(cache.seqlens, before[0]) and torch.equal(cache.keys, before[1])
+
+
+def test_chunk_prefix_needs_one_known_position_cpu(monkeypatch):
+    """A call with lengths makes the rows' positions differ and unknown to the host: the next
+    chunks take ring_chunk until the rings are full."""
+    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
+    sources = chunk_sources(monkeypatch)
+    torch.manual_seed(16)
+    B, Hq, Hkv, D, W, S = 2, 4, 2, 16, 16, 2
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
+    hist = [([], []) for _ in range(B)]
+    for lc, lens in ((5, None), (5, [3, 5]), (6, None), (9, None)):
+        q, k, v = torch.randn(B, Hq, lc, D), torch.randn(B, Hkv, lc, D), torch.randn(B, Hkv, lc, D)
+        out = cache.attend(q, k, v, lengths=None if lens is None else torch.tensor(lens))
+        for b in range(B):
+            n = lc if lens is None else lens[b]
+            hist[b][0].append(k[b:b + 1, :, :n]), hist[b][1].append(v[b:b + 1, :, :n])
+            ref = swa_attention(q[b:b + 1, :, :n], torch.cat(hist[b][0], 2),
+                                torch.cat(hist[b][1], 2), window=W, sink=S)
+            torch.testing.assert_close(out[b:b + 1, :, :n], ref, atol=2e-5, rtol=2e-5)
+    # 5: from 0; 5 (padded): both rows at 5; 6: rows at 8 and 10; 9: at 14 and 16 < 18
+    assert sources == ["prefix", "prefix", "kernel", "kernel"]
+    assert cache._exact is None and cache._min_seen == 5 + 6 + 9
 
 
 # --------------------------------------------------------------------------- CUDA
@@ -690,7 +723,7 @@ def test_chunk_gather_cuda(dtype, head_dim, window, sink, monkeypatch):
     """The default (auto) on CUDA: chunks of >= GATHER_MIN_CHUNK positions after the rings
     fill go through the tensor-core forward; each against the float64 reference, and against
     the same stream through ring_chunk (SWAA_RING_CHUNK=kernel)."""
-    calls = gather_spy(monkeypatch)
+    sources = chunk_sources(monkeypatch)
     torch.manual_seed(head_dim + window)
     B, Hq, Hkv = 2, 8, 2
     sizes = [window + sink + 5, 64, 1, 500, 3, 129, 1]
@@ -717,7 +750,9 @@ def test_chunk_gather_cuda(dtype, head_dim, window, sink, monkeypatch):
         for mode, out in outs.items():
             err = (out.float() - ref).abs().max()
             assert err <= 2 * torch_err + 2e-3, (mode, lc, err.item(), torch_err.item())
-    assert calls == [64, 500, 129]
+    # the auto cache: the first chunk from position 0, then gathers (the kernel cache: kernel)
+    assert sources[0::2] == ["prefix", "gather", "gather", "kernel", "gather"]
+    assert sources[1::2] == ["kernel"] * 5
 
 
 @pytest.mark.cuda
@@ -1139,8 +1174,8 @@ def test_torch_compile_compiles_each_step_kind_once_cpu():
         q, k, v = torch.randn(1, 4, lc, D), torch.randn(1, 2, lc, D), torch.randn(1, 2, lc, D)
         torch.testing.assert_close(step(q, k, v), eager.attend(q, k, v), atol=1e-6, rtol=1e-6)
     assert counters["stats"]["unique_graphs"] - before <= 2
-    assert compiled._min_seen == 70 and compiled._chunk_by_gather(64)
-    assert eager._min_seen == 70 + 6 + 4 * 64
+    assert compiled._min_seen == 70 and compiled._chunk_source(64) == "gather"
+    assert compiled._exact is None and eager._exact == 70 + 6 + 4 * 64
     assert torch.equal(compiled.seqlens, eager.seqlens)
 
 
