@@ -90,10 +90,12 @@ class RingKVCache:
         # _min_seen, a lower bound of every row's position (calls without `lengths` add their
         # Lc, reset() zeroes it; CUDA graph replays move the rows on without it, which keeps it
         # a lower bound); _exact, the position of every row while they are all equal and known
-        # (None from a call with `lengths`, a reset of some rows, a graph capture or a compiled
-        # call on, until reset()).
+        # (None from a call with `lengths`, a reset of some rows or a graph capture on, until
+        # reset()).  Both hold only while seqlens' version counter is the one they saw: a write
+        # to seqlens from outside (or by a compiled call) makes them 0 and None (_forget_if_moved).
         self._min_seen = 0
         self._exact: Optional[int] = 0
+        self._version_seen = self._seqlens._version
 
     # ------------------------------------------------------------------ state
     @property
@@ -121,6 +123,7 @@ class RingKVCache:
         self._exact = 0 if rows is None else None
         if rows is None:
             self._seqlens.zero_()
+            self._version_seen = self._seqlens._version
             return
         if not isinstance(rows, torch.Tensor):
             rows = torch.as_tensor(rows)
@@ -130,6 +133,7 @@ class RingKVCache:
                 raise ValueError(f"RingKVCache.reset: rows mask must have shape ({self.batch},), "
                                  f"got {tuple(rows.shape)}")
             self._seqlens.masked_fill_(rows, 0)
+            self._version_seen = self._seqlens._version
             return
         if rows.is_floating_point() or rows.is_complex():
             raise ValueError(f"RingKVCache.reset: rows must be a bool mask or integer row indices, "
@@ -139,6 +143,7 @@ class RingKVCache:
             raise ValueError(f"RingKVCache.reset: rows must lie in [0, {self.batch}), "
                              f"got {rows.tolist()}")
         self._seqlens.index_fill_(0, rows, 0)
+        self._version_seen = self._seqlens._version
 
     # ------------------------------------------------------------------ attend
     def _check(self, q, k, v, lengths, method: str = "attend") -> None:
@@ -229,6 +234,7 @@ class RingKVCache:
         raises leaves the cache unchanged.
         """
         self._check(q, k, v, lengths)
+        self._forget_if_moved()
         scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         scale = float(scale)
         lc = k.shape[2]
@@ -263,6 +269,7 @@ class RingKVCache:
         positions that stay visible (sinks and the last ``window``) are written.  A call that
         raises leaves the cache unchanged."""
         self._check(None, k, v, lengths, "append")
+        self._forget_if_moved()
         torch.ops.swaa.ring_append(self.keys, self.values, k, v, self._seqlens, lengths,
                                    self.window, self.sink)
         self._advance(k.shape[2], lengths)
@@ -272,21 +279,23 @@ class RingKVCache:
         kernel (see GATHER_MIN_CHUNK), else "kernel" (ring_chunk).  "gather" once every ring is
         full (``_min_seen``); "prefix" while every row sits at the same known position short of
         that (``_exact``), whose ring then holds positions 0 .. _exact - 1 in slots 0 ..
-        _exact - 1.  Not "prefix" under graph capture or torch.compile: the slice length would
-        be fixed in a graph that later runs at other positions."""
+        _exact - 1.  Not "prefix" under graph capture (the slice length would be fixed in a
+        graph that later runs at other positions); only "kernel" under torch.compile (the
+        compiled graph would run without _forget_if_moved's check)."""
         mode = os.environ.get("SWAA_RING_CHUNK", "auto")
         if mode not in ("auto", "kernel", "gather"):
             raise ValueError(f"SWAA_RING_CHUNK must be auto, kernel or gather, got {mode!r}")
         on_cuda = self.device.type == "cuda"
         if mode == "kernel" or (mode == "auto" and lc < GATHER_MIN_CHUNK):
             return "kernel"
+        if torch.compiler.is_compiling():
+            return "kernel"  # the host's view of the positions is not checked inside a trace
         if on_cuda and self.dtype not in (torch.bfloat16, torch.float16):
             return "kernel"  # the CUDA forward kernels take bfloat16 and float16 only
         if self._min_seen >= self.sink + self.window:
             return "gather"
-        tracing = torch.compiler.is_compiling() or (
-            on_cuda and torch.cuda.is_current_stream_capturing())
-        if not tracing and self._exact is not None:
+        capturing = on_cuda and torch.cuda.is_current_stream_capturing()
+        if not capturing and self._exact is not None:
             return "prefix"
         return "kernel"
 
@@ -331,26 +340,39 @@ class RingKVCache:
             lse = lse.masked_fill(pad[:, None, :], float("-inf"))
         return out, lse
 
-    def _note_advance(self, lc: int, lengths: Optional[torch.Tensor]) -> None:
-        """Updates what the host knows of the positions for a call that advances every row by
-        ``lc`` (or by ``lengths``).  While a CUDA graph is captured the add of ``seqlens`` runs
-        at each replay, not now, and while torch.compile traces, a changing int would recompile
-        every call: the lower bound stays (only looser) and the exact position becomes unknown
-        (the compiled trace replays that store).  Calls with ``lengths`` make rows differ."""
-        capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        if torch.compiler.is_compiling() or capturing or lengths is not None:
-            self._exact = None
+    def _forget_if_moved(self) -> None:
+        """Drops what the host knows of the positions if seqlens changed since it was last
+        recorded: written from outside (against the docs, e.g. ``seqlens.fill_``) or by a
+        compiled call.  A host-side read of the version counter, no device read."""
+        if torch.compiler.is_compiling():
             return
-        self._min_seen += lc
-        if self._exact is not None:
+        if self._seqlens._version != self._version_seen:
+            self._min_seen, self._exact = 0, None
+            self._version_seen = self._seqlens._version
+
+    def _note_advance(self, lc: int, lengths: Optional[torch.Tensor]) -> None:
+        """Updates what the host knows of the positions after a call advanced every row by
+        ``lc`` (or by ``lengths``), its seqlens write included.  Under CUDA graph capture the
+        write runs at each replay, not now: the lower bound stays (replays only raise the
+        positions) and the exact position becomes unknown.  Under torch.compile nothing is
+        recorded; the next eager call finds seqlens' version moved and forgets."""
+        if torch.compiler.is_compiling():
+            return
+        capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if capturing or lengths is not None:
+            self._exact = None
+        elif self._exact is not None:
             self._exact += lc
+        if not capturing and lengths is None:
+            self._min_seen += lc
+        self._version_seen = self._seqlens._version
 
     def _advance(self, lc: int, lengths: Optional[torch.Tensor]) -> None:
-        self._note_advance(lc, lengths)
         if lengths is None:
             self._seqlens.add_(lc)
         else:
             self._seqlens.add_(lengths.to(torch.int64).clamp(0, lc))
+        self._note_advance(lc, lengths)
 
     def __repr__(self) -> str:
         return (f"RingKVCache(batch={self.batch}, kv_heads={self.kv_heads}, "

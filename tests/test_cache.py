@@ -651,6 +651,27 @@ def test_chunk_gather_auto_rule_and_bad_setting_cpu(monkeypatch):
     assert torch.equal(cache.seqlens, before[0]) and torch.equal(cache.keys, before[1])
 
 
+def test_seqlens_written_from_outside_is_noticed_cpu(monkeypatch):
+    """seqlens written directly (the docs say use reset, but tests and benches set positions
+    this way): the host's view of the positions is dropped, so the next chunk neither gathers
+    a ring that is no longer full nor slices a prefix that no longer matches."""
+    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
+    sources = chunk_sources(monkeypatch)
+    torch.manual_seed(17)
+    B, Hq, Hkv, D, W, S = 1, 2, 1, 16, 6, 2
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
+    cache.attend(torch.randn(B, Hq, 20, D), torch.randn(B, Hkv, 20, D), torch.randn(B, Hkv, 20, D))
+    for position in (3, 0):
+        cache.seqlens.fill_(position)  # positions 0 .. 2 are slots 0 .. 2 (sinks and the first)
+        q, k, v = torch.randn(B, Hq, 5, D), torch.randn(B, Hkv, 5, D), torch.randn(B, Hkv, 5, D)
+        history_k = torch.cat([cache.keys[:, :, :position], k], 2)
+        history_v = torch.cat([cache.values[:, :, :position], v], 2)
+        out = cache.attend(q, k, v)
+        torch.testing.assert_close(out, swa_attention(q, history_k, history_v, window=W, sink=S),
+                                   atol=2e-5, rtol=2e-5)
+    assert sources == ["prefix", "kernel", "kernel"]
+
+
 def test_chunk_prefix_needs_one_known_position_cpu(monkeypatch):
     """A call with lengths makes the rows' positions differ and unknown to the host: the next
     chunks take ring_chunk until the rings are full."""
@@ -1156,10 +1177,10 @@ def test_public_export():
 
 
 def test_torch_compile_compiles_each_step_kind_once_cpu():
-    """Compiled decode steps and chunks reuse one graph each: the host-side bound of the
-    positions (which picks the gather) must not change inside the trace (session 16's review:
-    it recompiled every call).  Compiled calls leave the bound where the eager prefill put it,
-    so the chunks take the gather."""
+    """Compiled decode steps and chunks reuse one graph each: nothing the host keeps of the
+    positions changes inside the trace (session 16's review: an int that did recompiled every
+    call).  Compiled chunks take ring_chunk; the next eager call finds seqlens moved by the
+    compiled calls and forgets the positions (a gather would read a ring it cannot vouch for)."""
     from torch._dynamo.utils import counters
     torch.manual_seed(14)
     W, S, D = 5, 1, 16
@@ -1174,9 +1195,12 @@ def test_torch_compile_compiles_each_step_kind_once_cpu():
         q, k, v = torch.randn(1, 4, lc, D), torch.randn(1, 2, lc, D), torch.randn(1, 2, lc, D)
         torch.testing.assert_close(step(q, k, v), eager.attend(q, k, v), atol=1e-6, rtol=1e-6)
     assert counters["stats"]["unique_graphs"] - before <= 2
-    assert compiled._min_seen == 70 and compiled._chunk_source(64) == "gather"
-    assert compiled._exact is None and eager._exact == 70 + 6 + 4 * 64
     assert torch.equal(compiled.seqlens, eager.seqlens)
+    assert eager._exact == 70 + 6 + 4 * 64
+    q, k, v = torch.randn(1, 4, 64, D), torch.randn(1, 2, 64, D), torch.randn(1, 2, 64, D)
+    torch.testing.assert_close(compiled.attend(q, k, v), eager.attend(q, k, v), atol=1e-6,
+                               rtol=1e-6)
+    assert compiled._exact is None and compiled._min_seen == 64
 
 
 def test_torch_compile_fullgraph_cpu():
