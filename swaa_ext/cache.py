@@ -85,16 +85,22 @@ class RingKVCache:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.device = self.keys.device  # "cuda" resolved to "cuda:<current>"
         self.values = torch.zeros(shape, dtype=dtype, device=self.device)
-        self._seqlens = torch.zeros(batch, dtype=torch.int64, device=self.device)
+        # (a normal tensor even when built under torch.inference_mode: inference tensors keep
+        # no version counter, which _forget_if_moved reads)
+        with torch.inference_mode(False):
+            self._seqlens = torch.zeros(batch, dtype=torch.int64, device=self.device)
         # What the host knows of the positions without reading the device (_note_advance):
         # _min_seen, a lower bound of every row's position (calls without `lengths` add their
         # Lc, reset() zeroes it; CUDA graph replays move the rows on without it, which keeps it
         # a lower bound); _exact, the position of every row while they are all equal and known
-        # (None from a call with `lengths`, a reset of some rows or a graph capture on, until
-        # reset()).  Both hold only while seqlens' version counter is the one they saw: a write
-        # to seqlens from outside (or by a compiled call) makes them 0 and None (_forget_if_moved).
+        # (None from a call with `lengths` or a reset of some rows on, until reset(); never
+        # again once a graph was captured: its replays may move the rows at any time, even
+        # after a reset).  Both hold only while seqlens' version counter is the one they saw: a
+        # write to seqlens from outside (or by a compiled call) makes them 0 and None
+        # (_forget_if_moved).
         self._min_seen = 0
         self._exact: Optional[int] = 0
+        self._captured = False
         self._version_seen = self._seqlens._version
 
     # ------------------------------------------------------------------ state
@@ -102,7 +108,9 @@ class RingKVCache:
     def seqlens(self) -> torch.Tensor:
         """(B,) int64 on the cache device: positions each row has seen so far.
         The live tensor (its address never changes, for CUDA graphs): do not
-        modify it; use :meth:`reset`."""
+        modify it; use :meth:`reset`.  (A write through the tensor is noticed, and
+        the cache then stops trusting its host-side view of the positions; a write
+        that skips the version counter, through ``.data`` or another alias, is not.)"""
         return self._seqlens
 
     @property
@@ -120,7 +128,7 @@ class RingKVCache:
         (B,) or integer indices) so a finished row can take a new sequence.
         Stored keys need no clearing: a row at position 0 sees none of them."""
         self._min_seen = 0
-        self._exact = 0 if rows is None else None
+        self._exact = 0 if rows is None and not self._captured else None
         if rows is None:
             self._seqlens.zero_()
             self._version_seen = self._seqlens._version
@@ -279,8 +287,8 @@ class RingKVCache:
         kernel (see GATHER_MIN_CHUNK), else "kernel" (ring_chunk).  "gather" once every ring is
         full (``_min_seen``); "prefix" while every row sits at the same known position short of
         that (``_exact``), whose ring then holds positions 0 .. _exact - 1 in slots 0 ..
-        _exact - 1.  Not "prefix" under graph capture (the slice length would be fixed in a
-        graph that later runs at other positions); only "kernel" under torch.compile (the
+        _exact - 1.  Only "kernel" under graph capture (a captured gather or slice would replay
+        at positions, e.g. after a reset, where it no longer holds) and under torch.compile (the
         compiled graph would run without _forget_if_moved's check)."""
         mode = os.environ.get("SWAA_RING_CHUNK", "auto")
         if mode not in ("auto", "kernel", "gather"):
@@ -290,12 +298,12 @@ class RingKVCache:
             return "kernel"
         if torch.compiler.is_compiling():
             return "kernel"  # the host's view of the positions is not checked inside a trace
-        if on_cuda and self.dtype not in (torch.bfloat16, torch.float16):
-            return "kernel"  # the CUDA forward kernels take bfloat16 and float16 only
+        if on_cuda and (self.dtype not in (torch.bfloat16, torch.float16)
+                        or torch.cuda.is_current_stream_capturing()):
+            return "kernel"  # the forward kernels' dtypes; and see the docstring on capture
         if self._min_seen >= self.sink + self.window:
             return "gather"
-        capturing = on_cuda and torch.cuda.is_current_stream_capturing()
-        if not capturing and self._exact is not None:
+        if self._exact is not None:
             return "prefix"
         return "kernel"
 
@@ -359,6 +367,7 @@ class RingKVCache:
         if torch.compiler.is_compiling():
             return
         capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        self._captured = self._captured or capturing
         if capturing or lengths is not None:
             self._exact = None
         elif self._exact is not None:

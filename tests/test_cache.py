@@ -672,6 +672,25 @@ def test_seqlens_written_from_outside_is_noticed_cpu(monkeypatch):
     assert sources == ["prefix", "kernel", "kernel"]
 
 
+def test_cache_built_under_inference_mode_cpu(monkeypatch):
+    """Hugging Face builds the ring inside the forward pass, often under inference_mode: the
+    cache still tracks seqlens' version (inference tensors have none) and its chunks still take
+    the forward kernel (session 16's second review)."""
+    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
+    sources = chunk_sources(monkeypatch)
+    torch.manual_seed(18)
+    with torch.inference_mode():
+        cache = RingKVCache(1, 1, 16, window=4, sink=1, dtype=torch.float32, device="cpu")
+        ks, vs = [], []
+        for lc in (3, 1, 7, 2):
+            q, k, v = torch.randn(1, 2, lc, 16), torch.randn(1, 1, lc, 16), torch.randn(1, 1, lc, 16)
+            ks.append(k), vs.append(v)
+            torch.testing.assert_close(cache.attend(q, k, v),
+                                       swa_attention(q, torch.cat(ks, 2), torch.cat(vs, 2),
+                                                     window=4, sink=1), atol=2e-5, rtol=2e-5)
+    assert sources == ["prefix", "prefix", "gather"]
+
+
 def test_chunk_prefix_needs_one_known_position_cpu(monkeypatch):
     """A call with lengths makes the rows' positions differ and unknown to the host: the next
     chunks take ring_chunk until the rings are full."""
@@ -807,6 +826,39 @@ def test_chunk_right_after_graph_capture_cuda():
     q, k, v = rnd(Hq, 64), rnd(Hkv, 64), rnd(Hkv, 64)
     ks.append(k), vs.append(v)
     bf16_check(W, S)(cache.attend(q, k, v), q, torch.cat(ks, 2), torch.cat(vs, 2))
+
+
+@pytest.mark.cuda
+@cuda
+def test_chunk_after_reset_and_replays_cuda():
+    """A captured decode step replayed after reset() moves the rows without the host knowing:
+    once a graph was captured, reset() must not promise position 0 (a chunk would slice an
+    empty prefix at position k).  (Written in session 16 after the second review; not yet run
+    on a GPU.)"""
+    torch.manual_seed(19)
+    B, Hq, Hkv, D, W, S = 1, 4, 2, 64, 300, 4
+
+    def rnd(heads, lc):
+        return torch.randn(B, heads, lc, D, dtype=torch.bfloat16, device="cuda")
+
+    cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.bfloat16, device="cuda")
+    static = [rnd(Hq, 1), rnd(Hkv, 1), rnd(Hkv, 1)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        cache.attend(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        cache.attend(*static)
+    cache.reset()
+    for _ in range(5):  # positions 0 .. 4 hold the static key
+        graph.replay()
+    assert cache.seqlens.tolist() == [5] and cache._exact is None
+    q, k, v = rnd(Hq, 64), rnd(Hkv, 64), rnd(Hkv, 64)
+    K = torch.cat([static[1].expand(B, Hkv, 5, D), k], 2)
+    V = torch.cat([static[2].expand(B, Hkv, 5, D), v], 2)
+    bf16_check(W, S)(cache.attend(q, k, v), q, K, V)
 
 
 @pytest.mark.cuda
