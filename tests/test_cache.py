@@ -524,9 +524,11 @@ def test_decode_advance_failed_call_leaves_seqlens_cpu():
 
 
 # ------------------------------------------------- chunks through the forward kernel (gather)
-def chunk_sources(monkeypatch):
+def chunk_sources(monkeypatch, mode=None):
     """Records how RingKVCache attends each chunk: "gather", "prefix" (the forward kernel) or
-    "kernel" (ring_chunk)."""
+    "kernel" (ring_chunk); with ``mode``, also sets SWAA_RING_CHUNK to it."""
+    if mode is not None:
+        monkeypatch.setenv("SWAA_RING_CHUNK", mode)
     sources = []
     original = RingKVCache._chunk_source
 
@@ -543,8 +545,7 @@ def test_chunk_gather_matches_swa_attention_cpu(window, sink, monkeypatch):
     """SWAA_RING_CHUNK=gather: chunks attend through swa_attention over the ring's slots in
     position order and the chunk, before the rings fill ("prefix": slots 0 .. n - 1) and after
     ("gather": [sinks, the window in order]); out and lse as over the history."""
-    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
-    sources = chunk_sources(monkeypatch)
+    sources = chunk_sources(monkeypatch, "gather")
     torch.manual_seed(window * 10 + sink)
     B, Hq, Hkv, D = 2, 4, 2, 16
     cache = RingKVCache(B, Hkv, D, window=window, sink=sink, dtype=torch.float32, device="cpu")
@@ -569,8 +570,7 @@ def test_chunk_gather_matches_swa_attention_cpu(window, sink, monkeypatch):
 def test_chunk_gather_rows_at_different_positions_and_padding_cpu(monkeypatch):
     """Rows that diverge (padded chunks) after their rings filled: the gather follows each
     row's own slots; padded queries give zero and -inf lse."""
-    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
-    sources = chunk_sources(monkeypatch)
+    sources = chunk_sources(monkeypatch, "gather")
     torch.manual_seed(11)
     B, Hq, Hkv, D, W, S = 3, 4, 2, 16, 6, 2
     cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
@@ -600,8 +600,7 @@ def test_chunk_gather_rows_at_different_positions_and_padding_cpu(monkeypatch):
 def test_chunk_gather_waits_for_full_rings_cpu(monkeypatch):
     """The host-side bound that decides the gather drops with reset: a row reset to position 0
     must not attend to its old ring contents."""
-    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
-    sources = chunk_sources(monkeypatch)
+    sources = chunk_sources(monkeypatch, "gather")
     torch.manual_seed(12)
     B, Hq, Hkv, D, W, S = 2, 2, 1, 8, 4, 1
     cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
@@ -655,8 +654,7 @@ def test_seqlens_written_from_outside_is_noticed_cpu(monkeypatch):
     """seqlens written directly (the docs say use reset, but tests and benches set positions
     this way): the host's view of the positions is dropped, so the next chunk neither gathers
     a ring that is no longer full nor slices a prefix that no longer matches."""
-    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
-    sources = chunk_sources(monkeypatch)
+    sources = chunk_sources(monkeypatch, "gather")
     torch.manual_seed(17)
     B, Hq, Hkv, D, W, S = 1, 2, 1, 16, 6, 2
     cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
@@ -676,8 +674,7 @@ def test_cache_built_under_inference_mode_cpu(monkeypatch):
     """Hugging Face builds the ring inside the forward pass, often under inference_mode: the
     cache still tracks seqlens' version (inference tensors have none) and its chunks still take
     the forward kernel (session 16's second review)."""
-    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
-    sources = chunk_sources(monkeypatch)
+    sources = chunk_sources(monkeypatch, "gather")
     torch.manual_seed(18)
     with torch.inference_mode():
         cache = RingKVCache(1, 1, 16, window=4, sink=1, dtype=torch.float32, device="cpu")
@@ -694,8 +691,7 @@ def test_cache_built_under_inference_mode_cpu(monkeypatch):
 def test_chunk_prefix_needs_one_known_position_cpu(monkeypatch):
     """A call with lengths makes the rows' positions differ and unknown to the host: the next
     chunks take ring_chunk until the rings are full."""
-    monkeypatch.setenv("SWAA_RING_CHUNK", "gather")
-    sources = chunk_sources(monkeypatch)
+    sources = chunk_sources(monkeypatch, "gather")
     torch.manual_seed(16)
     B, Hq, Hkv, D, W, S = 2, 4, 2, 16, 16, 2
     cache = RingKVCache(B, Hkv, D, window=W, sink=S, dtype=torch.float32, device="cpu")
