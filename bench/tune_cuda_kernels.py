@@ -404,7 +404,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:3]))
     ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11",
-                                              "12", "13"],
+                                              "12", "13", "14"],
                     help="fwd-variants: the SWAA_FWD_HOPPER values, the first is the baseline")
     ap.add_argument("--reps", type=int, default=10,
                     help="fwd-variants: timed runs per row; bwd-ab: timed runs per setting (x2)")

@@ -113,15 +113,16 @@ _HOPPER_KNOB = {"sm90": "1", "sm90-overlap": "2", "sm90-v51": "3", "sm90-v51-pin
                 "sm90-v51-pingpong-persistent-lean-split": "10",
                 "sm90-v51-pingpong-persistent-lean-overlap": "11",
                 "sm90-v51-pingpong-persistent-lean-kfirst": "12",
-                "sm90-v51-pingpong-persistent-lean-poly": "13"}
+                "sm90-v51-pingpong-persistent-lean-poly": "13",
+                "sm90-v51-pingpong-persistent-lean-chains": "14"}
 
 
 @pytest.fixture(params=["sm80"] + list(_HOPPER_KNOB))
 def fwd_kernel(request, monkeypatch):
     """Runs a test with the sm_80 forward (SWAA_FWD_HOPPER=0) and, where the
     device and build have them, with every Hopper forward (SWAA_FWD_HOPPER=1,
-    2: docs/cuda_kernels.md, v5; 3-6: v5.1; 7: 6 with the lean softmax; 8-13:
-    7 with LEAN levels 2-7)."""
+    2: docs/cuda_kernels.md, v5; 3-6: v5.1; 7: 6 with the lean softmax; 8-14:
+    7 with LEAN levels 2-8)."""
     # SWAA_TEST_HOPPER_VARIANTS restricts a run to the variants it names
     # ("0" = sm80; tests/test_attention_hopper.py, DEFAULT_TEST_VARIANTS); by
     # default every one in _HOPPER_KNOB.

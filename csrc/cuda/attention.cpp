@@ -120,7 +120,8 @@ at::Tensor aligned(const at::Tensor& t) {
 // masks), 10 = 9 with LEAN level 4 (a stage's K and V freed apart), 11 = 10
 // with LEAN level 5 (each group's softmax overlaps its own P V), 12 = 11 with
 // LEAN level 6 (K of the next tile loaded before V), 13 = 12 with LEAN level 7
-// (a quarter of the exponentials on the FMA pipe);
+// (a quarter of the exponentials on the FMA pipe), 14 = 12 with LEAN level 8
+// (each row's max and sum as four chains);
 // see cuda/hopper/fwd_sm90.h), the device is compute capability 9.0 and the
 // call fits (strides a TMA tensor map can describe); the sm_80 kernel
 // otherwise.  All compute the same function (tests/test_attention_cuda.py).
@@ -144,7 +145,7 @@ int hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
   if (env == nullptr) return kFwdHopperDefault;
   const int v = std::atoi(env);
-  return v >= 0 && v <= 13 ? v : kFwdHopperDefault;
+  return v >= 0 && v <= 14 ? v : kFwdHopperDefault;
 }
 const char* hopper_variant_name(int knob) {
   switch (knob) {
@@ -160,6 +161,7 @@ const char* hopper_variant_name(int knob) {
     case 11: return "sm90-v51-pingpong-persistent-lean-overlap";
     case 12: return "sm90-v51-pingpong-persistent-lean-kfirst";
     case 13: return "sm90-v51-pingpong-persistent-lean-poly";
+    case 14: return "sm90-v51-pingpong-persistent-lean-chains";
     default: return "sm90";
   }
 }

@@ -78,7 +78,12 @@
 //     exponentiated on the FMA pipe (exp2_fma) instead of the MUFU, which an
 //     ncu profile at D=64 showed as co-bottleneck with the tensor cores and
 //     the issue slots (docs/cuda_kernels.md "Variant 13"): not the same bits
-//     (2^x within 1.01e-4 relative), still the same function.
+//     (2^x within 1.01e-4 relative), still the same function.  8 (variant
+//     14) is 6 (not 7) with each row's max and sum over a tile computed as
+//     four independent chains joined by a tree instead of one chain of 16
+//     (the same instructions, a dependency path a quarter as deep; the
+//     profile at D=64 has 0.88 eligible warps per cycle at 51% issue, i.e.
+//     latency-bound): the same max, the sum added in another order.
 // Without LEAN the arithmetic of each row is the same as v5's (same tiles in
 // the same order, same instructions), so v5.1 is expected to agree with v5
 // bitwise.
@@ -369,10 +374,13 @@ __device__ __forceinline__ Fwd51Unit fwd51_unit(const AttnParams& p, int u, int 
 
 // LEAN levels (see the top of the file).
 constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3, kLeanSplit = 4, kLeanOverlap = 5,
-              kLeanKFirst = 6, kLeanPoly = 7;
-// kLeanPoly: one pair of a thread's scores in kPolyEvery goes through
-// exp2_fma (a quarter of the exponentials).
+              kLeanKFirst = 6, kLeanPoly = 7, kLeanChains = 8;
+// kLeanPoly (that level only): one pair of a thread's scores in kPolyEvery goes
+// through exp2_fma (a quarter of the exponentials).
 constexpr int kPolyEvery = 4;
+// kLeanChains: a row's max and sum over a tile as kChains independent chains.
+constexpr int kChains = 4;
+static_assert(kChains == 4, "the softmax combines the partial results as a 4-leaf tree");
 
 template <typename T, int D, bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
@@ -621,9 +629,24 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         for (int r = 0; r < 2; ++r) {
           // (kLeanPinned: from the first pair; the same max)
           float mx = LEAN >= kLeanPinned ? fmaxf(sc[2 * r], sc[2 * r + 1]) : -INFINITY;
+          if constexpr (LEAN >= kLeanChains) {
+            // kLeanChains: kChains partial maxima (pairs n = c, c + kChains, ...)
+            // and then a tree: the same max (fmaxf is exact in any order),
+            // a dependency chain a quarter as deep
+            float part[kChains];
 #pragma unroll
-          for (int n = LEAN >= kLeanPinned ? 1 : 0; n < 16; ++n)
-            mx = fmaxf(mx, fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
+            for (int c = 0; c < kChains; ++c)
+              part[c] = fmaxf(sc[4 * c + 2 * r], sc[4 * c + 2 * r + 1]);
+#pragma unroll
+            for (int n = kChains; n < 16; ++n)
+              part[n % kChains] =
+                  fmaxf(part[n % kChains], fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
+            mx = fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]));
+          } else {
+#pragma unroll
+            for (int n = LEAN >= kLeanPinned ? 1 : 0; n < 16; ++n)
+              mx = fmaxf(mx, fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
+          }
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           mx *= scale_log2;  // the max of the scaled scores (scale > 0: see the launcher)
@@ -634,11 +657,12 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           corr[r] = bump ? exp2f(ref - m_safe) : 1.f;
           row_max[r] = new_ref;
           float sum = 0.f;
+          float part_sum[kChains] = {};  // kLeanChains: the sum in kChains parts
 #pragma unroll
           for (int n = 0; n < 16; ++n) {
             const float x0 = fmaf(sc[4 * n + 2 * r], scale_log2, -m_safe);
             const float x1 = fmaf(sc[4 * n + 2 * r + 1], scale_log2, -m_safe);
-            if (LEAN >= kLeanPoly && n % kPolyEvery == kPolyEvery - 1) {
+            if (LEAN == kLeanPoly && n % kPolyEvery == kPolyEvery - 1) {
               // kLeanPoly: every kPolyEvery-th pair (columns 24-31, 56-63, ...)
               // on the FMA pipe, the rest on the MUFU
               sc[4 * n + 2 * r] = exp2_fma(x0);
@@ -647,8 +671,13 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
               sc[4 * n + 2 * r] = exp2f(x0);
               sc[4 * n + 2 * r + 1] = exp2f(x1);
             }
-            sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
+            if constexpr (LEAN >= kLeanChains)
+              part_sum[n % kChains] += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
+            else
+              sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
           }
+          if constexpr (LEAN >= kLeanChains)
+            sum = (part_sum[0] + part_sum[1]) + (part_sum[2] + part_sum[3]);
           row_sum[r] = row_sum[r] * corr[r] + sum;
         }
       } else {
