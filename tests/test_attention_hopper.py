@@ -47,10 +47,7 @@ HOPPER_VARIANTS = {"1": "sm90", "2": "sm90-overlap", "3": "sm90-v51", "4": "sm90
                    "8": "sm90-v51-pingpong-persistent-lean-pinned",
                    "9": "sm90-v51-pingpong-persistent-lean-masks",
                    "10": "sm90-v51-pingpong-persistent-lean-split",
-                   "11": "sm90-v51-pingpong-persistent-lean-overlap",
-                   "12": "sm90-v51-pingpong-persistent-lean-kfirst",
-                   "13": "sm90-v51-pingpong-persistent-lean-poly",
-                   "14": "sm90-v51-pingpong-persistent-lean-chains"}
+                   "11": "sm90-v51-pingpong-persistent-lean-overlap"}
 
 
 # The path a call takes with SWAA_FWD_HOPPER unset (kFwdHopperDefault in
@@ -59,7 +56,7 @@ DEFAULT_PATH = HOPPER_VARIANTS["11"]
 
 # Variants a plain run tests: all of them (SWAA_TEST_HOPPER_VARIANTS="6", say,
 # restricts a run to one).
-DEFAULT_TEST_VARIANTS = "1,2,3,4,5,6,7,8,9,10,11,12,13,14"
+DEFAULT_TEST_VARIANTS = "1,2,3,4,5,6,7,8,9,10,11"
 
 
 @pytest.fixture(params=list(HOPPER_VARIANTS), ids=list(HOPPER_VARIANTS.values()))
@@ -72,10 +69,7 @@ def hopper(request, monkeypatch):
     than 2^8), 8 (7 with LEAN level 2: fewer instructions per turn, fwd51_sm90.cuh), 9 (8 with
     one-bound masks on most boundary tiles, LEAN level 3), 10 (9 freeing a stage's K once the
     tile's S is done and its V after P V, LEAN level 4), 11 (10 whose softmax of tile i runs
-    while its own P V of tile i - 1 does, LEAN level 5), 12 (11 whose producer loads K of tile
-    i + 1 before V of tile i, LEAN level 6), 13 (12 with a quarter of the exponentials on the
-    FMA pipe, LEAN level 7), 14 (12 with each row's max and sum over a tile as four chains,
-    LEAN level 8)."""
+    while its own P V of tile i - 1 does, LEAN level 5)."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
     only = os.environ.get("SWAA_TEST_HOPPER_VARIANTS", DEFAULT_TEST_VARIANTS)
@@ -377,20 +371,16 @@ def test_many_units_per_cta(hopper, monkeypatch, D):
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_lean_levels_same_bits(monkeypatch, dtype, D):
-    """Variants 8-12 (LEAN levels 2-6 in fwd51_sm90.cuh: the warps'
+    """Variants 8-11 (LEAN levels 2-5 in fwd51_sm90.cuh: the warps'
     fully-visible tile ranges pinned in registers, unsigned stage arithmetic,
     the row max from the first pair; then masks of the one bound that can reject
     on most boundary tiles; then a stage's K and V freed apart; then the softmax
-    of a tile while the group's own P V of the previous one runs; then the
-    producer loading K of the next tile before V of this one) change how the
+    of a tile while the group's own P V of the previous one runs) change how the
     kernel finds what to compute, or when, not what it computes: out and lse
     equal variant 7's bit for bit.  Masked and
     unmasked tiles, a sink, full_from for one sequence, rows that see no tile
     of a group (window 1), rising scores (O rescaled mid-row), several units
-    per CTA, and units of a single tile that some groups skip (577 and 192
-    rows with window 1: under 12 the producer must send a unit's last V before
-    it waits for a Q buffer, which those groups hand back only after waiting
-    for that V)."""
+    per CTA."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
     ff = torch.tensor([1 << 40, 900], dtype=torch.int64, device="cuda")
@@ -403,119 +393,17 @@ def test_lean_levels_same_bits(monkeypatch, dtype, D):
              (1, 4, 2, 2000, 2000, 200, 130, None), (1, 4, 2, 1000, 1000, 256, 0, None),
              (1, 4, 2, 700, 1500, 300, 4, None), (1, 4, 2, 1500, 1500, 129, 4, None),
              (1, 4, 2, 1500, 1500, 257, 4, None), (1, 4, 2, 1500, 1500, 130, 4, None),
-             (1, 4, 2, 700, 1501, 129, 4, None), (1, 264, 8, 577, 577, 1, 0, None),
-             (1, 264, 8, 192, 192, 1, 0, None)]
+             (1, 4, 2, 700, 1501, 129, 4, None)]
     for B, Hq, Hkv, Lq, Lk, window, sink, full_from in cases:
         q, k, v = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + Lk, D=D)
         if window is None:  # keys on a ramp: the running max keeps rising
             ramp = torch.linspace(0.0, 12.0, Lk, device="cuda")
             k = (k.float() * ramp[:, None]).to(k.dtype)
         results = {}
-        for knob in ("7", "8", "9", "10", "11", "12"):
+        for knob in ("7", "8", "9", "10", "11"):
             monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
             assert torch.ops.swaa.fwd_path(q, k, v) == HOPPER_VARIANTS[knob]
             results[knob] = fwd(q, k, v, window, sink, full_from, 0.1)
-        for knob in ("8", "9", "10", "11", "12"):
+        for knob in ("8", "9", "10", "11"):
             for name, a, b in zip(("out", "lse"), results["7"], results[knob]):
                 assert torch.equal(a, b), f"{name} of {knob} differs from 7: {(Lq, Lk, window)}"
-
-
-@pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_poly_exponentials_close_to_mufu(monkeypatch, dtype, D):
-    """Variant 13 (LEAN level 7) is 12 with one pair in four of each thread's
-    scores (key columns 24-31, 56-63, 88-95 and 120-127 of a tile) exponentiated
-    by exp2_fma, a cubic on the FMA pipe, instead of the MUFU: 2^x within
-    1.01e-4 relative, so not the same bits.  lse (float32, from the float32
-    probabilities) must stay within 1.5e-4 of 12's.  out may differ by more:
-    P is rounded to the input dtype for P V, and a 1e-4 change of a probability
-    can flip that rounding, which moves out by up to one unit in the last place
-    of the probability's share of |v| (bf16: 2^-8 relative), so out is held to
-    eps (|out| + max |v|) + 1e-3, eps the dtype's.  13 must differ from 12
-    somewhere (else the knob does not reach the polynomial).  A masked score
-    must give exactly 0 (window 1: out equals v bit for bit), and a NaN key in
-    a polynomial column (30) and in a MUFU column (40) must make the same
-    outputs NaN as under 12."""
-    if not (is_hopper_device() and build_has_hopper()):
-        pytest.skip("no Hopper forward on this device / in this build")
-    ff = torch.tensor([1 << 40, 900], dtype=torch.int64, device="cuda")
-    eps = torch.finfo(dtype).eps
-
-    def both(q, k, v, *mask):
-        res = {}
-        for knob in ("12", "13"):
-            monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
-            assert torch.ops.swaa.fwd_path(q, k, v) == HOPPER_VARIANTS[knob]
-            res[knob] = fwd(q, k, v, *mask)
-        return res["12"], res["13"]
-
-    differs = False
-    for B, L, window, sink, full_from, scale in [(2, 1500, 333, 4, ff, None),
-                                                  (1, 1100, None, 0, None, None),
-                                                  (1, 2000, 200, 130, None, 0.3)]:
-        q, k, v = inputs(B, 8, 2, L, L, dtype, seed=L, D=D)
-        (o12, l12), (o13, l13) = both(q, k, v, window, sink, full_from, scale)
-        assert max_err(l13, l12) <= 1.5e-4, (L, window, max_err(l13, l12))
-        bound = eps * (o12.float().abs() + v.float().abs().max()) + 1e-3
-        diff = (o13.float() - o12.float()).abs()
-        assert (diff <= bound).all(), (L, window, diff.max().item())
-        differs = differs or not torch.equal(o13, o12) or not torch.equal(l13, l12)
-    assert differs, "variant 13 computes exactly what 12 does: no polynomial exponentials ran"
-
-    q, k, v = inputs(2, 4, 2, 300, 300, dtype, seed=1, D=D)
-    (o12, _), (o13, _) = both(q, k, v, 1, 0, None, 0.1)
-    kv_of_q = torch.arange(4, device="cuda") // 2
-    assert torch.equal(o13, v[:, kv_of_q]), "window 1: a masked score's exponential is not 0"
-
-    q, k, v = inputs(1, 4, 2, 300, 300, dtype, seed=2, D=D)
-    k[:, :, 30] = float("nan")
-    k[:, :, 40] = float("nan")
-    (o12, l12), (o13, l13) = both(q, k, v, 64, 0, None, 0.1)
-    rows = torch.arange(300, device="cuda")
-    sees = ((rows >= 30) & (rows < 30 + 64)) | ((rows >= 40) & (rows < 40 + 64))
-    for o, name in ((o12, "12"), (o13, "13")):
-        nan_rows = torch.isnan(o).any(-1)  # (B, H, L)
-        assert torch.equal(nan_rows, sees.expand_as(nan_rows)), name
-    assert torch.equal(torch.isnan(o13), torch.isnan(o12))
-    assert torch.equal(torch.isnan(l13), torch.isnan(l12))
-
-
-@pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_chains_same_max_other_sum_order(monkeypatch, dtype, D):
-    """Variant 14 (LEAN level 8) is 12 with each row's max and sum over a tile
-    computed as four independent chains joined by a tree.  The max is exact in
-    any order, so the probabilities (and the accumulated O) are 12's bit for
-    bit; only the float32 sum is added in another order: lse within 2e-6 (plus
-    two float32 roundings of lse) of 12's, out within one unit in the last
-    place of the output dtype (out = O / sum, rounded once).  Masked tiles, a
-    sink, full_from, rising scores (rescales), NaN keys."""
-    if not (is_hopper_device() and build_has_hopper()):
-        pytest.skip("no Hopper forward on this device / in this build")
-    ff = torch.tensor([1 << 40, 900], dtype=torch.int64, device="cuda")
-    eps = torch.finfo(dtype).eps
-    for B, L, window, sink, full_from, nan_key in [(2, 1500, 333, 4, ff, None),
-                                                   (1, 1100, None, 0, None, None),
-                                                   (1, 2000, 200, 130, None, 40)]:
-        q, k, v = inputs(B, 8, 2, L, L, dtype, seed=L, D=D)
-        if window is None:  # keys on a ramp: the running max keeps rising
-            ramp = torch.linspace(0.0, 12.0, L, device="cuda")
-            k = (k.float() * ramp[:, None]).to(k.dtype)
-        if nan_key is not None:
-            k[:, :, nan_key] = float("nan")
-        res = {}
-        for knob in ("12", "14"):
-            monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
-            assert torch.ops.swaa.fwd_path(q, k, v) == HOPPER_VARIANTS[knob]
-            res[knob] = fwd(q, k, v, window, sink, full_from, 0.1)
-        (o12, l12), (o14, l14) = res["12"], res["14"]
-        assert torch.equal(torch.isnan(o14), torch.isnan(o12))
-        assert torch.equal(torch.isnan(l14), torch.isnan(l12))
-        ok = ~torch.isnan(l12)
-        lse_bound = 2e-6 + 2 * torch.finfo(torch.float32).eps * l12[ok].abs()
-        assert ((l14[ok] - l12[ok]).abs() <= lse_bound).all(), (L, window)
-        ok_o = ~torch.isnan(o12)
-        diff = (o14.float() - o12.float()).abs()[ok_o]
-        # (2^-24: the spacing of fp16's subnormals)
-        out_bound = eps * o12.float().abs()[ok_o] + 2.0 ** -24
-        assert (diff <= out_bound).all(), (L, window, diff.max().item())

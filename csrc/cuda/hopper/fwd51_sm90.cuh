@@ -69,21 +69,7 @@
 //     tile i runs once S is done, while P V still runs; only O's rescale and
 //     the packing of P wait for P V.  The same operations on every element,
 //     so the same bits (fence_wait_placement keeps ptxas from moving that
-//     wait back above the softmax).  6 (variant 12) changes only the
-//     producer: it loads V of tile i after K of tile i + 1
-//     (FlashAttention-3's order), since a turn needs K of its tile i and V
-//     of tile i - 1, and under 5 V's stage comes free a softmax later than
-//     K's, so K of the next tile queued behind it; the same bits.  7
-//     (variant 13) is 6 with one pair in kPolyEvery of each row's scores
-//     exponentiated on the FMA pipe (exp2_fma) instead of the MUFU, which an
-//     ncu profile at D=64 showed as co-bottleneck with the tensor cores and
-//     the issue slots (docs/cuda_kernels.md "Variant 13"): not the same bits
-//     (2^x within 1.01e-4 relative), still the same function.  8 (variant
-//     14) is 6 (not 7) with each row's max and sum over a tile computed as
-//     four independent chains joined by a tree instead of one chain of 16
-//     (the same instructions, a dependency path a quarter as deep; the
-//     profile at D=64 has 0.88 eligible warps per cycle at 51% issue, i.e.
-//     latency-bound): the same max, the sum added in another order.
+//     wait back above the softmax).
 // Without LEAN the arithmetic of each row is the same as v5's (same tiles in
 // the same order, same instructions), so v5.1 is expected to agree with v5
 // bitwise.
@@ -141,31 +127,6 @@ __device__ __forceinline__ void fence_frags(uint32_t (&r)[8][4]) {
 // Makes `x` opaque to the compiler, so it keeps the value in a register
 // instead of recomputing it where it is used.
 __device__ __forceinline__ void pin_reg(int& x) { asm volatile("" : "+r"(x)); }
-
-// 2^x on the FMA and integer pipes instead of the MUFU unit (kLeanPoly): 9
-// instructions against one MUFU.EX2, for the part of a softmax that the MUFU
-// cannot keep up with.  x is clamped below at -127 (max.NaN keeps a NaN), so
-// a masked score (-inf) gives exactly 0; x must stay below 128, which the
-// lazy-rescale softmax guarantees (its arguments are at most kLazyRescale).
-// Adding 1.5 * 2^23 rounds x to the integer j (round to nearest), kept in the
-// low mantissa bits of t; f = x - j lies in [-0.5, 0.5] and a cubic gives 2^f
-// (relative error 1.01e-4 over [-126, 9], exactly 1 at f = 0); 2^j is built
-// from t's bits: (j << 23) + the exponent bias is t's bits shifted left by 23
-// (the 0x4B4 of 1.5 * 2^23 shifts out) plus 127 << 23; j = -127 gives 0.
-// Coefficients: a minimax fit of the cubic's relative error on [-0.5, 0.5]
-// with the constant term pinned to 1 (the error swings between +-1.01e-4).
-__device__ __forceinline__ float exp2_fma(float x) {
-  float xc;
-  asm("max.NaN.f32 %0, %1, %2;" : "=f"(xc) : "f"(x), "f"(-127.f));
-  constexpr float kRound = 12582912.f;  // 1.5 * 2^23
-  const float t = __fadd_rn(xc, kRound);
-  const float f = __fsub_rn(xc, __fsub_rn(t, kRound));
-  float poly = fmaf(f, 0.05500871f, 0.24221069f);
-  poly = fmaf(poly, f, 0.6932829f);
-  poly = fmaf(poly, f, 1.f);
-  const float two_j = __int_as_float((__float_as_int(t) << 23) + 0x3f800000);
-  return poly * two_j;
-}
 
 // ---------------------------------------------------------------------------
 
@@ -373,14 +334,7 @@ __device__ __forceinline__ Fwd51Unit fwd51_unit(const AttnParams& p, int u, int 
 }
 
 // LEAN levels (see the top of the file).
-constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3, kLeanSplit = 4, kLeanOverlap = 5,
-              kLeanKFirst = 6, kLeanPoly = 7, kLeanChains = 8;
-// kLeanPoly (that level only): one pair of a thread's scores in kPolyEvery goes
-// through exp2_fma (a quarter of the exponentials).
-constexpr int kPolyEvery = 4;
-// kLeanChains: a row's max and sum over a tile as kChains independent chains.
-constexpr int kChains = 4;
-static_assert(kChains == 4, "the softmax combines the partial results as a 4-leaf tree");
+constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3, kLeanSplit = 4, kLeanOverlap = 5;
 
 template <typename T, int D, bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
@@ -427,29 +381,9 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       tma_prefetch_map(&tm_v);
       tma_prefetch_map(&tm_o);
       int kv = 0;  // K/V tiles loaded so far (the ring runs on across units)
-      // kLeanKFirst: V of the n-th tile (key row j0 of kv head kvh, batch b)
-      // into its stage, as the loop below loads it otherwise.
-      auto load_v = [&](int n, int j0, int kvh, int b) {
-        const int st = n % ST, use = n / ST;
-        if (use > 0) mbar_wait(&s.v_empty[st], (use - 1) & 1);
-        mbar_arrive_expect_tx(&s.v_full[st], C::kTileBytes);
-        for (int half = 0; half < C::kHalves; ++half)
-          tma_load_4d(s.v[st][half], &tm_v, &s.v_full[st], half * C::kHalfCols, j0, kvh, b);
-      };
-      // kLeanKFirst: the tile whose V is still to be loaded (-1: none), and where.
-      int pending_v = -1, pending_j0 = 0, pending_kvh = 0, pending_b = 0;
-      auto flush_v = [&]() {
-        if (pending_v >= 0) load_v(pending_v, pending_j0, pending_kvh, pending_b);
-        pending_v = -1;
-      };
       for (int u = u_first, j = 0; u < n_units; u += u_step, ++j) {
         const Fwd51Unit w = fwd51_unit(p, u, n_m, BM, BN, heads_inner);
         const int qb = j % QB;
-        // kLeanKFirst: the previous unit's last V goes out before the wait for
-        // a Q buffer: a group hands its buffer back only after the turn of
-        // the next unit's first tile, and a group that skips that tile waits
-        // for its V there (no K follows it when it is the unit's only tile).
-        if constexpr (LEAN >= kLeanKFirst) flush_v();
         // Q buffer qb held unit j - QB: wait until every group's output store
         // from it has been read.
         if (j >= QB) mbar_wait(&s.q_empty[qb], ((j / QB) - 1) & 1);
@@ -465,26 +399,13 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           mbar_arrive_expect_tx(&s.k_full[st], C::kTileBytes);
           for (int half = 0; half < C::kHalves; ++half)
             tma_load_4d(s.k[st][half], &tm_k, &s.k_full[st], half * C::kHalfCols, j0, w.kvh, w.b);
-          if constexpr (LEAN >= kLeanKFirst) {
-            // V of the previous tile after K of this one: the consumers need
-            // K of tile i (for S) in the same turn as V of tile i - 1 (for
-            // P V), and V's stage comes free later than K's.
-            flush_v();
-            pending_v = kv;
-            pending_j0 = j0;
-            pending_kvh = w.kvh;
-            pending_b = w.b;
-          } else {
-            // kLeanSplit: K and V of a stage are freed apart (K once S is done)
-            if (LEAN >= kLeanSplit && use > 0) mbar_wait(&s.v_empty[st], (use - 1) & 1);
-            mbar_arrive_expect_tx(&s.v_full[st], C::kTileBytes);
-            for (int half = 0; half < C::kHalves; ++half)
-              tma_load_4d(s.v[st][half], &tm_v, &s.v_full[st], half * C::kHalfCols, j0, w.kvh,
-                          w.b);
-          }
+          // kLeanSplit: K and V of a stage are freed apart (K once S is done)
+          if (LEAN >= kLeanSplit && use > 0) mbar_wait(&s.v_empty[st], (use - 1) & 1);
+          mbar_arrive_expect_tx(&s.v_full[st], C::kTileBytes);
+          for (int half = 0; half < C::kHalves; ++half)
+            tma_load_4d(s.v[st][half], &tm_v, &s.v_full[st], half * C::kHalfCols, j0, w.kvh, w.b);
         }
       }
-      if constexpr (LEAN >= kLeanKFirst) flush_v();
     }
     return;
   }
@@ -629,24 +550,9 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         for (int r = 0; r < 2; ++r) {
           // (kLeanPinned: from the first pair; the same max)
           float mx = LEAN >= kLeanPinned ? fmaxf(sc[2 * r], sc[2 * r + 1]) : -INFINITY;
-          if constexpr (LEAN >= kLeanChains) {
-            // kLeanChains: kChains partial maxima (pairs n = c, c + kChains, ...)
-            // and then a tree: the same max (fmaxf is exact in any order),
-            // a dependency chain a quarter as deep
-            float part[kChains];
 #pragma unroll
-            for (int c = 0; c < kChains; ++c)
-              part[c] = fmaxf(sc[4 * c + 2 * r], sc[4 * c + 2 * r + 1]);
-#pragma unroll
-            for (int n = kChains; n < 16; ++n)
-              part[n % kChains] =
-                  fmaxf(part[n % kChains], fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
-            mx = fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]));
-          } else {
-#pragma unroll
-            for (int n = LEAN >= kLeanPinned ? 1 : 0; n < 16; ++n)
-              mx = fmaxf(mx, fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
-          }
+          for (int n = LEAN >= kLeanPinned ? 1 : 0; n < 16; ++n)
+            mx = fmaxf(mx, fmaxf(sc[4 * n + 2 * r], sc[4 * n + 2 * r + 1]));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           mx *= scale_log2;  // the max of the scaled scores (scale > 0: see the launcher)
@@ -657,27 +563,12 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           corr[r] = bump ? exp2f(ref - m_safe) : 1.f;
           row_max[r] = new_ref;
           float sum = 0.f;
-          float part_sum[kChains] = {};  // kLeanChains: the sum in kChains parts
 #pragma unroll
           for (int n = 0; n < 16; ++n) {
-            const float x0 = fmaf(sc[4 * n + 2 * r], scale_log2, -m_safe);
-            const float x1 = fmaf(sc[4 * n + 2 * r + 1], scale_log2, -m_safe);
-            if (LEAN == kLeanPoly && n % kPolyEvery == kPolyEvery - 1) {
-              // kLeanPoly: every kPolyEvery-th pair (columns 24-31, 56-63, ...)
-              // on the FMA pipe, the rest on the MUFU
-              sc[4 * n + 2 * r] = exp2_fma(x0);
-              sc[4 * n + 2 * r + 1] = exp2_fma(x1);
-            } else {
-              sc[4 * n + 2 * r] = exp2f(x0);
-              sc[4 * n + 2 * r + 1] = exp2f(x1);
-            }
-            if constexpr (LEAN >= kLeanChains)
-              part_sum[n % kChains] += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
-            else
-              sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
+            sc[4 * n + 2 * r] = exp2f(fmaf(sc[4 * n + 2 * r], scale_log2, -m_safe));
+            sc[4 * n + 2 * r + 1] = exp2f(fmaf(sc[4 * n + 2 * r + 1], scale_log2, -m_safe));
+            sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
           }
-          if constexpr (LEAN >= kLeanChains)
-            sum = (part_sum[0] + part_sum[1]) + (part_sum[2] + part_sum[3]);
           row_sum[r] = row_sum[r] * corr[r] + sum;
         }
       } else {

@@ -32,11 +32,7 @@ enum class Fit {
 // with the one bound that can reject there (LEAN level 3); 10 = 9 freeing a
 // stage's K once the tile's S is done and its V after P V (LEAN level 4);
 // 11 = 10 whose consumer groups run the softmax of tile i while their own P V
-// of tile i - 1 runs (LEAN level 5); 12 = 11 whose producer loads K of tile
-// i + 1 before V of tile i (LEAN level 6); 13 = 12 with a quarter of the
-// exponentials computed on the FMA pipe (LEAN level 7; not the same bits);
-// 14 = 12 with each row's max and sum over a tile as four independent chains
-// (LEAN level 8; the sum in another order).
+// of tile i - 1 runs (LEAN level 5).
 
 // Whether the call described by p fits the Hopper kernel `variant` on the
 // current device.
