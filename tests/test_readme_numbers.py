@@ -142,6 +142,40 @@ def test_readme_decode_table_is_its_runs_rows():
         assert_printed(cells[6], by[("ring", B)]["bw_fraction"], f"B={B} ring bw_fraction")
 
 
+def test_readme_streaming_table_is_its_runs_rows():
+    """The streaming-memory table (ring under both SWAA_RING_CHUNK modes, the full cache of
+    the `auto` run) and the 1M-token ratios in the prose after it."""
+    text = section((ROOT / "README.md").read_text(), "Streaming memory")
+    runs = re.search(r"runs `(\S+)` and `(\S+)` in", text)
+    assert runs, "the README's streaming section names no runs"
+    kernel_run, auto_run = runs.groups()
+    by = {}
+    for run in (kernel_run, auto_run):
+        for r in rows_of(RESULTS / "memory_H200.jsonl", run):
+            by[(run, r["impl"], r["tokens"])] = r
+    mib = 2 ** 20
+    header, body = first_table(text)
+    assert len(header) == 7 and len(body) == 3, header
+    for cells in body:
+        T = int(cells[0])
+        for cell, row in ((cells[1], by[(kernel_run, "ring", T)]),
+                          (cells[2], by[(auto_run, "ring", T)]),
+                          (cells[5], by[(auto_run, "full", T)])):
+            held, peak = (c.strip() for c in cell.split("/"))
+            assert_printed(held, row["bytes_held"] / mib, f"T={T} held")
+            assert_printed(peak, row["peak_bytes"] / mib, f"T={T} peak")
+        assert_printed(cells[3], by[(kernel_run, "ring", T)]["seconds"], f"T={T} kernel s")
+        assert_printed(cells[4], by[(auto_run, "ring", T)]["seconds"], f"T={T} auto s")
+        assert_printed(cells[6], by[(auto_run, "full", T)]["seconds"], f"T={T} full s")
+    prose = re.search(r"\(([\d.]+) M\s+tokens/s: ([\d.]+)x `kernel`, ([\d.]+)x", text)
+    assert prose, "the 1M-token ratios are not where this test looks"
+    ring, full, slow = (by[(auto_run, "ring", 1 << 20)], by[(auto_run, "full", 1 << 20)],
+                        by[(kernel_run, "ring", 1 << 20)])
+    assert_printed(prose.group(1), ring["tokens_per_s"] / 1e6, "1M tokens/s")
+    assert_printed(prose.group(2), slow["seconds"] / ring["seconds"], "1M vs kernel")
+    assert_printed(prose.group(3), full["seconds"] / ring["seconds"], "1M vs full")
+
+
 @pytest.mark.parametrize("printed, value, ok", [("0.89", 0.8912, True), ("0.89", 0.896, False),
                                                 ("1.40x", 1.4049, True), ("465", 465.4, True),
                                                 ("465", 466.0, False)])
