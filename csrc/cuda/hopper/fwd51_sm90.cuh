@@ -76,11 +76,10 @@
 //     only when some thread's partial row sum exceeds kNoMaxBound (a
 //     probability may exceed 2^7), a row has no reference yet, or it is the
 //     group's first tile of the unit, does the tile take level 5's path, S
-//     computed again from K (so K is freed after the softmax) and the
-//     reference moves to the row's max if that rose at all.  (8034731 kept
-//     level 5's 2^8 slack there, for the same bits as 5, and redid about a
-//     third of the tiles: ncu, session 17.)  At D=128 (two K stages, where
-//     K's early release paid) level 6 is level 5.
+//     computed again from K (so K is freed after the softmax).  Where the
+//     fast path stands, level 5 would not have moved the reference either and
+//     computes the same expressions: the same bits.  At D=128 (two K stages,
+//     where K's early release paid) level 6 is level 5.
 // Without LEAN the arithmetic of each row is the same as v5's (same tiles in
 // the same order, same instructions), so v5.1 is expected to agree with v5
 // bitwise.
@@ -187,7 +186,8 @@ struct Fwd51Config {
   static constexpr float kLazyRescale = 8.f;
   // kLeanNoMax: a tile's exponentials against the reference stand when no
   // thread's partial row sum (32 of the row's probabilities) exceeds this:
-  // then every probability is <= 2^7 (within kLazyRescale's bound).
+  // then every probability is <= 2^7, so the row's max rose by at most ~7 <
+  // kLazyRescale and the lazy softmax would have kept its reference too.
   static constexpr float kNoMaxBound = 128.f;
 };
 
@@ -584,10 +584,6 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     auto softmax_tile = [&](int it, int st, bool first) {
       (void)st;
       (void)first;
-      // kNoMax: a recomputed tile moves each row's reference to its max as soon
-      // as that rose at all (not only by kLazyRescale): the probabilities are
-      // then <= 1 and the next tiles pass the fast path's bound again.
-      bool tight = false;
       const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;  // (below LEAN)
       (void)j0;
       mask_scores(it);
@@ -598,8 +594,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         // sum is <= kNoMaxBound (and every reference finite).  Otherwise
         // (the group votes, so the wgmma below is the whole group's) S is
         // computed again from K, still in its stage, and the tile takes the
-        // path below with the reference moved to the max (`tight`).  Not the
-        // same bits as kLeanOverlap: the references move at other tiles.
+        // path below: the same bits as kLeanOverlap either way.
         if (!first) {
           float tile_sum[2];
 #pragma unroll
@@ -632,7 +627,6 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           wgmma_wait<0>();  // (also waits for a P V still running: this path is rare)
           fence_regs(sc);
           mask_scores(it);
-          tight = true;
         }
       }
       if constexpr (LEAN >= kLean) {
@@ -647,8 +641,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           mx *= scale_log2;  // the max of the scaled scores (scale > 0: see the launcher)
           const float ref = row_max[r];
-          // (false while both are -inf)
-          const bool bump = mx > ref + (tight ? 0.f : C::kLazyRescale);
+          const bool bump = mx > ref + C::kLazyRescale;  // false while both are -inf
           const float new_ref = bump ? mx : ref;
           const float m_safe = new_ref == -INFINITY ? 0.f : new_ref;  // row sees nothing yet
           corr[r] = bump ? exp2f(ref - m_safe) : 1.f;
