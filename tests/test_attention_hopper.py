@@ -380,7 +380,8 @@ def test_lean_levels_same_bits(monkeypatch, dtype, D):
     equal variant 7's bit for bit.  Masked and
     unmasked tiles, a sink, full_from for one sequence, rows that see no tile
     of a group (window 1), rising scores (O rescaled mid-row), several units
-    per CTA."""
+    per CTA, and one key whose scores jump far above the rest (x40, x200: the
+    reference moves by far more than the lazy 2^8 in one tile)."""
     if not (is_hopper_device() and build_has_hopper()):
         pytest.skip("no Hopper forward on this device / in this build")
     ff = torch.tensor([1 << 40, 900], dtype=torch.int64, device="cuda")
@@ -393,12 +394,16 @@ def test_lean_levels_same_bits(monkeypatch, dtype, D):
              (1, 4, 2, 2000, 2000, 200, 130, None), (1, 4, 2, 1000, 1000, 256, 0, None),
              (1, 4, 2, 700, 1500, 300, 4, None), (1, 4, 2, 1500, 1500, 129, 4, None),
              (1, 4, 2, 1500, 1500, 257, 4, None), (1, 4, 2, 1500, 1500, 130, 4, None),
-             (1, 4, 2, 700, 1501, 129, 4, None)]
+             (1, 4, 2, 700, 1501, 129, 4, None), (1, 4, 2, 1500, 1500, "x40", 0, None),
+             (1, 4, 2, 1500, 1500, "x200", 4, None)]
     for B, Hq, Hkv, Lq, Lk, window, sink, full_from in cases:
         q, k, v = inputs(B, Hq, Hkv, Lq, Lk, dtype, seed=Lq + Lk, D=D)
         if window is None:  # keys on a ramp: the running max keeps rising
             ramp = torch.linspace(0.0, 12.0, Lk, device="cuda")
             k = (k.float() * ramp[:, None]).to(k.dtype)
+        elif isinstance(window, str):  # one key (900) far above the others, full causal
+            k[:, :, 900] *= float(window[1:])
+            window = None
         results = {}
         for knob in ("7", "8", "9", "10", "11"):
             monkeypatch.setenv("SWAA_FWD_HOPPER", knob)
