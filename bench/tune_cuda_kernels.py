@@ -7,11 +7,9 @@ them on the same inputs.  Six parts (--parts, default the first three):
                 persistent CTAs; docs/cuda_kernels.md "v5.1"), 7 (6 with the lean
                 softmax and issue path, session 9), 8 (7 with fewer instructions
                 per key tile, session 14), 9 (8 with one-clause masks on
-                boundary tiles, session 15), 10 (9
+                boundary tiles, session 15; the default since), 10 (9
                 freeing a stage's K and V apart), 11 (10 with each group's
-                softmax overlapping its own P V; both session 15; the default
-                since session 16), 15 (11 without the row max where the
-                reference stands, D=64; session 17)
+                softmax overlapping its own P V; both session 15)
                 on the issue's shapes (B=1, Hq=32, Hkv=8, bf16, D 128/64, N 8k/
                 32k/128k, W 1024/4096, S=4): time, effective TFLOP/s, bitwise
                 equality to the first variant, a table and the fastest variant per
@@ -403,7 +401,7 @@ def print_rule_table(rows):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:3]))
-    ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "15"],
+    ap.add_argument("--variants", nargs="+", default=["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"],
                     help="fwd-variants: the SWAA_FWD_HOPPER values, the first is the baseline")
     ap.add_argument("--reps", type=int, default=10,
                     help="fwd-variants: timed runs per row; bwd-ab: timed runs per setting (x2)")

@@ -111,8 +111,7 @@ _HOPPER_KNOB = {"sm90": "1", "sm90-overlap": "2", "sm90-v51": "3", "sm90-v51-pin
                 "sm90-v51-pingpong-persistent-lean-pinned": "8",
                 "sm90-v51-pingpong-persistent-lean-masks": "9",
                 "sm90-v51-pingpong-persistent-lean-split": "10",
-                "sm90-v51-pingpong-persistent-lean-overlap": "11",
-                "sm90-v51-pingpong-persistent-lean-nomax": "15"}
+                "sm90-v51-pingpong-persistent-lean-overlap": "11"}
 
 
 @pytest.fixture(params=["sm80"] + list(_HOPPER_KNOB))
@@ -120,7 +119,7 @@ def fwd_kernel(request, monkeypatch):
     """Runs a test with the sm_80 forward (SWAA_FWD_HOPPER=0) and, where the
     device and build have them, with every Hopper forward (SWAA_FWD_HOPPER=1,
     2: docs/cuda_kernels.md, v5; 3-6: v5.1; 7: 6 with the lean softmax; 8-11:
-    7 with LEAN levels 2-5; 15: 11 with LEAN level 6)."""
+    7 with LEAN levels 2-5)."""
     # SWAA_TEST_HOPPER_VARIANTS restricts a run to the variants it names
     # ("0" = sm80; tests/test_attention_hopper.py, DEFAULT_TEST_VARIANTS); by
     # default every one in _HOPPER_KNOB.

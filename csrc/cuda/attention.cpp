@@ -118,9 +118,7 @@ at::Tensor aligned(const at::Tensor& t) {
 // 7 = 6 with the lean softmax (fwd51_sm90.cuh, LEAN), 8 = 7 with LEAN
 // level 2 (fewer instructions per turn), 9 = 8 with LEAN level 3 (one-bound
 // masks), 10 = 9 with LEAN level 4 (a stage's K and V freed apart), 11 = 10
-// with LEAN level 5 (each group's softmax overlaps its own P V), 15 = 11 with
-// LEAN level 6 (no row max where the reference stands, D=64; 12-14 unused:
-// session 17's reverted variants);
+// with LEAN level 5 (each group's softmax overlaps its own P V);
 // see cuda/hopper/fwd_sm90.h), the device is compute capability 9.0 and the
 // call fits (strides a TMA tensor map can describe); the sm_80 kernel
 // otherwise.  All compute the same function (tests/test_attention_cuda.py).
@@ -144,7 +142,7 @@ int hopper_knob() {
   const char* env = std::getenv("SWAA_FWD_HOPPER");
   if (env == nullptr) return kFwdHopperDefault;
   const int v = std::atoi(env);
-  return (v >= 0 && v <= 11) || v == 15 ? v : kFwdHopperDefault;
+  return v >= 0 && v <= 11 ? v : kFwdHopperDefault;
 }
 const char* hopper_variant_name(int knob) {
   switch (knob) {
@@ -158,7 +156,6 @@ const char* hopper_variant_name(int knob) {
     case 9: return "sm90-v51-pingpong-persistent-lean-masks";
     case 10: return "sm90-v51-pingpong-persistent-lean-split";
     case 11: return "sm90-v51-pingpong-persistent-lean-overlap";
-    case 15: return "sm90-v51-pingpong-persistent-lean-nomax";
     default: return "sm90";
   }
 }

@@ -69,18 +69,7 @@
 //     tile i runs once S is done, while P V still runs; only O's rescale and
 //     the packing of P wait for P V.  The same operations on every element,
 //     so the same bits (fence_wait_placement keeps ptxas from moving that
-//     wait back above the softmax).  6 (variant 15) drops the row max from
-//     most tiles at D=64, where a turn's length follows the softmax's
-//     instruction count (docs/cuda_kernels.md "Variant 15"): the
-//     exponentials are taken against each row's reference straight away, and
-//     only when some thread's partial row sum exceeds kNoMaxBound (a
-//     probability may exceed 2^7, or a row with no reference yet sees a key),
-//     or on the group's first tile of the unit, does the tile take level 5's path, S
-//     computed again from K (so K is freed after the softmax) and the
-//     reference moves to the row's max if that rose at all.  (8034731 kept
-//     level 5's 2^8 slack there, for the same bits as 5, and redid about a
-//     third of the tiles: ncu, session 17.)  At D=128 (two K stages, where
-//     K's early release paid) level 6 is level 5.
+//     wait back above the softmax).
 // Without LEAN the arithmetic of each row is the same as v5's (same tiles in
 // the same order, same instructions), so v5.1 is expected to agree with v5
 // bitwise.
@@ -90,7 +79,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cfloat>
 #include <cstdint>
 
 #include "cuda/attention_kernels.cuh"  // TileList, tiles_of, grid_pos, kLog2e, MmaOp
@@ -140,19 +128,6 @@ __device__ __forceinline__ void fence_frags(uint32_t (&r)[8][4]) {
 // instead of recomputing it where it is used.
 __device__ __forceinline__ void pin_reg(int& x) { asm volatile("" : "+r"(x)); }
 
-// Named barrier `id` over `threads` threads that also returns whether `pred`
-// holds in any of them (bar.red.or): a vote of a whole warp group.
-__device__ __forceinline__ bool named_bar_any(int id, int threads, bool pred) {
-  uint32_t any;
-  asm volatile(
-      "{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nbar.red.or.pred q, %2, %3, p;\n"
-      "selp.u32 %0, 1, 0, q;\n}\n"
-      : "=r"(any)
-      : "r"(static_cast<uint32_t>(pred)), "r"(id), "r"(threads)
-      : "memory");
-  return any != 0;
-}
-
 // ---------------------------------------------------------------------------
 
 template <int D, bool PERSISTENT>
@@ -181,15 +156,9 @@ struct Fwd51Config {
   // group g's turn to issue wgmmas (PINGPONG; its 128 threads + the previous group's).
   static constexpr int kEpilogueBar = 1;
   static constexpr int kTurnBar = 1 + kConsumers;
-  // kLeanNoMax: 1 + 2 kConsumers + g: group g's vote on a tile's fast path.
-  static constexpr int kVoteBar = 1 + 2 * kConsumers;
   // LEAN: how far (log2 units) a row's max may rise above its reference
   // before O and the sum are rescaled; probabilities stay <= 2^8.
   static constexpr float kLazyRescale = 8.f;
-  // kLeanNoMax: a tile's exponentials against the reference stand when no
-  // thread's partial row sum (32 of the row's probabilities) exceeds this:
-  // then every probability is <= 2^7 (within kLazyRescale's bound).
-  static constexpr float kNoMaxBound = 128.f;
 };
 
 template <typename T, int D, bool PERSISTENT>
@@ -365,8 +334,7 @@ __device__ __forceinline__ Fwd51Unit fwd51_unit(const AttnParams& p, int u, int 
 }
 
 // LEAN levels (see the top of the file).
-constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3, kLeanSplit = 4, kLeanOverlap = 5,
-              kLeanNoMax = 6;
+constexpr int kLean = 1, kLeanPinned = 2, kLeanMasks = 3, kLeanSplit = 4, kLeanOverlap = 5;
 
 template <typename T, int D, bool PINGPONG, bool PERSISTENT, int LEAN = 0>
 __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
@@ -378,10 +346,6 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
   using C = Fwd51Config<D, PERSISTENT>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, ST = C::kStages, NB = D / 8;
   constexpr int NC = C::kConsumers, QB = C::kQBuffers;
-  // kLeanNoMax at D=64 only (see the top of the file); at D=128 the level is 5.
-  constexpr bool kNoMax = LEAN >= kLeanNoMax && D == 64;
-  static_assert(!kNoMax || PINGPONG,
-                "kNoMax frees K after the softmax in the ping-pong turns only");
   extern __shared__ unsigned char smem_raw[];
   auto& s = *reinterpret_cast<Fwd51Smem<T, D, PERSISTENT>*>(align_smem<1024>(smem_raw));
 
@@ -570,7 +534,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
     };
     // Scores of the unit's key tile `it` to probabilities, online softmax; as
     // v5 unless LEAN (see the top of the file).
-    auto mask_scores = [&](int it) {
+    auto softmax_tile = [&](int it) {
       const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;
       if constexpr (LEAN >= kLeanMasks) {
         // (mask_kind is warp-uniform: the branches stay convergent)
@@ -580,65 +544,6 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       } else if constexpr (LEAN >= kLean) {
         if (!warp_full.fully_visible(tiles[it]))
           mask_tile(sc, vis, wp_first + g, j0 + 2 * t, p.k_len);
-      }
-    };
-    // st: the tile's K stage (kNoMax recomputes S from it); first: the group's
-    // first tile of the unit (kNoMax: no reference yet).
-    auto softmax_tile = [&](int it, int st, bool first) {
-      (void)st;
-      (void)first;
-      // kNoMax: a recomputed tile moves each row's reference to its max as soon
-      // as that rose at all (not only by kLazyRescale): the probabilities are
-      // then <= 1 and the next tiles pass the fast path's bound again.
-      bool tight = false;
-      const int64_t j0 = static_cast<int64_t>(tiles[it]) * BN;  // (below LEAN)
-      (void)j0;
-      mask_scores(it);
-      if constexpr (kNoMax) {
-        // Exponentials against each row's reference straight away, no row max:
-        // what the lazy softmax below computes whenever the max stays within
-        // kLazyRescale of the reference, which holds when every partial row
-        // sum is <= kNoMaxBound (and every reference finite).  Otherwise
-        // (the group votes, so the wgmma below is the whole group's) S is
-        // computed again from K, still in its stage, and the tile takes the
-        // path below with the reference moved to the max (`tight`).  Not the
-        // same bits as kLeanOverlap: the references move at other tiles.
-        if (!first) {
-          float tile_sum[2];
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            // A row with no reference yet: a visible score overflows to inf and
-            // forces the redo; a row that sees nothing here sums to 0 and
-            // passes, as on level 5's path (p = 0, corr = 1).
-            const float m_safe = row_max[r] == -INFINITY ? -FLT_MAX : row_max[r];
-            float sum = 0.f;
-#pragma unroll
-            for (int n = 0; n < 16; ++n) {
-              sc[4 * n + 2 * r] = exp2f(fmaf(sc[4 * n + 2 * r], scale_log2, -m_safe));
-              sc[4 * n + 2 * r + 1] = exp2f(fmaf(sc[4 * n + 2 * r + 1], scale_log2, -m_safe));
-              sum += sc[4 * n + 2 * r] + sc[4 * n + 2 * r + 1];
-            }
-            tile_sum[r] = sum;
-          }
-          // (a NaN sum votes too: harmless, its row's out is NaN on either path)
-          const bool redo = !(tile_sum[0] <= C::kNoMaxBound && tile_sum[1] <= C::kNoMaxBound);
-          if (!named_bar_any(C::kVoteBar + cg, 128, redo)) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-              corr[r] = 1.f;
-              row_sum[r] = row_sum[r] * corr[r] + tile_sum[r];
-            }
-            return;
-          }
-          fence_regs(sc);
-          wgmma_fence();
-          issue_s(st);
-          wgmma_commit();
-          wgmma_wait<0>();  // (also waits for a P V still running: this path is rare)
-          fence_regs(sc);
-          mask_scores(it);
-          tight = true;
-        }
       }
       if constexpr (LEAN >= kLean) {
 #pragma unroll
@@ -652,8 +557,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           mx *= scale_log2;  // the max of the scaled scores (scale > 0: see the launcher)
           const float ref = row_max[r];
-          // (false while both are -inf)
-          const bool bump = mx > ref + (tight ? 0.f : C::kLazyRescale);
+          const bool bump = mx > ref + C::kLazyRescale;  // false while both are -inf
           const float new_ref = bump ? mx : ref;
           const float m_safe = new_ref == -INFINITY ? 0.f : new_ref;  // row sees nothing yet
           corr[r] = bump ? exp2f(ref - m_safe) : 1.f;
@@ -732,7 +636,7 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
           wgmma_wait<0>();
           fence_regs(sc);
           release_k(st);
-          softmax_tile(it, st, false);
+          softmax_tile(it);
           rescale_and_pack();
           mbar_wait(&s.v_full[st], parity_of(n));  // V's copy overlapped S and the softmax
           fence_regs(o);
@@ -757,7 +661,6 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
       // turns run on across units, only the CTA's very first turn needs no
       // token and its very last passes none on.
       const int turns = tiles.count + 1;
-      bool group_started = false;  // kNoMax: this group has run a tile of the unit
       auto pass_turn = [&](int turn) {
         if (!(last_unit && turn == turns - 1 && cg == NC - 1))
           named_bar_arrive(C::kTurnBar + (cg + 1) % NC, 256);
@@ -795,10 +698,8 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         pass_turn(turn);
         wgmma_wait<1>();
         fence_regs(sc);
-        if constexpr (!kNoMax) release_k(s_st);
-        softmax_tile(turn, s_st, !group_started);
-        if constexpr (kNoMax) release_k(s_st);  // (S may be computed again from it)
-        group_started = true;
+        release_k(s_st);
+        softmax_tile(turn);
         fence_wait_placement();  // else ptxas waits for P V before the softmax
         wgmma_wait<0>();
         fence_regs(o);
@@ -831,10 +732,8 @@ __global__ void __launch_bounds__(Fwd51Config<D, PERSISTENT>::kThreads, 1)
         if (pending >= 0) release_v(pv_st);
         pending = -1;
         if (do_s) {
-          if constexpr (!kNoMax) release_k(st);
-          softmax_tile(turn, st, !group_started);
-          if constexpr (kNoMax) release_k(st);
-          group_started = true;
+          release_k(st);
+          softmax_tile(turn);
           rescale_and_pack();
           pending = turn;
         } else if (has_tile) {

@@ -61,8 +61,6 @@ bool kernel51_present() {
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, kLeanSplit>) ==
           cudaSuccess &&
       cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, kLeanOverlap>) ==
-          cudaSuccess &&
-      cudaFuncGetAttributes(&attr, fwd51_sm90_kernel<T, D, true, true, kLeanNoMax>) ==
           cudaSuccess;
   if (!ok) (void)cudaGetLastError();
   return ok;
@@ -103,9 +101,7 @@ struct Maps {
 // fewer instructions per turn (LEAN level 2); 9 = 8 with masks of one bound
 // on most boundary tiles (LEAN level 3); 10 = 9 freeing a stage's K and V
 // apart (LEAN level 4); 11 = 10 with each group's softmax of tile i
-// overlapping its own P V of tile i - 1 (LEAN level 5); 15 = 11 without the
-// row max on most tiles at D=64 (LEAN level 6; 12-14 were session 17's
-// reverted variants and are not used).
+// overlapping its own P V of tile i - 1 (LEAN level 5).
 Fit prepare(const AttnParams& p, Dtype dtype, int variant, Maps* maps) {
   if (p.head_dim != 64 && p.head_dim != 128) return Fit::kHeadDim;
   if (!device_ok(dtype)) return Fit::kDevice;
@@ -190,7 +186,7 @@ cudaError_t launch51_variant(const AttnParams& p, const Maps& maps, Dtype dtype,
               : launch51<__half, 64, PINGPONG, PERSISTENT, LEAN>(p, maps, stream);
 }
 
-// Variants 7-11 and 15 (LEAN levels) scale the row max instead of every score, which
+// Variants 7-11 (LEAN levels) scale the row max instead of every score, which
 // needs scale > 0 (always so in attention); otherwise they run 6, the same
 // function.
 template <int LEAN>
@@ -222,7 +218,6 @@ bool try_fwd(const AttnParams& p, Dtype dtype, int variant, cudaStream_t stream,
     case 9: *error = launch_lean<kLeanMasks>(p, maps, dtype, stream); break;
     case 10: *error = launch_lean<kLeanSplit>(p, maps, dtype, stream); break;
     case 11: *error = launch_lean<kLeanOverlap>(p, maps, dtype, stream); break;
-    case 15: *error = launch_lean<kLeanNoMax>(p, maps, dtype, stream); break;
     default: *error = launch_variant<false>(p, maps, dtype, stream); break;
   }
   return true;

@@ -32,9 +32,7 @@ enum class Fit {
 // with the one bound that can reject there (LEAN level 3); 10 = 9 freeing a
 // stage's K once the tile's S is done and its V after P V (LEAN level 4);
 // 11 = 10 whose consumer groups run the softmax of tile i while their own P V
-// of tile i - 1 runs (LEAN level 5); 15 = 11 without the row max on the tiles
-// where the reference stands, at D=64 (LEAN level 6; the references move at
-// other tiles than under 11, so not the same bits).
+// of tile i - 1 runs (LEAN level 5).
 
 // Whether the call described by p fits the Hopper kernel `variant` on the
 // current device.
