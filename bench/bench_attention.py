@@ -6,6 +6,11 @@ on the same inputs and in the same process:
   flex       FlexAttention compiled with the same mask (block mask of causal and
              q - k < W or k < S)
   sdpa       torch SDPA full causal (FlashAttention-class kernel doing more work)
+  sdpa_flash, sdpa_cudnn, sdpa_efficient
+             the same, forced onto one SDPA backend (FlashAttention-2, cuDNN's fused
+             attention, memory-efficient); with W <= 0 these and swaa compute the
+             same function, which measures how close our kernels come to each
+             backend's dense causal speed (the ceiling run in docs/cuda_kernels.md)
 Each implementation's output on the last query rows is checked against the
 float reference before it is timed.  Effective TFLOP/s count visible
 (query, key) pairs only: 4*D flops per pair forward, 2.5x that backward.
@@ -45,6 +50,11 @@ PRESETS = {
                  impls=["swaa", "sdpa_mask"], passes=["fwd", "fwd+bwd"]),
 }
 
+# impls that compute full causal attention whatever W is; the name after
+# "sdpa_" picks torch's SDPA backend (None: torch's own choice)
+FULL_CAUSAL = {"sdpa": None, "sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
+               "sdpa_efficient": "EFFICIENT_ATTENTION"}
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECK_ROWS = 256  # query rows compared with the reference
 
@@ -67,9 +77,8 @@ def make_impl(name: str, window: int | None, sink: int, n: int, device: torch.de
     """Returns f(q, k, v) -> out for one implementation."""
     if name == "swaa":
         return lambda q, k, v: swaa_ext.swa_attention(q, k, v, window=window, sink=sink)
-    if name == "sdpa":
-        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                              enable_gqa=True)
+    if name in FULL_CAUSAL:
+        return _full_causal_sdpa(FULL_CAUSAL[name])
     if name == "sdpa_mask":
         mask = visibility_mask(n, n, window=window, sink=sink, device=device)
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
@@ -86,6 +95,41 @@ def make_impl(name: str, window: int | None, sink: int, n: int, device: torch.de
         compiled = _compiled_flex(flex_attention)
         return lambda q, k, v: compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
     raise ValueError(f"unknown impl {name!r}")
+
+
+def _full_causal_sdpa(backend: str | None):
+    """SDPA full causal, on one backend if given.  GQA goes through
+    `enable_gqa`; a backend that refuses it gets K/V with the heads repeated,
+    expanded once per input tensor outside the timed call (same flops; the
+    only difference is K/V bytes read, which do not bound these shapes)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    expanded = {}
+
+    def call(q, k, v, gqa):
+        with sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+
+    def fn(q, k, v):
+        if k.shape[1] == q.shape[1] or not expanded.get("refuses_gqa"):
+            try:
+                return call(q, k, v, True)
+            except RuntimeError:
+                if backend is None or k.shape[1] == q.shape[1]:
+                    raise
+                expanded["refuses_gqa"] = True
+        g = q.shape[1] // k.shape[1]
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            # the repeat must be in the autograd graph (its backward sums the heads)
+            return call(q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1), False)
+        key = (k.data_ptr(), v.data_ptr())
+        if key not in expanded:
+            expanded[key] = (k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1))
+        return call(q, *expanded[key], False)
+
+    return fn
 
 
 _FLEX = None
@@ -127,8 +171,10 @@ def bench_shape(impls, passes, B, Hq, Hkv, D, N, W, S, dtype, device, meta, args
         try:
             fn = make_impl(impl, window, S, N, device)
             q, k, v = inputs[0]
-            # sdpa full causal computes another function: no check against SWA
-            err = check(fn(q, k, v), q, k, v, window, S) if impl != "sdpa" else None
+            # full causal computes another function unless there is no window
+            windowed = window is not None and window < N
+            err = None if impl in FULL_CAUSAL and windowed else check(fn(q, k, v), q, k, v,
+                                                                      window, S)
         except Exception as e:  # a competitor that cannot run this shape is reported, not fatal
             print(f"  {impl} failed on N={N} D={D}: {type(e).__name__}: {str(e)[:200]}")
             continue
@@ -201,7 +247,7 @@ def main(argv=None) -> int:
     for dim in ("B", "Hq", "Hkv", "D", "N", "W", "S"):
         ap.add_argument(f"--{dim}", type=int, nargs="+", help=f"override the preset's {dim} (W<=0: no window)")
     ap.add_argument("--dtype", choices=sorted(DTYPES))
-    ap.add_argument("--impls", nargs="+", choices=["swaa", "sdpa_mask", "flex", "sdpa"])
+    ap.add_argument("--impls", nargs="+", choices=["swaa", "sdpa_mask", "flex", *FULL_CAUSAL])
     ap.add_argument("--passes", nargs="+", choices=["fwd", "fwd+bwd"])
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--reps", type=int, default=None)

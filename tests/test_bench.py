@@ -41,6 +41,18 @@ def test_bench_attention_tiny(tmp_path):
     assert "swaa is" in out and "time ~ N^" not in out  # one N: no growth exponent
 
 
+def test_bench_attention_forced_sdpa_backend_is_checked_without_a_window(tmp_path):
+    """W <= 0: a full-causal SDPA backend computes swaa's function, so its output
+    is checked against the reference (the ceiling run compares those speeds);
+    with a window it computes more and is timed unchecked."""
+    _run(["bench/bench_attention.py", "--preset", "tiny", "--N", "256", "--W", "0", "64",
+          "--impls", "swaa", "sdpa_flash", "--passes", "fwd", "--name", "t"], tmp_path)
+    rows = {(r["impl"], r["W"]): r for r in _rows(tmp_path / "t.jsonl")}
+    assert set(rows) == {("swaa", None), ("sdpa_flash", None), ("swaa", 64), ("sdpa_flash", 64)}
+    assert rows[("sdpa_flash", None)]["rel_err"] < 1e-5
+    assert rows[("sdpa_flash", 64)]["rel_err"] is None
+
+
 def test_bench_attention_plot_from_saved_rows(tmp_path):
     _run(["bench/bench_attention.py", "--preset", "tiny", "--name", "t", "--passes", "fwd"], tmp_path)
     png = tmp_path / "p.png"
