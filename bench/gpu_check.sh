@@ -68,6 +68,12 @@
 #             Backs: README "CUDA attention" (table, plot, vs Flex/SDPA), docs/cuda_kernels.md
 #             "Measured: session N", "Goals of the issue" (docs/cuda_kernels_history.md: "The two
 #             numbers"); bench/results/cuda_kernels_h200.jsonl.
+#   ceiling   the dense-causal ceiling: bench/bench_attention.py with W=0 (full causal) and
+#             W=4096, S=0, D 64/128, N 8k/32k: swaa beside Flex and SDPA forced onto each backend
+#             (sdpa_cudnn, sdpa_flash = FlashAttention-2, sdpa_efficient; the backward without
+#             the slow efficient one), forward, then forward+backward.  ~3.5 min (session 18:
+#             ~120 s + ~55 s).  Backs: README "Dense causal: the ceiling", docs/cuda_kernels.md
+#             "Measured: the ceiling"; bench/results/ceiling_h200.jsonl.
 #   decode    issue 4: bench/bench_decode.py with the automatic plan (every impl), the plan knobs
 #             A/B (combine cluster / global / global without PDL, 66 and 132 splits), the B=8 split sweep, the
 #             split kernel's variants at B=8 (bench/bench_decode_sweep.py: combine kernel / fused
@@ -155,7 +161,7 @@
 #   QUALITY           finetune | pretrain | ddp; finetune: CONFIGS, FT_S (480); pretrain: BUDGET_S
 #                     (360), EVAL_S (150), SEQ_LEN (16384); ddp: DDP_STEPS (100)
 
-STEPS_KNOWN=(build test sanitize tune profile bench decode loop e2e pack quality fused all)
+STEPS_KNOWN=(build test sanitize tune profile bench ceiling decode loop e2e pack quality fused all)
 
 usage() {
   echo "usage: bash bench/gpu_check.sh STEP [STEP ...]"
@@ -424,6 +430,16 @@ step_bench() {
     python bench/bench_attention.py --plot-from "$rows" --plot "$STEP_DIR/attention.png"
   # the tables and figures to paste into the README and docs/cuda_kernels.md
   TAIL_LINES=80 run_part grid_tables 60 python bench/grid_tables.py --rows "$rows"
+}
+
+step_ceiling() {
+  local common=(--D 64 128 --N 8192 32768 --S 0 --name ceiling_h200)
+  run_part ceiling_fwd "${BENCH_TIMEOUT:-300}" env SWAA_RESULTS_DIR="$STEP_DIR" \
+    python bench/bench_attention.py "${common[@]}" --W 0 4096 --passes fwd \
+    --impls swaa flex sdpa sdpa_flash sdpa_cudnn sdpa_efficient
+  run_part ceiling_fwd_bwd "${BENCH_TIMEOUT:-300}" env SWAA_RESULTS_DIR="$STEP_DIR" \
+    python bench/bench_attention.py "${common[@]}" --W 0 --passes fwd+bwd \
+    --impls swaa flex sdpa sdpa_flash sdpa_cudnn
 }
 
 step_fused() {

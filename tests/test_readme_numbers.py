@@ -176,6 +176,78 @@ def test_readme_streaming_table_is_its_runs_rows():
     assert_printed(prose.group(3), full["seconds"] / ring["seconds"], "1M vs full")
 
 
+def test_readme_ceiling_table_is_its_runs_rows():
+    """The dense-causal ceiling: TFLOP/s per implementation and swaa's speed against cuDNN,
+    and what 1.5x Flex's windowed forward asks at D=64, against the two runs' rows."""
+    text = section((ROOT / "README.md").read_text(), "Dense causal: the ceiling")
+    runs = re.search(r"Runs\s+`(\S+)` \(forward\) and `(\S+)` \(forward\+backward\)", text)
+    assert runs, "the README's ceiling section names no runs"
+    by = {}
+    for run, pass_ in zip(runs.groups(), ("fwd", "fwd+bwd")):
+        for r in rows_of(RESULTS / "ceiling_h200.jsonl", run):
+            if r["pass"] == pass_:
+                by[(r["impl"], pass_, r["D"], r["N"], r["W"])] = r
+    header, body = first_table(text)
+    assert len(header) == 12 and len(body) == 4, header
+    impls = ("swaa", "sdpa_cudnn", "sdpa_flash", "flex")
+    for cells in body:
+        D, N = int(cells[0]), int(cells[1])
+        for pass_, first in (("fwd", 2), ("fwd+bwd", 7)):
+            for i, impl in enumerate(impls):
+                assert_printed(cells[first + i], by[(impl, pass_, D, N, None)]["tflops"],
+                               f"D={D} N={N} {pass_} {impl}")
+            ratio = by[("sdpa_cudnn", pass_, D, N, None)]["ms"] / by[("swaa", pass_, D, N, None)]["ms"]
+            assert_printed(cells[first + 4], ratio, f"D={D} N={N} {pass_} vs cuDNN")
+    asks = re.findall(r"runs (\d+) TFLOP/s effective at N=(\d+), so 1.5x is (\d+):\s+([\d.]+)x "
+                      r"cuDNN's dense causal forward and ([\d.]+)x ours|and (\d+) at N=(\d+), so "
+                      r"1.5x is (\d+): ([\d.]+)x\s+cuDNN's and ([\d.]+)x ours", text)
+    assert len(asks) == 2, "the D=64 asks are not where this test looks"
+    for match in asks:
+        flex, N, need, vs_cudnn, vs_ours = (x for x in match if x)
+        N = int(N)
+        flex_row = by[("flex", "fwd", 64, N, 4096)]
+        assert_printed(flex, flex_row["tflops"], f"N={N} flex windowed")
+        assert_printed(need, 1.5 * flex_row["tflops"], f"N={N} 1.5x flex")
+        assert_printed(vs_cudnn, 1.5 * flex_row["tflops"] / by[("sdpa_cudnn", "fwd", 64, N, None)]["tflops"],
+                       f"N={N} vs cuDNN")
+        assert_printed(vs_ours, 1.5 * flex_row["tflops"] / by[("swaa", "fwd", 64, N, None)]["tflops"],
+                       f"N={N} vs ours")
+
+
+def test_docs_ceiling_table_is_its_runs_rows():
+    """docs/cuda_kernels.md's ceiling table (every backend, both passes) and its windowed line."""
+    text = section((ROOT / "docs" / "cuda_kernels.md").read_text(), "Measured: the ceiling")
+    runs = re.search(r"Runs\s+`(\S+)` \(forward, W=0 and 4096\) and `(\S+)`", text)
+    assert runs, "the ceiling section names no runs"
+    by = {}
+    for run, pass_ in zip(runs.groups(), ("fwd", "fwd+bwd")):
+        for r in rows_of(RESULTS / "ceiling_h200.jsonl", run):
+            if r["pass"] == pass_:
+                by[(r["impl"], pass_, r["D"], r["N"], r["W"])] = r
+    header, body = first_table(text)
+    assert len(header) == 10 and len(body) == 8, header
+    impls = ("swaa", "sdpa_cudnn", "sdpa", "sdpa_flash", "sdpa_efficient", "flex")
+    for cells in body:
+        D, N, pass_ = int(cells[0]), int(cells[1]), cells[2]
+        for cell, impl in zip(cells[3:9], impls):
+            key = (impl, pass_, D, N, None)
+            if cell == "-":
+                assert key not in by, f"D={D} N={N} {pass_} {impl} has a row"
+            else:
+                assert_printed(cell, by[key]["tflops"], f"D={D} N={N} {pass_} {impl}")
+        assert_printed(cells[9], by[("sdpa_cudnn", pass_, D, N, None)]["ms"]
+                       / by[("swaa", pass_, D, N, None)]["ms"], f"D={D} N={N} {pass_} vs cuDNN")
+    windowed = re.search(r"D=128 swaa (\d+) / (\d+) \(N=8k / 32k\),\s+Flex (\d+) / (\d+); "
+                         r"D=64 swaa (\d+) / (\d+), Flex (\d+) / (\d+)", text)
+    assert windowed, "the windowed line is not where this test looks"
+    printed = iter(windowed.groups())
+    for D in (128, 64):
+        for impl in ("swaa", "flex"):
+            for N in (8192, 32768):
+                assert_printed(next(printed), by[(impl, "fwd", D, N, 4096)]["tflops"],
+                               f"windowed D={D} N={N} {impl}")
+
+
 @pytest.mark.parametrize("printed, value, ok", [("0.89", 0.8912, True), ("0.89", 0.896, False),
                                                 ("1.40x", 1.4049, True), ("465", 465.4, True),
                                                 ("465", 466.0, False)])
