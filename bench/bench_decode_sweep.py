@@ -39,11 +39,6 @@ With `--set decode5`, the same at each of `--batches` for decode5's knob of the 
 With `--set prefetch`, the split kernel's L2 prefetch distance (same bits):
   prefetch  SWAA_DECODE_PREFETCH = 0 (off, the default) | 1 | 2 | 4 tiles ahead of the stages
     python bench/bench_decode_sweep.py --set prefetch --batches 1,8,64 --rounds 5
-With `--set early`, when the split kernel requests its next tile (same bits):
-  early     SWAA_DECODE_EARLY_ISSUE = 0 (once tile t has landed: kStages - 1 tiles in flight
-            while a CTA waits, the default) | 1 (once every warp is done with tile t, before
-            waiting for t + 1: all kStages in flight, one more CTA barrier per tile)
-    python bench/bench_decode_sweep.py --set early --batches 1,8,64 --rounds 5
 """
 from __future__ import annotations
 
@@ -63,7 +58,7 @@ import common  # noqa: E402
 KNOBS = ("SWAA_DECODE_GLOBAL_COMBINE", "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES",
          "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE",
          "SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL",
-         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH", "SWAA_DECODE_EARLY_ISSUE")
+         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH")
 # decode4: variant key -> knob; the first value of each list is the plain path (not the default)
 DECODE4 = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["serial", "staged"]),
            "advance": ("SWAA_DECODE_ADVANCE", ["op", "kernel"]),
@@ -83,9 +78,7 @@ def variants(combines, tilings, balances, splits):
 DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
 # prefetch: bulk L2 prefetches N tiles ahead of the split kernel's cp.async stages; 0 is off
 PREFETCH = {"prefetch": ("SWAA_DECODE_PREFETCH", ["0", "1", "2", "4"])}
-# early: when the split kernel requests a tile (after the last one landed, or before waiting)
-EARLY = {"early": ("SWAA_DECODE_EARLY_ISSUE", ["0", "1"])}
-KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "early": EARLY}
+KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH}
 
 
 def knob_variants(knobs=DECODE4):
@@ -115,7 +108,7 @@ def set_knobs(v):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch", "early"),
+    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch"),
                     default="decode3",
                     help="which knobs to sweep (decode3: combine x tiling x balance x splits at "
                          "--batch; decode4: loads x advance x pdl at each of --batches)")

@@ -83,7 +83,7 @@ def backward_calls(device):
 
 RING_KNOBS = ("SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE", "SWAA_DECODE_GLOBAL_COMBINE",
               "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES", "SWAA_DECODE_COMBINE_LOADS",
-              "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL", "SWAA_DECODE_EARLY_ISSUE")
+              "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL")
 
 
 def ring_calls(device):
@@ -103,20 +103,6 @@ def ring_calls(device):
                 step = [torch.randn(2, heads, 1, D, device=device, dtype=torch.bfloat16)
                         for heads in (4, 2, 2)]
                 cache.attend(*step)
-    # the split kernel requesting each tile before waiting for the previous one
-    # (SWAA_DECODE_EARLY_ISSUE=1): all stages in flight, a barrier frees each one
-    os.environ.update(SWAA_DECODE_EARLY_ISSUE="1", SWAA_DECODE_GLOBAL_COMBINE="kernel")
-    for combine in ("cluster", "global"):
-        os.environ["SWAA_DECODE_COMBINE"] = combine
-        cache = RingKVCache(2, 2, 128, window=1000, sink=4, dtype=torch.bfloat16, device=device)
-        cache.keys.normal_()
-        cache.values.normal_()
-        cache.seqlens.copy_(torch.tensor([700, 5000], device=device))
-        for _ in range(2):
-            step = [torch.randn(2, heads, 1, 128, device=device, dtype=torch.bfloat16)
-                    for heads in (8, 2, 2)]
-            cache.attend(*step)
-    os.environ.pop("SWAA_DECODE_EARLY_ISSUE")
     # the fused combine in every tiling of the global kernel (D = 128), 24 query
     # heads per KV head: CTAs of 16 and 8 heads; 5 splits, one row padded
     os.environ.update(SWAA_DECODE_COMBINE="global", SWAA_DECODE_GLOBAL_COMBINE="fused",

@@ -454,28 +454,6 @@ def test_l2_prefetch_gives_the_same_bits(batch, window, sink, splits, combine, e
     assert_same_bits(results["3"], results["0"], "L2 prefetch 3")
 
 
-@pytest.mark.parametrize("batch,window,sink,splits,combine,extra", TILE_GATHER_CASES)
-@pytest.mark.parametrize("D,dtype", [(128, torch.bfloat16), (64, torch.float16)])
-def test_early_issue_gives_the_same_bits(batch, window, sink, splits, combine, extra, D, dtype,
-                                         monkeypatch, capfd):
-    """SWAA_DECODE_EARLY_ISSUE=1 (the split kernel requests tile t + kStages once every warp is
-    done with tile t, before waiting for t + 1) changes when tiles are requested, not what is
-    loaded or computed: the same bits as 0 for every plan of the tile-gather cases, alone and
-    with an L2 prefetch distance; the plan line says it ran."""
-    Hq, Hkv, W, S = 32, 8, window, sink
-    case = random_ring(batch, Hq, Hkv, D, W, S, dtype, seed=13 * batch + W + 7 * S + D)
-    set_plan(monkeypatch, splits, combine, extra)
-    results = {}
-    for early, distance in (("0", "0"), ("1", "0"), ("1", "2")):
-        monkeypatch.setenv("SWAA_DECODE_EARLY_ISSUE", early)
-        monkeypatch.setenv("SWAA_DECODE_PREFETCH", distance)
-        results[early, distance] = result = decode(case, W, S, capfd)
-        (line,) = result[5]
-        assert (", early issue)" in line) == (early == "1"), line
-    assert_same_bits(results["1", "0"], results["0", "0"], "early issue")
-    assert_same_bits(results["1", "2"], results["0", "0"], "early issue, L2 prefetch 2")
-
-
 def test_tile_gather_over_a_long_never_wrapping_ring(monkeypatch):
     # how generate decodes a full-attention layer: window = the history, sink 0, every slot read
     B, Hq, Hkv, D, L = 2, 32, 8, 128, 32768

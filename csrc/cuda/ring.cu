@@ -629,8 +629,7 @@ template <typename T, int kDim, bool kGlobalCombine, int kWarps = 4,
 __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThreads,
                                   SplitDecode<T, kDim, kWarps, kStages>::kMinBlocks)
     ring_decode_split_kernel(const RingParams p, int head_chunks, int split_align,
-                             int tile_gather, int prefetch_tiles, int early_issue,
-                             float* part_out,
+                             int tile_gather, int prefetch_tiles, float* part_out,
                              float* part_lse, unsigned int* arrivals) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = SplitDecode<T, kDim, kWarps, kStages>;
@@ -757,25 +756,14 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   };
   const bool prefetching = prefetch_tiles > 0 && tile_gather && rows_dense && threadIdx.x == 0;
 
-  // Start the pipeline before anything else waits on memory.  Tile t goes to
-  // stage t % kStages.  By default tile t + kStages - 1 is requested once tile
-  // t has landed (its stage held tile t - 1), so while a CTA waits for a tile
-  // kStages - 1 tiles are in flight.  SWAA_DECODE_EARLY_ISSUE=1 (early_issue)
-  // requests tile t + kStages as soon as every warp is done with tile t (one
-  // more CTA barrier per tile), before waiting for tile t + 1: all kStages
-  // stages are in flight during the wait, which is where a bandwidth-bound
-  // step spends its time.  The same loads into the same stages, the same
-  // arithmetic: the same bits.
-  const int prologue_tiles = early_issue ? C::kStages : C::kStages - 1;
+  // Start the pipeline before anything else waits on memory.
 #pragma unroll
-  for (int s = 0; s < C::kStages; ++s) {
-    if (s < prologue_tiles) {
-      if (s < n_tiles) load_tile(s, s);
-      cuda::cp_async_commit();
-    }
+  for (int s = 0; s < C::kStages - 1; ++s) {
+    if (s < n_tiles) load_tile(s, s);
+    cuda::cp_async_commit();
   }
   if (prefetching)
-    for (int i = 0; i < prefetch_tiles; ++i) prefetch_tile(prologue_tiles + i);
+    for (int i = 0; i < prefetch_tiles; ++i) prefetch_tile(C::kStages - 1 + i);
 
   // The new key/value go to their slot (split 0 of the first head chunk),
   // after the first tiles are requested: the copy waits for its loads, and
@@ -816,14 +804,9 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   cuda::zero(o);
 
   for (int t = 0; t < n_tiles; ++t) {
-    // tile t has landed (this thread's copies; the groups of the tiles after
-    // it may still be pending) ...
-    if (early_issue)
-      cp_async_wait_pending<C::kStages - 1>();
-    else
-      cp_async_wait_pending<C::kStages - 2>();
-    __syncthreads();  // ... everyone's; the stage of tile t - 1 is free
-    if (!early_issue) {
+    cp_async_wait_pending<C::kStages - 2>();  // tile t has landed (this thread's copies)
+    __syncthreads();                          // ... everyone's; stage of tile t - 1 is free
+    {
       const int next = t + C::kStages - 1;
       if (next < n_tiles) load_tile(next, next % C::kStages);
       cuda::cp_async_commit();
@@ -880,13 +863,6 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
       cuda::load_b_trans<kDim>(bv, v_tile, warp * 16, dp * 16, lane);
       Mma::run(o[2 * dp], pa, bv[0], bv[1]);
       Mma::run(o[2 * dp + 1], pa, bv[2], bv[3]);
-    }
-    if (early_issue) {
-      __syncthreads();  // every warp is done with tile t's stage
-      const int next = t + C::kStages;
-      if (next < n_tiles) load_tile(next, next % C::kStages);
-      cuda::cp_async_commit();
-      if (prefetching) prefetch_tile(next + prefetch_tiles);
     }
   }
   cuda::cp_async_wait_all();
@@ -1608,7 +1584,6 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
   const int tile_gather = decode_env_int("SWAA_DECODE_TILE_GATHER", 1, 0, 1);
   const int prefetch_tiles = decode_env_int("SWAA_DECODE_PREFETCH", 0, 0, 16);
-  const int early_issue = decode_env_int("SWAA_DECODE_EARLY_ISSUE", 0, 0, 1);
   if (!plan.global_combine || splits > C::kFusedMaxSplits) arrivals = nullptr;
   // The combine kernel runs: global plan, not fused.
   const bool combine_kernel = plan.global_combine && arrivals == nullptr;
@@ -1622,11 +1597,11 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                         plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim,
                         (arrivals != nullptr ? 1 : 0) + 2 * split_align + 256 * staged +
                             512 * (advance != nullptr) + 1024 * tile_gather +
-                            2048 * prefetch_tiles + 65536 * early_issue,
+                            2048 * prefetch_tiles,
                         kWarps, kStages})))
     std::fprintf(stderr,
                  "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
-                 "combine (%s, tile %d x %d stages, %d B smem%s%s%s%s, L2 prefetch %d%s)\n",
+                 "combine (%s, tile %d x %d stages, %d B smem%s%s%s%s, L2 prefetch %d)\n",
                  static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
                  static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
                  static_cast<long long>(splits), plan.global_combine ? "global" : "cluster",
@@ -1636,8 +1611,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                          : "kernel",
                  C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "",
                  staged ? ", staged loads" : "", advance != nullptr ? ", advances seqlens" : "",
-                 tile_gather ? "" : ", per-key gather", prefetch_tiles,
-                 early_issue ? ", early issue" : "");
+                 tile_gather ? "" : ", per-key gather", prefetch_tiles);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
                   static_cast<unsigned>(p.batch));
   if (plan.global_combine) {
@@ -1653,7 +1627,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     ring_decode_split_kernel<T, kDim, true, kWarps, kStages>
         <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, static_cast<int>(head_chunks),
                                                        split_align, tile_gather,
-                                                       prefetch_tiles, early_issue,
+                                                       prefetch_tiles,
                                                        part_out.data_ptr<float>(),
                                                        part_lse.data_ptr<float>(), arrivals);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1690,8 +1664,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
         cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
                                       static_cast<int>(head_chunks), split_align, tile_gather,
-                                      prefetch_tiles, early_issue,
-                                      static_cast<float*>(nullptr),
+                                      prefetch_tiles, static_cast<float*>(nullptr),
                                       static_cast<float*>(nullptr),
                                       static_cast<unsigned int*>(nullptr)));
   }
