@@ -245,7 +245,8 @@ def main(argv=None) -> int:
                     help="shape set (default: gpu on CUDA, cpu otherwise)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     for dim in ("B", "Hq", "Hkv", "D", "N", "W", "S"):
-        ap.add_argument(f"--{dim}", type=int, nargs="+", help=f"override the preset's {dim} (W<=0: no window)")
+        ap.add_argument(f"--{dim}", type=int, nargs="+", help=f"override the preset's {dim}"
+                        + (" (W<=0: no window, full causal)" if dim == "W" else ""))
     ap.add_argument("--dtype", choices=sorted(DTYPES))
     ap.add_argument("--impls", nargs="+", choices=["swaa", "sdpa_mask", "flex", *FULL_CAUSAL])
     ap.add_argument("--passes", nargs="+", choices=["fwd", "fwd+bwd"])

@@ -108,6 +108,7 @@ void fill_common(AttnParams& p, const at::Tensor& q, const at::Tensor& k, const 
   p.sink = std::min<int64_t>(sink, kNoWindow);
   p.full_from = full_from.defined() ? full_from.data_ptr<int64_t>() : nullptr;
   p.scale = static_cast<float>(scale);
+  p.scale_f64 = scale;
 }
 
 }  // namespace

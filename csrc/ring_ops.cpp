@@ -162,6 +162,7 @@ RingCall prepare_ring(RingOp op, const at::Tensor& q, const at::Tensor& k, const
   p.head_dim = D;
   p.ring = RingLayout{window, sink};
   p.scale = static_cast<float>(scale);
+  p.scale_f64 = scale;
   if (op != RingOp::kAppend) {
     p.q = q.data_ptr();
     p.q_batch_stride = q.stride(0), p.q_head_stride = q.stride(1), p.q_row_stride = q.stride(2);

@@ -112,6 +112,35 @@ def test_gradcheck_float64():
             lambda q, k, v: swaa_ext.swa_attention(q, k, v, **kw), (q, k, v), atol=1e-5, rtol=1e-4)
 
 
+def test_float64_is_as_exact_as_a_float64_reference():
+    """float64 inputs are computed with the unrounded softmax scale: with D = 8 the default
+    1/sqrt(8) is not a float32, and rounding it there put ~1e-8 into float64 outputs.  The output
+    agrees with the float64 reference to float64's roundings, so does the ring cache's."""
+    def err(x, ref):  # in float64 (_max_err compares in float32, which would hide 1e-8)
+        return (x - ref).abs().max().item()
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = _inputs(1, 4, 2, 9, 12, 8, torch.float64, gen, requires_grad=True)
+    kw = dict(window=3, sink=2)
+    out = swaa_ext.swa_attention(q, k, v, **kw)
+    ref = reference_attention(q, k, v, **kw)
+    assert out.dtype == torch.float64 and err(out, ref) < 1e-13
+    dout = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        # the backward recomputes P from the saved lse, which is float32 (the op's lse output):
+        # gradients are float64 to ~1e-7, not to float64's roundings
+        assert err(g, r) < 1e-6, f"d{name}"
+    q, k, v = (t.detach() for t in (q, k, v))
+    cache = swaa_ext.RingKVCache(1, 2, 8, window=3, sink=2, dtype=torch.float64, device="cpu")
+    first = cache.attend(q[:, :, :5], k[:, :, :5], v[:, :, :5])
+    rest = torch.cat([cache.attend(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1])
+                      for i in range(5, 9)], dim=2)
+    want = reference_attention(q, k[:, :, :9], v[:, :, :9], **kw)
+    assert err(torch.cat([first, rest], dim=2), want) < 1e-13
+
+
 def test_sink_keys_receive_gradient_from_every_query():
     gen = torch.Generator().manual_seed(4)
     q, k, v = _inputs(1, 1, 1, 300, 300, 16, torch.float32, gen, requires_grad=True)

@@ -82,7 +82,7 @@ void fwd_kernel(const AttnParams& p) {
       for_each_key_tile(blk.keys(), [&](int64_t j0, int64_t n) {
         const auto kr = load_rows<scalar_t, acc_t>(k + j0 * p.k_row_stride, p.k_row_stride, n, D, k_buf);
         const auto vr = load_rows<scalar_t, acc_t>(v + j0 * p.v_row_stride, p.v_row_stride, n, D, v_buf);
-        cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), qr.ptr, qr.ld, kr.ptr, kr.ld,
+        cpu::gemm_abt<acc_t>(rows, n, D, cpu::scale_of<acc_t>(p), qr.ptr, qr.ld, kr.ptr, kr.ld,
                              scores.data(), kBlockK, scratch);
         if (!vis.tile_fully_visible(p_first, p_first + rows - 1, j0, j0 + n - 1))
           mask_tile(scores.data(), kBlockK, vis, p_first, rows, j0, n);
@@ -169,11 +169,11 @@ void bwd_kernel(const AttnParams& p) {
       for_each_key_tile(blk.keys(), [&](int64_t j0, int64_t n) {
         const auto kr = load_rows<scalar_t, acc_t>(k + j0 * p.k_row_stride, p.k_row_stride, n, D, k_buf);
         const auto vr = load_rows<scalar_t, acc_t>(v + j0 * p.v_row_stride, p.v_row_stride, n, D, v_buf);
-        cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), qr.ptr, qr.ld, kr.ptr, kr.ld, s.data(), kBlockK, scratch);
+        cpu::gemm_abt<acc_t>(rows, n, D, cpu::scale_of<acc_t>(p), qr.ptr, qr.ld, kr.ptr, kr.ld, s.data(), kBlockK, scratch);
         cpu::gemm_abt<acc_t>(rows, n, D, acc_t(1), dor.ptr, dor.ld, vr.ptr, vr.ld, dp.data(), kBlockK, scratch);
         const bool masked = !vis.tile_fully_visible(p_first, p_first + rows - 1, j0, j0 + n - 1);
         softmax_grad_tile(s.data(), dp.data(), kBlockK, lse, dlt, rows, n, masked, vis, p_first, j0);
-        cpu::gemm_pb<acc_t>(rows, n, D, acc_t(p.scale), dp.data(), kBlockK, kr.ptr, kr.ld, dq_acc.data(), D);
+        cpu::gemm_pb<acc_t>(rows, n, D, cpu::scale_of<acc_t>(p), dp.data(), kBlockK, kr.ptr, kr.ld, dq_acc.data(), D);
       });
       auto* dq = static_cast<scalar_t*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride +
                  row0 * p.dq_row_stride;
@@ -221,13 +221,13 @@ void bwd_kernel(const AttnParams& p) {
             const auto dor = load_rows<scalar_t, acc_t>(
                 do_base + b * p.do_batch_stride + h * p.do_head_stride + row0 * p.do_row_stride,
                 p.do_row_stride, rows, D, do_buf);
-            cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), qr.ptr, qr.ld, kr.ptr, kr.ld, s.data(), kBlockK, scratch);
+            cpu::gemm_abt<acc_t>(rows, n, D, cpu::scale_of<acc_t>(p), qr.ptr, qr.ld, kr.ptr, kr.ld, s.data(), kBlockK, scratch);
             cpu::gemm_abt<acc_t>(rows, n, D, acc_t(1), dor.ptr, dor.ld, vr.ptr, vr.ld, dp.data(), kBlockK, scratch);
             const bool masked = !vis.tile_fully_visible(pos, pos + rows - 1, j0, j0 + n - 1);
             softmax_grad_tile(s.data(), dp.data(), kBlockK, lse_h + row0, delta_h + row0, rows, n,
                               masked, vis, pos, j0);
             cpu::gemm_ptb<acc_t>(rows, n, D, acc_t(1), s.data(), kBlockK, dor.ptr, dor.ld, dv_acc.data(), D);
-            cpu::gemm_ptb<acc_t>(rows, n, D, acc_t(p.scale), dp.data(), kBlockK, qr.ptr, qr.ld, dk_acc.data(), D);
+            cpu::gemm_ptb<acc_t>(rows, n, D, cpu::scale_of<acc_t>(p), dp.data(), kBlockK, qr.ptr, qr.ld, dk_acc.data(), D);
           }
         }
       }

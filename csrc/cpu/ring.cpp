@@ -163,7 +163,7 @@ void chunk_kernel(const RingParams& p) {
             p.q_row_stride, rows, D, q_rows);
         for_each_key_tile(visible_keys(vis, p_first, p_last), [&](int64_t j0, int64_t n) {
           gather_tile<scalar_t, acc_t>(src, n, D, [&](int64_t c) { return j0 + c; }, k_tile, v_tile);
-          cpu::gemm_abt<acc_t>(rows, n, D, acc_t(p.scale), qr.ptr, qr.ld, k_tile.data(), D,
+          cpu::gemm_abt<acc_t>(rows, n, D, cpu::scale_of<acc_t>(p), qr.ptr, qr.ld, k_tile.data(), D,
                                scores.data(), kBlockK, scratch);
           if (!vis.tile_fully_visible(p_first, p_last, j0, j0 + n - 1))
             mask_tile(scores.data(), kBlockK, vis, p_first, rows, j0, n);
@@ -235,7 +235,7 @@ void decode_kernel(const RingParams& p, int64_t splits) {
         else
           gather_tile<scalar_t, acc_t>(src, n, D, [&](int64_t c) { return pos_at(i0 + c); },
                                        k_tile, v_tile);
-        cpu::gemm_abt<acc_t>(G, n, D, acc_t(p.scale), qr.ptr, qr.ld, k_tile.data(), D,
+        cpu::gemm_abt<acc_t>(G, n, D, cpu::scale_of<acc_t>(p), qr.ptr, qr.ld, k_tile.data(), D,
                              scores.data(), kBlockK, scratch);
         state.update(scores.data(), kBlockK, n, v_tile.data(), D);
       }

@@ -14,6 +14,18 @@
 
 namespace swaa::cpu {
 
+// The softmax scale in the accumulator type: float32 kernels keep the float
+// the CUDA kernels use, float64 kernels take the unrounded double (so a
+// float64 call is as exact as a float64 reference, not off by float's
+// rounding of 1/sqrt(D)).  P: AttnParams or RingParams.
+template <typename acc_t, typename P>
+acc_t scale_of(const P& p) {
+  if constexpr (std::is_same_v<acc_t, double>)
+    return p.scale_f64;
+  else
+    return static_cast<acc_t>(p.scale);
+}
+
 constexpr int64_t kBlockQ = 64;     // query rows per task
 constexpr int64_t kBlockK = kTile;  // keys per tile: S rows are kTile wide (gemm_abt)
 

@@ -39,6 +39,7 @@ struct AttnParams {
   int64_t sink;
   const int64_t* full_from;  // (batch,) on the kernel's device, or nullptr = never
   float scale;
+  double scale_f64;  // the same scale unrounded: the float64 CPU kernels' (float rounds 1/sqrt(D))
 
   int64_t group() const { return q_heads / kv_heads; }  // query heads per KV head
 

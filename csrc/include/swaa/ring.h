@@ -123,6 +123,7 @@ struct RingParams {
   int64_t batch, q_heads, kv_heads, chunk_len, head_dim;
   RingLayout ring;
   float scale;
+  double scale_f64;  // the same scale unrounded: the float64 CPU kernels'
 
   SWAA_HD int64_t group() const { return q_heads / kv_heads; }
   SWAA_HD int64_t valid(int64_t b) const {
