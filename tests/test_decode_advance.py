@@ -469,3 +469,56 @@ def test_tile_gather_over_a_long_never_wrapping_ring(monkeypatch):
     assert torch.equal(caches[0].keys, caches[1].keys)
     assert torch.equal(caches[0].values, caches[1].values)
     assert torch.equal(caches[0].seqlens, caches[1].seqlens)
+
+
+@pytest.mark.parametrize("batch,window,sink,splits,combine,extra", [
+    (8, 4096, 4, None, None, {}),                       # the automatic plan: global, 4 splits
+    (8, 1000, 4, 3, "cluster", {}),                     # no combine kernel
+    (2, 1000, 130, 4, "global", {"SWAA_DECODE_GLOBAL_COMBINE": "fused"}),
+])
+def test_decode_trace_times_every_cta_and_changes_nothing(batch, window, sink, splits, combine,
+                                                          extra, monkeypatch, capfd):
+    """SWAA_DECODE_TRACE=1 (bench/trace_decode.py).  In a build with SWAA_DECODE_TRACE_BUILD=ON:
+    the same bits as without it, and a timeline with one entry per CTA of the launch, each CTA's
+    points in order, a combine CTA per (row, query head) released after every split CTA has
+    written (the combine kernel waits for the split grid).  In any other build the knob is an
+    error that names the build option, and the cache is left as it was."""
+    import swaa_ext
+    from swaa_ext import _C
+
+    Hq, Hkv, D = 32, 8, 128
+    case = random_ring(batch, Hq, Hkv, D, window, sink, torch.bfloat16, seed=batch + window)
+    set_plan(monkeypatch, splits, combine, extra)
+    plain = decode(case, window, sink, capfd)
+    monkeypatch.setenv("SWAA_DECODE_TRACE", "1")
+    if not swaa_ext.build_info()["decode_trace"]:
+        q, k, v, kc0, vc0, seqlens0, lengths = case
+        kc, vc, seqlens = kc0.clone(), vc0.clone(), seqlens0.clone()
+        with pytest.raises(RuntimeError, match="SWAA_DECODE_TRACE_BUILD=ON"):
+            torch.ops.swaa.ring_decode(q, k, v, kc, vc, seqlens, lengths, window, sink,
+                                       1 / math.sqrt(D), 0, True)
+        with pytest.raises(RuntimeError, match="SWAA_DECODE_TRACE_BUILD=ON"):
+            _C.decode_trace()
+        torch.cuda.synchronize()
+        assert torch.equal(kc, kc0) and torch.equal(vc, vc0) and torch.equal(seqlens, seqlens0)
+        return
+    traced = decode(case, window, sink, capfd)
+    assert_same_bits(traced, plain, "trace")
+    n_splits = int(re.search(r"-> (\d+) splits", plain[5][0]).group(1))
+    flat = _C.decode_trace()
+    slots, max_ctas = 8, 8192
+    rows = [flat[i * slots:(i + 1) * slots] for i in range(2 * max_ctas)]
+    split = [r for r in rows[:max_ctas] if r[0]]
+    comb = [r for r in rows[max_ctas:] if r[0]]
+    assert len(split) == n_splits * Hkv * batch  # one head chunk: 4 query heads per KV head
+    for start, first, loop, written, sm, tiles, *_ in split:
+        assert sm < torch.cuda.get_device_properties(0).multi_processor_count
+        if tiles:
+            assert start <= first <= loop <= written, (start, first, loop, written)
+        else:
+            assert first == 0 and start <= loop <= written
+    kernel_combine = "combine (kernel" in plain[5][0]
+    assert len(comb) == (batch * Hq if kernel_combine else 0)
+    last_written = max(r[3] for r in split)
+    for start, released, written, sm, *_ in comb:
+        assert start <= released <= written and released >= last_written

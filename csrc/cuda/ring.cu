@@ -53,6 +53,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "attention_kernels.cuh"  // cp.async, ldmatrix, mma.sync wrappers, swizzle
 #include "ring_ops.h"
@@ -452,21 +453,68 @@ __device__ __forceinline__ void combine_splits_staged(const RingParams& p, int64
 // of each row's first query head also advances advance[b] (the op's seqlens)
 // by the row's valid positions, after the wait for the split kernel: that
 // kernel read seqlens[b], nothing in this launch reads it.
+// SWAA_DECODE_TRACE=1: a timeline of one decode step for bench/trace_decode.py,
+// in builds with SWAA_DECODE_TRACE_BUILD=ON only (elsewhere every mark compiles
+// to nothing: the trace's registers would cost the combine kernel the
+// occupancy beside the split kernel that PDL relies on).  Thread 0 of each CTA
+// writes the global timer (ns, one clock for the whole GPU) at fixed points,
+// its SM and its tile count, into a static buffer that the launch clears
+// first; `decode_trace_snapshot` copies it out.
+#ifdef SWAA_DECODE_TRACE_BUILD
+constexpr bool kTraceBuilt = true;
+#else
+constexpr bool kTraceBuilt = false;
+#endif
+constexpr int kTraceSlots = 8;        // per CTA; kTraceSplit / kTraceCombine name them
+constexpr int kTraceMaxCtas = 8192;   // CTAs past this are not traced
+// split kernel: entry, first tile landed, loop done (all tiles), results written, SM, tiles
+enum TraceSplit { kTraceEntry = 0, kTraceFirstTile, kTraceLoopDone, kTraceWritten, kTraceSm,
+                  kTraceTiles };
+// combine kernel: entry, split grid done (after griddepcontrol.wait), written, SM
+enum TraceCombine { kTraceCombineEntry = 0, kTraceCombineReleased, kTraceCombineWritten,
+                    kTraceCombineSm };
+__device__ unsigned long long g_decode_trace[2][kTraceBuilt ? kTraceMaxCtas * kTraceSlots : 1];
+
+struct CtaTrace {
+  unsigned long long* slot = nullptr;
+  __device__ CtaTrace(bool on, int kernel) {
+    const int64_t cta = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
+    if (kTraceBuilt && on && threadIdx.x == 0 && cta < kTraceMaxCtas) {
+      slot = &g_decode_trace[kernel][cta * kTraceSlots];
+      unsigned int sm;
+      asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
+      slot[kernel == 0 ? int(kTraceSm) : int(kTraceCombineSm)] = sm;
+    }
+  }
+  __device__ void mark(int i) const {
+    if (!kTraceBuilt || slot == nullptr) return;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    slot[i] = t;
+  }
+  __device__ void put(int i, unsigned long long v) const {
+    if (kTraceBuilt && slot != nullptr) slot[i] = v;
+  }
+};
+
 template <typename T, int kDim, bool kStaged = false>
 __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
     const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse,
-    int64_t* advance) {
+    int64_t* advance, bool trace) {
   // Prologue: nothing here depends on the split kernel (lengths is an input
   // of the op, written before the split kernel started).
   const int64_t bh = blockIdx.x;
   const int64_t b = bh / p.q_heads;
   const bool advances = advance != nullptr && bh % p.q_heads == 0 && threadIdx.x == 0;
   const int64_t step = advances ? p.valid(b) : 0;
+  const CtaTrace tr(trace, 1);
+  tr.mark(kTraceCombineEntry);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Launched as a programmatic dependent (SWAA_DECODE_PDL=1): wait until the
   // split kernel has finished and its partials are visible.  A no-op otherwise.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
+  tr.mark(kTraceCombineReleased);
   if constexpr (kStaged) {
     static_assert(std::is_same_v<acc_of<T>, float>, "staged loads: float partials only");
     combine_splits_staged<T, kDim>(p, bh, splits, part_out, part_lse);
@@ -474,6 +522,7 @@ __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
     combine_splits<T, kDim>(p, bh, splits, part_out, part_lse, threadIdx.x, kThreads);
   }
   if (advances) advance[b] += step;
+  tr.mark(kTraceCombineWritten);
 }
 
 
@@ -629,8 +678,8 @@ template <typename T, int kDim, bool kGlobalCombine, int kWarps = 4,
 __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThreads,
                                   SplitDecode<T, kDim, kWarps, kStages>::kMinBlocks)
     ring_decode_split_kernel(const RingParams p, int head_chunks, int split_align,
-                             int tile_gather, int prefetch_tiles, float* part_out,
-                             float* part_lse, unsigned int* arrivals) {
+                             int tile_gather, int prefetch_tiles, bool trace,
+                             float* part_out, float* part_lse, unsigned int* arrivals) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = SplitDecode<T, kDim, kWarps, kStages>;
   using Mma = cuda::MmaOp<T>;
@@ -651,6 +700,8 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   // fires only when the last wave has started, so a combine CTA never takes
   // a slot that a split CTA waits for.  A no-op without a dependent launch.
   if constexpr (kGlobalCombine) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  const CtaTrace tr(trace, 0);
+  tr.mark(kTraceEntry);
   const int splits = static_cast<int>(gridDim.x);  // all splits of (b, kvh): the cluster
   const int split = static_cast<int>(blockIdx.x);  // == cluster.block_rank() with clusters
   const int64_t kvh = blockIdx.y / head_chunks;
@@ -676,6 +727,7 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   const int64_t key_begin = min_of<int64_t>(n_keys, split * per_split);
   const int64_t key_end = min_of<int64_t>(n_keys, key_begin + per_split);
   const int n_tiles = static_cast<int>((key_end - key_begin + C::kTileKeys - 1) / C::kTileKeys);
+  tr.put(kTraceTiles, n_tiles);
 
   const T* k_cache = static_cast<const T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride;
   const T* v_cache = static_cast<const T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride;
@@ -806,6 +858,7 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   for (int t = 0; t < n_tiles; ++t) {
     cp_async_wait_pending<C::kStages - 2>();  // tile t has landed (this thread's copies)
     __syncthreads();                          // ... everyone's; stage of tile t - 1 is free
+    if (t == 0) tr.mark(kTraceFirstTile);
     {
       const int next = t + C::kStages - 1;
       if (next < n_tiles) load_tile(next, next % C::kStages);
@@ -867,6 +920,7 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   }
   cuda::cp_async_wait_all();
   __syncthreads();  // the pipeline buffers become the merge area
+  tr.mark(kTraceLoopDone);
 
   // Merge the four warps of the CTA.
   float* warp_o = reinterpret_cast<float*>(decode_smem);  // [kWarps][kHeads][kDim]
@@ -916,6 +970,7 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
     }
   }
   if constexpr (kGlobalCombine) {
+    tr.mark(kTraceWritten);  // this thread's partials are written (the others' about then)
     if (arrivals == nullptr) return;  // ring_decode_combine_kernel finishes
     // Fused combine, in the pattern of cooperative_groups' grid sync: every
     // thread's partials are ordered before thread 0's arrival by the barrier
@@ -972,6 +1027,7 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
     if (i % kDim == 0) p.lse[bh] = (m + log2f(sum)) * kLn2;
   }
   cluster.sync();  // no CTA leaves while another still reads its shared memory
+  tr.mark(kTraceWritten);
 #else
   __trap();  // launched only on sm_90 and newer (see ring_decode_cuda)
 #endif
@@ -1467,6 +1523,14 @@ constexpr int kArrivalSlices = 32;
 constexpr int kArrivalsPerSlice = 16384;
 __device__ unsigned int g_decode_arrivals[kArrivalSlices * kArrivalsPerSlice];
 
+// Zeroes the trace buffer ahead of a traced launch (stream-ordered, so a
+// captured graph clears it on every replay).
+void clear_decode_trace(cudaStream_t stream) {
+  void* address = nullptr;
+  C10_CUDA_CHECK(cudaGetSymbolAddress(&address, g_decode_trace));
+  C10_CUDA_CHECK(cudaMemsetAsync(address, 0, sizeof(g_decode_trace), stream));
+}
+
 unsigned int* arrival_counters(cudaStream_t stream) {
   static std::mutex mutex;
   static std::map<std::tuple<int, cudaStream_t, bool>, int> slice_of;
@@ -1584,6 +1648,10 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
   const int tile_gather = decode_env_int("SWAA_DECODE_TILE_GATHER", 1, 0, 1);
   const int prefetch_tiles = decode_env_int("SWAA_DECODE_PREFETCH", 0, 0, 16);
+  const bool trace = decode_env_int("SWAA_DECODE_TRACE", 0, 0, 1) == 1;
+  TORCH_CHECK(!trace || kTraceBuilt,
+              "SWAA_DECODE_TRACE=1 needs a build with SWAA_DECODE_TRACE_BUILD=ON (set it in the "
+              "environment of pip install)");
   if (!plan.global_combine || splits > C::kFusedMaxSplits) arrivals = nullptr;
   // The combine kernel runs: global plan, not fused.
   const bool combine_kernel = plan.global_combine && arrivals == nullptr;
@@ -1614,6 +1682,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                  tile_gather ? "" : ", per-key gather", prefetch_tiles);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
                   static_cast<unsigned>(p.batch));
+  if (trace) clear_decode_trace(stream);
   if (plan.global_combine) {
     // Partial results per (row, query head, split); from the caching
     // allocator, so a captured graph owns them.
@@ -1627,7 +1696,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     ring_decode_split_kernel<T, kDim, true, kWarps, kStages>
         <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, static_cast<int>(head_chunks),
                                                        split_align, tile_gather,
-                                                       prefetch_tiles,
+                                                       prefetch_tiles, trace,
                                                        part_out.data_ptr<float>(),
                                                        part_lse.data_ptr<float>(), arrivals);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1650,10 +1719,11 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
       config.attrs = attribute;
       config.numAttrs = 1;
       C10_CUDA_CHECK(cudaLaunchKernelEx(&config, combine, p, static_cast<int>(splits),
-                                        part_out_ptr, part_lse_ptr, advance));
+                                        part_out_ptr, part_lse_ptr, advance, trace));
     } else {
       combine<<<p.batch * p.q_heads, kThreads, 0, stream>>>(p, static_cast<int>(splits),
-                                                            part_out_ptr, part_lse_ptr, advance);
+                                                            part_out_ptr, part_lse_ptr, advance,
+                                                            trace);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     return advance != nullptr;
@@ -1664,7 +1734,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
         cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
                                       static_cast<int>(head_chunks), split_align, tile_gather,
-                                      prefetch_tiles, static_cast<float*>(nullptr),
+                                      prefetch_tiles, trace, static_cast<float*>(nullptr),
                                       static_cast<float*>(nullptr),
                                       static_cast<unsigned int*>(nullptr)));
   }
@@ -1788,7 +1858,7 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (splits > 1) {
           ring_decode_combine_kernel<T, kDim><<<p.batch * p.q_heads, kThreads, 0, stream>>>(
-              p, static_cast<int>(splits), part_out_ptr, part_lse_ptr, nullptr);
+              p, static_cast<int>(splits), part_out_ptr, part_lse_ptr, nullptr, false);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });
@@ -1799,6 +1869,18 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cuda(
 }
 
 }  // namespace
+
+// The last traced decode step's timeline on the current device (SWAA_DECODE_TRACE=1):
+// 2 x kTraceMaxCtas x kTraceSlots values, split kernel then combine kernel, zero where a
+// CTA did not run.  Waits for the device.  Read by swaa_ext._C.decode_trace.
+std::vector<unsigned long long> decode_trace_snapshot() {
+  TORCH_CHECK(kTraceBuilt, "swaa_ext._C.decode_trace: this build has no decode timeline "
+              "(build with SWAA_DECODE_TRACE_BUILD=ON)");
+  std::vector<unsigned long long> out(2 * kTraceMaxCtas * kTraceSlots);
+  C10_CUDA_CHECK(cudaDeviceSynchronize());
+  C10_CUDA_CHECK(cudaMemcpyFromSymbol(out.data(), g_decode_trace, out.size() * sizeof(out[0])));
+  return out;
+}
 }  // namespace swaa
 
 TORCH_LIBRARY_IMPL(swaa, CUDA, m) {
