@@ -130,6 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=4096)
     ap.add_argument("--sink", type=int, default=4)
     ap.add_argument("--out", type=Path, help="append one JSON row per batch size")
+    ap.add_argument("--raw", type=Path,
+                    help="append every CTA's trace (ns from the first split start) as JSON rows")
+    ap.add_argument("--label", default="", help="stored in the rows (e.g. the knobs under test)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() or not hasattr(swaa_ext._C, "decode_trace"):
         sys.exit("trace_decode: needs a CUDA build and GPU")
@@ -147,6 +150,18 @@ def main(argv=None) -> int:
         split, combine = read_trace()
         os.environ.pop("SWAA_DECODE_TRACE", None)
         table, tick, sms = summarise(split, combine)
+        t0 = min(c["start"] for c in split)
+        # the CTAs that share an SM: does a late first tile go with its neighbour's early one?
+        by_sm = {}
+        for c in split:
+            by_sm.setdefault(c["sm"], []).append(c)
+        late = sorted(split, key=lambda c: c["first"] or 0)[-max(1, len(split) // 10):]
+        late_ids = {id(c) for c in late}
+        firsts = sorted((c["first"] - t0) / 1e3 for c in split if c["first"])
+        neighbours = [(o["first"] - t0) / 1e3 for c in late for o in by_sm[c["sm"]]
+                      if o is not c and id(o) not in late_ids and o["first"]]
+        finish = {n: [(c["loop"] - t0) / 1e3 for c in split if c["tiles"] == n]
+                  for n in sorted({c["tiles"] for c in split})}
         print(f"\nB={B} W={args.window} S={args.sink}: {len(split)} split CTAs on {sms} SMs, "
               f"{len(combine)} combine CTAs; tiles per split CTA "
               f"{sorted({c['tiles'] for c in split})}; global timer tick {tick} ns; eager step "
@@ -155,8 +170,24 @@ def main(argv=None) -> int:
               f"{'max':>8s}")
         for name, st in table.items():
             print(f"  {name:36s} " + " ".join(f"{st[k]:8.2f}" for k in ("min", "p50", "p90", "max")))
+        if firsts:
+            print(f"  the latest tenth of first tiles ({len(late)} CTAs, from "
+                  f"{(min(c['first'] for c in late) - t0) / 1e3:.2f} us): the other CTAs on their "
+                  f"SMs had theirs at median {statistics.median(neighbours) if neighbours else math.nan:.2f} us "
+                  f"(all CTAs: {statistics.median(firsts):.2f}); CTAs per SM "
+                  f"{sorted({len(v) for v in by_sm.values()})}")
+        for n, f in finish.items():
+            print(f"  CTAs of {n} tiles: loop done at {min(f):.2f} .. {statistics.median(f):.2f} .. "
+                  f"{max(f):.2f} us")
+        if args.raw:
+            with open(args.raw, "a") as f:
+                for kernel, ctas in (("split", split), ("combine", combine)):
+                    for c in ctas:
+                        f.write(json.dumps(dict(B=B, label=args.label, kernel=kernel, run=meta["run"],
+                                                **{k: (v - t0 if k not in ("sm", "tiles") and v
+                                                       else v) for k, v in c.items()})) + "\n")
         if args.out:
-            row = dict(bench="decode_trace", B=B, Hq=Hq, Hkv=Hkv, D=D, W=args.window, S=args.sink,
+            row = dict(bench="decode_trace", label=args.label, B=B, Hq=Hq, Hkv=Hkv, D=D, W=args.window, S=args.sink,
                        dtype="bfloat16", split_ctas=len(split), combine_ctas=len(combine),
                        sms=sms, tick_ns=tick, eager_step_us=plain, eager_step_traced_us=traced,
                        table=table, **meta)
