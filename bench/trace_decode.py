@@ -18,11 +18,18 @@ The global timer ticks in steps of some tens of ns on recent GPUs (printed as `t
 trace costs a register test per point when off and a few stores per CTA when on; compare the
 step's length with and without it (printed).
 
-    python bench/trace_decode.py --batches 1,8,64 --out trace.jsonl
+    python bench/trace_decode.py --batches 1,8,64 --out trace.jsonl --raw raw.jsonl
+    python bench/trace_decode.py --timeline-from bench/results/decode_trace_raw_H200.jsonl.gz
+
+`--timeline-from` (no GPU) turns saved --raw rows into the step's read rate over time: each
+split CTA's bytes are spread evenly, its first tile over [start, first] and the others over
+[first, loop done], and summed over CTAs in 2 us windows (an estimate: the trace does not see
+single tiles).
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -92,6 +99,37 @@ def summarise(split, combine):
     return {name: stats(v) for name, v in rows.items()}, tick, len({c["sm"] for c in split})
 
 
+def timeline(path: Path, window_us: float = 2.0) -> None:
+    """The read rate over time of each (label, B) in saved --raw rows (see the module doc)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    D, es = 128, 2  # the traced shape: bf16, D = 128
+    for key in sorted({(r["label"], r["B"]) for r in rows}):
+        split = [r for r in rows if (r["label"], r["B"]) == key and r["kernel"] == "split"]
+        tile_keys = 32 if "SWAA_DECODE_TILE=32" in key[0] else 64
+        tile_bytes = 2 * tile_keys * D * es
+        end = max(r["loop"] for r in split) / 1e3
+        n = int(math.ceil(end / window_us))
+        rate = [0.0] * n  # bytes per us, per window
+        for r in split:
+            s, f, l, t = r["start"] / 1e3, r["first"] / 1e3, r["loop"] / 1e3, r["tiles"]
+            spans = [(s, f, tile_bytes)] if t >= 1 and f > s else []
+            if t > 1 and l > f:
+                spans.append((f, l, (t - 1) * tile_bytes))
+            for a, b, nbytes in spans:
+                for w in range(n):
+                    lo, hi = max(a, w * window_us), min(b, (w + 1) * window_us)
+                    if hi > lo:
+                        rate[w] += nbytes * (hi - lo) / (b - a) / window_us
+        total = sum(r["tiles"] for r in split) * tile_bytes
+        peak = max(rate)
+        print(f"{key[0] or 'default'} B={key[1]}: {total / 1e6:.1f} MB of tiles, last tile done "
+              f"at {end:.1f} us; at the peak rate ({peak / 1e6:.2f} TB/s) they take "
+              f"{total / peak:.1f} us")
+        print("  TB/s per " + f"{window_us:g} us: " + " ".join(f"{x / 1e6:.1f}" for x in rate))
+
+
 def step_fn(B, Hq, Hkv, D, W, S, dtype, device, n_caches=2):
     caches = []
     for _ in range(n_caches):
@@ -133,7 +171,12 @@ def main(argv=None) -> int:
     ap.add_argument("--raw", type=Path,
                     help="append every CTA's trace (ns from the first split start) as JSON rows")
     ap.add_argument("--label", default="", help="stored in the rows (e.g. the knobs under test)")
+    ap.add_argument("--timeline-from", type=Path, metavar="RAW",
+                    help="measure nothing: the read rate over time of saved --raw rows")
     args = ap.parse_args(argv)
+    if args.timeline_from:
+        timeline(args.timeline_from)
+        return 0
     if not torch.cuda.is_available() or not hasattr(swaa_ext._C, "decode_trace"):
         sys.exit("trace_decode: needs a CUDA build and GPU")
     device = torch.device("cuda")

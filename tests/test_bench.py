@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -305,3 +306,18 @@ def test_kernel_benchmark_interleaves_the_implementations(monkeypatch):
     calls.clear()
     bench_cuda_kernels.interleaved_ms(jobs, warmup=2, reps=4, rounds=1, timer=timer)
     assert [(c[0], c[1], c[2]) for c in calls] == [("fa", 2, 4), ("fb", 2, 4)]
+
+
+def test_trace_timeline_from_the_committed_rows(tmp_path):
+    """bench/trace_decode.py --timeline-from (no GPU) on the committed trace of session 18:
+    the read rate per 2 us window of each traced setting, whose peak is the plateau the docs
+    quote (about 5 TB/s for the default at B = 8) and whose tiles add up to the step's bytes."""
+    out = _run(["bench/trace_decode.py", "--timeline-from",
+                "bench/results/decode_trace_raw_H200.jsonl.gz"], tmp_path)
+    line = next(x for x in out.splitlines() if x.startswith("default B=8:"))
+    mb, end, peak, ideal = (float(x) for x in re.search(
+        r"([\d.]+) MB of tiles, last tile done at ([\d.]+) us; at the peak rate \(([\d.]+) TB/s\) "
+        r"they take ([\d.]+) us", line).groups())
+    assert 130 < mb < 140 and 4.5 < peak < 5.5 and ideal < end - 5
+    rates = out.splitlines()[out.splitlines().index(line) + 1]
+    assert rates.strip().startswith("TB/s per 2 us:") and len(rates.split()) > 15
