@@ -41,7 +41,7 @@ With `--set prefetch`, the split kernel's L2 prefetch distance (same bits):
     python bench/bench_decode_sweep.py --set prefetch --batches 1,8,64 --rounds 5
 With `--set queue`, the work-queue decode kernel (SWAA_DECODE_QUEUE = tiles per piece; 0: the
 split kernel, the default):
-  queue     SWAA_DECODE_QUEUE = 0 | 2 | 4 | 8 | 16
+  queue     SWAA_DECODE_QUEUE = 0 | 1 | 2 | 4 | 8
     python bench/bench_decode_sweep.py --set queue --batches 1,8,64 --rounds 5
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
 # prefetch: bulk L2 prefetches N tiles ahead of the split kernel's cp.async stages; 0 is off
 PREFETCH = {"prefetch": ("SWAA_DECODE_PREFETCH", ["0", "1", "2", "4"])}
 # queue: the work-queue kernel's piece size in tiles; 0 is the split kernel
-QUEUE = {"queue": ("SWAA_DECODE_QUEUE", ["0", "2", "4", "8", "16"])}
+QUEUE = {"queue": ("SWAA_DECODE_QUEUE", ["0", "1", "2", "4", "8"])}
 KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "queue": QUEUE}
 
 

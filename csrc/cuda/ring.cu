@@ -1102,14 +1102,7 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads, SplitDecode<T,
   const int64_t piece_keys = int64_t(piece_tiles) * C::kTileKeys;
   for (int64_t b = threadIdx.x; b < p.batch; b += C::kThreads)
     written_of[b] = max_of<int64_t>(p.seqlens[b], 0);
-  // Thread 0 keeps one item in s_item (the next one the load side takes) and
-  // one more on its way in l_grab, so an atomic's latency is never waited for
-  // while the queue has items.
-  unsigned int l_grab = 0;
-  if (threadIdx.x == 0) {
-    s_item[0] = static_cast<int>(atomicAdd(counter, 1u));
-    l_grab = atomicAdd(counter, 1u);
-  }
+  if (threadIdx.x == 0) s_item[0] = static_cast<int>(atomicAdd(counter, 1u));
   __syncthreads();
 
   // ---- load side: the item whose tiles it is issuing, and where it is
@@ -1151,14 +1144,21 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads, SplitDecode<T,
   // Moves the load side to the next item with keys (writing the empty ones'
   // partials on the way); false when the queue is empty.  Called by every
   // thread at the same point (it synchronises the CTA).
+  // Thread 0 fetches the next item while the CTA works (grab), and publishes it
+  // in s_item later (publish: after the tile's products, so the atomic's
+  // latency hides behind them); a barrier between publish and the next read.
+  unsigned int l_grab = 0;
+  bool grab_pending = false;
+  auto publish = [&]() {
+    if (threadIdx.x == 0 && grab_pending) {
+      s_item[0] = static_cast<int>(l_grab);
+      grab_pending = false;
+    }
+  };
   auto next_item = [&]() -> bool {
     for (;;) {
       const int item = s_item[0];
       __syncthreads();  // everyone has read s_item before thread 0 refills it
-      if (threadIdx.x == 0) {  // seen after the next barrier (at the latest, the loop's)
-        s_item[0] = static_cast<int>(l_grab);
-        l_grab = atomicAdd(counter, 1u);
-      }
       if (item >= n_items) return false;
       const int r = item % rows, piece = item / rows;
       int64_t b, kvh, n_old;
@@ -1166,9 +1166,14 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads, SplitDecode<T,
       const int64_t begin = min_of<int64_t>(n_keys, piece * piece_keys);
       const int64_t end = min_of<int64_t>(n_keys, begin + piece_keys);
       if (begin >= end) {  // nothing to load: its partial now, the next item at once
+        if (threadIdx.x == 0) s_item[0] = static_cast<int>(atomicAdd(counter, 1u));
         write_empty(item);
         __syncthreads();
         continue;
+      }
+      if (threadIdx.x == 0) {
+        l_grab = atomicAdd(counter, 1u);
+        grab_pending = true;
       }
       l_item = item, l_row = r, l_piece = piece, l_tile = 0;
       l_tiles = static_cast<int>((end - begin + C::kTileKeys - 1) / C::kTileKeys);
@@ -1249,7 +1254,8 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads, SplitDecode<T,
   for (int s = 0; s < C::kStages - 1; ++s) {
     load_next(s);
     cuda::cp_async_commit();
-    __syncthreads();  // s_item, refilled by next_item
+    publish();
+    __syncthreads();
   }
 
   const float score_scale = p.scale * kLog2e;
@@ -1259,60 +1265,6 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads, SplitDecode<T,
   cuda::zero(o);
   uint32_t qa[kDim / 16][4];
 
-  // An item's last tile leaves its merge and partial (finish) for the top of
-  // the next iteration, after that iteration's load is issued, so the loads in
-  // flight cover it.
-  bool finish_pending = false;
-  int64_t f_b = 0, f_h0 = 0;
-  int f_piece = 0;
-  auto finish = [&]() {
-    float* warp_o = merge;                                    // [kWarps][n_heads][kDim]
-    float* warp_max = warp_o + C::kWarps * n_heads * kDim;    // [kWarps][n_heads]
-    float* warp_sum = warp_max + C::kWarps * n_heads;         // [kWarps][n_heads]
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int head = lane / 4 + 8 * half;
-      float sum = run_sum[half];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      if (head < n_heads) {
-        if (lane % 4 == 0) {
-          warp_max[warp * n_heads + head] = run_max[half];
-          warp_sum[warp * n_heads + head] = sum;
-        }
-        float* row = warp_o + (warp * n_heads + head) * kDim + 2 * (lane % 4);
-#pragma unroll
-        for (int nd = 0; nd < kDim / 8; ++nd) {
-          row[8 * nd] = o[nd][2 * half];
-          row[8 * nd + 1] = o[nd][2 * half + 1];
-        }
-      }
-      run_max[half] = lowest_max<float>();
-      run_sum[half] = 0.f;
-    }
-    cuda::zero(o);
-    __syncthreads();
-    for (int i = threadIdx.x; i < n_heads * kDim; i += C::kThreads) {
-      const int head = i / kDim;
-      float m = lowest_max<float>();
-#pragma unroll
-      for (int w = 0; w < C::kWarps; ++w) m = max(m, warp_max[w * n_heads + head]);
-      float sum = 0.f, acc = 0.f;
-#pragma unroll
-      for (int w = 0; w < C::kWarps; ++w) {
-        const float weight = exp2f(warp_max[w * n_heads + head] - m);
-        sum += warp_sum[w * n_heads + head] * weight;
-        acc += warp_o[(w * n_heads + head) * kDim + i % kDim] * weight;
-      }
-      const bool seen = sum != 0.f;
-      const int64_t part = (f_b * p.q_heads + f_h0 + head) * pieces + f_piece;
-      part_out[part * kDim + i % kDim] = seen ? acc / sum : 0.f;
-      if (i % kDim == 0) part_lse[part] = seen ? m + log2f(sum) : neg_inf<float>();
-    }
-    // the merge area is written again at another item's finish, after at least
-    // one more barrier at the top of the loop
-  };
-
   for (int t = 0;; ++t) {
     cp_async_wait_pending<C::kStages - 2>();  // tile t has landed (this thread's copies)
     __syncthreads();                          // ... everyone's; stage of tile t - 1 is free
@@ -1320,10 +1272,6 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads, SplitDecode<T,
     const QueueItem it = record[stage];
     load_next((t + C::kStages - 1) % C::kStages);
     cuda::cp_async_commit();
-    if (finish_pending) {
-      finish();
-      finish_pending = false;
-    }
     if (it.tiles == 0) break;  // the queue ran dry: nothing landed in this stage
 
     const int64_t b = it.row / (p.kv_heads * head_chunks);
@@ -1408,10 +1356,56 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads, SplitDecode<T,
       Mma::run(o[2 * dp], pa, bv[0], bv[1]);
       Mma::run(o[2 * dp + 1], pa, bv[2], bv[3]);
     }
-    if (it.tile + 1 == it.tiles) {
-      finish_pending = true;
-      f_b = b, f_h0 = h0, f_piece = it.piece;
+    publish();  // seen by everyone after the next iteration's first barrier
+    if (it.tile + 1 < it.tiles) continue;
+
+    // The item's last tile: merge the four warps (n_heads heads) and write its
+    // partial; then start the next item from scratch.
+    float* warp_o = merge;                                    // [kWarps][n_heads][kDim]
+    float* warp_max = warp_o + C::kWarps * n_heads * kDim;    // [kWarps][n_heads]
+    float* warp_sum = warp_max + C::kWarps * n_heads;         // [kWarps][n_heads]
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int head = lane / 4 + 8 * half;
+      float sum = run_sum[half];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      if (head < n_heads) {
+        if (lane % 4 == 0) {
+          warp_max[warp * n_heads + head] = run_max[half];
+          warp_sum[warp * n_heads + head] = sum;
+        }
+        float* row = warp_o + (warp * n_heads + head) * kDim + 2 * (lane % 4);
+#pragma unroll
+        for (int nd = 0; nd < kDim / 8; ++nd) {
+          row[8 * nd] = o[nd][2 * half];
+          row[8 * nd + 1] = o[nd][2 * half + 1];
+        }
+      }
+      run_max[half] = lowest_max<float>();
+      run_sum[half] = 0.f;
     }
+    cuda::zero(o);
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_heads * kDim; i += C::kThreads) {
+      const int head = i / kDim;
+      float m = lowest_max<float>();
+#pragma unroll
+      for (int w = 0; w < C::kWarps; ++w) m = max(m, warp_max[w * n_heads + head]);
+      float sum = 0.f, acc = 0.f;
+#pragma unroll
+      for (int w = 0; w < C::kWarps; ++w) {
+        const float weight = exp2f(warp_max[w * n_heads + head] - m);
+        sum += warp_sum[w * n_heads + head] * weight;
+        acc += warp_o[(w * n_heads + head) * kDim + i % kDim] * weight;
+      }
+      const bool seen = sum != 0.f;
+      const int64_t part = (b * p.q_heads + h0 + head) * pieces + it.piece;
+      part_out[part * kDim + i % kDim] = seen ? acc / sum : 0.f;
+      if (i % kDim == 0) part_lse[part] = seen ? m + log2f(sum) : neg_inf<float>();
+    }
+    // the merge area is next written at another item's last tile, after at
+    // least one more barrier at the top of the loop
   }
   cuda::cp_async_wait_all();
 #else
