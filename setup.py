@@ -60,8 +60,10 @@ class CMakeBuild(build_ext):
             f"-DSWAA_VERSION={VERSION}",
             f"-DSWAA_CPU_MARCH={os.environ.get('SWAA_CPU_MARCH', 'native')}",
         ]
-        for knob in ("SWAA_CUDA_DTYPES", "SWAA_CUDA_HEAD_DIMS", "SWAA_BUILD_HOPPER",
-                     "SWAA_DECODE_TRACE_BUILD"):
+        # always passed: CMake caches options, and a timeline left on from an earlier build
+        # would change the decode kernels' registers
+        args.append(f"-DSWAA_DECODE_TRACE_BUILD={os.environ.get('SWAA_DECODE_TRACE_BUILD') or 'OFF'}")
+        for knob in ("SWAA_CUDA_DTYPES", "SWAA_CUDA_HEAD_DIMS", "SWAA_BUILD_HOPPER"):
             if os.environ.get(knob):
                 args.append(f"-D{knob}={os.environ[knob]}")
         subprocess.run(["cmake", *args], check=True)
