@@ -176,17 +176,24 @@ def test_readme_streaming_table_is_its_runs_rows():
     assert_printed(prose.group(3), full["seconds"] / ring["seconds"], "1M vs full")
 
 
+def ceiling_rows(forward_run: str, backward_run: str) -> dict:
+    """The ceiling run's rows by (impl, pass, D, N, W): the forward pass from the first run,
+    forward+backward from the second."""
+    by = {}
+    for run, pass_ in ((forward_run, "fwd"), (backward_run, "fwd+bwd")):
+        for r in rows_of(RESULTS / "ceiling_h200.jsonl", run):
+            if r["pass"] == pass_:
+                by[(r["impl"], pass_, r["D"], r["N"], r["W"])] = r
+    return by
+
+
 def test_readme_ceiling_table_is_its_runs_rows():
     """The dense-causal ceiling: TFLOP/s per implementation and swaa's speed against cuDNN,
     and what 1.5x Flex's windowed forward asks at D=64, against the two runs' rows."""
     text = section((ROOT / "README.md").read_text(), "Dense causal: the ceiling")
     runs = re.search(r"Runs\s+`(\S+)` \(forward\) and `(\S+)` \(forward\+backward\)", text)
     assert runs, "the README's ceiling section names no runs"
-    by = {}
-    for run, pass_ in zip(runs.groups(), ("fwd", "fwd+bwd")):
-        for r in rows_of(RESULTS / "ceiling_h200.jsonl", run):
-            if r["pass"] == pass_:
-                by[(r["impl"], pass_, r["D"], r["N"], r["W"])] = r
+    by = ceiling_rows(*runs.groups())
     header, body = first_table(text)
     assert len(header) == 12 and len(body) == 4, header
     impls = ("swaa", "sdpa_cudnn", "sdpa_flash", "flex")
@@ -219,11 +226,7 @@ def test_docs_ceiling_table_is_its_runs_rows():
     text = section((ROOT / "docs" / "cuda_kernels.md").read_text(), "Measured: the ceiling")
     runs = re.search(r"Runs\s+`(\S+)` \(forward, W=0 and 4096\) and `(\S+)`", text)
     assert runs, "the ceiling section names no runs"
-    by = {}
-    for run, pass_ in zip(runs.groups(), ("fwd", "fwd+bwd")):
-        for r in rows_of(RESULTS / "ceiling_h200.jsonl", run):
-            if r["pass"] == pass_:
-                by[(r["impl"], pass_, r["D"], r["N"], r["W"])] = r
+    by = ceiling_rows(*runs.groups())
     header, body = first_table(text)
     assert len(header) == 10 and len(body) == 8, header
     impls = ("swaa", "sdpa_cudnn", "sdpa", "sdpa_flash", "sdpa_efficient", "flex")
