@@ -447,12 +447,6 @@ __device__ __forceinline__ void combine_splits_staged(const RingParams& p, int64
     p.lse[bh] = static_cast<float>((m + log2_of(weight_sum)) * float(kLn2));
 }
 
-// Merges the splits of each (row, query head) through their log-sum-exp: one
-// block per (row, query head).  kStaged: combine_splits_staged (float
-// partials only).  advance != nullptr (SWAA_DECODE_ADVANCE=kernel): the block
-// of each row's first query head also advances advance[b] (the op's seqlens)
-// by the row's valid positions, after the wait for the split kernel: that
-// kernel read seqlens[b], nothing in this launch reads it.
 // SWAA_DECODE_TRACE=1: a timeline of one decode step for bench/trace_decode.py,
 // in builds with SWAA_DECODE_TRACE_BUILD=ON only (elsewhere every mark compiles
 // to nothing: the trace's registers would cost the combine kernel the
@@ -497,6 +491,12 @@ struct CtaTrace {
   }
 };
 
+// Merges the splits of each (row, query head) through their log-sum-exp: one
+// block per (row, query head).  kStaged: combine_splits_staged (float
+// partials only).  advance != nullptr (SWAA_DECODE_ADVANCE=kernel): the block
+// of each row's first query head also advances advance[b] (the op's seqlens)
+// by the row's valid positions, after the wait for the split kernel: that
+// kernel read seqlens[b], nothing in this launch reads it.
 template <typename T, int kDim, bool kStaged = false>
 __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
     const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse,
