@@ -39,10 +39,6 @@ With `--set decode5`, the same at each of `--batches` for decode5's knob of the 
 With `--set prefetch`, the split kernel's L2 prefetch distance (same bits):
   prefetch  SWAA_DECODE_PREFETCH = 0 (off, the default) | 1 | 2 | 4 tiles ahead of the stages
     python bench/bench_decode_sweep.py --set prefetch --batches 1,8,64 --rounds 5
-With `--set queue`, the work-queue decode kernel (SWAA_DECODE_QUEUE = tiles per piece; 0: the
-split kernel, the default):
-  queue     SWAA_DECODE_QUEUE = 0 | 2 | 4 | 8 | 16
-    python bench/bench_decode_sweep.py --set queue --batches 1,8,64 --rounds 5
 """
 from __future__ import annotations
 
@@ -62,7 +58,7 @@ import common  # noqa: E402
 KNOBS = ("SWAA_DECODE_GLOBAL_COMBINE", "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES",
          "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE",
          "SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL",
-         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH", "SWAA_DECODE_QUEUE")
+         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH")
 # decode4: variant key -> knob; the first value of each list is the plain path (not the default)
 DECODE4 = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["serial", "staged"]),
            "advance": ("SWAA_DECODE_ADVANCE", ["op", "kernel"]),
@@ -82,9 +78,7 @@ def variants(combines, tilings, balances, splits):
 DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
 # prefetch: bulk L2 prefetches N tiles ahead of the split kernel's cp.async stages; 0 is off
 PREFETCH = {"prefetch": ("SWAA_DECODE_PREFETCH", ["0", "1", "2", "4"])}
-# queue: the work-queue kernel's piece size in tiles; 0 is the split kernel
-QUEUE = {"queue": ("SWAA_DECODE_QUEUE", ["0", "2", "4", "8", "16"])}
-KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "queue": QUEUE}
+KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH}
 
 
 def knob_variants(knobs=DECODE4):
@@ -114,7 +108,7 @@ def set_knobs(v):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch", "queue"),
+    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch"),
                     default="decode3",
                     help="which knobs to sweep (decode3: combine x tiling x balance x splits at "
                          "--batch; decode4: loads x advance x pdl at each of --batches)")
