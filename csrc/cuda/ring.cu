@@ -459,7 +459,7 @@ constexpr bool kTraceBuilt = true;
 #else
 constexpr bool kTraceBuilt = false;
 #endif
-constexpr int kTraceSlots = 8;        // per CTA; kTraceSplit / kTraceCombine name them
+constexpr int kTraceSlots = 8;        // per CTA; TraceSplit / TraceCombine name them
 constexpr int kTraceMaxCtas = 8192;   // CTAs past this are not traced
 // split kernel: entry, first tile landed, loop done (all tiles), results written, SM, tiles
 enum TraceSplit { kTraceEntry = 0, kTraceFirstTile, kTraceLoopDone, kTraceWritten, kTraceSm,
