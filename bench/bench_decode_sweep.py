@@ -39,6 +39,15 @@ With `--set decode5`, the same at each of `--batches` for decode5's knob of the 
 With `--set prefetch`, the split kernel's L2 prefetch distance (same bits):
   prefetch  SWAA_DECODE_PREFETCH = 0 (off, the default) | 1 | 2 | 4 tiles ahead of the stages
     python bench/bench_decode_sweep.py --set prefetch --batches 1,8,64 --rounds 5
+With `--set lead`, the split kernel's launch (same bits):
+  lead      SWAA_DECODE_LEAD = -1 (in stream order) | N >= 0 (a programmatic dependent of the
+            kernel before it, N tiles per CTA prefetched into L2 before it waits)
+    python bench/bench_decode_sweep.py --set lead --batches 1,8,64 --rounds 5
+`--between qkv` runs a (B, 4096) x (4096, 6144) bf16 projection (one weight of 50 MB per
+cache, as a QKV projection of an 8B model) before every step, so the kernel before each split
+kernel is a torch GEMM, as in a model's decode, and not the previous step's combine; ms then
+counts the projection too.  `--sets N` steps N caches per graph replay (default: enough to
+exceed the L2 four times).
 """
 from __future__ import annotations
 
@@ -58,7 +67,7 @@ import common  # noqa: E402
 KNOBS = ("SWAA_DECODE_GLOBAL_COMBINE", "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES",
          "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE",
          "SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL",
-         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH")
+         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH", "SWAA_DECODE_LEAD")
 # decode4: variant key -> knob; the first value of each list is the plain path (not the default)
 DECODE4 = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["serial", "staged"]),
            "advance": ("SWAA_DECODE_ADVANCE", ["op", "kernel"]),
@@ -78,7 +87,9 @@ def variants(combines, tilings, balances, splits):
 DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
 # prefetch: bulk L2 prefetches N tiles ahead of the split kernel's cp.async stages; 0 is off
 PREFETCH = {"prefetch": ("SWAA_DECODE_PREFETCH", ["0", "1", "2", "4"])}
-KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH}
+# lead: the split kernel as a programmatic dependent of the kernel before it; -1 is off
+LEAD = {"lead": ("SWAA_DECODE_LEAD", ["-1", "0", "2", "4", "8"])}
+KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "lead": LEAD}
 
 
 def knob_variants(knobs=DECODE4):
@@ -108,7 +119,7 @@ def set_knobs(v):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch"),
+    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch", "lead"),
                     default="decode3",
                     help="which knobs to sweep (decode3: combine x tiling x balance x splits at "
                          "--batch; decode4: loads x advance x pdl at each of --batches)")
@@ -123,6 +134,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.1, help="seconds of timing per variant")
     ap.add_argument("--out", default=None, help="JSONL path (default bench/results/...)")
     ap.add_argument("--run", default=None, help="run label stored in every row")
+    ap.add_argument("--between", default="none", choices=("none", "qkv"),
+                    help="a kernel before every step (qkv: a torch bf16 projection GEMM)")
+    ap.add_argument("--sets", type=int, default=0,
+                    help="caches stepped per graph replay (0: enough to exceed the L2)")
+    ap.add_argument("--values", default=None,
+                    help="comma-separated values of a one-knob set (e.g. --set lead --values -1,4)")
     ap.add_argument("--launch", default="queued", choices=bench_decode.LAUNCHES,
                     help="timing of bench_decode.time_steps (queued: GPU time only)")
     args = ap.parse_args()
@@ -142,7 +159,13 @@ def main() -> None:
         common.RESULTS_DIR / f"decode_sweep_{meta['gpu'].replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if args.set in KNOB_SETS:
-        todo = list(knob_variants(KNOB_SETS[args.set]))
+        knobs = KNOB_SETS[args.set]
+        if args.values:
+            if len(knobs) != 1:
+                sys.exit(f"--values needs a one-knob set, not {args.set}")
+            (key, (name, _)), = knobs.items()
+            knobs = {key: (name, args.values.split(","))}
+        todo = list(knob_variants(knobs))
     else:
         tilings = [tuple(int(x) for x in t.split("x")) for t in args.tilings.split(",")]
         splits = [int(s) for s in args.splits.split(",") if s]
@@ -156,7 +179,9 @@ def main() -> None:
               f"D={D} W={W} S={S} {dtype}; {args.set}: {len(todo)} variants x {args.rounds} "
               f"rounds; {nbytes / 1e6:.2f} MB per step")
         steps = bench_decode.make_ring(B, Hq, Hkv, D, W, S, dtype, device,
-                                       bench_decode.n_sets_for(nbytes, l2))
+                                       args.sets or bench_decode.n_sets_for(nbytes, l2))
+        if args.between == "qkv":
+            steps = [with_projection(step, B, device) for step in steps]
         rows = []
         for round_ in range(args.rounds):
             for v in todo:
@@ -167,6 +192,7 @@ def main() -> None:
                            dtype=str(dtype).replace("torch.", ""), ms=sec * 1e3,
                            gbps=nbytes / sec / 1e9, bw_fraction=nbytes / sec / copy_bw,
                            bytes=nbytes, timing=mode, launch=used, sweep=args.set,
+                           between=args.between, sets=len(steps),
                            round=round_, **v, **meta,
                            knobs={k: os.environ[k] for k in KNOBS if k in os.environ})
                 rows.append(row)
@@ -178,6 +204,18 @@ def main() -> None:
         torch.cuda.empty_cache()
         print_summary(rows, todo, B, nbytes, copy_bw, args.rounds)
     print(f"rows appended to {out_path}")
+
+
+def with_projection(step, B, device):
+    """step() after a (B, 4096) x (4096, 6144) bf16 GEMM with its own 50 MB weight."""
+    x = torch.randn(B, 4096, dtype=torch.bfloat16, device=device)
+    w = torch.randn(4096, 6144, dtype=torch.bfloat16, device=device)
+    y = torch.empty(B, 6144, dtype=torch.bfloat16, device=device)
+
+    def run():
+        torch.matmul(x, w, out=y)
+        return step()
+    return run
 
 
 def print_summary(rows, todo, B, nbytes, copy_bw, rounds):

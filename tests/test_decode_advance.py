@@ -454,6 +454,109 @@ def test_l2_prefetch_gives_the_same_bits(batch, window, sink, splits, combine, e
     assert_same_bits(results["3"], results["0"], "L2 prefetch 3")
 
 
+@pytest.mark.parametrize("batch,window,sink,splits,combine,extra", TILE_GATHER_CASES)
+@pytest.mark.parametrize("D,dtype", [(128, torch.bfloat16), (64, torch.float16)])
+def test_lead_gives_the_same_bits(batch, window, sink, splits, combine, extra, D, dtype,
+                                  monkeypatch, capfd):
+    """SWAA_DECODE_LEAD=N (the split kernel as a programmatic dependent of the kernel before it,
+    with N tiles prefetched into L2 before its wait): the same bits as a launch in stream order
+    (-1) for every plan of the tile-gather cases, and the plan line names what ran."""
+    case = random_ring(batch, 32, 8, D, window, sink, dtype, seed=13 * batch + window + sink + D)
+    set_plan(monkeypatch, splits, combine, extra)
+    results = {}
+    for lead, name in (("-1", "stream order"), ("0", "lead 0 tiles"), ("2", "lead 2 tiles"),
+                       ("16", "lead 16 tiles")):
+        monkeypatch.setenv("SWAA_DECODE_LEAD", lead)
+        results[lead] = result = decode(case, window, sink, capfd)
+        (line,) = result[5]
+        assert f", {name}, L2 prefetch" in line, line
+    for lead in ("0", "2", "16"):
+        assert_same_bits(results[lead], results["-1"], f"lead {lead}")
+
+
+LEAD_PLANS = [  # (splits, combine, extra knobs): each way a step can end before the next one
+    (4, "global", {}),                                         # combine kernel, advances seqlens
+    (3, "cluster", {}),                                        # one kernel, then the add
+    (4, "global", {"SWAA_DECODE_GLOBAL_COMBINE": "fused"}),    # the last CTA combines
+    (4, "global", {"SWAA_DECODE_ADVANCE": "op", "SWAA_DECODE_PDL": "0"}),
+]
+
+
+@pytest.mark.parametrize("splits,combine,extra", LEAD_PLANS)
+def test_lead_graph_of_back_to_back_steps_matches_eager(splits, combine, extra, monkeypatch):
+    """One graph of six steps, the same cache stepped three times in a row and a second cache
+    in between, captured with SWAA_DECODE_LEAD=3: each split kernel may start while the step
+    before it finishes, and the step before may be the same cache's (it writes the slot and
+    advances the position this one reads).  Replayed 20 times against eager twins stepped in
+    stream order: the same bits at every step, and the same caches and positions."""
+    torch.manual_seed(50)
+    B, Hq, Hkv, D, W, S = 8, 32, 8, 128, 700, 4
+    monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
+    monkeypatch.setenv("SWAA_DECODE_COMBINE", combine)
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    starts = [W - 2, 9000, 0, 5, 3 * W, 17, 2 * W + 7, 1]
+    a_graph, a_eager = twin_rings(B, Hkv, D, W, S, 51, starts)
+    b_graph, b_eager = twin_rings(B, Hkv, D, W, S, 52, starts[::-1])
+    lengths = torch.ones(B, dtype=torch.int64, device="cuda")
+    lengths[3] = 0
+    order = [0, 0, 0, 1, 0, 1]  # cache a three times back to back, then a, b alternate
+    static = [[torch.randn(B, h, 1, D, dtype=torch.bfloat16, device="cuda")
+               for h in (Hq, Hkv, Hkv)] for _ in order]
+    graph_caches, eager_caches = (a_graph, b_graph), (a_eager, b_eager)
+
+    def steps(caches, inputs):
+        return [caches[c].attend(*x, lengths=lengths, return_lse=True)
+                for c, x in zip(order, inputs)]
+
+    monkeypatch.setenv("SWAA_DECODE_LEAD", "3")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up
+        steps(graph_caches, static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_outs = steps(graph_caches, static)
+    monkeypatch.setenv("SWAA_DECODE_LEAD", "-1")  # the graph keeps its capture's launches
+    steps(eager_caches, static)  # the warm-up's twin
+    for replay in range(20):
+        new = [[torch.randn_like(t) for t in x] for x in static]
+        for x, n in zip(static, new):
+            for t, u in zip(x, n):
+                t.copy_(u)
+        graph.replay()
+        want = steps(eager_caches, new)
+        for i, ((out, lse), (out_e, lse_e)) in enumerate(zip(static_outs, want)):
+            assert torch.equal(out, out_e) and torch.equal(lse, lse_e), (replay, i)
+    for g, e in zip(graph_caches, eager_caches):
+        assert torch.equal(g.seqlens, e.seqlens)
+        assert torch.equal(g.keys, e.keys) and torch.equal(g.values, e.values)
+    assert a_graph.seqlens.tolist() == [s + 21 * 4 * n
+                                        for s, n in zip(starts, lengths.tolist())]
+
+
+def test_lead_after_a_prefill_chunk_waits_for_it(monkeypatch):
+    """Eager streaming with SWAA_DECODE_LEAD=4: chunks of 1, 70 and 5 positions (the chunk
+    kernels write the ring that the next decode's split kernel reads once its wait returns)
+    against a twin in stream order: the same outputs, caches and positions after every chunk."""
+    torch.manual_seed(60)
+    B, Hq, Hkv, D, W, S = 4, 32, 8, 128, 300, 4
+    twins = twin_rings(B, Hkv, D, W, S, 61, [0, 290, 1000, 5])
+    for n in (1, 1, 70, 1, 1, 5, 1, 1, 300, 1, 1):
+        q = torch.randn(B, Hq, n, D, dtype=torch.bfloat16, device="cuda")
+        k = torch.randn(B, Hkv, n, D, dtype=torch.bfloat16, device="cuda")
+        v = torch.randn(B, Hkv, n, D, dtype=torch.bfloat16, device="cuda")
+        outs = []
+        for cache, lead in zip(twins, ("-1", "4")):
+            monkeypatch.setenv("SWAA_DECODE_LEAD", lead)
+            outs.append(cache.attend(q, k, v, return_lse=True))
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), n
+        assert torch.equal(twins[0].seqlens, twins[1].seqlens)
+    assert torch.equal(twins[0].keys, twins[1].keys)
+    assert torch.equal(twins[0].values, twins[1].values)
+
+
 def test_tile_gather_over_a_long_never_wrapping_ring(monkeypatch):
     # how generate decodes a full-attention layer: window = the history, sink 0, every slot read
     B, Hq, Hkv, D, L = 2, 32, 8, 128, 32768
@@ -511,12 +614,12 @@ def test_decode_trace_times_every_cta_and_changes_nothing(batch, window, sink, s
     split = [r for r in rows[:max_ctas] if r[0]]
     comb = [r for r in rows[max_ctas:] if r[0]]
     assert len(split) == n_splits * Hkv * batch  # one head chunk: 4 query heads per KV head
-    for start, first, loop, written, sm, tiles, *_ in split:
+    for start, first, loop, written, sm, tiles, released, *_ in split:
         assert sm < torch.cuda.get_device_properties(0).multi_processor_count
         if tiles:
-            assert start <= first <= loop <= written, (start, first, loop, written)
+            assert start <= released <= first <= loop <= written, (start, released, first, loop)
         else:
-            assert first == 0 and start <= loop <= written
+            assert first == 0 and start <= released <= loop <= written
     kernel_combine = "combine (kernel" in plain[5][0]
     assert len(comb) == (batch * Hq if kernel_combine else 0)
     last_written = max(r[3] for r in split)

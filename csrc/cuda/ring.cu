@@ -462,8 +462,9 @@ constexpr bool kTraceBuilt = false;
 constexpr int kTraceSlots = 8;        // per CTA; TraceSplit / TraceCombine name them
 constexpr int kTraceMaxCtas = 8192;   // CTAs past this are not traced
 // split kernel: entry, first tile landed, loop done (all tiles), results written, SM, tiles
+// (, released: past griddepcontrol.wait, which returns at once unless SWAA_DECODE_LEAD)
 enum TraceSplit { kTraceEntry = 0, kTraceFirstTile, kTraceLoopDone, kTraceWritten, kTraceSm,
-                  kTraceTiles };
+                  kTraceTiles, kTraceReleased };
 // combine kernel: entry, split grid done (after griddepcontrol.wait), written, SM
 enum TraceCombine { kTraceCombineEntry = 0, kTraceCombineReleased, kTraceCombineWritten,
                     kTraceCombineSm };
@@ -501,6 +502,12 @@ template <typename T, int kDim, bool kStaged = false>
 __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
     const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse,
     int64_t* advance, bool trace) {
+  // A dependent of this grid (the next step's split kernel under
+  // SWAA_DECODE_LEAD) may be scheduled once every CTA has started; it waits
+  // for this grid's completion before it reads or writes anything.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
   // Prologue: nothing here depends on the split kernel (lengths is an input
   // of the op, written before the split kernel started).
   const int64_t bh = blockIdx.x;
@@ -660,6 +667,61 @@ __device__ __forceinline__ void cp_async_wait_pending() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// The keys one split CTA reads: the old (cached) keys that the query at
+// position `written` sees, plus the new key when the row is active, cut into
+// `splits` contiguous parts of a multiple of split_align keys: whole tiles
+// (tile_keys, the default; trailing splits may be short or empty), or equal
+// parts (1, SWAA_DECODE_BALANCE=1: the longest split reads the fewest bytes;
+// every split's last tile may be partial).  Tiles count from a split's first
+// key, so either works.  Keys are numbered as OldKeys does; key old.count()
+// is the new one, read from k / v.
+struct SplitKeys {
+  OldKeys old;
+  RingCursor cursor;  // over the window keys: RingCursor::at(ring, old.cursor_first(ring))
+  int64_t begin, end;  // this split's keys [begin, end)
+  int n_tiles;
+
+  __device__ static SplitKeys of(const RingLayout& ring, int64_t written, bool active,
+                                 int splits, int split, int split_align, int tile_keys) {
+    SplitKeys keys;
+    keys.old = OldKeys::of(ring, written, written);
+    const int64_t n_keys = active ? keys.old.count() + 1 : 0;
+    const int64_t per_split =
+        ((n_keys + splits - 1) / splits + split_align - 1) / split_align * split_align;
+    keys.begin = min_of<int64_t>(n_keys, split * per_split);
+    keys.end = min_of<int64_t>(n_keys, keys.begin + per_split);
+    keys.n_tiles = static_cast<int>((keys.end - keys.begin + tile_keys - 1) / tile_keys);
+    keys.cursor = RingCursor::at(ring, keys.old.cursor_first(ring));
+    return keys;
+  }
+};
+
+// Asks the L2 for tile `tile` of a split (K and V: one bulk prefetch each of
+// the tile's consecutive slots, rows of kDim elements), if it is a whole tile
+// of window keys in consecutive slots; other tiles (sink keys, a wrap, the
+// new key, past the split) are not prefetched.  Moves no data a kernel reads.
+template <typename T, int kDim, int kTileKeys>
+__device__ __forceinline__ void prefetch_tile_l2(const T* k_cache, const T* v_cache,
+                                                 const SplitKeys& keys, int tile) {
+  if (tile >= keys.n_tiles) return;
+  const int64_t first = keys.begin + int64_t(tile) * kTileKeys;
+  if (first + kTileKeys > keys.end) return;
+  const int64_t slot0 = keys.old.consecutive_slots(keys.cursor, first, kTileKeys);
+  if (slot0 < 0) return;
+  constexpr uint32_t kBytes = kTileKeys * kDim * sizeof(T);
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(k_cache + slot0 * kDim),
+               "r"(kBytes) : "memory");
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(v_cache + slot0 * kDim),
+               "r"(kBytes) : "memory");
+}
+
+// A relaxed load at GPU scope: a value another grid may be writing (a hint).
+__device__ __forceinline__ int64_t load_relaxed(const int64_t* x) {
+  int64_t v;
+  asm volatile("ld.relaxed.gpu.global.s64 %0, [%1];\n" : "=l"(v) : "l"(x) : "memory");
+  return v;
+}
+
 // kGlobalCombine: launched without clusters, any number of splits; every CTA
 // writes its normalised result and log2-lse to part_out / part_lse (float,
 // [B * Hq][splits][kDim] and [B * Hq][splits]) for a combine in split order
@@ -678,7 +740,7 @@ template <typename T, int kDim, bool kGlobalCombine, int kWarps = 4,
 __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThreads,
                                   SplitDecode<T, kDim, kWarps, kStages>::kMinBlocks)
     ring_decode_split_kernel(const RingParams p, int head_chunks, int split_align,
-                             int tile_gather, int prefetch_tiles, bool trace,
+                             int tile_gather, int prefetch_tiles, int lead_tiles, bool trace,
                              float* part_out, float* part_lse, unsigned int* arrivals) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = SplitDecode<T, kDim, kWarps, kStages>;
@@ -699,7 +761,9 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   // moment the split kernel ends; in a plan of several waves the trigger
   // fires only when the last wave has started, so a combine CTA never takes
   // a slot that a split CTA waits for.  A no-op without a dependent launch.
-  if constexpr (kGlobalCombine) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  // The cluster kernel triggers too: the next step's split kernel, launched
+  // with a lead (SWAA_DECODE_LEAD), may then be scheduled behind this one.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const CtaTrace tr(trace, 0);
   tr.mark(kTraceEntry);
   const int splits = static_cast<int>(gridDim.x);  // all splits of (b, kvh): the cluster
@@ -712,29 +776,45 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   const int n_heads = min(C::kHeads, group - head_chunk * C::kHeads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-  const int64_t written = max_of<int64_t>(p.seqlens[b], 0);  // the query's position
-  const bool active = p.valid(b) > 0;
-  const OldKeys old = OldKeys::of(p.ring, written, written);
-  const int64_t n_old = old.count();
-  const int64_t n_keys = active ? n_old + 1 : 0;  // + the new key, read from k / v
-  // Contiguous parts of a multiple of split_align keys: whole tiles
-  // (kTileKeys, the default; trailing splits may be short or empty), or
-  // equal parts (1, SWAA_DECODE_BALANCE=1: the longest split reads the fewest
-  // bytes; every split's last tile may be partial).  Tiles count from a
-  // split's first key, so either works.
-  const int64_t per_split =
-      ((n_keys + splits - 1) / splits + split_align - 1) / split_align * split_align;
-  const int64_t key_begin = min_of<int64_t>(n_keys, split * per_split);
-  const int64_t key_end = min_of<int64_t>(n_keys, key_begin + per_split);
-  const int n_tiles = static_cast<int>((key_end - key_begin + C::kTileKeys - 1) / C::kTileKeys);
-  tr.put(kTraceTiles, n_tiles);
-
   const T* k_cache = static_cast<const T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride;
   const T* v_cache = static_cast<const T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride;
+  const bool rows_dense = p.kc_row_stride == kDim && p.vc_row_stride == kDim &&
+                          reinterpret_cast<uintptr_t>(k_cache) % 16 == 0 &&
+                          reinterpret_cast<uintptr_t>(v_cache) % 16 == 0;
+
+  // SWAA_DECODE_LEAD (lead_tiles >= 0): this grid was launched as a
+  // programmatic dependent of the kernel before it in the stream, and may run
+  // while that kernel finishes.  Nothing that kernel may write (seqlens,
+  // lengths, q, k, v, the ring itself, the partials' memory) is read or
+  // written before griddepcontrol.wait; before it, thread 0 only asks the L2
+  // for the first lead_tiles tiles of this split, at slots worked out from a
+  // relaxed read of seqlens[b] (a hint: stale or torn, it costs a wasted
+  // prefetch, nothing else; a prefetch moves no data the kernel reads).
+  // Without a dependent launch the wait returns at once.
+  if (lead_tiles > 0 && rows_dense && tile_gather && threadIdx.x == 0) {
+    const int64_t hint = max_of<int64_t>(load_relaxed(p.seqlens + b), 0);
+    const SplitKeys hinted =
+        SplitKeys::of(p.ring, hint, true, splits, split, split_align, C::kTileKeys);
+    for (int t = 0; t < lead_tiles; ++t)
+      prefetch_tile_l2<T, kDim, C::kTileKeys>(k_cache, v_cache, hinted, t);
+  }
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  tr.mark(kTraceReleased);
+
+  const int64_t written = max_of<int64_t>(p.seqlens[b], 0);  // the query's position
+  const bool active = p.valid(b) > 0;
+  const SplitKeys keys =
+      SplitKeys::of(p.ring, written, active, splits, split, split_align, C::kTileKeys);
+  const OldKeys& old = keys.old;
+  const int64_t n_old = old.count();
+  const int64_t key_begin = keys.begin, key_end = keys.end;
+  const int n_tiles = keys.n_tiles;
+  tr.put(kTraceTiles, n_tiles);
+
   const T* k_new = static_cast<const T*>(p.k) + b * p.k_batch_stride + kvh * p.k_head_stride;
   const T* v_new = static_cast<const T*>(p.v) + b * p.v_batch_stride + kvh * p.v_head_stride;
-  const int64_t ring_first = old.cursor_first(p.ring);
-  const RingCursor cursor = RingCursor::at(p.ring, ring_first);
+  const int64_t ring_first = keys.cursor.first;
+  const RingCursor& cursor = keys.cursor;
 
   // Gathers tile `tile` of the split (keys key_begin + tile * kTileKeys ..)
   // into stage `stage`; keys past key_end become zeros.
@@ -791,20 +871,8 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   // flight, without registers or shared memory.  Tiles off the tile path
   // (sink keys, a wrap, the new key) and padded rows are not prefetched.
   // Moves no data the kernel reads: same bits with any N.
-  const bool rows_dense = p.kc_row_stride == kDim && p.vc_row_stride == kDim &&
-                          reinterpret_cast<uintptr_t>(k_cache) % 16 == 0 &&
-                          reinterpret_cast<uintptr_t>(v_cache) % 16 == 0;
   auto prefetch_tile = [&](int tile) {
-    if (tile >= n_tiles) return;
-    const int64_t first = key_begin + int64_t(tile) * C::kTileKeys;
-    if (first + C::kTileKeys > key_end) return;
-    const int64_t slot0 = old.consecutive_slots(cursor, first, C::kTileKeys);
-    if (slot0 < 0) return;
-    constexpr uint32_t kBytes = C::kTileKeys * kDim * sizeof(T);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(k_cache + slot0 * kDim),
-                 "r"(kBytes) : "memory");
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(v_cache + slot0 * kDim),
-                 "r"(kBytes) : "memory");
+    prefetch_tile_l2<T, kDim, C::kTileKeys>(k_cache, v_cache, keys, tile);
   };
   const bool prefetching = prefetch_tiles > 0 && tile_gather && rows_dense && threadIdx.x == 0;
 
@@ -1382,6 +1450,17 @@ int compute_major() {
 //                              ahead of its cp.async stages (one bulk
 //                              prefetch each; tile-path tiles of a cache
 //                              with rows of D elements); same bits;
+//   SWAA_DECODE_LEAD=N (-1..16, default kDefaultDecodeLead) N >= 0: the split
+//                              kernel is a programmatic dependent launch of
+//                              the kernel before it in the stream (whatever
+//                              it is: in a benchmark loop, the previous
+//                              step's combine kernel): its CTAs may be
+//                              scheduled while that kernel finishes, thread
+//                              0 of each prefetches the split's first N
+//                              tiles into L2, then all wait
+//                              (griddepcontrol.wait) for that kernel's
+//                              completion before reading anything; -1: a
+//                              plain launch in stream order; same bits;
 //   SWAA_DECODE_TILE=64 | 32, SWAA_DECODE_STAGES=N
 //                              tiling of the global kernel at D = 128: keys
 //                              per tile x tiles in flight, one of 64x3
@@ -1399,6 +1478,10 @@ int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t h
   const long long v = std::strtoll(env, &end, 10);
   return end != env && *end == '\0' && v >= lo && v <= hi ? v : fallback;
 }
+
+// SWAA_DECODE_LEAD's default: the split kernel in stream order (not yet
+// measured on a GPU).
+constexpr int kDefaultDecodeLead = -1;
 
 bool decode_cost_knob_is_sm() {
   const char* env = std::getenv("SWAA_DECODE_COST");
@@ -1431,6 +1514,21 @@ inline cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int smem
   config.attrs = attribute;
   config.numAttrs = 1;
   return config;
+}
+
+// SWAA_DECODE_LEAD: with lead_tiles >= 0, sets *attribute to a programmatic
+// dependent launch (the split kernel waits at griddepcontrol.wait for the
+// kernel before it) and returns 1 (attributes used), else 0.
+// The plan line's name of a SWAA_DECODE_LEAD value.
+std::string lead_name(int lead_tiles) {
+  return lead_tiles < 0 ? "stream order" : "lead " + std::to_string(lead_tiles) + " tiles";
+}
+
+inline int add_lead_attribute(cudaLaunchAttribute* attribute, int lead_tiles) {
+  if (lead_tiles < 0) return 0;
+  attribute->id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute->val.programmaticStreamSerializationAllowed = 1;
+  return 1;
 }
 
 // SWAA_DECODE_GLOBAL_COMBINE=kernel (default) | fused: how the global plan
@@ -1648,6 +1746,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
   const int tile_gather = decode_env_int("SWAA_DECODE_TILE_GATHER", 1, 0, 1);
   const int prefetch_tiles = decode_env_int("SWAA_DECODE_PREFETCH", 0, 0, 16);
+  const int lead_tiles = decode_env_int("SWAA_DECODE_LEAD", kDefaultDecodeLead, -1, 16);
   const bool trace = decode_env_int("SWAA_DECODE_TRACE", 0, 0, 1) == 1;
   TORCH_CHECK(!trace || kTraceBuilt,
               "SWAA_DECODE_TRACE=1 needs a build with SWAA_DECODE_TRACE_BUILD=ON (set it in the "
@@ -1665,11 +1764,11 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                         plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim,
                         (arrivals != nullptr ? 1 : 0) + 2 * split_align + 256 * staged +
                             512 * (advance != nullptr) + 1024 * tile_gather +
-                            2048 * prefetch_tiles,
+                            2048 * prefetch_tiles + 65536 * (lead_tiles + 1),
                         kWarps, kStages})))
     std::fprintf(stderr,
                  "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
-                 "combine (%s, tile %d x %d stages, %d B smem%s%s%s%s, L2 prefetch %d)\n",
+                 "combine (%s, tile %d x %d stages, %d B smem%s%s%s%s, %s, L2 prefetch %d)\n",
                  static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
                  static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
                  static_cast<long long>(splits), plan.global_combine ? "global" : "cluster",
@@ -1679,7 +1778,8 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                          : "kernel",
                  C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "",
                  staged ? ", staged loads" : "", advance != nullptr ? ", advances seqlens" : "",
-                 tile_gather ? "" : ", per-key gather", prefetch_tiles);
+                 tile_gather ? "" : ", per-key gather",
+                 lead_name(lead_tiles).c_str(), prefetch_tiles);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
                   static_cast<unsigned>(p.batch));
   if (trace) clear_decode_trace(stream);
@@ -1693,13 +1793,21 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
       part_out.fill_(std::numeric_limits<float>::quiet_NaN());
       part_lse.fill_(std::numeric_limits<float>::quiet_NaN());
     }
-    ring_decode_split_kernel<T, kDim, true, kWarps, kStages>
-        <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, static_cast<int>(head_chunks),
-                                                       split_align, tile_gather,
-                                                       prefetch_tiles, trace,
-                                                       part_out.data_ptr<float>(),
-                                                       part_lse.data_ptr<float>(), arrivals);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    {
+      cudaLaunchConfig_t config = {};
+      config.gridDim = grid;
+      config.blockDim = dim3(C::kThreads);
+      config.dynamicSmemBytes = C::kSmemBytes;
+      config.stream = stream;
+      cudaLaunchAttribute attribute[1];
+      config.attrs = attribute;
+      config.numAttrs = add_lead_attribute(attribute, lead_tiles);
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, true, kWarps, kStages>,
+                                        p, static_cast<int>(head_chunks), split_align, tile_gather,
+                                        prefetch_tiles, lead_tiles, trace,
+                                        part_out.data_ptr<float>(), part_lse.data_ptr<float>(),
+                                        arrivals));
+    }
     if (arrivals != nullptr) return false;  // fused: the last CTA of each row combined
     auto combine = staged ? ring_decode_combine_kernel<T, kDim, true>
                           : ring_decode_combine_kernel<T, kDim, false>;
@@ -1729,12 +1837,13 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     return advance != nullptr;
   }
   if constexpr (kDefaultTiling) {
-    cudaLaunchAttribute attribute;
-    const cudaLaunchConfig_t config =
-        cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, &attribute);
+    cudaLaunchAttribute attribute[2];
+    cudaLaunchConfig_t config =
+        cluster_launch_config(grid, C::kThreads, C::kSmemBytes, splits, stream, attribute);
+    config.numAttrs += add_lead_attribute(attribute + 1, lead_tiles);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
                                       static_cast<int>(head_chunks), split_align, tile_gather,
-                                      prefetch_tiles, trace, static_cast<float*>(nullptr),
+                                      prefetch_tiles, lead_tiles, trace, static_cast<float*>(nullptr),
                                       static_cast<float*>(nullptr),
                                       static_cast<unsigned int*>(nullptr)));
   }
