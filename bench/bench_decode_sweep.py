@@ -48,10 +48,6 @@ cache, as a QKV projection of an 8B model) before every step, so the kernel befo
 kernel is a torch GEMM, as in a model's decode, and not the previous step's combine; ms then
 counts the projection too.  `--sets N` steps N caches per graph replay (default: enough to
 exceed the L2 four times).
-With `--set queue`, the work-queue decode kernel (SWAA_DECODE_QUEUE = tiles per piece; 0: the
-split kernel, the default):
-  queue     SWAA_DECODE_QUEUE = 0 | 2 | 4 | 8 | 16
-    python bench/bench_decode_sweep.py --set queue --batches 1,8,64 --rounds 5
 """
 from __future__ import annotations
 
@@ -71,8 +67,7 @@ import common  # noqa: E402
 KNOBS = ("SWAA_DECODE_GLOBAL_COMBINE", "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES",
          "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE",
          "SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL",
-         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH", "SWAA_DECODE_LEAD",
-         "SWAA_DECODE_QUEUE")
+         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH", "SWAA_DECODE_LEAD")
 # decode4: variant key -> knob; the first value of each list is the plain path (not the default)
 DECODE4 = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["serial", "staged"]),
            "advance": ("SWAA_DECODE_ADVANCE", ["op", "kernel"]),
@@ -94,10 +89,7 @@ DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
 PREFETCH = {"prefetch": ("SWAA_DECODE_PREFETCH", ["0", "1", "2", "4"])}
 # lead: the split kernel as a programmatic dependent of the kernel before it; -1 is off
 LEAD = {"lead": ("SWAA_DECODE_LEAD", ["-1", "0", "2", "4", "8"])}
-# queue: the work-queue kernel's piece size in tiles; 0 is the split kernel
-QUEUE = {"queue": ("SWAA_DECODE_QUEUE", ["0", "2", "4", "8", "16"])}
-KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "lead": LEAD,
-             "queue": QUEUE}
+KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "lead": LEAD}
 
 
 def knob_variants(knobs=DECODE4):
@@ -127,8 +119,7 @@ def set_knobs(v):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch", "lead",
-                                          "queue"),
+    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch", "lead"),
                     default="decode3",
                     help="which knobs to sweep (decode3: combine x tiling x balance x splits at "
                          "--batch; decode4: loads x advance x pdl at each of --batches)")

@@ -501,7 +501,7 @@ struct CtaTrace {
 template <typename T, int kDim, bool kStaged = false>
 __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
     const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse,
-    int64_t* advance, bool trace, unsigned int* queue_counter) {
+    int64_t* advance, bool trace) {
   // A dependent of this grid (the next step's split kernel under
   // SWAA_DECODE_LEAD) may be scheduled once every CTA has started; it waits
   // for this grid's completion before it reads or writes anything.
@@ -522,9 +522,6 @@ __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
   tr.mark(kTraceCombineReleased);
-  // The queue kernel's counter (SWAA_DECODE_QUEUE) back to 0 for the next
-  // launch: that grid is complete, no CTA takes another item.
-  if (queue_counter != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *queue_counter = 0;
   if constexpr (kStaged) {
     static_assert(std::is_same_v<acc_of<T>, float>, "staged loads: float partials only");
     combine_splits_staged<T, kDim>(p, bh, splits, part_out, part_lse);
@@ -1101,394 +1098,6 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
   tr.mark(kTraceWritten);
 #else
   __trap();  // launched only on sm_90 and newer (see ring_decode_cuda)
-#endif
-}
-
-// ------------------------------------------------- decode from a work queue
-// SWAA_DECODE_QUEUE=N (N tiles per piece; 0: off, the default): the split
-// kernel's work taken from a queue instead of fixed at launch.  A row (b, KV
-// head, head chunk) of up to sink + window keys is cut into `pieces` pieces of
-// N tiles (the last one shorter or empty); the items of the queue are the
-// (row, piece) pairs, piece-major, counted off one global counter.  A
-// persistent grid (as many CTAs as fit) takes items in turn, so a CTA whose
-// first tiles came late takes fewer of them and the CTAs finish together
-// (session 18's trace: with fixed splits the step's last 10 us are CTAs
-// finishing one by one while the read rate falls).  Each item's result (o
-// normalised, log2-lse) goes to its own slot [row head][piece], so the
-// combine kernel merges a row's pieces in piece order whichever CTA computed
-// them: deterministic.  The tile pipeline runs on across items: the load side
-// walks (item, tile) pairs kStages - 1 tiles ahead of the compute side, which
-// finds each stage's item in a small per-stage record; an item's queries are
-// copied into the stage of its first tile.  At an item's last tile the four
-// warps merge in a shared-memory area of n_heads (not 16) heads, so two CTAs
-// still fit on an SM at D = 128 with GQA groups up to 4.  The counter is the
-// stream's slice of the fused combine's counters (the same rules), put back
-// to 0 by the combine kernel once the grid is done.  The new token is stored
-// by the CTA that takes piece 0 of the row's first head chunk, as in the split
-// kernel.
-struct QueueItem {  // a stage's tile, as the load side recorded it
-  int row;          // (b * kv_heads + kvh) * head_chunks + head_chunk
-  int piece;
-  int tile;         // tile of the piece
-  int tiles;        // tiles of the piece
-  int64_t key_begin, key_end;  // the piece's keys
-};
-
-template <typename T, int kDim>
-struct QueueDecode {
-  using C = SplitDecode<T, kDim>;
-  static constexpr int kMaxRows = 128;  // batch rows whose `written` is cached in shared memory
-  // shared memory: stages, the per-stage queries, the records, the merge area, written[],
-  // valid[] (a row's positions and valid count are read once per CTA, not once per item: a
-  // global load on the load side's path costs a DRAM-loaded round trip, ~2 us at B = 8)
-  static int64_t smem_bytes(int n_heads) {
-    return int64_t(C::kStages) * C::kStageBytes + int64_t(C::kStages) * n_heads * kDim * sizeof(T) +
-           C::kStages * int64_t(sizeof(QueueItem)) + int64_t(C::kWarps) * n_heads * (kDim + 2) * 4 +
-           kMaxRows * 16 + 16;
-  }
-};
-
-template <typename T, int kDim>
-__global__ void __launch_bounds__(SplitDecode<T, kDim>::kThreads, SplitDecode<T, kDim>::kMinBlocks)
-    ring_decode_queue_kernel(const RingParams p, int head_chunks, int n_heads, int piece_tiles,
-                             int pieces, unsigned int* counter, float* part_out,
-                             float* part_lse) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  using C = SplitDecode<T, kDim>;
-  using Mma = cuda::MmaOp<T>;
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  extern __shared__ __align__(128) unsigned char decode_smem[];
-  T* tiles = reinterpret_cast<T*>(decode_smem);
-  T* q_stage = tiles + C::kStages * 2 * C::kTileElems;        // [kStages][n_heads][kDim]
-  QueueItem* record = reinterpret_cast<QueueItem*>(q_stage + C::kStages * n_heads * kDim);
-  float* merge = reinterpret_cast<float*>(record + C::kStages);  // [kWarps][n_heads][kDim + 2]
-  int64_t* written_of = reinterpret_cast<int64_t*>(merge + C::kWarps * n_heads * (kDim + 2));
-  int64_t* valid_of = written_of + QueueDecode<T, kDim>::kMaxRows;
-  int* s_item = reinterpret_cast<int*>(valid_of + QueueDecode<T, kDim>::kMaxRows);  // next item
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int group = static_cast<int>(p.group());
-  const int rows = static_cast<int>(p.batch * p.kv_heads * head_chunks);
-  const int n_items = rows * pieces;
-  const int64_t piece_keys = int64_t(piece_tiles) * C::kTileKeys;
-  for (int64_t b = threadIdx.x; b < p.batch; b += C::kThreads) {
-    written_of[b] = max_of<int64_t>(p.seqlens[b], 0);
-    valid_of[b] = p.valid(b);
-  }
-  // Thread 0 keeps one item in s_item (the next one the load side takes) and
-  // one more on its way in l_grab, so an atomic's latency is never waited for
-  // while the queue has items.
-  unsigned int l_grab = 0;
-  if (threadIdx.x == 0) {
-    s_item[0] = static_cast<int>(atomicAdd(counter, 1u));
-    l_grab = atomicAdd(counter, 1u);
-  }
-  __syncthreads();
-
-  // ---- load side: the item whose tiles it is issuing, and where it is
-  int l_item = -1, l_tile = 0, l_tiles = 0, l_row = 0, l_piece = 0;
-  int64_t l_begin = 0, l_end = 0, l_n_old = 0, l_ring_first = 0;
-  OldKeys l_old{};
-  RingCursor l_cursor{};
-  const T* l_kc = nullptr;
-  const T* l_vc = nullptr;
-  const T* l_kn = nullptr;
-  const T* l_vn = nullptr;
-  bool l_done = false;
-  const int chunk = threadIdx.x % C::kChunksPerRow;
-  const int row_of_thread = threadIdx.x / C::kChunksPerRow;
-
-  // Row r's keys of piece `piece`; n_keys = 0 for a padded row.
-  auto row_keys = [&](int r, int64_t& b, int64_t& kvh, int64_t& n_old) {
-    b = r / (p.kv_heads * head_chunks);
-    kvh = (r / head_chunks) % p.kv_heads;
-    const int64_t written = written_of[b];
-    const OldKeys old = OldKeys::of(p.ring, written, written);
-    n_old = old.count();
-    return valid_of[b] > 0 ? n_old + 1 : int64_t(0);
-  };
-  // The empty partial of an item no key falls in (a padded row, or a piece past
-  // the row's keys): lse -inf, weight 0 in the combine.
-  auto write_empty = [&](int item) {
-    const int r = item % rows, piece = item / rows;
-    const int64_t b = r / (p.kv_heads * head_chunks);
-    const int64_t kvh = (r / head_chunks) % p.kv_heads;
-    const int hc = r % head_chunks;
-    const int64_t h0 = kvh * group + hc * C::kHeads;
-    for (int i = threadIdx.x; i < n_heads * kDim; i += C::kThreads) {
-      const int64_t part = (b * p.q_heads + h0 + i / kDim) * pieces + piece;
-      part_out[part * kDim + i % kDim] = 0.f;
-      if (i % kDim == 0) part_lse[part] = neg_inf<float>();
-    }
-  };
-  // Moves the load side to the next item with keys (writing the empty ones'
-  // partials on the way); false when the queue is empty.  Called by every
-  // thread at the same point (it synchronises the CTA).
-  auto next_item = [&]() -> bool {
-    for (;;) {
-      const int item = s_item[0];
-      __syncthreads();  // everyone has read s_item before thread 0 refills it
-      if (threadIdx.x == 0) {  // seen after the next barrier (at the latest, the loop's)
-        s_item[0] = static_cast<int>(l_grab);
-        l_grab = atomicAdd(counter, 1u);
-      }
-      if (item >= n_items) return false;
-      const int r = item % rows, piece = item / rows;
-      int64_t b, kvh, n_old;
-      const int64_t n_keys = row_keys(r, b, kvh, n_old);
-      const int64_t begin = min_of<int64_t>(n_keys, piece * piece_keys);
-      const int64_t end = min_of<int64_t>(n_keys, begin + piece_keys);
-      if (begin >= end) {  // nothing to load: its partial now, the next item at once
-        write_empty(item);
-        __syncthreads();
-        continue;
-      }
-      l_item = item, l_row = r, l_piece = piece, l_tile = 0;
-      l_tiles = static_cast<int>((end - begin + C::kTileKeys - 1) / C::kTileKeys);
-      l_begin = begin, l_end = end, l_n_old = n_old;
-      const int64_t written = written_of[b];
-      l_old = OldKeys::of(p.ring, written, written);
-      l_ring_first = l_old.cursor_first(p.ring);
-      l_cursor = RingCursor::at(p.ring, l_ring_first);
-      l_kc = static_cast<const T*>(p.k_cache) + b * p.kc_batch_stride + kvh * p.kc_head_stride;
-      l_vc = static_cast<const T*>(p.v_cache) + b * p.vc_batch_stride + kvh * p.vc_head_stride;
-      l_kn = static_cast<const T*>(p.k) + b * p.k_batch_stride + kvh * p.k_head_stride;
-      l_vn = static_cast<const T*>(p.v) + b * p.v_batch_stride + kvh * p.v_head_stride;
-      return true;
-    }
-  };
-  // Issues the load side's next tile into `stage` (and the item's queries with
-  // its first tile); records it for the compute side.  Every thread calls it.
-  auto load_next = [&](int stage) {
-    if (l_done) return;
-    if (l_item < 0 || l_tile == l_tiles) {
-      if (!next_item()) {
-        l_done = true;
-        if (threadIdx.x == 0) record[stage].tiles = 0;  // nothing in this stage
-        return;
-      }
-    }
-    T* k_tile = tiles + stage * 2 * C::kTileElems;
-    T* v_tile = k_tile + C::kTileElems;
-    const int64_t first = l_begin + int64_t(l_tile) * C::kTileKeys;
-    const int64_t slot0 = first + C::kTileKeys <= l_end
-                              ? l_old.consecutive_slots(l_cursor, first, C::kTileKeys) : -1;
-    if (slot0 >= 0) {
-      const T* k_row = l_kc + (slot0 + row_of_thread) * p.kc_row_stride + chunk * 8;
-      const T* v_row = l_vc + (slot0 + row_of_thread) * p.vc_row_stride + chunk * 8;
-#pragma unroll
-      for (int i = 0; i < C::kPasses; ++i) {
-        const int at = cuda::swizzle<kDim>(row_of_thread + i * C::kRowsPerPass, chunk * 8);
-        cuda::cp_async_16(k_tile + at, k_row + i * C::kRowsPerPass * p.kc_row_stride, true);
-        cuda::cp_async_16(v_tile + at, v_row + i * C::kRowsPerPass * p.vc_row_stride, true);
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < C::kPasses; ++i) {
-        const int r = row_of_thread + i * C::kRowsPerPass;
-        const int64_t index = first + r;
-        const bool valid = index < l_end;
-        const T* k_row = l_kn;  // index == n_old: the new key
-        const T* v_row = l_vn;
-        if (valid && index < l_n_old) {
-          const int64_t pos = l_old.position(index);
-          const int64_t slot = pos < p.ring.sink ? pos : l_cursor.slot(pos - l_ring_first);
-          k_row = l_kc + slot * p.kc_row_stride;
-          v_row = l_vc + slot * p.vc_row_stride;
-        }
-        const int at = cuda::swizzle<kDim>(r, chunk * 8);
-        cuda::cp_async_16(k_tile + at, k_row + chunk * 8, valid);
-        cuda::cp_async_16(v_tile + at, v_row + chunk * 8, valid);
-      }
-    }
-    if (l_tile == 0) {  // the item's queries, n_heads rows of kDim, with its first tile
-      const int64_t b = l_row / (p.kv_heads * head_chunks);
-      const int64_t kvh = (l_row / head_chunks) % p.kv_heads;
-      const int64_t h0 = kvh * group + (l_row % head_chunks) * C::kHeads;
-      const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch_stride + h0 * p.q_head_stride;
-      T* q_dst = q_stage + stage * n_heads * kDim;
-      for (int i = threadIdx.x; i < n_heads * C::kChunksPerRow; i += C::kThreads) {
-        const int head = i / C::kChunksPerRow, c = i % C::kChunksPerRow;
-        cuda::cp_async_16(q_dst + head * kDim + c * 8, q_base + head * p.q_head_stride + c * 8, true);
-      }
-    }
-    if (threadIdx.x == 0)
-      record[stage] = QueueItem{l_row, l_piece, l_tile, l_tiles, l_begin, l_end};
-    ++l_tile;
-  };
-
-  // Start the pipeline.
-#pragma unroll
-  for (int s = 0; s < C::kStages - 1; ++s) {
-    load_next(s);
-    cuda::cp_async_commit();
-    __syncthreads();  // s_item, refilled by next_item
-  }
-
-  const float score_scale = p.scale * kLog2e;
-  float run_max[2] = {lowest_max<float>(), lowest_max<float>()};
-  float run_sum[2] = {0.f, 0.f};
-  float o[kDim / 8][4];
-  cuda::zero(o);
-  uint32_t qa[kDim / 16][4];
-
-  // An item's last tile leaves its merge and partial (finish) for the top of
-  // the next iteration, after that iteration's load is issued, so the loads in
-  // flight cover it.
-  bool finish_pending = false;
-  int64_t f_b = 0, f_h0 = 0;
-  int f_piece = 0;
-  auto finish = [&]() {
-    float* warp_o = merge;                                    // [kWarps][n_heads][kDim]
-    float* warp_max = warp_o + C::kWarps * n_heads * kDim;    // [kWarps][n_heads]
-    float* warp_sum = warp_max + C::kWarps * n_heads;         // [kWarps][n_heads]
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int head = lane / 4 + 8 * half;
-      float sum = run_sum[half];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      if (head < n_heads) {
-        if (lane % 4 == 0) {
-          warp_max[warp * n_heads + head] = run_max[half];
-          warp_sum[warp * n_heads + head] = sum;
-        }
-        float* row = warp_o + (warp * n_heads + head) * kDim + 2 * (lane % 4);
-#pragma unroll
-        for (int nd = 0; nd < kDim / 8; ++nd) {
-          row[8 * nd] = o[nd][2 * half];
-          row[8 * nd + 1] = o[nd][2 * half + 1];
-        }
-      }
-      run_max[half] = lowest_max<float>();
-      run_sum[half] = 0.f;
-    }
-    cuda::zero(o);
-    __syncthreads();
-    for (int i = threadIdx.x; i < n_heads * kDim; i += C::kThreads) {
-      const int head = i / kDim;
-      float m = lowest_max<float>();
-#pragma unroll
-      for (int w = 0; w < C::kWarps; ++w) m = max(m, warp_max[w * n_heads + head]);
-      float sum = 0.f, acc = 0.f;
-#pragma unroll
-      for (int w = 0; w < C::kWarps; ++w) {
-        const float weight = exp2f(warp_max[w * n_heads + head] - m);
-        sum += warp_sum[w * n_heads + head] * weight;
-        acc += warp_o[(w * n_heads + head) * kDim + i % kDim] * weight;
-      }
-      const bool seen = sum != 0.f;
-      const int64_t part = (f_b * p.q_heads + f_h0 + head) * pieces + f_piece;
-      part_out[part * kDim + i % kDim] = seen ? acc / sum : 0.f;
-      if (i % kDim == 0) part_lse[part] = seen ? m + log2f(sum) : neg_inf<float>();
-    }
-    // the merge area is written again at another item's finish, after at least
-    // one more barrier at the top of the loop
-  };
-
-  for (int t = 0;; ++t) {
-    cp_async_wait_pending<C::kStages - 2>();  // tile t has landed (this thread's copies)
-    __syncthreads();                          // ... everyone's; stage of tile t - 1 is free
-    const int stage = t % C::kStages;
-    const QueueItem it = record[stage];
-    load_next((t + C::kStages - 1) % C::kStages);
-    cuda::cp_async_commit();
-    if (finish_pending) {
-      finish();
-      finish_pending = false;
-    }
-    if (it.tiles == 0) break;  // the queue ran dry: nothing landed in this stage
-
-    const int64_t b = it.row / (p.kv_heads * head_chunks);
-    const int64_t kvh = (it.row / head_chunks) % p.kv_heads;
-    const int hc = it.row % head_chunks;
-    const int64_t h0 = kvh * group + hc * C::kHeads;
-    if (it.tile == 0) {
-      // A fragments of the item's queries, from the stage's copy.
-      const T* q_src = q_stage + stage * n_heads * kDim;
-      const int col = 2 * (lane % 4);
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int head = lane / 4 + 8 * half;
-#pragma unroll
-        for (int kk = 0; kk < kDim / 16; ++kk) {
-          uint32_t lo = 0, hi = 0;
-          if (head < n_heads) {
-            lo = *reinterpret_cast<const uint32_t*>(q_src + head * kDim + 16 * kk + col);
-            hi = *reinterpret_cast<const uint32_t*>(q_src + head * kDim + 16 * kk + 8 + col);
-          }
-          qa[kk][half] = lo;
-          qa[kk][2 + half] = hi;
-        }
-      }
-      if (it.piece == 0 && hc == 0 && valid_of[b] > 0) {
-        const int64_t written = written_of[b];
-        store_new_token<T, kDim, C::kThreads>(
-            p, b, kvh, written,
-            static_cast<const T*>(p.k) + b * p.k_batch_stride + kvh * p.k_head_stride,
-            static_cast<const T*>(p.v) + b * p.v_batch_stride + kvh * p.v_head_stride);
-      }
-    }
-    const T* k_tile = tiles + stage * 2 * C::kTileElems;
-    const T* v_tile = k_tile + C::kTileElems;
-
-    float s[2][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < kDim / 16; ++kk) {
-      uint32_t bk[4];
-      cuda::load_b<kDim>(bk, k_tile, warp * 16, kk * 16, lane);
-      Mma::run(s[0], qa[kk], bk[0], bk[1]);
-      Mma::run(s[1], qa[kk], bk[2], bk[3]);
-    }
-    const int64_t tile_first = it.key_begin + int64_t(it.tile) * C::kTileKeys;
-    const int64_t key0 = tile_first + warp * 16 + 2 * (lane % 4);
-    const bool full_tile = tile_first + C::kTileKeys <= it.key_end;
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        s[j][e] = full_tile || key0 + 8 * j + (e & 1) < it.key_end ? s[j][e] * score_scale
-                                                                   : neg_inf<float>();
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float tile_max = max(max(s[0][2 * half], s[0][2 * half + 1]),
-                           max(s[1][2 * half], s[1][2 * half + 1]));
-      tile_max = max(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = max(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float new_max = max(run_max[half], tile_max);
-      const float correction = exp2f(run_max[half] - new_max);
-      run_max[half] = new_max;
-      run_sum[half] *= correction;
-#pragma unroll
-      for (int nd = 0; nd < kDim / 8; ++nd) {
-        o[nd][2 * half] *= correction;
-        o[nd][2 * half + 1] *= correction;
-      }
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 2 * half; e < 2 * half + 2; ++e) {
-          s[j][e] = exp2f(s[j][e] - new_max);
-          run_sum[half] += s[j][e];
-        }
-    }
-    const uint32_t pa[4] = {Mma::pack(s[0][0], s[0][1]), Mma::pack(s[0][2], s[0][3]),
-                            Mma::pack(s[1][0], s[1][1]), Mma::pack(s[1][2], s[1][3])};
-#pragma unroll
-    for (int dp = 0; dp < kDim / 16; ++dp) {
-      uint32_t bv[4];
-      cuda::load_b_trans<kDim>(bv, v_tile, warp * 16, dp * 16, lane);
-      Mma::run(o[2 * dp], pa, bv[0], bv[1]);
-      Mma::run(o[2 * dp + 1], pa, bv[2], bv[3]);
-    }
-    if (it.tile + 1 == it.tiles) {
-      finish_pending = true;
-      f_b = b, f_h0 = h0, f_piece = it.piece;
-    }
-  }
-  cuda::cp_async_wait_all();
-#else
-  __trap();
 #endif
 }
 
@@ -2107,86 +1716,6 @@ bool first_time_seen(const std::array<int64_t, 11>& key) {
 // Launches the split decode (and the combine kernel of a global plan).
 // advance != nullptr: the op's seqlens, to be advanced by the combine kernel
 // if the plan has one.  Returns whether a kernel advanced it.
-// The combine kernel of a global plan: after the split (or queue) kernel, as
-// a programmatic dependent launch unless SWAA_DECODE_PDL=0.
-template <typename T, int kDim>
-void launch_decode_combine(const RingParams& p, int64_t splits, const float* part_out_ptr,
-                           const float* part_lse_ptr, int64_t* advance, bool trace,
-                           unsigned int* queue_counter, bool staged, cudaStream_t stream) {
-  auto combine = staged ? ring_decode_combine_kernel<T, kDim, true>
-                        : ring_decode_combine_kernel<T, kDim, false>;
-  if (decode_env_int("SWAA_DECODE_PDL", 1, 0, 1) == 1) {
-    // Programmatic dependent launch: the combine's CTAs are scheduled while
-    // the split kernel runs (its trigger is its first instruction) and wait
-    // at griddepcontrol.wait, instead of launching after its completion.
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(p.batch * p.q_heads));
-    config.blockDim = dim3(kThreads);
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, combine, p, static_cast<int>(splits), part_out_ptr,
-                                      part_lse_ptr, advance, trace, queue_counter));
-  } else {
-    combine<<<p.batch * p.q_heads, kThreads, 0, stream>>>(p, static_cast<int>(splits),
-                                                          part_out_ptr, part_lse_ptr, advance,
-                                                          trace, queue_counter);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
-// SWAA_DECODE_QUEUE=N: ring_decode_queue_kernel, pieces of N tiles, then the
-// combine kernel over the pieces.  Returns whether the combine advanced seqlens.
-template <typename T, int kDim>
-bool launch_queue_decode(const RingParams& p, const at::Tensor& like, cudaStream_t stream,
-                         int64_t* advance, int64_t piece_tiles, unsigned int* counter) {
-  using C = SplitDecode<T, kDim>;
-  const int n_heads = static_cast<int>(p.group());  // <= kHeads: one head chunk
-  const int64_t piece_keys = piece_tiles * C::kTileKeys;
-  const int64_t pieces = (p.ring.capacity() + piece_keys - 1) / piece_keys;
-  const int64_t items = p.batch * p.kv_heads * pieces;
-  const int64_t smem = QueueDecode<T, kDim>::smem_bytes(n_heads);
-  auto kernel = ring_decode_queue_kernel<T, kDim>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
-  int blocks = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, C::kThreads,
-                                                               static_cast<size_t>(smem)));
-  const int64_t grid =
-      std::min<int64_t>(items, int64_t(std::max(blocks, 1)) * multiprocessor_count());
-  const bool trace = false;  // the trace covers the split kernel only
-  const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
-  if (verbose == 2 || (verbose == 1 && first_time_seen({p.batch, p.kv_heads, p.q_heads,
-                                                        p.ring.capacity(), pieces, piece_tiles,
-                                                        int64_t(sizeof(T)), kDim, -7})))
-    std::fprintf(stderr,
-                 "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> queue of %lld "
-                 "items (%lld pieces of %lld tiles per row), %lld CTAs (%d per SM), %lld B smem\n",
-                 static_cast<long long>(p.batch), static_cast<long long>(p.kv_heads),
-                 static_cast<long long>(p.q_heads), static_cast<long long>(p.ring.capacity()),
-                 static_cast<long long>(items), static_cast<long long>(pieces),
-                 static_cast<long long>(piece_tiles), static_cast<long long>(grid), blocks,
-                 static_cast<long long>(smem));
-  const auto opts = like.options().dtype(at::kFloat);
-  at::Tensor part_out = at::empty({p.batch * p.q_heads * pieces * kDim}, opts);
-  at::Tensor part_lse = at::empty({p.batch * p.q_heads * pieces}, opts);
-  if (poison_decode_outputs()) {
-    part_out.fill_(std::numeric_limits<float>::quiet_NaN());
-    part_lse.fill_(std::numeric_limits<float>::quiet_NaN());
-  }
-  kernel<<<static_cast<unsigned>(grid), C::kThreads, static_cast<size_t>(smem), stream>>>(
-      p, 1, n_heads, static_cast<int>(piece_tiles), static_cast<int>(pieces), counter,
-      part_out.data_ptr<float>(), part_lse.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const bool staged = staged_combine_requested(pieces) && pieces <= kStagedMaxSplits;
-  launch_decode_combine<T, kDim>(p, pieces, part_out.data_ptr<float>(), part_lse.data_ptr<float>(),
-                                 advance, trace, counter, staged, stream);
-  return advance != nullptr;
-}
-
 template <typename T, int kDim, int kWarps, int kStages>
 bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at::Tensor& like,
                                cudaStream_t stream, int64_t* advance) {
@@ -2197,26 +1726,12 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int64_t requested =
       num_splits > 0 ? num_splits : decode_env_int("SWAA_DECODE_SPLITS", 0, 1, 1 << 20);
   const bool fused_requested = fused_combine_requested();
-  if constexpr (kDefaultTiling) {
-    // SWAA_DECODE_QUEUE=N (off by default): the work-queue kernel, for the
-    // automatic plan of a global combine; not with the fused combine, GQA
-    // groups above 16 query heads, more batch rows than it caches, or clusters.
-    const int64_t queue_tiles = decode_env_int("SWAA_DECODE_QUEUE", 0, 0, 1 << 16);
-    if (queue_tiles > 0 && requested <= 0 && !fused_requested && head_chunks == 1 &&
-        p.batch <= QueueDecode<T, kDim>::kMaxRows && decode_combine_knob() != DecodeCombine::kCluster) {
-      unsigned int* slice = arrival_counters(stream);
-      if (slice != nullptr)
-        return launch_queue_decode<T, kDim>(p, like, stream, advance, queue_tiles,
-                                            slice + kArrivalsPerSlice - 1);
-    }
-  }
   // Whether the fused combine can run is known before planning (a slice of
   // counters for this stream, few enough (row, KV head) pairs), so the plan
   // uses the cost of the combine that will run.  A slice taken here stays
   // this stream's even if the plan comes out as a cluster.
   unsigned int* arrivals = nullptr;
-  // (the slice's last counter is the queue kernel's)
-  if (fused_requested && pairs < kArrivalsPerSlice) arrivals = arrival_counters(stream);
+  if (fused_requested && pairs <= kArrivalsPerSlice) arrivals = arrival_counters(stream);
   const bool fused = arrivals != nullptr;
   const int64_t splits_max = decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20);
   // Only the default tiling has a cluster kernel: the others plan global.
@@ -2294,9 +1809,31 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                                         arrivals));
     }
     if (arrivals != nullptr) return false;  // fused: the last CTA of each row combined
-    launch_decode_combine<T, kDim>(p, splits, part_out.data_ptr<float>(),
-                                   part_lse.data_ptr<float>(), advance, trace, nullptr, staged,
-                                   stream);
+    auto combine = staged ? ring_decode_combine_kernel<T, kDim, true>
+                          : ring_decode_combine_kernel<T, kDim, false>;
+    const float* part_out_ptr = part_out.data_ptr<float>();
+    const float* part_lse_ptr = part_lse.data_ptr<float>();
+    if (decode_env_int("SWAA_DECODE_PDL", 1, 0, 1) == 1) {
+      // Programmatic dependent launch: the combine's CTAs are scheduled while
+      // the split kernel runs (its trigger is its first instruction) and wait
+      // at griddepcontrol.wait, instead of launching after its completion.
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(static_cast<unsigned>(p.batch * p.q_heads));
+      config.blockDim = dim3(kThreads);
+      config.stream = stream;
+      cudaLaunchAttribute attribute[1];
+      attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attribute[0].val.programmaticStreamSerializationAllowed = 1;
+      config.attrs = attribute;
+      config.numAttrs = 1;
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&config, combine, p, static_cast<int>(splits),
+                                        part_out_ptr, part_lse_ptr, advance, trace));
+    } else {
+      combine<<<p.batch * p.q_heads, kThreads, 0, stream>>>(p, static_cast<int>(splits),
+                                                            part_out_ptr, part_lse_ptr, advance,
+                                                            trace);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     return advance != nullptr;
   }
   if constexpr (kDefaultTiling) {
@@ -2430,7 +1967,7 @@ std::tuple<at::Tensor, at::Tensor> ring_decode_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (splits > 1) {
           ring_decode_combine_kernel<T, kDim><<<p.batch * p.q_heads, kThreads, 0, stream>>>(
-              p, static_cast<int>(splits), part_out_ptr, part_lse_ptr, nullptr, false, nullptr);
+              p, static_cast<int>(splits), part_out_ptr, part_lse_ptr, nullptr, false);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });
