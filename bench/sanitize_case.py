@@ -19,7 +19,9 @@ Hopper backward).  Parts (--parts, default all):
         kernel (SWAA_DECODE_TILE x SWAA_DECODE_STAGES: 64x3, 64x2, 32x4, 32x6);
         then the combine kernel at 5 and 40 splits with decode4's knobs forced
         both ways (staged loads + seqlens advanced in the kernel + PDL, and
-        serial + the add + no PDL; a padded row, seqlens advanced once).  The
+        serial + the add + no PDL; a padded row, seqlens advanced once); then
+        three steps of one cache back to back with SWAA_DECODE_LEAD=-1 (stream
+        order) and 3 (L2 prefetches before the wait; global and cluster).  The
         ring knobs of the caller's environment are cleared first (the earlier
         steps run the defaults: PDL and the in-kernel advance on, staged loads
         above 8 splits)
@@ -83,7 +85,7 @@ def backward_calls(device):
 
 RING_KNOBS = ("SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE", "SWAA_DECODE_GLOBAL_COMBINE",
               "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES", "SWAA_DECODE_COMBINE_LOADS",
-              "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL")
+              "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL", "SWAA_DECODE_LEAD")
 
 
 def ring_calls(device):
@@ -134,6 +136,22 @@ def ring_calls(device):
                     for heads in (24, 2, 2)]
             cache.attend(*step, lengths=torch.tensor([1, 1, 0], device=device))
         assert cache.seqlens.tolist() == [2, 2992, 50000], cache.seqlens.tolist()
+    # SWAA_DECODE_LEAD: the split kernel in stream order, and with L2 prefetches before its
+    # wait (the default, 0, ran above), three steps of one cache back to back, both combines
+    for name in ("SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL"):
+        os.environ.pop(name, None)
+    for lead, combine in (("-1", "global"), ("3", "global"), ("3", "cluster")):
+        os.environ.update(SWAA_DECODE_LEAD=lead, SWAA_DECODE_COMBINE=combine,
+                          SWAA_DECODE_SPLITS="4")
+        cache = RingKVCache(3, 2, 128, window=3000, sink=4, dtype=torch.bfloat16, device=device)
+        cache.keys.normal_()
+        cache.values.normal_()
+        cache.seqlens.copy_(torch.tensor([0, 2990, 50000], device=device))
+        for _ in range(3):
+            step = [torch.randn(3, heads, 1, 128, device=device, dtype=torch.bfloat16)
+                    for heads in (24, 2, 2)]
+            cache.attend(*step, lengths=torch.tensor([1, 1, 0], device=device))
+        assert cache.seqlens.tolist() == [3, 2993, 50000], cache.seqlens.tolist()
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
