@@ -43,7 +43,6 @@ With `--set lead`, the split kernel's launch (same bits):
   lead      SWAA_DECODE_LEAD = -1 (in stream order) | N >= 0 (a programmatic dependent of the
             kernel before it, N tiles per CTA prefetched into L2 before it waits)
     python bench/bench_decode_sweep.py --set lead --batches 1,8,64 --rounds 5
-  `--set leadq`: leads -1, 0, 1 x SWAA_DECODE_LEAD_Q = 0 | 1 (the query rows prefetched too)
 `--between qkv` runs a (B, 4096) x (4096, 6144) bf16 projection (one weight of 50 MB per
 cache, as a QKV projection of an 8B model) before every step, so the kernel before each split
 kernel is a torch GEMM, as in a model's decode, and not the previous step's combine; ms then
@@ -68,8 +67,7 @@ import common  # noqa: E402
 KNOBS = ("SWAA_DECODE_GLOBAL_COMBINE", "SWAA_DECODE_TILE", "SWAA_DECODE_STAGES",
          "SWAA_DECODE_BALANCE", "SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE",
          "SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL",
-         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH", "SWAA_DECODE_LEAD",
-         "SWAA_DECODE_LEAD_Q")
+         "SWAA_DECODE_TILE_GATHER", "SWAA_DECODE_PREFETCH", "SWAA_DECODE_LEAD")
 # decode4: variant key -> knob; the first value of each list is the plain path (not the default)
 DECODE4 = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["serial", "staged"]),
            "advance": ("SWAA_DECODE_ADVANCE", ["op", "kernel"]),
@@ -91,11 +89,7 @@ DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
 PREFETCH = {"prefetch": ("SWAA_DECODE_PREFETCH", ["0", "1", "2", "4"])}
 # lead: the split kernel as a programmatic dependent of the kernel before it; -1 is off
 LEAD = {"lead": ("SWAA_DECODE_LEAD", ["-1", "0", "2", "4", "8"])}
-# leadq: the lead with and without the query rows' prefetch (SWAA_DECODE_LEAD_Q)
-LEADQ = {"lead": ("SWAA_DECODE_LEAD", ["-1", "0", "1"]),
-         "lead_q": ("SWAA_DECODE_LEAD_Q", ["0", "1"])}
-KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "lead": LEAD,
-             "leadq": LEADQ}
+KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "lead": LEAD}
 
 
 def knob_variants(knobs=DECODE4):
@@ -125,8 +119,7 @@ def set_knobs(v):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch", "lead",
-                                          "leadq"),
+    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch", "lead"),
                     default="decode3",
                     help="which knobs to sweep (decode3: combine x tiling x balance x splits at "
                          "--batch; decode4: loads x advance x pdl at each of --batches)")

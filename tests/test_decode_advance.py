@@ -459,23 +459,19 @@ def test_l2_prefetch_gives_the_same_bits(batch, window, sink, splits, combine, e
 def test_lead_gives_the_same_bits(batch, window, sink, splits, combine, extra, D, dtype,
                                   monkeypatch, capfd):
     """SWAA_DECODE_LEAD=N (the split kernel as a programmatic dependent of the kernel before it,
-    with N tiles, and with SWAA_DECODE_LEAD_Q=1 the query rows, prefetched into L2 before its
-    wait): the same bits as a launch in stream order (-1) for every plan of the tile-gather
-    cases, and the plan line names what ran."""
+    with N tiles prefetched into L2 before its wait): the same bits as a launch in stream order
+    (-1) for every plan of the tile-gather cases, and the plan line names what ran."""
     case = random_ring(batch, 32, 8, D, window, sink, dtype, seed=13 * batch + window + sink + D)
     set_plan(monkeypatch, splits, combine, extra)
     results = {}
-    for lead, queries, name in (("-1", "1", "stream order"), ("0", "1", "lead 0 tiles"),
-                                ("2", "1", "lead 2 tiles + queries"),
-                                ("2", "0", "lead 2 tiles"),
-                                ("16", "1", "lead 16 tiles + queries")):
+    for lead, name in (("-1", "stream order"), ("0", "lead 0 tiles"), ("2", "lead 2 tiles"),
+                       ("16", "lead 16 tiles")):
         monkeypatch.setenv("SWAA_DECODE_LEAD", lead)
-        monkeypatch.setenv("SWAA_DECODE_LEAD_Q", queries)
-        results[name] = result = decode(case, window, sink, capfd)
+        results[lead] = result = decode(case, window, sink, capfd)
         (line,) = result[5]
         assert f", {name}, L2 prefetch" in line, line
-    for name in results:
-        assert_same_bits(results[name], results["stream order"], name)
+    for lead in ("0", "2", "16"):
+        assert_same_bits(results[lead], results["-1"], f"lead {lead}")
 
 
 LEAD_PLANS = [  # (splits, combine, extra knobs): each way a step can end before the next one

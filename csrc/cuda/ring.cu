@@ -740,8 +740,7 @@ template <typename T, int kDim, bool kGlobalCombine, int kWarps = 4,
 __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThreads,
                                   SplitDecode<T, kDim, kWarps, kStages>::kMinBlocks)
     ring_decode_split_kernel(const RingParams p, int head_chunks, int split_align,
-                             int tile_gather, int prefetch_tiles, int lead_tiles,
-                             bool lead_queries, bool trace,
+                             int tile_gather, int prefetch_tiles, int lead_tiles, bool trace,
                              float* part_out, float* part_lse, unsigned int* arrivals) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = SplitDecode<T, kDim, kWarps, kStages>;
@@ -798,15 +797,6 @@ __global__ void __launch_bounds__(SplitDecode<T, kDim, kWarps, kStages>::kThread
         SplitKeys::of(p.ring, hint, true, splits, split, split_align, C::kTileKeys);
     for (int t = 0; t < lead_tiles; ++t)
       prefetch_tile_l2<T, kDim, C::kTileKeys>(k_cache, v_cache, hinted, t);
-  }
-  // ... and warp 1 asks for the CTA's query rows (SWAA_DECODE_LEAD_Q=1, the
-  // default; no load to wait for: the address needs no position), which the
-  // MMA fragments read right after the first tiles are requested.
-  if (lead_tiles > 0 && lead_queries && threadIdx.x == 32 && p.q_head_stride == kDim) {
-    const T* q_rows = static_cast<const T*>(p.q) + b * p.q_batch_stride + h0 * p.q_head_stride;
-    if (reinterpret_cast<uintptr_t>(q_rows) % 16 == 0)
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(q_rows),
-                   "r"(static_cast<uint32_t>(n_heads * kDim * sizeof(T))) : "memory");
   }
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   tr.mark(kTraceReleased);
@@ -1471,8 +1461,6 @@ int compute_major() {
 //                              (griddepcontrol.wait) for that kernel's
 //                              completion before reading anything; -1: a
 //                              plain launch in stream order; same bits;
-//   SWAA_DECODE_LEAD_Q=1 | 0   with a lead of N >= 1 tiles, also prefetch the
-//                              CTA's query rows before the wait (default 1);
 //   SWAA_DECODE_TILE=64 | 32, SWAA_DECODE_STAGES=N
 //                              tiling of the global kernel at D = 128: keys
 //                              per tile x tiles in flight, one of 64x3
@@ -1539,10 +1527,8 @@ inline cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int smem
 // dependent launch (the split kernel waits at griddepcontrol.wait for the
 // kernel before it) and returns 1 (attributes used), else 0.
 // The plan line's name of a SWAA_DECODE_LEAD value.
-std::string lead_name(int lead_tiles, bool lead_queries) {
-  return lead_tiles < 0 ? "stream order"
-                        : "lead " + std::to_string(lead_tiles) + " tiles" +
-                              (lead_tiles > 0 && lead_queries ? " + queries" : "");
+std::string lead_name(int lead_tiles) {
+  return lead_tiles < 0 ? "stream order" : "lead " + std::to_string(lead_tiles) + " tiles";
 }
 
 inline int add_lead_attribute(cudaLaunchAttribute* attribute, int lead_tiles) {
@@ -1768,7 +1754,6 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int tile_gather = decode_env_int("SWAA_DECODE_TILE_GATHER", 1, 0, 1);
   const int prefetch_tiles = decode_env_int("SWAA_DECODE_PREFETCH", 0, 0, 16);
   const int lead_tiles = decode_env_int("SWAA_DECODE_LEAD", kDefaultDecodeLead, -1, 16);
-  const bool lead_queries = decode_env_int("SWAA_DECODE_LEAD_Q", 1, 0, 1) == 1;
   const bool trace = decode_env_int("SWAA_DECODE_TRACE", 0, 0, 1) == 1;
   TORCH_CHECK(!trace || kTraceBuilt,
               "SWAA_DECODE_TRACE=1 needs a build with SWAA_DECODE_TRACE_BUILD=ON (set it in the "
@@ -1786,8 +1771,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                         plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim,
                         (arrivals != nullptr ? 1 : 0) + 2 * split_align + 256 * staged +
                             512 * (advance != nullptr) + 1024 * tile_gather +
-                            2048 * prefetch_tiles + 65536 * (lead_tiles + 1) +
-                            (int64_t(lead_queries) << 24),
+                            2048 * prefetch_tiles + 65536 * (lead_tiles + 1),
                         kWarps, kStages})))
     std::fprintf(stderr,
                  "swaa ring_decode: B=%lld Hkv=%lld Hq=%lld capacity=%lld -> %lld splits, %s "
@@ -1802,7 +1786,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                  C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "",
                  staged ? ", staged loads" : "", advance != nullptr ? ", advances seqlens" : "",
                  tile_gather ? "" : ", per-key gather",
-                 lead_name(lead_tiles, lead_queries).c_str(), prefetch_tiles);
+                 lead_name(lead_tiles).c_str(), prefetch_tiles);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
                   static_cast<unsigned>(p.batch));
   if (trace) clear_decode_trace(stream);
@@ -1827,7 +1811,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
       config.numAttrs = add_lead_attribute(attribute, lead_tiles);
       C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, true, kWarps, kStages>,
                                         p, static_cast<int>(head_chunks), split_align, tile_gather,
-                                        prefetch_tiles, lead_tiles, lead_queries, trace,
+                                        prefetch_tiles, lead_tiles, trace,
                                         part_out.data_ptr<float>(), part_lse.data_ptr<float>(),
                                         arrivals));
     }
@@ -1866,7 +1850,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
     config.numAttrs += add_lead_attribute(attribute + 1, lead_tiles);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ring_decode_split_kernel<T, kDim, false>, p,
                                       static_cast<int>(head_chunks), split_align, tile_gather,
-                                      prefetch_tiles, lead_tiles, lead_queries, trace, static_cast<float*>(nullptr),
+                                      prefetch_tiles, lead_tiles, trace, static_cast<float*>(nullptr),
                                       static_cast<float*>(nullptr),
                                       static_cast<unsigned int*>(nullptr)));
   }
