@@ -1450,7 +1450,7 @@ int compute_major() {
 //                              ahead of its cp.async stages (one bulk
 //                              prefetch each; tile-path tiles of a cache
 //                              with rows of D elements); same bits;
-//   SWAA_DECODE_LEAD=N (-1..16, default kDefaultDecodeLead = 1) N >= 0: the split
+//   SWAA_DECODE_LEAD=N (-1..16, default kDefaultDecodeLead = 0) N >= 0: the split
 //                              kernel is a programmatic dependent launch of
 //                              the kernel before it in the stream (whatever
 //                              it is: in a benchmark loop, the previous
@@ -1479,16 +1479,18 @@ int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t h
   return end != env && *end == '\0' && v >= lo && v <= hi ? v : fallback;
 }
 
-// SWAA_DECODE_LEAD's default: a programmatic dependent launch that prefetches
-// each split's first tile.  H200, session 19 (bench_decode_sweep.py --set
-// lead, 7 interleaved rounds; docs/ring_cache.md "Session 19"), over -1 (stream
-// order): lead 1 1.019x at B = 8 (40.2 -> 39.5 us) and 1.126x at B = 1 (14.3
-// -> 12.7 us); lead 0 (no prefetch) 1.010x and 1.081x; 2 and 3 tiles in
-// between; 4 and 8 tiles lose at B = 8 and 64 (prefetches take bandwidth from
-// the tail of the kernel before, which the wait waits for).  With a torch
-// projection GEMM before every step, as in a model, the lead changes nothing
-// measurable (1.002-1.005x): the gain is the overlap of back-to-back steps.
-constexpr int kDefaultDecodeLead = 1;
+// SWAA_DECODE_LEAD's default: a programmatic dependent launch, no prefetch.
+// H200, session 19 (bench_decode_sweep.py --set lead / leadq, 5-7 interleaved
+// rounds on three leases; docs/ring_cache.md "Session 19"), over -1 (stream
+// order), back-to-back steps as bench_decode.py times them: lead 0 1.010-1.012x
+// at B = 8, 1.081-1.088x at B = 1, 0.999x at B = 64; lead 1 (the first tile
+// prefetched) 1.018-1.019x and 1.126-1.134x; 2 and 3 tiles in between; 4 and
+// 8 lose at B = 8 and 64 (the prefetches take bandwidth from the tail of the
+// kernel before, which the wait waits for).  With a torch projection GEMM
+// before every step, as in a model's decode: lead 0 1.002-1.004x at B = 8 and
+// 1.005-1.006x at B = 1; lead 1 1.002-1.007x at B = 8 but 0.990-0.993x at
+// B = 1.  Lead 0 is not slower anywhere measured, so it is the default.
+constexpr int kDefaultDecodeLead = 0;
 
 bool decode_cost_knob_is_sm() {
   const char* env = std::getenv("SWAA_DECODE_COST");
