@@ -130,7 +130,7 @@
 #   GPU_CHECK_BUDGET  seconds for the whole run (default 570: one device call of 600 s); each part
 #                     runs under its own limit cut to what is left, and is skipped when < 20 s are
 #                     left (the step's line then says `partial`)
-#   SKIP_BUILD=1      use the build in place; MAX_JOBS (16), SWAA_CUDA_ARCHS (9.0), CUDA_HOME,
+#   SKIP_BUILD=1      use the build in place (0 or unset: build); MAX_JOBS (16), SWAA_CUDA_ARCHS (9.0), CUDA_HOME,
 #                     BUILD_TIMEOUT (400)
 #   TESTS             test files (default tests/test_*.py); TEST_ARGS extra pytest arguments
 #                     (e.g. "-m cuda", "-k pack"; split into words, so no spaces inside one);
@@ -254,7 +254,7 @@ run_step() {
 # --- steps -----------------------------------------------------------------------------------
 
 step_build() {
-  if [[ -n ${SKIP_BUILD:-} ]]; then
+  if [[ -n ${SKIP_BUILD:-} && ${SKIP_BUILD} != 0 ]]; then  # SKIP_BUILD=0 builds (session 19 lost a call to it)
     DETAIL="not built (SKIP_BUILD=1);"
   else
     run_part build "${BUILD_TIMEOUT:-400}" env SWAA_ENABLE_CUDA=ON \

@@ -68,8 +68,17 @@ def _run(args, env=None, timeout=120):
 def _gpu_check(tmp_path, *steps, **env):
     out = tmp_path / "out"
     proc = _run(["bash", str(SCRIPT), *steps],
-                env=dict(OUT=str(out), SKIP_BUILD="1", GPU_CHECK_BUDGET="300", **env))
+                env={"OUT": str(out), "SKIP_BUILD": "1", "GPU_CHECK_BUDGET": "300", **env})
     return proc, out
+
+
+def test_skip_build_0_builds(tmp_path):
+    # SKIP_BUILD=0 means build (session 19 lost a GPU call to a script that skipped it);
+    # a one-second limit stops the build at once, so the step fails where a skip would pass
+    proc, out = _gpu_check(tmp_path, "build", SKIP_BUILD="0", BUILD_TIMEOUT="1")
+    log = (out / "log").read_text()
+    assert re.search(r"^build +FAILED .*failed: build", log, re.M), log
+    assert "not built" not in log
 
 
 def test_bash_syntax():
