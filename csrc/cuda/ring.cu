@@ -1488,7 +1488,7 @@ int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t h
 // 8 lose at B = 8 and 64 (the prefetches take bandwidth from the tail of the
 // kernel before, which the wait waits for).  With a torch projection GEMM
 // before every step, as in a model's decode: lead 0 1.002-1.004x at B = 8 and
-// 1.005-1.006x at B = 1; lead 1 1.002-1.007x at B = 8 but 0.990-0.993x at
+// 1.005-1.006x at B = 1; lead 1 1.002-1.007x at B = 8 but 0.989-0.993x at
 // B = 1.  Lead 0 is not slower anywhere measured, so it is the default.
 constexpr int kDefaultDecodeLead = 0;
 
