@@ -1481,7 +1481,7 @@ int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t h
 
 // SWAA_DECODE_LEAD's default: a programmatic dependent launch, no prefetch.
 // H200, session 19 (bench_decode_sweep.py --set lead / leadq, 5-7 interleaved
-// rounds on three leases; docs/ring_cache.md "Session 19"), over -1 (stream
+// rounds on four leases; docs/ring_cache.md "Session 19"), over -1 (stream
 // order), back-to-back steps as bench_decode.py times them: lead 0 1.010-1.012x
 // at B = 8, 1.081-1.088x at B = 1, 0.999x at B = 64; lead 1 (the first tile
 // prefetched) 1.018-1.019x and 1.126-1.134x; 2 and 3 tiles in between; 4 and
@@ -1525,14 +1525,14 @@ inline cudaLaunchConfig_t cluster_launch_config(dim3 grid, int threads, int smem
   return config;
 }
 
-// SWAA_DECODE_LEAD: with lead_tiles >= 0, sets *attribute to a programmatic
-// dependent launch (the split kernel waits at griddepcontrol.wait for the
-// kernel before it) and returns 1 (attributes used), else 0.
 // The plan line's name of a SWAA_DECODE_LEAD value.
 std::string lead_name(int lead_tiles) {
   return lead_tiles < 0 ? "stream order" : "lead " + std::to_string(lead_tiles) + " tiles";
 }
 
+// SWAA_DECODE_LEAD: with lead_tiles >= 0, sets *attribute to a programmatic
+// dependent launch (the split kernel waits at griddepcontrol.wait for the
+// kernel before it) and returns 1 (attributes used), else 0.
 inline int add_lead_attribute(cudaLaunchAttribute* attribute, int lead_tiles) {
   if (lead_tiles < 0) return 0;
   attribute->id = cudaLaunchAttributeProgrammaticStreamSerialization;
