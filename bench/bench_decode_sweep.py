@@ -43,6 +43,7 @@ With `--set lead`, the split kernel's launch (same bits):
   lead      SWAA_DECODE_LEAD = -1 (in stream order) | N >= 0 (a programmatic dependent of the
             kernel before it, N tiles per CTA prefetched into L2 before it waits)
     python bench/bench_decode_sweep.py --set lead --batches 1,8,64 --rounds 5
+With `--set loads`, the combine kernel's loads at <= 8 splits: auto (serial) | eager (same bits).
 `--between qkv` runs a (B, 4096) x (4096, 6144) bf16 projection (one weight of 50 MB per
 cache, as a QKV projection of an 8B model) before every step, so the kernel before each split
 kernel is a torch GEMM, as in a model's decode, and not the previous step's combine; ms then
@@ -87,9 +88,13 @@ def variants(combines, tilings, balances, splits):
 DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
 # prefetch: bulk L2 prefetches N tiles ahead of the split kernel's cp.async stages; 0 is off
 PREFETCH = {"prefetch": ("SWAA_DECODE_PREFETCH", ["0", "1", "2", "4"])}
+# loads: the combine kernel's loads (auto: serial up to 8 splits, staged above; eager: every
+# load at once up to 8 splits)
+LOADS = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["auto", "eager"])}
 # lead: the split kernel as a programmatic dependent of the kernel before it; -1 is off
 LEAD = {"lead": ("SWAA_DECODE_LEAD", ["-1", "0", "2", "4", "8"])}
-KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "lead": LEAD}
+KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "lead": LEAD,
+             "loads": LOADS}
 
 
 def knob_variants(knobs=DECODE4):
@@ -119,7 +124,8 @@ def set_knobs(v):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch", "lead"),
+    ap.add_argument("--set", choices=("decode3", "decode4", "decode5", "prefetch", "lead",
+                                          "loads"),
                     default="decode3",
                     help="which knobs to sweep (decode3: combine x tiling x balance x splits at "
                          "--batch; decode4: loads x advance x pdl at each of --batches)")

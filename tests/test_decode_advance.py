@@ -342,7 +342,7 @@ def test_zero_weight_split_with_non_finite_partial(dtype, poison, monkeypatch, c
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_staged_equals_serial_for_every_split_count(dtype, head_dim, monkeypatch, capfd):
-    # staged == serial bit for bit for splits 1..33, 64, 129 and 200 (brief
+    # staged == eager == serial bit for bit for splits 1..33, 64, 129 and 200 (brief
     # decode4; review_decode4 finding 2), and the default (auto, unset or
     # named) picks staged exactly above 8 splits: both dtypes, D = 64 (threads 64-127
     # own no output, thread 0's weight sum gives the lse) and 128, exactly one
@@ -359,7 +359,7 @@ def test_staged_equals_serial_for_every_split_count(dtype, head_dim, monkeypatch
     for splits in [*range(1, 34), 64, 129, 200]:
         monkeypatch.setenv("SWAA_DECODE_SPLITS", str(splits))
         got = {}
-        for loads in ("serial", "staged", "auto", None):  # None: unset, the default (auto)
+        for loads in ("serial", "staged", "eager", "auto", None):  # None: unset, the default
             if loads is None:
                 monkeypatch.delenv("SWAA_DECODE_COMBINE_LOADS", raising=False)
             else:
@@ -373,9 +373,11 @@ def test_staged_equals_serial_for_every_split_count(dtype, head_dim, monkeypatch
             n_splits, kind, mode = PLAN.search(line).groups()
             assert (int(n_splits), kind, mode) == (splits, "global", "kernel"), line
             # auto: staged above kStagedBatch (8) splits only (one load batch saves nothing)
-            staged = loads == "staged" or (loads in ("auto", None) and splits > 8)
+            staged = loads == "staged" or (loads in ("auto", None, "eager") and splits > 8)
             assert (", staged loads" in line) == staged, (loads, line)
-        for loads in ("staged", "auto", None):
+            # eager: every load at once up to 8 splits, auto's choice above
+            assert (", eager loads" in line) == (loads == "eager" and splits <= 8), (loads, line)
+        for loads in ("staged", "eager", "auto", None):
             for x, y, what in zip(got["serial"], got[loads], ("out", "lse")):
                 assert torch.equal(x, y), (splits, loads, what)
         out, lse = got["serial"]

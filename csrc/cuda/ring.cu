@@ -447,6 +447,55 @@ __device__ __forceinline__ void combine_splits_staged(const RingParams& p, int64
     p.lse[bh] = static_cast<float>((m + log2_of(weight_sum)) * float(kLn2));
 }
 
+// SWAA_DECODE_COMBINE_LOADS=eager: combine_splits with the same arithmetic in
+// the same order (the same bits) for at most kEagerMaxSplits splits, every
+// load issued at once: each thread loads all the split lse values and its
+// output's partial of every split into registers before the first use, so the
+// combine waits for one L2 round trip, not one for the lse values and then
+// the partials (combine_splits, the default at <= 8 splits) or the staged
+// loads' two with a barrier between.  Partials of splits with weight 0 are
+// loaded too (every split writes its partials) and skipped as before.
+constexpr int kEagerMaxSplits = 8;
+
+template <typename T, int kDim>
+__device__ __forceinline__ void combine_splits_eager(const RingParams& p, int64_t bh, int splits,
+                                                     const float* part_out,
+                                                     const float* part_lse) {
+  const int d = threadIdx.x;  // the output of this thread, if d < kDim
+  float lse[kEagerMaxSplits], x[kEagerMaxSplits];
+#pragma unroll
+  for (int s = 0; s < kEagerMaxSplits; ++s) {
+    lse[s] = s < splits ? part_lse[bh * splits + s] : neg_inf<float>();
+    x[s] = s < splits && d < kDim ? part_out[(bh * splits + s) * kDim + d] : 0.f;
+  }
+  float m = neg_inf<float>();
+#pragma unroll
+  for (int s = 0; s < kEagerMaxSplits; ++s)
+    if (s < splits) m = max_keep_nan(m, lse[s]);
+  T* out = static_cast<T*>(p.out) + bh * kDim;
+  if (m == neg_inf<float>()) {  // padded row: nothing attended
+    if (d < kDim) out[d] = from_acc<T>(0.f);
+    if (d == 0) p.lse[bh] = -std::numeric_limits<float>::infinity();
+    return;
+  }
+  float weight_sum = 0.f;
+#pragma unroll
+  for (int s = 0; s < kEagerMaxSplits; ++s)
+    if (s < splits) weight_sum += exp2_of(lse[s] - m);
+  if (d < kDim) {
+    float o = 0.f;
+#pragma unroll
+    for (int s = 0; s < kEagerMaxSplits; ++s) {
+      if (s < splits) {
+        const float w = exp2_of(lse[s] - m);
+        if (w > 0.f) o = fma_rn(w, x[s], o);
+      }
+    }
+    out[d] = from_acc<T>(divide_rn(o, weight_sum));
+  }
+  if (d == 0) p.lse[bh] = static_cast<float>((m + log2_of(weight_sum)) * float(kLn2));
+}
+
 // SWAA_DECODE_TRACE=1: a timeline of one decode step for bench/trace_decode.py,
 // in builds with SWAA_DECODE_TRACE_BUILD=ON only (elsewhere every mark compiles
 // to nothing: the trace's registers would cost the combine kernel the
@@ -493,12 +542,15 @@ struct CtaTrace {
 };
 
 // Merges the splits of each (row, query head) through their log-sum-exp: one
-// block per (row, query head).  kStaged: combine_splits_staged (float
-// partials only).  advance != nullptr (SWAA_DECODE_ADVANCE=kernel): the block
+// block per (row, query head).  kLoads: combine_splits (serial),
+// combine_splits_staged or combine_splits_eager (float partials only).
+// advance != nullptr (SWAA_DECODE_ADVANCE=kernel): the block
 // of each row's first query head also advances advance[b] (the op's seqlens)
 // by the row's valid positions, after the wait for the split kernel: that
 // kernel read seqlens[b], nothing in this launch reads it.
-template <typename T, int kDim, bool kStaged = false>
+enum CombineLoads { kLoadsSerial = 0, kLoadsStaged, kLoadsEager };
+
+template <typename T, int kDim, int kLoads = kLoadsSerial>
 __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
     const RingParams p, int splits, const acc_of<T>* part_out, const acc_of<T>* part_lse,
     int64_t* advance, bool trace) {
@@ -522,9 +574,13 @@ __global__ void __launch_bounds__(kThreads) ring_decode_combine_kernel(
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
   tr.mark(kTraceCombineReleased);
-  if constexpr (kStaged) {
+  if constexpr (kLoads == kLoadsStaged) {
     static_assert(std::is_same_v<acc_of<T>, float>, "staged loads: float partials only");
     combine_splits_staged<T, kDim>(p, bh, splits, part_out, part_lse);
+  } else if constexpr (kLoads == kLoadsEager) {
+    static_assert(std::is_same_v<acc_of<T>, float>, "eager loads: float partials only");
+    static_assert(kDim <= kThreads, "eager loads: one output per thread");
+    combine_splits_eager<T, kDim>(p, bh, splits, part_out, part_lse);
   } else {
     combine_splits<T, kDim>(p, bh, splits, part_out, part_lse, threadIdx.x, kThreads);
   }
@@ -1403,7 +1459,7 @@ int compute_major() {
 //                              and combination, by 3-7% per step at B = 1 and
 //                              1-3% at B = 8 on the medians; docs/ring_cache.md
 //                              "decode4");
-//   SWAA_DECODE_COMBINE_LOADS=auto | staged | serial
+//   SWAA_DECODE_COMBINE_LOADS=auto | staged | serial | eager
 //                              the combine kernel's loads: combine_splits_staged
 //                              (lse values staged in shared memory, partials
 //                              loaded ahead; at most kStagedMaxSplits splits,
@@ -1411,7 +1467,10 @@ int compute_major() {
 //                              auto (default): staged above kStagedBatch (8)
 //                              splits.  Session 6: B = 1 (33 splits) step
 //                              21.2 -> 16.3 us alone; B = 8 (4 splits) staged
-//                              lost 10 of 12 pairs under PDL;
+//                              lost 10 of 12 pairs under PDL.  eager:
+//                              combine_splits_eager (every load at once, one
+//                              L2 round trip) up to kEagerMaxSplits (8)
+//                              splits, auto's choice above;
 //   SWAA_DECODE_ADVANCE=kernel | op
 //                              ring_decode(advance = true): seqlens advanced by
 //                              the combine kernel where the plan has one
@@ -1560,7 +1619,15 @@ bool staged_combine_requested(int64_t splits) {
   const std::string v = env == nullptr ? "auto" : env;
   if (v == "staged") return true;
   if (v == "serial") return false;
+  if (v == "eager" && splits <= kEagerMaxSplits) return false;
   return splits > kStagedBatch;
+}
+
+// SWAA_DECODE_COMBINE_LOADS=eager: combine_splits_eager at most
+// kEagerMaxSplits splits (auto's choice above); not measured yet.
+bool eager_combine_requested(int64_t splits) {
+  const char* env = std::getenv("SWAA_DECODE_COMBINE_LOADS");
+  return env != nullptr && std::string(env) == "eager" && splits <= kEagerMaxSplits;
 }
 
 // SWAA_DECODE_ADVANCE=kernel (default) | op: how ring_decode(advance = true)
@@ -1765,6 +1832,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const bool combine_kernel = plan.global_combine && arrivals == nullptr;
   const bool staged =
       combine_kernel && staged_combine_requested(splits) && splits <= kStagedMaxSplits;
+  const bool eager = combine_kernel && !staged && eager_combine_requested(splits);
   if (!combine_kernel) advance = nullptr;
   const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
   if (verbose == 2 ||
@@ -1772,6 +1840,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
        first_time_seen({p.batch, p.kv_heads, p.q_heads, p.ring.capacity(), splits,
                         plan.global_combine ? 1 : 0, int64_t(sizeof(T)), kDim,
                         (arrivals != nullptr ? 1 : 0) + 2 * split_align + 256 * staged +
+                            (int64_t(eager) << 30) +
                             512 * (advance != nullptr) + 1024 * tile_gather +
                             2048 * prefetch_tiles + 65536 * (lead_tiles + 1),
                         kWarps, kStages})))
@@ -1786,7 +1855,8 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                  : fused_requested ? "kernel, fused not available"
                          : "kernel",
                  C::kTileKeys, kStages, C::kSmemBytes, split_align == 1 ? ", balanced" : "",
-                 staged ? ", staged loads" : "", advance != nullptr ? ", advances seqlens" : "",
+                 staged ? ", staged loads" : eager ? ", eager loads" : "",
+                 advance != nullptr ? ", advances seqlens" : "",
                  tile_gather ? "" : ", per-key gather",
                  lead_name(lead_tiles).c_str(), prefetch_tiles);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * head_chunks),
@@ -1818,8 +1888,9 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
                                         arrivals));
     }
     if (arrivals != nullptr) return false;  // fused: the last CTA of each row combined
-    auto combine = staged ? ring_decode_combine_kernel<T, kDim, true>
-                          : ring_decode_combine_kernel<T, kDim, false>;
+    auto combine = staged  ? ring_decode_combine_kernel<T, kDim, kLoadsStaged>
+                   : eager ? ring_decode_combine_kernel<T, kDim, kLoadsEager>
+                           : ring_decode_combine_kernel<T, kDim, kLoadsSerial>;
     const float* part_out_ptr = part_out.data_ptr<float>();
     const float* part_lse_ptr = part_lse.data_ptr<float>();
     if (decode_env_int("SWAA_DECODE_PDL", 1, 0, 1) == 1) {
