@@ -1465,12 +1465,13 @@ int compute_major() {
 //                              loaded ahead; at most kStagedMaxSplits splits,
 //                              serial above) or combine_splits; the same bits.
 //                              auto (default): staged above kStagedBatch (8)
-//                              splits.  Session 6: B = 1 (33 splits) step
+//                              splits (eager below, see eager).  Session 6: B = 1 (33 splits) step
 //                              21.2 -> 16.3 us alone; B = 8 (4 splits) staged
 //                              lost 10 of 12 pairs under PDL.  eager:
 //                              combine_splits_eager (every load at once, one
 //                              L2 round trip) up to kEagerMaxSplits (8)
-//                              splits, auto's choice above;
+//                              splits, staged above; auto is eager since
+//                              session 19 (1.016x at B = 8);
 //   SWAA_DECODE_ADVANCE=kernel | op
 //                              ring_decode(advance = true): seqlens advanced by
 //                              the combine kernel where the plan has one
@@ -1606,9 +1607,10 @@ bool fused_combine_requested() {
   return env != nullptr && std::string(env) == "fused";
 }
 
-// SWAA_DECODE_COMBINE_LOADS=auto (default) | staged | serial:
-// combine_splits_staged or combine_splits in the combine kernel (the same
-// bits).  auto: staged above kStagedBatch splits only.  With at most one load
+// SWAA_DECODE_COMBINE_LOADS=auto (default) | staged | serial | eager:
+// combine_splits_staged, combine_splits or combine_splits_eager in the
+// combine kernel (the same bits).  auto: staged above kStagedBatch splits,
+// eager at or below (eager_combine_requested).  With at most one load
 // batch the staged loads save no L2 trip and take 39 registers and 4 KB of
 // shared memory per CTA against 32 and none; on the H200 (session 6) staged
 // lost to serial in 10 of the 12 PDL pairs at B = 8 (4 splits; 0.3-0.65 us a
@@ -1623,11 +1625,15 @@ bool staged_combine_requested(int64_t splits) {
   return splits > kStagedBatch;
 }
 
-// SWAA_DECODE_COMBINE_LOADS=eager: combine_splits_eager at most
-// kEagerMaxSplits splits (auto's choice above); not measured yet.
+// SWAA_DECODE_COMBINE_LOADS=eager, and auto (the default) since session 19:
+// combine_splits_eager up to kEagerMaxSplits splits (staged above).  H200,
+// 7 interleaved rounds: 1.016x the serial loads at B = 8 (4 splits; 39.2 us,
+// 0.810 of copy bandwidth), 1.007x with a projection GEMM before every step;
+// B = 1 (33 splits, staged) unchanged.  `serial` keeps combine_splits.
 bool eager_combine_requested(int64_t splits) {
   const char* env = std::getenv("SWAA_DECODE_COMBINE_LOADS");
-  return env != nullptr && std::string(env) == "eager" && splits <= kEagerMaxSplits;
+  const std::string v = env == nullptr ? "auto" : env;
+  return (v == "eager" || v == "auto") && splits <= kEagerMaxSplits;
 }
 
 // SWAA_DECODE_ADVANCE=kernel (default) | op: how ring_decode(advance = true)
