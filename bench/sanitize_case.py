@@ -23,8 +23,8 @@ Hopper backward).  Parts (--parts, default all):
         three steps of one cache back to back with SWAA_DECODE_LEAD=-1 (stream
         order) and 3 (L2 prefetches before the wait; global and cluster).  The
         ring knobs of the caller's environment are cleared first (the earlier
-        steps run the defaults: PDL and the in-kernel advance on, staged loads
-        above 8 splits)
+        steps run the defaults: PDL and the in-kernel advance on, the combine's
+        loads eager up to 8 splits and staged above, the split kernel's lead 0)
 
   compute-sanitizer --tool memcheck --error-exitcode 3 python bench/sanitize_case.py
   python bench/sanitize_case.py --device cpu      # the same calls on the CPU (a smoke test)
