@@ -88,6 +88,21 @@ RING_KNOBS = ("SWAA_DECODE_SPLITS", "SWAA_DECODE_COMBINE", "SWAA_DECODE_GLOBAL_C
               "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL", "SWAA_DECODE_LEAD")
 
 
+def step_three_rows(device, steps):
+    """`steps` decode steps of one random ring (W = 3000, S = 4, D = 128, 24 query heads per KV
+    head) whose rows start at 0, inside the first window and far past it, the last one padded;
+    its seqlens afterwards."""
+    cache = RingKVCache(3, 2, 128, window=3000, sink=4, dtype=torch.bfloat16, device=device)
+    cache.keys.normal_()
+    cache.values.normal_()
+    cache.seqlens.copy_(torch.tensor([0, 2990, 50000], device=device))
+    for _ in range(steps):
+        step = [torch.randn(3, heads, 1, 128, device=device, dtype=torch.bfloat16)
+                for heads in (24, 2, 2)]
+        cache.attend(*step, lengths=torch.tensor([1, 1, 0], device=device))
+    return cache.seqlens.tolist()
+
+
 def ring_calls(device):
     saved = {name: os.environ.pop(name, None) for name in RING_KNOBS}  # the defaults, not the caller's
     os.environ["SWAA_DECODE_SPLITS"] = "4"
@@ -127,15 +142,8 @@ def ring_calls(device):
             (("staged", "kernel", "1"), ("serial", "op", "0")), (5, 40)):
         os.environ.update(SWAA_DECODE_COMBINE_LOADS=loads, SWAA_DECODE_ADVANCE=advance,
                           SWAA_DECODE_PDL=pdl, SWAA_DECODE_SPLITS=str(splits))
-        cache = RingKVCache(3, 2, 128, window=3000, sink=4, dtype=torch.bfloat16, device=device)
-        cache.keys.normal_()
-        cache.values.normal_()
-        cache.seqlens.copy_(torch.tensor([0, 2990, 50000], device=device))
-        for _ in range(2):
-            step = [torch.randn(3, heads, 1, 128, device=device, dtype=torch.bfloat16)
-                    for heads in (24, 2, 2)]
-            cache.attend(*step, lengths=torch.tensor([1, 1, 0], device=device))
-        assert cache.seqlens.tolist() == [2, 2992, 50000], cache.seqlens.tolist()
+        seqlens = step_three_rows(device, 2)
+        assert seqlens == [2, 2992, 50000], seqlens
     # SWAA_DECODE_LEAD: the split kernel in stream order, and with L2 prefetches before its
     # wait (the default, 0, ran above), three steps of one cache back to back, both combines
     for name in ("SWAA_DECODE_COMBINE_LOADS", "SWAA_DECODE_ADVANCE", "SWAA_DECODE_PDL"):
@@ -143,15 +151,8 @@ def ring_calls(device):
     for lead, combine in (("-1", "global"), ("3", "global"), ("3", "cluster")):
         os.environ.update(SWAA_DECODE_LEAD=lead, SWAA_DECODE_COMBINE=combine,
                           SWAA_DECODE_SPLITS="4")
-        cache = RingKVCache(3, 2, 128, window=3000, sink=4, dtype=torch.bfloat16, device=device)
-        cache.keys.normal_()
-        cache.values.normal_()
-        cache.seqlens.copy_(torch.tensor([0, 2990, 50000], device=device))
-        for _ in range(3):
-            step = [torch.randn(3, heads, 1, 128, device=device, dtype=torch.bfloat16)
-                    for heads in (24, 2, 2)]
-            cache.attend(*step, lengths=torch.tensor([1, 1, 0], device=device))
-        assert cache.seqlens.tolist() == [3, 2993, 50000], cache.seqlens.tolist()
+        seqlens = step_three_rows(device, 3)
+        assert seqlens == [3, 2993, 50000], seqlens
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)

@@ -19,7 +19,7 @@ import re
 
 import pytest
 import torch
-from test_decode_fused import check_against_reference, random_ring, twin_rings
+from test_decode_fused import check_against_reference, random_ring, refill, twin_rings
 
 from swaa_ext import RingKVCache
 
@@ -526,10 +526,7 @@ def test_lead_graph_of_back_to_back_steps_matches_eager(splits, combine, extra, 
     monkeypatch.setenv("SWAA_DECODE_LEAD", "-1")  # the graph keeps its capture's launches
     steps(eager_caches, static)  # the warm-up's twin
     for replay in range(20):
-        new = [[torch.randn_like(t) for t in x] for x in static]
-        for x, n in zip(static, new):
-            for t, u in zip(x, n):
-                t.copy_(u)
+        new = refill(static)
         graph.replay()
         want = steps(eager_caches, new)
         for i, ((out, lse), (out_e, lse_e)) in enumerate(zip(static_outs, want)):

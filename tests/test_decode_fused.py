@@ -63,6 +63,16 @@ def twin_rings(B, Hkv, D, W, S, seed, seqlens):
     return caches
 
 
+def refill(static):
+    """New random values for a graph's static inputs (lists of tensors), copied into them; the
+    new values are returned for the eager twin."""
+    new = [[torch.randn_like(t) for t in x] for x in static]
+    for x, n in zip(static, new):
+        for t, u in zip(x, n):
+            t.copy_(u)
+    return new
+
+
 def decode(case, W, S, capfd=None):
     """One ring_decode call on copies of the case's caches: (out, lse, k_cache, v_cache, plans)."""
     q, k, v, kc0, vc0, seqlens, lengths = case
@@ -310,10 +320,7 @@ def test_cuda_graph_of_several_fused_layers(monkeypatch, capfd):
     set_knobs(monkeypatch, GLOBAL_COMBINE="kernel")
     graph_outs, eager_outs = [], []
     for _ in range(100):
-        new = [[torch.randn_like(t) for t in x] for x in static]
-        for x, n in zip(static, new):
-            for t, u in zip(x, n):
-                t.copy_(u)
+        new = refill(static)
         graph.replay()
         graph_outs.append([o.clone() for o in static_out])
         eager_outs.append(step(eager_caches, new))
