@@ -43,7 +43,8 @@ With `--set lead`, the split kernel's launch (same bits):
   lead      SWAA_DECODE_LEAD = -1 (in stream order) | N >= 0 (a programmatic dependent of the
             kernel before it, N tiles per CTA prefetched into L2 before it waits)
     python bench/bench_decode_sweep.py --set lead --batches 1,8,64 --rounds 5
-With `--set loads`, the combine kernel's loads at <= 8 splits: auto (serial) | eager (same bits).
+With `--set loads`, the combine kernel's loads at <= 8 splits: serial | eager (same bits; the
+default since session 19).
 `--between qkv` runs a (B, 4096) x (4096, 6144) bf16 projection (one weight of 50 MB per
 cache, as a QKV projection of an 8B model) before every step, so the kernel before each split
 kernel is a torch GEMM, as in a model's decode, and not the previous step's combine; ms then
@@ -88,9 +89,9 @@ def variants(combines, tilings, balances, splits):
 DECODE5 = {"gather": ("SWAA_DECODE_TILE_GATHER", ["0", "1"])}
 # prefetch: bulk L2 prefetches N tiles ahead of the split kernel's cp.async stages; 0 is off
 PREFETCH = {"prefetch": ("SWAA_DECODE_PREFETCH", ["0", "1", "2", "4"])}
-# loads: the combine kernel's loads (auto: serial up to 8 splits, staged above; eager: every
-# load at once up to 8 splits)
-LOADS = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["auto", "eager"])}
+# loads: the combine kernel's loads up to 8 splits, serial or eager (every load at once; auto's
+# choice since session 19, whose `loads` rows at 35b63b7 name the serial loads "auto")
+LOADS = {"loads": ("SWAA_DECODE_COMBINE_LOADS", ["serial", "eager"])}
 # lead: the split kernel as a programmatic dependent of the kernel before it; -1 is off
 LEAD = {"lead": ("SWAA_DECODE_LEAD", ["-1", "0", "2", "4", "8"])}
 KNOB_SETS = {"decode4": DECODE4, "decode5": DECODE5, "prefetch": PREFETCH, "lead": LEAD,
