@@ -1593,10 +1593,16 @@ std::string lead_name(int lead_tiles) {
 // SWAA_DECODE_LEAD: with lead_tiles >= 0, sets *attribute to a programmatic
 // dependent launch (the split kernel waits at griddepcontrol.wait for the
 // kernel before it) and returns 1 (attributes used), else 0.
-inline int add_lead_attribute(cudaLaunchAttribute* attribute, int lead_tiles) {
-  if (lead_tiles < 0) return 0;
+// *attribute: launch as a programmatic dependent of the kernel before it in
+// the stream (the kernel waits at griddepcontrol.wait).
+inline void set_programmatic(cudaLaunchAttribute* attribute) {
   attribute->id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute->val.programmaticStreamSerializationAllowed = 1;
+}
+
+inline int add_lead_attribute(cudaLaunchAttribute* attribute, int lead_tiles) {
+  if (lead_tiles < 0) return 0;
+  set_programmatic(attribute);
   return 1;
 }
 
@@ -1607,33 +1613,27 @@ bool fused_combine_requested() {
   return env != nullptr && std::string(env) == "fused";
 }
 
-// SWAA_DECODE_COMBINE_LOADS=auto (default) | staged | serial | eager:
-// combine_splits_staged, combine_splits or combine_splits_eager in the
-// combine kernel (the same bits).  auto: staged above kStagedBatch splits,
-// eager at or below (eager_combine_requested).  With at most one load
-// batch the staged loads save no L2 trip and take 39 registers and 4 KB of
-// shared memory per CTA against 32 and none; on the H200 (session 6) staged
-// lost to serial in 10 of the 12 PDL pairs at B = 8 (4 splits; 0.3-0.65 us a
-// step in run 2) and won all 12 at B = 1 (33 splits; 16.1-16.3 us against
-// 19.6-21.2 us alone).
-bool staged_combine_requested(int64_t splits) {
+// SWAA_DECODE_COMBINE_LOADS=auto (default) | staged | serial | eager: which of
+// combine_splits (serial), combine_splits_staged or combine_splits_eager the
+// combine kernel runs for `splits` splits (the same bits).  auto (and any
+// other value): eager up to kEagerMaxSplits, staged above (serial past
+// kStagedMaxSplits); eager above kEagerMaxSplits and staged past
+// kStagedMaxSplits fall back to auto's choice and serial.
+//   staged: with at most one load batch the staged loads save no L2 trip and
+// take 39 registers and 4 KB of shared memory per CTA against 32 and none; on
+// the H200 (session 6) staged lost to serial in 10 of the 12 PDL pairs at
+// B = 8 (4 splits; 0.3-0.65 us a step in run 2) and won all 12 at B = 1 (33
+// splits; 16.1-16.3 us against 19.6-21.2 us alone).
+//   eager (auto's choice up to 8 splits since session 19): H200, 7
+// interleaved rounds, 1.016x the serial loads at B = 8 (4 splits; 39.2 us,
+// 0.810 of copy bandwidth), 1.007x with a projection GEMM before every step.
+CombineLoads combine_loads(int64_t splits) {
   const char* env = std::getenv("SWAA_DECODE_COMBINE_LOADS");
   const std::string v = env == nullptr ? "auto" : env;
-  if (v == "staged") return true;
-  if (v == "serial") return false;
-  if (v == "eager" && splits <= kEagerMaxSplits) return false;
-  return splits > kStagedBatch;
-}
-
-// SWAA_DECODE_COMBINE_LOADS=eager, and auto (the default) since session 19:
-// combine_splits_eager up to kEagerMaxSplits splits (staged above).  H200,
-// 7 interleaved rounds: 1.016x the serial loads at B = 8 (4 splits; 39.2 us,
-// 0.810 of copy bandwidth), 1.007x with a projection GEMM before every step;
-// B = 1 (33 splits, staged) unchanged.  `serial` keeps combine_splits.
-bool eager_combine_requested(int64_t splits) {
-  const char* env = std::getenv("SWAA_DECODE_COMBINE_LOADS");
-  const std::string v = env == nullptr ? "auto" : env;
-  return (v == "eager" || v == "auto") && splits <= kEagerMaxSplits;
+  if (v == "serial") return kLoadsSerial;
+  if (v == "staged" && splits <= kStagedMaxSplits) return kLoadsStaged;
+  if (v != "staged" && splits <= kEagerMaxSplits) return kLoadsEager;
+  return splits <= kStagedMaxSplits ? kLoadsStaged : kLoadsSerial;
 }
 
 // SWAA_DECODE_ADVANCE=kernel (default) | op: how ring_decode(advance = true)
@@ -1836,9 +1836,8 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   if (!plan.global_combine || splits > C::kFusedMaxSplits) arrivals = nullptr;
   // The combine kernel runs: global plan, not fused.
   const bool combine_kernel = plan.global_combine && arrivals == nullptr;
-  const bool staged =
-      combine_kernel && staged_combine_requested(splits) && splits <= kStagedMaxSplits;
-  const bool eager = combine_kernel && !staged && eager_combine_requested(splits);
+  const CombineLoads loads = combine_kernel ? combine_loads(splits) : kLoadsSerial;
+  const bool staged = loads == kLoadsStaged, eager = loads == kLoadsEager;
   if (!combine_kernel) advance = nullptr;
   const int64_t verbose = decode_env_int("SWAA_DECODE_VERBOSE", 0, 0, 2);
   if (verbose == 2 ||
@@ -1908,8 +1907,7 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
       config.blockDim = dim3(kThreads);
       config.stream = stream;
       cudaLaunchAttribute attribute[1];
-      attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attribute[0].val.programmaticStreamSerializationAllowed = 1;
+      set_programmatic(attribute);
       config.attrs = attribute;
       config.numAttrs = 1;
       C10_CUDA_CHECK(cudaLaunchKernelEx(&config, combine, p, static_cast<int>(splits),
