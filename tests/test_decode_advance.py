@@ -469,14 +469,36 @@ def test_lead_gives_the_same_bits(batch, window, sink, splits, combine, extra, D
     case = random_ring(batch, 32, 8, D, window, sink, dtype, seed=13 * batch + window + sink + D)
     set_plan(monkeypatch, splits, combine, extra)
     results = {}
-    for lead, name in (("-1", "stream order"), ("0", "lead 0 tiles"), ("2", "lead 2 tiles"),
-                       ("16", "lead 16 tiles")):
+    for lead, name in (("-1", "stream order"), ("0", "lead 0 tiles"), ("1", "lead 1 tiles"),
+                       ("2", "lead 2 tiles"), ("16", "lead 16 tiles")):
         monkeypatch.setenv("SWAA_DECODE_LEAD", lead)
         results[lead] = result = decode(case, window, sink, capfd)
         (line,) = result[5]
         assert f", {name}, L2 prefetch" in line, line
-    for lead in ("0", "2", "16"):
+    for lead in ("0", "1", "2", "16"):
         assert_same_bits(results[lead], results["-1"], f"lead {lead}")
+
+
+@pytest.mark.parametrize("batch,expected", [
+    (8, "lead 1 tiles"),    # one wave of 256 CTAs of 17 tiles: the first tile is prefetched
+    (1, "lead 0 tiles"),    # 33 splits of 2 tiles: no prefetch (0.988x behind a GEMM)
+    (64, "lead 0 tiles"),   # 512 CTAs, two waves on a 132-SM part: no prefetch
+])
+def test_default_lead_follows_the_plan(batch, expected, monkeypatch, capfd):
+    """SWAA_DECODE_LEAD unset: the launch takes swaa::default_decode_lead's choice for issue 4's
+    shape (W = 4096, S = 4, Hq = 32, Hkv = 8, D = 128; the plans of an H100 / H200), and the
+    result has the bits of a launch in stream order."""
+    if torch.cuda.get_device_properties(0).multi_processor_count != 132:
+        pytest.skip("the expected plans are those of a 132-SM part (H100 / H200)")
+    W, S = 4096, 4
+    case = random_ring(batch, 32, 8, 128, W, S, torch.bfloat16, seed=70 + batch)
+    monkeypatch.setenv("SWAA_DECODE_VERBOSE", "2")
+    monkeypatch.delenv("SWAA_DECODE_LEAD", raising=False)
+    got = decode(case, W, S, capfd)
+    (line,) = got[5]
+    assert f", {expected}, L2 prefetch" in line, line
+    monkeypatch.setenv("SWAA_DECODE_LEAD", "-1")
+    assert_same_bits(got, decode(case, W, S, capfd), "default lead")
 
 
 LEAD_PLANS = [  # (splits, combine, extra knobs): each way a step can end before the next one

@@ -36,9 +36,15 @@ def planner(tmp_path_factory):
                                   int(per_sm_cost)]))
         out = subprocess.run([str(exe)], input=line + "\n", capture_output=True, text=True,
                              check=True, timeout=30).stdout.split()
+        plan.last_lead = int(out[2])  # SWAA_DECODE_LEAD's default for this plan
         return int(out[0]), "global" if out[1] == "1" else "cluster"
 
+    def lead(batch, capacity, **kw):
+        """(splits, combine, SWAA_DECODE_LEAD's default) of the plan."""
+        return (*plan(batch, capacity, **kw), plan.last_lead)
+
     plan.exe = exe
+    plan.lead = lead
     return plan
 
 
@@ -110,3 +116,28 @@ def test_cost_counts_keys_whatever_the_tile_size(planner, batch, capacity, expec
     # tiling gets the plan of the 64-key one.
     for tile in (64, 32):
         assert planner(batch, capacity, combine=GLOBAL, tile=tile) == expected, tile
+
+
+@pytest.mark.parametrize("batch,capacity,kw,expected", [
+    # one wave of 256 CTAs of 17 tiles (1088 keys): the first tile is prefetched before the wait
+    (8, 4100, {}, (4, "global", 1)),
+    (8, 131072, {}, (4, "global", 1)),
+    # B = 1: 33 splits of 2 tiles (128 keys): the prefetch would be half of each CTA's bytes and
+    # its fixed cost is not hidden (0.988x behind a projection GEMM on the H200): no prefetch
+    (1, 4100, {}, (33, "global", 0)),
+    # a long ring at B = 1: 264 CTAs of 63 tiles, one wave
+    (1, 131072, {}, (33, "global", 1)),
+    # B = 64: 512 CTAs of one split, two waves: past the first wave no CTA can lead
+    (64, 4100, {}, (1, "cluster", 0)),
+    # exactly kLeadMinKeys (512 keys, 8 tiles) per CTA leads; one tile less does not
+    (1, 8 * 64 * 2 - 1, {"requested": 2, "combine": GLOBAL}, (2, "global", 1)),
+    (1, 7 * 64 * 2 - 1, {"requested": 2, "combine": GLOBAL}, (2, "global", 0)),
+    # a cluster plan counts the CTAs that fit in clusters (240 in clusters of 4): 256 do not
+    (8, 4100, {"requested": 4, "combine": CLUSTER}, (4, "cluster", 0)),
+    (8, 4100, {"requested": 3, "combine": CLUSTER}, (3, "cluster", 1)),
+    # keys, not tiles: 32-key tiles of the same split lead the same way
+    (8, 4100, {"combine": GLOBAL, "tile": 32}, (4, "global", 1)),
+])
+def test_default_lead_prefetches_only_for_one_wave_of_long_splits(planner, batch, capacity, kw,
+                                                                   expected):
+    assert planner.lead(batch, capacity, **kw) == expected

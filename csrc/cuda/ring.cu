@@ -1510,7 +1510,7 @@ int compute_major() {
 //                              ahead of its cp.async stages (one bulk
 //                              prefetch each; tile-path tiles of a cache
 //                              with rows of D elements); same bits;
-//   SWAA_DECODE_LEAD=N (-1..16, default kDefaultDecodeLead = 0) N >= 0: the split
+//   SWAA_DECODE_LEAD=N (-1..16, default 1 or 0: swaa::default_decode_lead) N >= 0: the split
 //                              kernel is a programmatic dependent launch of
 //                              the kernel before it in the stream (whatever
 //                              it is: in a benchmark loop, the previous
@@ -1539,18 +1539,20 @@ int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t h
   return end != env && *end == '\0' && v >= lo && v <= hi ? v : fallback;
 }
 
-// SWAA_DECODE_LEAD's default: a programmatic dependent launch, no prefetch.
-// H200, session 19 (bench_decode_sweep.py --set lead / leadq, 5-7 interleaved
-// rounds on four leases; docs/ring_cache.md "Session 19"), over -1 (stream
-// order), back-to-back steps as bench_decode.py times them: lead 0 1.010-1.012x
-// at B = 8, 1.081-1.088x at B = 1, 0.999x at B = 64; lead 1 (the first tile
+// SWAA_DECODE_LEAD's default: a programmatic dependent launch, with the first
+// tile prefetched where the grid is one wave of long splits
+// (swaa::default_decode_lead; lead 0 before session 20).  H200, session 19
+// (bench_decode_sweep.py --set lead / leadq, 5-7 interleaved rounds on four
+// leases; docs/ring_cache.md "Session 19"), over -1 (stream order),
+// back-to-back steps as bench_decode.py times them: lead 0 1.010-1.012x at
+// B = 8, 1.081-1.088x at B = 1, 0.999x at B = 64; lead 1 (the first tile
 // prefetched) 1.018-1.019x and 1.126-1.134x; 2 and 3 tiles in between; 4 and
 // 8 lose at B = 8 and 64 (the prefetches take bandwidth from the tail of the
 // kernel before, which the wait waits for).  With a torch projection GEMM
 // before every step, as in a model's decode: lead 0 1.002-1.004x at B = 8 and
 // 1.005-1.006x at B = 1; lead 1 1.002-1.007x at B = 8 but 0.989-0.993x at
-// B = 1.  Lead 0 is not slower anywhere measured, so it is the default.
-constexpr int kDefaultDecodeLead = 0;
+// B = 1.  Session 20 (lead 1 over lead 0, with the eager combine loads):
+// 1.006x at B = 8, 1.002x behind the GEMM; B = 1 behind the GEMM 0.988x.
 
 bool decode_cost_knob_is_sm() {
   const char* env = std::getenv("SWAA_DECODE_COST");
@@ -1818,9 +1820,10 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int64_t splits_max = decode_env_int("SWAA_DECODE_SPLITS_MAX", kDecodeSplitsMax, 1, 1 << 20);
   // Only the default tiling has a cluster kernel: the others plan global.
   const DecodeCombine combine = kDefaultTiling ? decode_combine_knob() : DecodeCombine::kGlobal;
+  const SplitDecodeOccupancy& occupancy = split_decode_occupancy<T, kDim, kWarps, kStages>();
   const SplitDecodePlan plan = plan_split_decode(
       pairs, p.ring.capacity(), C::kTileKeys, C::kMaxSplits,
-      split_decode_occupancy<T, kDim, kWarps, kStages>(), requested, combine,
+      occupancy, requested, combine,
       fused ? std::min<int64_t>(splits_max, C::kFusedMaxSplits) : splits_max,
       decode_env_int("SWAA_DECODE_COMBINE_COST", global_combine_cost(fused), 0, 1 << 20),
       decode_cost_knob_is_sm());
@@ -1828,7 +1831,13 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
   const int tile_gather = decode_env_int("SWAA_DECODE_TILE_GATHER", 1, 0, 1);
   const int prefetch_tiles = decode_env_int("SWAA_DECODE_PREFETCH", 0, 0, 16);
-  const int lead_tiles = decode_env_int("SWAA_DECODE_LEAD", kDefaultDecodeLead, -1, 16);
+  const int64_t resident = plan.global_combine ? occupancy.global_slots
+                                               : occupancy.cluster_slots[splits];
+  const int lead_tiles = decode_env_int(
+      "SWAA_DECODE_LEAD",
+      default_decode_lead(pairs * splits,
+                          plan_keys_per_cta(p.ring.capacity(), C::kTileKeys, splits), resident),
+      -1, 16);
   const bool trace = decode_env_int("SWAA_DECODE_TRACE", 0, 0, 1) == 1;
   TORCH_CHECK(!trace || kTraceBuilt,
               "SWAA_DECODE_TRACE=1 needs a build with SWAA_DECODE_TRACE_BUILD=ON (set it in the "

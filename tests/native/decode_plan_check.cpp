@@ -2,7 +2,8 @@
 // read from stdin, one per line:
 //   ctas_per_split capacity tile_keys max_cluster per_sm sms cluster_slots(1..8)
 //   requested combine(0 auto, 1 cluster, 2 global) splits_max combine_cost per_sm_cost
-// and answers "splits global_combine" per line (tests/test_decode_plan.py).
+// and answers "splits global_combine lead" per line (tests/test_decode_plan.py),
+// lead being SWAA_DECODE_LEAD's default for the plan (default_decode_lead).
 // With --costs: prints global_combine_cost(false) and global_combine_cost(true)
 // (the kernel and the fused global combine) instead.
 #include <cstdio>
@@ -28,7 +29,12 @@ int main(int argc, char** argv) {
     const swaa::SplitDecodePlan plan = swaa::plan_split_decode(
         ctas, capacity, tile, max_cluster, occ, requested,
         static_cast<swaa::DecodeCombine>(combine), splits_max, cost, per_sm_cost != 0);
-    std::printf("%lld %d\n", static_cast<long long>(plan.splits), plan.global_combine ? 1 : 0);
+    const int64_t resident =
+        plan.global_combine ? occ.global_slots : occ.cluster_slots[plan.splits];
+    const int lead = swaa::default_decode_lead(
+        ctas * plan.splits, swaa::plan_keys_per_cta(capacity, tile, plan.splits), resident);
+    std::printf("%lld %d %d\n", static_cast<long long>(plan.splits), plan.global_combine ? 1 : 0,
+                lead);
   }
   return 0;
 }

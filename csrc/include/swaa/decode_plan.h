@@ -58,6 +58,13 @@ struct SplitDecodePlan {
   bool global_combine = false;  // workspace + combine kernel instead of a cluster
 };
 
+// The keys one CTA of a plan reads when the ring is full: whole tiles of the
+// capacity + the new key, split `splits` ways (the plan's own estimate).
+inline int64_t plan_keys_per_cta(int64_t capacity, int64_t tile_keys, int64_t splits) {
+  const int64_t tiles = (capacity + 1 + tile_keys - 1) / tile_keys;
+  return (tiles + splits - 1) / splits * tile_keys;
+}
+
 // The split count and combine of the split decode, from static sizes only
 // (batch, heads, ring capacity, occupancy): never from seqlens, so a captured
 // graph stays valid.  Cost of a plan, in keys = waves of CTAs x (keys of the
@@ -92,7 +99,7 @@ inline SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacit
     // = its resident slots / CTAs per SM), streamed one after the other
     const int64_t lanes = per_sm_cost ? std::max<int64_t>(1, slots / occ.per_sm) : slots;
     const int64_t waves = (ctas_per_split * s + lanes - 1) / lanes;
-    const int64_t keys_per_cta = ((tiles + s - 1) / s) * tile_keys;
+    const int64_t keys_per_cta = plan_keys_per_cta(capacity, tile_keys, s);
     const int64_t cost = waves * (keys_per_cta + kCtaOverhead * kCostUnitKeys) +
                          (global ? combine_cost * kCostUnitKeys : 0);
     if (cost < best_cost) best_cost = cost, plan.splits = s, plan.global_combine = global;
@@ -103,6 +110,25 @@ inline SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacit
     for (int64_t s = combine == DecodeCombine::kGlobal ? 1 : 2; s <= global_max; ++s)
       consider(s, true);
   return plan;
+}
+
+// SWAA_DECODE_LEAD's default (the split kernel is always a programmatic
+// dependent of the kernel before it; this is how many of its first tiles each
+// CTA asks the L2 for before its griddepcontrol.wait): 1 when every CTA of the
+// grid is resident at once and each reads at least kLeadMinKeys keys, else 0.
+// The prefetch's costs are fixed per CTA (thread 0 reads seqlens first, and
+// the first cp.async then asks again for the tile it prefetched): over a long
+// split they are hidden, over a short one they are not, and past the first
+// wave of a larger grid only the first wave's CTAs could lead.  H200, session
+// 20, 7 interleaved rounds, lead 1 over lead 0: B = 8 at W = 4096 (4 splits of
+// 17 tiles, one wave) 1.006x back to back and 1.002x with a projection GEMM
+// before every step; B = 1 (33 splits of 2 tiles) 1.041x back to back but
+// 0.988x behind the GEMM, as in a model; B = 64 (one split of 65 tiles, two
+// waves) 0.998x.
+constexpr int64_t kLeadMinKeys = 512;
+
+inline int default_decode_lead(int64_t ctas, int64_t keys_per_cta, int64_t resident_slots) {
+  return ctas <= resident_slots && keys_per_cta >= kLeadMinKeys ? 1 : 0;
 }
 
 }  // namespace swaa
