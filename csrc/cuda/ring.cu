@@ -1831,13 +1831,9 @@ bool launch_split_decode_tiled(const RingParams& p, int64_t num_splits, const at
   const int split_align = decode_env_int("SWAA_DECODE_BALANCE", 0, 0, 1) == 1 ? 1 : C::kTileKeys;
   const int tile_gather = decode_env_int("SWAA_DECODE_TILE_GATHER", 1, 0, 1);
   const int prefetch_tiles = decode_env_int("SWAA_DECODE_PREFETCH", 0, 0, 16);
-  const int64_t resident = plan.global_combine ? occupancy.global_slots
-                                               : occupancy.cluster_slots[splits];
   const int lead_tiles = decode_env_int(
       "SWAA_DECODE_LEAD",
-      default_decode_lead(pairs * splits,
-                          plan_keys_per_cta(p.ring.capacity(), C::kTileKeys, splits), resident),
-      -1, 16);
+      default_decode_lead(plan, pairs, p.ring.capacity(), C::kTileKeys, occupancy), -1, 16);
   const bool trace = decode_env_int("SWAA_DECODE_TRACE", 0, 0, 1) == 1;
   TORCH_CHECK(!trace || kTraceBuilt,
               "SWAA_DECODE_TRACE=1 needs a build with SWAA_DECODE_TRACE_BUILD=ON (set it in the "

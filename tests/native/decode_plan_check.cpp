@@ -29,10 +29,7 @@ int main(int argc, char** argv) {
     const swaa::SplitDecodePlan plan = swaa::plan_split_decode(
         ctas, capacity, tile, max_cluster, occ, requested,
         static_cast<swaa::DecodeCombine>(combine), splits_max, cost, per_sm_cost != 0);
-    const int64_t resident =
-        plan.global_combine ? occ.global_slots : occ.cluster_slots[plan.splits];
-    const int lead = swaa::default_decode_lead(
-        ctas * plan.splits, swaa::plan_keys_per_cta(capacity, tile, plan.splits), resident);
+    const int lead = swaa::default_decode_lead(plan, ctas, capacity, tile, occ);
     std::printf("%lld %d %d\n", static_cast<long long>(plan.splits), plan.global_combine ? 1 : 0,
                 lead);
   }

@@ -35,6 +35,8 @@ constexpr int64_t kFusedCombineCost = 1;
 // query fragments) and the merge of warps and splits.
 constexpr int64_t kCtaOverhead = 2;
 
+constexpr int64_t kMaxClusterSize = 8;  // the portable cluster size
+
 // Occupancy of ring_decode_split_kernel (measured once per device by
 // ring.cu's split_decode_occupancy): CTAs resident at once without clusters
 // (global_slots), and for each cluster size s (1..8) the CTAs that fit at
@@ -44,7 +46,7 @@ constexpr int64_t kCtaOverhead = 2;
 // count.
 struct SplitDecodeOccupancy {
   int64_t global_slots = 0;
-  int64_t cluster_slots[9] = {};
+  int64_t cluster_slots[kMaxClusterSize + 1] = {};  // by cluster size 1..8
   int64_t per_sm = 1;  // CTAs of the split kernel resident on one SM
 };
 
@@ -127,8 +129,16 @@ inline SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacit
 // waves) 0.998x.
 constexpr int64_t kLeadMinKeys = 512;
 
-inline int default_decode_lead(int64_t ctas, int64_t keys_per_cta, int64_t resident_slots) {
-  return ctas <= resident_slots && keys_per_cta >= kLeadMinKeys ? 1 : 0;
+inline int default_decode_lead(const SplitDecodePlan& plan, int64_t ctas_per_split,
+                               int64_t capacity, int64_t tile_keys,
+                               const SplitDecodeOccupancy& occ) {
+  const int64_t resident = plan.global_combine || plan.splits > kMaxClusterSize
+                               ? occ.global_slots
+                               : occ.cluster_slots[plan.splits];
+  return ctas_per_split * plan.splits <= resident &&
+                 plan_keys_per_cta(capacity, tile_keys, plan.splits) >= kLeadMinKeys
+             ? 1
+             : 0;
 }
 
 }  // namespace swaa
