@@ -1539,21 +1539,6 @@ int64_t decode_env_int(const char* name, int64_t fallback, int64_t lo, int64_t h
   return end != env && *end == '\0' && v >= lo && v <= hi ? v : fallback;
 }
 
-// SWAA_DECODE_LEAD's default: a programmatic dependent launch, with the first
-// tile prefetched where the grid is one wave of long splits
-// (swaa::default_decode_lead; lead 0 before session 20).  H200, session 19
-// (bench_decode_sweep.py --set lead / leadq, 5-7 interleaved rounds on four
-// leases; docs/ring_cache.md "Session 19"), over -1 (stream order),
-// back-to-back steps as bench_decode.py times them: lead 0 1.010-1.012x at
-// B = 8, 1.081-1.088x at B = 1, 0.999x at B = 64; lead 1 (the first tile
-// prefetched) 1.018-1.019x and 1.126-1.134x; 2 and 3 tiles in between; 4 and
-// 8 lose at B = 8 and 64 (the prefetches take bandwidth from the tail of the
-// kernel before, which the wait waits for).  With a torch projection GEMM
-// before every step, as in a model's decode: lead 0 1.002-1.004x at B = 8 and
-// 1.005-1.006x at B = 1; lead 1 1.002-1.007x at B = 8 but 0.989-0.993x at
-// B = 1.  Session 20 (lead 1 over lead 0, with the eager combine loads):
-// 1.006x at B = 8, 1.002x behind the GEMM; B = 1 behind the GEMM 0.988x.
-
 bool decode_cost_knob_is_sm() {
   const char* env = std::getenv("SWAA_DECODE_COST");
   return env != nullptr && std::string(env) == "sm";
@@ -1592,9 +1577,6 @@ std::string lead_name(int lead_tiles) {
   return lead_tiles < 0 ? "stream order" : "lead " + std::to_string(lead_tiles) + " tiles";
 }
 
-// SWAA_DECODE_LEAD: with lead_tiles >= 0, sets *attribute to a programmatic
-// dependent launch (the split kernel waits at griddepcontrol.wait for the
-// kernel before it) and returns 1 (attributes used), else 0.
 // *attribute: launch as a programmatic dependent of the kernel before it in
 // the stream (the kernel waits at griddepcontrol.wait).
 inline void set_programmatic(cudaLaunchAttribute* attribute) {
@@ -1602,6 +1584,9 @@ inline void set_programmatic(cudaLaunchAttribute* attribute) {
   attribute->val.programmaticStreamSerializationAllowed = 1;
 }
 
+// SWAA_DECODE_LEAD: with lead_tiles >= 0, sets *attribute to a programmatic
+// dependent launch (the split kernel waits at griddepcontrol.wait for the
+// kernel before it) and returns 1 (attributes used), else 0.
 inline int add_lead_attribute(cudaLaunchAttribute* attribute, int lead_tiles) {
   if (lead_tiles < 0) return 0;
   set_programmatic(attribute);

@@ -126,7 +126,11 @@ inline SplitDecodePlan plan_split_decode(int64_t ctas_per_split, int64_t capacit
 // 17 tiles, one wave) 1.006x back to back and 1.002x with a projection GEMM
 // before every step; B = 1 (33 splits of 2 tiles) 1.041x back to back but
 // 0.988x behind the GEMM, as in a model; B = 64 (one split of 65 tiles, two
-// waves) 0.998x.
+// waves) 0.998x.  Session 19 (docs/ring_cache.md "Session 19"), over stream
+// order (-1), back to back: lead 0 1.010-1.012x at B = 8, 1.081-1.088x at
+// B = 1, 0.999x at B = 64; lead 1 1.018-1.019x and 1.126-1.134x; 4 and 8 tiles
+// lose at B = 8 and 64 (the prefetches take bandwidth from the tail of the
+// kernel before, which the wait waits for).
 constexpr int64_t kLeadMinKeys = 512;
 
 inline int default_decode_lead(const SplitDecodePlan& plan, int64_t ctas_per_split,
